@@ -1,0 +1,13 @@
+//! `cplane-reconciler`: the control plane behind the `cplane` binary.
+//!
+//! - [`source`]: the git adapter (read a revision from the object database, tree diffs).
+//! - [`check`]: load + validate + render one revision; what `cplane validate` runs.
+//! - [`render`]: stack templates → per-cluster bundles with `sha256:` digests.
+//! - [`init`]: `cplane init`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod check;
+pub mod init;
+pub mod render;
+pub mod source;

@@ -1,0 +1,233 @@
+//! `cplane`: the command line of the cplane control plane. See DESIGN.md, "CLI (contract)".
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use cplane_reconciler::check::{check, Checked};
+use cplane_reconciler::render::object_key;
+use cplane_reconciler::{init, source};
+use cplane_schema::Diagnostic;
+
+/// Exit code of a revision that fails validation.
+const EXIT_INVALID: u8 = 1;
+/// Exit code of a usage error (bad flags, no such repo or revision).
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "cplane", version, about = "Declarative GitOps control plane for BYOC regions, workspaces and stacks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the desired state comes from.
+#[derive(clap::Args)]
+struct RepoArgs {
+    /// State repo (a working copy or a bare repository).
+    #[arg(long, env = "CPLANE_REPO", default_value = ".")]
+    repo: PathBuf,
+    /// Revision to read: a commit, branch, tag or expression like HEAD~1. The working tree is
+    /// never read.
+    #[arg(long, env = "CPLANE_REV", default_value = "HEAD")]
+    rev: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new state repo from the built-in template, with a first commit.
+    Init {
+        /// Directory to create (must be new or empty).
+        dir: PathBuf,
+    },
+    /// Validate a revision: schema, cross references, and rendering of every cluster.
+    /// Exit 0 valid, 1 invalid, 2 usage.
+    Validate {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Render one cluster's bundle as multi-document YAML (stdout) or files (--out).
+    Render {
+        /// Cluster id: `{env}-{region}` (platform) or `w-{id}` (tenant).
+        #[arg(long)]
+        cluster: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Write one file per object into this directory instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List every cluster with its bundle digest.
+    Clusters {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CPLANE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init { dir } => {
+            let commit = init::init(&dir)?;
+            println!("Initialized state repo in {} (commit {commit})", dir.display());
+            println!("Next: cplane validate --repo {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { repo, format } => validate(&repo, format),
+        Command::Render { cluster, repo, out } => render(&repo, &cluster, out.as_deref()),
+        Command::Clusters { repo, format } => clusters(&repo, format),
+    }
+}
+
+fn load(args: &RepoArgs) -> anyhow::Result<(String, Checked)> {
+    let RepoArgs { repo, rev } = args;
+    let repo = source::open(repo)?;
+    let snapshot = source::read(&repo, rev)?;
+    Ok((snapshot.commit, check(snapshot.files)))
+}
+
+fn print_errors(diags: &[Diagnostic]) {
+    let mut err = std::io::stderr().lock();
+    for d in diags {
+        let _ = writeln!(err, "{d}");
+    }
+}
+
+fn validate(args: &RepoArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let (commit, checked) = load(args)?;
+    let valid = checked.is_valid();
+    match format {
+        Format::Json => {
+            let errors: Vec<_> = checked
+                .diagnostics
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "file": d.file, "line": d.line, "column": d.column,
+                        "message": d.message, "path": d.path,
+                    })
+                })
+                .collect();
+            let out = serde_json::json!({ "valid": valid, "commit": commit, "errors": errors });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Text => {
+            print_errors(&checked.diagnostics);
+            let short = &commit[..12.min(commit.len())];
+            if valid {
+                let model = checked.model.as_ref().expect("valid implies a model");
+                println!(
+                    "valid: commit {short}: {} regions, {} workspaces, {} stacks, {} clusters rendered",
+                    model.regions.len(),
+                    model.workspaces.len(),
+                    model.stacks.len(),
+                    checked.bundles.len()
+                );
+            } else {
+                let n = checked.diagnostics.len();
+                println!("invalid: commit {short}: {n} error{}", if n == 1 { "" } else { "s" });
+            }
+        }
+    }
+    Ok(ExitCode::from(if valid { 0 } else { EXIT_INVALID }))
+}
+
+fn render(args: &RepoArgs, cluster: &str, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (_, checked) = load(args)?;
+    if !checked.is_valid() {
+        print_errors(&checked.diagnostics);
+        eprintln!("error: the revision is invalid; nothing rendered");
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
+    let Some((_, bundle)) = checked.bundles.iter().find(|(c, _)| c.id == cluster) else {
+        let known: Vec<&str> = checked.bundles.iter().map(|(c, _)| c.id.as_str()).collect();
+        anyhow::bail!("no cluster `{cluster}`; clusters are: {}", known.join(", "));
+    };
+    match out {
+        None => print!("{}", bundle.yaml),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (i, object) in bundle.objects.iter().enumerate() {
+                let (_, kind, ns, name, _) = object_key(&object.value);
+                let stem = [kind.to_lowercase(), ns, name]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("-");
+                let path = dir.join(format!("{:03}-{stem}.yaml", i + 1));
+                let text = serde_yaml::to_string(&object.value)?;
+                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            }
+            eprintln!("{} objects written to {}", bundle.objects.len(), dir.display());
+        }
+    }
+    eprintln!("cluster {cluster}: {}", bundle.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn clusters(args: &RepoArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let (_, checked) = load(args)?;
+    if !checked.is_valid() {
+        print_errors(&checked.diagnostics);
+        eprintln!("error: the revision is invalid");
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
+    match format {
+        Format::Json => {
+            let list: Vec<_> = checked
+                .bundles
+                .iter()
+                .map(|(c, b)| {
+                    serde_json::json!({
+                        "id": c.id, "kind": c.kind, "region": c.region,
+                        "environment": c.environment, "digest": b.digest,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+        Format::Text => {
+            println!("{:<24} {:<9} {:<8} {:<12} DIGEST", "ID", "KIND", "REGION", "ENVIRONMENT");
+            for (c, b) in &checked.bundles {
+                let kind = match c.kind {
+                    cplane_reconciler::render::ClusterKind::Platform => "platform",
+                    cplane_reconciler::render::ClusterKind::Tenant => "tenant",
+                };
+                println!("{:<24} {:<9} {:<8} {:<12} {}", c.id, kind, c.region, c.environment, b.digest);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

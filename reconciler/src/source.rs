@@ -1,0 +1,209 @@
+//! The git adapter: read one revision of the state repo straight from the object database.
+//!
+//! The working tree is never read, so a dirty checkout cannot leak into what is validated,
+//! rendered or applied: what you name with `--rev` is exactly what you get, and the commit id is
+//! reported with it.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use cplane_schema::{EntityRef, FileRole, SourceFile};
+use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
+
+/// Errors reading the state repo.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The directory is not a git repository.
+    #[error("{path} is not a git repository: {source}")]
+    Open {
+        /// The directory given.
+        path: String,
+        /// libgit2's reason.
+        #[source]
+        source: git2::Error,
+    },
+    /// The revision does not name a commit.
+    #[error("revision `{rev}` does not name a commit: {source}")]
+    Rev {
+        /// The revision given.
+        rev: String,
+        /// libgit2's reason.
+        #[source]
+        source: git2::Error,
+    },
+    /// Reading objects failed (a corrupt or incomplete repository).
+    #[error("reading the repository: {0}")]
+    Read(#[from] git2::Error),
+}
+
+/// The relevant files of one commit.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Full commit id (hex).
+    pub commit: String,
+    /// Files cplane reads (see [`FileRole`]), in tree order.
+    pub files: Vec<SourceFile>,
+}
+
+/// Opens the repository at (or above) `path`.
+pub fn open(path: &Path) -> Result<Repository, Error> {
+    Repository::discover(path).map_err(|source| Error::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Resolves `rev` (`HEAD`, a branch, a tag, a commit id, `HEAD~2`, …) to a commit id.
+pub fn resolve(repo: &Repository, rev: &str) -> Result<Oid, Error> {
+    repo.revparse_single(rev)
+        .and_then(|o| o.peel_to_commit())
+        .map(|c| c.id())
+        .map_err(|source| Error::Rev {
+            rev: rev.to_owned(),
+            source,
+        })
+}
+
+/// Reads the files cplane cares about at `rev`, from the object database only.
+pub fn read(repo: &Repository, rev: &str) -> Result<Snapshot, Error> {
+    let commit = resolve(repo, rev)?;
+    let tree = repo.find_commit(commit)?.tree()?;
+    let mut entries: Vec<(String, Oid)> = Vec::new();
+    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+        let name = entry.name().unwrap_or("");
+        match entry.kind() {
+            Some(ObjectType::Tree) => {
+                // Only descend into the folders cplane owns.
+                if dir.is_empty() && !matches!(name, "regions" | "workspaces" | "stacks") {
+                    TreeWalkResult::Skip
+                } else {
+                    TreeWalkResult::Ok
+                }
+            }
+            Some(ObjectType::Blob) if entry.filemode() != 0o120000 => {
+                let path = format!("{dir}{name}");
+                if FileRole::of(&path) != FileRole::Ignored {
+                    entries.push((path, entry.id()));
+                }
+                TreeWalkResult::Ok
+            }
+            _ => TreeWalkResult::Ok,
+        }
+    })?;
+    let odb = repo.odb()?;
+    let files = entries
+        .into_iter()
+        .map(|(path, oid)| {
+            let obj = odb.read(oid)?;
+            Ok(SourceFile {
+                path,
+                bytes: obj.data().to_vec(),
+            })
+        })
+        .collect::<Result<Vec<_>, git2::Error>>()?;
+    Ok(Snapshot {
+        commit: commit.to_string(),
+        files,
+    })
+}
+
+/// The entities whose files differ between two revisions (added, removed, modified or
+/// renamed: both sides of a rename count). The incremental reconciler re-plans only these and
+/// their dependents.
+pub fn changed_entities(
+    repo: &Repository,
+    from: &str,
+    to: &str,
+) -> Result<BTreeSet<EntityRef>, Error> {
+    let old = repo.find_commit(resolve(repo, from)?)?.tree()?;
+    let new = repo.find_commit(resolve(repo, to)?)?.tree()?;
+    let diff = repo.diff_tree_to_tree(Some(&old), Some(&new), None)?;
+    let mut changed = BTreeSet::new();
+    for delta in diff.deltas() {
+        for file in [delta.old_file(), delta.new_file()] {
+            if let Some(path) = file.path().and_then(Path::to_str) {
+                if let Some(entity) = FileRole::of(path).entity() {
+                    changed.insert(entity);
+                }
+            }
+        }
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    pub(crate) fn commit_all(repo: &Repository, message: &str) -> Oid {
+        let mut index = repo.index().expect("index");
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .expect("add");
+        index
+            .update_all(["*"], None)
+            .expect("update removed files");
+        index.write().expect("write index");
+        let tree = repo.find_tree(index.write_tree().expect("tree")).expect("tree");
+        let sig = git2::Signature::now("Test", "test@example.com").expect("sig");
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+            .expect("commit")
+    }
+
+    #[test]
+    fn reads_commit_not_working_tree_and_diffs_entities() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path()).expect("init");
+        fs::create_dir_all(dir.path().join("workspaces")).expect("mkdir");
+        fs::create_dir_all(dir.path().join("stacks/bff/templates")).expect("mkdir");
+        fs::write(dir.path().join("cplane.yaml"), "a: 1\n").expect("write");
+        fs::write(dir.path().join("README.md"), "hi\n").expect("write");
+        fs::write(dir.path().join("workspaces/acme.yaml"), "v: 1\n").expect("write");
+        fs::write(dir.path().join("stacks/bff/templates/x.yaml.j2"), "t\n").expect("write");
+        let first = commit_all(&repo, "first");
+
+        fs::write(dir.path().join("workspaces/acme.yaml"), "v: 2\n").expect("write");
+        fs::write(dir.path().join("workspaces/globex.yaml"), "v: 1\n").expect("write");
+        fs::write(dir.path().join("stacks/bff/templates/x.yaml.j2"), "t2\n").expect("write");
+        fs::write(dir.path().join("README.md"), "changed\n").expect("write");
+        let second = commit_all(&repo, "second");
+
+        // Dirty the working tree: read() must not see it.
+        fs::write(dir.path().join("workspaces/acme.yaml"), "v: dirty\n").expect("write");
+
+        let snap = read(&repo, "HEAD").expect("read");
+        assert_eq!(snap.commit, second.to_string());
+        let paths: Vec<&str> = snap.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["cplane.yaml", "stacks/bff/templates/x.yaml.j2", "workspaces/acme.yaml", "workspaces/globex.yaml"]
+        );
+        let acme = snap.files.iter().find(|f| f.path == "workspaces/acme.yaml").expect("acme");
+        assert_eq!(acme.bytes, b"v: 2\n");
+
+        let old = read(&repo, &first.to_string()).expect("read first");
+        assert_eq!(old.files.len(), 3);
+
+        let changed = changed_entities(&repo, &first.to_string(), "HEAD").expect("diff");
+        assert_eq!(
+            changed.into_iter().collect::<Vec<_>>(),
+            [
+                EntityRef::Workspace("acme".into()),
+                EntityRef::Workspace("globex".into()),
+                EntityRef::Stack("bff".into()),
+            ]
+        );
+        assert!(changed_entities(&repo, "HEAD", "HEAD").expect("diff").is_empty());
+    }
+
+    #[test]
+    fn unknown_revision_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path()).expect("init");
+        let err = read(&repo, "nope").expect_err("no such rev");
+        assert!(err.to_string().starts_with("revision `nope` does not name a commit"), "{err}");
+    }
+}

@@ -1,0 +1,22 @@
+//! `cplane-schema`: the typed model of the cplane state repo.
+//!
+//! - [`model`]: the four document kinds (Platform, Region, Workspace, Stack), strict serde types.
+//! - [`load()`]: from the bytes of one revision's files to a [`Model`] and every [`Diagnostic`].
+//! - [`validate`]: ids, naming and cross-reference rules.
+//! - [`domain`]: the naming rules of reference doc 001.
+//! - [`jsonschema`]: JSON Schema per kind, for editors.
+//!
+//! Pure: no async, no I/O beyond the bytes it is given.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod diagnostic;
+pub mod domain;
+pub mod jsonschema;
+pub mod load;
+pub mod model;
+pub mod position;
+pub mod validate;
+
+pub use diagnostic::{Diagnostic, Pos};
+pub use load::{load, EntityRef, FileRole, Loaded, Model, SourceFile};

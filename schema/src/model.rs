@@ -1,0 +1,299 @@
+//! The typed documents of the state repo. Every document is `apiVersion: cplane/v1`, a `kind`,
+//! `metadata` and `spec`; unknown fields are errors (`deny_unknown_fields` everywhere).
+//!
+//! Types here only decide *shape*. Rules that need more than one field or file (ids, cross
+//! references, naming) live in [`crate::validate`], so that one bad field never hides another.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `apiVersion` of every document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum ApiVersion {
+    /// The only version so far.
+    #[serde(rename = "cplane/v1")]
+    V1,
+}
+
+/// `metadata` of every document.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// The id. Must equal the file name (`regions/<id>.yaml`, `workspaces/<id>.yaml`,
+    /// `stacks/<name>/stack.yaml`).
+    pub name: String,
+}
+
+macro_rules! document {
+    ($(#[$doc:meta])* $name:ident, $kind:ident, $spec:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        pub struct $name {
+            /// Always `cplane/v1`.
+            pub api_version: ApiVersion,
+            /// The document kind.
+            pub kind: $kind,
+            /// Name (the id).
+            pub metadata: Metadata,
+            /// The desired state.
+            pub spec: $spec,
+        }
+
+        #[doc = concat!("The `kind` of a ", stringify!($name), " document.")]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+        pub enum $kind {
+            #[doc = concat!("`", stringify!($name), "`")]
+            $name,
+        }
+    };
+}
+
+document!(
+    /// `cplane.yaml`: the platform as a whole.
+    Platform, PlatformKind, PlatformSpec
+);
+document!(
+    /// `regions/<id>.yaml`: one region of the platform.
+    Region, RegionKind, RegionSpec
+);
+document!(
+    /// `workspaces/<id>.yaml`: one tenant workspace.
+    Workspace, WorkspaceKind, WorkspaceSpec
+);
+document!(
+    /// `stacks/<name>/stack.yaml`: one deployable stack and its declared values.
+    Stack, StackKind, StackSpec
+);
+
+/// Spec of the platform.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlatformSpec {
+    /// Base domain of every name, e.g. `cogrion.com`.
+    pub base_domain: String,
+    /// The region that holds global provisioning metadata (tenants, principals).
+    pub primary_region: String,
+    /// Prefix of regional bucket names: `{prefix}-{env}-{region}-{purpose}`.
+    pub bucket_prefix: String,
+    /// The environment whose names leave out the environment label. Default `prod`.
+    #[serde(default = "default_production")]
+    pub production_environment: String,
+    /// Environments regions may run, e.g. `[dev, prod]`.
+    pub environments: Vec<String>,
+}
+
+fn default_production() -> String {
+    "prod".to_owned()
+}
+
+/// Lifecycle of a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RegionStatus {
+    /// Serving: platform clusters are rendered and workspaces provisioned.
+    Live,
+    /// Announced, not yet serving.
+    Planned,
+    /// No longer serving; no workspace may reference it.
+    Retired,
+}
+
+/// Spec of a region.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegionSpec {
+    /// Human name, e.g. `Singapore 1`.
+    pub display_name: String,
+    /// AWS region code, e.g. `ap-southeast-1`.
+    pub aws_region: String,
+    /// `live`, `planned` or `retired`.
+    pub status: RegionStatus,
+    /// Operator-account hosted zone that holds the NS delegations of this region's workspaces,
+    /// e.g. `sgp-1.cogrion.com`.
+    pub parent_zone: String,
+    /// Environments this region runs (a platform cluster each), a subset of the platform's.
+    pub environments: Vec<String>,
+}
+
+/// What happens to a workspace's cloud resources when it is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the tenant's zone and certificate; only mark the record (the default).
+    #[default]
+    Retain,
+    /// Remove delegation, certificate, records and zone.
+    Delete,
+}
+
+/// The tenant's own AWS account, reached by cross-account role.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TenantAws {
+    /// 12-digit AWS account id, quoted (`"111111111111"`).
+    pub account_id: String,
+    /// Role cplane assumes: `arn:aws:iam::<accountId>:role/<name>`.
+    pub role_arn: String,
+    /// ExternalId agreed with the tenant (2–1224 characters of `[A-Za-z0-9+=,.@:/-]`).
+    pub external_id: String,
+}
+
+/// One stack enabled on a workspace.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StackRef {
+    /// Stack name (`stacks/<name>`), a tenant stack.
+    pub name: String,
+    /// Values, deep-merged over the stack's defaults. Keys must be declared by the stack.
+    #[serde(default)]
+    pub values: BTreeMap<String, serde_json::Value>,
+}
+
+/// Spec of a workspace.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkspaceSpec {
+    /// Region id; the region must exist and not be retired.
+    pub region: String,
+    /// Environment, one of the platform's and the region's.
+    pub environment: String,
+    /// The customer account (organization) that owns the workspace.
+    pub account: String,
+    /// The tenant AWS account.
+    pub aws: TenantAws,
+    /// `Retain` (default) or `Delete`.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Opt-in stacks and values; required tenant stacks are always deployed.
+    #[serde(default)]
+    pub stacks: Vec<StackRef>,
+}
+
+/// Which clusters a stack is deployed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StackTarget {
+    /// Every platform cluster (live region × environment).
+    Platform,
+    /// Workspace clusters that enable it (or all, when `required`).
+    Tenant,
+}
+
+/// Declared type of a stack value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    /// A string.
+    String,
+    /// A whole number.
+    Integer,
+    /// Any number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// A map.
+    Object,
+    /// A list.
+    Array,
+}
+
+impl ValueType {
+    /// Whether `value` has this type.
+    pub fn admits(self, value: &serde_json::Value) -> bool {
+        use serde_json::Value as V;
+        match self {
+            ValueType::String => value.is_string(),
+            ValueType::Integer => value.is_i64() || value.is_u64(),
+            ValueType::Number => value.is_number(),
+            ValueType::Boolean => value.is_boolean(),
+            ValueType::Object => matches!(value, V::Object(_)),
+            ValueType::Array => value.is_array(),
+        }
+    }
+
+    /// The name used in `stack.yaml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueType::String => "string",
+            ValueType::Integer => "integer",
+            ValueType::Number => "number",
+            ValueType::Boolean => "boolean",
+            ValueType::Object => "object",
+            ValueType::Array => "array",
+        }
+    }
+}
+
+/// Declaration of one stack value.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValueDecl {
+    /// Declared type.
+    #[serde(rename = "type")]
+    pub ty: ValueType,
+    /// Default; without one, every workspace that enables the stack must set the value.
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
+    /// What the value does.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Spec of a stack.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StackSpec {
+    /// Version deployed (usually the image tag), quoted.
+    pub version: String,
+    /// `platform` or `tenant`.
+    pub target: StackTarget,
+    /// Tenant stacks only: deployed to every workspace without opting in.
+    #[serde(default)]
+    pub required: bool,
+    /// What the stack is.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Declared values with their types and defaults.
+    #[serde(default)]
+    pub values: BTreeMap<String, ValueDecl>,
+}
+
+/// Deep-merges `overlay` into `base`: maps merge key by key, anything else is replaced.
+pub fn deep_merge(base: &mut serde_json::Value, overlay: &serde_json::Value) {
+    match (base, overlay) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(existing) => deep_merge(existing, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn deep_merge_merges_maps_and_replaces_lists() {
+        let mut base = json!({"a": {"x": 1, "y": [1, 2]}, "b": "keep"});
+        deep_merge(&mut base, &json!({"a": {"y": [3], "z": true}}));
+        assert_eq!(base, json!({"a": {"x": 1, "y": [3], "z": true}, "b": "keep"}));
+    }
+
+    #[test]
+    fn value_types() {
+        assert!(ValueType::Integer.admits(&json!(3)));
+        assert!(!ValueType::Integer.admits(&json!(3.5)));
+        assert!(ValueType::Number.admits(&json!(3.5)));
+        assert!(!ValueType::String.admits(&json!(3)));
+    }
+}

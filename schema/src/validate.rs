@@ -1,0 +1,357 @@
+//! Rules across fields and files: ids, naming, cross references, stack values.
+//!
+//! Every rule reports into one list; nothing stops at the first problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::diagnostic::Diagnostic;
+use crate::domain::{is_dns_label, is_dns_name, RegionalNames};
+use crate::load::{EntityRef, Model};
+use crate::model::{RegionStatus, StackTarget, ValueDecl};
+
+/// Checks every rule on a parsed model. `broken` names entities whose files failed to parse, so
+/// that dangling references to them are not reported a second time.
+pub fn validate(model: &Model, broken: &BTreeSet<EntityRef>) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    platform(model, broken, &mut out);
+    for region in model.regions.values() {
+        self::region(model, region, &mut out);
+    }
+    for stack in model.stacks.values() {
+        self::stack(stack, &mut out);
+    }
+    for workspace in model.workspaces.values() {
+        self::workspace(model, broken, workspace, &mut out);
+    }
+    out
+}
+
+fn platform(model: &Model, broken: &BTreeSet<EntityRef>, out: &mut Vec<Diagnostic>) {
+    let p = &model.platform;
+    let spec = &p.doc.spec;
+    if !is_dns_label(&p.doc.metadata.name) {
+        out.push(p.diag("metadata.name", format!("`{}` is not a DNS label (lowercase letters, digits, `-`)", p.doc.metadata.name)));
+    }
+    if !is_dns_name(&spec.base_domain) || !spec.base_domain.contains('.') {
+        out.push(p.diag("spec.baseDomain", format!("`{}` is not a domain name like `cogrion.com`", spec.base_domain)));
+    }
+    if !is_dns_label(&spec.bucket_prefix) {
+        out.push(p.diag("spec.bucketPrefix", format!("`{}` is not a valid bucket name prefix (lowercase letters, digits, `-`)", spec.bucket_prefix)));
+    }
+    if spec.environments.is_empty() {
+        out.push(p.diag("spec.environments", "at least one environment is required"));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, env) in spec.environments.iter().enumerate() {
+        let path = format!("spec.environments[{i}]");
+        if !is_dns_label(env) {
+            out.push(p.diag(&path, format!("`{env}` is not a DNS label")));
+        }
+        if !seen.insert(env) {
+            out.push(p.diag(&path, format!("environment `{env}` is listed twice")));
+        }
+    }
+    if !spec.environments.contains(&spec.production_environment) {
+        out.push(p.diag("spec.productionEnvironment", format!("`{}` is not one of spec.environments", spec.production_environment)));
+    }
+    let primary = &spec.primary_region;
+    match model.regions.get(primary) {
+        Some(r) if r.doc.spec.status == RegionStatus::Retired => {
+            out.push(p.diag("spec.primaryRegion", format!("region `{primary}` is retired; the primary region must be live or planned")));
+        }
+        Some(_) => {}
+        None if broken.contains(&EntityRef::Region(primary.clone())) => {}
+        None => out.push(p.diag("spec.primaryRegion", format!("region `{primary}` does not exist (no regions/{primary}.yaml)"))),
+    }
+}
+
+/// `{city}-{index}`: lowercase letters, a dash, digits (`sgp-1`, `fra-2`).
+fn is_region_id(id: &str) -> bool {
+    match id.split_once('-') {
+        Some((city, index)) => {
+            !city.is_empty()
+                && city.bytes().all(|b| b.is_ascii_lowercase())
+                && !index.is_empty()
+                && index.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+/// AWS region codes: `ap-southeast-1`, `us-gov-west-1`.
+fn is_aws_region(code: &str) -> bool {
+    let parts: Vec<&str> = code.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].parse::<u8>().is_ok()
+}
+
+fn region(model: &Model, r: &crate::load::Entity<crate::model::Region>, out: &mut Vec<Diagnostic>) {
+    let id = &r.doc.metadata.name;
+    let spec = &r.doc.spec;
+    let platform = &model.platform.doc.spec;
+    if !is_region_id(id) {
+        out.push(r.diag("metadata.name", format!("`{id}` is not a region id of the form {{city}}-{{index}}, lowercase (e.g. `sgp-1`)")));
+    } else if *id != r.path_id {
+        out.push(r.diag("metadata.name", format!("`{id}` does not match the file name; expected regions/{id}.yaml or metadata.name `{}`", r.path_id)));
+    }
+    if !is_aws_region(&spec.aws_region) {
+        out.push(r.diag("spec.awsRegion", format!("`{}` is not an AWS region code like `ap-southeast-1`", spec.aws_region)));
+    }
+    let zone = &spec.parent_zone;
+    let base = &platform.base_domain;
+    if !is_dns_name(zone) {
+        out.push(r.diag("spec.parentZone", format!("`{zone}` is not a DNS name")));
+    } else if zone != base && !zone.ends_with(&format!(".{base}")) {
+        out.push(r.diag("spec.parentZone", format!("`{zone}` is not within the base domain `{base}`")));
+    }
+    if spec.status == RegionStatus::Live && spec.environments.is_empty() {
+        out.push(r.diag("spec.environments", "a live region runs at least one environment"));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, env) in spec.environments.iter().enumerate() {
+        let path = format!("spec.environments[{i}]");
+        if !platform.environments.contains(env) {
+            out.push(r.diag(&path, format!("environment `{env}` is not one of the platform's ({})", platform.environments.join(", "))));
+        } else if !seen.insert(env) {
+            out.push(r.diag(&path, format!("environment `{env}` is listed twice")));
+        } else {
+            let names = names_for(model, id, env);
+            let domain = names.regional_domain();
+            if is_dns_name(zone) && domain != *zone && !domain.ends_with(&format!(".{zone}")) {
+                out.push(r.diag("spec.parentZone", format!("`{zone}` cannot delegate this region's {env} names (`{domain}` is not within it)")));
+            }
+        }
+    }
+}
+
+/// The naming rules for one region × environment.
+pub fn names_for(model: &Model, region: &str, env: &str) -> RegionalNames {
+    let p = &model.platform.doc.spec;
+    RegionalNames::new(&p.base_domain, &p.bucket_prefix, region, env, *env == p.production_environment)
+}
+
+fn stack(entry: &crate::load::StackEntry, out: &mut Vec<Diagnostic>) {
+    let s = &entry.entity;
+    let name = &s.doc.metadata.name;
+    let spec = &s.doc.spec;
+    if !is_dns_label(name) {
+        out.push(s.diag("metadata.name", format!("`{name}` is not a valid stack name (a DNS label: lowercase letters, digits, `-`)")));
+    } else if *name != s.path_id {
+        out.push(s.diag("metadata.name", format!("`{name}` does not match the folder name; expected stacks/{name}/stack.yaml or metadata.name `{}`", s.path_id)));
+    }
+    if spec.version.trim().is_empty() {
+        out.push(s.diag("spec.version", "must not be empty"));
+    }
+    for (key, decl) in &spec.values {
+        let path = format!("spec.values.{key}");
+        if let Some(default) = &decl.default {
+            if !decl.ty.admits(default) {
+                out.push(s.diag(&format!("{path}.default"), format!("default does not match the declared type `{}`", decl.ty.name())));
+            }
+        } else if spec.target == StackTarget::Platform {
+            out.push(s.diag(&path, "platform stacks need a default for every value (no workspace sets them)"));
+        }
+    }
+    let renderable = entry.templates.keys().filter(|p| !is_partial(p)).count();
+    if renderable == 0 {
+        out.push(s.diag("", format!("stack has no templates: add stacks/{}/templates/<file>.yaml.j2", s.path_id)));
+    }
+}
+
+/// Partials (`_name.j2`) are only included, never rendered on their own.
+pub fn is_partial(template_path: &str) -> bool {
+    template_path
+        .rsplit('/')
+        .next()
+        .is_some_and(|f| f.starts_with('_'))
+}
+
+fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `arn:aws:iam::<account>:role/<path/name>` → the account id.
+fn role_arn_account(arn: &str) -> Option<&str> {
+    let rest = arn.strip_prefix("arn:")?;
+    let (partition, rest) = rest.split_once(':')?;
+    if !partition.starts_with("aws") {
+        return None;
+    }
+    let rest = rest.strip_prefix("iam::")?;
+    let (account, role) = rest.split_once(':')?;
+    let name = role.strip_prefix("role/")?;
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c));
+    (ok && is_account_id(account)).then_some(account)
+}
+
+fn workspace(
+    model: &Model,
+    broken: &BTreeSet<EntityRef>,
+    w: &crate::load::Entity<crate::model::Workspace>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let id = &w.doc.metadata.name;
+    let spec = &w.doc.spec;
+    let platform = &model.platform.doc.spec;
+    if let Some(rest) = id.strip_prefix("w-") {
+        out.push(w.diag("metadata.name", format!("`{id}`: the `w-` prefix is derived, not typed; use `{rest}`")));
+    } else if !is_dns_label(id) || id.len() > 61 {
+        out.push(w.diag("metadata.name", format!("`{id}` is not a DNS label of at most 61 characters (lowercase letters, digits, `-`)")));
+    } else if *id != w.path_id {
+        out.push(w.diag("metadata.name", format!("`{id}` does not match the file name; expected workspaces/{id}.yaml or metadata.name `{}`", w.path_id)));
+    }
+
+    // Region and environment.
+    match model.regions.get(&spec.region) {
+        Some(region) => {
+            if region.doc.spec.status == RegionStatus::Retired {
+                out.push(w.diag("spec.region", format!("region `{}` is retired", spec.region)));
+            }
+            if platform.environments.contains(&spec.environment)
+                && !region.doc.spec.environments.contains(&spec.environment)
+            {
+                out.push(w.diag("spec.environment", format!("region `{}` does not run environment `{}` (it runs: {})", spec.region, spec.environment, region.doc.spec.environments.join(", "))));
+            }
+            let zone = names_for(model, &spec.region, &spec.environment).workspace_zone(id);
+            if !is_dns_name(&format!("x.{zone}")) {
+                out.push(w.diag("metadata.name", format!("derived zone `{zone}` is too long for DNS")));
+            }
+        }
+        None if broken.contains(&EntityRef::Region(spec.region.clone())) => {}
+        None => out.push(w.diag("spec.region", format!("region `{}` does not exist (no regions/{}.yaml)", spec.region, spec.region))),
+    }
+    if !platform.environments.contains(&spec.environment) {
+        out.push(w.diag("spec.environment", format!("environment `{}` is not one of the platform's ({})", spec.environment, platform.environments.join(", "))));
+    }
+    if !is_dns_label(&spec.account) {
+        out.push(w.diag("spec.account", format!("`{}` is not a DNS label", spec.account)));
+    }
+
+    // Tenant AWS account.
+    let aws = &spec.aws;
+    if !is_account_id(&aws.account_id) {
+        out.push(w.diag("spec.aws.accountId", format!("`{}` is not a 12-digit AWS account id (quote it: \"012345678901\")", aws.account_id)));
+    }
+    match role_arn_account(&aws.role_arn) {
+        None => out.push(w.diag("spec.aws.roleArn", format!("`{}` is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)", aws.role_arn))),
+        Some(account) if is_account_id(&aws.account_id) && account != aws.account_id => {
+            out.push(w.diag("spec.aws.roleArn", format!("role is in account {account}, but spec.aws.accountId is {}", aws.account_id)));
+        }
+        Some(_) => {}
+    }
+    let ext = &aws.external_id;
+    if !(2..=1224).contains(&ext.len())
+        || !ext.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@:/_-".contains(c))
+    {
+        out.push(w.diag("spec.aws.externalId", "must be 2–1224 characters of letters, digits and +=,.@:/_-"));
+    }
+
+    // Stacks and values.
+    let mut listed = BTreeMap::new();
+    for (i, sref) in spec.stacks.iter().enumerate() {
+        let path = format!("spec.stacks[{i}]");
+        if listed.insert(sref.name.as_str(), i).is_some() {
+            out.push(w.diag(&format!("{path}.name"), format!("stack `{}` is listed twice", sref.name)));
+            continue;
+        }
+        let Some(stack) = model.stacks.get(&sref.name) else {
+            if !broken.contains(&EntityRef::Stack(sref.name.clone())) {
+                out.push(w.diag(&format!("{path}.name"), format!("stack `{}` does not exist (no stacks/{}/stack.yaml)", sref.name, sref.name)));
+            }
+            continue;
+        };
+        let sspec = &stack.entity.doc.spec;
+        if sspec.target != StackTarget::Tenant {
+            out.push(w.diag(&format!("{path}.name"), format!("stack `{}` targets platform clusters, not workspaces", sref.name)));
+            continue;
+        }
+        for (key, value) in &sref.values {
+            let vpath = format!("{path}.values.{key}");
+            match sspec.values.get(key) {
+                None => out.push(w.diag(&vpath, format!("stack `{}` declares no value `{key}` (declared: {})", sref.name, declared(&sspec.values)))),
+                Some(decl) if !decl.ty.admits(value) => {
+                    out.push(w.diag(&vpath, format!("expected {}, found {}", decl.ty.name(), json_type(value))));
+                }
+                Some(_) => {}
+            }
+        }
+        missing_values(w, &path, &sref.name, &sspec.values, Some(&sref.values), out);
+    }
+    for (name, stack) in &model.stacks {
+        let sspec = &stack.entity.doc.spec;
+        if sspec.target == StackTarget::Tenant && sspec.required && !listed.contains_key(name.as_str()) {
+            missing_values(w, "spec.stacks", name, &sspec.values, None, out);
+        }
+    }
+}
+
+fn missing_values(
+    w: &crate::load::Entity<crate::model::Workspace>,
+    path: &str,
+    stack: &str,
+    decls: &BTreeMap<String, ValueDecl>,
+    given: Option<&BTreeMap<String, serde_json::Value>>,
+    out: &mut Vec<Diagnostic>,
+) {
+    for (key, decl) in decls {
+        if decl.default.is_none() && !given.is_some_and(|g| g.contains_key(key)) {
+            out.push(w.diag(path, format!("stack `{stack}` needs value `{key}` ({}), which has no default", decl.ty.name())));
+        }
+    }
+}
+
+fn declared(values: &BTreeMap<String, ValueDecl>) -> String {
+    if values.is_empty() {
+        "none".to_owned()
+    } else {
+        values.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(n) if n.is_f64() => "number",
+        serde_json::Value::Number(_) => "integer",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_ids() {
+        assert!(is_region_id("sgp-1"));
+        assert!(is_region_id("fra-12"));
+        assert!(!is_region_id("SGP-1"));
+        assert!(!is_region_id("sgp1"));
+        assert!(!is_region_id("sgp-a"));
+        assert!(!is_region_id("new-york-1"));
+    }
+
+    #[test]
+    fn aws_regions() {
+        assert!(is_aws_region("ap-southeast-1"));
+        assert!(is_aws_region("us-gov-west-1"));
+        assert!(!is_aws_region("singapore"));
+    }
+
+    #[test]
+    fn role_arns() {
+        assert_eq!(role_arn_account("arn:aws:iam::111111111111:role/cogrion-provisioner"), Some("111111111111"));
+        assert_eq!(role_arn_account("arn:aws:iam::111111111111:user/bob"), None);
+        assert_eq!(role_arn_account("arn:aws:iam::1111:role/x"), None);
+    }
+}
