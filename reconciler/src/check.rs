@@ -29,7 +29,11 @@ pub fn check(files: Vec<SourceFile>) -> Checked {
     let loaded = cplane_schema::load(files);
     let mut diagnostics = loaded.diagnostics;
     let Some(model) = loaded.model else {
-        return Checked { model: None, diagnostics, bundles: Vec::new() };
+        return Checked {
+            model: None,
+            diagnostics,
+            bundles: Vec::new(),
+        };
     };
     let renderer_diags;
     let mut bundles = Vec::new();
@@ -44,7 +48,9 @@ pub fn check(files: Vec<SourceFile>) -> Checked {
             for (cluster, result) in clusters.into_iter().zip(results) {
                 match result {
                     Ok(bundle) => bundles.push((cluster, bundle)),
-                    Err(diags) => failures.extend(diags.into_iter().map(|d| (cluster.id.clone(), d))),
+                    Err(diags) => {
+                        failures.extend(diags.into_iter().map(|d| (cluster.id.clone(), d)))
+                    }
                 }
             }
             diagnostics.extend(render::group(failures));
@@ -55,5 +61,9 @@ pub fn check(files: Vec<SourceFile>) -> Checked {
     }
     diagnostics.extend(renderer_diags);
     sort_dedup(&mut diagnostics);
-    Checked { model: Some(model), diagnostics, bundles }
+    Checked {
+        model: Some(model),
+        diagnostics,
+        bundles,
+    }
 }

@@ -18,7 +18,11 @@ const EXIT_INVALID: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "cplane", version, about = "Declarative GitOps control plane for BYOC regions, workspaces and stacks")]
+#[command(
+    name = "cplane",
+    version,
+    about = "Declarative GitOps control plane for BYOC regions, workspaces and stacks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -101,7 +105,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init { dir } => {
             let commit = init::init(&dir)?;
-            println!("Initialized state repo in {} (commit {commit})", dir.display());
+            println!(
+                "Initialized state repo in {} (commit {commit})",
+                dir.display()
+            );
             println!("Next: cplane validate --repo {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -157,7 +164,10 @@ fn validate(args: &RepoArgs, format: Format) -> anyhow::Result<ExitCode> {
                 );
             } else {
                 let n = checked.diagnostics.len();
-                println!("invalid: commit {short}: {n} error{}", if n == 1 { "" } else { "s" });
+                println!(
+                    "invalid: commit {short}: {n} error{}",
+                    if n == 1 { "" } else { "s" }
+                );
             }
         }
     }
@@ -188,9 +198,14 @@ fn render(args: &RepoArgs, cluster: &str, out: Option<&Path>) -> anyhow::Result<
                     .join("-");
                 let path = dir.join(format!("{:03}-{stem}.yaml", i + 1));
                 let text = serde_yaml::to_string(&object.value)?;
-                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
-            eprintln!("{} objects written to {}", bundle.objects.len(), dir.display());
+            eprintln!(
+                "{} objects written to {}",
+                bundle.objects.len(),
+                dir.display()
+            );
         }
     }
     eprintln!("cluster {cluster}: {}", bundle.digest);
@@ -219,13 +234,19 @@ fn clusters(args: &RepoArgs, format: Format) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&list)?);
         }
         Format::Text => {
-            println!("{:<24} {:<9} {:<8} {:<12} DIGEST", "ID", "KIND", "REGION", "ENVIRONMENT");
+            println!(
+                "{:<24} {:<9} {:<8} {:<12} DIGEST",
+                "ID", "KIND", "REGION", "ENVIRONMENT"
+            );
             for (c, b) in &checked.bundles {
                 let kind = match c.kind {
                     cplane_reconciler::render::ClusterKind::Platform => "platform",
                     cplane_reconciler::render::ClusterKind::Tenant => "tenant",
                 };
-                println!("{:<24} {:<9} {:<8} {:<12} {}", c.id, kind, c.region, c.environment, b.digest);
+                println!(
+                    "{:<24} {:<9} {:<8} {:<12} {}",
+                    c.id, kind, c.region, c.environment, b.digest
+                );
             }
         }
     }

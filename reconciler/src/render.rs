@@ -142,9 +142,7 @@ impl<'m> Renderer<'m> {
             env.set_keep_trailing_newline(true);
             let dir = format!("stacks/{}/templates/", stack.entity.path_id);
             let join_dir = dir.clone();
-            env.set_path_join_callback(move |name, _parent| {
-                format!("{join_dir}{name}").into()
-            });
+            env.set_path_join_callback(move |name, _parent| format!("{join_dir}{name}").into());
             env.add_function("host", host);
             env.add_function("bucket", bucket);
             let mut ok = true;
@@ -265,7 +263,14 @@ impl<'m> Renderer<'m> {
                     .expect("every template was added to its stack's environment");
                 match tmpl.render(&ctx) {
                     Ok(text) => {
-                        if let Err(d) = parse_objects(&text, name, path, &stack.templates[path], cluster, &mut objects) {
+                        if let Err(d) = parse_objects(
+                            &text,
+                            name,
+                            path,
+                            &stack.templates[path],
+                            cluster,
+                            &mut objects,
+                        ) {
                             diags.push(d);
                         }
                     }
@@ -348,6 +353,11 @@ fn template_diag(
     let mut text = err.kind().to_string();
     if let Some(detail) = err.detail() {
         let _ = write!(text, ": {detail}");
+    } else if let (Some(range), Some(src)) = (err.range(), sources.get(&file)) {
+        // minijinja says only "undefined value"; name the expression it was about.
+        if let Some(expr) = src.get(range) {
+            let _ = write!(text, ": `{expr}`");
+        }
     }
     Diagnostic::new(&file, Pos { line, column }, "", text)
 }
@@ -380,7 +390,10 @@ fn parse_objects(
     let at = |n: usize, msg: String| {
         Diagnostic::new(
             path,
-            Pos { line: document_line(source, n), column: 1 },
+            Pos {
+                line: document_line(source, n),
+                column: 1,
+            },
             "",
             format!("{msg} (rendered document {})", n + 1),
         )
@@ -390,20 +403,38 @@ fn parse_objects(
             Ok(v) => v,
             Err(err) => {
                 let rendered_line = err.location().map_or(0, |l| l.line());
-                return Err(at(n, format!("rendered output is not valid YAML: {} (rendered line {rendered_line})", strip_location(&err.to_string()))));
+                return Err(at(
+                    n,
+                    format!(
+                        "rendered output is not valid YAML: {} (rendered line {rendered_line})",
+                        strip_location(&err.to_string())
+                    ),
+                ));
             }
         };
         let mut value = match value {
-            serde_json::Value::Null => return Err(at(n, "empty document: every document must be a Kubernetes object".into())),
+            serde_json::Value::Null => {
+                return Err(at(
+                    n,
+                    "empty document: every document must be a Kubernetes object".into(),
+                ))
+            }
             v => v,
         };
-        let missing = ["apiVersion", "kind"]
-            .into_iter()
-            .find(|k| !value.get(*k).is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty())))
-            .or_else(|| {
-                let ok = value.pointer("/metadata/name").and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty());
-                (!ok).then_some("metadata.name")
-            });
+        let non_empty = |p: &str| {
+            value
+                .pointer(p)
+                .and_then(|v| v.as_str())
+                .is_some_and(|s| !s.is_empty())
+        };
+        let missing = [
+            ("/apiVersion", "apiVersion"),
+            ("/kind", "kind"),
+            ("/metadata/name", "metadata.name"),
+        ]
+        .into_iter()
+        .find(|(pointer, _)| !non_empty(pointer))
+        .map(|(_, field)| field);
         if let Some(field) = missing {
             return Err(at(n, format!("rendered document is not a Kubernetes object: missing `{field}` (a non-empty string)")));
         }
@@ -415,7 +446,9 @@ fn parse_objects(
             .entry("labels")
             .or_insert_with(|| serde_json::json!({}));
         if let Some(labels) = labels.as_object_mut() {
-            labels.entry(MANAGED_BY.0).or_insert_with(|| MANAGED_BY.1.into());
+            labels
+                .entry(MANAGED_BY.0)
+                .or_insert_with(|| MANAGED_BY.1.into());
             labels.insert(CLUSTER_LABEL.into(), cluster.id.clone().into());
         } else {
             return Err(at(n, "metadata.labels must be a map".into()));
@@ -452,20 +485,41 @@ fn kind_rank(kind: &str) -> u8 {
 
 /// Identity of an object in a cluster: API group, kind, namespace, name.
 pub fn object_key(v: &serde_json::Value) -> (u8, String, String, String, String) {
-    let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(|x| x.as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
     let api_version = s("/apiVersion");
-    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g).to_owned();
+    let group = api_version
+        .rsplit_once('/')
+        .map_or("", |(g, _)| g)
+        .to_owned();
     let kind = s("/kind");
-    (kind_rank(&kind), kind, s("/metadata/namespace"), s("/metadata/name"), group)
+    (
+        kind_rank(&kind),
+        kind,
+        s("/metadata/namespace"),
+        s("/metadata/name"),
+        group,
+    )
 }
 
-fn canonical_bundle(cluster: &Cluster, mut objects: Vec<Object>) -> Result<Bundle, Vec<Diagnostic>> {
+fn canonical_bundle(
+    cluster: &Cluster,
+    mut objects: Vec<Object>,
+) -> Result<Bundle, Vec<Diagnostic>> {
     objects.sort_by_cached_key(|o| object_key(&o.value));
     let mut diags = Vec::new();
     for pair in objects.windows(2) {
         if object_key(&pair[0].value) == object_key(&pair[1].value) {
             let (_, kind, ns, name, _) = object_key(&pair[1].value);
-            let ns = if ns.is_empty() { String::new() } else { format!("{ns}/") };
+            let ns = if ns.is_empty() {
+                String::new()
+            } else {
+                format!("{ns}/")
+            };
             diags.push(Diagnostic::file(
                 &pair[1].template,
                 format!("{kind} {ns}{name} is also rendered by {}; an object may be defined once per cluster", pair[0].template),

@@ -141,11 +141,11 @@ mod tests {
         index
             .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
             .expect("add");
-        index
-            .update_all(["*"], None)
-            .expect("update removed files");
+        index.update_all(["*"], None).expect("update removed files");
         index.write().expect("write index");
-        let tree = repo.find_tree(index.write_tree().expect("tree")).expect("tree");
+        let tree = repo
+            .find_tree(index.write_tree().expect("tree"))
+            .expect("tree");
         let sig = git2::Signature::now("Test", "test@example.com").expect("sig");
         let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let parents: Vec<&git2::Commit> = parent.iter().collect();
@@ -179,9 +179,18 @@ mod tests {
         let paths: Vec<&str> = snap.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["cplane.yaml", "stacks/bff/templates/x.yaml.j2", "workspaces/acme.yaml", "workspaces/globex.yaml"]
+            [
+                "cplane.yaml",
+                "stacks/bff/templates/x.yaml.j2",
+                "workspaces/acme.yaml",
+                "workspaces/globex.yaml"
+            ]
         );
-        let acme = snap.files.iter().find(|f| f.path == "workspaces/acme.yaml").expect("acme");
+        let acme = snap
+            .files
+            .iter()
+            .find(|f| f.path == "workspaces/acme.yaml")
+            .expect("acme");
         assert_eq!(acme.bytes, b"v: 2\n");
 
         let old = read(&repo, &first.to_string()).expect("read first");
@@ -196,7 +205,9 @@ mod tests {
                 EntityRef::Stack("bff".into()),
             ]
         );
-        assert!(changed_entities(&repo, "HEAD", "HEAD").expect("diff").is_empty());
+        assert!(changed_entities(&repo, "HEAD", "HEAD")
+            .expect("diff")
+            .is_empty());
     }
 
     #[test]
@@ -204,6 +215,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = Repository::init(dir.path()).expect("init");
         let err = read(&repo, "nope").expect_err("no such rev");
-        assert!(err.to_string().starts_with("revision `nope` does not name a commit"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("revision `nope` does not name a commit"),
+            "{err}"
+        );
     }
 }

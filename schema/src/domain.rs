@@ -56,7 +56,11 @@ impl RegionalNames {
 
     /// The workspace's delegated hosted zone: `w-{id}.{env?}.{region}.{base}`.
     pub fn workspace_zone(&self, workspace_id: &str) -> String {
-        format!("{}.{}", workspace_name(workspace_id), self.regional_domain())
+        format!(
+            "{}.{}",
+            workspace_name(workspace_id),
+            self.regional_domain()
+        )
     }
 
     /// A workspace service: `{service}.w-{id}.{env?}.{region}.{base}`.
@@ -142,9 +146,15 @@ mod tests {
         let prod = sgp1("prod");
         assert_eq!(prod.service_host("cplane"), "cplane.sgp-1.cogrion.com");
         assert_eq!(prod.service_host("auth"), "auth.sgp-1.cogrion.com");
-        assert_eq!(prod.workspace_host("acme", "bff"), "bff.w-acme.sgp-1.cogrion.com");
+        assert_eq!(
+            prod.workspace_host("acme", "bff"),
+            "bff.w-acme.sgp-1.cogrion.com"
+        );
         assert_eq!(prod.workspace_zone("acme"), "w-acme.sgp-1.cogrion.com");
-        assert_eq!(prod.workspace_wildcard("acme"), "*.w-acme.sgp-1.cogrion.com");
+        assert_eq!(
+            prod.workspace_wildcard("acme"),
+            "*.w-acme.sgp-1.cogrion.com"
+        );
         assert_eq!(prod.bucket("artifacts"), "cogrion-prod-sgp-1-artifacts");
     }
 
@@ -152,7 +162,10 @@ mod tests {
     fn other_environments_carry_their_label() {
         let dev = sgp1("dev");
         assert_eq!(dev.service_host("cplane"), "cplane.dev.sgp-1.cogrion.com");
-        assert_eq!(dev.workspace_host("acme", "trino"), "trino.w-acme.dev.sgp-1.cogrion.com");
+        assert_eq!(
+            dev.workspace_host("acme", "trino"),
+            "trino.w-acme.dev.sgp-1.cogrion.com"
+        );
         assert_eq!(dev.workspace_zone("acme"), "w-acme.dev.sgp-1.cogrion.com");
         assert_eq!(dev.bucket("exports"), "cogrion-dev-sgp-1-exports");
     }

@@ -219,7 +219,11 @@ enum Parsed {
     Region(Entity<Region>),
     Workspace(Entity<Workspace>),
     Stack(Entity<Stack>),
-    Template { stack: String, path: String, text: Arc<str> },
+    Template {
+        stack: String,
+        path: String,
+        text: Arc<str>,
+    },
 }
 
 /// Parses and validates every file; see the module docs.
@@ -251,9 +255,15 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
             }
             Ok(None) => {}
             Ok(Some(Parsed::Platform(p))) => platform = Some(p),
-            Ok(Some(Parsed::Region(r))) => insert_unique(&mut regions, r, |d| &d.metadata.name, &mut diagnostics),
-            Ok(Some(Parsed::Workspace(w))) => insert_unique(&mut workspaces, w, |d| &d.metadata.name, &mut diagnostics),
-            Ok(Some(Parsed::Stack(s))) => insert_unique(&mut stacks, s, |d| &d.metadata.name, &mut diagnostics),
+            Ok(Some(Parsed::Region(r))) => {
+                insert_unique(&mut regions, r, |d| &d.metadata.name, &mut diagnostics)
+            }
+            Ok(Some(Parsed::Workspace(w))) => {
+                insert_unique(&mut workspaces, w, |d| &d.metadata.name, &mut diagnostics)
+            }
+            Ok(Some(Parsed::Stack(s))) => {
+                insert_unique(&mut stacks, s, |d| &d.metadata.name, &mut diagnostics)
+            }
             Ok(Some(Parsed::Template { stack, path, text })) => {
                 templates.entry(stack).or_default().insert(path, text);
             }
@@ -294,7 +304,9 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
         for path in files.keys() {
             diagnostics.push(Diagnostic::file(
                 path,
-                format!("template of unknown stack `{stack}`: stacks/{stack}/stack.yaml is missing"),
+                format!(
+                    "template of unknown stack `{stack}`: stacks/{stack}/stack.yaml is missing"
+                ),
             ));
         }
     }
@@ -328,7 +340,11 @@ fn insert_unique<T>(
         } else {
             (false, first)
         };
-        let kept_file = if keep_first { &first.file } else { &entity.file };
+        let kept_file = if keep_first {
+            &first.file
+        } else {
+            &entity.file
+        };
         diagnostics.push(other.diag(
             "metadata.name",
             format!("duplicate id `{id}`: already defined in {kept_file}"),
@@ -387,12 +403,18 @@ fn check_text<'a>(path: &str, bytes: &'a [u8], what: &str) -> Result<&'a str, Di
         let valid = &bytes[..e.valid_up_to()];
         let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
         let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let column = String::from_utf8_lossy(&valid[line_start..]).chars().count() + 1;
+        let column = String::from_utf8_lossy(&valid[line_start..])
+            .chars()
+            .count()
+            + 1;
         Diagnostic::new(
             path,
             Pos { line, column },
             "",
-            format!("file is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+            format!(
+                "file is not valid UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
         )
     })?;
     let blank = text
@@ -445,6 +467,11 @@ pub fn yaml_error(path: &str, err: &serde_yaml::Error) -> Diagnostic {
         }
         _ => (String::new(), message),
     };
+    // serde_yaml's wording for a map or list where a plain enum value belongs.
+    let text = text.replace(
+        "expected a YAML tag starting with '!'",
+        "expected a plain value (see the schema for the allowed ones)",
+    );
     let text = text.replace(
         "deserializing from YAML containing more than one document is not supported",
         "expected one YAML document, found several (remove the `---` separator)",

@@ -286,7 +286,10 @@ mod tests {
     fn deep_merge_merges_maps_and_replaces_lists() {
         let mut base = json!({"a": {"x": 1, "y": [1, 2]}, "b": "keep"});
         deep_merge(&mut base, &json!({"a": {"y": [3], "z": true}}));
-        assert_eq!(base, json!({"a": {"x": 1, "y": [3], "z": true}, "b": "keep"}));
+        assert_eq!(
+            base,
+            json!({"a": {"x": 1, "y": [3], "z": true}, "b": "keep"})
+        );
     }
 
     #[test]

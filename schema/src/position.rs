@@ -30,7 +30,10 @@ impl PositionIndex {
         let mut cursor = 0;
         // Skip StreamStart / DocumentStart.
         while cursor < events.0.len()
-            && matches!(events.0[cursor].0, Event::StreamStart | Event::DocumentStart)
+            && matches!(
+                events.0[cursor].0,
+                Event::StreamStart | Event::DocumentStart
+            )
         {
             cursor += 1;
         }
@@ -125,13 +128,35 @@ mod tests {
 
     #[test]
     fn locates_nested_fields_and_list_items() {
-        let text = "a: 1\nspec:\n  region: sgp-1\n  stacks:\n    - name: trino\n      values: {x: 1}\n";
+        let text =
+            "a: 1\nspec:\n  region: sgp-1\n  stacks:\n    - name: trino\n      values: {x: 1}\n";
         let index = PositionIndex::build(text);
         assert_eq!(index.locate("a"), Pos { line: 1, column: 4 });
-        assert_eq!(index.locate("spec.region"), Pos { line: 3, column: 11 });
-        assert_eq!(index.locate("spec.stacks[0].name"), Pos { line: 5, column: 13 });
-        assert_eq!(index.locate("spec.stacks[0].values.x"), Pos { line: 6, column: 19 });
+        assert_eq!(
+            index.locate("spec.region"),
+            Pos {
+                line: 3,
+                column: 11
+            }
+        );
+        assert_eq!(
+            index.locate("spec.stacks[0].name"),
+            Pos {
+                line: 5,
+                column: 13
+            }
+        );
+        assert_eq!(
+            index.locate("spec.stacks[0].values.x"),
+            Pos {
+                line: 6,
+                column: 19
+            }
+        );
         // Absent fields fall back to the closest ancestor.
-        assert_eq!(index.locate("spec.stacks[0].missing"), index.locate("spec.stacks[0]"));
+        assert_eq!(
+            index.locate("spec.stacks[0].missing"),
+            index.locate("spec.stacks[0]")
+        );
     }
 }

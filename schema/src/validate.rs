@@ -30,13 +30,31 @@ fn platform(model: &Model, broken: &BTreeSet<EntityRef>, out: &mut Vec<Diagnosti
     let p = &model.platform;
     let spec = &p.doc.spec;
     if !is_dns_label(&p.doc.metadata.name) {
-        out.push(p.diag("metadata.name", format!("`{}` is not a DNS label (lowercase letters, digits, `-`)", p.doc.metadata.name)));
+        out.push(p.diag(
+            "metadata.name",
+            format!(
+                "`{}` is not a DNS label (lowercase letters, digits, `-`)",
+                p.doc.metadata.name
+            ),
+        ));
     }
     if !is_dns_name(&spec.base_domain) || !spec.base_domain.contains('.') {
-        out.push(p.diag("spec.baseDomain", format!("`{}` is not a domain name like `cogrion.com`", spec.base_domain)));
+        out.push(p.diag(
+            "spec.baseDomain",
+            format!(
+                "`{}` is not a domain name like `cogrion.com`",
+                spec.base_domain
+            ),
+        ));
     }
     if !is_dns_label(&spec.bucket_prefix) {
-        out.push(p.diag("spec.bucketPrefix", format!("`{}` is not a valid bucket name prefix (lowercase letters, digits, `-`)", spec.bucket_prefix)));
+        out.push(p.diag(
+            "spec.bucketPrefix",
+            format!(
+                "`{}` is not a valid bucket name prefix (lowercase letters, digits, `-`)",
+                spec.bucket_prefix
+            ),
+        ));
     }
     if spec.environments.is_empty() {
         out.push(p.diag("spec.environments", "at least one environment is required"));
@@ -52,16 +70,30 @@ fn platform(model: &Model, broken: &BTreeSet<EntityRef>, out: &mut Vec<Diagnosti
         }
     }
     if !spec.environments.contains(&spec.production_environment) {
-        out.push(p.diag("spec.productionEnvironment", format!("`{}` is not one of spec.environments", spec.production_environment)));
+        out.push(p.diag(
+            "spec.productionEnvironment",
+            format!(
+                "`{}` is not one of spec.environments",
+                spec.production_environment
+            ),
+        ));
     }
     let primary = &spec.primary_region;
     match model.regions.get(primary) {
         Some(r) if r.doc.spec.status == RegionStatus::Retired => {
-            out.push(p.diag("spec.primaryRegion", format!("region `{primary}` is retired; the primary region must be live or planned")));
+            out.push(p.diag(
+                "spec.primaryRegion",
+                format!(
+                    "region `{primary}` is retired; the primary region must be live or planned"
+                ),
+            ));
         }
         Some(_) => {}
         None if broken.contains(&EntityRef::Region(primary.clone())) => {}
-        None => out.push(p.diag("spec.primaryRegion", format!("region `{primary}` does not exist (no regions/{primary}.yaml)"))),
+        None => out.push(p.diag(
+            "spec.primaryRegion",
+            format!("region `{primary}` does not exist (no regions/{primary}.yaml)"),
+        )),
     }
 }
 
@@ -99,23 +131,41 @@ fn region(model: &Model, r: &crate::load::Entity<crate::model::Region>, out: &mu
         out.push(r.diag("metadata.name", format!("`{id}` does not match the file name; expected regions/{id}.yaml or metadata.name `{}`", r.path_id)));
     }
     if !is_aws_region(&spec.aws_region) {
-        out.push(r.diag("spec.awsRegion", format!("`{}` is not an AWS region code like `ap-southeast-1`", spec.aws_region)));
+        out.push(r.diag(
+            "spec.awsRegion",
+            format!(
+                "`{}` is not an AWS region code like `ap-southeast-1`",
+                spec.aws_region
+            ),
+        ));
     }
     let zone = &spec.parent_zone;
     let base = &platform.base_domain;
     if !is_dns_name(zone) {
         out.push(r.diag("spec.parentZone", format!("`{zone}` is not a DNS name")));
     } else if zone != base && !zone.ends_with(&format!(".{base}")) {
-        out.push(r.diag("spec.parentZone", format!("`{zone}` is not within the base domain `{base}`")));
+        out.push(r.diag(
+            "spec.parentZone",
+            format!("`{zone}` is not within the base domain `{base}`"),
+        ));
     }
     if spec.status == RegionStatus::Live && spec.environments.is_empty() {
-        out.push(r.diag("spec.environments", "a live region runs at least one environment"));
+        out.push(r.diag(
+            "spec.environments",
+            "a live region runs at least one environment",
+        ));
     }
     let mut seen = BTreeSet::new();
     for (i, env) in spec.environments.iter().enumerate() {
         let path = format!("spec.environments[{i}]");
         if !platform.environments.contains(env) {
-            out.push(r.diag(&path, format!("environment `{env}` is not one of the platform's ({})", platform.environments.join(", "))));
+            out.push(r.diag(
+                &path,
+                format!(
+                    "environment `{env}` is not one of the platform's ({})",
+                    platform.environments.join(", ")
+                ),
+            ));
         } else if !seen.insert(env) {
             out.push(r.diag(&path, format!("environment `{env}` is listed twice")));
         } else {
@@ -131,7 +181,13 @@ fn region(model: &Model, r: &crate::load::Entity<crate::model::Region>, out: &mu
 /// The naming rules for one region × environment.
 pub fn names_for(model: &Model, region: &str, env: &str) -> RegionalNames {
     let p = &model.platform.doc.spec;
-    RegionalNames::new(&p.base_domain, &p.bucket_prefix, region, env, *env == p.production_environment)
+    RegionalNames::new(
+        &p.base_domain,
+        &p.bucket_prefix,
+        region,
+        env,
+        *env == p.production_environment,
+    )
 }
 
 fn stack(entry: &crate::load::StackEntry, out: &mut Vec<Diagnostic>) {
@@ -139,7 +195,12 @@ fn stack(entry: &crate::load::StackEntry, out: &mut Vec<Diagnostic>) {
     let name = &s.doc.metadata.name;
     let spec = &s.doc.spec;
     if !is_dns_label(name) {
-        out.push(s.diag("metadata.name", format!("`{name}` is not a valid stack name (a DNS label: lowercase letters, digits, `-`)")));
+        out.push(s.diag(
+            "metadata.name",
+            format!(
+                "`{name}` is not a valid stack name (a DNS label: lowercase letters, digits, `-`)"
+            ),
+        ));
     } else if *name != s.path_id {
         out.push(s.diag("metadata.name", format!("`{name}` does not match the folder name; expected stacks/{name}/stack.yaml or metadata.name `{}`", s.path_id)));
     }
@@ -150,15 +211,30 @@ fn stack(entry: &crate::load::StackEntry, out: &mut Vec<Diagnostic>) {
         let path = format!("spec.values.{key}");
         if let Some(default) = &decl.default {
             if !decl.ty.admits(default) {
-                out.push(s.diag(&format!("{path}.default"), format!("default does not match the declared type `{}`", decl.ty.name())));
+                out.push(s.diag(
+                    &format!("{path}.default"),
+                    format!(
+                        "default does not match the declared type `{}`",
+                        decl.ty.name()
+                    ),
+                ));
             }
         } else if spec.target == StackTarget::Platform {
-            out.push(s.diag(&path, "platform stacks need a default for every value (no workspace sets them)"));
+            out.push(s.diag(
+                &path,
+                "platform stacks need a default for every value (no workspace sets them)",
+            ));
         }
     }
     let renderable = entry.templates.keys().filter(|p| !is_partial(p)).count();
     if renderable == 0 {
-        out.push(s.diag("", format!("stack has no templates: add stacks/{}/templates/<file>.yaml.j2", s.path_id)));
+        out.push(s.diag(
+            "",
+            format!(
+                "stack has no templates: add stacks/{}/templates/<file>.yaml.j2",
+                s.path_id
+            ),
+        ));
     }
 }
 
@@ -201,7 +277,10 @@ fn workspace(
     let spec = &w.doc.spec;
     let platform = &model.platform.doc.spec;
     if let Some(rest) = id.strip_prefix("w-") {
-        out.push(w.diag("metadata.name", format!("`{id}`: the `w-` prefix is derived, not typed; use `{rest}`")));
+        out.push(w.diag(
+            "metadata.name",
+            format!("`{id}`: the `w-` prefix is derived, not typed; use `{rest}`"),
+        ));
     } else if !is_dns_label(id) || id.len() > 61 {
         out.push(w.diag("metadata.name", format!("`{id}` is not a DNS label of at most 61 characters (lowercase letters, digits, `-`)")));
     } else if *id != w.path_id {
@@ -212,45 +291,99 @@ fn workspace(
     match model.regions.get(&spec.region) {
         Some(region) => {
             if region.doc.spec.status == RegionStatus::Retired {
-                out.push(w.diag("spec.region", format!("region `{}` is retired", spec.region)));
+                out.push(w.diag(
+                    "spec.region",
+                    format!("region `{}` is retired", spec.region),
+                ));
             }
             if platform.environments.contains(&spec.environment)
                 && !region.doc.spec.environments.contains(&spec.environment)
             {
-                out.push(w.diag("spec.environment", format!("region `{}` does not run environment `{}` (it runs: {})", spec.region, spec.environment, region.doc.spec.environments.join(", "))));
+                out.push(w.diag(
+                    "spec.environment",
+                    format!(
+                        "region `{}` does not run environment `{}` (it runs: {})",
+                        spec.region,
+                        spec.environment,
+                        region.doc.spec.environments.join(", ")
+                    ),
+                ));
             }
             let zone = names_for(model, &spec.region, &spec.environment).workspace_zone(id);
-            if !is_dns_name(&format!("x.{zone}")) {
-                out.push(w.diag("metadata.name", format!("derived zone `{zone}` is too long for DNS")));
+            // 253 minus room for the longest service label cplane derives (`jupyterhub.`).
+            if is_dns_label(id) && zone.len() > 240 {
+                out.push(w.diag(
+                    "metadata.name",
+                    format!("derived zone `{zone}` is too long for DNS"),
+                ));
             }
         }
         None if broken.contains(&EntityRef::Region(spec.region.clone())) => {}
-        None => out.push(w.diag("spec.region", format!("region `{}` does not exist (no regions/{}.yaml)", spec.region, spec.region))),
+        None => out.push(w.diag(
+            "spec.region",
+            format!(
+                "region `{}` does not exist (no regions/{}.yaml)",
+                spec.region, spec.region
+            ),
+        )),
     }
     if !platform.environments.contains(&spec.environment) {
-        out.push(w.diag("spec.environment", format!("environment `{}` is not one of the platform's ({})", spec.environment, platform.environments.join(", "))));
+        out.push(w.diag(
+            "spec.environment",
+            format!(
+                "environment `{}` is not one of the platform's ({})",
+                spec.environment,
+                platform.environments.join(", ")
+            ),
+        ));
     }
     if !is_dns_label(&spec.account) {
-        out.push(w.diag("spec.account", format!("`{}` is not a DNS label", spec.account)));
+        out.push(w.diag(
+            "spec.account",
+            format!("`{}` is not a DNS label", spec.account),
+        ));
     }
 
     // Tenant AWS account.
     let aws = &spec.aws;
     if !is_account_id(&aws.account_id) {
-        out.push(w.diag("spec.aws.accountId", format!("`{}` is not a 12-digit AWS account id (quote it: \"012345678901\")", aws.account_id)));
+        out.push(w.diag(
+            "spec.aws.accountId",
+            format!(
+                "`{}` is not a 12-digit AWS account id (quote it: \"012345678901\")",
+                aws.account_id
+            ),
+        ));
     }
     match role_arn_account(&aws.role_arn) {
-        None => out.push(w.diag("spec.aws.roleArn", format!("`{}` is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)", aws.role_arn))),
+        None => out.push(w.diag(
+            "spec.aws.roleArn",
+            format!(
+                "`{}` is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)",
+                aws.role_arn
+            ),
+        )),
         Some(account) if is_account_id(&aws.account_id) && account != aws.account_id => {
-            out.push(w.diag("spec.aws.roleArn", format!("role is in account {account}, but spec.aws.accountId is {}", aws.account_id)));
+            out.push(w.diag(
+                "spec.aws.roleArn",
+                format!(
+                    "role is in account {account}, but spec.aws.accountId is {}",
+                    aws.account_id
+                ),
+            ));
         }
         Some(_) => {}
     }
     let ext = &aws.external_id;
     if !(2..=1224).contains(&ext.len())
-        || !ext.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@:/_-".contains(c))
+        || !ext
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@:/_-".contains(c))
     {
-        out.push(w.diag("spec.aws.externalId", "must be 2–1224 characters of letters, digits and +=,.@:/_-"));
+        out.push(w.diag(
+            "spec.aws.externalId",
+            "must be 2–1224 characters of letters, digits and +=,.@:/_-",
+        ));
     }
 
     // Stacks and values.
@@ -258,26 +391,51 @@ fn workspace(
     for (i, sref) in spec.stacks.iter().enumerate() {
         let path = format!("spec.stacks[{i}]");
         if listed.insert(sref.name.as_str(), i).is_some() {
-            out.push(w.diag(&format!("{path}.name"), format!("stack `{}` is listed twice", sref.name)));
+            out.push(w.diag(
+                &format!("{path}.name"),
+                format!("stack `{}` is listed twice", sref.name),
+            ));
             continue;
         }
         let Some(stack) = model.stacks.get(&sref.name) else {
             if !broken.contains(&EntityRef::Stack(sref.name.clone())) {
-                out.push(w.diag(&format!("{path}.name"), format!("stack `{}` does not exist (no stacks/{}/stack.yaml)", sref.name, sref.name)));
+                out.push(w.diag(
+                    &format!("{path}.name"),
+                    format!(
+                        "stack `{}` does not exist (no stacks/{}/stack.yaml)",
+                        sref.name, sref.name
+                    ),
+                ));
             }
             continue;
         };
         let sspec = &stack.entity.doc.spec;
         if sspec.target != StackTarget::Tenant {
-            out.push(w.diag(&format!("{path}.name"), format!("stack `{}` targets platform clusters, not workspaces", sref.name)));
+            out.push(w.diag(
+                &format!("{path}.name"),
+                format!(
+                    "stack `{}` targets platform clusters, not workspaces",
+                    sref.name
+                ),
+            ));
             continue;
         }
         for (key, value) in &sref.values {
             let vpath = format!("{path}.values.{key}");
             match sspec.values.get(key) {
-                None => out.push(w.diag(&vpath, format!("stack `{}` declares no value `{key}` (declared: {})", sref.name, declared(&sspec.values)))),
+                None => out.push(w.diag(
+                    &vpath,
+                    format!(
+                        "stack `{}` declares no value `{key}` (declared: {})",
+                        sref.name,
+                        declared(&sspec.values)
+                    ),
+                )),
                 Some(decl) if !decl.ty.admits(value) => {
-                    out.push(w.diag(&vpath, format!("expected {}, found {}", decl.ty.name(), json_type(value))));
+                    out.push(w.diag(
+                        &vpath,
+                        format!("expected {}, found {}", decl.ty.name(), json_type(value)),
+                    ));
                 }
                 Some(_) => {}
             }
@@ -286,7 +444,10 @@ fn workspace(
     }
     for (name, stack) in &model.stacks {
         let sspec = &stack.entity.doc.spec;
-        if sspec.target == StackTarget::Tenant && sspec.required && !listed.contains_key(name.as_str()) {
+        if sspec.target == StackTarget::Tenant
+            && sspec.required
+            && !listed.contains_key(name.as_str())
+        {
             missing_values(w, "spec.stacks", name, &sspec.values, None, out);
         }
     }
@@ -302,7 +463,13 @@ fn missing_values(
 ) {
     for (key, decl) in decls {
         if decl.default.is_none() && !given.is_some_and(|g| g.contains_key(key)) {
-            out.push(w.diag(path, format!("stack `{stack}` needs value `{key}` ({}), which has no default", decl.ty.name())));
+            out.push(w.diag(
+                path,
+                format!(
+                    "stack `{stack}` needs value `{key}` ({}), which has no default",
+                    decl.ty.name()
+                ),
+            ));
         }
     }
 }
@@ -311,7 +478,11 @@ fn declared(values: &BTreeMap<String, ValueDecl>) -> String {
     if values.is_empty() {
         "none".to_owned()
     } else {
-        values.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+        values
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -350,7 +521,10 @@ mod tests {
 
     #[test]
     fn role_arns() {
-        assert_eq!(role_arn_account("arn:aws:iam::111111111111:role/cogrion-provisioner"), Some("111111111111"));
+        assert_eq!(
+            role_arn_account("arn:aws:iam::111111111111:role/cogrion-provisioner"),
+            Some("111111111111")
+        );
         assert_eq!(role_arn_account("arn:aws:iam::111111111111:user/bob"), None);
         assert_eq!(role_arn_account("arn:aws:iam::1111:role/x"), None);
     }
