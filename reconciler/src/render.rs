@@ -341,6 +341,13 @@ fn template_diag(
     fallback: &str,
     sources: &BTreeMap<String, Arc<str>>,
 ) -> Diagnostic {
+    // An error inside an include or import is wrapped; report the innermost one, where it is.
+    let mut err = err;
+    while let Some(inner) =
+        std::error::Error::source(err).and_then(|e| e.downcast_ref::<minijinja::Error>())
+    {
+        err = inner;
+    }
     let file = err.name().unwrap_or(fallback).to_owned();
     let line = err.line().unwrap_or(1);
     let column = match (err.range(), sources.get(&file)) {
@@ -398,6 +405,12 @@ fn parse_objects(
             format!("{msg} (rendered document {})", n + 1),
         )
     };
+    if let Err(d) = cplane_schema::load::refuse_deep_flow_nesting(path, text) {
+        return Err(at(
+            0,
+            format!("rendered output: {} (rendered line {})", d.message, d.line),
+        ));
+    }
     for (n, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = match serde_json::Value::deserialize(doc) {
             Ok(v) => v,

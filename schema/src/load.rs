@@ -429,11 +429,50 @@ fn check_text<'a>(path: &str, bytes: &'a [u8], what: &str) -> Result<&'a str, Di
     Ok(text)
 }
 
+/// libyaml (under serde_yaml) takes time quadratic in flow nesting depth (`[[[[…`): 30,000
+/// levels cost seconds. Where a cheap byte count suggests deep flow nesting, yaml-rust2 — which
+/// stops at depth 128 in microseconds — parses first and its error is reported instead.
+pub fn refuse_deep_flow_nesting(path: &str, text: &str) -> Result<(), Diagnostic> {
+    let mut depth: i64 = 0;
+    let mut max = 0;
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth -= 1,
+            _ => {}
+        }
+    }
+    if max <= 64 {
+        return Ok(());
+    }
+    struct Ignore;
+    impl yaml_rust2::parser::MarkedEventReceiver for Ignore {
+        fn on_event(&mut self, _: yaml_rust2::Event, _: yaml_rust2::scanner::Marker) {}
+    }
+    let mut parser = yaml_rust2::parser::Parser::new_from_str(text);
+    parser.load(&mut Ignore, true).map_err(|e| {
+        let m = e.marker();
+        Diagnostic::new(
+            path,
+            Pos {
+                line: m.line(),
+                column: m.col() + 1,
+            },
+            "",
+            e.info(),
+        )
+    })
+}
+
 fn typed<T: DeserializeOwned>(
     path: &str,
     path_id: String,
     text: Arc<str>,
 ) -> Result<Entity<T>, Diagnostic> {
+    refuse_deep_flow_nesting(path, &text)?;
     match serde_yaml::from_str::<T>(&text) {
         Ok(doc) => Ok(Entity::new(doc, path.to_owned(), path_id, text)),
         Err(err) => Err(yaml_error(path, &err)),
