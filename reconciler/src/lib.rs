@@ -4,6 +4,7 @@
 //! - [`check`]: load + validate + render one revision; what `cplane validate` runs.
 //! - [`render`]: stack templates → per-cluster bundles with `sha256:` digests.
 //! - [`init`]: `cplane init`.
+//! - [`synthetic`]: a generated state repo of any size, for benchmarks.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -11,3 +12,4 @@ pub mod check;
 pub mod init;
 pub mod render;
 pub mod source;
+pub mod synthetic;

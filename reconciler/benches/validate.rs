@@ -1,0 +1,169 @@
+//! Benchmark of loading, validating and rendering a synthetic state repo (issue: foundation).
+//!
+//! `cargo bench -p cplane-reconciler --bench validate` (env `CPLANE_BENCH_WORKSPACES`, default
+//! 10000; `CPLANE_BENCH_REGIONS`, default 4). Prints the median of several runs for:
+//! - `git cat-file --batch` reading the same blobs (the floor for reading from git),
+//! - `source::read` (git2, object database),
+//! - load + validate (read, parse, cross-check; no rendering),
+//! - render-all (every cluster's bundle, canonical YAML and digest),
+//! - the full `cplane validate` pipeline in-process, and the `cplane validate` binary end to end
+//!   with its peak RSS (via `/usr/bin/time`, when present).
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cplane_reconciler::check::check;
+use cplane_reconciler::render::{clusters, Renderer};
+use cplane_reconciler::{source, synthetic};
+use cplane_schema::FileRole;
+
+fn median(mut f: impl FnMut() -> Duration, runs: usize) -> Duration {
+    let mut times: Vec<Duration> = (0..runs).map(|_| f()).collect();
+    times.sort();
+    times[runs / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:8.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: keep that cheap.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let workspaces = if quick { 50 } else { env_or("CPLANE_BENCH_WORKSPACES", 10_000) };
+    let regions = env_or("CPLANE_BENCH_REGIONS", 4);
+    let runs = if quick { 1 } else { 7 };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Instant::now();
+    synthetic::generate(dir.path(), synthetic::Shape { workspaces, regions }).expect("generate");
+    println!(
+        "synthetic repo: {workspaces} workspaces, {regions} regions (generated in {:.1} s), {} threads",
+        t.elapsed().as_secs_f64(),
+        rayon::current_num_threads()
+    );
+    let repo = source::open(dir.path()).expect("open");
+
+    // The same blobs cplane reads, through `git cat-file --batch`.
+    let ls = Command::new("git")
+        .args(["ls-tree", "-r", "HEAD"])
+        .current_dir(dir.path())
+        .output()
+        .expect("git ls-tree");
+    let ids: String = String::from_utf8_lossy(&ls.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (meta, path) = l.split_once('\t')?;
+            let id = meta.split(' ').nth(2)?;
+            (FileRole::of(path) != FileRole::Ignored).then(|| format!("{id}\n"))
+        })
+        .collect();
+    let blobs = ids.lines().count();
+    let cat_file = median(
+        || {
+            let t = Instant::now();
+            let mut child = Command::new("git")
+                .args(["cat-file", "--batch"])
+                .current_dir(dir.path())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("git cat-file");
+            let mut stdin = child.stdin.take().expect("stdin");
+            let input = ids.clone();
+            let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+            let out = child.wait_with_output().expect("cat-file output");
+            writer.join().expect("writer").expect("write ids");
+            assert!(out.stdout.len() > blobs);
+            t.elapsed()
+        },
+        runs,
+    );
+
+    let read = median(
+        || {
+            let t = Instant::now();
+            let snap = source::read(&repo, "HEAD").expect("read");
+            assert_eq!(snap.files.len(), blobs);
+            t.elapsed()
+        },
+        runs,
+    );
+
+    let load_validate = median(
+        || {
+            let t = Instant::now();
+            let snap = source::read(&repo, "HEAD").expect("read");
+            let loaded = cplane_schema::load(snap.files);
+            assert!(loaded.diagnostics.is_empty());
+            t.elapsed()
+        },
+        runs,
+    );
+
+    let model = cplane_schema::load(source::read(&repo, "HEAD").expect("read").files)
+        .into_valid()
+        .expect("valid");
+    let all = clusters(&model);
+    let render_all = median(
+        || {
+            let t = Instant::now();
+            let (renderer, diags) = Renderer::new(&model);
+            assert!(diags.is_empty());
+            let bundles = renderer.render_all(&all);
+            assert!(bundles.iter().all(Result::is_ok));
+            t.elapsed()
+        },
+        runs,
+    );
+    let objects: usize = Renderer::new(&model)
+        .0
+        .render_all(&all)
+        .iter()
+        .map(|b| b.as_ref().map_or(0, |b| b.objects.len()))
+        .sum();
+
+    let full = median(
+        || {
+            let t = Instant::now();
+            let checked = check(source::read(&repo, "HEAD").expect("read").files);
+            assert!(checked.is_valid());
+            t.elapsed()
+        },
+        runs,
+    );
+
+    let bin = env!("CARGO_BIN_EXE_cplane");
+    let repo_arg = dir.path().to_str().expect("utf-8 path");
+    let e2e = median(
+        || {
+            let t = Instant::now();
+            let out = Command::new(bin)
+                .args(["validate", "--repo", repo_arg])
+                .output()
+                .expect("cplane validate");
+            assert!(out.status.success());
+            t.elapsed()
+        },
+        runs,
+    );
+    let peak_rss = Command::new("/usr/bin/time")
+        .args(["-f", "%M", bin, "validate", "--repo", repo_arg])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stderr).lines().last()?.trim().parse::<u64>().ok())
+        .map_or("n/a (no /usr/bin/time)".to_owned(), |kb| format!("{:.0} MiB", kb as f64 / 1024.0));
+
+    println!("blobs read: {blobs}; clusters: {}; objects rendered: {objects}", all.len());
+    println!("git cat-file --batch (same blobs)   {}", ms(cat_file));
+    println!("source::read (git2)                 {}", ms(read));
+    println!("load + validate (read+parse+check)  {}   = {:.1}x cat-file", ms(load_validate), load_validate.as_secs_f64() / cat_file.as_secs_f64());
+    println!("render-all                          {}", ms(render_all));
+    println!("full validate, in-process           {}", ms(full));
+    println!("`cplane validate` process, e2e      {}   peak RSS {peak_rss}", ms(e2e));
+}
