@@ -13,12 +13,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let usage = "usage: gen_state_repo DIR [WORKSPACES=10000] [REGIONS=4]";
     let dir = PathBuf::from(args.next().ok_or(usage)?);
-    let workspaces = args.next().map_or(Ok(10_000), |a| a.parse()).map_err(|_| usage)?;
-    let regions = args.next().map_or(Ok(4), |a| a.parse()).map_err(|_| usage)?;
+    let workspaces = args
+        .next()
+        .map_or(Ok(10_000), |a| a.parse())
+        .map_err(|_| usage)?;
+    let regions = args
+        .next()
+        .map_or(Ok(4), |a| a.parse())
+        .map_err(|_| usage)?;
     if dir.exists() {
         return Err(format!("{} exists; pick a new directory", dir.display()).into());
     }
-    let commit = generate(&dir, Shape { workspaces, regions })?;
+    let commit = generate(
+        &dir,
+        Shape {
+            workspaces,
+            regions,
+        },
+    )?;
+    // Pack it, as a clone would be (loose objects make every reader several times slower).
+    let packed = std::process::Command::new("git")
+        .args(["repack", "-adq"])
+        .current_dir(&dir)
+        .status();
+    if !packed.is_ok_and(|s| s.success()) {
+        eprintln!("warning: `git repack` failed; the repo is left with loose objects");
+    }
     println!(
         "{}: {workspaces} workspaces over {regions} regions, commit {commit}",
         dir.display()

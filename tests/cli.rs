@@ -47,7 +47,11 @@ fn init_then_validate_is_valid_and_init_never_overwrites() {
 
     let again = cplane(&["init", repo]);
     assert_eq!(again.status.code(), Some(2));
-    assert!(stderr(&again).contains("exists and is not empty"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("exists and is not empty"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]
@@ -64,7 +68,12 @@ fn rev_reads_the_commit_never_the_dirty_working_tree() {
 
     // Uncommitted: HEAD is still valid.
     let out = cplane(&["validate", "--repo", repo]);
-    assert_eq!(out.status.code(), Some(0), "dirty tree leaked: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "dirty tree leaked: {}",
+        stderr(&out)
+    );
 
     // Committed: invalid, with the exact error; the previous commit is still valid.
     support::commit_all(&state, "break acme");
@@ -74,7 +83,11 @@ fn rev_reads_the_commit_never_the_dirty_working_tree() {
         stderr(&out),
         "workspaces/acme.yaml:9:11: spec.region: region `sgp-9` does not exist (no regions/sgp-9.yaml)\n"
     );
-    assert!(stdout(&out).contains("invalid: commit "), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("invalid: commit "),
+        "{}",
+        stdout(&out)
+    );
     let out = cplane(&["validate", "--repo", repo, "--rev", "HEAD~1"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
@@ -92,7 +105,13 @@ fn json_output_follows_the_contract() {
     fs::write(&acme, text).expect("write");
     let commit = support::commit_all(&state, "break");
 
-    let out = cplane(&["validate", "--repo", state.to_str().expect("utf-8"), "--format", "json"]);
+    let out = cplane(&[
+        "validate",
+        "--repo",
+        state.to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(
@@ -118,13 +137,27 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let out = cplane(&["validate", "--repo", tmp.path().to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("is not a git repository"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a git repository"),
+        "{}",
+        stderr(&out)
+    );
 
     let state = tmp.path().join("state");
     init(&state);
-    let out = cplane(&["validate", "--repo", state.to_str().expect("utf-8"), "--rev", "nope"]);
+    let out = cplane(&[
+        "validate",
+        "--repo",
+        state.to_str().expect("utf-8"),
+        "--rev",
+        "nope",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("revision `nope` does not name a commit"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("revision `nope` does not name a commit"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -149,34 +182,78 @@ fn render_and_clusters_agree_on_digests_and_work_from_a_bare_repo() {
     assert_eq!(acme["kind"], "tenant");
     assert_eq!(acme["region"], "sgp-1");
     assert_eq!(acme["environment"], "prod");
-    let prod = list.iter().find(|c| c["id"] == "prod-sgp-1").expect("prod-sgp-1");
+    let prod = list
+        .iter()
+        .find(|c| c["id"] == "prod-sgp-1")
+        .expect("prod-sgp-1");
     assert_eq!(prod["kind"], "platform");
+
+    // The digest is the SHA-256 of the canonical JSON Lines form.
+    let out = cplane(&[
+        "render",
+        "--repo",
+        repo,
+        "--cluster",
+        "w-acme",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let digest = format!("sha256:{}", hex_sha256(&out.stdout));
+    assert_eq!(acme["digest"], digest.as_str());
+    let canonical = stdout(&out);
+    for line in canonical.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("one JSON object per line");
+        assert_eq!(
+            serde_json::to_string(&v).expect("json"),
+            line,
+            "keys sorted, compact"
+        );
+    }
 
     let out = cplane(&["render", "--repo", repo, "--cluster", "w-acme"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let yaml = stdout(&out);
-    let digest = format!("sha256:{}", hex_sha256(yaml.as_bytes()));
-    assert_eq!(acme["digest"], digest.as_str());
     assert!(stderr(&out).contains(&digest));
+    assert_eq!(yaml.matches("---\n").count(), canonical.lines().count());
     for doc in yaml.split("\n---\n") {
-        let v: serde_yaml::Value = serde_yaml::from_str(doc.trim_start_matches("---\n")).expect("YAML");
-        assert!(v["metadata"]["labels"]["cplane.io/cluster"] == "w-acme", "{doc}");
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(doc.trim_start_matches("---\n")).expect("YAML");
+        assert!(
+            v["metadata"]["labels"]["cplane.io/cluster"] == "w-acme",
+            "{doc}"
+        );
     }
 
     let out_dir = tmp.path().join("out");
-    let out = cplane(&["render", "--repo", repo, "--cluster", "w-acme", "--out", out_dir.to_str().expect("utf-8")]);
+    let out = cplane(&[
+        "render",
+        "--repo",
+        repo,
+        "--cluster",
+        "w-acme",
+        "--out",
+        out_dir.to_str().expect("utf-8"),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut files: Vec<String> = fs::read_dir(&out_dir)
         .expect("out dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files.first().map(String::as_str), Some("001-namespace-bff.yaml"));
+    assert_eq!(
+        files.first().map(String::as_str),
+        Some("001-namespace-bff.yaml")
+    );
     assert_eq!(files.len(), yaml.matches("---\n").count());
 
     let out = cplane(&["render", "--repo", repo, "--cluster", "w-nope"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no cluster `w-nope`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no cluster `w-nope`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {

@@ -27,7 +27,7 @@ fn run_case(case: &Path) -> Vec<String> {
     let checked = check(snapshot.files);
     assert!(!checked.is_valid(), "{} should be invalid", case.display());
     assert!(
-        checked.bundles.is_empty(),
+        checked.clusters.is_empty(),
         "an invalid revision yields no bundles"
     );
     checked
@@ -78,7 +78,11 @@ fn the_template_itself_is_valid() {
         .map(ToString::to_string)
         .collect();
     assert!(checked.is_valid(), "{errors:#?}");
-    let ids: Vec<&str> = checked.bundles.iter().map(|(c, _)| c.id.as_str()).collect();
+    let ids: Vec<&str> = checked
+        .clusters
+        .iter()
+        .map(|r| r.cluster.id.as_str())
+        .collect();
     assert_eq!(
         ids,
         ["dev-sgp-1", "prod-sgp-1", "w-acme", "w-globex", "w-initech"]

@@ -4,19 +4,20 @@
 
 mod support;
 
-use cplane_reconciler::check::check;
+use cplane_reconciler::check::{check, check_keeping};
 use cplane_reconciler::source;
 
 #[test]
 fn template_bundles() {
     let repo = support::template_repo();
     let git = source::open(repo.path()).expect("open");
-    let checked = check(source::read(&git, "HEAD").expect("read").files);
+    let checked = check_keeping(source::read(&git, "HEAD").expect("read").files, |_| true);
     assert!(checked.is_valid(), "{:?}", checked.diagnostics);
-    for (cluster, bundle) in &checked.bundles {
+    for r in &checked.clusters {
+        let bundle = r.bundle.as_ref().expect("kept");
         insta::assert_snapshot!(
-            cluster.id.as_str(),
-            format!("# {}\n{}", bundle.digest, bundle.yaml)
+            r.cluster.id.as_str(),
+            format!("# {}\n{}", bundle.digest, bundle.to_yaml())
         );
     }
 }
@@ -30,9 +31,9 @@ fn rendering_is_deterministic() {
     files.reverse(); // input order must not matter
     let second = check(files);
     let digests = |c: &cplane_reconciler::check::Checked| {
-        c.bundles
+        c.clusters
             .iter()
-            .map(|(c, b)| (c.id.clone(), b.digest.clone()))
+            .map(|r| (r.cluster.id.clone(), r.digest.clone()))
             .collect::<Vec<_>>()
     };
     assert_eq!(digests(&first), digests(&second));

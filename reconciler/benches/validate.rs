@@ -18,6 +18,9 @@ use cplane_reconciler::render::{clusters, Renderer};
 use cplane_reconciler::{source, synthetic};
 use cplane_schema::FileRole;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn median(mut f: impl FnMut() -> Duration, runs: usize) -> Duration {
     let mut times: Vec<Duration> = (0..runs).map(|_| f()).collect();
     times.sort();
@@ -29,24 +32,46 @@ fn ms(d: Duration) -> String {
 }
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: keep that cheap.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let workspaces = if quick { 50 } else { env_or("CPLANE_BENCH_WORKSPACES", 10_000) };
+    let workspaces = if quick {
+        50
+    } else {
+        env_or("CPLANE_BENCH_WORKSPACES", 10_000)
+    };
     let regions = env_or("CPLANE_BENCH_REGIONS", 4);
     let runs = if quick { 1 } else { 7 };
 
     let dir = tempfile::tempdir().expect("tempdir");
     let t = Instant::now();
-    synthetic::generate(dir.path(), synthetic::Shape { workspaces, regions }).expect("generate");
+    synthetic::generate(
+        dir.path(),
+        synthetic::Shape {
+            workspaces,
+            regions,
+        },
+    )
+    .expect("generate");
     println!(
         "synthetic repo: {workspaces} workspaces, {regions} regions (generated in {:.1} s), {} threads",
         t.elapsed().as_secs_f64(),
         rayon::current_num_threads()
     );
+    // A cloned or served repository is packed; a freshly written one holds loose objects,
+    // which would make every reader (git included) several times slower.
+    let repack = Command::new("git")
+        .args(["repack", "-adq"])
+        .current_dir(dir.path())
+        .status()
+        .expect("git repack");
+    assert!(repack.success());
     let repo = source::open(dir.path()).expect("open");
 
     // The same blobs cplane reads, through `git cat-file --batch`.
@@ -156,14 +181,33 @@ fn main() {
         .args(["-f", "%M", bin, "validate", "--repo", repo_arg])
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stderr).lines().last()?.trim().parse::<u64>().ok())
-        .map_or("n/a (no /usr/bin/time)".to_owned(), |kb| format!("{:.0} MiB", kb as f64 / 1024.0));
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or("n/a (no /usr/bin/time)".to_owned(), |kb| {
+            format!("{:.0} MiB", kb as f64 / 1024.0)
+        });
 
-    println!("blobs read: {blobs}; clusters: {}; objects rendered: {objects}", all.len());
+    println!(
+        "blobs read: {blobs}; clusters: {}; objects rendered: {objects}",
+        all.len()
+    );
     println!("git cat-file --batch (same blobs)   {}", ms(cat_file));
     println!("source::read (git2)                 {}", ms(read));
-    println!("load + validate (read+parse+check)  {}   = {:.1}x cat-file", ms(load_validate), load_validate.as_secs_f64() / cat_file.as_secs_f64());
+    println!(
+        "load + validate (read+parse+check)  {}   = {:.1}x cat-file",
+        ms(load_validate),
+        load_validate.as_secs_f64() / cat_file.as_secs_f64()
+    );
     println!("render-all                          {}", ms(render_all));
     println!("full validate, in-process           {}", ms(full));
-    println!("`cplane validate` process, e2e      {}   peak RSS {peak_rss}", ms(e2e));
+    println!(
+        "`cplane validate` process, e2e      {}   peak RSS {peak_rss}",
+        ms(e2e)
+    );
 }

@@ -5,6 +5,8 @@
 use cplane_schema::diagnostic::sort_dedup;
 use cplane_schema::{Diagnostic, Model, SourceFile};
 
+use rayon::prelude::*;
+
 use crate::render::{self, Bundle, Cluster, Renderer};
 
 /// What one revision amounts to.
@@ -13,8 +15,22 @@ pub struct Checked {
     pub model: Option<Model>,
     /// Every problem, sorted by file and position.
     pub diagnostics: Vec<Diagnostic>,
-    /// Every cluster with its bundle; empty unless the model is free of errors.
-    pub bundles: Vec<(Cluster, Bundle)>,
+    /// Every cluster with its digest, in [`render::clusters`] order; empty unless the whole
+    /// revision is free of errors.
+    pub clusters: Vec<Rendered>,
+}
+
+/// One cluster's render result.
+pub struct Rendered {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// `sha256:` digest of its canonical bundle.
+    pub digest: String,
+    /// Number of objects in the bundle.
+    pub objects: usize,
+    /// The bundle itself, when asked for (see [`check_keeping`]); dropped otherwise to keep
+    /// memory flat on large repos.
+    pub bundle: Option<Bundle>,
 }
 
 impl Checked {
@@ -24,46 +40,62 @@ impl Checked {
     }
 }
 
-/// Loads, validates and renders the files of one revision.
+/// Loads, validates and renders the files of one revision, keeping only digests.
 pub fn check(files: Vec<SourceFile>) -> Checked {
+    check_keeping(files, |_| false)
+}
+
+/// Like [`check`], keeping the bundles of the clusters `keep` selects.
+pub fn check_keeping(files: Vec<SourceFile>, keep: impl Fn(&Cluster) -> bool + Sync) -> Checked {
     let loaded = cplane_schema::load(files);
     let mut diagnostics = loaded.diagnostics;
     let Some(model) = loaded.model else {
         return Checked {
             model: None,
             diagnostics,
-            bundles: Vec::new(),
+            clusters: Vec::new(),
         };
     };
-    let renderer_diags;
-    let mut bundles = Vec::new();
-    {
-        let (renderer, compile) = Renderer::new(&model);
-        renderer_diags = compile;
-        // Rendering a model with errors would mostly repeat them; render once it is sound.
-        if diagnostics.is_empty() && renderer_diags.is_empty() {
-            let clusters = render::clusters(&model);
-            let results = renderer.render_all(&clusters);
-            let mut failures = Vec::new();
-            for (cluster, result) in clusters.into_iter().zip(results) {
-                match result {
-                    Ok(bundle) => bundles.push((cluster, bundle)),
-                    Err(diags) => {
-                        failures.extend(diags.into_iter().map(|d| (cluster.id.clone(), d)))
-                    }
+    let mut rendered = Vec::new();
+    let (renderer, compile_errors) = Renderer::new(&model);
+    // Rendering a model with errors would mostly repeat them; render once it is sound.
+    if diagnostics.is_empty() && compile_errors.is_empty() {
+        let clusters = render::clusters(&model);
+        let results: Vec<_> = clusters
+            .par_iter()
+            .map(|c| {
+                renderer.render(c).map(|b| {
+                    let digest = b.digest.clone();
+                    let objects = b.objects.len();
+                    (digest, objects, keep(c).then_some(b))
+                })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for (cluster, result) in clusters.into_iter().zip(results) {
+            match result {
+                Ok((digest, objects, bundle)) => rendered.push(Rendered {
+                    cluster,
+                    digest,
+                    objects,
+                    bundle,
+                }),
+                Err(diags) => {
+                    failures.extend(diags.into_iter().map(|d| (cluster.id.clone(), d)));
                 }
             }
-            diagnostics.extend(render::group(failures));
-            if !diagnostics.is_empty() {
-                bundles.clear();
-            }
+        }
+        diagnostics.extend(render::group(failures));
+        if !diagnostics.is_empty() {
+            rendered.clear();
         }
     }
-    diagnostics.extend(renderer_diags);
+    drop(renderer);
+    diagnostics.extend(compile_errors);
     sort_dedup(&mut diagnostics);
     Checked {
         model: Some(model),
         diagnostics,
-        bundles,
+        clusters: rendered,
     }
 }

@@ -9,9 +9,9 @@
 //! - **Deterministic**: objects are sorted (Namespaces, then CRDs, then by kind, namespace,
 //!   name), keys are sorted, and the bundle's canonical YAML is hashed into a `sha256:` digest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cplane_schema::domain::workspace_name;
 use cplane_schema::model::{deep_merge, RegionStatus, StackTarget};
@@ -109,22 +109,47 @@ pub struct Object {
 }
 
 /// A cluster's rendered bundle.
+///
+/// Its canonical form ([`Bundle::canonical`]) is JSON Lines: one object per line, compact,
+/// keys sorted, objects in apply order. The digest is the SHA-256 of exactly those bytes, so
+/// anyone holding a bundle can check it. [`Bundle::to_yaml`] is the same content for people.
 #[derive(Debug, Clone)]
 pub struct Bundle {
     /// Cluster id.
     pub cluster: String,
     /// Objects in apply order.
     pub objects: Vec<Object>,
-    /// Canonical multi-document YAML (what agents receive).
-    pub yaml: String,
-    /// `sha256:<hex>` of `yaml`.
+    /// `sha256:<hex>` of the canonical form.
     pub digest: String,
+}
+
+impl Bundle {
+    /// The canonical bytes: one compact JSON object per line (keys sorted), in apply order.
+    pub fn canonical(&self) -> String {
+        let mut out = String::new();
+        for o in &self.objects {
+            out.push_str(&serde_json::to_string(&o.value).expect("JSON values serialize"));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The bundle as multi-document YAML (keys sorted, apply order), for people and `kubectl`.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        for o in &self.objects {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(&o.value).expect("JSON values serialize to YAML"));
+        }
+        out
+    }
 }
 
 /// Compiled templates of every stack.
 pub struct Renderer<'m> {
     model: &'m Model,
     envs: BTreeMap<String, Environment<'static>>,
+    cache: ParseCache,
 }
 
 impl<'m> Renderer<'m> {
@@ -156,7 +181,14 @@ impl<'m> Renderer<'m> {
                 envs.insert(name.clone(), env);
             }
         }
-        (Self { model, envs }, diags)
+        (
+            Self {
+                model,
+                envs,
+                cache: ParseCache::default(),
+            },
+            diags,
+        )
     }
 
     /// Renders one cluster's bundle, or every problem found in it.
@@ -269,6 +301,7 @@ impl<'m> Renderer<'m> {
                             path,
                             &stack.templates[path],
                             cluster,
+                            &self.cache,
                             &mut objects,
                         ) {
                             diags.push(d);
@@ -378,17 +411,144 @@ fn document_line(template: &str, n: usize) -> usize {
     template
         .lines()
         .enumerate()
-        .filter(|(_, l)| l.trim_end() == "---" || l.starts_with("--- "))
+        .filter(|(_, l)| is_marker(l))
         .nth(n - 1)
         .map_or(1, |(i, _)| i + 2)
 }
 
+/// A `---` document start (possibly followed by content) or a `...` document end, at column 0.
+/// YAML forbids both inside scalars, so splitting on them is exact.
+fn is_marker(line: &str) -> bool {
+    let line = line.trim_end_matches('\r');
+    line == "---" || line.starts_with("--- ") || line.starts_with("---\t") || line == "..."
+}
+
+/// Splits rendered output into documents: `(first line in the output, text)`. A blank leading
+/// chunk (before the first `---`) is not a document.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if is_marker(line.trim_end_matches('\n')) && offset > start {
+            docs.push((start_line, &text[start..offset]));
+            start = offset;
+            start_line = i + 1;
+        }
+        if line.trim_end() == "..." {
+            // A document end marker belongs to no document.
+            docs.push((start_line, &text[start..offset]));
+            start = offset + line.len();
+            start_line = i + 2;
+        }
+        offset += line.len();
+    }
+    docs.push((start_line, &text[start..]));
+    let is_blank = |d: &str| {
+        d.lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || is_marker(l))
+    };
+    if docs.len() > 1 && is_blank(docs[0].1) && !docs[0].1.trim_start().starts_with("---") {
+        docs.remove(0);
+    }
+    docs
+}
+
+/// The outcome of parsing one rendered document, cached by its exact text.
+enum ParsedDoc {
+    Object(serde_json::Value),
+    /// Message, and the line within the document it concerns (0 when unknown).
+    Invalid(String, usize),
+}
+
+/// Rendered documents parsed once per render pass: many documents (Namespaces, Services,
+/// RBAC, ...) come out byte-identical in thousands of clusters, and YAML parsing is the
+/// expensive part of rendering. Keyed by the SHA-256 of the text (a hit is exact for all
+/// practical purposes). A document is kept only from its second sighting on, so the cache never
+/// holds the (mostly unique) per-workspace documents: memory stays flat on large repos.
+#[derive(Default)]
+struct ParseCache {
+    shards: [Mutex<CacheShard>; 16],
+}
+
+/// Document digest → parsed document, or `None` when seen only once so far.
+type CacheShard = HashMap<[u8; 32], Option<Arc<ParsedDoc>>>;
+
+impl ParseCache {
+    fn get(&self, doc: &str) -> Arc<ParsedDoc> {
+        let key: [u8; 32] = Sha256::digest(doc.as_bytes()).into();
+        let shard = &self.shards[usize::from(key[0]) % 16];
+        let seen = match shard.lock().expect("cache lock").get(&key) {
+            Some(Some(hit)) => return hit.clone(),
+            Some(None) => true,
+            None => false,
+        };
+        let parsed = Arc::new(parse_document(doc));
+        shard
+            .lock()
+            .expect("cache lock")
+            .insert(key, seen.then(|| parsed.clone()));
+        parsed
+    }
+}
+
+fn parse_document(doc: &str) -> ParsedDoc {
+    let value = match serde_yaml::from_str::<serde_json::Value>(doc) {
+        Ok(v) => v,
+        Err(err) => {
+            let line = err.location().map_or(0, |l| l.line());
+            return ParsedDoc::Invalid(
+                format!(
+                    "rendered output is not valid YAML: {}",
+                    strip_location(&err.to_string())
+                ),
+                line,
+            );
+        }
+    };
+    if value.is_null() {
+        return ParsedDoc::Invalid(
+            "empty document: every document must be a Kubernetes object".into(),
+            0,
+        );
+    }
+    let non_empty = |p: &str| {
+        value
+            .pointer(p)
+            .and_then(|v| v.as_str())
+            .is_some_and(|s| !s.is_empty())
+    };
+    let missing = [
+        ("/apiVersion", "apiVersion"),
+        ("/kind", "kind"),
+        ("/metadata/name", "metadata.name"),
+    ]
+    .into_iter()
+    .find(|(pointer, _)| !non_empty(pointer))
+    .map(|(_, field)| field);
+    if let Some(field) = missing {
+        return ParsedDoc::Invalid(
+            format!("rendered document is not a Kubernetes object: missing `{field}` (a non-empty string)"),
+            0,
+        );
+    }
+    for field in ["labels", "annotations"] {
+        if value["metadata"].get(field).is_some_and(|v| !v.is_object()) {
+            return ParsedDoc::Invalid(format!("metadata.{field} must be a map"), 0);
+        }
+    }
+    ParsedDoc::Object(value)
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
 fn parse_objects(
     text: &str,
     stack: &str,
     path: &str,
     source: &str,
     cluster: &Cluster,
+    cache: &ParseCache,
     objects: &mut Vec<Object>,
 ) -> Result<(), Diagnostic> {
     if text.trim().is_empty() {
@@ -411,68 +571,37 @@ fn parse_objects(
             format!("rendered output: {} (rendered line {})", d.message, d.line),
         ));
     }
-    for (n, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = match serde_json::Value::deserialize(doc) {
-            Ok(v) => v,
-            Err(err) => {
-                let rendered_line = err.location().map_or(0, |l| l.line());
+    for (n, (first_line, doc)) in split_documents(text).into_iter().enumerate() {
+        let mut value = match &*cache.get(doc) {
+            ParsedDoc::Object(v) => v.clone(),
+            ParsedDoc::Invalid(msg, 0) => return Err(at(n, msg.clone())),
+            ParsedDoc::Invalid(msg, line) => {
                 return Err(at(
                     n,
-                    format!(
-                        "rendered output is not valid YAML: {} (rendered line {rendered_line})",
-                        strip_location(&err.to_string())
-                    ),
-                ));
-            }
-        };
-        let mut value = match value {
-            serde_json::Value::Null => {
-                return Err(at(
-                    n,
-                    "empty document: every document must be a Kubernetes object".into(),
+                    format!("{msg} (rendered line {})", first_line + line - 1),
                 ))
             }
-            v => v,
         };
-        let non_empty = |p: &str| {
-            value
-                .pointer(p)
-                .and_then(|v| v.as_str())
-                .is_some_and(|s| !s.is_empty())
-        };
-        let missing = [
-            ("/apiVersion", "apiVersion"),
-            ("/kind", "kind"),
-            ("/metadata/name", "metadata.name"),
-        ]
-        .into_iter()
-        .find(|(pointer, _)| !non_empty(pointer))
-        .map(|(_, field)| field);
-        if let Some(field) = missing {
-            return Err(at(n, format!("rendered document is not a Kubernetes object: missing `{field}` (a non-empty string)")));
-        }
         let meta = value
             .get_mut("metadata")
             .and_then(|m| m.as_object_mut())
-            .expect("metadata.name was checked above");
-        let labels = meta
+            .expect("checked by parse_document");
+        if let Some(labels) = meta
             .entry("labels")
-            .or_insert_with(|| serde_json::json!({}));
-        if let Some(labels) = labels.as_object_mut() {
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+        {
             labels
                 .entry(MANAGED_BY.0)
                 .or_insert_with(|| MANAGED_BY.1.into());
             labels.insert(CLUSTER_LABEL.into(), cluster.id.clone().into());
-        } else {
-            return Err(at(n, "metadata.labels must be a map".into()));
         }
-        let annotations = meta
+        if let Some(annotations) = meta
             .entry("annotations")
-            .or_insert_with(|| serde_json::json!({}));
-        if let Some(annotations) = annotations.as_object_mut() {
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+        {
             annotations.insert(STACK_ANNOTATION.into(), stack.into());
-        } else {
-            return Err(at(n, "metadata.annotations must be a map".into()));
         }
         objects.push(Object {
             stack: stack.to_owned(),
@@ -542,18 +671,30 @@ fn canonical_bundle(
     if !diags.is_empty() {
         return Err(diags);
     }
-    let mut yaml = String::new();
+    let mut hasher = HashWriter(Sha256::new());
     for o in &objects {
-        yaml.push_str("---\n");
-        yaml.push_str(&serde_yaml::to_string(&o.value).expect("JSON values serialize to YAML"));
+        serde_json::to_writer(&mut hasher, &o.value).expect("hashing cannot fail");
+        hasher.0.update(b"\n");
     }
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(yaml.as_bytes())));
+    let digest = format!("sha256:{}", hex::encode(hasher.0.finalize()));
     Ok(Bundle {
         cluster: cluster.id.clone(),
         objects,
-        yaml,
         digest,
     })
+}
+
+/// Feeds serialized bytes straight into the hash, without building the string.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Folds the same problem found in many clusters into one diagnostic, naming the clusters.

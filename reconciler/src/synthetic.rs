@@ -64,7 +64,9 @@ pub fn generate(dir: &Path, shape: Shape) -> Result<String, Box<dyn std::error::
             ),
         )?;
     }
-    let stacks = TEMPLATE.get_dir("stacks").ok_or("template has no stacks/")?;
+    let stacks = TEMPLATE
+        .get_dir("stacks")
+        .ok_or("template has no stacks/")?;
     let mut dirs = vec![stacks];
     while let Some(d) = dirs.pop() {
         dirs.extend(d.dirs());
@@ -84,7 +86,11 @@ pub fn generate(dir: &Path, shape: Shape) -> Result<String, Box<dyn std::error::
             2 + n % 3
         );
         if n % 2 == 0 {
-            let _ = write!(doc, "    - name: trino\n      values:\n        workers: {}\n", 1 + n % 8);
+            let _ = write!(
+                doc,
+                "    - name: trino\n      values:\n        workers: {}\n",
+                1 + n % 8
+            );
         }
         if n % 3 == 0 {
             doc.push_str("    - name: superset\n");
@@ -121,12 +127,23 @@ mod tests {
     #[test]
     fn a_small_synthetic_repo_is_valid() {
         let dir = tempfile::tempdir().expect("tempdir");
-        generate(dir.path(), Shape { workspaces: 40, regions: 3 }).expect("generate");
+        generate(
+            dir.path(),
+            Shape {
+                workspaces: 40,
+                regions: 3,
+            },
+        )
+        .expect("generate");
         let repo = crate::source::open(dir.path()).expect("open");
         let checked = crate::check::check(crate::source::read(&repo, "HEAD").expect("read").files);
-        let errors: Vec<String> = checked.diagnostics.iter().map(ToString::to_string).collect();
+        let errors: Vec<String> = checked
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert!(checked.is_valid(), "{errors:#?}");
         // 3 regions × 2 environments + 40 workspaces.
-        assert_eq!(checked.bundles.len(), 46);
+        assert_eq!(checked.clusters.len(), 46);
     }
 }
