@@ -8,8 +8,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// pub mod apply; (enabled once aws.rs lands)
+pub mod aws;
 pub mod check;
+pub mod db;
 pub mod init;
+pub mod plan;
+// pub mod reconcile; (enabled once aws.rs lands)
 pub mod render;
 pub mod source;
 pub mod synthetic;

@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub commit: String,
     /// Files cplane reads (see [`FileRole`]), in tree order.
     pub files: Vec<SourceFile>,
+    /// The commit message (trailers such as `Cplane-Confirm-Deletions: N` are read from it).
+    pub message: String,
 }
 
 /// Opens the repository at (or above) `path`.
@@ -67,7 +69,9 @@ pub fn resolve(repo: &Repository, rev: &str) -> Result<Oid, Error> {
 /// Reads the files cplane cares about at `rev`, from the object database only.
 pub fn read(repo: &Repository, rev: &str) -> Result<Snapshot, Error> {
     let commit = resolve(repo, rev)?;
-    let tree = repo.find_commit(commit)?.tree()?;
+    let commit_obj = repo.find_commit(commit)?;
+    let message = commit_obj.message().unwrap_or("").to_owned();
+    let tree = commit_obj.tree()?;
     let mut entries: Vec<(String, Oid)> = Vec::new();
     tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
         let name = entry.name().unwrap_or("");
@@ -104,6 +108,7 @@ pub fn read(repo: &Repository, rev: &str) -> Result<Snapshot, Error> {
     Ok(Snapshot {
         commit: commit.to_string(),
         files,
+        message,
     })
 }
 

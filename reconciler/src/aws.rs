@@ -1,0 +1,1 @@
+//! AWS adapter (STS, Route53, ACM). Being written: see the reconciler issue.

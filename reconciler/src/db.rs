@@ -1,0 +1,541 @@
+//! The database adapter (sqlx, `Any` driver): SQLite embedded by default, PostgreSQL in
+//! production, one schema (`reconciler/migrations/`) for both.
+//!
+//! SQL here is portable: `$N` placeholders numbered in order of first use (SQLite accepts them
+//! as named parameters, PostgreSQL natively), TEXT and BIGINT only, upserts with
+//! `ON CONFLICT … DO UPDATE`, which both engines support.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::plan::{
+    DesiredWorkspace, JournalEntry, JournalState, LookupRow, Observed, ObservedWorkspace, Policy,
+    Status, StepKind, TenantRow,
+};
+
+/// Errors of the database adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Connecting failed.
+    #[error("connecting to {url}: {source}")]
+    Connect {
+        /// The URL, without credentials.
+        url: String,
+        /// The driver's reason.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Running the migrations failed.
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+    /// A stored value is not one cplane writes.
+    #[error("database holds an unexpected value: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// Whether retrying later may succeed (connection trouble, not bad data).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::Query(
+                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+                )
+        )
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `sqlite://PATH` (created when missing) or `postgres://…`; credentials are removed for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// One status condition (Kubernetes style) of an entity.
+#[derive(Debug, Clone, Copy)]
+pub struct Condition<'a> {
+    /// `workspace`, `platform`, ...
+    pub kind: &'a str,
+    /// Entity id.
+    pub id: &'a str,
+    /// `Ready`, `Reconciling`, `Stalled`.
+    pub condition: &'a str,
+    /// True or False.
+    pub status: bool,
+    /// CamelCase reason.
+    pub reason: &'a str,
+    /// Human message.
+    pub message: &'a str,
+    /// Commit the condition refers to.
+    pub commit: &'a str,
+}
+
+/// A connection pool with the schema migrated.
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+}
+
+impl Db {
+    /// Connects and runs the embedded migrations. SQLite files are created when missing.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        sqlx::any::install_default_drivers();
+        let url_full = if url.starts_with("sqlite:") && !url.contains("mode=") {
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        } else {
+            url.to_owned()
+        };
+        let max = if url.starts_with("sqlite:") { 1 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            // Fail fast on a wrong URL or a server that is down, instead of sqlx's 30 s.
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(&url_full)
+            .await
+            .map_err(|source| Error::Connect {
+                url: redact(url),
+                source,
+            })?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for adapters that need their own queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Everything the planner needs from the database, for the given regions (all when empty).
+    pub async fn observe(&self, regions: &[String]) -> Result<Observed, Error> {
+        let in_scope = |r: &str| regions.is_empty() || regions.iter().any(|x| x == r);
+        let mut observed = Observed::default();
+        let rows = sqlx::query(
+            "SELECT id, region, environment, account, aws_account_id, role_arn, external_id, zone_name, parent_zone, bff_url, deletion_policy, generation, status FROM workspaces",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let w = workspace_row(&row)?;
+            if in_scope(&w.applied.region) {
+                observed.workspaces.insert(w.applied.id.clone(), w);
+            }
+        }
+        for row in
+            sqlx::query("SELECT workspace_id, region, delegated_zone, status, bff_url FROM tenants")
+                .fetch_all(&self.pool)
+                .await?
+        {
+            let t = TenantRow {
+                workspace_id: row.try_get("workspace_id")?,
+                region: row.try_get("region")?,
+                delegated_zone: row.try_get("delegated_zone")?,
+                status: row.try_get("status")?,
+                bff_url: row.try_get("bff_url")?,
+            };
+            if in_scope(&t.region) {
+                let id = t.workspace_id.trim_start_matches("w-").to_owned();
+                observed.tenants.insert(id, t);
+            }
+        }
+        for row in sqlx::query("SELECT workspace_name, region, bff_url FROM tenant_lookup")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let name: String = row.try_get("workspace_name")?;
+            let l = LookupRow {
+                region: row.try_get("region")?,
+                bff_url: row.try_get("bff_url")?,
+            };
+            if in_scope(&l.region) {
+                observed
+                    .lookup
+                    .insert(name.trim_start_matches("w-").to_owned(), l);
+            }
+        }
+        for row in sqlx::query("SELECT workspace_id, step, state, result FROM journal")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let id: String = row.try_get("workspace_id")?;
+            if !observed.workspaces.contains_key(&id) {
+                continue;
+            }
+            let step: String = row.try_get("step")?;
+            let kind = StepKind::parse(&step)
+                .ok_or_else(|| Error::Corrupt(format!("journal step `{step}`")))?;
+            let state: String = row.try_get("state")?;
+            let state = match state.as_str() {
+                "started" => JournalState::Started,
+                "done" => JournalState::Done,
+                "failed" => JournalState::Failed,
+                other => return Err(Error::Corrupt(format!("journal state `{other}`"))),
+            };
+            observed.journal.insert(
+                (id, kind),
+                JournalEntry {
+                    state,
+                    result: row.try_get("result")?,
+                },
+            );
+        }
+        Ok(observed)
+    }
+
+    /// Upserts the `workspaces` row.
+    pub async fn write_workspace(
+        &self,
+        w: &DesiredWorkspace,
+        generation: i64,
+        status: Status,
+        commit: &str,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO workspaces (id, region, environment, account, aws_account_id, role_arn, external_id, zone_name, parent_zone, bff_url, deletion_policy, generation, status, commit_id, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             ON CONFLICT (id) DO UPDATE SET region = excluded.region, environment = excluded.environment, account = excluded.account,
+               aws_account_id = excluded.aws_account_id, role_arn = excluded.role_arn, external_id = excluded.external_id,
+               zone_name = excluded.zone_name, parent_zone = excluded.parent_zone, bff_url = excluded.bff_url, deletion_policy = excluded.deletion_policy,
+               generation = excluded.generation, status = excluded.status, commit_id = excluded.commit_id, updated_at = excluded.updated_at",
+        )
+        .bind(&w.id)
+        .bind(&w.region)
+        .bind(&w.environment)
+        .bind(&w.account)
+        .bind(&w.aws_account_id)
+        .bind(&w.role_arn)
+        .bind(&w.external_id)
+        .bind(&w.zone_name)
+        .bind(&w.parent_zone)
+        .bind(&w.bff_url)
+        .bind(w.deletion_policy.as_str())
+        .bind(generation)
+        .bind(status.as_str())
+        .bind(commit)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes every journal entry of a workspace (a new generation starts clean).
+    pub async fn clear_journal(&self, workspace: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM journal WHERE workspace_id = $1")
+            .bind(workspace)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Upserts the `tenants` row.
+    pub async fn write_tenant(&self, t: &TenantRow) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO tenants (workspace_id, region, delegated_zone, status, bff_url, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (workspace_id) DO UPDATE SET region = excluded.region, delegated_zone = excluded.delegated_zone,
+               status = excluded.status, bff_url = excluded.bff_url, updated_at = excluded.updated_at",
+        )
+        .bind(&t.workspace_id)
+        .bind(&t.region)
+        .bind(&t.delegated_zone)
+        .bind(&t.status)
+        .bind(&t.bff_url)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Upserts the lookup entry of `w-{workspace}`.
+    pub async fn write_lookup(&self, workspace: &str, l: &LookupRow) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO tenant_lookup (workspace_name, region, bff_url, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (workspace_name) DO UPDATE SET region = excluded.region, bff_url = excluded.bff_url, updated_at = excluded.updated_at",
+        )
+        .bind(format!("w-{workspace}"))
+        .bind(&l.region)
+        .bind(&l.bff_url)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the lookup entry of `w-{workspace}`.
+    pub async fn delete_lookup(&self, workspace: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM tenant_lookup WHERE workspace_name = $1")
+            .bind(format!("w-{workspace}"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Journal: records the deterministic key *before* the call it guards. Returns the attempt
+    /// number (1 on the first try; more means an earlier attempt's outcome is unknown).
+    pub async fn journal_begin(
+        &self,
+        workspace: &str,
+        step: StepKind,
+        key: &str,
+    ) -> Result<i64, Error> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO journal (workspace_id, step, idempotency_key, state, attempts, created_at, updated_at) VALUES ($1, $2, $3, 'started', 1, $4, $4)
+             ON CONFLICT (workspace_id, step) DO UPDATE SET idempotency_key = excluded.idempotency_key, state = 'started',
+               attempts = journal.attempts + 1, updated_at = excluded.updated_at",
+        )
+        .bind(workspace)
+        .bind(step.as_str())
+        .bind(key)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT attempts FROM journal WHERE workspace_id = $1 AND step = $2")
+            .bind(workspace)
+            .bind(step.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("attempts")?)
+    }
+
+    /// Journal: records the result after the call.
+    pub async fn journal_done(
+        &self,
+        workspace: &str,
+        step: StepKind,
+        external_id: Option<&str>,
+        result: &serde_json::Value,
+    ) -> Result<(), Error> {
+        sqlx::query("UPDATE journal SET state = 'done', external_id = $1, result = $2, last_error = NULL, updated_at = $3 WHERE workspace_id = $4 AND step = $5")
+            .bind(external_id)
+            .bind(result.to_string())
+            .bind(now_ms())
+            .bind(workspace)
+            .bind(step.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Journal: records a failed attempt (the step is retried on a later run).
+    pub async fn journal_failed(
+        &self,
+        workspace: &str,
+        step: StepKind,
+        error: &str,
+    ) -> Result<(), Error> {
+        sqlx::query("UPDATE journal SET state = 'failed', last_error = $1, updated_at = $2 WHERE workspace_id = $3 AND step = $4")
+            .bind(error)
+            .bind(now_ms())
+            .bind(workspace)
+            .bind(step.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The stored result of a step (`None` unless done).
+    pub async fn journal_result(
+        &self,
+        workspace: &str,
+        step: StepKind,
+    ) -> Result<Option<serde_json::Value>, Error> {
+        let row = sqlx::query(
+            "SELECT result FROM journal WHERE workspace_id = $1 AND step = $2 AND state = 'done'",
+        )
+        .bind(workspace)
+        .bind(step.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let text: Option<String> = row.try_get("result")?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Sets one status condition of an entity.
+    pub async fn set_condition(&self, c: &Condition<'_>) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO entity_status (kind, id, condition, status, reason, message, commit_id, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (kind, id, condition) DO UPDATE SET status = excluded.status, reason = excluded.reason, message = excluded.message,
+               commit_id = excluded.commit_id, updated_at = excluded.updated_at",
+        )
+        .bind(c.kind)
+        .bind(c.id)
+        .bind(c.condition)
+        .bind(if c.status { "True" } else { "False" })
+        .bind(c.reason)
+        .bind(c.message)
+        .bind(c.commit)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Conditions of an entity: condition → (status, reason, message).
+    pub async fn conditions(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<BTreeMap<String, (bool, String, String)>, Error> {
+        let rows = sqlx::query("SELECT condition, status, reason, message FROM entity_status WHERE kind = $1 AND id = $2")
+            .bind(kind)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status")?;
+                Ok((
+                    r.try_get("condition")?,
+                    (
+                        status == "True",
+                        r.try_get("reason")?,
+                        r.try_get("message")?,
+                    ),
+                ))
+            })
+            .collect()
+    }
+
+    /// Records a reconcile run.
+    #[allow(clippy::too_many_arguments)] // a row of the runs table
+    pub async fn record_run(
+        &self,
+        id: &str,
+        commit: &str,
+        scope: &str,
+        plan: &serde_json::Value,
+        outcome: &str,
+        errors: &[String],
+        started_at: i64,
+        duration_ms: i64,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO reconcile_runs (id, commit_id, scope, plan, outcome, errors, started_at, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id)
+        .bind(commit)
+        .bind(scope)
+        .bind(plan.to_string())
+        .bind(outcome)
+        .bind(serde_json::to_string(errors).expect("strings serialize"))
+        .bind(started_at)
+        .bind(duration_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last revision applied for `scope` (a refused revision never replaces it).
+    pub async fn applied_revision(&self, scope: &str) -> Result<Option<String>, Error> {
+        let row = sqlx::query("SELECT commit_id FROM applied_revisions WHERE scope = $1")
+            .bind(scope)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("commit_id")?),
+            None => None,
+        })
+    }
+
+    /// Records `commit` as applied for `scope`.
+    pub async fn set_applied_revision(&self, scope: &str, commit: &str) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO applied_revisions (scope, commit_id, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (scope) DO UPDATE SET commit_id = excluded.commit_id, updated_at = excluded.updated_at",
+        )
+        .bind(scope)
+        .bind(commit)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a bundle body by digest (idempotent) and points the cluster at it, bumping its
+    /// generation when the digest changed. Returns the cluster's generation.
+    pub async fn publish_bundle(
+        &self,
+        cluster: &crate::render::Cluster,
+        digest: &str,
+        body: &str,
+    ) -> Result<i64, Error> {
+        let now = now_ms();
+        sqlx::query("INSERT INTO bundles (digest, body, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest)
+            .bind(body)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let kind = match cluster.kind {
+            crate::render::ClusterKind::Platform => "platform",
+            crate::render::ClusterKind::Tenant => "tenant",
+        };
+        sqlx::query(
+            "INSERT INTO clusters (id, kind, region, environment, digest, generation, updated_at) VALUES ($1, $2, $3, $4, $5, 1, $6)
+             ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at,
+               generation = CASE WHEN clusters.digest = excluded.digest THEN clusters.generation ELSE clusters.generation + 1 END",
+        )
+        .bind(&cluster.id)
+        .bind(kind)
+        .bind(&cluster.region)
+        .bind(&cluster.environment)
+        .bind(digest)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT generation FROM clusters WHERE id = $1")
+            .bind(&cluster.id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("generation")?)
+    }
+
+    /// Current digest of every cluster.
+    pub async fn cluster_digests(&self) -> Result<BTreeMap<String, String>, Error> {
+        let rows = sqlx::query("SELECT id, digest FROM clusters")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("digest")?)))
+            .collect()
+    }
+}
+
+fn workspace_row(row: &AnyRow) -> Result<ObservedWorkspace, Error> {
+    let status: String = row.try_get("status")?;
+    let policy: String = row.try_get("deletion_policy")?;
+    Ok(ObservedWorkspace {
+        applied: DesiredWorkspace {
+            id: row.try_get("id")?,
+            region: row.try_get("region")?,
+            environment: row.try_get("environment")?,
+            account: row.try_get("account")?,
+            aws_account_id: row.try_get("aws_account_id")?,
+            role_arn: row.try_get("role_arn")?,
+            external_id: row.try_get("external_id")?,
+            zone_name: row.try_get("zone_name")?,
+            parent_zone: row.try_get("parent_zone")?,
+            bff_url: row.try_get("bff_url")?,
+            deletion_policy: Policy::parse(&policy),
+        },
+        generation: row.try_get("generation")?,
+        status: Status::parse(&status)
+            .ok_or_else(|| Error::Corrupt(format!("workspace status `{status}`")))?,
+    })
+}

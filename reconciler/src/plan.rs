@@ -1,0 +1,926 @@
+//! The planner: `plan(desired, observed, options) → Plan`, a pure function.
+//!
+//! Desired state comes from a validated model (one commit of the state repo); observed state
+//! from the database (workspace rows, the journal, tenants and lookup rows, cluster digests)
+//! and, when a drift check ran, from batched cloud reads. The plan is an ordered list of explicit
+//! steps, each naming the steps it must follow. Apply executes them; nothing here does I/O
+//! (no tokio, sqlx, aws-sdk or git2), so every case below is a plain unit test.
+//!
+//! Guarantees:
+//! - Planning what is already true yields an empty plan (idempotence).
+//! - Provisioning steps already `done` in the journal are never planned again; a step left
+//!   `started` (outcome unknown) is planned again, and apply resolves it by lookup.
+//! - A workspace whose region or environment changed is refused, never re-created elsewhere.
+//! - A commit removing more than `max_deletions` workspaces is held (no deletion planned) until
+//!   confirmed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use cplane_schema::domain::workspace_name;
+use cplane_schema::model::DeletionPolicy;
+use cplane_schema::validate::names_for;
+use cplane_schema::Model;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// What one workspace should be, derived from the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredWorkspace {
+    /// Workspace id (no `w-`).
+    pub id: String,
+    /// Region id.
+    pub region: String,
+    /// Environment.
+    pub environment: String,
+    /// Customer account.
+    pub account: String,
+    /// Tenant AWS account id.
+    pub aws_account_id: String,
+    /// Role cplane assumes in the tenant account.
+    pub role_arn: String,
+    /// ExternalId for that role.
+    pub external_id: String,
+    /// Delegated zone `w-{id}.{env?}.{region}.{base}`.
+    pub zone_name: String,
+    /// Operator-account zone holding the NS delegation.
+    pub parent_zone: String,
+    /// `https://bff.w-{id}...`.
+    pub bff_url: String,
+    /// What removal does.
+    pub deletion_policy: Policy,
+}
+
+/// Deletion policy, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Policy {
+    /// Keep cloud resources on removal.
+    Retain,
+    /// Remove them.
+    Delete,
+}
+
+impl Policy {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Retain => "Retain",
+            Policy::Delete => "Delete",
+        }
+    }
+
+    /// From the stored name (anything unknown is the safe `Retain`).
+    pub fn parse(s: &str) -> Self {
+        if s == "Delete" {
+            Policy::Delete
+        } else {
+            Policy::Retain
+        }
+    }
+}
+
+/// Desired workspaces of the given regions (every live region when `regions` is empty).
+pub fn desired_workspaces(model: &Model, regions: &[String]) -> BTreeMap<String, DesiredWorkspace> {
+    let mut out = BTreeMap::new();
+    for (id, ws) in &model.workspaces {
+        let spec = &ws.doc.spec;
+        let Some(region) = model.regions.get(&spec.region) else {
+            continue;
+        };
+        let live = region.doc.spec.status == cplane_schema::model::RegionStatus::Live;
+        let selected = if regions.is_empty() {
+            live
+        } else {
+            regions.contains(&spec.region)
+        };
+        if !selected {
+            continue;
+        }
+        let names = names_for(model, &spec.region, &spec.environment);
+        out.insert(
+            id.clone(),
+            DesiredWorkspace {
+                id: id.clone(),
+                region: spec.region.clone(),
+                environment: spec.environment.clone(),
+                account: spec.account.clone(),
+                aws_account_id: spec.aws.account_id.clone(),
+                role_arn: spec.aws.role_arn.clone(),
+                external_id: spec.aws.external_id.clone(),
+                zone_name: names.workspace_zone(id),
+                parent_zone: region.doc.spec.parent_zone.clone(),
+                bff_url: format!("https://{}", names.workspace_host(id, "bff")),
+                deletion_policy: match spec.deletion_policy {
+                    DeletionPolicy::Retain => Policy::Retain,
+                    DeletionPolicy::Delete => Policy::Delete,
+                },
+            },
+        );
+    }
+    out
+}
+
+/// Lifecycle of a workspace row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Being provisioned.
+    Provisioning,
+    /// Everything in place.
+    Active,
+    /// Being removed.
+    Deprovisioning,
+    /// Removed from the repo with `Retain`: cloud resources kept.
+    Retained,
+    /// Removed, cloud resources deleted.
+    Deleted,
+}
+
+impl Status {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Provisioning => "provisioning",
+            Status::Active => "active",
+            Status::Deprovisioning => "deprovisioning",
+            Status::Retained => "retained",
+            Status::Deleted => "deleted",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "provisioning" => Status::Provisioning,
+            "active" => Status::Active,
+            "deprovisioning" => Status::Deprovisioning,
+            "retained" => Status::Retained,
+            "deleted" => Status::Deleted,
+            _ => return None,
+        })
+    }
+
+    /// Whether the workspace is gone (its id may be reused).
+    pub fn is_gone(self) -> bool {
+        matches!(self, Status::Retained | Status::Deleted)
+    }
+}
+
+/// A `workspaces` row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedWorkspace {
+    /// The fields as last applied.
+    pub applied: DesiredWorkspace,
+    /// Bumped when the id is re-created after deletion (keys differ per generation).
+    pub generation: i64,
+    /// Lifecycle.
+    pub status: Status,
+}
+
+/// A `tenants` row (reference doc 001, step 7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRow {
+    /// `w-{id}`.
+    pub workspace_id: String,
+    /// Region id.
+    pub region: String,
+    /// Delegated zone name.
+    pub delegated_zone: String,
+    /// `active`, `retained`, `deleted`.
+    pub status: String,
+    /// BFF URL.
+    pub bff_url: String,
+}
+
+/// A tenant → region lookup entry (step 8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupRow {
+    /// Region id.
+    pub region: String,
+    /// BFF URL.
+    pub bff_url: String,
+}
+
+/// Journaled cloud steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// Hosted zone in the tenant account.
+    CreateZone,
+    /// NS delegation in the operator's parent zone.
+    DelegateZone,
+    /// Wildcard certificate in the tenant account.
+    RequestCertificate,
+    /// Validation CNAMEs in the tenant zone.
+    ValidationRecords,
+    /// Wait for ISSUED.
+    AwaitCertificate,
+    /// Remove the NS delegation.
+    RemoveDelegation,
+    /// Delete the certificate.
+    DeleteCertificate,
+    /// Delete the validation CNAMEs.
+    DeleteValidationRecords,
+    /// Delete the zone.
+    DeleteZone,
+}
+
+impl StepKind {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::CreateZone => "create_zone",
+            StepKind::DelegateZone => "delegate_zone",
+            StepKind::RequestCertificate => "request_certificate",
+            StepKind::ValidationRecords => "validation_records",
+            StepKind::AwaitCertificate => "await_certificate",
+            StepKind::RemoveDelegation => "remove_delegation",
+            StepKind::DeleteCertificate => "delete_certificate",
+            StepKind::DeleteValidationRecords => "delete_validation_records",
+            StepKind::DeleteZone => "delete_zone",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            StepKind::CreateZone,
+            StepKind::DelegateZone,
+            StepKind::RequestCertificate,
+            StepKind::ValidationRecords,
+            StepKind::AwaitCertificate,
+            StepKind::RemoveDelegation,
+            StepKind::DeleteCertificate,
+            StepKind::DeleteValidationRecords,
+            StepKind::DeleteZone,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// State of a journal entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalState {
+    /// Key written, call made or about to be: outcome unknown until `done`.
+    Started,
+    /// Result recorded.
+    Done,
+    /// Last attempt failed (retried on the next run).
+    Failed,
+}
+
+/// One journal entry, as far as planning needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// State.
+    pub state: JournalState,
+    /// Result of the step (JSON), e.g. the zone's name servers.
+    pub result: Option<String>,
+}
+
+/// Everything observed before planning.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// `workspaces` rows by id.
+    pub workspaces: BTreeMap<String, ObservedWorkspace>,
+    /// `tenants` rows by workspace id (no `w-`).
+    pub tenants: BTreeMap<String, TenantRow>,
+    /// Lookup entries by workspace id (no `w-`).
+    pub lookup: BTreeMap<String, LookupRow>,
+    /// Journal by (workspace id, step).
+    pub journal: BTreeMap<(String, StepKind), JournalEntry>,
+    /// Drift check: NS values found in the parent zones per delegated zone name (absent =
+    /// no delegation). `None` when no drift check ran.
+    pub delegations: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// Knobs of one planning run.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Most workspaces one commit may remove without confirmation.
+    pub max_deletions: usize,
+    /// Deletions above the threshold were confirmed (flag or commit trailer).
+    pub confirmed: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_deletions: 5,
+            confirmed: false,
+        }
+    }
+}
+
+/// One thing to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Upsert the `workspaces` row with the desired fields and this status.
+    WriteWorkspace {
+        /// New status.
+        status: Status,
+        /// Generation (keys of cloud steps derive from it).
+        generation: i64,
+    },
+    /// Create the delegated zone in the tenant account.
+    CreateZone {
+        /// Zone name.
+        zone: String,
+        /// Deterministic Route53 CallerReference.
+        caller_reference: String,
+    },
+    /// UPSERT the NS delegation in the parent zone (operator account).
+    DelegateZone {
+        /// Parent zone.
+        parent_zone: String,
+        /// Delegated zone.
+        zone: String,
+    },
+    /// Request the wildcard certificate (tenant account).
+    RequestCertificate {
+        /// `*.zone`.
+        domain: String,
+        /// The zone apex.
+        san: String,
+        /// Deterministic ACM IdempotencyToken.
+        token: String,
+    },
+    /// UPSERT the validation CNAMEs into the tenant zone.
+    ValidationRecords {
+        /// Zone.
+        zone: String,
+    },
+    /// Wait for the certificate to be ISSUED (requeue, never block).
+    AwaitCertificate {
+        /// Certificate domain.
+        domain: String,
+    },
+    /// Upsert the `tenants` row.
+    WriteTenant {
+        /// The row.
+        row: TenantRow,
+    },
+    /// Upsert the lookup entry.
+    WriteLookup {
+        /// The entry.
+        row: LookupRow,
+    },
+    /// Remove the lookup entry.
+    DeleteLookup,
+    /// Remove the NS delegation (first, so no dangling delegation can be hijacked).
+    RemoveDelegation {
+        /// Parent zone.
+        parent_zone: String,
+        /// Delegated zone.
+        zone: String,
+    },
+    /// Delete the certificate.
+    DeleteCertificate {
+        /// Certificate domain.
+        domain: String,
+    },
+    /// Delete the validation CNAMEs.
+    DeleteValidationRecords {
+        /// Zone.
+        zone: String,
+    },
+    /// Delete the delegated zone.
+    DeleteZone {
+        /// Zone.
+        zone: String,
+    },
+    /// Restore a deleted or altered NS delegation (drift).
+    RepairDelegation {
+        /// Parent zone.
+        parent_zone: String,
+        /// Delegated zone.
+        zone: String,
+    },
+}
+
+impl Action {
+    /// The journaled cloud step this action is, if any.
+    pub fn step_kind(&self) -> Option<StepKind> {
+        Some(match self {
+            Action::CreateZone { .. } => StepKind::CreateZone,
+            Action::DelegateZone { .. } | Action::RepairDelegation { .. } => StepKind::DelegateZone,
+            Action::RequestCertificate { .. } => StepKind::RequestCertificate,
+            Action::ValidationRecords { .. } => StepKind::ValidationRecords,
+            Action::AwaitCertificate { .. } => StepKind::AwaitCertificate,
+            Action::RemoveDelegation { .. } => StepKind::RemoveDelegation,
+            Action::DeleteCertificate { .. } => StepKind::DeleteCertificate,
+            Action::DeleteValidationRecords { .. } => StepKind::DeleteValidationRecords,
+            Action::DeleteZone { .. } => StepKind::DeleteZone,
+            Action::WriteWorkspace { .. }
+            | Action::WriteTenant { .. }
+            | Action::WriteLookup { .. }
+            | Action::DeleteLookup => return None,
+        })
+    }
+
+    /// Whether the action calls AWS.
+    pub fn is_cloud(&self) -> bool {
+        self.step_kind().is_some()
+    }
+
+    /// `+` create, `~` change, `-` destroy.
+    pub fn symbol(&self) -> char {
+        match self {
+            Action::CreateZone { .. }
+            | Action::DelegateZone { .. }
+            | Action::RequestCertificate { .. }
+            | Action::ValidationRecords { .. } => '+',
+            Action::RemoveDelegation { .. }
+            | Action::DeleteCertificate { .. }
+            | Action::DeleteValidationRecords { .. }
+            | Action::DeleteZone { .. }
+            | Action::DeleteLookup => '-',
+            _ => '~',
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::WriteWorkspace { status, .. } => {
+                write!(f, "db workspaces row (status {})", status.as_str())
+            }
+            Action::CreateZone { zone, .. } => {
+                write!(f, "route53 hosted zone {zone} (tenant account)")
+            }
+            Action::DelegateZone { parent_zone, zone } => {
+                write!(f, "route53 NS {zone} in {parent_zone} (operator account)")
+            }
+            Action::RequestCertificate { domain, san, .. } => {
+                write!(f, "acm certificate {domain} + {san} (tenant account)")
+            }
+            Action::ValidationRecords { zone } => write!(f, "route53 validation CNAMEs in {zone}"),
+            Action::AwaitCertificate { domain } => {
+                write!(f, "wait for acm certificate {domain} to be ISSUED")
+            }
+            Action::WriteTenant { row } => write!(
+                f,
+                "db tenants row {} (status {})",
+                row.workspace_id, row.status
+            ),
+            Action::WriteLookup { row } => {
+                write!(f, "db lookup entry -> {} {}", row.region, row.bff_url)
+            }
+            Action::DeleteLookup => write!(f, "db lookup entry"),
+            Action::RemoveDelegation { parent_zone, zone } => {
+                write!(f, "route53 NS {zone} in {parent_zone} (operator account)")
+            }
+            Action::DeleteCertificate { domain } => {
+                write!(f, "acm certificate {domain} (tenant account)")
+            }
+            Action::DeleteValidationRecords { zone } => {
+                write!(f, "route53 validation CNAMEs in {zone}")
+            }
+            Action::DeleteZone { zone } => write!(f, "route53 hosted zone {zone} (tenant account)"),
+            Action::RepairDelegation { parent_zone, zone } => {
+                write!(f, "route53 NS {zone} in {parent_zone} (drift: restore)")
+            }
+        }
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// Workspace id.
+    pub workspace: String,
+    /// What to do.
+    #[serde(flatten)]
+    pub action: Action,
+    /// Indexes (in [`Plan::steps`]) of the steps that must be done first.
+    pub after: Vec<usize>,
+    /// Why (shown in plans and status).
+    pub reason: String,
+}
+
+/// A workspace change that cplane will not make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// Workspace id.
+    pub workspace: String,
+    /// Why.
+    pub message: String,
+}
+
+/// The plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Ordered steps (every step comes after the ones it names).
+    pub steps: Vec<Step>,
+    /// Changes refused.
+    pub refused: Vec<Refusal>,
+    /// Deletions held back, with the reason.
+    pub held: Option<String>,
+}
+
+impl Plan {
+    /// Nothing to do and nothing refused or held.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.refused.is_empty() && self.held.is_none()
+    }
+
+    /// Counts of (+, ~, -) steps.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let count = |c| self.steps.iter().filter(|s| s.action.symbol() == c).count();
+        (count('+'), count('~'), count('-'))
+    }
+}
+
+/// Deterministic Route53 CallerReference of a workspace's zone (max 128 characters).
+pub fn caller_reference(w: &DesiredWorkspace, generation: i64) -> String {
+    format!(
+        "cplane/{}/{}/g{generation}",
+        w.region,
+        workspace_name(&w.id)
+    )
+}
+
+/// Deterministic ACM IdempotencyToken (32 word characters) of a workspace's certificate.
+pub fn certificate_token(w: &DesiredWorkspace, generation: i64) -> String {
+    let digest = Sha256::digest(caller_reference(w, generation).as_bytes());
+    hex::encode(digest)[..32].to_owned()
+}
+
+struct Builder<'a> {
+    plan: Plan,
+    workspace: &'a str,
+    observed: &'a Observed,
+}
+
+impl Builder<'_> {
+    fn done(&self, kind: StepKind) -> bool {
+        self.observed
+            .journal
+            .get(&(self.workspace.to_owned(), kind))
+            .is_some_and(|j| j.state == JournalState::Done)
+    }
+
+    fn touched(&self, kind: StepKind) -> bool {
+        self.observed
+            .journal
+            .contains_key(&(self.workspace.to_owned(), kind))
+    }
+
+    fn push(&mut self, action: Action, after: &[Option<usize>], reason: &str) -> Option<usize> {
+        self.plan.steps.push(Step {
+            workspace: self.workspace.to_owned(),
+            action,
+            after: after.iter().flatten().copied().collect(),
+            reason: reason.to_owned(),
+        });
+        Some(self.plan.steps.len() - 1)
+    }
+
+    /// Plans the cloud step `kind` unless the journal has it done.
+    fn cloud(
+        &mut self,
+        kind: StepKind,
+        action: Action,
+        after: &[Option<usize>],
+        reason: &str,
+    ) -> Option<usize> {
+        if self.done(kind) {
+            None
+        } else {
+            self.push(action, after, reason)
+        }
+    }
+}
+
+/// Computes the plan; see the module docs.
+pub fn plan(
+    desired: &BTreeMap<String, DesiredWorkspace>,
+    observed: &Observed,
+    options: Options,
+) -> Plan {
+    let mut plan = Plan::default();
+
+    // Removals first decide whether deletions are held.
+    let removed: Vec<&ObservedWorkspace> = observed
+        .workspaces
+        .iter()
+        .filter(|(id, w)| !desired.contains_key(*id) && !w.status.is_gone())
+        .map(|(_, w)| w)
+        .collect();
+    let hold = removed.len() > options.max_deletions && !options.confirmed;
+    if hold {
+        plan.held = Some(format!(
+            "this revision removes {} workspaces ({}), more than the limit of {}: nothing is removed until confirmed (--confirm-deletions, or a commit with the trailer `Cplane-Confirm-Deletions: {}`)",
+            removed.len(),
+            removed.iter().map(|w| w.applied.id.as_str()).collect::<Vec<_>>().join(", "),
+            options.max_deletions,
+            removed.len()
+        ));
+    }
+
+    let ids: std::collections::BTreeSet<&String> =
+        desired.keys().chain(observed.workspaces.keys()).collect();
+    for id in ids {
+        let mut b = Builder {
+            plan,
+            workspace: id,
+            observed,
+        };
+        match (desired.get(id), observed.workspaces.get(id)) {
+            (Some(want), Some(have))
+                if !have.status.is_gone() || have.status == Status::Retained =>
+            {
+                if have.applied.region != want.region
+                    || have.applied.environment != want.environment
+                {
+                    b.plan.refused.push(Refusal {
+                        workspace: id.clone(),
+                        message: format!(
+                            "workspace {id} moved from {}/{} to {}/{}: its zone, certificate and records belong to the old region; remove it and add it under a new id",
+                            have.applied.region, have.applied.environment, want.region, want.environment
+                        ),
+                    });
+                } else {
+                    provision(&mut b, want, have.generation, Some(have));
+                }
+            }
+            (Some(want), Some(have)) => provision(&mut b, want, have.generation + 1, None),
+            (Some(want), None) => provision(&mut b, want, 1, None),
+            (None, Some(have)) if !have.status.is_gone() && !hold => deprovision(&mut b, have),
+            (None, _) => {}
+        }
+        plan = b.plan;
+    }
+    plan
+}
+
+fn provision(
+    b: &mut Builder<'_>,
+    want: &DesiredWorkspace,
+    generation: i64,
+    have: Option<&ObservedWorkspace>,
+) {
+    let fresh = have.is_none();
+    let reason = if fresh { "new workspace" } else { "converge" };
+    let o = b.observed;
+    // A fresh generation starts with an empty journal (apply clears the old one first).
+    let done = |b: &Builder<'_>, k| !fresh && b.done(k);
+
+    let mut row = None;
+    let row_differs = have.is_none_or(|h| h.applied != *want || h.status == Status::Retained);
+    if row_differs {
+        let status = have.map_or(Status::Provisioning, |h| {
+            if h.status == Status::Retained {
+                Status::Provisioning
+            } else {
+                h.status
+            }
+        });
+        row = b.push(
+            Action::WriteWorkspace { status, generation },
+            &[],
+            if fresh {
+                "new workspace"
+            } else {
+                "workspace changed"
+            },
+        );
+    }
+    let zone = want.zone_name.clone();
+    let create = if done(b, StepKind::CreateZone) {
+        None
+    } else {
+        b.push(
+            Action::CreateZone {
+                zone: zone.clone(),
+                caller_reference: caller_reference(want, generation),
+            },
+            &[row],
+            reason,
+        )
+    };
+    let delegate = if done(b, StepKind::DelegateZone) {
+        // Drift: the delegation was observed missing or altered.
+        let expected = o
+            .journal
+            .get(&(want.id.clone(), StepKind::CreateZone))
+            .and_then(|j| j.result.as_deref())
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+            .and_then(|v| serde_json::from_value::<Vec<String>>(v["name_servers"].clone()).ok());
+        match (&o.delegations, expected) {
+            (Some(found), Some(mut ns)) => {
+                ns.sort();
+                let mut got = found.get(&zone).cloned().unwrap_or_default();
+                got.sort();
+                if got != ns {
+                    let why = if got.is_empty() {
+                        "drift: NS delegation missing"
+                    } else {
+                        "drift: NS delegation altered"
+                    };
+                    b.push(
+                        Action::RepairDelegation {
+                            parent_zone: want.parent_zone.clone(),
+                            zone: zone.clone(),
+                        },
+                        &[],
+                        why,
+                    )
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    } else {
+        b.push(
+            Action::DelegateZone {
+                parent_zone: want.parent_zone.clone(),
+                zone: zone.clone(),
+            },
+            &[create],
+            reason,
+        )
+    };
+    let domain = format!("*.{zone}");
+    let request = if done(b, StepKind::RequestCertificate) {
+        None
+    } else {
+        b.push(
+            Action::RequestCertificate {
+                domain: domain.clone(),
+                san: zone.clone(),
+                token: certificate_token(want, generation),
+            },
+            &[row],
+            reason,
+        )
+    };
+    let records = if done(b, StepKind::ValidationRecords) {
+        None
+    } else {
+        b.push(
+            Action::ValidationRecords { zone: zone.clone() },
+            &[create, request],
+            reason,
+        )
+    };
+    let issued = if done(b, StepKind::AwaitCertificate) {
+        None
+    } else {
+        b.push(Action::AwaitCertificate { domain }, &[records], reason)
+    };
+
+    let tenant = TenantRow {
+        workspace_id: workspace_name(&want.id),
+        region: want.region.clone(),
+        delegated_zone: zone,
+        status: "active".into(),
+        bff_url: want.bff_url.clone(),
+    };
+    let tenant_step = match o.tenants.get(&want.id) {
+        Some(row) if *row == tenant => None,
+        found => {
+            let why = match (found, fresh || issued.is_some()) {
+                (Some(_), false) => "drift: tenants row differs",
+                _ => reason,
+            };
+            b.push(
+                Action::WriteTenant { row: tenant },
+                &[issued, delegate],
+                why,
+            )
+        }
+    };
+    let lookup = LookupRow {
+        region: want.region.clone(),
+        bff_url: want.bff_url.clone(),
+    };
+    let lookup_step = match o.lookup.get(&want.id) {
+        Some(row) if *row == lookup => None,
+        found => {
+            let why = if found.is_some() && !fresh {
+                "drift: lookup entry differs"
+            } else {
+                reason
+            };
+            b.push(Action::WriteLookup { row: lookup }, &[tenant_step], why)
+        }
+    };
+    let _ = (tenant_step, lookup_step);
+    if !have.is_some_and(|h| h.status == Status::Active) {
+        // Mark active once everything above is in place.
+        let last = b.plan.steps.len().checked_sub(1);
+        b.push(
+            Action::WriteWorkspace {
+                status: Status::Active,
+                generation,
+            },
+            &[last],
+            "provisioned",
+        );
+    }
+}
+
+fn deprovision(b: &mut Builder<'_>, have: &ObservedWorkspace) {
+    let w = &have.applied;
+    let g = have.generation;
+    let mark = if have.status == Status::Deprovisioning {
+        None
+    } else {
+        b.push(
+            Action::WriteWorkspace {
+                status: Status::Deprovisioning,
+                generation: g,
+            },
+            &[],
+            "removed from the state repo",
+        )
+    };
+    let lookup = if b.observed.lookup.contains_key(&w.id) {
+        b.push(Action::DeleteLookup, &[mark], "removed from the state repo")
+    } else {
+        None
+    };
+    let mut last = lookup.or(mark);
+    if w.deletion_policy == Policy::Delete {
+        let zone = w.zone_name.clone();
+        let domain = format!("*.{zone}");
+        let reason = "removed, deletionPolicy: Delete";
+        if b.touched(StepKind::DelegateZone) {
+            last = b
+                .cloud(
+                    StepKind::RemoveDelegation,
+                    Action::RemoveDelegation {
+                        parent_zone: w.parent_zone.clone(),
+                        zone: zone.clone(),
+                    },
+                    &[last],
+                    reason,
+                )
+                .or(last);
+        }
+        if b.touched(StepKind::RequestCertificate) {
+            last = b
+                .cloud(
+                    StepKind::DeleteCertificate,
+                    Action::DeleteCertificate { domain },
+                    &[last],
+                    reason,
+                )
+                .or(last);
+        }
+        if b.touched(StepKind::ValidationRecords) {
+            last = b
+                .cloud(
+                    StepKind::DeleteValidationRecords,
+                    Action::DeleteValidationRecords { zone: zone.clone() },
+                    &[last],
+                    reason,
+                )
+                .or(last);
+        }
+        if b.touched(StepKind::CreateZone) {
+            last = b
+                .cloud(
+                    StepKind::DeleteZone,
+                    Action::DeleteZone { zone },
+                    &[last],
+                    reason,
+                )
+                .or(last);
+        }
+    }
+    let (status, tenant_status) = match w.deletion_policy {
+        Policy::Delete => (Status::Deleted, "deleted"),
+        Policy::Retain => (Status::Retained, "retained"),
+    };
+    if let Some(row) = b.observed.tenants.get(&w.id) {
+        if row.status != tenant_status {
+            let mut row = row.clone();
+            row.status = tenant_status.into();
+            last = b
+                .push(
+                    Action::WriteTenant { row },
+                    &[last],
+                    "removed from the state repo",
+                )
+                .or(last);
+        }
+    }
+    b.push(
+        Action::WriteWorkspace {
+            status,
+            generation: g,
+        },
+        &[last],
+        "removed from the state repo",
+    );
+}
+
+#[cfg(test)]
+mod tests;

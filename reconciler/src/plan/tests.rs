@@ -1,0 +1,398 @@
+//! Exact plans for every case the planner must handle.
+
+use super::*;
+
+/// Fixture builder: a prod workspace on sgp-1.
+fn ws(id: &str) -> DesiredWorkspace {
+    DesiredWorkspace {
+        id: id.into(),
+        region: "sgp-1".into(),
+        environment: "prod".into(),
+        account: format!("{id}-corp"),
+        aws_account_id: "111111111111".into(),
+        role_arn: "arn:aws:iam::111111111111:role/cogrion-provisioner".into(),
+        external_id: format!("{id}-ext"),
+        zone_name: format!("w-{id}.sgp-1.cogrion.com"),
+        parent_zone: "sgp-1.cogrion.com".into(),
+        bff_url: format!("https://bff.w-{id}.sgp-1.cogrion.com"),
+        deletion_policy: Policy::Retain,
+    }
+}
+
+fn desired(list: &[DesiredWorkspace]) -> BTreeMap<String, DesiredWorkspace> {
+    list.iter().map(|w| (w.id.clone(), w.clone())).collect()
+}
+
+/// The observed state after `w` was fully provisioned.
+fn provisioned(observed: &mut Observed, w: &DesiredWorkspace) {
+    observed.workspaces.insert(
+        w.id.clone(),
+        ObservedWorkspace {
+            applied: w.clone(),
+            generation: 1,
+            status: Status::Active,
+        },
+    );
+    for kind in [
+        StepKind::CreateZone,
+        StepKind::DelegateZone,
+        StepKind::RequestCertificate,
+        StepKind::ValidationRecords,
+        StepKind::AwaitCertificate,
+    ] {
+        let result = (kind == StepKind::CreateZone).then(|| {
+            r#"{"zone_id":"Z1","name_servers":["ns-1.example","ns-2.example"]}"#.to_owned()
+        });
+        observed.journal.insert(
+            (w.id.clone(), kind),
+            JournalEntry {
+                state: JournalState::Done,
+                result,
+            },
+        );
+    }
+    observed.tenants.insert(
+        w.id.clone(),
+        TenantRow {
+            workspace_id: format!("w-{}", w.id),
+            region: w.region.clone(),
+            delegated_zone: w.zone_name.clone(),
+            status: "active".into(),
+            bff_url: w.bff_url.clone(),
+        },
+    );
+    observed.lookup.insert(
+        w.id.clone(),
+        LookupRow {
+            region: w.region.clone(),
+            bff_url: w.bff_url.clone(),
+        },
+    );
+}
+
+/// `(workspace, symbol, description, after)` of every step: compact and exact.
+fn steps(plan: &Plan) -> Vec<String> {
+    plan.steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} after {:?} ({})",
+                s.workspace,
+                s.action.symbol(),
+                s.action,
+                s.after,
+                s.reason
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn new_workspace_gets_the_full_provisioning_flow() {
+    let acme = ws("acme");
+    let plan = plan(
+        &desired(std::slice::from_ref(&acme)),
+        &Observed::default(),
+        Options::default(),
+    );
+    assert_eq!(
+        steps(&plan),
+        [
+            "acme ~ db workspaces row (status provisioning) after [] (new workspace)",
+            "acme + route53 hosted zone w-acme.sgp-1.cogrion.com (tenant account) after [0] (new workspace)",
+            "acme + route53 NS w-acme.sgp-1.cogrion.com in sgp-1.cogrion.com (operator account) after [1] (new workspace)",
+            "acme + acm certificate *.w-acme.sgp-1.cogrion.com + w-acme.sgp-1.cogrion.com (tenant account) after [0] (new workspace)",
+            "acme + route53 validation CNAMEs in w-acme.sgp-1.cogrion.com after [1, 3] (new workspace)",
+            "acme ~ wait for acm certificate *.w-acme.sgp-1.cogrion.com to be ISSUED after [4] (new workspace)",
+            "acme ~ db tenants row w-acme (status active) after [5, 2] (new workspace)",
+            "acme ~ db lookup entry -> sgp-1 https://bff.w-acme.sgp-1.cogrion.com after [6] (new workspace)",
+            "acme ~ db workspaces row (status active) after [7] (provisioned)",
+        ]
+    );
+    assert_eq!(
+        plan.steps[1].action,
+        Action::CreateZone {
+            zone: "w-acme.sgp-1.cogrion.com".into(),
+            caller_reference: "cplane/sgp-1/w-acme/g1".into()
+        }
+    );
+    match &plan.steps[3].action {
+        Action::RequestCertificate { token, .. } => {
+            assert_eq!(token.len(), 32);
+            assert_eq!(*token, certificate_token(&acme, 1), "deterministic");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(plan.counts(), (4, 5, 0));
+}
+
+#[test]
+fn nothing_changed_plans_nothing() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    let plan = plan(&desired(&[acme]), &observed, Options::default());
+    assert!(plan.is_empty(), "{:#?}", plan);
+}
+
+#[test]
+fn resuming_after_a_crash_plans_only_what_is_not_done() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    observed.workspaces.insert(
+        "acme".into(),
+        ObservedWorkspace {
+            applied: acme.clone(),
+            generation: 1,
+            status: Status::Provisioning,
+        },
+    );
+    observed.journal.insert(
+        ("acme".into(), StepKind::CreateZone),
+        JournalEntry {
+            state: JournalState::Done,
+            result: None,
+        },
+    );
+    // Outcome unknown: planned again, and apply looks it up instead of creating.
+    observed.journal.insert(
+        ("acme".into(), StepKind::DelegateZone),
+        JournalEntry {
+            state: JournalState::Started,
+            result: None,
+        },
+    );
+    let plan = plan(&desired(&[acme]), &observed, Options::default());
+    assert_eq!(
+        steps(&plan),
+        [
+            "acme + route53 NS w-acme.sgp-1.cogrion.com in sgp-1.cogrion.com (operator account) after [] (converge)",
+            "acme + acm certificate *.w-acme.sgp-1.cogrion.com + w-acme.sgp-1.cogrion.com (tenant account) after [] (converge)",
+            "acme + route53 validation CNAMEs in w-acme.sgp-1.cogrion.com after [1] (converge)",
+            "acme ~ wait for acm certificate *.w-acme.sgp-1.cogrion.com to be ISSUED after [2] (converge)",
+            "acme ~ db tenants row w-acme (status active) after [3, 0] (converge)",
+            "acme ~ db lookup entry -> sgp-1 https://bff.w-acme.sgp-1.cogrion.com after [4] (converge)",
+            "acme ~ db workspaces row (status active) after [5] (provisioned)",
+        ]
+    );
+}
+
+#[test]
+fn only_stack_values_changed_plans_no_cloud_steps() {
+    // Stack values do not reach the desired workspace at all: the infrastructure is the same.
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    let plan = plan(&desired(&[acme]), &observed, Options::default());
+    assert!(plan.steps.iter().all(|s| !s.action.is_cloud()));
+    assert!(plan.is_empty());
+}
+
+#[test]
+fn changed_role_updates_the_row_only() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    let mut changed = acme.clone();
+    changed.external_id = "rotated".into();
+    let plan = plan(&desired(&[changed]), &observed, Options::default());
+    assert_eq!(
+        steps(&plan),
+        ["acme ~ db workspaces row (status active) after [] (workspace changed)"]
+    );
+}
+
+#[test]
+fn moving_a_workspace_to_another_region_is_refused() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    let mut moved = acme.clone();
+    moved.region = "fra-1".into();
+    moved.zone_name = "w-acme.fra-1.cogrion.com".into();
+    let plan = plan(&desired(&[moved]), &observed, Options::default());
+    assert!(plan.steps.is_empty());
+    assert_eq!(
+        plan.refused,
+        [Refusal {
+            workspace: "acme".into(),
+            message: "workspace acme moved from sgp-1/prod to fra-1/prod: its zone, certificate and records belong to the old region; remove it and add it under a new id".into()
+        }]
+    );
+}
+
+#[test]
+fn removed_workspace_with_retain_keeps_cloud_resources() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    let plan = plan(&desired(&[]), &observed, Options::default());
+    assert_eq!(
+        steps(&plan),
+        [
+            "acme ~ db workspaces row (status deprovisioning) after [] (removed from the state repo)",
+            "acme - db lookup entry after [0] (removed from the state repo)",
+            "acme ~ db tenants row w-acme (status retained) after [1] (removed from the state repo)",
+            "acme ~ db workspaces row (status retained) after [2] (removed from the state repo)",
+        ]
+    );
+    assert!(plan.steps.iter().all(|s| !s.action.is_cloud()));
+}
+
+#[test]
+fn removed_workspace_with_delete_removes_the_delegation_first() {
+    let mut acme = ws("acme");
+    acme.deletion_policy = Policy::Delete;
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    let plan = plan(&desired(&[]), &observed, Options::default());
+    assert_eq!(
+        steps(&plan),
+        [
+            "acme ~ db workspaces row (status deprovisioning) after [] (removed from the state repo)",
+            "acme - db lookup entry after [0] (removed from the state repo)",
+            "acme - route53 NS w-acme.sgp-1.cogrion.com in sgp-1.cogrion.com (operator account) after [1] (removed, deletionPolicy: Delete)",
+            "acme - acm certificate *.w-acme.sgp-1.cogrion.com (tenant account) after [2] (removed, deletionPolicy: Delete)",
+            "acme - route53 validation CNAMEs in w-acme.sgp-1.cogrion.com after [3] (removed, deletionPolicy: Delete)",
+            "acme - route53 hosted zone w-acme.sgp-1.cogrion.com (tenant account) after [4] (removed, deletionPolicy: Delete)",
+            "acme ~ db tenants row w-acme (status deleted) after [5] (removed from the state repo)",
+            "acme ~ db workspaces row (status deleted) after [6] (removed from the state repo)",
+        ]
+    );
+}
+
+#[test]
+fn mass_removal_is_held_until_confirmed() {
+    let all: Vec<DesiredWorkspace> = (0..7).map(|i| ws(&format!("t{i}"))).collect();
+    let mut observed = Observed::default();
+    for w in &all {
+        provisioned(&mut observed, w);
+    }
+    let keep = desired(&all[..1]);
+    let held = plan(
+        &keep,
+        &observed,
+        Options {
+            max_deletions: 5,
+            confirmed: false,
+        },
+    );
+    assert!(held.steps.is_empty());
+    assert_eq!(
+        held.held.as_deref(),
+        Some("this revision removes 6 workspaces (t1, t2, t3, t4, t5, t6), more than the limit of 5: nothing is removed until confirmed (--confirm-deletions, or a commit with the trailer `Cplane-Confirm-Deletions: 6`)")
+    );
+    let confirmed = plan(
+        &keep,
+        &observed,
+        Options {
+            max_deletions: 5,
+            confirmed: true,
+        },
+    );
+    assert!(confirmed.held.is_none());
+    assert_eq!(confirmed.steps.len(), 6 * 4);
+    // At the limit, no hold.
+    let five = plan(
+        &desired(&all[..2]),
+        &observed,
+        Options {
+            max_deletions: 5,
+            confirmed: false,
+        },
+    );
+    assert!(five.held.is_none());
+}
+
+#[test]
+fn drift_deleted_delegation_is_restored() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    observed.delegations = Some(BTreeMap::new());
+    let plan = plan(&desired(&[acme]), &observed, Options::default());
+    assert_eq!(
+        steps(&plan),
+        ["acme ~ route53 NS w-acme.sgp-1.cogrion.com in sgp-1.cogrion.com (drift: restore) after [] (drift: NS delegation missing)"]
+    );
+}
+
+#[test]
+fn drift_altered_delegation_is_restored_and_intact_one_is_left_alone() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    let zone = acme.zone_name.clone();
+    observed.delegations = Some(BTreeMap::from([(
+        zone.clone(),
+        vec!["ns-2.example".into(), "ns-1.example".into()],
+    )]));
+    assert!(plan(
+        &desired(std::slice::from_ref(&acme)),
+        &observed,
+        Options::default()
+    )
+    .is_empty());
+    observed.delegations = Some(BTreeMap::from([(zone, vec!["ns.attacker.example".into()])]));
+    let plan = plan(&desired(&[acme]), &observed, Options::default());
+    assert_eq!(
+        steps(&plan),
+        ["acme ~ route53 NS w-acme.sgp-1.cogrion.com in sgp-1.cogrion.com (drift: restore) after [] (drift: NS delegation altered)"]
+    );
+}
+
+#[test]
+fn drift_hand_edited_tenant_row_and_lookup_are_restored() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    observed.tenants.get_mut("acme").expect("row").status = "suspended".into();
+    observed.lookup.remove("acme");
+    let plan = plan(&desired(&[acme]), &observed, Options::default());
+    assert_eq!(
+        steps(&plan),
+        [
+            "acme ~ db tenants row w-acme (status active) after [] (drift: tenants row differs)",
+            "acme ~ db lookup entry -> sgp-1 https://bff.w-acme.sgp-1.cogrion.com after [0] (converge)",
+        ]
+    );
+}
+
+#[test]
+fn re_adding_a_deleted_workspace_starts_a_new_generation() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    observed.workspaces.get_mut("acme").expect("row").status = Status::Deleted;
+    let plan = plan(&desired(&[acme]), &observed, Options::default());
+    assert_eq!(
+        plan.steps[0].action,
+        Action::WriteWorkspace {
+            status: Status::Provisioning,
+            generation: 2
+        }
+    );
+    assert_eq!(
+        plan.steps[1].action,
+        Action::CreateZone {
+            zone: "w-acme.sgp-1.cogrion.com".into(),
+            caller_reference: "cplane/sgp-1/w-acme/g2".into()
+        }
+    );
+}
+
+#[test]
+fn every_step_comes_after_its_dependencies() {
+    let list: Vec<DesiredWorkspace> = (0..5).map(|i| ws(&format!("d{i}"))).collect();
+    let plan = plan(&desired(&list), &Observed::default(), Options::default());
+    for (i, step) in plan.steps.iter().enumerate() {
+        assert!(
+            step.after.iter().all(|a| *a < i),
+            "step {i} depends on a later step"
+        );
+        assert!(step
+            .after
+            .iter()
+            .all(|a| plan.steps[*a].workspace == step.workspace));
+    }
+}

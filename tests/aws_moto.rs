@@ -1,0 +1,1 @@
+// moto harness tests: being written
