@@ -1,1 +1,812 @@
-//! AWS adapter (STS, Route53, ACM). Being written: see the reconciler issue.
+//! The AWS adapter: STS (assume the tenant role), Route53 (zones, records), ACM (certificates).
+//!
+//! Configured by the standard AWS chain (environment, profile, IMDS, …), so `AWS_ENDPOINT_URL`
+//! points it at moto or LocalStack unchanged. Calls are retried by the SDK's standard retry mode
+//! (jittered exponential backoff, 5 attempts: throttling codes `Throttling`,
+//! `PriorRequestNotComplete`, `ThrottlingException` and 5xx), and paced per account by a small
+//! client-side rate limit so one tenant cannot starve the others. Every call is counted by
+//! operation and outcome ([`Aws::calls`]).
+//!
+//! Names are compared lowercase without the trailing dot; ids are bare (`Z123`, not
+//! `/hostedzone/Z123`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::Credentials;
+use aws_sdk_acm::types::{CertificateStatus, Tag, ValidationMethod};
+use aws_sdk_route53::config::http::HttpResponse;
+use aws_sdk_route53::error::ProvideErrorMetadata;
+use aws_sdk_route53::types::{
+    Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+};
+
+/// Which account a call acts in.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// The operator (platform) account: the base credentials.
+    Operator,
+    /// A tenant account, through `sts:AssumeRole` with the role's ExternalId.
+    Tenant {
+        /// Role to assume.
+        role_arn: &'a str,
+        /// ExternalId agreed with the tenant.
+        external_id: &'a str,
+    },
+}
+
+/// A Route53 hosted zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostedZone {
+    /// Bare id (`Z123`).
+    pub id: String,
+    /// Lowercase name without the trailing dot.
+    pub name: String,
+    /// The CallerReference it was created with.
+    pub caller_reference: String,
+    /// Name servers (sorted, no trailing dots); empty when not fetched.
+    pub name_servers: Vec<String>,
+}
+
+/// A record set (simple routing only).
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct RecordSet {
+    /// Lowercase name without the trailing dot.
+    pub name: String,
+    /// `NS`, `CNAME`, ….
+    pub rtype: String,
+    /// TTL in seconds.
+    pub ttl: i64,
+    /// Values, sorted; no trailing dots.
+    pub values: Vec<String>,
+}
+
+/// An ACM certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// ARN.
+    pub arn: String,
+    /// Primary domain.
+    pub domain: String,
+    /// `PENDING_VALIDATION`, `ISSUED`, `FAILED`, ….
+    pub status: String,
+    /// DNS validation records, de-duplicated and sorted (wildcard and apex share one).
+    pub validation_records: Vec<RecordSet>,
+}
+
+/// Errors of AWS calls.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call failed; `retryable` says whether a later attempt may succeed.
+    #[error("{op}: {code}: {message}")]
+    Call {
+        /// Operation, e.g. `route53:CreateHostedZone`.
+        op: &'static str,
+        /// AWS error code (or `transport`).
+        code: String,
+        /// AWS message.
+        message: String,
+        /// Throttling, 5xx, transport, or a resource still in use.
+        retryable: bool,
+    },
+    /// A service quota is exhausted (ACM `LimitExceededException`): not throttling, needs a
+    /// quota increase or cleanup.
+    #[error("{op}: quota exceeded: {message}")]
+    Quota {
+        /// Operation.
+        op: &'static str,
+        /// AWS message.
+        message: String,
+    },
+    /// The answer lacked something the API promises.
+    #[error("{op}: unexpected response: {message}")]
+    Unexpected {
+        /// Operation.
+        op: &'static str,
+        /// What was missing.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Whether a later attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Call {
+                retryable: true,
+                ..
+            }
+        )
+    }
+
+    /// Short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Call {
+                retryable: true, ..
+            } => "retryable",
+            Error::Call { .. } => "error",
+            Error::Quota { .. } => "quota",
+            Error::Unexpected { .. } => "unexpected",
+        }
+    }
+
+    /// The AWS error code, when there is one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Call { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+const THROTTLING: [&str; 3] = [
+    "Throttling",
+    "PriorRequestNotComplete",
+    "ThrottlingException",
+];
+
+fn call_error<E>(op: &'static str, err: aws_sdk_route53::error::SdkError<E, HttpResponse>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    use aws_sdk_route53::error::SdkError;
+    let transport = matches!(
+        err,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)
+    );
+    let server_error = err
+        .raw_response()
+        .is_some_and(|r| r.status().is_server_error());
+    let code = err.code().map(str::to_owned).unwrap_or_else(|| {
+        if transport {
+            "transport".into()
+        } else {
+            "unknown".into()
+        }
+    });
+    let message = err
+        .message()
+        .map(str::to_owned)
+        .unwrap_or_else(|| aws_sdk_route53::error::DisplayErrorContext(&err).to_string());
+    if code == "LimitExceededException" {
+        return Error::Quota { op, message };
+    }
+    let retryable = transport
+        || server_error
+        || THROTTLING.contains(&code.as_str())
+        || code == "ResourceInUseException"
+        || code.starts_with("InternalFailure")
+        || code == "ServiceUnavailable";
+    Error::Call {
+        op,
+        code,
+        message,
+        retryable,
+    }
+}
+
+fn unexpected(op: &'static str, message: &str) -> Error {
+    Error::Unexpected {
+        op,
+        message: message.to_owned(),
+    }
+}
+
+fn norm(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn bare_zone_id(id: &str) -> String {
+    id.trim_start_matches("/hostedzone/").to_owned()
+}
+
+/// Route53 and ACM clients acting in one account.
+#[derive(Clone)]
+struct Clients {
+    route53: aws_sdk_route53::Client,
+    acm: aws_sdk_acm::Client,
+}
+
+struct CachedRole {
+    clients: Clients,
+    expires: Option<SystemTime>,
+}
+
+/// The adapter. Cheap to clone (shared state behind `Arc`s).
+#[derive(Clone)]
+pub struct Aws {
+    base: SdkConfig,
+    sts: aws_sdk_sts::Client,
+    operator: Clients,
+    roles: Arc<tokio::sync::Mutex<HashMap<String, CachedRole>>>,
+    pacing: Arc<Mutex<HashMap<String, Instant>>>,
+    interval: Duration,
+    calls: Arc<Mutex<BTreeMap<(String, String), u64>>>,
+}
+
+/// Default pace per account: 10 requests per second.
+const DEFAULT_RATE: u32 = 10;
+
+impl Aws {
+    /// From the standard AWS configuration chain.
+    pub async fn from_env() -> Self {
+        let conf = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(5))
+            .load()
+            .await;
+        Self::from_sdk_config(conf)
+    }
+
+    /// From an explicit configuration (tests: static credentials and a moto endpoint).
+    pub fn from_sdk_config(conf: SdkConfig) -> Self {
+        let conf = if conf.retry_config().is_some_and(|r| r.max_attempts() >= 5) {
+            conf
+        } else {
+            conf.into_builder()
+                .retry_config(RetryConfig::standard().with_max_attempts(5))
+                .build()
+        };
+        let sts = aws_sdk_sts::Client::new(&conf);
+        let operator = clients(&conf, None);
+        Self {
+            base: conf,
+            sts,
+            operator,
+            roles: Arc::default(),
+            pacing: Arc::default(),
+            interval: Duration::from_secs(1) / DEFAULT_RATE,
+            calls: Arc::default(),
+        }
+    }
+
+    /// Calls made so far: (operation, outcome) → count. Outcome is `ok` or an error label.
+    pub fn calls(&self) -> BTreeMap<(String, String), u64> {
+        self.calls.lock().expect("calls lock").clone()
+    }
+
+    /// Total calls made so far.
+    pub fn total_calls(&self) -> u64 {
+        self.calls.lock().expect("calls lock").values().sum()
+    }
+
+    fn count<T>(&self, op: &str, result: &Result<T, Error>) {
+        let outcome = match result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.code().unwrap_or(e.label()).to_owned(),
+        };
+        *self
+            .calls
+            .lock()
+            .expect("calls lock")
+            .entry((op.to_owned(), outcome))
+            .or_insert(0) += 1;
+    }
+
+    /// Waits for this account's turn (client-side pacing).
+    async fn pace(&self, account: &str) {
+        let wait = {
+            let mut next = self.pacing.lock().expect("pacing lock");
+            let now = Instant::now();
+            let slot = next.entry(account.to_owned()).or_insert(now);
+            let at = (*slot).max(now);
+            *slot = at + self.interval;
+            at - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Clients for the target account (assuming the tenant role when needed; credentials are
+    /// cached and refreshed five minutes before they expire).
+    async fn clients(&self, target: Target<'_>) -> Result<Clients, Error> {
+        let Target::Tenant {
+            role_arn,
+            external_id,
+        } = target
+        else {
+            self.pace("operator").await;
+            return Ok(self.operator.clone());
+        };
+        let account = role_arn.split(':').nth(4).unwrap_or("tenant").to_owned();
+        {
+            let mut roles = self.roles.lock().await;
+            let fresh = roles.get(role_arn).is_some_and(|c| {
+                c.expires
+                    .is_none_or(|e| e > SystemTime::now() + Duration::from_secs(300))
+            });
+            if !fresh {
+                self.pace(&account).await;
+                let result = self
+                    .sts
+                    .assume_role()
+                    .role_arn(role_arn)
+                    .role_session_name("cplane")
+                    .external_id(external_id)
+                    .send()
+                    .await
+                    .map_err(|e| call_error("sts:AssumeRole", e));
+                self.count("sts:AssumeRole", &result);
+                let out = result?;
+                let c = out
+                    .credentials()
+                    .ok_or_else(|| unexpected("sts:AssumeRole", "no credentials"))?;
+                let expires = SystemTime::try_from(*c.expiration()).ok();
+                let creds = Credentials::new(
+                    c.access_key_id(),
+                    c.secret_access_key(),
+                    Some(c.session_token().to_owned()),
+                    expires,
+                    "cplane-assume-role",
+                );
+                roles.insert(
+                    role_arn.to_owned(),
+                    CachedRole {
+                        clients: clients(&self.base, Some(creds)),
+                        expires,
+                    },
+                );
+            }
+        }
+        self.pace(&account).await;
+        Ok(self.roles.lock().await[role_arn].clients.clone())
+    }
+
+    /// The zone named `name` created with `caller_reference`, if any. Matches the exact name and
+    /// the CallerReference (never the name alone: a name may have several zones).
+    pub async fn zone_by_caller_reference(
+        &self,
+        t: Target<'_>,
+        name: &str,
+        caller_reference: &str,
+    ) -> Result<Option<HostedZone>, Error> {
+        let zones = self.zones_by_name(t, name).await?;
+        match zones
+            .into_iter()
+            .find(|z| z.caller_reference == caller_reference)
+        {
+            Some(z) => Ok(Some(self.with_name_servers(t, z).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every zone with exactly this name (ListHostedZonesByName, which real AWS lists *from*
+    /// the name on and moto filters *by* it: both handled by matching ourselves).
+    pub async fn zones_by_name(&self, t: Target<'_>, name: &str) -> Result<Vec<HostedZone>, Error> {
+        let c = self.clients(t).await?;
+        let want = norm(name);
+        let mut out = Vec::new();
+        let mut next: Option<(String, Option<String>)> = Some((format!("{want}."), None));
+        while let Some((dns, zone_id)) = next.take() {
+            let result = c
+                .route53
+                .list_hosted_zones_by_name()
+                .dns_name(dns)
+                .set_hosted_zone_id(zone_id)
+                .max_items(100)
+                .send()
+                .await
+                .map_err(|e| call_error("route53:ListHostedZonesByName", e));
+            self.count("route53:ListHostedZonesByName", &result);
+            let page = result?;
+            let mut past = false;
+            for z in page.hosted_zones() {
+                if norm(z.name()) == want {
+                    out.push(HostedZone {
+                        id: bare_zone_id(z.id()),
+                        name: want.clone(),
+                        caller_reference: z.caller_reference().to_owned(),
+                        name_servers: Vec::new(),
+                    });
+                } else if !out.is_empty() || norm(z.name()) > want {
+                    past = true;
+                }
+            }
+            if page.is_truncated() && !past {
+                next = page
+                    .next_dns_name()
+                    .map(|n| (n.to_owned(), page.next_hosted_zone_id().map(str::to_owned)));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn with_name_servers(
+        &self,
+        t: Target<'_>,
+        mut zone: HostedZone,
+    ) -> Result<HostedZone, Error> {
+        let c = self.clients(t).await?;
+        let result = c
+            .route53
+            .get_hosted_zone()
+            .id(&zone.id)
+            .send()
+            .await
+            .map_err(|e| call_error("route53:GetHostedZone", e));
+        self.count("route53:GetHostedZone", &result);
+        let out = result?;
+        zone.name_servers = name_servers(
+            out.delegation_set()
+                .map(|d| d.name_servers())
+                .unwrap_or_default(),
+        );
+        Ok(zone)
+    }
+
+    /// Creates the zone. A `HostedZoneAlreadyExists` (real AWS, on a reused CallerReference
+    /// after a lost answer) is resolved by lookup, never by creating again.
+    pub async fn create_zone(
+        &self,
+        t: Target<'_>,
+        name: &str,
+        caller_reference: &str,
+    ) -> Result<HostedZone, Error> {
+        let c = self.clients(t).await?;
+        let result = c
+            .route53
+            .create_hosted_zone()
+            .name(norm(name))
+            .caller_reference(caller_reference)
+            .send()
+            .await
+            .map_err(|e| call_error("route53:CreateHostedZone", e));
+        self.count("route53:CreateHostedZone", &result);
+        match result {
+            Ok(out) => {
+                let z = out
+                    .hosted_zone()
+                    .ok_or_else(|| unexpected("route53:CreateHostedZone", "no hosted zone"))?;
+                Ok(HostedZone {
+                    id: bare_zone_id(z.id()),
+                    name: norm(z.name()),
+                    caller_reference: z.caller_reference().to_owned(),
+                    name_servers: name_servers(
+                        out.delegation_set()
+                            .map(|d| d.name_servers())
+                            .unwrap_or_default(),
+                    ),
+                })
+            }
+            Err(e) if e.code() == Some("HostedZoneAlreadyExists") => self
+                .zone_by_caller_reference(t, name, caller_reference)
+                .await?
+                .ok_or_else(|| {
+                    unexpected(
+                        "route53:CreateHostedZone",
+                        "HostedZoneAlreadyExists, but no zone has this CallerReference",
+                    )
+                }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a zone (already gone is fine). The caller deletes its records first.
+    pub async fn delete_zone(&self, t: Target<'_>, zone_id: &str) -> Result<(), Error> {
+        let c = self.clients(t).await?;
+        let result = c
+            .route53
+            .delete_hosted_zone()
+            .id(zone_id)
+            .send()
+            .await
+            .map_err(|e| call_error("route53:DeleteHostedZone", e));
+        self.count("route53:DeleteHostedZone", &result);
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("NoSuchHostedZone") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every record set of a zone, all pages (300 per page): the batched read of drift checks.
+    pub async fn list_records(
+        &self,
+        t: Target<'_>,
+        zone_id: &str,
+    ) -> Result<Vec<RecordSet>, Error> {
+        let c = self.clients(t).await?;
+        let mut out = Vec::new();
+        let mut start: Option<(String, RrType)> = None;
+        loop {
+            let mut req = c
+                .route53
+                .list_resource_record_sets()
+                .hosted_zone_id(zone_id)
+                .max_items(300);
+            if let Some((name, rtype)) = start.take() {
+                req = req.start_record_name(name).start_record_type(rtype);
+            }
+            let result = req
+                .send()
+                .await
+                .map_err(|e| call_error("route53:ListResourceRecordSets", e));
+            self.count("route53:ListResourceRecordSets", &result);
+            let page = result?;
+            for r in page.resource_record_sets() {
+                let mut values: Vec<String> = r
+                    .resource_records()
+                    .iter()
+                    .map(|v| v.value().trim_end_matches('.').to_owned())
+                    .collect();
+                values.sort();
+                out.push(RecordSet {
+                    name: norm(r.name()),
+                    rtype: r.r#type().as_str().to_owned(),
+                    ttl: r.ttl().unwrap_or(0),
+                    values,
+                });
+            }
+            match (
+                page.is_truncated(),
+                page.next_record_name(),
+                page.next_record_type(),
+            ) {
+                (true, Some(name), Some(rtype)) => start = Some((name.to_owned(), rtype.clone())),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn change(
+        &self,
+        t: Target<'_>,
+        zone_id: &str,
+        action: ChangeAction,
+        records: &[RecordSet],
+    ) -> Result<(), Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let op = "route53:ChangeResourceRecordSets";
+        let mut batch = ChangeBatch::builder();
+        for r in records {
+            let mut set = ResourceRecordSet::builder()
+                .name(format!("{}.", r.name))
+                .r#type(RrType::from(r.rtype.as_str()))
+                .ttl(r.ttl);
+            for v in &r.values {
+                set = set.resource_records(
+                    ResourceRecord::builder()
+                        .value(v)
+                        .build()
+                        .map_err(|e| unexpected(op, &e.to_string()))?,
+                );
+            }
+            let change = Change::builder()
+                .action(action.clone())
+                .resource_record_set(set.build().map_err(|e| unexpected(op, &e.to_string()))?)
+                .build()
+                .map_err(|e| unexpected(op, &e.to_string()))?;
+            batch = batch.changes(change);
+        }
+        let c = self.clients(t).await?;
+        let result = c
+            .route53
+            .change_resource_record_sets()
+            .hosted_zone_id(zone_id)
+            .change_batch(batch.build().map_err(|e| unexpected(op, &e.to_string()))?)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| call_error(op, e));
+        self.count(op, &result);
+        result
+    }
+
+    /// UPSERTs the records in one change batch.
+    pub async fn upsert_records(
+        &self,
+        t: Target<'_>,
+        zone_id: &str,
+        records: &[RecordSet],
+    ) -> Result<(), Error> {
+        self.change(t, zone_id, ChangeAction::Upsert, records).await
+    }
+
+    /// DELETEs the records in one change batch; records already gone are fine (real AWS answers
+    /// `InvalidChangeBatch` "not found", moto `InvalidInput`).
+    pub async fn delete_records(
+        &self,
+        t: Target<'_>,
+        zone_id: &str,
+        records: &[RecordSet],
+    ) -> Result<(), Error> {
+        match self.change(t, zone_id, ChangeAction::Delete, records).await {
+            Err(Error::Call { code, message, .. })
+                if (code == "InvalidChangeBatch" || code == "InvalidInput")
+                    && message.to_ascii_lowercase().contains("not found") =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The certificate for `domain` carrying `tag`, if any (all statuses, all pages).
+    pub async fn find_certificate(
+        &self,
+        t: Target<'_>,
+        domain: &str,
+        tag: (&str, &str),
+    ) -> Result<Option<Certificate>, Error> {
+        let c = self.clients(t).await?;
+        let mut token = None;
+        loop {
+            let result = c
+                .acm
+                .list_certificates()
+                .set_next_token(token.take())
+                .set_certificate_statuses(Some(vec![
+                    CertificateStatus::PendingValidation,
+                    CertificateStatus::Issued,
+                    CertificateStatus::Inactive,
+                    CertificateStatus::Expired,
+                    CertificateStatus::ValidationTimedOut,
+                    CertificateStatus::Revoked,
+                    CertificateStatus::Failed,
+                ]))
+                .send()
+                .await
+                .map_err(|e| call_error("acm:ListCertificates", e));
+            self.count("acm:ListCertificates", &result);
+            let page = result?;
+            for s in page.certificate_summary_list() {
+                if s.domain_name().map(norm) != Some(norm(domain)) {
+                    continue;
+                }
+                let Some(arn) = s.certificate_arn() else {
+                    continue;
+                };
+                let tags = c
+                    .acm
+                    .list_tags_for_certificate()
+                    .certificate_arn(arn)
+                    .send()
+                    .await
+                    .map_err(|e| call_error("acm:ListTagsForCertificate", e));
+                self.count("acm:ListTagsForCertificate", &tags);
+                if tags?
+                    .tags()
+                    .iter()
+                    .any(|x| x.key() == tag.0 && x.value() == Some(tag.1))
+                {
+                    return Ok(Some(self.describe_certificate(t, arn).await?));
+                }
+            }
+            match page.next_token() {
+                Some(next) => token = Some(next.to_owned()),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Requests a DNS-validated certificate. The same `idempotency_token` (≤ 32 word
+    /// characters; the caller derives it deterministically) returns the same ARN.
+    pub async fn request_certificate(
+        &self,
+        t: Target<'_>,
+        domain: &str,
+        sans: &[&str],
+        idempotency_token: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<String, Error> {
+        let op = "acm:RequestCertificate";
+        let c = self.clients(t).await?;
+        let mut req = c
+            .acm
+            .request_certificate()
+            .domain_name(domain)
+            .validation_method(ValidationMethod::Dns)
+            .idempotency_token(idempotency_token);
+        for san in sans {
+            req = req.subject_alternative_names(*san);
+        }
+        for (k, v) in tags {
+            req = req.tags(
+                Tag::builder()
+                    .key(*k)
+                    .value(*v)
+                    .build()
+                    .map_err(|e| unexpected(op, &e.to_string()))?,
+            );
+        }
+        let result = req.send().await.map_err(|e| call_error(op, e));
+        self.count(op, &result);
+        result?
+            .certificate_arn()
+            .map(str::to_owned)
+            .ok_or_else(|| unexpected(op, "no certificate ARN"))
+    }
+
+    /// A certificate with its status and validation records.
+    pub async fn describe_certificate(
+        &self,
+        t: Target<'_>,
+        arn: &str,
+    ) -> Result<Certificate, Error> {
+        let op = "acm:DescribeCertificate";
+        let c = self.clients(t).await?;
+        let result = c
+            .acm
+            .describe_certificate()
+            .certificate_arn(arn)
+            .send()
+            .await
+            .map_err(|e| call_error(op, e));
+        self.count(op, &result);
+        let out = result?;
+        let cert = out
+            .certificate()
+            .ok_or_else(|| unexpected(op, "no certificate"))?;
+        let mut records: Vec<RecordSet> = cert
+            .domain_validation_options()
+            .iter()
+            .filter_map(|o| o.resource_record())
+            .map(|r| RecordSet {
+                name: norm(r.name()),
+                rtype: r.r#type().as_str().to_owned(),
+                ttl: 300,
+                values: vec![r.value().trim_end_matches('.').to_owned()],
+            })
+            .collect();
+        records.sort();
+        records.dedup();
+        Ok(Certificate {
+            arn: arn.to_owned(),
+            domain: cert.domain_name().map(norm).unwrap_or_default(),
+            status: cert
+                .status()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            validation_records: records,
+        })
+    }
+
+    /// Deletes a certificate (already gone is fine; `ResourceInUseException` is retryable:
+    /// the load balancer has not let go of it yet).
+    pub async fn delete_certificate(&self, t: Target<'_>, arn: &str) -> Result<(), Error> {
+        let c = self.clients(t).await?;
+        let result = c
+            .acm
+            .delete_certificate()
+            .certificate_arn(arn)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| call_error("acm:DeleteCertificate", e));
+        self.count("acm:DeleteCertificate", &result);
+        match result {
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(()),
+            other => other,
+        }
+    }
+}
+
+fn name_servers(list: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = list.iter().map(|n| norm(n)).collect();
+    v.sort();
+    v
+}
+
+fn clients(base: &SdkConfig, creds: Option<Credentials>) -> Clients {
+    let mut r53 = aws_sdk_route53::config::Builder::from(base).region(Region::new("us-east-1"));
+    let mut acm = aws_sdk_acm::config::Builder::from(base);
+    if let Some(creds) = creds {
+        r53 = r53.credentials_provider(SharedCredentialsProvider::new(creds.clone()));
+        acm = acm.credentials_provider(SharedCredentialsProvider::new(creds));
+    }
+    Clients {
+        route53: aws_sdk_route53::Client::from_conf(r53.build()),
+        acm: aws_sdk_acm::Client::from_conf(acm.build()),
+    }
+}

@@ -3,18 +3,21 @@
 //! - [`source`]: the git adapter (read a revision from the object database, tree diffs).
 //! - [`check`]: load + validate + render one revision; what `cplane validate` runs.
 //! - [`render`]: stack templates → per-cluster bundles with `sha256:` digests.
+//! - [`plan`]: the pure planner; [`apply`]: executes plans through the journal;
+//!   [`reconcile`]: one run (validate → observe → plan → apply → status).
+//! - [`db`], [`aws`]: adapters.
 //! - [`init`]: `cplane init`.
 //! - [`synthetic`]: a generated state repo of any size, for benchmarks.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// pub mod apply; (enabled once aws.rs lands)
+pub mod apply;
 pub mod aws;
 pub mod check;
 pub mod db;
 pub mod init;
 pub mod plan;
-// pub mod reconcile; (enabled once aws.rs lands)
+pub mod reconcile;
 pub mod render;
 pub mod source;
 pub mod synthetic;

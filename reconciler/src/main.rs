@@ -7,10 +7,15 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use cplane_reconciler::apply::Outcome;
 use cplane_reconciler::check::{check, check_keeping, Checked};
+use cplane_reconciler::db::Db;
+use cplane_reconciler::plan::{Options, Plan, Step};
+use cplane_reconciler::reconcile::{Request, RunResult};
 use cplane_reconciler::render::object_key;
 use cplane_reconciler::{init, source};
 use cplane_schema::Diagnostic;
+use std::sync::Arc;
 
 /// Rendering a large repo allocates and frees millions of small YAML/JSON nodes across threads;
 /// mimalloc cuts the time glibc's allocator spends on that (see the validate benchmark).
@@ -43,6 +48,39 @@ struct RepoArgs {
     /// never read.
     #[arg(long, env = "CPLANE_REV", default_value = "HEAD")]
     rev: String,
+}
+
+/// Arguments shared by `plan` and `apply`.
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Database: `sqlite://PATH` (created when missing) or `postgres://…`.
+    #[arg(
+        long,
+        env = "CPLANE_DATABASE_URL",
+        default_value = "sqlite://cplane.db"
+    )]
+    database: String,
+    /// `aws` calls AWS (standard credential chain; AWS_ENDPOINT_URL honoured); `none` touches
+    /// only the database.
+    #[arg(long, env = "CPLANE_CLOUD", value_enum, default_value = "none")]
+    cloud: Cloud,
+    /// Regions to reconcile (repeatable); default: every live region.
+    #[arg(long = "region", env = "CPLANE_REGIONS", value_delimiter = ',')]
+    regions: Vec<String>,
+    /// Most workspaces one revision may remove without confirmation.
+    #[arg(long, env = "CPLANE_MAX_DELETIONS", default_value_t = 5)]
+    max_deletions: usize,
+    /// Confirm removing more workspaces than --max-deletions.
+    #[arg(long)]
+    confirm_deletions: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Cloud {
+    None,
+    Aws,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -87,6 +125,20 @@ enum Command {
         /// whose SHA-256 is the digest).
         #[arg(long, value_enum, default_value = "yaml")]
         format: RenderFormat,
+    },
+    /// Show what `apply` would do: workspaces against the database and (with --cloud aws) AWS.
+    Plan {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Reconcile once: provision, repair and deprovision workspaces, publish bundles.
+    /// Exit 0 converged, 3 converging (e.g. waiting for certificate validation), 1 failed.
+    Apply {
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// List every cluster with its bundle digest.
     Clusters {
@@ -135,6 +187,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
         } => render(&repo, &cluster, out.as_deref(), format),
         Command::Clusters { repo, format } => clusters(&repo, format),
+        Command::Plan { run, format } => reconcile(&run, Some(format)),
+        Command::Apply { run } => reconcile(&run, None),
     }
 }
 
@@ -289,4 +343,125 @@ fn clusters(args: &RepoArgs, format: Format) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exit code of `apply` when work is still under way (e.g. certificate validation).
+const EXIT_CONVERGING: u8 = 3;
+
+/// `plan` (format given) or `apply` (no format).
+fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<ExitCode> {
+    let RunArgs {
+        repo,
+        database,
+        cloud,
+        regions,
+        max_deletions,
+        confirm_deletions,
+    } = args;
+    let dry_run = plan_format.is_some();
+    let git = source::open(&repo.repo)?;
+    let snapshot = source::read(&git, &repo.rev)?;
+    let commit = snapshot.commit.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let db = Db::connect(database).await?;
+        let aws = match cloud {
+            Cloud::Aws => Some(cplane_reconciler::aws::Aws::from_env().await),
+            Cloud::None => None,
+        };
+        let request = Request {
+            regions: regions.clone(),
+            options: Options {
+                max_deletions: *max_deletions,
+                confirmed: *confirm_deletions,
+            },
+            dry_run,
+        };
+        let progress: cplane_reconciler::apply::Progress = Arc::new(|step: &Step, outcome: &Outcome| {
+            let detail = match outcome {
+                Outcome::Done(d) | Outcome::Skipped(d) | Outcome::Waiting(d) | Outcome::Failed(d) => d,
+            };
+            println!("  {}: {} {} ... {} ({detail})", step.workspace, step.action.symbol(), step.action, outcome.label());
+        });
+        if !dry_run {
+            println!("cplane apply: commit {} ({})", &commit[..12], database_label(database));
+        }
+        let result = cplane_reconciler::reconcile::run(snapshot, &db, aws, request, progress).await?;
+        let code = match result {
+            RunResult::Refused(errors) => {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                eprintln!("error: commit {} is invalid ({} errors); nothing was applied", &commit[..12], errors.len());
+                ExitCode::from(EXIT_INVALID)
+            }
+            RunResult::Planned { plan, report, published, notes } => {
+                for n in &notes {
+                    eprintln!("note: {n}");
+                }
+                if let Some(Format::Json) = plan_format {
+                    let out = serde_json::json!({ "commit": commit, "plan": plan, "notes": notes });
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if dry_run {
+                    print_plan(&commit, &plan);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                for (cluster, digest, generation) in &published {
+                    println!("  bundle {cluster}: {digest} (generation {generation})");
+                }
+                let report = report.expect("applied");
+                for r in &plan.refused {
+                    eprintln!("refused: {}", r.message);
+                }
+                if let Some(h) = &plan.held {
+                    eprintln!("held: {h}");
+                }
+                let result = if plan.refused.is_empty() && plan.held.is_none() { report.result() } else { "failed" };
+                let (add, change, destroy) = plan.counts();
+                println!("Apply: {result} ({} steps: {add} to add, {change} to change, {destroy} to destroy; {} bundles published).", plan.steps.len(), published.len());
+                match result {
+                    "converged" => ExitCode::SUCCESS,
+                    "converging" => ExitCode::from(EXIT_CONVERGING),
+                    _ => ExitCode::from(EXIT_INVALID),
+                }
+            }
+        };
+        Ok(code)
+    })
+}
+
+fn database_label(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Terraform-like plan output: `+` create, `~` change, `-` destroy, grouped by workspace.
+fn print_plan(commit: &str, plan: &Plan) {
+    println!("cplane plan: commit {}", &commit[..12.min(commit.len())]);
+    if plan.is_empty() {
+        println!("\nNo changes. The database and cloud match the revision.");
+        return;
+    }
+    let mut current = "";
+    for step in &plan.steps {
+        if step.workspace != current {
+            current = &step.workspace;
+            println!("\n  workspace {current} ({})", step.reason);
+        }
+        println!("    {} {}", step.action.symbol(), step.action);
+    }
+    for r in &plan.refused {
+        println!("\n  ! workspace {}: refused: {}", r.workspace, r.message);
+    }
+    if let Some(h) = &plan.held {
+        println!("\n  ! held: {h}");
+    }
+    let (add, change, destroy) = plan.counts();
+    println!("\nPlan: {add} to add, {change} to change, {destroy} to destroy.");
 }

@@ -1,0 +1,578 @@
+//! Apply: execute a [`Plan`] through the journal against the database and (optionally) AWS.
+//!
+//! Guarantees:
+//! - Before every mutating AWS call the journal holds the step's deterministic key (Route53
+//!   CallerReference, ACM IdempotencyToken + ownership tags); after it, the result. A step found
+//!   `started` from an earlier attempt has an unknown outcome: it is resolved by looking up
+//!   (zone by CallerReference, certificate by tag), never by creating again.
+//! - Waits (certificate validation) are requeues: the step reports [`Outcome::Waiting`] and the
+//!   workspace's remaining steps wait for the next run. No thread blocks.
+//! - Steps of one workspace run in order; workspaces run concurrently (bounded).
+//! - With no cloud (`--cloud none`), cloud steps are skipped and say so; their journal entries
+//!   stay open, so a later run with AWS does them.
+//!
+//! Assumptions: one applier at a time per region (the serve issue adds a lease).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+
+use crate::aws::{Aws, RecordSet, Target};
+use crate::db::Db;
+use crate::plan::{Action, DesiredWorkspace, Observed, Plan, Status, Step, StepKind};
+
+/// How one step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (or already true).
+    Done(String),
+    /// Not done on purpose (no cloud, or an earlier step of the workspace did not finish).
+    Skipped(String),
+    /// Waiting on something outside (certificate validation): requeue.
+    Waiting(String),
+    /// Failed; retried on the next run.
+    Failed(String),
+}
+
+impl Outcome {
+    /// Short label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Done(_) => "done",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Waiting(_) => "waiting",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Called after every step, from worker tasks (progress output, metrics).
+pub type Progress = Arc<dyn Fn(&Step, &Outcome) + Send + Sync>;
+
+/// The outcome of every step, by index in the plan.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Outcomes in plan order.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Report {
+    /// `converged`, `converging` (something waits) or `failed`.
+    pub fn result(&self) -> &'static str {
+        if self
+            .outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Failed(_)))
+        {
+            "failed"
+        } else if self
+            .outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Waiting(_)))
+        {
+            "converging"
+        } else {
+            "converged"
+        }
+    }
+}
+
+/// What apply works with.
+#[derive(Clone)]
+pub struct Context {
+    /// Database.
+    pub db: Db,
+    /// AWS, or `None` for `--cloud none`.
+    pub cloud: Option<Aws>,
+    /// Commit being applied.
+    pub commit: String,
+    /// Desired workspaces (for rows of new and changed workspaces).
+    pub desired: Arc<BTreeMap<String, DesiredWorkspace>>,
+    /// What was observed before planning (rows of removed workspaces, generations).
+    pub observed: Arc<Observed>,
+    /// How many workspaces are worked on at once.
+    pub concurrency: usize,
+    parent_zones: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl Context {
+    /// A context for one run.
+    pub fn new(
+        db: Db,
+        cloud: Option<Aws>,
+        commit: String,
+        desired: BTreeMap<String, DesiredWorkspace>,
+        observed: Observed,
+    ) -> Self {
+        Self {
+            db,
+            cloud,
+            commit,
+            desired: Arc::new(desired),
+            observed: Arc::new(observed),
+            concurrency: 8,
+            parent_zones: Arc::default(),
+        }
+    }
+
+    fn workspace(&self, id: &str) -> Option<DesiredWorkspace> {
+        self.desired
+            .get(id)
+            .cloned()
+            .or_else(|| self.observed.workspaces.get(id).map(|w| w.applied.clone()))
+    }
+}
+
+/// Runs the plan. `progress` is called after every step (from worker tasks).
+pub async fn apply(ctx: &Context, plan: &Plan, progress: Progress) -> Report {
+    let mut by_workspace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        by_workspace.entry(&s.workspace).or_default().push(i);
+    }
+    let limit = Arc::new(tokio::sync::Semaphore::new(ctx.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (_, indexes) in by_workspace {
+        let steps: Vec<(usize, Step)> = indexes
+            .iter()
+            .map(|i| (*i, plan.steps[*i].clone()))
+            .collect();
+        let ctx = ctx.clone();
+        let limit = limit.clone();
+        let progress = progress.clone();
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await.expect("semaphore never closed");
+            let mut out = Vec::new();
+            let mut blocked: Option<String> = None;
+            let mut cloud_skipped = false;
+            for (i, step) in steps {
+                let outcome = match &blocked {
+                    Some(why) => Outcome::Skipped(format!("after {why}")),
+                    None if cloud_skipped
+                        && matches!(
+                            step.action,
+                            Action::WriteWorkspace {
+                                status: Status::Active | Status::Deleted,
+                                ..
+                            }
+                        ) =>
+                    {
+                        Outcome::Skipped(
+                            "cloud steps were skipped (--cloud none); status unchanged".into(),
+                        )
+                    }
+                    None => run_step(&ctx, &step).await,
+                };
+                match &outcome {
+                    Outcome::Done(_) => {}
+                    Outcome::Skipped(_) if step.action.is_cloud() => cloud_skipped = true,
+                    Outcome::Skipped(_) => {}
+                    Outcome::Waiting(_) | Outcome::Failed(_) => {
+                        blocked.get_or_insert_with(|| {
+                            format!("{} ({})", step.action, outcome.label())
+                        });
+                    }
+                }
+                progress(&step, &outcome);
+                out.push((i, outcome));
+            }
+            out
+        });
+    }
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; plan.steps.len()];
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(list) => {
+                for (i, o) in list {
+                    outcomes[i] = Some(o);
+                }
+            }
+            Err(e) => tracing::error!("apply task failed: {e}"),
+        }
+    }
+    Report {
+        outcomes: outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Failed("worker task panicked".into())))
+            .collect(),
+    }
+}
+
+async fn run_step(ctx: &Context, step: &Step) -> Outcome {
+    let result = if step.action.is_cloud() {
+        match &ctx.cloud {
+            None => return Outcome::Skipped("--cloud none: AWS not called".into()),
+            Some(aws) => cloud_step(ctx, aws, step).await,
+        }
+    } else {
+        db_step(ctx, step).await
+    };
+    result.unwrap_or_else(Outcome::Failed)
+}
+
+async fn db_step(ctx: &Context, step: &Step) -> Result<Outcome, String> {
+    let id = &step.workspace;
+    let e = |e: crate::db::Error| e.to_string();
+    match &step.action {
+        Action::WriteWorkspace { status, generation } => {
+            let w = ctx
+                .workspace(id)
+                .ok_or_else(|| format!("workspace {id} is neither desired nor recorded"))?;
+            let old = ctx.observed.workspaces.get(id).map(|o| o.generation);
+            if old.is_some_and(|g| g != *generation) {
+                ctx.db.clear_journal(id).await.map_err(e)?;
+            }
+            ctx.db
+                .write_workspace(&w, *generation, *status, &ctx.commit)
+                .await
+                .map_err(e)?;
+            Ok(Outcome::Done(format!("status {}", status.as_str())))
+        }
+        Action::WriteTenant { row } => {
+            ctx.db.write_tenant(row).await.map_err(e)?;
+            Ok(Outcome::Done(format!("status {}", row.status)))
+        }
+        Action::WriteLookup { row } => {
+            ctx.db.write_lookup(id, row).await.map_err(e)?;
+            Ok(Outcome::Done(format!("w-{id} -> {}", row.region)))
+        }
+        Action::DeleteLookup => {
+            ctx.db.delete_lookup(id).await.map_err(e)?;
+            Ok(Outcome::Done("removed".into()))
+        }
+        other => Err(format!("not a database step: {other}")),
+    }
+}
+
+/// Ownership tag on certificates: `cplane:workspace` = `w-{id}/g{generation}`.
+pub const OWNER_TAG: &str = "cplane:workspace";
+
+fn owner(ctx: &Context, id: &str) -> String {
+    let generation = ctx
+        .observed
+        .workspaces
+        .get(id)
+        .filter(|w| !w.status.is_gone())
+        .map_or(1, |w| w.generation);
+    format!("w-{id}/g{generation}")
+}
+
+async fn parent_zone_id(ctx: &Context, aws: &Aws, name: &str) -> Result<String, String> {
+    if let Some(id) = ctx.parent_zones.lock().expect("lock").get(name) {
+        return Ok(id.clone());
+    }
+    let zones = aws
+        .zones_by_name(Target::Operator, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let id = match zones.as_slice() {
+        [one] => one.id.clone(),
+        [] => return Err(format!("parent zone {name} not found in the operator account")),
+        many => return Err(format!("parent zone {name} is ambiguous: {} hosted zones have that name in the operator account", many.len())),
+    };
+    ctx.parent_zones
+        .lock()
+        .expect("lock")
+        .insert(name.to_owned(), id.clone());
+    Ok(id)
+}
+
+async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, String> {
+    let id = step.workspace.as_str();
+    let w = ctx
+        .workspace(id)
+        .ok_or_else(|| format!("workspace {id} is neither desired nor recorded"))?;
+    let tenant = Target::Tenant {
+        role_arn: &w.role_arn,
+        external_id: &w.external_id,
+    };
+    let db = &ctx.db;
+    let kind = step
+        .action
+        .step_kind()
+        .expect("cloud steps have a journal kind");
+    let dbe = |e: crate::db::Error| e.to_string();
+    let awse = |e: crate::aws::Error| e.to_string();
+    let zone_result = || async {
+        db.journal_result(id, StepKind::CreateZone)
+            .await
+            .map_err(dbe)
+    };
+
+    let outcome = match &step.action {
+        Action::CreateZone {
+            zone,
+            caller_reference,
+        } => {
+            let attempt = db
+                .journal_begin(id, kind, caller_reference)
+                .await
+                .map_err(dbe)?;
+            // A second attempt may follow a create whose answer was lost: look up first.
+            let found = if attempt > 1 {
+                aws.zone_by_caller_reference(tenant, zone, caller_reference)
+                    .await
+                    .map_err(awse)?
+            } else {
+                None
+            };
+            let z = match found {
+                Some(z) => z,
+                None => aws
+                    .create_zone(tenant, zone, caller_reference)
+                    .await
+                    .map_err(awse)?,
+            };
+            db.journal_done(
+                id,
+                kind,
+                Some(&z.id),
+                &json!({"zone_id": z.id, "name_servers": z.name_servers}),
+            )
+            .await
+            .map_err(dbe)?;
+            Outcome::Done(format!(
+                "zone {} ({})",
+                z.id,
+                if attempt > 1 { "recovered" } else { "created" }
+            ))
+        }
+        Action::DelegateZone { parent_zone, zone }
+        | Action::RepairDelegation { parent_zone, zone } => {
+            let z = zone_result().await?.ok_or("zone not created yet")?;
+            let ns: Vec<String> =
+                serde_json::from_value(z["name_servers"].clone()).map_err(|e| e.to_string())?;
+            let parent = parent_zone_id(ctx, aws, parent_zone).await?;
+            db.journal_begin(id, kind, zone).await.map_err(dbe)?;
+            let record = RecordSet {
+                name: zone.clone(),
+                rtype: "NS".into(),
+                ttl: 300,
+                values: ns,
+            };
+            aws.upsert_records(Target::Operator, &parent, std::slice::from_ref(&record))
+                .await
+                .map_err(awse)?;
+            db.journal_done(
+                id,
+                kind,
+                None,
+                &json!({"parent_zone_id": parent, "record": record}),
+            )
+            .await
+            .map_err(dbe)?;
+            Outcome::Done(format!("NS in {parent_zone}"))
+        }
+        Action::RequestCertificate { domain, san, token } => {
+            let tag = owner(ctx, id);
+            let attempt = db.journal_begin(id, kind, token).await.map_err(dbe)?;
+            let found = if attempt > 1 {
+                aws.find_certificate(tenant, domain, (OWNER_TAG, &tag))
+                    .await
+                    .map_err(awse)?
+                    .map(|c| c.arn)
+            } else {
+                None
+            };
+            let arn = match found {
+                Some(arn) => arn,
+                None => aws
+                    .request_certificate(
+                        tenant,
+                        domain,
+                        &[san.as_str()],
+                        token,
+                        &[
+                            (OWNER_TAG, tag.as_str()),
+                            ("cplane:region", w.region.as_str()),
+                        ],
+                    )
+                    .await
+                    .map_err(awse)?,
+            };
+            db.journal_done(id, kind, Some(&arn), &json!({"arn": arn}))
+                .await
+                .map_err(dbe)?;
+            Outcome::Done(format!("certificate {arn}"))
+        }
+        Action::ValidationRecords { zone } => {
+            let z = zone_result().await?.ok_or("zone not created yet")?;
+            let cert = db
+                .journal_result(id, StepKind::RequestCertificate)
+                .await
+                .map_err(dbe)?
+                .ok_or("certificate not requested yet")?;
+            let arn = cert["arn"]
+                .as_str()
+                .ok_or("certificate result without arn")?;
+            let c = aws.describe_certificate(tenant, arn).await.map_err(awse)?;
+            if c.validation_records.is_empty() {
+                return Ok(Outcome::Waiting(
+                    "ACM has not published the validation records yet".into(),
+                ));
+            }
+            let zone_id = z["zone_id"].as_str().ok_or("zone result without id")?;
+            db.journal_begin(id, kind, zone).await.map_err(dbe)?;
+            aws.upsert_records(tenant, zone_id, &c.validation_records)
+                .await
+                .map_err(awse)?;
+            db.journal_done(id, kind, None, &json!({"records": c.validation_records}))
+                .await
+                .map_err(dbe)?;
+            Outcome::Done(format!(
+                "{} validation record(s)",
+                c.validation_records.len()
+            ))
+        }
+        Action::AwaitCertificate { .. } => {
+            let cert = db
+                .journal_result(id, StepKind::RequestCertificate)
+                .await
+                .map_err(dbe)?
+                .ok_or("certificate not requested yet")?;
+            let arn = cert["arn"]
+                .as_str()
+                .ok_or("certificate result without arn")?;
+            let c = aws.describe_certificate(tenant, arn).await.map_err(awse)?;
+            match c.status.as_str() {
+                "ISSUED" => {
+                    db.journal_begin(id, kind, arn).await.map_err(dbe)?;
+                    db.journal_done(id, kind, Some(arn), &json!({"status": "ISSUED"}))
+                        .await
+                        .map_err(dbe)?;
+                    Outcome::Done("ISSUED".into())
+                }
+                "PENDING_VALIDATION" => {
+                    Outcome::Waiting("certificate pending DNS validation".into())
+                }
+                other => Outcome::Failed(format!("certificate {arn} is {other}")),
+            }
+        }
+        Action::RemoveDelegation { parent_zone, zone } => {
+            let parent = parent_zone_id(ctx, aws, parent_zone).await?;
+            db.journal_begin(id, kind, zone).await.map_err(dbe)?;
+            let current: Vec<RecordSet> = aws
+                .list_records(Target::Operator, &parent)
+                .await
+                .map_err(awse)?
+                .into_iter()
+                .filter(|r| r.rtype == "NS" && r.name == *zone)
+                .collect();
+            aws.delete_records(Target::Operator, &parent, &current)
+                .await
+                .map_err(awse)?;
+            db.journal_done(id, kind, None, &json!({"removed": current.len()}))
+                .await
+                .map_err(dbe)?;
+            Outcome::Done(format!("NS removed from {parent_zone}"))
+        }
+        Action::DeleteCertificate { domain } => {
+            let tag = owner(ctx, id);
+            db.journal_begin(id, kind, domain).await.map_err(dbe)?;
+            let arn = match db
+                .journal_result(id, StepKind::RequestCertificate)
+                .await
+                .map_err(dbe)?
+            {
+                Some(r) => r["arn"].as_str().map(str::to_owned),
+                None => aws
+                    .find_certificate(tenant, domain, (OWNER_TAG, &tag))
+                    .await
+                    .map_err(awse)?
+                    .map(|c| c.arn),
+            };
+            if let Some(arn) = &arn {
+                match aws.delete_certificate(tenant, arn).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_retryable() => {
+                        return Ok(Outcome::Waiting(format!("certificate still in use: {e}")))
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            db.journal_done(id, kind, arn.as_deref(), &json!({"arn": arn}))
+                .await
+                .map_err(dbe)?;
+            Outcome::Done("certificate deleted".into())
+        }
+        Action::DeleteValidationRecords { zone } => {
+            let Some(z) = zone_result().await? else {
+                return Ok(Outcome::Done("no zone, no records".into()));
+            };
+            let zone_id = z["zone_id"].as_str().ok_or("zone result without id")?;
+            let records: Vec<RecordSet> = db
+                .journal_result(id, StepKind::ValidationRecords)
+                .await
+                .map_err(dbe)?
+                .and_then(|r| serde_json::from_value(r["records"].clone()).ok())
+                .unwrap_or_default();
+            db.journal_begin(id, kind, zone).await.map_err(dbe)?;
+            aws.delete_records(tenant, zone_id, &records)
+                .await
+                .map_err(awse)?;
+            db.journal_done(id, kind, None, &json!({"removed": records.len()}))
+                .await
+                .map_err(dbe)?;
+            Outcome::Done(format!("{} record(s) deleted", records.len()))
+        }
+        Action::DeleteZone { zone } => {
+            let generation = ctx.observed.workspaces.get(id).map_or(1, |o| o.generation);
+            let caller_reference = crate::plan::caller_reference(&w, generation);
+            db.journal_begin(id, kind, &caller_reference)
+                .await
+                .map_err(dbe)?;
+            let zone_id = match zone_result().await? {
+                Some(z) => z["zone_id"].as_str().map(str::to_owned),
+                None => aws
+                    .zone_by_caller_reference(tenant, zone, &caller_reference)
+                    .await
+                    .map_err(awse)?
+                    .map(|z| z.id),
+            };
+            if let Some(zone_id) = &zone_id {
+                aws.delete_zone(tenant, zone_id).await.map_err(awse)?;
+            }
+            db.journal_done(id, kind, zone_id.as_deref(), &json!({"zone_id": zone_id}))
+                .await
+                .map_err(dbe)?;
+            Outcome::Done("zone deleted".into())
+        }
+        other => return Err(format!("not a cloud step: {other}")),
+    };
+    Ok(outcome)
+}
+
+/// Drift check, batched: the NS records of every parent zone, one paged listing per parent
+/// zone (not a call per workspace). Returns delegated zone → NS values.
+pub async fn observe_delegations(
+    aws: &Aws,
+    desired: &BTreeMap<String, DesiredWorkspace>,
+) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let wanted: std::collections::BTreeSet<&str> =
+        desired.values().map(|w| w.zone_name.as_str()).collect();
+    let parents: std::collections::BTreeSet<&str> =
+        desired.values().map(|w| w.parent_zone.as_str()).collect();
+    let mut found = BTreeMap::new();
+    for parent in parents {
+        let zones = aws
+            .zones_by_name(Target::Operator, parent)
+            .await
+            .map_err(|e| e.to_string())?;
+        let [zone] = zones.as_slice() else {
+            return Err(format!(
+                "parent zone {parent}: expected one hosted zone in the operator account, found {}",
+                zones.len()
+            ));
+        };
+        for r in aws
+            .list_records(Target::Operator, &zone.id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if r.rtype == "NS" && wanted.contains(r.name.as_str()) {
+                found.insert(r.name, r.values);
+            }
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,302 @@
+//! One reconcile run, as `cplane plan` and `cplane apply` perform it:
+//! fetch → validate + render → observe (database, batched cloud reads) → plan → apply →
+//! publish bundles → status. Every exit path records the run and the status conditions.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::apply::{self, Context, Outcome, Progress, Report};
+use crate::aws::Aws;
+use crate::check::check_keeping;
+use crate::db::{Condition, Db};
+use crate::plan::{self, Options, Plan, Step};
+use crate::source::Snapshot;
+
+/// What a run was asked to do.
+pub struct Request {
+    /// Regions in scope (empty: every live region).
+    pub regions: Vec<String>,
+    /// Deletion threshold and confirmation.
+    pub options: Options,
+    /// Only plan.
+    pub dry_run: bool,
+}
+
+/// How a run ended.
+pub enum RunResult {
+    /// The revision failed validation: nothing applied; every error.
+    Refused(Vec<String>),
+    /// Planned (and applied, unless a dry run).
+    Planned {
+        /// The plan.
+        plan: Plan,
+        /// Outcomes, when applied.
+        report: Option<Report>,
+        /// Bundles whose digest changed and were published: (cluster, digest, generation).
+        published: Vec<(String, String, i64)>,
+        /// Notes for the user (drift check skipped, cloud none, ...).
+        notes: Vec<String>,
+    },
+}
+
+/// `Cplane-Confirm-Deletions: N` in the commit message confirms removing up to N workspaces.
+pub fn confirmed_by_commit(message: &str) -> Option<usize> {
+    message.lines().rev().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim().eq_ignore_ascii_case("Cplane-Confirm-Deletions"))
+            .then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Runs one reconcile of `snapshot`.
+pub async fn run(
+    snapshot: Snapshot,
+    db: &Db,
+    cloud: Option<Aws>,
+    request: Request,
+    progress: Progress,
+) -> Result<RunResult, crate::db::Error> {
+    let started = Instant::now();
+    let started_at = crate::db::now_ms();
+    let Snapshot {
+        commit,
+        files,
+        message,
+    } = snapshot;
+    let scope = if request.regions.is_empty() {
+        "*".to_owned()
+    } else {
+        request.regions.join(",")
+    };
+    let run_id = format!("{started_at}-{}", &commit[..12.min(commit.len())]);
+
+    // Validate and render; keep the bundles of the clusters in scope (to publish).
+    let in_scope =
+        |region: &str| request.regions.is_empty() || request.regions.iter().any(|r| r == region);
+    let checked = check_keeping(files, |c| in_scope(&c.region));
+    if !checked.is_valid() {
+        let errors: Vec<String> = checked
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if !request.dry_run {
+            db.record_run(
+                &run_id,
+                &commit,
+                &scope,
+                &serde_json::json!(null),
+                "refused",
+                &errors,
+                started_at,
+                elapsed(started),
+            )
+            .await?;
+            let last = db
+                .applied_revision(&scope)
+                .await?
+                .unwrap_or_else(|| "none".into());
+            db.set_condition(&Condition {
+                kind: "platform",
+                id: &scope,
+                condition: "Stalled",
+                status: true,
+                reason: "InvalidRevision",
+                message: &format!(
+                    "{} error(s) in {commit}; still applying {last}: {}",
+                    errors.len(),
+                    errors.join("; ")
+                ),
+                commit: &commit,
+            })
+            .await?;
+            db.set_condition(&Condition {
+                kind: "platform",
+                id: &scope,
+                condition: "Ready",
+                status: false,
+                reason: "InvalidRevision",
+                message: "the latest revision is invalid",
+                commit: &commit,
+            })
+            .await?;
+        }
+        return Ok(RunResult::Refused(errors));
+    }
+    let model = checked.model.as_ref().expect("valid implies a model");
+    let desired = plan::desired_workspaces(model, &request.regions);
+
+    let mut observed = db.observe(&request.regions).await?;
+    let mut notes = Vec::new();
+    match &cloud {
+        Some(aws) => match apply::observe_delegations(aws, &desired).await {
+            Ok(found) => observed.delegations = Some(found),
+            Err(e) => notes.push(format!("drift check skipped: {e}")),
+        },
+        None => notes.push(
+            "cloud: none — AWS is not called; only the database is planned and written".into(),
+        ),
+    }
+    let mut options = request.options;
+    if let Some(n) = confirmed_by_commit(&message) {
+        let removing = observed
+            .workspaces
+            .iter()
+            .filter(|(id, w)| !desired.contains_key(*id) && !w.status.is_gone())
+            .count();
+        if n >= removing {
+            options.confirmed = true;
+        }
+    }
+    let plan = plan::plan(&desired, &observed, options);
+    if request.dry_run {
+        return Ok(RunResult::Planned {
+            plan,
+            report: None,
+            published: Vec::new(),
+            notes,
+        });
+    }
+
+    let ctx = Context::new(db.clone(), cloud, commit.clone(), desired, observed);
+    let report = apply::apply(&ctx, &plan, progress).await;
+
+    // Publish changed bundles (content-addressed; the cluster's generation bumps on change).
+    let current = db.cluster_digests().await?;
+    let mut published = Vec::new();
+    for r in &checked.clusters {
+        if current.get(&r.cluster.id) != Some(&r.digest) {
+            if let Some(bundle) = &r.bundle {
+                let generation = db
+                    .publish_bundle(&r.cluster, &r.digest, &bundle.canonical())
+                    .await?;
+                published.push((r.cluster.id.clone(), r.digest.clone(), generation));
+            }
+        }
+    }
+
+    // Status: per workspace and for the run.
+    let mut per_ws: BTreeMap<&str, Vec<(&Step, &Outcome)>> = BTreeMap::new();
+    for (s, o) in plan.steps.iter().zip(&report.outcomes) {
+        per_ws.entry(&s.workspace).or_default().push((s, o));
+    }
+    for (ws, list) in per_ws {
+        let waiting = list.iter().find(|(_, o)| matches!(o, Outcome::Waiting(_)));
+        let failed = list.iter().find(|(_, o)| matches!(o, Outcome::Failed(_)));
+        let (ready, reason, msg) = match (failed, waiting) {
+            (Some((s, Outcome::Failed(e))), _) => {
+                (false, "StepFailed", format!("{}: {e}", s.action))
+            }
+            (_, Some((s, Outcome::Waiting(e)))) => (false, "Waiting", format!("{}: {e}", s.action)),
+            _ => (true, "Reconciled", format!("applied {commit}")),
+        };
+        db.set_condition(&Condition {
+            kind: "workspace",
+            id: ws,
+            condition: "Ready",
+            status: ready,
+            reason,
+            message: &msg,
+            commit: &commit,
+        })
+        .await?;
+        db.set_condition(&Condition {
+            kind: "workspace",
+            id: ws,
+            condition: "Reconciling",
+            status: !ready,
+            reason,
+            message: &msg,
+            commit: &commit,
+        })
+        .await?;
+    }
+    for refusal in &plan.refused {
+        db.set_condition(&Condition {
+            kind: "workspace",
+            id: &refusal.workspace,
+            condition: "Stalled",
+            status: true,
+            reason: "Refused",
+            message: &refusal.message,
+            commit: &commit,
+        })
+        .await?;
+    }
+    let outcome = if !plan.refused.is_empty() {
+        "failed"
+    } else {
+        report.result()
+    };
+    let errors: Vec<String> = plan
+        .refused
+        .iter()
+        .map(|r| r.message.clone())
+        .chain(plan.held.clone())
+        .chain(report.outcomes.iter().filter_map(|o| match o {
+            Outcome::Failed(e) => Some(e.clone()),
+            _ => None,
+        }))
+        .collect();
+    let plan_json = serde_json::to_value(&plan).expect("plans serialize");
+    db.record_run(
+        &run_id,
+        &commit,
+        &scope,
+        &plan_json,
+        outcome,
+        &errors,
+        started_at,
+        elapsed(started),
+    )
+    .await?;
+    db.set_applied_revision(&scope, &commit).await?;
+    db.set_condition(&Condition {
+        kind: "platform",
+        id: &scope,
+        condition: "Stalled",
+        status: false,
+        reason: "ValidRevision",
+        message: &format!("applying {commit}"),
+        commit: &commit,
+    })
+    .await?;
+    db.set_condition(&Condition {
+        kind: "platform",
+        id: &scope,
+        condition: "Ready",
+        status: outcome == "converged",
+        reason: outcome,
+        message: &format!("run {run_id}: {outcome}"),
+        commit: &commit,
+    })
+    .await?;
+    Ok(RunResult::Planned {
+        plan,
+        report: Some(report),
+        published,
+        notes,
+    })
+}
+
+fn elapsed(started: Instant) -> i64 {
+    i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_trailer_confirms_deletions() {
+        assert_eq!(
+            confirmed_by_commit("Remove trial tenants\n\nCplane-Confirm-Deletions: 7\n"),
+            Some(7)
+        );
+        assert_eq!(confirmed_by_commit("Remove trial tenants"), None);
+        assert_eq!(
+            confirmed_by_commit("x\n\ncplane-confirm-deletions: many"),
+            None
+        );
+    }
+}

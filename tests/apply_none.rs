@@ -1,0 +1,156 @@
+//! `cplane plan` / `cplane apply` with `--cloud none` (database only) on SQLite and PostgreSQL:
+//! rows, bundles, refusal of invalid revisions, and the plan's JSON form.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use sqlx::Row;
+use support::pg::{sqlite_url, PgDatabase};
+
+fn cplane(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args(args)
+        .env_remove("CPLANE_DATABASE_URL")
+        .env_remove("CPLANE_CLOUD")
+        .output()
+        .expect("run cplane")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn count(url: &str, sql: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.expect("connect");
+    let row = sqlx::query(sql).fetch_one(&pool).await.expect("query");
+    row.try_get::<i64, _>(0).expect("count")
+}
+
+async fn database_only_apply(db: &str) {
+    let repo = support::template_repo();
+    let repo_path = repo.path().to_str().expect("utf-8");
+
+    let plan = cplane(&[
+        "plan",
+        "--repo",
+        repo_path,
+        "--database",
+        db,
+        "--format",
+        "json",
+    ]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan JSON");
+    let steps = v["plan"]["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 3 * 9, "nine steps per workspace");
+    assert_eq!(steps[1]["action"], "create_zone");
+    assert_eq!(steps[1]["workspace"], "acme");
+    assert_eq!(steps[1]["caller_reference"], "cplane/sgp-1/w-acme/g1");
+    assert!(v["notes"][0]
+        .as_str()
+        .expect("note")
+        .contains("cloud: none"));
+    // plan writes nothing.
+    assert_eq!(count(db, "SELECT COUNT(*) FROM workspaces").await, 0);
+
+    let out = cplane(&["apply", "--repo", repo_path, "--database", db]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("note: cloud: none"), "{all}");
+    assert!(all.contains("acme: + route53 hosted zone w-acme.sgp-1.cogrion.com (tenant account) ... skipped (--cloud none: AWS not called)"), "{all}");
+    assert!(all.contains("5 bundles published"), "{all}");
+    assert_eq!(
+        count(db, "SELECT COUNT(*) FROM tenants WHERE status = 'active'").await,
+        3
+    );
+    assert_eq!(count(db, "SELECT COUNT(*) FROM tenant_lookup").await, 3);
+    assert_eq!(count(db, "SELECT COUNT(*) FROM clusters").await, 5);
+    // Without the cloud, nothing is marked active and no journal step is done.
+    assert_eq!(
+        count(
+            db,
+            "SELECT COUNT(*) FROM workspaces WHERE status = 'provisioning'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(db, "SELECT COUNT(*) FROM journal WHERE state = 'done'").await,
+        0
+    );
+
+    // Again: bundles unchanged, nothing republished.
+    let again = cplane(&["apply", "--repo", repo_path, "--database", db]);
+    assert!(
+        text(&again).contains("0 bundles published"),
+        "{}",
+        text(&again)
+    );
+
+    // An invalid revision is refused whole: nothing applied, the last good revision stays.
+    let good: String = {
+        let pool = sqlx::AnyPool::connect(db).await.expect("connect");
+        sqlx::query("SELECT commit_id FROM applied_revisions")
+            .fetch_one(&pool)
+            .await
+            .expect("row")
+            .try_get(0)
+            .expect("commit")
+    };
+    let acme = repo.path().join("workspaces/acme.yaml");
+    let broken = std::fs::read_to_string(&acme)
+        .expect("read")
+        .replace("region: sgp-1", "region: sgp-9");
+    std::fs::write(&acme, broken).expect("write");
+    std::fs::remove_file(repo.path().join("workspaces/globex.yaml")).expect("rm");
+    support::commit_all(repo.path(), "broken");
+    let refused = cplane(&["apply", "--repo", repo_path, "--database", db]);
+    assert_eq!(refused.status.code(), Some(1));
+    let all = text(&refused);
+    assert!(
+        all.contains("workspaces/acme.yaml:9:11: spec.region: region `sgp-9` does not exist"),
+        "{all}"
+    );
+    assert!(all.contains("nothing was applied"), "{all}");
+    assert_eq!(
+        count(db, "SELECT COUNT(*) FROM tenant_lookup").await,
+        3,
+        "globex's removal was not applied"
+    );
+    let pool = sqlx::AnyPool::connect(db).await.expect("connect");
+    let still: String = sqlx::query("SELECT commit_id FROM applied_revisions")
+        .fetch_one(&pool)
+        .await
+        .expect("row")
+        .try_get(0)
+        .expect("commit");
+    assert_eq!(still, good);
+    let stalled: String = sqlx::query("SELECT message FROM entity_status WHERE kind = 'platform' AND condition = 'Stalled' AND status = 'True'")
+        .fetch_one(&pool)
+        .await
+        .expect("stalled condition")
+        .try_get(0)
+        .expect("message");
+    assert!(
+        stalled.contains("region `sgp-9` does not exist") && stalled.contains(&good),
+        "{stalled}"
+    );
+}
+
+#[tokio::test]
+async fn database_only_apply_on_sqlite() {
+    let (_dir, url) = sqlite_url();
+    database_only_apply(&url).await;
+}
+
+#[tokio::test]
+async fn database_only_apply_on_postgres() {
+    let pg = PgDatabase::create().await;
+    database_only_apply(&pg.url).await;
+}
