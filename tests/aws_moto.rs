@@ -66,9 +66,8 @@ async fn zones_land_in_the_tenant_account_and_delegations_in_the_operator_accoun
         records
             .iter()
             .filter(|r| r.name == zone.name && r.rtype == "NS")
-            .cloned()
             .collect::<Vec<_>>(),
-        [ns.clone()]
+        [&ns]
     );
 
     aws.delete_records(Target::Operator, &parent.id, std::slice::from_ref(&ns))
