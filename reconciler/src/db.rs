@@ -121,6 +121,43 @@ impl Db {
         &self.pool
     }
 
+    /// What the planner needs about just these workspaces (incremental re-plans).
+    pub async fn observe_only(&self, ids: &[String]) -> Result<Observed, Error> {
+        let mut observed = Observed::default();
+        if ids.is_empty() {
+            return Ok(observed);
+        }
+        let list = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let names: Vec<String> = ids.iter().map(|id| format!("w-{id}")).collect();
+        let fetch = |sql: String, binds: &[String]| {
+            let binds = binds.to_vec();
+            async move {
+                let mut q = sqlx::query(&sql);
+                for b in binds {
+                    q = q.bind(b);
+                }
+                q.fetch_all(&self.pool).await
+            }
+        };
+        for row in fetch(format!("SELECT id, region, environment, account, aws_account_id, role_arn, external_id, zone_name, parent_zone, bff_url, deletion_policy, generation, status FROM workspaces WHERE id IN ({list})"), ids).await? {
+            let w = workspace_row(&row)?;
+            observed.workspaces.insert(w.applied.id.clone(), w);
+        }
+        for row in fetch(format!("SELECT workspace_id, region, delegated_zone, status, bff_url FROM tenants WHERE workspace_id IN ({list})"), &names).await? {
+            let t = tenant_row(&row)?;
+            observed.tenants.insert(t.workspace_id.trim_start_matches("w-").to_owned(), t);
+        }
+        for row in fetch(format!("SELECT workspace_name, region, bff_url FROM tenant_lookup WHERE workspace_name IN ({list})"), &names).await? {
+            let name: String = row.try_get("workspace_name")?;
+            observed.lookup.insert(name.trim_start_matches("w-").to_owned(), LookupRow { region: row.try_get("region")?, bff_url: row.try_get("bff_url")? });
+        }
+        for row in fetch(format!("SELECT workspace_id, step, state, result FROM journal WHERE workspace_id IN ({list})"), ids).await? {
+            let (key, entry) = journal_row(&row)?;
+            observed.journal.insert(key, entry);
+        }
+        Ok(observed)
+    }
+
     /// Everything the planner needs from the database, for the given regions (all when empty).
     pub async fn observe(&self, regions: &[String]) -> Result<Observed, Error> {
         let in_scope = |r: &str| regions.is_empty() || regions.iter().any(|x| x == r);
@@ -141,13 +178,7 @@ impl Db {
                 .fetch_all(&self.pool)
                 .await?
         {
-            let t = TenantRow {
-                workspace_id: row.try_get("workspace_id")?,
-                region: row.try_get("region")?,
-                delegated_zone: row.try_get("delegated_zone")?,
-                status: row.try_get("status")?,
-                bff_url: row.try_get("bff_url")?,
-            };
+            let t = tenant_row(&row)?;
             if in_scope(&t.region) {
                 let id = t.workspace_id.trim_start_matches("w-").to_owned();
                 observed.tenants.insert(id, t);
@@ -176,23 +207,8 @@ impl Db {
             if !observed.workspaces.contains_key(&id) {
                 continue;
             }
-            let step: String = row.try_get("step")?;
-            let kind = StepKind::parse(&step)
-                .ok_or_else(|| Error::Corrupt(format!("journal step `{step}`")))?;
-            let state: String = row.try_get("state")?;
-            let state = match state.as_str() {
-                "started" => JournalState::Started,
-                "done" => JournalState::Done,
-                "failed" => JournalState::Failed,
-                other => return Err(Error::Corrupt(format!("journal state `{other}`"))),
-            };
-            observed.journal.insert(
-                (id, kind),
-                JournalEntry {
-                    state,
-                    result: row.try_get("result")?,
-                },
-            );
+            let (key, entry) = journal_row(&row)?;
+            observed.journal.insert(key, entry);
         }
         Ok(observed)
     }
@@ -515,6 +531,30 @@ impl Db {
             .map(|r| Ok((r.try_get("id")?, r.try_get("digest")?)))
             .collect()
     }
+}
+
+fn tenant_row(row: &AnyRow) -> Result<TenantRow, Error> {
+    Ok(TenantRow {
+        workspace_id: row.try_get("workspace_id")?,
+        region: row.try_get("region")?,
+        delegated_zone: row.try_get("delegated_zone")?,
+        status: row.try_get("status")?,
+        bff_url: row.try_get("bff_url")?,
+    })
+}
+
+fn journal_row(row: &AnyRow) -> Result<((String, StepKind), JournalEntry), Error> {
+    let id: String = row.try_get("workspace_id")?;
+    let step: String = row.try_get("step")?;
+    let kind = StepKind::parse(&step).ok_or_else(|| Error::Corrupt(format!("journal step `{step}`")))?;
+    let state: String = row.try_get("state")?;
+    let state = match state.as_str() {
+        "started" => JournalState::Started,
+        "done" => JournalState::Done,
+        "failed" => JournalState::Failed,
+        other => return Err(Error::Corrupt(format!("journal state `{other}`"))),
+    };
+    Ok(((id, kind), JournalEntry { state, result: row.try_get("result")? }))
 }
 
 fn workspace_row(row: &AnyRow) -> Result<ObservedWorkspace, Error> {

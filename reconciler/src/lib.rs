@@ -15,6 +15,7 @@ pub mod apply;
 pub mod aws;
 pub mod check;
 pub mod db;
+pub mod incremental;
 pub mod init;
 pub mod plan;
 pub mod reconcile;

@@ -81,43 +81,46 @@ impl Policy {
 
 /// Desired workspaces of the given regions (every live region when `regions` is empty).
 pub fn desired_workspaces(model: &Model, regions: &[String]) -> BTreeMap<String, DesiredWorkspace> {
-    let mut out = BTreeMap::new();
-    for (id, ws) in &model.workspaces {
-        let spec = &ws.doc.spec;
-        let Some(region) = model.regions.get(&spec.region) else {
-            continue;
-        };
-        let live = region.doc.spec.status == cplane_schema::model::RegionStatus::Live;
-        let selected = if regions.is_empty() {
-            live
-        } else {
-            regions.contains(&spec.region)
-        };
-        if !selected {
-            continue;
-        }
-        let names = names_for(model, &spec.region, &spec.environment);
-        out.insert(
-            id.clone(),
-            DesiredWorkspace {
-                id: id.clone(),
-                region: spec.region.clone(),
-                environment: spec.environment.clone(),
-                account: spec.account.clone(),
-                aws_account_id: spec.aws.account_id.clone(),
-                role_arn: spec.aws.role_arn.clone(),
-                external_id: spec.aws.external_id.clone(),
-                zone_name: names.workspace_zone(id),
-                parent_zone: region.doc.spec.parent_zone.clone(),
-                bff_url: format!("https://{}", names.workspace_host(id, "bff")),
-                deletion_policy: match spec.deletion_policy {
-                    DeletionPolicy::Retain => Policy::Retain,
-                    DeletionPolicy::Delete => Policy::Delete,
-                },
-            },
-        );
+    model
+        .workspaces
+        .keys()
+        .filter_map(|id| desired_workspace(model, id, regions))
+        .map(|w| (w.id.clone(), w))
+        .collect()
+}
+
+/// One desired workspace, if it exists and its region is in scope (every live region when
+/// `regions` is empty).
+pub fn desired_workspace(model: &Model, id: &str, regions: &[String]) -> Option<DesiredWorkspace> {
+    let ws = model.workspaces.get(id)?;
+    let spec = &ws.doc.spec;
+    let region = model.regions.get(&spec.region)?;
+    let live = region.doc.spec.status == cplane_schema::model::RegionStatus::Live;
+    let selected = if regions.is_empty() {
+        live
+    } else {
+        regions.contains(&spec.region)
+    };
+    if !selected {
+        return None;
     }
-    out
+    let names = names_for(model, &spec.region, &spec.environment);
+    Some(DesiredWorkspace {
+        id: id.to_owned(),
+        region: spec.region.clone(),
+        environment: spec.environment.clone(),
+        account: spec.account.clone(),
+        aws_account_id: spec.aws.account_id.clone(),
+        role_arn: spec.aws.role_arn.clone(),
+        external_id: spec.aws.external_id.clone(),
+        zone_name: names.workspace_zone(id),
+        parent_zone: region.doc.spec.parent_zone.clone(),
+        bff_url: format!("https://{}", names.workspace_host(id, "bff")),
+        deletion_policy: match spec.deletion_policy {
+            DeletionPolicy::Retain => Policy::Retain,
+            DeletionPolicy::Delete => Policy::Delete,
+        },
+    })
 }
 
 /// Lifecycle of a workspace row.

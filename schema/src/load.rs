@@ -467,6 +467,17 @@ pub fn refuse_deep_flow_nesting(path: &str, text: &str) -> Result<(), Diagnostic
     })
 }
 
+/// Parses one workspace file (`workspaces/<id>.yaml`) with every check `load` applies to it
+/// on its own (size, encoding, emptiness, strict shape). For incremental reloads: the caller
+/// then runs [`crate::validate::workspace`] against the unchanged rest of the model.
+pub fn parse_workspace(path: &str, bytes: &[u8]) -> Result<Entity<Workspace>, Diagnostic> {
+    let FileRole::Workspace(id) = FileRole::of(path) else {
+        return Err(Diagnostic::file(path, "unexpected file: cplane reads workspaces/<id>.yaml here"));
+    };
+    let text: Arc<str> = Arc::from(check_text(path, bytes, "Workspace")?);
+    typed(path, id, text)
+}
+
 fn typed<T: DeserializeOwned>(
     path: &str,
     path_id: String,

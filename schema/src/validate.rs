@@ -267,7 +267,10 @@ fn role_arn_account(arn: &str) -> Option<&str> {
     (ok && is_account_id(account)).then_some(account)
 }
 
-fn workspace(
+/// The rules of one workspace: its id, region, environment, tenant account and stacks. They
+/// depend only on the workspace itself, the platform, regions and stacks, so after a change
+/// confined to `workspaces/` they are all that needs checking again.
+pub fn workspace(
     model: &Model,
     broken: &BTreeSet<EntityRef>,
     w: &crate::load::Entity<crate::model::Workspace>,

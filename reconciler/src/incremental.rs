@@ -1,0 +1,181 @@
+//! Incremental re-planning: keep the last valid model; for a new commit whose changes are
+//! confined to `workspaces/`, re-read, re-validate, re-render, observe and plan only the
+//! workspaces it touches. Anything else (platform, regions, stacks) falls back to a full load.
+//!
+//! Why this is complete: a workspace's rules ([`cplane_schema::validate::workspace`]) depend
+//! only on the workspace itself and on the platform, regions and stacks — unchanged by such a
+//! commit — and no other entity's rules depend on a workspace. Uniqueness holds because file
+//! name = id. So checking the changed workspaces checks the whole revision, and a bad one is
+//! still refused whole: the model is only updated when every changed workspace passes.
+
+use std::collections::BTreeSet;
+
+use cplane_schema::load::parse_workspace;
+use cplane_schema::{Diagnostic, EntityRef, Model};
+use git2::Repository;
+
+use crate::check::check;
+use crate::db::Db;
+use crate::plan::{self, Options, Plan};
+use crate::render::{Cluster, ClusterKind, Renderer};
+use crate::source;
+
+/// Errors of incremental planning.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading git.
+    #[error(transparent)]
+    Source(#[from] source::Error),
+    /// Reading git objects.
+    #[error("reading the repository: {0}")]
+    Git(#[from] git2::Error),
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] crate::db::Error),
+}
+
+/// The last valid revision, in memory.
+pub struct Incremental {
+    commit: String,
+    model: Model,
+    regions: Vec<String>,
+}
+
+/// What a re-plan did.
+pub struct Replan {
+    /// The new commit.
+    pub commit: String,
+    /// `incremental` or `full`.
+    pub mode: &'static str,
+    /// Workspaces re-planned (all of them in full mode).
+    pub workspaces: usize,
+    /// The plan (empty when refused).
+    pub plan: Plan,
+    /// Every validation error; non-empty means the revision was refused and the previous one
+    /// stays in force.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Incremental {
+    /// Loads and validates `rev` in full. `Err(diagnostics)` inside `Ok` when invalid.
+    pub fn cold(repo: &Repository, rev: &str, regions: Vec<String>) -> Result<Result<Self, Vec<Diagnostic>>, Error> {
+        let snap = source::read(repo, rev)?;
+        let checked = check(snap.files);
+        if !checked.is_valid() {
+            return Ok(Err(checked.diagnostics));
+        }
+        let model = checked.model.expect("valid implies a model");
+        Ok(Ok(Self { commit: snap.commit, model, regions }))
+    }
+
+    /// The commit in force.
+    pub fn commit(&self) -> &str {
+        &self.commit
+    }
+
+    /// The model in force.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Plans `rev` against the database, incrementally when possible.
+    pub async fn replan(&mut self, repo: &Repository, rev: &str, db: &Db, options: Options) -> Result<Replan, Error> {
+        let new = source::resolve(repo, rev)?.to_string();
+        let changed = source::changed_entities(repo, &self.commit, &new)?;
+        let mut ids = Vec::new();
+        for entity in &changed {
+            match entity {
+                EntityRef::Workspace(id) => ids.push(id.clone()),
+                _ => return self.full(repo, &new, db, options).await,
+            }
+        }
+        let tree = repo.find_commit(git2::Oid::from_str(&new)?)?.tree()?;
+
+        // Parse and validate the changed workspaces against the unchanged rest.
+        let mut diagnostics = Vec::new();
+        let mut staged = Vec::new();
+        for id in &ids {
+            let path = format!("workspaces/{id}.yaml");
+            match tree.get_path(std::path::Path::new(&path)) {
+                Err(_) => staged.push((id.clone(), None)),
+                Ok(entry) => {
+                    let blob = repo.find_blob(entry.id())?;
+                    match parse_workspace(&path, blob.content()) {
+                        Ok(entity) => staged.push((id.clone(), Some(entity))),
+                        Err(d) => diagnostics.push(d),
+                    }
+                }
+            }
+        }
+        let mut previous = Vec::new();
+        for (id, entity) in staged {
+            let old = match entity {
+                Some(e) => self.model.workspaces.insert(id.clone(), e),
+                None => self.model.workspaces.remove(&id),
+            };
+            previous.push((id, old));
+        }
+        let broken = BTreeSet::new();
+        for id in &ids {
+            if let Some(w) = self.model.workspaces.get(id) {
+                cplane_schema::validate::workspace(&self.model, &broken, w, &mut diagnostics);
+            }
+        }
+        // Render the changed workspaces' clusters: template errors are validation errors too.
+        if diagnostics.is_empty() {
+            let (renderer, compile) = Renderer::new(&self.model);
+            diagnostics.extend(compile);
+            for id in &ids {
+                let Some(w) = self.model.workspaces.get(id) else { continue };
+                let cluster = Cluster {
+                    id: cplane_schema::domain::workspace_name(id),
+                    kind: ClusterKind::Tenant,
+                    region: w.doc.spec.region.clone(),
+                    environment: w.doc.spec.environment.clone(),
+                    workspace: Some(id.clone()),
+                };
+                if let Err(d) = renderer.render(&cluster) {
+                    diagnostics.extend(d);
+                }
+            }
+        }
+        if !diagnostics.is_empty() {
+            // Refused whole: put the previous revision's workspaces back.
+            for (id, old) in previous {
+                match old {
+                    Some(e) => {
+                        self.model.workspaces.insert(id, e);
+                    }
+                    None => {
+                        self.model.workspaces.remove(&id);
+                    }
+                }
+            }
+            cplane_schema::diagnostic::sort_dedup(&mut diagnostics);
+            return Ok(Replan { commit: new, mode: "incremental", workspaces: ids.len(), plan: Plan::default(), diagnostics });
+        }
+
+        let desired = ids
+            .iter()
+            .filter_map(|id| plan::desired_workspace(&self.model, id, &self.regions))
+            .map(|w| (w.id.clone(), w))
+            .collect();
+        let observed = db.observe_only(&ids).await?;
+        let plan = plan::plan(&desired, &observed, options);
+        self.commit = new.clone();
+        Ok(Replan { commit: new, mode: "incremental", workspaces: ids.len(), plan, diagnostics })
+    }
+
+    async fn full(&mut self, repo: &Repository, new: &str, db: &Db, options: Options) -> Result<Replan, Error> {
+        match Self::cold(repo, new, self.regions.clone())? {
+            Err(diagnostics) => Ok(Replan { commit: new.to_owned(), mode: "full", workspaces: 0, plan: Plan::default(), diagnostics }),
+            Ok(state) => {
+                *self = state;
+                let desired = plan::desired_workspaces(&self.model, &self.regions);
+                let observed = db.observe(&self.regions).await?;
+                let plan = plan::plan(&desired, &observed, options);
+                Ok(Replan { commit: new.to_owned(), mode: "full", workspaces: desired.len(), plan, diagnostics: Vec::new() })
+            }
+        }
+    }
+}
