@@ -302,3 +302,100 @@ async fn sigkill_at_every_mutating_call_never_duplicates_or_loses_anything() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_workspaces_deprovisions_delete_and_keeps_retain() {
+    let moto = Moto::start();
+    let aws = Aws::from_sdk_config(Moto::sdk_config(&moto.endpoint).await);
+    let parent = parent_zone(&aws).await;
+    let (_dir, db) = sqlite_url();
+    let repo = support::template_repo();
+    let repo_path = repo.path().to_str().expect("utf-8");
+    apply_until_converged(repo_path, &db, &moto.endpoint);
+
+    // initech has deletionPolicy: Delete, acme Retain.
+    std::fs::remove_file(repo.path().join("workspaces/initech.yaml")).expect("rm");
+    std::fs::remove_file(repo.path().join("workspaces/acme.yaml")).expect("rm");
+    support::commit_all(repo.path(), "offboard initech and acme");
+    let runs = apply_until_converged(repo_path, &db, &moto.endpoint);
+    let out = text(&runs[0]);
+    let order: Vec<usize> = [
+        "initech: - route53 NS w-initech.dev.sgp-1.cogrion.com in sgp-1.cogrion.com (operator account) ... done",
+        "initech: - acm certificate *.w-initech.dev.sgp-1.cogrion.com (tenant account) ... done",
+        "initech: - route53 validation CNAMEs in w-initech.dev.sgp-1.cogrion.com ... done",
+        "initech: - route53 hosted zone w-initech.dev.sgp-1.cogrion.com (tenant account) ... done",
+    ]
+    .iter()
+    .map(|line| out.find(line).unwrap_or_else(|| panic!("missing `{line}` in:\n{out}")))
+    .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "delegation first, then certificate, records, zone:\n{out}"
+    );
+
+    let (role, ext) = tenant("333333333333");
+    let initech = Target::Tenant {
+        role_arn: &role,
+        external_id: ext,
+    };
+    assert!(aws
+        .zones_by_name(initech, "w-initech.dev.sgp-1.cogrion.com")
+        .await
+        .expect("zones")
+        .is_empty());
+    assert_eq!(
+        aws.find_certificate(
+            initech,
+            "*.w-initech.dev.sgp-1.cogrion.com",
+            ("cplane:workspace", "w-initech/g1")
+        )
+        .await
+        .expect("find"),
+        None
+    );
+    let records = aws
+        .list_records(Target::Operator, &parent)
+        .await
+        .expect("records");
+    assert!(
+        !records
+            .iter()
+            .any(|r| r.name == "w-initech.dev.sgp-1.cogrion.com"),
+        "no dangling delegation"
+    );
+    // Retain: acme's zone, certificate and delegation stay.
+    let (role, ext) = tenant("111111111111");
+    let acme = Target::Tenant {
+        role_arn: &role,
+        external_id: ext,
+    };
+    assert_eq!(
+        aws.zones_by_name(acme, "w-acme.sgp-1.cogrion.com")
+            .await
+            .expect("zones")
+            .len(),
+        1
+    );
+    assert!(records.iter().any(|r| r.name == "w-acme.sgp-1.cogrion.com"));
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM tenants WHERE status = 'deleted' AND workspace_id = 'w-initech'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM tenants WHERE status = 'retained' AND workspace_id = 'w-acme'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM tenant_lookup").await,
+        1,
+        "only globex is still routed"
+    );
+}

@@ -20,31 +20,65 @@ use cplane_reconciler::reconcile::{self, Request, RunResult};
 use cplane_reconciler::{source, synthetic};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let provision = if quick { 2 } else { env_or("CPLANE_BENCH_PROVISION", 20) };
-    let drift = if quick { 10 } else { env_or("CPLANE_BENCH_DRIFT", 1000) };
+    let provision = if quick {
+        2
+    } else {
+        env_or("CPLANE_BENCH_PROVISION", 20)
+    };
+    let drift = if quick {
+        10
+    } else {
+        env_or("CPLANE_BENCH_DRIFT", 1000)
+    };
     let moto = moto::Moto::start();
     let proxy = fault_proxy::FaultProxy::start(&moto.endpoint).await;
     let aws = Aws::from_sdk_config(moto::Moto::sdk_config(&proxy.url).await);
 
     // 1. Provisioning: one region, `provision` workspaces, until converged.
     let dir = tempfile::tempdir().expect("tempdir");
-    synthetic::generate(dir.path(), synthetic::Shape { workspaces: provision, regions: 1 }).expect("generate");
-    aws.create_zone(Target::Operator, "sgp-1.cogrion.com", "bench-parent").await.expect("parent");
-    let db = Db::connect(&format!("sqlite://{}", dir.path().join("b.db").display())).await.expect("db");
+    synthetic::generate(
+        dir.path(),
+        synthetic::Shape {
+            workspaces: provision,
+            regions: 1,
+        },
+    )
+    .expect("generate");
+    aws.create_zone(Target::Operator, "sgp-1.cogrion.com", "bench-parent")
+        .await
+        .expect("parent");
+    let db = Db::connect(&format!("sqlite://{}", dir.path().join("b.db").display()))
+        .await
+        .expect("db");
     let repo = source::open(dir.path()).expect("open");
     proxy.reset_counts();
     let mut runs = 0;
     loop {
         runs += 1;
         let snapshot = source::read(&repo, "HEAD").expect("read");
-        let request = Request { regions: Vec::new(), options: Options::default(), dry_run: false };
-        let RunResult::Planned { report, .. } = reconcile::run(snapshot, &db, Some(aws.clone()), request, Arc::new(|_, _| {})).await.expect("run") else {
+        let request = Request {
+            regions: Vec::new(),
+            options: Options::default(),
+            dry_run: false,
+        };
+        let RunResult::Planned { report, .. } = reconcile::run(
+            snapshot,
+            &db,
+            Some(aws.clone()),
+            request,
+            Arc::new(|_, _| {}),
+        )
+        .await
+        .expect("run") else {
             panic!("refused");
         };
         match report.expect("applied").result() {
@@ -60,10 +94,16 @@ async fn main() {
     println!("  by operation: {provisioning:?}");
 
     // 2. No-op drift check over `drift` delegations in one parent zone.
-    let parent = aws.create_zone(Target::Operator, "drift.cogrion.com", "bench-drift").await.expect("parent").id;
+    let parent = aws
+        .create_zone(Target::Operator, "drift.cogrion.com", "bench-drift")
+        .await
+        .expect("parent")
+        .id;
     let mut desired = BTreeMap::new();
     let model_ws = plan::desired_workspaces(
-        &cplane_schema::load(source::read(&repo, "HEAD").expect("read").files).into_valid().expect("valid"),
+        &cplane_schema::load(source::read(&repo, "HEAD").expect("read").files)
+            .into_valid()
+            .expect("valid"),
         &[],
     );
     let template = model_ws.values().next().expect("one workspace").clone();
@@ -73,15 +113,24 @@ async fn main() {
         w.id = format!("d{i:05}");
         w.zone_name = format!("w-d{i:05}.drift.cogrion.com");
         w.parent_zone = "drift.cogrion.com".into();
-        records.push(RecordSet { name: w.zone_name.clone(), rtype: "NS".into(), ttl: 300, values: vec!["ns-1.example".into(), "ns-2.example".into()] });
+        records.push(RecordSet {
+            name: w.zone_name.clone(),
+            rtype: "NS".into(),
+            ttl: 300,
+            values: vec!["ns-1.example".into(), "ns-2.example".into()],
+        });
         desired.insert(w.id.clone(), w);
     }
     for chunk in records.chunks(200) {
-        aws.upsert_records(Target::Operator, &parent, chunk).await.expect("seed delegations");
+        aws.upsert_records(Target::Operator, &parent, chunk)
+            .await
+            .expect("seed delegations");
     }
     proxy.reset_counts();
     let before = proxy.mutations();
-    let found = observe_delegations(&aws, &desired).await.expect("drift check");
+    let found = observe_delegations(&aws, &desired)
+        .await
+        .expect("drift check");
     assert_eq!(found.len(), drift);
     let reads = proxy.total();
     println!(

@@ -25,40 +25,76 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn commit_all(dir: &std::path::Path, message: &str) {
     let repo = git2::Repository::open(dir).expect("open");
     let mut index = repo.index().expect("index");
-    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).expect("add");
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .expect("add");
     index.write().expect("write");
-    let tree = repo.find_tree(index.write_tree().expect("tree")).expect("tree");
+    let tree = repo
+        .find_tree(index.write_tree().expect("tree"))
+        .expect("tree");
     let sig = git2::Signature::now("bench", "bench@cplane.local").expect("sig");
     let parent = repo.head().expect("head").peel_to_commit().expect("commit");
-    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent]).expect("commit");
+    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
+        .expect("commit");
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let workspaces: usize = if quick { 30 } else { std::env::var("CPLANE_BENCH_WORKSPACES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000) };
+    let workspaces: usize = if quick {
+        30
+    } else {
+        std::env::var("CPLANE_BENCH_WORKSPACES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000)
+    };
     let runs = if quick { 1 } else { 7 };
     let dir = tempfile::tempdir().expect("tempdir");
-    synthetic::generate(dir.path(), synthetic::Shape { workspaces, regions: 4 }).expect("generate");
-    let _ = Command::new("git").args(["repack", "-adq"]).current_dir(dir.path()).status();
+    synthetic::generate(
+        dir.path(),
+        synthetic::Shape {
+            workspaces,
+            regions: 4,
+        },
+    )
+    .expect("generate");
+    let _ = Command::new("git")
+        .args(["repack", "-adq"])
+        .current_dir(dir.path())
+        .status();
     let repo = git2::Repository::open(dir.path()).expect("open");
     let db_path = dir.path().join("bench.db");
-    let db = Db::connect(&format!("sqlite://{}", db_path.display())).await.expect("db");
+    let db = Db::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .expect("db");
 
     // The database as after provisioning: every workspace row present and active.
-    let state = Incremental::cold(&repo, "HEAD", Vec::new()).expect("read").expect("valid");
+    let state = Incremental::cold(&repo, "HEAD", Vec::new())
+        .expect("read")
+        .expect("valid");
     let desired = plan::desired_workspaces(state.model(), &[]);
-    sqlx::query("BEGIN").execute(db.pool()).await.expect("begin");
+    sqlx::query("BEGIN")
+        .execute(db.pool())
+        .await
+        .expect("begin");
     for w in desired.values() {
-        db.write_workspace(w, 1, Status::Active, "bench").await.expect("row");
+        db.write_workspace(w, 1, Status::Active, "bench")
+            .await
+            .expect("row");
     }
-    sqlx::query("COMMIT").execute(db.pool()).await.expect("commit");
+    sqlx::query("COMMIT")
+        .execute(db.pool())
+        .await
+        .expect("commit");
     drop(state);
 
     let mut cold = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        let mut state = Incremental::cold(&repo, "HEAD", Vec::new()).expect("read").expect("valid");
+        let mut state = Incremental::cold(&repo, "HEAD", Vec::new())
+            .expect("read")
+            .expect("valid");
         let desired = plan::desired_workspaces(state.model(), &[]);
         let observed = db.observe(&[]).await.expect("observe");
         let p = plan::plan(&desired, &observed, Options::default());
@@ -67,25 +103,48 @@ async fn main() {
         let _ = &mut state;
     }
 
-    let mut state = Incremental::cold(&repo, "HEAD", Vec::new()).expect("read").expect("valid");
+    let mut state = Incremental::cold(&repo, "HEAD", Vec::new())
+        .expect("read")
+        .expect("valid");
     let mut warm = Vec::new();
     for i in 0..runs {
         let path = dir.path().join("workspaces/ws00042.yaml");
         let text = std::fs::read_to_string(&path).expect("read");
         let text: String = text
             .lines()
-            .map(|l| if l.trim_start().starts_with("externalId:") { format!("    externalId: ws00042-rotated-{i}\n") } else { format!("{l}\n") })
+            .map(|l| {
+                if l.trim_start().starts_with("externalId:") {
+                    format!("    externalId: ws00042-rotated-{i}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
             .collect();
         std::fs::write(&path, text).expect("write");
         commit_all(dir.path(), "rotate one external id");
         let t = Instant::now();
-        let r = state.replan(&repo, "HEAD", &db, Options::default()).await.expect("replan");
+        let r = state
+            .replan(&repo, "HEAD", &db, Options::default())
+            .await
+            .expect("replan");
         warm.push(t.elapsed());
-        assert_eq!((r.mode, r.workspaces), ("incremental", 1), "{:?}", r.diagnostics);
+        assert_eq!(
+            (r.mode, r.workspaces),
+            ("incremental", 1),
+            "{:?}",
+            r.diagnostics
+        );
         assert!(r.diagnostics.is_empty());
     }
     let (c, w) = (median(cold), median(warm));
     println!("workspaces: {workspaces}");
-    println!("cold plan (read + validate + render all + observe + plan)   {:9.1} ms", c.as_secs_f64() * 1e3);
-    println!("re-plan after a one-file commit (incremental)              {:9.2} ms  = {:.3} % of cold", w.as_secs_f64() * 1e3, 100.0 * w.as_secs_f64() / c.as_secs_f64());
+    println!(
+        "cold plan (read + validate + render all + observe + plan)   {:9.1} ms",
+        c.as_secs_f64() * 1e3
+    );
+    println!(
+        "re-plan after a one-file commit (incremental)              {:9.2} ms  = {:.3} % of cold",
+        w.as_secs_f64() * 1e3,
+        100.0 * w.as_secs_f64() / c.as_secs_f64()
+    );
 }

@@ -127,7 +127,10 @@ impl Db {
         if ids.is_empty() {
             return Ok(observed);
         }
-        let list = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let list = (1..=ids.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let names: Vec<String> = ids.iter().map(|id| format!("w-{id}")).collect();
         let fetch = |sql: String, binds: &[String]| {
             let binds = binds.to_vec();
@@ -546,7 +549,8 @@ fn tenant_row(row: &AnyRow) -> Result<TenantRow, Error> {
 fn journal_row(row: &AnyRow) -> Result<((String, StepKind), JournalEntry), Error> {
     let id: String = row.try_get("workspace_id")?;
     let step: String = row.try_get("step")?;
-    let kind = StepKind::parse(&step).ok_or_else(|| Error::Corrupt(format!("journal step `{step}`")))?;
+    let kind =
+        StepKind::parse(&step).ok_or_else(|| Error::Corrupt(format!("journal step `{step}`")))?;
     let state: String = row.try_get("state")?;
     let state = match state.as_str() {
         "started" => JournalState::Started,
@@ -554,7 +558,13 @@ fn journal_row(row: &AnyRow) -> Result<((String, StepKind), JournalEntry), Error
         "failed" => JournalState::Failed,
         other => return Err(Error::Corrupt(format!("journal state `{other}`"))),
     };
-    Ok(((id, kind), JournalEntry { state, result: row.try_get("result")? }))
+    Ok((
+        (id, kind),
+        JournalEntry {
+            state,
+            result: row.try_get("result")?,
+        },
+    ))
 }
 
 fn workspace_row(row: &AnyRow) -> Result<ObservedWorkspace, Error> {

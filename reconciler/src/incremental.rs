@@ -58,14 +58,22 @@ pub struct Replan {
 
 impl Incremental {
     /// Loads and validates `rev` in full. `Err(diagnostics)` inside `Ok` when invalid.
-    pub fn cold(repo: &Repository, rev: &str, regions: Vec<String>) -> Result<Result<Self, Vec<Diagnostic>>, Error> {
+    pub fn cold(
+        repo: &Repository,
+        rev: &str,
+        regions: Vec<String>,
+    ) -> Result<Result<Self, Vec<Diagnostic>>, Error> {
         let snap = source::read(repo, rev)?;
         let checked = check(snap.files);
         if !checked.is_valid() {
             return Ok(Err(checked.diagnostics));
         }
         let model = checked.model.expect("valid implies a model");
-        Ok(Ok(Self { commit: snap.commit, model, regions }))
+        Ok(Ok(Self {
+            commit: snap.commit,
+            model,
+            regions,
+        }))
     }
 
     /// The commit in force.
@@ -79,7 +87,13 @@ impl Incremental {
     }
 
     /// Plans `rev` against the database, incrementally when possible.
-    pub async fn replan(&mut self, repo: &Repository, rev: &str, db: &Db, options: Options) -> Result<Replan, Error> {
+    pub async fn replan(
+        &mut self,
+        repo: &Repository,
+        rev: &str,
+        db: &Db,
+        options: Options,
+    ) -> Result<Replan, Error> {
         let new = source::resolve(repo, rev)?.to_string();
         let changed = source::changed_entities(repo, &self.commit, &new)?;
         let mut ids = Vec::new();
@@ -126,7 +140,9 @@ impl Incremental {
             let (renderer, compile) = Renderer::new(&self.model);
             diagnostics.extend(compile);
             for id in &ids {
-                let Some(w) = self.model.workspaces.get(id) else { continue };
+                let Some(w) = self.model.workspaces.get(id) else {
+                    continue;
+                };
                 let cluster = Cluster {
                     id: cplane_schema::domain::workspace_name(id),
                     kind: ClusterKind::Tenant,
@@ -152,7 +168,13 @@ impl Incremental {
                 }
             }
             cplane_schema::diagnostic::sort_dedup(&mut diagnostics);
-            return Ok(Replan { commit: new, mode: "incremental", workspaces: ids.len(), plan: Plan::default(), diagnostics });
+            return Ok(Replan {
+                commit: new,
+                mode: "incremental",
+                workspaces: ids.len(),
+                plan: Plan::default(),
+                diagnostics,
+            });
         }
 
         let desired = ids
@@ -163,18 +185,42 @@ impl Incremental {
         let observed = db.observe_only(&ids).await?;
         let plan = plan::plan(&desired, &observed, options);
         self.commit = new.clone();
-        Ok(Replan { commit: new, mode: "incremental", workspaces: ids.len(), plan, diagnostics })
+        Ok(Replan {
+            commit: new,
+            mode: "incremental",
+            workspaces: ids.len(),
+            plan,
+            diagnostics,
+        })
     }
 
-    async fn full(&mut self, repo: &Repository, new: &str, db: &Db, options: Options) -> Result<Replan, Error> {
+    async fn full(
+        &mut self,
+        repo: &Repository,
+        new: &str,
+        db: &Db,
+        options: Options,
+    ) -> Result<Replan, Error> {
         match Self::cold(repo, new, self.regions.clone())? {
-            Err(diagnostics) => Ok(Replan { commit: new.to_owned(), mode: "full", workspaces: 0, plan: Plan::default(), diagnostics }),
+            Err(diagnostics) => Ok(Replan {
+                commit: new.to_owned(),
+                mode: "full",
+                workspaces: 0,
+                plan: Plan::default(),
+                diagnostics,
+            }),
             Ok(state) => {
                 *self = state;
                 let desired = plan::desired_workspaces(&self.model, &self.regions);
                 let observed = db.observe(&self.regions).await?;
                 let plan = plan::plan(&desired, &observed, options);
-                Ok(Replan { commit: new.to_owned(), mode: "full", workspaces: desired.len(), plan, diagnostics: Vec::new() })
+                Ok(Replan {
+                    commit: new.to_owned(),
+                    mode: "full",
+                    workspaces: desired.len(),
+                    plan,
+                    diagnostics: Vec::new(),
+                })
             }
         }
     }
