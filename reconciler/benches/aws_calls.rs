@@ -4,8 +4,11 @@
 //! `cargo bench -p cplane-reconciler --bench aws_calls` (env `CPLANE_BENCH_PROVISION`, default
 //! 20 workspaces; `CPLANE_BENCH_DRIFT`, default 1000 delegations).
 
+// The tests' harness, shared; the bench uses only part of it.
+#[allow(dead_code)]
 #[path = "../../tests/support/fault_proxy.rs"]
 mod fault_proxy;
+#[allow(dead_code)]
 #[path = "../../tests/support/moto.rs"]
 mod moto;
 
