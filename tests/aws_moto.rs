@@ -246,4 +246,9 @@ async fn throttling_and_server_errors_are_retried_quota_is_reported() {
     assert!(matches!(err, Error::Quota { .. }), "{err:?}");
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("quota exceeded"), "{err}");
+    assert_eq!(
+        proxy.counts()["acm:RequestCertificate"],
+        4,
+        "the quota error was not retried"
+    );
 }

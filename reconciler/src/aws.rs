@@ -792,6 +792,38 @@ impl Aws {
     }
 }
 
+/// The SDK's standard classifier counts ACM's `LimitExceededException` as throttling and
+/// retries it; it is a quota (too many certificates), which no retry fixes. Forbid the retry so
+/// it is reported at once.
+#[derive(Debug)]
+struct QuotaIsNotThrottling;
+
+impl aws_sdk_acm::config::retry::ClassifyRetry for QuotaIsNotThrottling {
+    fn classify_retry(
+        &self,
+        ctx: &aws_sdk_acm::config::interceptors::InterceptorContext,
+    ) -> aws_sdk_acm::config::retry::RetryAction {
+        use aws_sdk_acm::config::retry::RetryAction;
+        let quota = ctx.response().is_some_and(|r| {
+            r.headers()
+                .get("x-amzn-errortype")
+                .is_some_and(|v| v.starts_with("LimitExceededException"))
+                || r.body().bytes().is_some_and(|b| {
+                    String::from_utf8_lossy(b).contains("\"LimitExceededException\"")
+                })
+        });
+        if quota {
+            RetryAction::RetryForbidden
+        } else {
+            RetryAction::NoActionIndicated
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "QuotaIsNotThrottling"
+    }
+}
+
 fn name_servers(list: &[String]) -> Vec<String> {
     let mut v: Vec<String> = list.iter().map(|n| norm(n)).collect();
     v.sort();
@@ -800,7 +832,7 @@ fn name_servers(list: &[String]) -> Vec<String> {
 
 fn clients(base: &SdkConfig, creds: Option<Credentials>) -> Clients {
     let mut r53 = aws_sdk_route53::config::Builder::from(base).region(Region::new("us-east-1"));
-    let mut acm = aws_sdk_acm::config::Builder::from(base);
+    let mut acm = aws_sdk_acm::config::Builder::from(base).retry_classifier(QuotaIsNotThrottling);
     if let Some(creds) = creds {
         r53 = r53.credentials_provider(SharedCredentialsProvider::new(creds.clone()));
         acm = acm.credentials_provider(SharedCredentialsProvider::new(creds));

@@ -472,7 +472,10 @@ pub fn refuse_deep_flow_nesting(path: &str, text: &str) -> Result<(), Diagnostic
 /// then runs [`crate::validate::workspace`] against the unchanged rest of the model.
 pub fn parse_workspace(path: &str, bytes: &[u8]) -> Result<Entity<Workspace>, Diagnostic> {
     let FileRole::Workspace(id) = FileRole::of(path) else {
-        return Err(Diagnostic::file(path, "unexpected file: cplane reads workspaces/<id>.yaml here"));
+        return Err(Diagnostic::file(
+            path,
+            "unexpected file: cplane reads workspaces/<id>.yaml here",
+        ));
     };
     let text: Arc<str> = Arc::from(check_text(path, bytes, "Workspace")?);
     typed(path, id, text)
