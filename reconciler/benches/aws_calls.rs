@@ -72,6 +72,7 @@ async fn main() {
             regions: Vec::new(),
             options: Options::default(),
             dry_run: false,
+            drift: cplane_reconciler::apply::Sample::OneIn(800),
         };
         let RunResult::Planned { report, .. } = reconcile::run(
             snapshot,

@@ -395,7 +395,7 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
                 .map_err(dbe)?;
             Outcome::Done(format!("certificate {arn}"))
         }
-        Action::ValidationRecords { zone } => {
+        Action::ValidationRecords { zone } | Action::RepairValidationRecords { zone } => {
             let z = zone_result().await?.ok_or("zone not created yet")?;
             let cert = db
                 .journal_result(id, StepKind::RequestCertificate)
@@ -542,6 +542,84 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
     Ok(outcome)
 }
 
+/// How many tenant zones a drift check reads: all, or the rotating 1-in-`n` slice of this
+/// check (so every zone is read once every `n` checks and a check stays within its read
+/// budget of N/100 + 5 calls for N workspaces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sample {
+    /// Every workspace.
+    All,
+    /// The workspaces whose id hashes to this check's slot of `n`.
+    OneIn(u64),
+}
+
+impl Sample {
+    /// Whether workspace `id` is read in the check numbered `epoch`.
+    pub fn includes(self, id: &str, epoch: u64) -> bool {
+        match self {
+            Sample::All => true,
+            Sample::OneIn(n) => {
+                let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+                h % n.max(1) == epoch % n.max(1)
+            }
+        }
+    }
+}
+
+/// Drift check of validation records: for the sampled workspaces whose records are journaled,
+/// the CNAMEs found in their tenant zone (one paged listing per sampled zone).
+pub async fn observe_validation(
+    aws: &Aws,
+    desired: &BTreeMap<String, DesiredWorkspace>,
+    observed: &Observed,
+    sample: Sample,
+    epoch: u64,
+) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, String> {
+    let mut out = BTreeMap::new();
+    for (id, w) in desired {
+        let done = |k| {
+            observed
+                .journal
+                .get(&(id.clone(), k))
+                .filter(|j| j.state == crate::plan::JournalState::Done)
+                .and_then(|j| j.result.as_deref())
+                .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        };
+        let (Some(zone), Some(records)) = (
+            done(StepKind::CreateZone),
+            done(StepKind::ValidationRecords),
+        ) else {
+            continue;
+        };
+        if !sample.includes(id, epoch) {
+            continue;
+        }
+        let Some(zone_id) = zone["zone_id"].as_str() else {
+            continue;
+        };
+        let names: Vec<&str> = records["records"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r["name"].as_str()).collect())
+            .unwrap_or_default();
+        let tenant = Target::Tenant {
+            role_arn: &w.role_arn,
+            external_id: &w.external_id,
+        };
+        let found: BTreeMap<String, Vec<String>> = aws
+            .list_records(tenant, zone_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|r| r.rtype == "CNAME" && names.contains(&r.name.as_str()))
+            .map(|r| (r.name, r.values))
+            .collect();
+        out.insert(id.clone(), found);
+    }
+    Ok(out)
+}
+
 /// Drift check, batched: the NS records of every parent zone, one paged listing per parent
 /// zone (not a call per workspace). Returns delegated zone → NS values.
 pub async fn observe_delegations(
@@ -575,4 +653,32 @@ pub async fn observe_delegations(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sample;
+
+    #[test]
+    fn a_rotating_sample_reads_every_zone_once_per_cycle() {
+        let ids: Vec<String> = (0..10_000).map(|i| format!("ws{i:05}")).collect();
+        let per_epoch: Vec<usize> = (0..400)
+            .map(|e| {
+                ids.iter()
+                    .filter(|id| Sample::OneIn(400).includes(id, e))
+                    .count()
+            })
+            .collect();
+        assert_eq!(
+            per_epoch.iter().sum::<usize>(),
+            ids.len(),
+            "each workspace in exactly one epoch of the cycle"
+        );
+        assert!(
+            per_epoch.iter().all(|n| *n < 60),
+            "slices stay small: max {:?}",
+            per_epoch.iter().max()
+        );
+        assert!(ids.iter().all(|id| Sample::All.includes(id, 7)));
+    }
 }

@@ -75,6 +75,32 @@ struct RunArgs {
     /// Confirm removing more workspaces than --max-deletions.
     #[arg(long)]
     confirm_deletions: bool,
+    /// Drift check reads every tenant zone (default: a rotating 1-in-800 slice per run, so a
+    /// run stays within N/100 + 5 reads; the parent zones are always read in full).
+    #[arg(long)]
+    deep_drift: bool,
+    /// apply only: run again every INTERVAL (e.g. `3m`, `90s`), jittered by ±20 %, until
+    /// interrupted — the periodic drift check of a one-shot installation.
+    #[arg(long, env = "CPLANE_EVERY", value_parser = parse_interval)]
+    every: Option<std::time::Duration>,
+}
+
+/// `90s`, `3m`, `1h`, or plain seconds.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not an interval like 90s, 3m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("`{s}`: unit must be s, m or h")),
+    };
+    if secs == 0 {
+        return Err("the interval must be positive".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -188,7 +214,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => render(&repo, &cluster, out.as_deref(), format),
         Command::Clusters { repo, format } => clusters(&repo, format),
         Command::Plan { run, format } => reconcile(&run, Some(format)),
-        Command::Apply { run } => reconcile(&run, None),
+        Command::Apply { run } => match run.every {
+            None => reconcile(&run, None),
+            Some(every) => loop {
+                let code = reconcile(&run, None)?;
+                let jitter = rand::random_range(0.8..1.2);
+                let pause = every.mul_f64(jitter);
+                eprintln!(
+                    "next run in {:.0}s (--every {}s ± 20%)",
+                    pause.as_secs_f64(),
+                    every.as_secs()
+                );
+                let _ = code;
+                std::thread::sleep(pause);
+            },
+        },
     }
 }
 
@@ -357,6 +397,8 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
         regions,
         max_deletions,
         confirm_deletions,
+        deep_drift,
+        every: _,
     } = args;
     let dry_run = plan_format.is_some();
     let git = source::open(&repo.repo)?;
@@ -378,6 +420,11 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
                 confirmed: *confirm_deletions,
             },
             dry_run,
+            drift: if *deep_drift {
+                cplane_reconciler::apply::Sample::All
+            } else {
+                cplane_reconciler::apply::Sample::OneIn(800)
+            },
         };
         let progress: cplane_reconciler::apply::Progress = Arc::new(|step: &Step, outcome: &Outcome| {
             let detail = match outcome {

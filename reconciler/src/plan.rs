@@ -297,6 +297,10 @@ pub struct Observed {
     /// Drift check: NS values found in the parent zones per delegated zone name (absent =
     /// no delegation). `None` when no drift check ran.
     pub delegations: Option<BTreeMap<String, Vec<String>>>,
+    /// Drift check: validation CNAMEs found in the tenant zones of the workspaces checked this
+    /// time (a rotating sample: each check reads only a slice of tenant zones), as
+    /// workspace → record name → values. Workspaces absent from the map were not checked.
+    pub validation: BTreeMap<String, BTreeMap<String, Vec<String>>>,
 }
 
 /// Knobs of one planning run.
@@ -402,6 +406,11 @@ pub enum Action {
         /// Delegated zone.
         zone: String,
     },
+    /// Restore deleted or altered validation CNAMEs in the tenant zone (drift).
+    RepairValidationRecords {
+        /// Zone.
+        zone: String,
+    },
 }
 
 impl Action {
@@ -411,7 +420,9 @@ impl Action {
             Action::CreateZone { .. } => StepKind::CreateZone,
             Action::DelegateZone { .. } | Action::RepairDelegation { .. } => StepKind::DelegateZone,
             Action::RequestCertificate { .. } => StepKind::RequestCertificate,
-            Action::ValidationRecords { .. } => StepKind::ValidationRecords,
+            Action::ValidationRecords { .. } | Action::RepairValidationRecords { .. } => {
+                StepKind::ValidationRecords
+            }
             Action::AwaitCertificate { .. } => StepKind::AwaitCertificate,
             Action::RemoveDelegation { .. } => StepKind::RemoveDelegation,
             Action::DeleteCertificate { .. } => StepKind::DeleteCertificate,
@@ -486,6 +497,9 @@ impl fmt::Display for Action {
             Action::DeleteZone { zone } => write!(f, "route53 hosted zone {zone} (tenant account)"),
             Action::RepairDelegation { parent_zone, zone } => {
                 write!(f, "route53 NS {zone} in {parent_zone} (drift: restore)")
+            }
+            Action::RepairValidationRecords { zone } => {
+                write!(f, "route53 validation CNAMEs in {zone} (drift: restore)")
             }
         }
     }
@@ -764,7 +778,35 @@ fn provision(
         )
     };
     let records = if done(b, StepKind::ValidationRecords) {
-        None
+        // Drift: compare the recorded validation CNAMEs with what a sampled check found.
+        let expected: Vec<(String, Vec<String>)> = o
+            .journal
+            .get(&(want.id.clone(), StepKind::ValidationRecords))
+            .and_then(|j| j.result.as_deref())
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+            .and_then(|v| v["records"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| {
+                let name = r["name"].as_str()?.to_owned();
+                let values = serde_json::from_value::<Vec<String>>(r["values"].clone()).ok()?;
+                Some((name, values))
+            })
+            .collect();
+        match o.validation.get(&want.id) {
+            Some(found)
+                if expected
+                    .iter()
+                    .any(|(name, values)| found.get(name) != Some(values)) =>
+            {
+                b.push(
+                    Action::RepairValidationRecords { zone: zone.clone() },
+                    &[],
+                    "drift: validation record missing or altered",
+                )
+            }
+            _ => None,
+        }
     } else {
         b.push(
             Action::ValidationRecords { zone: zone.clone() },

@@ -20,6 +20,8 @@ pub struct Request {
     pub options: Options,
     /// Only plan.
     pub dry_run: bool,
+    /// Which tenant zones the drift check reads (parent zones are always read in full).
+    pub drift: apply::Sample,
 }
 
 /// How a run ended.
@@ -129,10 +131,18 @@ pub async fn run(
     let mut observed = db.observe(&request.regions).await?;
     let mut notes = Vec::new();
     match &cloud {
-        Some(aws) => match apply::observe_delegations(aws, &desired).await {
-            Ok(found) => observed.delegations = Some(found),
-            Err(e) => notes.push(format!("drift check skipped: {e}")),
-        },
+        Some(aws) => {
+            match apply::observe_delegations(aws, &desired).await {
+                Ok(found) => observed.delegations = Some(found),
+                Err(e) => notes.push(format!("drift check of NS delegations skipped: {e}")),
+            }
+            // A new slice of tenant zones every drift period (3 minutes).
+            let epoch = u64::try_from(started_at / 180_000).unwrap_or(0);
+            match apply::observe_validation(aws, &desired, &observed, request.drift, epoch).await {
+                Ok(found) => observed.validation = found,
+                Err(e) => notes.push(format!("drift check of validation records skipped: {e}")),
+            }
+        }
         None => notes.push(
             "cloud: none — AWS is not called; only the database is planned and written".into(),
         ),

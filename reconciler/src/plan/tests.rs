@@ -396,3 +396,43 @@ fn every_step_comes_after_its_dependencies() {
             .all(|a| plan.steps[*a].workspace == step.workspace));
     }
 }
+
+#[test]
+fn drift_missing_or_altered_validation_record_is_restored_only_when_checked() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    let record = r#"{"records":[{"name":"_x1.w-acme.sgp-1.cogrion.com","rtype":"CNAME","ttl":300,"values":["_y1.acm-validations.aws"]}]}"#;
+    observed.journal.insert(
+        ("acme".into(), StepKind::ValidationRecords),
+        JournalEntry {
+            state: JournalState::Done,
+            result: Some(record.into()),
+        },
+    );
+    // Not in this check's sample: nothing.
+    assert!(plan(
+        &desired(std::slice::from_ref(&acme)),
+        &observed,
+        Options::default()
+    )
+    .is_empty());
+    // Checked and intact: nothing.
+    let intact = BTreeMap::from([(
+        "_x1.w-acme.sgp-1.cogrion.com".to_owned(),
+        vec!["_y1.acm-validations.aws".to_owned()],
+    )]);
+    observed.validation.insert("acme".into(), intact);
+    assert!(plan(
+        &desired(std::slice::from_ref(&acme)),
+        &observed,
+        Options::default()
+    )
+    .is_empty());
+    // Checked and gone: restored.
+    observed.validation.insert("acme".into(), BTreeMap::new());
+    assert_eq!(
+        steps(&plan(&desired(&[acme]), &observed, Options::default())),
+        ["acme ~ route53 validation CNAMEs in w-acme.sgp-1.cogrion.com (drift: restore) after [] (drift: validation record missing or altered)"]
+    );
+}
