@@ -1,1 +1,318 @@
+//! `cplane-webhook`: git push webhooks as an axum router the server mounts at
+//! `POST /v1/webhooks/git`.
+//!
+//! Senders, recognised by their headers:
+//! - **GitHub** (`X-GitHub-Event`, `X-GitHub-Delivery`, `X-Hub-Signature-256: sha256=<hex>`)
+//! - **Gitea** (`X-Gitea-Event`, `X-Gitea-Delivery`, `X-Gitea-Signature: <hex>` or
+//!   `X-Hub-Signature-256`)
+//! - **GitLab** (`X-Gitlab-Event`, `X-Gitlab-Event-UUID`, `X-Gitlab-Token: <secret>`)
+//! - **generic** (`X-Cplane-Signature-256: sha256=<hex>`, optional `X-Cplane-Delivery`; body
+//!   `{"ref": "refs/heads/main", "after": "<sha>"}`)
+//!
+//! Guarantees: a secret is required (there is no unauthenticated mode); signatures and tokens
+//! are compared in constant time; bodies over the limit are refused before parsing; a delivery
+//! id seen before is acknowledged and ignored; pushes to other branches and non-push events are
+//! acknowledged and ignored. A valid push calls the trigger, which the server coalesces with a
+//! reconcile already in flight.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// Default largest body accepted: GitHub caps payloads at 25 MB, but a push to a state repo is
+/// small; 1 MiB keeps a flood cheap.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// Who sent the hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sender {
+    /// GitHub.
+    GitHub,
+    /// Gitea (and Forgejo).
+    Gitea,
+    /// GitLab.
+    GitLab,
+    /// Any sender signing with HMAC-SHA256 in `X-Cplane-Signature-256`.
+    Generic,
+}
+
+/// A verified push to the watched branch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Push {
+    /// Sender.
+    pub sender: Sender,
+    /// Delivery id, when the sender gives one.
+    pub delivery: Option<String>,
+    /// Branch name (without `refs/heads/`).
+    pub branch: String,
+    /// Commit the branch now points at, when given.
+    pub after: Option<String>,
+}
+
+/// What a delivery amounts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A push to the watched branch: reconcile.
+    Trigger(Push),
+    /// Authentic, but nothing to do (another branch, a tag, a ping, …).
+    Ignored(String),
+}
+
+/// Why a delivery is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// No recognisable signature or token header.
+    #[error("no signature: send X-Hub-Signature-256, X-Gitea-Signature, X-Gitlab-Token or X-Cplane-Signature-256")]
+    Unsigned,
+    /// The signature or token does not match the secret.
+    #[error("signature does not match")]
+    BadSignature,
+    /// The body is not the JSON a push carries.
+    #[error("payload: {0}")]
+    Payload(String),
+}
+
+impl Error {
+    /// The HTTP status to answer with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Unsigned | Error::BadSignature => StatusCode::UNAUTHORIZED,
+            Error::Payload(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Verification settings.
+#[derive(Clone)]
+pub struct Config {
+    secret: Arc<[u8]>,
+    branch: String,
+}
+
+impl Config {
+    /// `secret` must not be empty: there is no unauthenticated mode.
+    pub fn new(secret: &[u8], branch: &str) -> Option<Self> {
+        (!secret.is_empty()).then(|| Self {
+            secret: secret.into(),
+            branch: branch.trim_start_matches("refs/heads/").to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("secret", &"<redacted>")
+            .field("branch", &self.branch)
+            .finish()
+    }
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Constant-time check of `hex(HMAC-SHA256(secret, body))` against `given` (hex, any case).
+fn hmac_matches(secret: &[u8], body: &[u8], given_hex: &str) -> bool {
+    let Ok(given) = hex::decode(given_hex.trim()) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size");
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+/// Verifies and interprets one delivery. Pure: no I/O, no state.
+pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdict, Error> {
+    let secret = &config.secret[..];
+    let (sender, event, delivery) = if let Some(token) = header(headers, "x-gitlab-token") {
+        if !bool::from(token.as_bytes().ct_eq(secret)) {
+            return Err(Error::BadSignature);
+        }
+        let event = header(headers, "x-gitlab-event").unwrap_or("");
+        let push = matches!(event, "Push Hook" | "System Hook");
+        (
+            Sender::GitLab,
+            push,
+            header(headers, "x-gitlab-event-uuid").or(header(headers, "idempotency-key")),
+        )
+    } else if let Some(sig) = header(headers, "x-gitea-signature") {
+        if !hmac_matches(secret, body, sig) {
+            return Err(Error::BadSignature);
+        }
+        (
+            Sender::Gitea,
+            header(headers, "x-gitea-event") == Some("push"),
+            header(headers, "x-gitea-delivery"),
+        )
+    } else if let Some(sig) = header(headers, "x-hub-signature-256") {
+        let ok = sig
+            .strip_prefix("sha256=")
+            .is_some_and(|hex| hmac_matches(secret, body, hex));
+        if !ok {
+            return Err(Error::BadSignature);
+        }
+        if headers.contains_key("x-gitea-event") {
+            (
+                Sender::Gitea,
+                header(headers, "x-gitea-event") == Some("push"),
+                header(headers, "x-gitea-delivery"),
+            )
+        } else {
+            (
+                Sender::GitHub,
+                header(headers, "x-github-event") == Some("push"),
+                header(headers, "x-github-delivery"),
+            )
+        }
+    } else if let Some(sig) = header(headers, "x-cplane-signature-256") {
+        let ok = sig
+            .strip_prefix("sha256=")
+            .is_some_and(|hex| hmac_matches(secret, body, hex));
+        if !ok {
+            return Err(Error::BadSignature);
+        }
+        (Sender::Generic, true, header(headers, "x-cplane-delivery"))
+    } else {
+        return Err(Error::Unsigned);
+    };
+    if !event {
+        return Ok(Verdict::Ignored("not a push event".into()));
+    }
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        #[serde(rename = "ref")]
+        git_ref: String,
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        deleted: bool,
+    }
+    let payload: Payload =
+        serde_json::from_slice(body).map_err(|e| Error::Payload(e.to_string()))?;
+    let Some(branch) = payload.git_ref.strip_prefix("refs/heads/") else {
+        return Ok(Verdict::Ignored(format!(
+            "{} is not a branch",
+            payload.git_ref
+        )));
+    };
+    if branch != config.branch {
+        return Ok(Verdict::Ignored(format!(
+            "branch {branch} is not watched ({})",
+            config.branch
+        )));
+    }
+    if payload.deleted {
+        return Ok(Verdict::Ignored(format!(
+            "branch {branch} was deleted; keeping the last good revision"
+        )));
+    }
+    Ok(Verdict::Trigger(Push {
+        sender,
+        delivery: delivery.map(str::to_owned),
+        branch: branch.to_owned(),
+        after: payload.after,
+    }))
+}
+
+/// Delivery ids seen recently (bounded), for de-duplication of redeliveries.
+#[derive(Debug)]
+struct Seen {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+    capacity: usize,
+}
+
+impl Seen {
+    /// Records `id`; false when it was already there.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(id.to_owned());
+        self.set.insert(id.to_owned());
+        true
+    }
+}
+
+/// Called for every verified push to the watched branch.
+pub type Trigger = Arc<dyn Fn(Push) + Send + Sync>;
+
+#[derive(Clone)]
+struct Hook {
+    config: Config,
+    trigger: Trigger,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// The router: `POST /v1/webhooks/git`. Answers `202` with `{"triggered": true, …}` for a push
+/// to the watched branch, `200` with `{"ignored": reason}` for an authentic delivery with nothing
+/// to do (including a duplicate delivery id), `401` for a missing or wrong signature, `400` for
+/// a malformed payload and `413` above `max_body` bytes.
+pub fn router(config: Config, trigger: Trigger, max_body: usize) -> Router {
+    let hook = Hook {
+        config,
+        trigger,
+        seen: Arc::new(Mutex::new(Seen {
+            order: VecDeque::new(),
+            set: HashSet::new(),
+            capacity: 4096,
+        })),
+    };
+    Router::new()
+        .route("/v1/webhooks/git", post(deliver))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(hook)
+}
+
+async fn deliver(
+    State(hook): State<Hook>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, Json<serde_json::Value>) {
+    match verify(&headers, &body, &hook.config) {
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook refused");
+            (
+                e.status(),
+                Json(serde_json::json!({ "error": e.to_string() })),
+            )
+        }
+        Ok(Verdict::Ignored(reason)) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "ignored": reason })),
+        ),
+        Ok(Verdict::Trigger(push)) => {
+            if let Some(id) = &push.delivery {
+                if !hook.seen.lock().expect("seen lock").insert(id) {
+                    return (
+                        StatusCode::OK,
+                        Json(serde_json::json!({ "ignored": format!("duplicate delivery {id}") })),
+                    );
+                }
+            }
+            tracing::info!(sender = ?push.sender, branch = %push.branch, after = ?push.after, "push: reconcile");
+            (hook.trigger)(push.clone());
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "triggered": true, "push": push })),
+            )
+        }
+    }
+}
