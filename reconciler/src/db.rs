@@ -294,6 +294,22 @@ impl Db {
         Ok(())
     }
 
+    /// The lookup entry of `w-{id}` (tenant → region), if any.
+    pub async fn lookup_entry(&self, workspace_name: &str) -> Result<Option<LookupRow>, Error> {
+        let row =
+            sqlx::query("SELECT region, bff_url FROM tenant_lookup WHERE workspace_name = $1")
+                .bind(workspace_name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(r) => Some(LookupRow {
+                region: r.try_get("region")?,
+                bff_url: r.try_get("bff_url")?,
+            }),
+            None => None,
+        })
+    }
+
     /// Removes the lookup entry of `w-{workspace}`.
     pub async fn delete_lookup(&self, workspace: &str) -> Result<(), Error> {
         sqlx::query("DELETE FROM tenant_lookup WHERE workspace_name = $1")

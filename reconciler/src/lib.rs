@@ -20,5 +20,6 @@ pub mod init;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
+pub mod serve;
 pub mod source;
 pub mod synthetic;

@@ -104,6 +104,12 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Cloud {
     None,
     Aws,
@@ -166,6 +172,47 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Run the control plane of a region: follow the state repo's remote (webhook + jittered
+    /// poll), reconcile continuously, serve the read API, lookup and metrics.
+    Serve {
+        /// Remote of the state repo: any URL libgit2 fetches (file://, git://, a path).
+        #[arg(long, env = "CPLANE_REPO_URL")]
+        repo_url: String,
+        /// Branch to follow.
+        #[arg(long, env = "CPLANE_BRANCH", default_value = "main")]
+        branch: String,
+        /// Local bare mirror of the remote.
+        #[arg(long, env = "CPLANE_MIRROR", default_value = ".cplane-mirror")]
+        mirror: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "CPLANE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Database: `sqlite://PATH` or `postgres://…`.
+        #[arg(
+            long,
+            env = "CPLANE_DATABASE_URL",
+            default_value = "sqlite://cplane.db"
+        )]
+        database: String,
+        /// `aws` or `none`.
+        #[arg(long, env = "CPLANE_CLOUD", value_enum, default_value = "none")]
+        cloud: Cloud,
+        /// Regions to reconcile (default: every live region); the reference docs' REGION works too.
+        #[arg(long = "region", env = "REGION", value_delimiter = ',')]
+        regions: Vec<String>,
+        /// Poll interval when no webhook arrives (jittered ±20 %).
+        #[arg(long, env = "CPLANE_POLL", default_value = "3m", value_parser = parse_interval)]
+        poll: std::time::Duration,
+        /// Secret for `POST /v1/webhooks/git`; without it the endpoint is not served.
+        #[arg(long, env = "CPLANE_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
+        /// Most workspaces one revision may remove without confirmation.
+        #[arg(long, env = "CPLANE_MAX_DELETIONS", default_value_t = 5)]
+        max_deletions: usize,
+        /// Log format on stderr.
+        #[arg(long, env = "CPLANE_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
     /// List every cluster with its bundle digest.
     Clusters {
         #[command(flatten)]
@@ -177,14 +224,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CPLANE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let (default_filter, json) = match &cli.command {
+        Command::Serve { log_format, .. } => ("info", *log_format == LogFormat::Json),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CPLANE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -214,6 +268,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => render(&repo, &cluster, out.as_deref(), format),
         Command::Clusters { repo, format } => clusters(&repo, format),
         Command::Plan { run, format } => reconcile(&run, Some(format)),
+        Command::Serve {
+            repo_url,
+            branch,
+            mirror,
+            listen,
+            database,
+            cloud,
+            regions,
+            poll,
+            webhook_secret,
+            max_deletions,
+            log_format: _,
+        } => {
+            let settings = cplane_reconciler::serve::Settings {
+                repo_url,
+                branch,
+                mirror,
+                listen,
+                regions,
+                poll,
+                webhook_secret,
+                max_deletions,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let db = Db::connect(&database).await?;
+                let aws = match cloud {
+                    Cloud::Aws => Some(cplane_reconciler::aws::Aws::from_env().await),
+                    Cloud::None => None,
+                };
+                cplane_reconciler::serve::serve(settings, db, aws).await?;
+                Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+            })
+        }
         Command::Apply { run } => match run.every {
             None => reconcile(&run, None),
             Some(every) => loop {

@@ -1,0 +1,536 @@
+//! `cplane serve`: the running control plane of one region.
+//!
+//! A reconcile loop and an HTTP server share one process:
+//! - **Loop**: waits for a trigger — a verified push webhook, the jittered poll (default 3 min)
+//!   — coalescing triggers that arrive while a run is in flight; fetches the state repo's remote
+//!   into a local bare mirror; runs one reconcile ([`crate::reconcile::run`]) of the mirrored
+//!   branch; records the outcome (status, metrics). A failed run never stops the loop.
+//! - **HTTP** (axum): `/healthz`, `/readyz` (after the first good load), `/metrics`
+//!   (Prometheus text), read API `GET /v1/regions`, `/v1/workspaces`, `/v1/workspaces/{id}`
+//!   (desired + status conditions), `/v1/stacks`, `/v1/clusters`, `/v1/status`, the tenant →
+//!   region lookup `GET /lookup/{workspace}`, and `POST /v1/webhooks/git` (cplane-webhook).
+//!
+//! Not yet here (see the serve issue's note): writes through the API, OIDC auth, replicas with a
+//! lease, file watch, `cplane up`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::apply::Sample;
+use crate::aws::Aws;
+use crate::check::check;
+use crate::db::Db;
+use crate::plan::Options;
+use crate::reconcile::{self, Request, RunResult};
+use crate::render::ClusterKind;
+use crate::source;
+
+/// What `cplane serve` is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Remote of the state repo (any URL libgit2 fetches: file://, git://, a path).
+    pub repo_url: String,
+    /// Branch to follow.
+    pub branch: String,
+    /// Where the bare mirror lives.
+    pub mirror: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Regions reconciled (empty: every live region).
+    pub regions: Vec<String>,
+    /// Poll interval (jittered ±20 %).
+    pub poll: Duration,
+    /// Webhook secret; `None` disables the webhook endpoint (404).
+    pub webhook_secret: Option<String>,
+    /// Deletion threshold.
+    pub max_deletions: usize,
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The mirror could not be created.
+    #[error("state repo mirror {path}: {source}")]
+    Mirror {
+        /// Mirror path.
+        path: String,
+        /// libgit2's reason.
+        #[source]
+        source: git2::Error,
+    },
+    /// Binding the listen address failed.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters and the last run, shared by the loop and the HTTP handlers.
+#[derive(Default)]
+pub struct Metrics {
+    runs: Mutex<BTreeMap<String, u64>>,
+    durations_ms: Mutex<Vec<u64>>,
+    webhook_deliveries: AtomicU64,
+    pending: AtomicU64,
+}
+
+/// A snapshot of the last reconcile.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LastRun {
+    /// Commit reconciled (or refused).
+    pub commit: String,
+    /// `converged`, `converging`, `failed`, `refused`, or `error`.
+    pub outcome: String,
+    /// Errors (validation, refusals, failed steps).
+    pub errors: Vec<String>,
+    /// Steps planned.
+    pub steps: usize,
+    /// Unix millis at the end of the run.
+    pub finished_at: i64,
+}
+
+struct Shared {
+    settings: Settings,
+    db: Db,
+    aws: Option<Aws>,
+    trigger: Notify,
+    ready: AtomicBool,
+    metrics: Metrics,
+    last: Mutex<LastRun>,
+}
+
+/// Opens (or creates) the bare mirror with `origin` pointing at `url`.
+fn open_mirror(path: &Path, url: &str) -> Result<git2::Repository, git2::Error> {
+    let repo = match git2::Repository::open_bare(path) {
+        Ok(r) => r,
+        Err(_) => git2::Repository::init_bare(path)?,
+    };
+    if repo.find_remote("origin").is_err() {
+        repo.remote("origin", url)?;
+    } else {
+        repo.remote_set_url("origin", url)?;
+    }
+    Ok(repo)
+}
+
+/// Fetches the branch; returns the mirrored ref name.
+fn fetch(repo: &git2::Repository, branch: &str) -> Result<String, git2::Error> {
+    let mut remote = repo.find_remote("origin")?;
+    let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+    remote.fetch(&[spec.as_str()], None, None)?;
+    Ok(format!("refs/remotes/origin/{branch}"))
+}
+
+/// Runs the server until the process is stopped (Ctrl-C / SIGTERM stop it gracefully: the
+/// run in flight finishes; its journal makes an interrupted step safe anyway).
+pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), Error> {
+    open_mirror(&settings.mirror, &settings.repo_url).map_err(|source| Error::Mirror {
+        path: settings.mirror.display().to_string(),
+        source,
+    })?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    let shared = Arc::new(Shared {
+        settings,
+        db,
+        aws,
+        trigger: Notify::new(),
+        ready: AtomicBool::new(false),
+        metrics: Metrics::default(),
+        last: Mutex::default(),
+    });
+    tracing::info!(addr = %shared.settings.listen, "listening");
+    let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
+    let app = router(shared.clone());
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    reconciler.abort();
+    served.map_err(|source| Error::Listen {
+        addr: shared.settings.listen,
+        source,
+    })
+}
+
+async fn reconcile_loop(shared: Arc<Shared>) {
+    loop {
+        shared.metrics.pending.store(0, Ordering::SeqCst);
+        let started = Instant::now();
+        let outcome = run_once(&shared).await;
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        shared
+            .metrics
+            .durations_ms
+            .lock()
+            .expect("metrics")
+            .push(ms);
+        *shared
+            .metrics
+            .runs
+            .lock()
+            .expect("metrics")
+            .entry(outcome.outcome.clone())
+            .or_insert(0) += 1;
+        tracing::info!(commit = %outcome.commit, outcome = %outcome.outcome, ms, "reconciled");
+        *shared.last.lock().expect("last") = outcome;
+        // Wait for a trigger or the jittered poll; triggers during the run coalesce into one.
+        let pause = shared.settings.poll.mul_f64(rand::random_range(0.8..1.2));
+        tokio::select! {
+            () = shared.trigger.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+async fn run_once(shared: &Shared) -> LastRun {
+    let s = &shared.settings;
+    let snapshot = tokio::task::block_in_place(|| {
+        let repo = open_mirror(&s.mirror, &s.repo_url)?;
+        let rev = fetch(&repo, &s.branch)?;
+        source::read(&repo, &rev).map_err(|e| git2::Error::from_str(&e.to_string()))
+    });
+    let snapshot = match snapshot {
+        Ok(snap) => snap,
+        Err(e) => {
+            return LastRun {
+                outcome: "error".into(),
+                errors: vec![format!("fetching {}: {e}", s.repo_url)],
+                finished_at: crate::db::now_ms(),
+                ..LastRun::default()
+            };
+        }
+    };
+    let commit = snapshot.commit.clone();
+    let request = Request {
+        regions: s.regions.clone(),
+        options: Options {
+            max_deletions: s.max_deletions,
+            confirmed: false,
+        },
+        dry_run: false,
+        drift: Sample::OneIn(800),
+    };
+    let result = reconcile::run(snapshot, &shared.db, shared.aws.clone(), request, Arc::new(|step, outcome| {
+        tracing::info!(workspace = %step.workspace, action = %step.action, outcome = outcome.label(), "step");
+    }))
+    .await;
+    let finished_at = crate::db::now_ms();
+    match result {
+        Err(e) => LastRun {
+            commit,
+            outcome: "error".into(),
+            errors: vec![e.to_string()],
+            finished_at,
+            ..LastRun::default()
+        },
+        Ok(RunResult::Refused(errors)) => LastRun {
+            commit,
+            outcome: "refused".into(),
+            errors,
+            finished_at,
+            steps: 0,
+        },
+        Ok(RunResult::Planned { plan, report, .. }) => {
+            shared.ready.store(true, Ordering::SeqCst);
+            let report = report.unwrap_or_default();
+            let mut errors: Vec<String> = plan
+                .refused
+                .iter()
+                .map(|r| r.message.clone())
+                .chain(plan.held.clone())
+                .collect();
+            errors.extend(report.outcomes.iter().filter_map(|o| match o {
+                crate::apply::Outcome::Failed(e) => Some(e.clone()),
+                _ => None,
+            }));
+            let outcome = if plan.refused.is_empty() && plan.held.is_none() {
+                report.result()
+            } else {
+                "failed"
+            };
+            LastRun {
+                commit,
+                outcome: outcome.into(),
+                errors,
+                steps: plan.steps.len(),
+                finished_at,
+            }
+        }
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let mut app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/regions", get(regions))
+        .route("/v1/stacks", get(stacks))
+        .route("/v1/clusters", get(clusters))
+        .route("/v1/workspaces", get(workspaces))
+        .route("/v1/workspaces/{id}", get(workspace))
+        .route("/lookup/{workspace}", get(lookup))
+        .with_state(shared.clone());
+    if let Some(config) = shared
+        .settings
+        .webhook_secret
+        .as_deref()
+        .and_then(|s| cplane_webhook::Config::new(s.as_bytes(), &shared.settings.branch))
+    {
+        let sh = shared.clone();
+        let trigger: cplane_webhook::Trigger = Arc::new(move |_push| {
+            sh.metrics.webhook_deliveries.fetch_add(1, Ordering::SeqCst);
+            sh.metrics.pending.store(1, Ordering::SeqCst);
+            sh.trigger.notify_one();
+        });
+        app = app.merge(cplane_webhook::router(
+            config,
+            trigger,
+            cplane_webhook::DEFAULT_MAX_BODY,
+        ));
+    }
+    app
+}
+
+async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
+    if sh.ready.load(Ordering::SeqCst) {
+        "ready\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no good revision loaded yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(sh): State<Arc<Shared>>) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP cplane_reconcile_runs_total Reconcile runs by outcome.\n# TYPE cplane_reconcile_runs_total counter\n");
+    for (outcome, n) in sh.metrics.runs.lock().expect("metrics").iter() {
+        out.push_str(&format!(
+            "cplane_reconcile_runs_total{{outcome=\"{outcome}\"}} {n}\n"
+        ));
+    }
+    let durations = sh.metrics.durations_ms.lock().expect("metrics").clone();
+    out.push_str("# HELP cplane_reconcile_duration_seconds Duration of reconcile runs.\n# TYPE cplane_reconcile_duration_seconds histogram\n");
+    for le in [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0] {
+        let n = durations
+            .iter()
+            .filter(|d| (**d as f64) / 1000.0 <= le)
+            .count();
+        out.push_str(&format!(
+            "cplane_reconcile_duration_seconds_bucket{{le=\"{le}\"}} {n}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "cplane_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}\n",
+        durations.len()
+    ));
+    out.push_str(&format!(
+        "cplane_reconcile_duration_seconds_sum {}\n",
+        durations.iter().sum::<u64>() as f64 / 1000.0
+    ));
+    out.push_str(&format!(
+        "cplane_reconcile_duration_seconds_count {}\n",
+        durations.len()
+    ));
+    out.push_str(&format!(
+        "# HELP cplane_reconcile_queue_depth Triggers waiting for the next run.\n# TYPE cplane_reconcile_queue_depth gauge\ncplane_reconcile_queue_depth {}\n",
+        sh.metrics.pending.load(Ordering::SeqCst)
+    ));
+    out.push_str(&format!(
+        "# HELP cplane_webhook_deliveries_total Verified push deliveries that triggered a reconcile.\n# TYPE cplane_webhook_deliveries_total counter\ncplane_webhook_deliveries_total {}\n",
+        sh.metrics.webhook_deliveries.load(Ordering::SeqCst)
+    ));
+    if let Some(aws) = &sh.aws {
+        out.push_str("# HELP cplane_aws_calls_total AWS calls by operation and outcome.\n# TYPE cplane_aws_calls_total counter\n");
+        for ((op, outcome), n) in aws.calls() {
+            out.push_str(&format!(
+                "cplane_aws_calls_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}\n"
+            ));
+        }
+    }
+    out
+}
+
+async fn status(State(sh): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let last = sh.last.lock().expect("last").clone();
+    Json(json!({ "ready": sh.ready.load(Ordering::SeqCst), "last_run": last }))
+}
+
+/// An API error: status and message, answered as `{"error": message}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn api_error(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
+    ApiError(status, message.to_string())
+}
+
+/// The model of the last applied revision, read from the mirror.
+fn model_of(sh: &Shared) -> Result<cplane_schema::Model, ApiError> {
+    let commit = sh.last.lock().expect("last").commit.clone();
+    if commit.is_empty() || !sh.ready.load(Ordering::SeqCst) {
+        return Err(api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no good revision loaded yet",
+        ));
+    }
+    let repo = git2::Repository::open_bare(&sh.settings.mirror)
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let snap = source::read(&repo, &commit)
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    cplane_schema::load(snap.files).into_valid().map_err(|d| {
+        api_error(
+            StatusCode::CONFLICT,
+            format!("revision {commit} is invalid: {} error(s)", d.len()),
+        )
+    })
+}
+
+async fn regions(State(sh): State<Arc<Shared>>) -> Response {
+    match model_of(&sh) {
+        Err(r) => r.into_response(),
+        Ok(m) => Json(
+            m.regions
+                .values()
+                .map(|r| json!({ "id": r.doc.metadata.name, "spec": r.doc.spec }))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+    }
+}
+
+async fn stacks(State(sh): State<Arc<Shared>>) -> Response {
+    match model_of(&sh) {
+        Err(r) => r.into_response(),
+        Ok(m) => Json(
+            m.stacks
+                .values()
+                .map(|s| json!({ "name": s.entity.doc.metadata.name, "spec": s.entity.doc.spec }))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+    }
+}
+
+async fn clusters(State(sh): State<Arc<Shared>>) -> Response {
+    let commit = sh.last.lock().expect("last").commit.clone();
+    let repo = match git2::Repository::open_bare(&sh.settings.mirror) {
+        Ok(r) => r,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    let Ok(snap) = source::read(&repo, &commit) else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no good revision loaded yet",
+        )
+        .into_response();
+    };
+    let checked = check(snap.files);
+    Json(
+        checked
+            .clusters
+            .iter()
+            .map(|r| {
+                let kind = match r.cluster.kind {
+                    ClusterKind::Platform => "platform",
+                    ClusterKind::Tenant => "tenant",
+                };
+                json!({ "id": r.cluster.id, "kind": kind, "region": r.cluster.region, "environment": r.cluster.environment, "digest": r.digest })
+            })
+            .collect::<Vec<_>>(),
+    )
+    .into_response()
+}
+
+async fn workspace_json(
+    sh: &Shared,
+    m: &cplane_schema::Model,
+    id: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let ws = m
+        .workspaces
+        .get(id)
+        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no workspace {id}")))?;
+    let conditions = sh
+        .db
+        .conditions("workspace", id)
+        .await
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let conditions: Vec<_> = conditions
+        .into_iter()
+        .map(|(c, (status, reason, message))| json!({ "type": c, "status": if status { "True" } else { "False" }, "reason": reason, "message": message }))
+        .collect();
+    Ok(
+        json!({ "id": id, "file": ws.file, "spec": ws.doc.spec, "status": { "conditions": conditions } }),
+    )
+}
+
+async fn workspaces(State(sh): State<Arc<Shared>>) -> Response {
+    let m = match model_of(&sh) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let mut out = Vec::new();
+    for id in m.workspaces.keys() {
+        match workspace_json(&sh, &m, id).await {
+            Ok(v) => out.push(v),
+            Err(r) => return r.into_response(),
+        }
+    }
+    Json(out).into_response()
+}
+
+async fn workspace(State(sh): State<Arc<Shared>>, UrlPath(id): UrlPath<String>) -> Response {
+    let m = match model_of(&sh) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    match workspace_json(&sh, &m, &id).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// Tenant → region lookup (reference doc 001, step 8): `{"region", "bff_url"}`.
+async fn lookup(State(sh): State<Arc<Shared>>, UrlPath(name): UrlPath<String>) -> Response {
+    match sh.db.lookup_entry(&name).await {
+        Ok(Some(row)) => {
+            Json(json!({ "region": row.region, "bff_url": row.bff_url })).into_response()
+        }
+        Ok(None) => {
+            api_error(StatusCode::NOT_FOUND, format!("no workspace {name}")).into_response()
+        }
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}

@@ -1,0 +1,233 @@
+//! `cplane serve` end to end, as users drive it: `git push` to a bare remote, a signed
+//! webhook, and the change reconciled into the database, lookup and status.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const SECRET: &str = "hook-secret-for-tests";
+
+/// One HTTP/1.1 request over a fresh connection: (status, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    s.write_all(body).expect("write body");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn push(work: &Path, branch: &str) {
+    let repo = git2::Repository::open(work).expect("open");
+    let mut remote = repo.find_remote("origin").expect("origin");
+    remote
+        .push(&[format!("refs/heads/{branch}:refs/heads/{branch}")], None)
+        .expect("push");
+}
+
+fn webhook(port: u16, branch: &str, delivery: &str) -> (u16, String) {
+    let body = format!(r#"{{"ref":"refs/heads/{branch}","after":"x"}}"#);
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(body.as_bytes());
+    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    http(
+        port,
+        "POST",
+        "/v1/webhooks/git",
+        &[
+            ("X-Cplane-Signature-256", sig),
+            ("X-Cplane-Delivery", delivery.into()),
+            ("Content-Type", "application/json".into()),
+        ],
+        body.as_bytes(),
+    )
+}
+
+#[test]
+fn push_and_webhook_are_reconciled_and_bad_commits_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let seed = support::template_repo();
+    let remote = tmp.path().join("remote.git");
+    git2::build::RepoBuilder::new()
+        .bare(true)
+        .clone(&format!("file://{}", seed.path().display()), &remote)
+        .expect("bare remote");
+    let work = tmp.path().join("work");
+    let work_repo =
+        git2::Repository::clone(&format!("file://{}", remote.display()), &work).expect("clone");
+    let branch = work_repo
+        .head()
+        .expect("head")
+        .shorthand()
+        .expect("branch")
+        .to_owned();
+
+    let port = support::moto::free_port();
+    let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
+    let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args([
+            "serve",
+            "--repo-url",
+            &format!("file://{}", remote.display()),
+            "--branch",
+            &branch,
+        ])
+        .args([
+            "--mirror",
+            tmp.path().join("mirror.git").to_str().expect("utf-8"),
+            "--database",
+            &db,
+        ])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--poll",
+            "1h",
+            "--webhook-secret",
+            SECRET,
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cplane serve");
+    let _server = Server(child);
+
+    wait_for("/readyz", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/readyz", &[], b"").0 == 200
+    });
+    assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
+    let (status, body) = http(port, "GET", "/lookup/w-acme", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"region": "sgp-1", "bff_url": "https://bff.w-acme.sgp-1.cogrion.com"})
+    );
+    let (_, body) = http(port, "GET", "/v1/workspaces/acme", &[], b"");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["spec"]["region"], "sgp-1");
+    assert!(
+        v["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .any(|c| c["type"] == "Ready"),
+        "{v}"
+    );
+    assert_eq!(http(port, "GET", "/lookup/w-umbrella", &[], b"").0, 404);
+
+    // An engineer adds a workspace and pushes; the push webhook triggers a reconcile at once.
+    let acme = std::fs::read_to_string(work.join("workspaces/acme.yaml")).expect("read");
+    let umbrella = acme
+        .replace("name: acme\n", "name: umbrella\n")
+        .replace("account: acme-corp", "account: umbrella");
+    std::fs::write(work.join("workspaces/umbrella.yaml"), umbrella).expect("write");
+    support::commit_all(&work, "add umbrella");
+    push(&work, &branch);
+    let (status, body) = webhook(port, &branch, "delivery-1");
+    assert_eq!(status, 202, "{body}");
+    wait_for("w-umbrella in the lookup", || {
+        http(port, "GET", "/lookup/w-umbrella", &[], b"").0 == 200
+    });
+
+    // A broken commit is refused whole; the last good revision stays in force.
+    let text = std::fs::read_to_string(work.join("workspaces/umbrella.yaml")).expect("read");
+    std::fs::write(
+        work.join("workspaces/umbrella.yaml"),
+        text.replace("region: sgp-1", "region: sgp-9"),
+    )
+    .expect("write");
+    std::fs::remove_file(work.join("workspaces/globex.yaml")).expect("rm");
+    let bad = support::commit_all(&work, "break umbrella");
+    push(&work, &branch);
+    assert_eq!(webhook(port, &branch, "delivery-2").0, 202);
+    wait_for("the refusal", || {
+        let (_, body) = http(port, "GET", "/v1/status", &[], b"");
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| {
+            v["last_run"]["commit"] == bad.as_str() && v["last_run"]["outcome"] == "refused"
+        })
+    });
+    let (_, body) = http(port, "GET", "/v1/status", &[], b"");
+    assert!(
+        body.contains("workspaces/umbrella.yaml:9:11: spec.region: region `sgp-9` does not exist"),
+        "{body}"
+    );
+    assert_eq!(
+        http(port, "GET", "/lookup/w-globex", &[], b"").0,
+        200,
+        "globex's removal was not applied"
+    );
+
+    // Unsigned deliveries are refused; metrics count what happened.
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/v1/webhooks/git",
+            &[],
+            br#"{"ref":"refs/heads/x"}"#
+        )
+        .0,
+        401
+    );
+    let (_, metrics) = http(port, "GET", "/metrics", &[], b"");
+    assert!(
+        metrics.contains("cplane_webhook_deliveries_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cplane_reconcile_runs_total{outcome=\"refused\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cplane_reconcile_duration_seconds_count 3"),
+        "{metrics}"
+    );
+}
