@@ -231,3 +231,46 @@ fn push_and_webhook_are_reconciled_and_bad_commits_refused() {
         "{metrics}"
     );
 }
+
+#[test]
+fn up_creates_a_state_repo_and_reconciles_plain_commits_by_file_watch() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("try");
+    let port = support::moto::free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args([
+            "up",
+            "--dir",
+            dir.to_str().expect("utf-8"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cplane up");
+    let _server = Server(child);
+    wait_for("/readyz", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/readyz", &[], b"").0 == 200
+    });
+    assert!(dir.join("state/workspaces/acme.yaml").exists());
+    assert!(dir.join("cplane.db").exists());
+    assert_eq!(http(port, "GET", "/lookup/w-acme", &[], b"").0, 200);
+
+    // A plain `git commit` in the state repo is picked up by the file watch (the poll is 3 min).
+    let state = dir.join("state");
+    let acme = std::fs::read_to_string(state.join("workspaces/acme.yaml")).expect("read");
+    std::fs::write(
+        state.join("workspaces/hooli.yaml"),
+        acme.replace("name: acme\n", "name: hooli\n"),
+    )
+    .expect("write");
+    support::commit_all(&state, "add hooli");
+    wait_for("w-hooli reconciled after a local commit", || {
+        http(port, "GET", "/lookup/w-hooli", &[], b"").0 == 200
+    });
+}

@@ -213,6 +213,17 @@ enum Command {
         #[arg(long, env = "CPLANE_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Try cplane locally in one command: a state repo in DIR/state (from the template when
+    /// absent), SQLite at DIR/cplane.db, `serve` on ADDR with the file watch on, `--cloud none`
+    /// unless AWS credentials are configured. Runs until interrupted.
+    Up {
+        /// Working directory.
+        #[arg(long, env = "CPLANE_DIR", default_value = ".cplane")]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "CPLANE_LISTEN", default_value = "127.0.0.1:3000")]
+        listen: std::net::SocketAddr,
+    },
     /// List every cluster with its bundle digest.
     Clusters {
         #[command(flatten)]
@@ -227,6 +238,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (default_filter, json) = match &cli.command {
         Command::Serve { log_format, .. } => ("info", *log_format == LogFormat::Json),
+        Command::Up { .. } => ("info", false),
         _ => ("warn", false),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CPLANE_LOG")
@@ -268,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => render(&repo, &cluster, out.as_deref(), format),
         Command::Clusters { repo, format } => clusters(&repo, format),
         Command::Plan { run, format } => reconcile(&run, Some(format)),
+        Command::Up { dir, listen } => up(&dir, listen),
         Command::Serve {
             repo_url,
             branch,
@@ -601,4 +614,70 @@ fn print_plan(commit: &str, plan: &Plan) {
     }
     let (add, change, destroy) = plan.counts();
     println!("\nPlan: {add} to add, {change} to change, {destroy} to destroy.");
+}
+
+/// `cplane up`: see the subcommand's help.
+fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+    let state = dir.join("state");
+    if !state.join(".git").exists() {
+        let commit = init::init(&state)?;
+        println!(
+            "Created the state repo {} from the template (commit {})",
+            state.display(),
+            &commit[..12]
+        );
+    }
+    let branch = git2::Repository::open(&state)?
+        .head()?
+        .shorthand()
+        .unwrap_or("main")
+        .to_owned();
+    let aws_configured = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    let settings = cplane_reconciler::serve::Settings {
+        repo_url: std::fs::canonicalize(&state)?.display().to_string(),
+        branch: branch.clone(),
+        mirror: dir.join("mirror.git"),
+        listen,
+        regions: Vec::new(),
+        poll: std::time::Duration::from_secs(180),
+        webhook_secret: None,
+        max_deletions: 5,
+    };
+    let database = format!("sqlite://{}", dir.join("cplane.db").display());
+    println!(
+        "cplane up: state repo {} (branch {branch}, watched: commit to reconcile)",
+        state.display()
+    );
+    println!("  database  {database}");
+    println!(
+        "  cloud     {}",
+        if aws_configured {
+            "aws (credentials found in the environment)"
+        } else {
+            "none (set AWS credentials to provision for real)"
+        }
+    );
+    println!("  status    http://{listen}/v1/status");
+    println!("  API       http://{listen}/v1/workspaces   (read-only: API writes and auth are not built yet)");
+    println!("  lookup    http://{listen}/lookup/w-acme");
+    println!("  metrics   http://{listen}/metrics");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let db = Db::connect(&database).await?;
+        let aws = if aws_configured {
+            Some(cplane_reconciler::aws::Aws::from_env().await)
+        } else {
+            None
+        };
+        cplane_reconciler::serve::serve(settings, db, aws).await?;
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
 }

@@ -160,6 +160,18 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         last: Mutex::default(),
     });
     tracing::info!(addr = %shared.settings.listen, "listening");
+    // A local repository (a path, not a URL) is watched: a plain `git commit` reconciles.
+    let _watcher = if Path::new(&shared.settings.repo_url).exists() {
+        match watch_local(Path::new(&shared.settings.repo_url), shared.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "file watch unavailable; relying on the poll");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
     let app = router(shared.clone());
     let shutdown = async {
@@ -173,6 +185,37 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         addr: shared.settings.listen,
         source,
     })
+}
+
+/// Watches a local repository's refs (loose refs, `packed-refs`, `HEAD`) and triggers a
+/// reconcile when they change, debounced by 150 ms so a burst of ref updates makes one run.
+fn watch_local(
+    path: &Path,
+    shared: Arc<Shared>,
+) -> Result<notify::RecommendedWatcher, Box<dyn std::error::Error>> {
+    use notify::{RecursiveMode, Watcher};
+    let git_dir = git2::Repository::open(path)?.path().to_owned();
+    let runtime = tokio::runtime::Handle::current();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let moved_ref = event.paths.iter().any(|p| {
+            let s = p.to_string_lossy();
+            !s.ends_with(".lock")
+                && (s.contains("/refs/") || s.ends_with("packed-refs") || s.ends_with("/HEAD"))
+        });
+        if moved_ref {
+            let sh = shared.clone();
+            sh.metrics.pending.store(1, Ordering::SeqCst);
+            runtime.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                sh.trigger.notify_one();
+            });
+        }
+    })?;
+    watcher.watch(&git_dir.join("refs"), RecursiveMode::Recursive)?;
+    watcher.watch(&git_dir, RecursiveMode::NonRecursive)?;
+    tracing::info!(path = %git_dir.display(), "watching the local repository");
+    Ok(watcher)
 }
 
 async fn reconcile_loop(shared: Arc<Shared>) {
