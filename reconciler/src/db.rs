@@ -102,8 +102,28 @@ impl Db {
             url.to_owned()
         };
         let max = if url.starts_with("sqlite:") { 1 } else { 8 };
+        let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL with synchronous=NORMAL: durable at checkpoints, no fsync per
+                        // statement (thousands of row writes per run otherwise crawl), and
+                        // readers never block the writer.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             // Fail fast on a wrong URL or a server that is down, instead of sqlx's 30 s.
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(&url_full)

@@ -41,6 +41,31 @@ pub struct Incremental {
     regions: Vec<String>,
 }
 
+/// Outcome of [`Incremental::prepare`].
+pub enum Prepared {
+    /// Not confined to `workspaces/`: load this commit in full.
+    NeedsFull(String),
+    /// Invalid: refused whole, the model unchanged.
+    Refused(Box<Replan>),
+    /// Valid; the model now holds the new revision. Observe and plan with
+    /// [`Incremental::finish`].
+    Staged(Staged),
+}
+
+/// Changed workspaces, validated and rendered, waiting to be planned.
+pub struct Staged {
+    commit: String,
+    ids: Vec<String>,
+    bundles: Vec<(Cluster, String, crate::render::Bundle)>,
+}
+
+impl Staged {
+    /// The commit staged.
+    pub fn commit(&self) -> &str {
+        &self.commit
+    }
+}
+
 /// What a re-plan did.
 pub struct Replan {
     /// The new commit.
@@ -54,6 +79,12 @@ pub struct Replan {
     /// Every validation error; non-empty means the revision was refused and the previous one
     /// stays in force.
     pub diagnostics: Vec<Diagnostic>,
+    /// Desired state of the re-planned workspaces (for apply).
+    pub desired: std::collections::BTreeMap<String, crate::plan::DesiredWorkspace>,
+    /// What was observed of them.
+    pub observed: crate::plan::Observed,
+    /// Their clusters' bundles, rendered: (cluster, digest, bundle).
+    pub bundles: Vec<(Cluster, String, crate::render::Bundle)>,
 }
 
 impl Incremental {
@@ -76,6 +107,33 @@ impl Incremental {
         }))
     }
 
+    /// State from an already validated model (e.g. after a full run).
+    pub fn from_model(commit: String, model: Model, regions: Vec<String>) -> Self {
+        Self {
+            commit,
+            model,
+            regions,
+        }
+    }
+
+    /// The workspaces `rev` changes, when its changes are confined to `workspaces/` (so an
+    /// incremental re-plan applies); `None` when a full load is needed.
+    pub fn incremental_ids(
+        &self,
+        repo: &Repository,
+        rev: &str,
+    ) -> Result<Option<Vec<String>>, Error> {
+        let new = source::resolve(repo, rev)?.to_string();
+        let changed = source::changed_entities(repo, &self.commit, &new)?;
+        Ok(changed
+            .into_iter()
+            .map(|e| match e {
+                EntityRef::Workspace(id) => Some(id),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The commit in force.
     pub fn commit(&self) -> &str {
         &self.commit
@@ -94,13 +152,24 @@ impl Incremental {
         db: &Db,
         options: Options,
     ) -> Result<Replan, Error> {
+        match self.prepare(repo, rev)? {
+            Prepared::NeedsFull(new) => self.full(repo, &new, db, options).await,
+            Prepared::Refused(r) => Ok(*r),
+            Prepared::Staged(staged) => self.finish(staged, db, options).await,
+        }
+    }
+
+    /// The git part of [`Incremental::replan`] (synchronous, so callers need not hold a
+    /// `Repository` across an await): parse, validate and render the changed workspaces and
+    /// update the model — or say that a full load is needed, or refuse the revision.
+    pub fn prepare(&mut self, repo: &Repository, rev: &str) -> Result<Prepared, Error> {
         let new = source::resolve(repo, rev)?.to_string();
         let changed = source::changed_entities(repo, &self.commit, &new)?;
         let mut ids = Vec::new();
         for entity in &changed {
             match entity {
                 EntityRef::Workspace(id) => ids.push(id.clone()),
-                _ => return self.full(repo, &new, db, options).await,
+                _ => return Ok(Prepared::NeedsFull(new)),
             }
         }
         let tree = repo.find_commit(git2::Oid::from_str(&new)?)?.tree()?;
@@ -136,6 +205,7 @@ impl Incremental {
             }
         }
         // Render the changed workspaces' clusters: template errors are validation errors too.
+        let mut bundles = Vec::new();
         if diagnostics.is_empty() {
             let (renderer, compile) = Renderer::new(&self.model);
             diagnostics.extend(compile);
@@ -150,8 +220,9 @@ impl Incremental {
                     environment: w.doc.spec.environment.clone(),
                     workspace: Some(id.clone()),
                 };
-                if let Err(d) = renderer.render(&cluster) {
-                    diagnostics.extend(d);
+                match renderer.render(&cluster) {
+                    Ok(b) => bundles.push((cluster, b.digest.clone(), b)),
+                    Err(d) => diagnostics.extend(d),
                 }
             }
         }
@@ -168,15 +239,38 @@ impl Incremental {
                 }
             }
             cplane_schema::diagnostic::sort_dedup(&mut diagnostics);
-            return Ok(Replan {
+            return Ok(Prepared::Refused(Box::new(Replan {
                 commit: new,
                 mode: "incremental",
                 workspaces: ids.len(),
                 plan: Plan::default(),
                 diagnostics,
-            });
+                desired: Default::default(),
+                observed: Default::default(),
+                bundles: Vec::new(),
+            })));
         }
+        self.commit = new.clone();
+        Ok(Prepared::Staged(Staged {
+            commit: new,
+            ids,
+            bundles,
+        }))
+    }
 
+    /// The database part of [`Incremental::replan`]: observe and plan the staged workspaces.
+    pub async fn finish(
+        &mut self,
+        staged: Staged,
+        db: &Db,
+        options: Options,
+    ) -> Result<Replan, Error> {
+        let Staged {
+            commit: new,
+            ids,
+            bundles,
+        } = staged;
+        let diagnostics = Vec::new();
         let desired = ids
             .iter()
             .filter_map(|id| plan::desired_workspace(&self.model, id, &self.regions))
@@ -184,13 +278,15 @@ impl Incremental {
             .collect();
         let observed = db.observe_only(&ids).await?;
         let plan = plan::plan(&desired, &observed, options);
-        self.commit = new.clone();
         Ok(Replan {
             commit: new,
             mode: "incremental",
             workspaces: ids.len(),
             plan,
             diagnostics,
+            desired,
+            observed,
+            bundles,
         })
     }
 
@@ -208,6 +304,9 @@ impl Incremental {
                 workspaces: 0,
                 plan: Plan::default(),
                 diagnostics,
+                desired: Default::default(),
+                observed: Default::default(),
+                bundles: Vec::new(),
             }),
             Ok(state) => {
                 *self = state;
@@ -220,6 +319,9 @@ impl Incremental {
                     workspaces: desired.len(),
                     plan,
                     diagnostics: Vec::new(),
+                    desired,
+                    observed,
+                    bundles: Vec::new(),
                 })
             }
         }

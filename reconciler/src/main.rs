@@ -547,7 +547,13 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
                 eprintln!("error: commit {} is invalid ({} errors); nothing was applied", &commit[..12], errors.len());
                 ExitCode::from(EXIT_INVALID)
             }
-            RunResult::Planned { plan, report, published, notes } => {
+            RunResult::Planned {
+                plan,
+                report,
+                published,
+                notes,
+                ..
+            } => {
                 for n in &notes {
                     eprintln!("note: {n}");
                 }

@@ -10,6 +10,7 @@ use crate::aws::Aws;
 use crate::check::check_keeping;
 use crate::db::{Condition, Db};
 use crate::plan::{self, Options, Plan, Step};
+use crate::render::{Bundle, Cluster};
 use crate::source::Snapshot;
 
 /// What a run was asked to do.
@@ -38,6 +39,8 @@ pub enum RunResult {
         published: Vec<(String, String, i64)>,
         /// Notes for the user (drift check skipped, cloud none, ...).
         notes: Vec<String>,
+        /// The validated model of the revision (for incremental runs that follow).
+        model: Option<Box<cplane_schema::Model>>,
     },
 }
 
@@ -83,45 +86,15 @@ pub async fn run(
             .map(ToString::to_string)
             .collect();
         if !request.dry_run {
-            db.record_run(
-                &run_id,
-                &commit,
-                &scope,
-                &serde_json::json!(null),
-                "refused",
-                &errors,
+            let run = Run {
+                db,
+                commit: &commit,
+                scope: &scope,
+                run_id: &run_id,
+                started,
                 started_at,
-                elapsed(started),
-            )
-            .await?;
-            let last = db
-                .applied_revision(&scope)
-                .await?
-                .unwrap_or_else(|| "none".into());
-            db.set_condition(&Condition {
-                kind: "platform",
-                id: &scope,
-                condition: "Stalled",
-                status: true,
-                reason: "InvalidRevision",
-                message: &format!(
-                    "{} error(s) in {commit}; still applying {last}: {}",
-                    errors.len(),
-                    errors.join("; ")
-                ),
-                commit: &commit,
-            })
-            .await?;
-            db.set_condition(&Condition {
-                kind: "platform",
-                id: &scope,
-                condition: "Ready",
-                status: false,
-                reason: "InvalidRevision",
-                message: "the latest revision is invalid",
-                commit: &commit,
-            })
-            .await?;
+            };
+            record_refusal(run, &errors).await?;
         }
         return Ok(RunResult::Refused(errors));
     }
@@ -165,26 +138,139 @@ pub async fn run(
             report: None,
             published: Vec::new(),
             notes,
+            model: None,
         });
     }
 
+    let bundles: Vec<(Cluster, String, Bundle)> = checked
+        .clusters
+        .into_iter()
+        .filter_map(|r| r.bundle.map(|b| (r.cluster, r.digest, b)))
+        .collect();
+    let run = Run {
+        db,
+        commit: &commit,
+        scope: &scope,
+        run_id: &run_id,
+        started,
+        started_at,
+    };
+    let (report, published) =
+        apply_and_record(run, cloud, &plan, desired, observed, bundles, progress).await?;
+    let model = checked.model.expect("valid implies a model");
+    Ok(RunResult::Planned {
+        plan,
+        report: Some(report),
+        published,
+        notes,
+        model: Some(Box::new(model)),
+    })
+}
+
+/// Records a refused revision: the run, and a `Stalled` condition carrying every error while
+/// the last good revision stays in force.
+pub async fn record_refusal(run: Run<'_>, errors: &[String]) -> Result<(), crate::db::Error> {
+    let Run {
+        db,
+        commit,
+        scope,
+        run_id,
+        started,
+        started_at,
+    } = run;
+    db.record_run(
+        run_id,
+        commit,
+        scope,
+        &serde_json::json!(null),
+        "refused",
+        errors,
+        started_at,
+        elapsed(started),
+    )
+    .await?;
+    let last = db
+        .applied_revision(scope)
+        .await?
+        .unwrap_or_else(|| "none".into());
+    db.set_condition(&Condition {
+        kind: "platform",
+        id: scope,
+        condition: "Stalled",
+        status: true,
+        reason: "InvalidRevision",
+        message: &format!(
+            "{} error(s) in {commit}; still applying {last}: {}",
+            errors.len(),
+            errors.join("; ")
+        ),
+        commit,
+    })
+    .await?;
+    db.set_condition(&Condition {
+        kind: "platform",
+        id: scope,
+        condition: "Ready",
+        status: false,
+        reason: "InvalidRevision",
+        message: "the latest revision is invalid",
+        commit,
+    })
+    .await
+}
+
+/// Identity of one run, for recording it.
+#[derive(Clone, Copy)]
+pub struct Run<'a> {
+    /// Database.
+    pub db: &'a Db,
+    /// Commit applied.
+    pub commit: &'a str,
+    /// Regions in scope (`*` for all).
+    pub scope: &'a str,
+    /// Run id.
+    pub run_id: &'a str,
+    /// When it started.
+    pub started: Instant,
+    /// When it started, unix millis.
+    pub started_at: i64,
+}
+
+/// Applies `plan`, publishes the bundles whose digest changed, and records the status
+/// conditions, the run and the applied revision. Shared by full and incremental runs.
+pub async fn apply_and_record(
+    run: Run<'_>,
+    cloud: Option<Aws>,
+    plan: &Plan,
+    desired: BTreeMap<String, crate::plan::DesiredWorkspace>,
+    observed: crate::plan::Observed,
+    bundles: Vec<(Cluster, String, Bundle)>,
+    progress: Progress,
+) -> Result<(Report, Vec<(String, String, i64)>), crate::db::Error> {
+    let Run {
+        db,
+        commit,
+        scope,
+        run_id,
+        started,
+        started_at,
+    } = run;
+    let commit = commit.to_owned();
+    let scope = scope.to_owned();
     let ctx = Context::new(db.clone(), cloud, commit.clone(), desired, observed);
-    let report = apply::apply(&ctx, &plan, progress).await;
+    let report = apply::apply(&ctx, plan, progress).await;
 
     // Publish changed bundles (content-addressed; the cluster's generation bumps on change).
     let current = db.cluster_digests().await?;
     let mut published = Vec::new();
-    for r in &checked.clusters {
-        if current.get(&r.cluster.id) != Some(&r.digest) {
-            if let Some(bundle) = &r.bundle {
-                let generation = db
-                    .publish_bundle(&r.cluster, &r.digest, &bundle.canonical())
-                    .await?;
-                published.push((r.cluster.id.clone(), r.digest.clone(), generation));
-            }
+    for (cluster, digest, bundle) in &bundles {
+        if current.get(&cluster.id) != Some(digest) {
+            let generation = db
+                .publish_bundle(cluster, digest, &bundle.canonical())
+                .await?;
+            published.push((cluster.id.clone(), digest.clone(), generation));
         }
     }
-
     // Status: per workspace and for the run.
     let mut per_ws: BTreeMap<&str, Vec<(&Step, &Outcome)>> = BTreeMap::new();
     for (s, o) in plan.steps.iter().zip(&report.outcomes) {
@@ -248,9 +334,9 @@ pub async fn run(
             _ => None,
         }))
         .collect();
-    let plan_json = serde_json::to_value(&plan).expect("plans serialize");
+    let plan_json = serde_json::to_value(plan).expect("plans serialize");
     db.record_run(
-        &run_id,
+        run_id,
         &commit,
         &scope,
         &plan_json,
@@ -281,12 +367,7 @@ pub async fn run(
         commit: &commit,
     })
     .await?;
-    Ok(RunResult::Planned {
-        plan,
-        report: Some(report),
-        published,
-        notes,
-    })
+    Ok((report, published))
 }
 
 fn elapsed(started: Instant) -> i64 {

@@ -32,8 +32,9 @@ use crate::apply::Sample;
 use crate::aws::Aws;
 use crate::check::check;
 use crate::db::Db;
+use crate::incremental::{Incremental, Prepared};
 use crate::plan::Options;
-use crate::reconcile::{self, Request, RunResult};
+use crate::reconcile::{self, apply_and_record, record_refusal, Request, Run, RunResult};
 use crate::render::ClusterKind;
 use crate::source;
 
@@ -113,6 +114,10 @@ struct Shared {
     ready: AtomicBool,
     metrics: Metrics,
     last: Mutex<LastRun>,
+    /// The last commit applied (not refused): what the read API shows.
+    applied: Mutex<String>,
+    /// The last valid model, for incremental runs (`None` until the first full run).
+    state: tokio::sync::Mutex<Option<Incremental>>,
 }
 
 /// Opens (or creates) the bare mirror with `origin` pointing at `url`.
@@ -158,6 +163,8 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         ready: AtomicBool::new(false),
         metrics: Metrics::default(),
         last: Mutex::default(),
+        applied: Mutex::default(),
+        state: tokio::sync::Mutex::new(None),
     });
     tracing::info!(addr = %shared.settings.listen, "listening");
     // A local repository (a path, not a URL) is watched: a plain `git commit` reconciles.
@@ -238,6 +245,13 @@ async fn reconcile_loop(shared: Arc<Shared>) {
             .entry(outcome.outcome.clone())
             .or_insert(0) += 1;
         tracing::info!(commit = %outcome.commit, outcome = %outcome.outcome, ms, "reconciled");
+        if !matches!(outcome.outcome.as_str(), "refused" | "error") {
+            shared
+                .applied
+                .lock()
+                .expect("applied")
+                .clone_from(&outcome.commit);
+        }
         *shared.last.lock().expect("last") = outcome;
         // Wait for a trigger or the jittered poll; triggers during the run coalesce into one.
         let pause = shared.settings.poll.mul_f64(rand::random_range(0.8..1.2));
@@ -248,79 +262,174 @@ async fn reconcile_loop(shared: Arc<Shared>) {
     }
 }
 
+fn progress() -> crate::apply::Progress {
+    Arc::new(|step, outcome| {
+        tracing::info!(workspace = %step.workspace, action = %step.action, outcome = outcome.label(), "step");
+    })
+}
+
+fn summary(commit: String, plan: &crate::plan::Plan, report: &crate::apply::Report) -> LastRun {
+    let mut errors: Vec<String> = plan
+        .refused
+        .iter()
+        .map(|r| r.message.clone())
+        .chain(plan.held.clone())
+        .collect();
+    errors.extend(report.outcomes.iter().filter_map(|o| match o {
+        crate::apply::Outcome::Failed(e) => Some(e.clone()),
+        _ => None,
+    }));
+    let outcome = if plan.refused.is_empty() && plan.held.is_none() {
+        report.result()
+    } else {
+        "failed"
+    };
+    LastRun {
+        commit,
+        outcome: outcome.into(),
+        errors,
+        steps: plan.steps.len(),
+        finished_at: crate::db::now_ms(),
+    }
+}
+
+fn error_run(commit: String, error: impl std::fmt::Display) -> LastRun {
+    LastRun {
+        commit,
+        outcome: "error".into(),
+        errors: vec![error.to_string()],
+        finished_at: crate::db::now_ms(),
+        ..LastRun::default()
+    }
+}
+
+/// One run: incremental when the new commit only touches `workspaces/` (re-validate, render,
+/// plan and apply just those), full otherwise (and on the first run, and on a poll with no new
+/// commit, which is when drift is checked).
 async fn run_once(shared: &Shared) -> LastRun {
     let s = &shared.settings;
-    let snapshot = tokio::task::block_in_place(|| {
-        let repo = open_mirror(&s.mirror, &s.repo_url)?;
-        let rev = fetch(&repo, &s.branch)?;
-        source::read(&repo, &rev).map_err(|e| git2::Error::from_str(&e.to_string()))
+    let options = Options {
+        max_deletions: s.max_deletions,
+        confirmed: false,
+    };
+    let scope = if s.regions.is_empty() {
+        "*".to_owned()
+    } else {
+        s.regions.join(",")
+    };
+    let started = Instant::now();
+    let started_at = crate::db::now_ms();
+    let mut state = shared.state.lock().await;
+
+    // Git work is synchronous and stays in this block (a Repository is not Send).
+    let fetched = tokio::task::block_in_place(|| -> Result<(String, Option<crate::incremental::Prepared>, Option<source::Snapshot>), String> {
+        let repo = open_mirror(&s.mirror, &s.repo_url).map_err(|e| e.to_string())?;
+        let rev = fetch(&repo, &s.branch).map_err(|e| format!("fetching {}: {e}", s.repo_url))?;
+        let commit = source::resolve(&repo, &rev).map_err(|e| e.to_string())?.to_string();
+        if let Some(inc) = state.as_mut() {
+            if let Ok(Some(ids)) = inc.incremental_ids(&repo, &rev) {
+                if !ids.is_empty() {
+                    let prepared = inc.prepare(&repo, &rev).map_err(|e| e.to_string())?;
+                    return Ok((commit, Some(prepared), None));
+                }
+            }
+        }
+        let snapshot = source::read(&repo, &rev).map_err(|e| e.to_string())?;
+        Ok((commit, None, Some(snapshot)))
     });
-    let snapshot = match snapshot {
-        Ok(snap) => snap,
-        Err(e) => {
+    let (commit, prepared, snapshot) = match fetched {
+        Ok(f) => f,
+        Err(e) => return error_run(String::new(), e),
+    };
+    let run_id = format!("{started_at}-{}", &commit[..12.min(commit.len())]);
+    let run = Run {
+        db: &shared.db,
+        commit: &commit,
+        scope: &scope,
+        run_id: &run_id,
+        started,
+        started_at,
+    };
+
+    match prepared {
+        Some(Prepared::Refused(r)) => {
+            let errors: Vec<String> = r.diagnostics.iter().map(ToString::to_string).collect();
+            if let Err(e) = record_refusal(run, &errors).await {
+                return error_run(commit, e);
+            }
             return LastRun {
-                outcome: "error".into(),
-                errors: vec![format!("fetching {}: {e}", s.repo_url)],
+                commit,
+                outcome: "refused".into(),
+                errors,
+                steps: 0,
                 finished_at: crate::db::now_ms(),
-                ..LastRun::default()
             };
         }
+        Some(Prepared::Staged(staged)) => {
+            let inc = state.as_mut().expect("staged implies a state");
+            let r = match inc.finish(staged, &shared.db, options).await {
+                Ok(r) => r,
+                Err(e) => return error_run(commit, e),
+            };
+            return match apply_and_record(
+                run,
+                shared.aws.clone(),
+                &r.plan,
+                r.desired,
+                r.observed,
+                r.bundles,
+                progress(),
+            )
+            .await
+            {
+                Ok((report, _)) => summary(commit, &r.plan, &report),
+                Err(e) => error_run(commit, e),
+            };
+        }
+        Some(Prepared::NeedsFull(_)) | None => {}
+    }
+
+    let Some(snapshot) = snapshot else {
+        return error_run(commit, "no snapshot for a full run");
     };
-    let commit = snapshot.commit.clone();
     let request = Request {
         regions: s.regions.clone(),
-        options: Options {
-            max_deletions: s.max_deletions,
-            confirmed: false,
-        },
+        options,
         dry_run: false,
         drift: Sample::OneIn(800),
     };
-    let result = reconcile::run(snapshot, &shared.db, shared.aws.clone(), request, Arc::new(|step, outcome| {
-        tracing::info!(workspace = %step.workspace, action = %step.action, outcome = outcome.label(), "step");
-    }))
-    .await;
-    let finished_at = crate::db::now_ms();
-    match result {
-        Err(e) => LastRun {
-            commit,
-            outcome: "error".into(),
-            errors: vec![e.to_string()],
-            finished_at,
-            ..LastRun::default()
-        },
+    match reconcile::run(
+        snapshot,
+        &shared.db,
+        shared.aws.clone(),
+        request,
+        progress(),
+    )
+    .await
+    {
+        Err(e) => error_run(commit, e),
         Ok(RunResult::Refused(errors)) => LastRun {
             commit,
             outcome: "refused".into(),
             errors,
-            finished_at,
             steps: 0,
+            finished_at: crate::db::now_ms(),
         },
-        Ok(RunResult::Planned { plan, report, .. }) => {
+        Ok(RunResult::Planned {
+            plan,
+            report,
+            model,
+            ..
+        }) => {
             shared.ready.store(true, Ordering::SeqCst);
-            let report = report.unwrap_or_default();
-            let mut errors: Vec<String> = plan
-                .refused
-                .iter()
-                .map(|r| r.message.clone())
-                .chain(plan.held.clone())
-                .collect();
-            errors.extend(report.outcomes.iter().filter_map(|o| match o {
-                crate::apply::Outcome::Failed(e) => Some(e.clone()),
-                _ => None,
-            }));
-            let outcome = if plan.refused.is_empty() && plan.held.is_none() {
-                report.result()
-            } else {
-                "failed"
-            };
-            LastRun {
-                commit,
-                outcome: outcome.into(),
-                errors,
-                steps: plan.steps.len(),
-                finished_at,
+            if let Some(model) = model {
+                *state = Some(Incremental::from_model(
+                    commit.clone(),
+                    *model,
+                    s.regions.clone(),
+                ));
             }
+            summary(commit, &plan, &report.unwrap_or_default())
         }
     }
 }
@@ -441,7 +550,7 @@ fn api_error(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
 
 /// The model of the last applied revision, read from the mirror.
 fn model_of(sh: &Shared) -> Result<cplane_schema::Model, ApiError> {
-    let commit = sh.last.lock().expect("last").commit.clone();
+    let commit = sh.applied.lock().expect("applied").clone();
     if commit.is_empty() || !sh.ready.load(Ordering::SeqCst) {
         return Err(api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -487,7 +596,7 @@ async fn stacks(State(sh): State<Arc<Shared>>) -> Response {
 }
 
 async fn clusters(State(sh): State<Arc<Shared>>) -> Response {
-    let commit = sh.last.lock().expect("last").commit.clone();
+    let commit = sh.applied.lock().expect("applied").clone();
     let repo = match git2::Repository::open_bare(&sh.settings.mirror) {
         Ok(r) => r,
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
