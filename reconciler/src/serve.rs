@@ -104,6 +104,8 @@ pub struct LastRun {
     pub steps: usize,
     /// Unix millis at the end of the run.
     pub finished_at: i64,
+    /// `full` or `incremental`.
+    pub mode: &'static str,
 }
 
 struct Shared {
@@ -208,6 +210,7 @@ fn watch_local(
         let moved_ref = event.paths.iter().any(|p| {
             let s = p.to_string_lossy();
             !s.ends_with(".lock")
+                && !s.contains("/logs/")
                 && (s.contains("/refs/") || s.ends_with("packed-refs") || s.ends_with("/HEAD"))
         });
         if moved_ref {
@@ -226,39 +229,47 @@ fn watch_local(
 }
 
 async fn reconcile_loop(shared: Arc<Shared>) {
+    // The first run and every poll are full runs (they also check drift); triggers run
+    // incrementally, and not at all when the branch did not move.
+    let mut periodic = true;
     loop {
         shared.metrics.pending.store(0, Ordering::SeqCst);
         let started = Instant::now();
-        let outcome = run_once(&shared).await;
-        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        shared
-            .metrics
-            .durations_ms
-            .lock()
-            .expect("metrics")
-            .push(ms);
-        *shared
-            .metrics
-            .runs
-            .lock()
-            .expect("metrics")
-            .entry(outcome.outcome.clone())
-            .or_insert(0) += 1;
-        tracing::info!(commit = %outcome.commit, outcome = %outcome.outcome, ms, "reconciled");
-        if !matches!(outcome.outcome.as_str(), "refused" | "error") {
+        if let Some(outcome) = run_once(&shared, periodic).await {
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             shared
-                .applied
+                .metrics
+                .durations_ms
                 .lock()
-                .expect("applied")
-                .clone_from(&outcome.commit);
+                .expect("metrics")
+                .push(ms);
+            *shared
+                .metrics
+                .runs
+                .lock()
+                .expect("metrics")
+                .entry(outcome.outcome.clone())
+                .or_insert(0) += 1;
+            tracing::info!(commit = %outcome.commit, outcome = %outcome.outcome, mode = outcome.mode, ms, "reconciled");
+            if !matches!(outcome.outcome.as_str(), "refused" | "error") {
+                shared
+                    .applied
+                    .lock()
+                    .expect("applied")
+                    .clone_from(&outcome.commit);
+            }
+            *shared.last.lock().expect("last") = outcome;
         }
-        *shared.last.lock().expect("last") = outcome;
-        // Wait for a trigger or the jittered poll; triggers during the run coalesce into one.
-        let pause = shared.settings.poll.mul_f64(rand::random_range(0.8..1.2));
-        tokio::select! {
-            () = shared.trigger.notified() => {}
-            () = tokio::time::sleep(pause) => {}
-        }
+        periodic = wait(&shared).await;
+    }
+}
+
+/// Waits for a trigger (false) or the jittered poll (true); triggers during a run coalesce.
+async fn wait(shared: &Shared) -> bool {
+    let pause = shared.settings.poll.mul_f64(rand::random_range(0.8..1.2));
+    tokio::select! {
+        () = shared.trigger.notified() => false,
+        () = tokio::time::sleep(pause) => true,
     }
 }
 
@@ -290,6 +301,7 @@ fn summary(commit: String, plan: &crate::plan::Plan, report: &crate::apply::Repo
         errors,
         steps: plan.steps.len(),
         finished_at: crate::db::now_ms(),
+        mode: "full",
     }
 }
 
@@ -306,7 +318,7 @@ fn error_run(commit: String, error: impl std::fmt::Display) -> LastRun {
 /// One run: incremental when the new commit only touches `workspaces/` (re-validate, render,
 /// plan and apply just those), full otherwise (and on the first run, and on a poll with no new
 /// commit, which is when drift is checked).
-async fn run_once(shared: &Shared) -> LastRun {
+async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
     let s = &shared.settings;
     let options = Options {
         max_deletions: s.max_deletions,
@@ -322,10 +334,16 @@ async fn run_once(shared: &Shared) -> LastRun {
     let mut state = shared.state.lock().await;
 
     // Git work is synchronous and stays in this block (a Repository is not Send).
-    let fetched = tokio::task::block_in_place(|| -> Result<(String, Option<crate::incremental::Prepared>, Option<source::Snapshot>), String> {
+    type Fetched = (String, Option<Prepared>, Option<source::Snapshot>);
+    let fetched = tokio::task::block_in_place(|| -> Result<Fetched, String> {
         let repo = open_mirror(&s.mirror, &s.repo_url).map_err(|e| e.to_string())?;
         let rev = fetch(&repo, &s.branch).map_err(|e| format!("fetching {}: {e}", s.repo_url))?;
-        let commit = source::resolve(&repo, &rev).map_err(|e| e.to_string())?.to_string();
+        let commit = source::resolve(&repo, &rev)
+            .map_err(|e| e.to_string())?
+            .to_string();
+        if !periodic && state.as_ref().is_some_and(|inc| inc.commit() == commit) {
+            return Ok((commit, None, None));
+        }
         if let Some(inc) = state.as_mut() {
             if let Ok(Some(ids)) = inc.incremental_ids(&repo, &rev) {
                 if !ids.is_empty() {
@@ -338,8 +356,9 @@ async fn run_once(shared: &Shared) -> LastRun {
         Ok((commit, None, Some(snapshot)))
     });
     let (commit, prepared, snapshot) = match fetched {
+        Ok((_, None, None)) => return None, // triggered, but the branch did not move
         Ok(f) => f,
-        Err(e) => return error_run(String::new(), e),
+        Err(e) => return Some(error_run(String::new(), e)),
     };
     let run_id = format!("{started_at}-{}", &commit[..12.min(commit.len())]);
     let run = Run {
@@ -355,42 +374,48 @@ async fn run_once(shared: &Shared) -> LastRun {
         Some(Prepared::Refused(r)) => {
             let errors: Vec<String> = r.diagnostics.iter().map(ToString::to_string).collect();
             if let Err(e) = record_refusal(run, &errors).await {
-                return error_run(commit, e);
+                return Some(error_run(commit, e));
             }
-            return LastRun {
+            return Some(LastRun {
                 commit,
                 outcome: "refused".into(),
                 errors,
                 steps: 0,
                 finished_at: crate::db::now_ms(),
-            };
+                mode: "incremental",
+            });
         }
         Some(Prepared::Staged(staged)) => {
             let inc = state.as_mut().expect("staged implies a state");
             let r = match inc.finish(staged, &shared.db, options).await {
                 Ok(r) => r,
-                Err(e) => return error_run(commit, e),
+                Err(e) => return Some(error_run(commit, e)),
             };
-            return match apply_and_record(
-                run,
-                shared.aws.clone(),
-                &r.plan,
-                r.desired,
-                r.observed,
-                r.bundles,
-                progress(),
-            )
-            .await
-            {
-                Ok((report, _)) => summary(commit, &r.plan, &report),
-                Err(e) => error_run(commit, e),
-            };
+            return Some(
+                match apply_and_record(
+                    run,
+                    shared.aws.clone(),
+                    &r.plan,
+                    r.desired,
+                    r.observed,
+                    r.bundles,
+                    progress(),
+                )
+                .await
+                {
+                    Ok((report, _)) => LastRun {
+                        mode: "incremental",
+                        ..summary(commit, &r.plan, &report)
+                    },
+                    Err(e) => error_run(commit, e),
+                },
+            );
         }
         Some(Prepared::NeedsFull(_)) | None => {}
     }
 
     let Some(snapshot) = snapshot else {
-        return error_run(commit, "no snapshot for a full run");
+        return Some(error_run(commit, "no snapshot for a full run"));
     };
     let request = Request {
         regions: s.regions.clone(),
@@ -398,40 +423,43 @@ async fn run_once(shared: &Shared) -> LastRun {
         dry_run: false,
         drift: Sample::OneIn(800),
     };
-    match reconcile::run(
-        snapshot,
-        &shared.db,
-        shared.aws.clone(),
-        request,
-        progress(),
-    )
-    .await
-    {
-        Err(e) => error_run(commit, e),
-        Ok(RunResult::Refused(errors)) => LastRun {
-            commit,
-            outcome: "refused".into(),
-            errors,
-            steps: 0,
-            finished_at: crate::db::now_ms(),
-        },
-        Ok(RunResult::Planned {
-            plan,
-            report,
-            model,
-            ..
-        }) => {
-            shared.ready.store(true, Ordering::SeqCst);
-            if let Some(model) = model {
-                *state = Some(Incremental::from_model(
-                    commit.clone(),
-                    *model,
-                    s.regions.clone(),
-                ));
+    Some(
+        match reconcile::run(
+            snapshot,
+            &shared.db,
+            shared.aws.clone(),
+            request,
+            progress(),
+        )
+        .await
+        {
+            Err(e) => error_run(commit, e),
+            Ok(RunResult::Refused(errors)) => LastRun {
+                commit,
+                outcome: "refused".into(),
+                errors,
+                steps: 0,
+                finished_at: crate::db::now_ms(),
+                mode: "full",
+            },
+            Ok(RunResult::Planned {
+                plan,
+                report,
+                model,
+                ..
+            }) => {
+                shared.ready.store(true, Ordering::SeqCst);
+                if let Some(model) = model {
+                    *state = Some(Incremental::from_model(
+                        commit.clone(),
+                        *model,
+                        s.regions.clone(),
+                    ));
+                }
+                summary(commit, &plan, &report.unwrap_or_default())
             }
-            summary(commit, &plan, &report.unwrap_or_default())
-        }
-    }
+        },
+    )
 }
 
 fn router(shared: Arc<Shared>) -> Router {
