@@ -162,6 +162,15 @@ fn push_and_webhook_are_reconciled_and_bad_commits_refused() {
         "{v}"
     );
     assert_eq!(http(port, "GET", "/lookup/w-umbrella", &[], b"").0, 404);
+    let (_, body) = http(port, "GET", "/v1/clusters", &[], b"");
+    let clusters: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(clusters.as_array().map(Vec::len), Some(5), "{clusters}");
+    assert!(
+        clusters[0]["digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{clusters}"
+    );
 
     // An engineer adds a workspace and pushes; the push webhook triggers a reconcile at once.
     let acme = std::fs::read_to_string(work.join("workspaces/acme.yaml")).expect("read");

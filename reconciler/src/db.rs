@@ -60,7 +60,8 @@ pub fn now_ms() -> i64 {
 }
 
 /// `sqlite://PATH` (created when missing) or `postgres://…`; credentials are removed for messages.
-fn redact(url: &str) -> String {
+/// The URL without credentials (`postgres://…@host/db`), for messages and logs.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
         _ => url.to_owned(),
@@ -559,6 +560,27 @@ impl Db {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("generation")?)
+    }
+
+    /// Every cluster with its current bundle: (id, kind, region, environment, digest, generation).
+    pub async fn clusters(
+        &self,
+    ) -> Result<Vec<(String, String, String, String, String, i64)>, Error> {
+        let rows = sqlx::query("SELECT id, kind, region, environment, digest, generation FROM clusters ORDER BY kind, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("kind")?,
+                    r.try_get("region")?,
+                    r.try_get("environment")?,
+                    r.try_get("digest")?,
+                    r.try_get("generation")?,
+                ))
+            })
+            .collect()
     }
 
     /// Current digest of every cluster.

@@ -536,7 +536,7 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
             println!("  {}: {} {} ... {} ({detail})", step.workspace, step.action.symbol(), step.action, outcome.label());
         });
         if !dry_run {
-            println!("cplane apply: commit {} ({})", &commit[..12], database_label(database));
+            println!("cplane apply: commit {} ({})", &commit[..12], cplane_reconciler::db::redact(database));
         }
         let result = cplane_reconciler::reconcile::run(snapshot, &db, aws, request, progress).await?;
         let code = match result {
@@ -588,13 +588,6 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
         };
         Ok(code)
     })
-}
-
-fn database_label(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
 }
 
 /// Terraform-like plan output: `+` create, `~` change, `-` destroy, grouped by workspace.

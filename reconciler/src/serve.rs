@@ -30,12 +30,10 @@ use tokio::sync::Notify;
 
 use crate::apply::Sample;
 use crate::aws::Aws;
-use crate::check::check;
 use crate::db::Db;
 use crate::incremental::{Incremental, Prepared};
 use crate::plan::Options;
 use crate::reconcile::{self, apply_and_record, record_refusal, Request, Run, RunResult};
-use crate::render::ClusterKind;
 use crate::source;
 
 /// What `cplane serve` is configured with.
@@ -623,34 +621,20 @@ async fn stacks(State(sh): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// Every cluster with the digest and generation of its published bundle (from the database:
+/// no rendering per request).
 async fn clusters(State(sh): State<Arc<Shared>>) -> Response {
-    let commit = sh.applied.lock().expect("applied").clone();
-    let repo = match git2::Repository::open_bare(&sh.settings.mirror) {
-        Ok(r) => r,
-        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
-    };
-    let Ok(snap) = source::read(&repo, &commit) else {
-        return api_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no good revision loaded yet",
+    match sh.db.clusters().await {
+        Ok(rows) => Json(
+            rows.into_iter()
+                .map(|(id, kind, region, environment, digest, generation)| {
+                    json!({ "id": id, "kind": kind, "region": region, "environment": environment, "digest": digest, "generation": generation })
+                })
+                .collect::<Vec<_>>(),
         )
-        .into_response();
-    };
-    let checked = check(snap.files);
-    Json(
-        checked
-            .clusters
-            .iter()
-            .map(|r| {
-                let kind = match r.cluster.kind {
-                    ClusterKind::Platform => "platform",
-                    ClusterKind::Tenant => "tenant",
-                };
-                json!({ "id": r.cluster.id, "kind": kind, "region": r.cluster.region, "environment": r.cluster.environment, "digest": r.digest })
-            })
-            .collect::<Vec<_>>(),
-    )
-    .into_response()
+        .into_response(),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
 }
 
 async fn workspace_json(
