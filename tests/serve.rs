@@ -239,6 +239,27 @@ fn push_and_webhook_are_reconciled_and_bad_commits_refused() {
         metrics.contains("cplane_reconcile_duration_seconds_count 3"),
         "{metrics}"
     );
+
+    // SIGTERM stops it gracefully.
+    let mut server = _server;
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
 }
 
 #[test]

@@ -142,8 +142,8 @@ fn fetch(repo: &git2::Repository, branch: &str) -> Result<String, git2::Error> {
     Ok(format!("refs/remotes/origin/{branch}"))
 }
 
-/// Runs the server until the process is stopped (Ctrl-C / SIGTERM stop it gracefully: the
-/// run in flight finishes; its journal makes an interrupted step safe anyway).
+/// Runs the server until Ctrl-C or SIGTERM, then stops gracefully (HTTP requests in flight
+/// finish; an interrupted reconcile step is journaled, so the next run resolves it).
 pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), Error> {
     open_mirror(&settings.mirror, &settings.repo_url).map_err(|source| Error::Mirror {
         path: settings.mirror.display().to_string(),
@@ -181,8 +181,23 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
     };
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
     let app = router(shared.clone());
+    // Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish. A reconcile step cut
+    // short is safe: its journal entry makes the next run resolve it by lookup.
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+        tracing::info!("shutting down");
     };
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
