@@ -248,13 +248,14 @@ async fn db_step(ctx: &Context, step: &Step) -> Result<Outcome, String> {
 pub const OWNER_TAG: &str = "cplane:workspace";
 
 fn owner(ctx: &Context, id: &str) -> String {
-    let generation = ctx
-        .observed
-        .workspaces
-        .get(id)
-        .filter(|w| !w.status.is_gone())
-        .map_or(1, |w| w.generation);
-    format!("w-{id}/g{generation}")
+    format!("w-{id}/g{}", generation(ctx, id))
+}
+
+fn generation(ctx: &Context, id: &str) -> i64 {
+    crate::plan::generation_of(
+        ctx.observed.workspaces.get(id),
+        ctx.desired.contains_key(id),
+    )
 }
 
 async fn parent_zone_id(ctx: &Context, aws: &Aws, name: &str) -> Result<String, String> {
@@ -516,8 +517,7 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
             Outcome::Done(format!("{} record(s) deleted", records.len()))
         }
         Action::DeleteZone { zone } => {
-            let generation = ctx.observed.workspaces.get(id).map_or(1, |o| o.generation);
-            let caller_reference = crate::plan::caller_reference(&w, generation);
+            let caller_reference = crate::plan::caller_reference(&w, generation(ctx, id));
             db.journal_begin(id, kind, &caller_reference)
                 .await
                 .map_err(dbe)?;

@@ -552,6 +552,16 @@ impl Plan {
     }
 }
 
+/// The generation a workspace's cloud steps use: 1 for a new id, one more than before for an
+/// id re-created after deletion, otherwise the recorded one. (The same rule as [`plan`].)
+pub fn generation_of(observed: Option<&ObservedWorkspace>, desired: bool) -> i64 {
+    match observed {
+        None => 1,
+        Some(w) if desired && w.status == Status::Deleted => w.generation + 1,
+        Some(w) => w.generation,
+    }
+}
+
 /// Deterministic Route53 CallerReference of a workspace's zone (max 128 characters).
 pub fn caller_reference(w: &DesiredWorkspace, generation: i64) -> String {
     format!(

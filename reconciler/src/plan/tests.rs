@@ -436,3 +436,31 @@ fn drift_missing_or_altered_validation_record_is_restored_only_when_checked() {
         ["acme ~ route53 validation CNAMEs in w-acme.sgp-1.cogrion.com (drift: restore) after [] (drift: validation record missing or altered)"]
     );
 }
+
+#[test]
+fn generations_follow_the_planner() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    assert_eq!(generation_of(None, true), 1);
+    provisioned(&mut observed, &acme);
+    assert_eq!(generation_of(observed.workspaces.get("acme"), true), 1);
+    observed.workspaces.get_mut("acme").expect("row").status = Status::Deleted;
+    assert_eq!(
+        generation_of(observed.workspaces.get("acme"), true),
+        2,
+        "re-created"
+    );
+    assert_eq!(
+        generation_of(observed.workspaces.get("acme"), false),
+        1,
+        "being removed"
+    );
+    let p = plan(&desired(&[acme]), &observed, Options::default());
+    assert_eq!(
+        p.steps[0].action,
+        Action::WriteWorkspace {
+            status: Status::Provisioning,
+            generation: 2
+        }
+    );
+}
