@@ -304,3 +304,278 @@ fn up_creates_a_state_repo_and_reconciles_plain_commits_by_file_watch() {
         http(port, "GET", "/lookup/w-hooli", &[], b"").0 == 200
     });
 }
+
+/// A running `cplane serve` on a bare remote seeded with the template, and a working clone.
+struct Setup {
+    _tmp: tempfile::TempDir,
+    _server: Server,
+    port: u16,
+    work: std::path::PathBuf,
+    branch: String,
+    db: String,
+}
+
+fn start() -> Setup {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let seed = support::template_repo();
+    let remote = tmp.path().join("remote.git");
+    git2::build::RepoBuilder::new()
+        .bare(true)
+        .clone(&format!("file://{}", seed.path().display()), &remote)
+        .expect("bare remote");
+    let work = tmp.path().join("work");
+    let repo =
+        git2::Repository::clone(&format!("file://{}", remote.display()), &work).expect("clone");
+    let branch = repo
+        .head()
+        .expect("head")
+        .shorthand()
+        .expect("branch")
+        .to_owned();
+    let port = support::moto::free_port();
+    let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
+    let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args([
+            "serve",
+            "--repo-url",
+            &format!("file://{}", remote.display()),
+            "--branch",
+            &branch,
+        ])
+        .args([
+            "--mirror",
+            tmp.path().join("mirror.git").to_str().expect("utf-8"),
+            "--database",
+            &db,
+        ])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--poll",
+            "1h",
+            "--webhook-secret",
+            SECRET,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cplane serve");
+    let server = Server(child);
+    wait_for("/readyz", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/readyz", &[], b"").0 == 200
+    });
+    Setup {
+        _tmp: tmp,
+        _server: server,
+        port,
+        work,
+        branch,
+        db,
+    }
+}
+
+fn token(db: &str, cluster: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args(["cluster", "token", "create", cluster, "--database", db])
+        .output()
+        .expect("token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+fn header_value(raw_headers: &str, name: &str) -> Option<String> {
+    raw_headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// Like `http`, returning the raw head too.
+fn http_full(port: u16, path: &str, headers: &[(&str, String)]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_owned(), body.to_owned())
+}
+
+#[test]
+fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
+    let s = start();
+    let acme = token(&s.db, "w-acme");
+    let globex = token(&s.db, "w-globex");
+    let bearer = |t: &str| ("Authorization", format!("Bearer {t}"));
+
+    // Tokens are per cluster.
+    assert_eq!(http_full(s.port, "/v1/clusters/w-acme/bundle", &[]).0, 401);
+    assert_eq!(
+        http_full(
+            s.port,
+            "/v1/clusters/w-acme/bundle",
+            &[bearer("cpt_forged")]
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http_full(s.port, "/v1/clusters/w-acme/bundle", &[bearer(&globex)]).0,
+        403
+    );
+    let (status, head, body) = http_full(s.port, "/v1/clusters/w-acme/bundle", &[bearer(&acme)]);
+    assert_eq!(status, 200, "{head}");
+    let etag = header_value(&head, "etag").expect("etag");
+    use sha2::Digest;
+    assert_eq!(
+        etag,
+        format!(
+            "\"sha256:{}\"",
+            hex::encode(sha2::Sha256::digest(body.as_bytes()))
+        ),
+        "the digest is the body's"
+    );
+    assert!(body
+        .lines()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert_eq!(
+        header_value(&head, "x-cplane-generation").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        http_full(
+            s.port,
+            "/v1/clusters/w-acme/bundle",
+            &[bearer(&acme), ("If-None-Match", etag.clone())]
+        )
+        .0,
+        304
+    );
+
+    // Long-poll: answered as soon as a pushed change alters the bundle.
+    let port = s.port;
+    let (acme2, etag2) = (acme.clone(), etag.clone());
+    let poll = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = http_full(
+            port,
+            "/v1/clusters/w-acme/bundle?wait=30",
+            &[
+                ("Authorization", format!("Bearer {acme2}")),
+                ("If-None-Match", etag2),
+            ],
+        );
+        (r, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let file = s.work.join("workspaces/acme.yaml");
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(&file, text.replace("replicas: 3", "replicas: 4")).expect("write");
+    support::commit_all(&s.work, "acme: 4 bff replicas");
+    push(&s.work, &s.branch);
+    assert_eq!(webhook(s.port, &s.branch, "bundle-1").0, 202);
+    let ((status, head, body), waited) = poll.join().expect("poll");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        waited < Duration::from_secs(25),
+        "answered on change, not at the deadline"
+    );
+    assert_ne!(header_value(&head, "etag"), Some(etag));
+    assert_eq!(
+        header_value(&head, "x-cplane-generation").as_deref(),
+        Some("2")
+    );
+    assert!(body.contains("\"replicas\":4"), "the new bundle");
+
+    // BFF endpoints, with the workspace's own token.
+    let (status, body) = http(
+        s.port,
+        "GET",
+        "/api/workspaces/acme/config",
+        &[bearer(&acme)],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let cfg: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(cfg["domains"]["bff"], "bff.w-acme.sgp-1.cogrion.com");
+    assert_eq!(
+        cfg["auth"]["issuer"],
+        "https://auth.sgp-1.cogrion.com/realms/cogrion"
+    );
+    assert_eq!(
+        http(
+            s.port,
+            "GET",
+            "/api/workspaces/acme/config",
+            &[bearer(&globex)],
+            b""
+        )
+        .0,
+        403
+    );
+    let reg = br#"{"url":"https://bff.w-acme.sgp-1.cogrion.com"}"#;
+    let json = ("Content-Type", "application/json".to_owned());
+    assert_eq!(
+        http(
+            s.port,
+            "POST",
+            "/api/workspaces/acme/register",
+            &[bearer(&acme), json.clone()],
+            reg
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(
+            s.port,
+            "POST",
+            "/api/workspaces/acme/register",
+            &[bearer(&acme), json.clone()],
+            br#"{"url":"http://x"}"#
+        )
+        .0,
+        422
+    );
+    let (_, body) = http(
+        s.port,
+        "GET",
+        "/api/workspaces/w-acme/config",
+        &[bearer(&acme)],
+        b"",
+    );
+    assert!(
+        body.contains("\"registered_url\":\"https://bff.w-acme.sgp-1.cogrion.com\""),
+        "{body}"
+    );
+
+    // Revoked tokens stop working at once.
+    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args(["cluster", "token", "revoke", "w-acme", "--database", &s.db])
+        .output()
+        .expect("revoke");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 1 token(s)"));
+    assert_eq!(
+        http_full(s.port, "/v1/clusters/w-acme/bundle", &[bearer(&acme)]).0,
+        401
+    );
+}

@@ -60,6 +60,12 @@ pub fn now_ms() -> i64 {
 }
 
 /// `sqlite://PATH` (created when missing) or `postgres://…`; credentials are removed for messages.
+/// Hex SHA-256 of a token: what is stored and looked up.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
 /// The URL without credentials (`postgres://…@host/db`), for messages and logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -560,6 +566,89 @@ impl Db {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("generation")?)
+    }
+
+    /// Creates a token for `cluster`; returns it (only its SHA-256 is stored).
+    pub async fn create_cluster_token(&self, cluster: &str) -> Result<String, Error> {
+        let token = format!("cpt_{}", hex::encode(rand::random::<[u8; 32]>()));
+        sqlx::query(
+            "INSERT INTO cluster_tokens (token_hash, cluster_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(token_hash(&token))
+        .bind(cluster)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    /// Revokes every token of `cluster`; returns how many.
+    pub async fn revoke_cluster_tokens(&self, cluster: &str) -> Result<u64, Error> {
+        let done = sqlx::query("UPDATE cluster_tokens SET revoked_at = $1 WHERE cluster_id = $2 AND revoked_at IS NULL")
+            .bind(now_ms())
+            .bind(cluster)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The cluster a valid (unrevoked) token belongs to.
+    pub async fn token_cluster(&self, token: &str) -> Result<Option<String>, Error> {
+        let row = sqlx::query(
+            "SELECT cluster_id FROM cluster_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(token_hash(token))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("cluster_id")?),
+            None => None,
+        })
+    }
+
+    /// The current bundle of a cluster: (digest, generation, body).
+    pub async fn cluster_bundle(
+        &self,
+        cluster: &str,
+    ) -> Result<Option<(String, i64, String)>, Error> {
+        let row = sqlx::query("SELECT c.digest, c.generation, b.body FROM clusters c JOIN bundles b ON b.digest = c.digest WHERE c.id = $1")
+            .bind(cluster)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((
+                r.try_get("digest")?,
+                r.try_get("generation")?,
+                r.try_get("body")?,
+            )),
+            None => None,
+        })
+    }
+
+    /// Records a BFF's registration.
+    pub async fn register_bff(&self, workspace_name: &str, url: &str) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO bff_registrations (workspace_id, url, registered_at) VALUES ($1, $2, $3)
+             ON CONFLICT (workspace_id) DO UPDATE SET url = excluded.url, registered_at = excluded.registered_at",
+        )
+        .bind(workspace_name)
+        .bind(url)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A BFF's registered URL.
+    pub async fn bff_registration(&self, workspace_name: &str) -> Result<Option<String>, Error> {
+        let row = sqlx::query("SELECT url FROM bff_registrations WHERE workspace_id = $1")
+            .bind(workspace_name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("url")?),
+            None => None,
+        })
     }
 
     /// Every cluster with its current bundle: (id, kind, region, environment, digest, generation).

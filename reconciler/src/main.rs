@@ -103,6 +103,43 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Cluster tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for cluster ID and print it once (only its hash is stored).
+    Create {
+        /// Cluster id, e.g. `w-acme` or `prod-sgp-1`.
+        id: String,
+        /// Database.
+        #[arg(
+            long,
+            env = "CPLANE_DATABASE_URL",
+            default_value = "sqlite://cplane.db"
+        )]
+        database: String,
+    },
+    /// Revoke every token of cluster ID.
+    Revoke {
+        /// Cluster id.
+        id: String,
+        /// Database.
+        #[arg(
+            long,
+            env = "CPLANE_DATABASE_URL",
+            default_value = "sqlite://cplane.db"
+        )]
+        database: String,
+    },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
@@ -224,6 +261,11 @@ enum Command {
         #[arg(long, env = "CPLANE_LISTEN", default_value = "127.0.0.1:3000")]
         listen: std::net::SocketAddr,
     },
+    /// Manage clusters' bearer tokens (agents and BFFs authenticate with them).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// List every cluster with its bundle digest.
     Clusters {
         #[command(flatten)]
@@ -281,6 +323,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Clusters { repo, format } => clusters(&repo, format),
         Command::Plan { run, format } => reconcile(&run, Some(format)),
         Command::Up { dir, listen } => up(&dir, listen),
+        Command::Cluster {
+            command: ClusterCommand::Token { command },
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                match command {
+                    TokenCommand::Create { id, database } => {
+                        let db = Db::connect(&database).await?;
+                        let token = db.create_cluster_token(&id).await?;
+                        eprintln!("token for cluster {id} (shown once; store it in the cluster's secret):");
+                        println!("{token}");
+                    }
+                    TokenCommand::Revoke { id, database } => {
+                        let db = Db::connect(&database).await?;
+                        let n = db.revoke_cluster_tokens(&id).await?;
+                        println!("revoked {n} token(s) of cluster {id}");
+                    }
+                }
+                Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+            })
+        }
         Command::Serve {
             repo_url,
             branch,

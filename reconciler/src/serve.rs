@@ -114,6 +114,8 @@ struct Shared {
     ready: AtomicBool,
     metrics: Metrics,
     last: Mutex<LastRun>,
+    /// Bumped after every run: long-polling agents re-check their bundle.
+    bundles: tokio::sync::watch::Sender<u64>,
     /// The last commit applied (not refused): what the read API shows.
     applied: Mutex<String>,
     /// The last valid model, for incremental runs (`None` until the first full run).
@@ -164,6 +166,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         metrics: Metrics::default(),
         last: Mutex::default(),
         applied: Mutex::default(),
+        bundles: tokio::sync::watch::Sender::new(0),
         state: tokio::sync::Mutex::new(None),
     });
     tracing::info!(addr = %shared.settings.listen, "listening");
@@ -272,6 +275,7 @@ async fn reconcile_loop(shared: Arc<Shared>) {
                     .clone_from(&outcome.commit);
             }
             *shared.last.lock().expect("last") = outcome;
+            shared.bundles.send_modify(|n| *n += 1);
         }
         periodic = wait(&shared).await;
     }
@@ -487,6 +491,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/workspaces", get(workspaces))
         .route("/v1/workspaces/{id}", get(workspace))
         .route("/lookup/{workspace}", get(lookup))
+        .route("/v1/clusters/{cluster}/bundle", get(bundle))
+        .route("/api/workspaces/{id}/config", get(bff_config))
+        .route(
+            "/api/workspaces/{id}/register",
+            axum::routing::post(bff_register),
+        )
         .with_state(shared.clone());
     if let Some(config) = shared
         .settings
@@ -710,6 +720,197 @@ async fn lookup(State(sh): State<Arc<Shared>>, UrlPath(name): UrlPath<String>) -
         Ok(None) => {
             api_error(StatusCode::NOT_FOUND, format!("no workspace {name}")).into_response()
         }
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+/// The cluster a request's `Authorization: Bearer <cluster token>` belongs to.
+async fn token_cluster(sh: &Shared, headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+    match sh.db.token_cluster(token.trim()).await {
+        Ok(Some(cluster)) => Ok(cluster),
+        Ok(None) => Err(api_error(
+            StatusCode::UNAUTHORIZED,
+            "unknown or revoked token",
+        )),
+        Err(e) => Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+    }
+}
+
+/// `?wait=<seconds>` of the bundle long-poll.
+#[derive(serde::Deserialize)]
+struct WaitQuery {
+    wait: Option<u64>,
+}
+
+/// Longest long-poll accepted.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// `GET /v1/clusters/{cluster}/bundle` (agent protocol): the cluster's canonical bundle with
+/// `ETag: "<digest>"` and `X-Cplane-Generation`, or `304` when `If-None-Match` names the current
+/// digest — after waiting up to `?wait=` seconds for a change. A token for one cluster gets `403`
+/// for every other.
+async fn bundle(
+    State(sh): State<Arc<Shared>>,
+    UrlPath(cluster): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<WaitQuery>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    match token_cluster(&sh, &headers).await {
+        Ok(owner) if owner == cluster => {}
+        Ok(_) => {
+            return api_error(
+                StatusCode::FORBIDDEN,
+                format!("this token is not for cluster {cluster}"),
+            )
+            .into_response()
+        }
+        Err(e) => return e.into_response(),
+    }
+    let known = headers
+        .get(axum::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().trim_matches('"').to_owned());
+    let deadline = Instant::now() + Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
+    let mut changes = sh.bundles.subscribe();
+    loop {
+        let current = match sh.db.cluster_bundle(&cluster).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return api_error(
+                    StatusCode::NOT_FOUND,
+                    format!("no bundle published for cluster {cluster}"),
+                )
+                .into_response()
+            }
+            Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        };
+        let (digest, generation, body) = current;
+        let etag = format!("\"{digest}\"");
+        if known.as_deref() != Some(digest.as_str()) {
+            return (
+                StatusCode::OK,
+                [
+                    (axum::http::header::ETAG, etag),
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "application/x-ndjson".to_owned(),
+                    ),
+                    (
+                        axum::http::HeaderName::from_static("x-cplane-generation"),
+                        generation.to_string(),
+                    ),
+                ],
+                body,
+            )
+                .into_response();
+        }
+        let now = Instant::now();
+        if now >= deadline
+            || tokio::time::timeout(deadline - now, changes.changed())
+                .await
+                .is_err()
+        {
+            return (StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response();
+        }
+    }
+}
+
+/// `w-{id}` from a path segment that may or may not carry the prefix.
+fn workspace_of(id: &str) -> String {
+    id.strip_prefix("w-").unwrap_or(id).to_owned()
+}
+
+/// `GET /api/workspaces/{id}/config`: the BFF's startup configuration (reference doc 001),
+/// for the workspace's own cluster token only.
+async fn bff_config(
+    State(sh): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let id = workspace_of(&id);
+    let name = cplane_schema::domain::workspace_name(&id);
+    match token_cluster(&sh, &headers).await {
+        Ok(owner) if owner == name => {}
+        Ok(_) => {
+            return api_error(
+                StatusCode::FORBIDDEN,
+                format!("this token is not for {name}"),
+            )
+            .into_response()
+        }
+        Err(e) => return e.into_response(),
+    }
+    let m = match model_of(&sh) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let Some(ws) = m.workspaces.get(&id) else {
+        return api_error(StatusCode::NOT_FOUND, format!("no workspace {id}")).into_response();
+    };
+    let spec = &ws.doc.spec;
+    let names = cplane_schema::validate::names_for(&m, &spec.region, &spec.environment);
+    let vars = names.cluster_vars();
+    let registered = sh.db.bff_registration(&name).await.ok().flatten();
+    Json(json!({
+        "workspace_id": name,
+        "region": spec.region,
+        "environment": spec.environment,
+        "account": spec.account,
+        "domains": {
+            "zone": names.workspace_zone(&id),
+            "bff": names.workspace_host(&id, "bff"),
+            "app": names.workspace_host(&id, "app"),
+        },
+        "auth": {
+            "issuer": format!("https://{}/realms/{}", vars.auth_domain, m.platform.doc.metadata.name),
+            "client_id": name,
+        },
+        "control_plane": format!("https://{}", vars.base_domain),
+        "stacks": spec.stacks.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "registered_url": registered,
+    }))
+    .into_response()
+}
+
+/// Body of `POST /api/workspaces/{id}/register`.
+#[derive(serde::Deserialize)]
+struct Registration {
+    url: String,
+}
+
+/// `POST /api/workspaces/{id}/register`: the BFF registers its URL at startup.
+async fn bff_register(
+    State(sh): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+    headers: axum::http::HeaderMap,
+    Json(reg): Json<Registration>,
+) -> Response {
+    let name = cplane_schema::domain::workspace_name(&workspace_of(&id));
+    match token_cluster(&sh, &headers).await {
+        Ok(owner) if owner == name => {}
+        Ok(_) => {
+            return api_error(
+                StatusCode::FORBIDDEN,
+                format!("this token is not for {name}"),
+            )
+            .into_response()
+        }
+        Err(e) => return e.into_response(),
+    }
+    if !reg.url.starts_with("https://") || reg.url.len() > 2048 {
+        return api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "url: must be an https:// URL",
+        )
+        .into_response();
+    }
+    match sh.db.register_bff(&name, &reg.url).await {
+        Ok(()) => Json(json!({ "registered": name, "url": reg.url })).into_response(),
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     }
 }
