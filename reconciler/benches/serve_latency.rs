@@ -188,8 +188,41 @@ fn main() {
         }
         latencies.push(t0.elapsed());
     }
+    // Webhook throughput: signed pushes to the watched branch (verified, de-duplicated by
+    // delivery id, coalesced into the reconcile loop), 2 client threads, a connection each.
+    let total = if quick { 50 } else { 4000 };
+    let t = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|k| {
+            let branch = branch.clone();
+            std::thread::spawn(move || {
+                for i in 0..total / 2 {
+                    let body = format!(r#"{{"ref":"refs/heads/{branch}","after":"x{k}-{i}"}}"#);
+                    let mut mac = Hmac::<Sha256>::new_from_slice(b"bench-secret").expect("key");
+                    mac.update(body.as_bytes());
+                    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+                    let (status, _) = http(
+                        port,
+                        "POST",
+                        "/v1/webhooks/git",
+                        &[
+                            ("X-Cplane-Signature-256", sig),
+                            ("X-Cplane-Delivery", format!("t{k}-{i}")),
+                        ],
+                        body.as_bytes(),
+                    );
+                    assert_eq!(status, 202);
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().expect("client");
+    }
+    let rate = total as f64 / t.elapsed().as_secs_f64();
     let _ = child.kill();
     let _ = child.wait();
+    println!("webhook: {total} signed deliveries in {:.2} s = {rate:.0} requests/s (new connection per request)", t.elapsed().as_secs_f64());
     latencies.sort();
     let pct = |p: f64| {
         latencies[((latencies.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
