@@ -568,6 +568,53 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
         "{body}"
     );
 
+    // The agent reports what it applied; a stale report shows as out of sync.
+    let new_digest = header_value(&head, "etag")
+        .expect("etag")
+        .trim_matches('"')
+        .to_owned();
+    let report = format!(
+        r#"{{"digest":"{new_digest}","generation":2,"healthy":true,"message":"applied 15 objects","objects":[{{"kind":"Deployment","namespace":"bff","name":"bff","result":"configured","health":"Healthy"}}]}}"#
+    );
+    assert_eq!(
+        http(
+            s.port,
+            "POST",
+            "/v1/clusters/w-acme/status",
+            &[bearer(&acme), json.clone()],
+            report.as_bytes()
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        http(
+            s.port,
+            "POST",
+            "/v1/clusters/w-acme/status",
+            &[bearer(&globex), json.clone()],
+            report.as_bytes()
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        http(
+            s.port,
+            "POST",
+            "/v1/clusters/w-acme/status",
+            &[bearer(&acme), json.clone()],
+            br#"{"digest":"md5:1","generation":1,"healthy":true}"#
+        )
+        .0,
+        422
+    );
+    let (status, body) = http(s.port, "GET", "/v1/clusters/w-acme/status", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["in_sync"], true, "{v}");
+    assert_eq!(v["reported"]["report"]["objects"][0]["name"], "bff");
+
     // Revoked tokens stop working at once.
     let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
         .args(["cluster", "token", "revoke", "w-acme", "--database", &s.db])

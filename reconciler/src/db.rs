@@ -74,6 +74,28 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// An agent's report (`POST /v1/clusters/{cluster}/status`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterReport {
+    /// Digest of the bundle applied.
+    pub digest: String,
+    /// Its generation.
+    pub generation: i64,
+    /// Whether every object applied and is healthy.
+    pub healthy: bool,
+    /// Summary.
+    #[serde(default)]
+    pub message: String,
+    /// Per-object results (kind, namespace, name, result, health), as the agent reports them.
+    #[serde(default = "empty_list")]
+    pub objects: serde_json::Value,
+}
+
+fn empty_list() -> serde_json::Value {
+    serde_json::Value::Array(Vec::new())
+}
+
 /// One status condition (Kubernetes style) of an entity.
 #[derive(Debug, Clone, Copy)]
 pub struct Condition<'a> {
@@ -623,6 +645,54 @@ impl Db {
             )),
             None => None,
         })
+    }
+
+    /// Stores an agent's report for `cluster`.
+    pub async fn report_cluster_status(
+        &self,
+        cluster: &str,
+        r: &ClusterReport,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO cluster_status (cluster_id, digest, generation, healthy, message, objects, reported_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (cluster_id) DO UPDATE SET digest = excluded.digest, generation = excluded.generation, healthy = excluded.healthy,
+               message = excluded.message, objects = excluded.objects, reported_at = excluded.reported_at",
+        )
+        .bind(cluster)
+        .bind(&r.digest)
+        .bind(r.generation)
+        .bind(if r.healthy { "True" } else { "False" })
+        .bind(&r.message)
+        .bind(r.objects.to_string())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last report of `cluster`, with when it came (unix millis).
+    pub async fn cluster_status(
+        &self,
+        cluster: &str,
+    ) -> Result<Option<(ClusterReport, i64)>, Error> {
+        let row = sqlx::query("SELECT digest, generation, healthy, message, objects, reported_at FROM cluster_status WHERE cluster_id = $1")
+            .bind(cluster)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let healthy: String = r.try_get("healthy")?;
+        let objects: String = r.try_get("objects")?;
+        Ok(Some((
+            ClusterReport {
+                digest: r.try_get("digest")?,
+                generation: r.try_get("generation")?,
+                healthy: healthy == "True",
+                message: r.try_get("message")?,
+                objects: serde_json::from_str(&objects)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+            },
+            r.try_get("reported_at")?,
+        )))
     }
 
     /// Records a BFF's registration.

@@ -492,6 +492,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/workspaces/{id}", get(workspace))
         .route("/lookup/{workspace}", get(lookup))
         .route("/v1/clusters/{cluster}/bundle", get(bundle))
+        .route(
+            "/v1/clusters/{cluster}/status",
+            get(cluster_status).post(report_status),
+        )
         .route("/api/workspaces/{id}/config", get(bff_config))
         .route(
             "/api/workspaces/{id}/register",
@@ -911,6 +915,78 @@ async fn bff_register(
     }
     match sh.db.register_bff(&name, &reg.url).await {
         Ok(()) => Json(json!({ "registered": name, "url": reg.url })).into_response(),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+/// `POST /v1/clusters/{cluster}/status` (agent protocol): the applied digest, generation,
+/// per-object results and health, with the cluster's own token.
+async fn report_status(
+    State(sh): State<Arc<Shared>>,
+    UrlPath(cluster): UrlPath<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match token_cluster(&sh, &headers).await {
+        Ok(owner) if owner == cluster => {}
+        Ok(_) => {
+            return api_error(
+                StatusCode::FORBIDDEN,
+                format!("this token is not for cluster {cluster}"),
+            )
+            .into_response()
+        }
+        Err(e) => return e.into_response(),
+    }
+    let report: crate::db::ClusterReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return api_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("status report: {e}"),
+            )
+            .into_response()
+        }
+    };
+    let hex = report.digest.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) || !report.objects.is_array()
+    {
+        return api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "status report: digest must be sha256:<64 hex>, objects a list",
+        )
+        .into_response();
+    }
+    match sh.db.report_cluster_status(&cluster, &report).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+/// `GET /v1/clusters/{cluster}/status`: the agent's last report, and whether it applied the
+/// current bundle.
+async fn cluster_status(
+    State(sh): State<Arc<Shared>>,
+    UrlPath(cluster): UrlPath<String>,
+) -> Response {
+    let current = match sh.db.cluster_bundle(&cluster).await {
+        Ok(b) => b.map(|(digest, generation, _)| (digest, generation)),
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    match sh.db.cluster_status(&cluster).await {
+        Ok(report) => {
+            let in_sync = match (&current, &report) {
+                (Some((digest, _)), Some((r, _))) => r.digest == *digest,
+                _ => false,
+            };
+            Json(json!({
+                "cluster": cluster,
+                "current": current.map(|(digest, generation)| json!({"digest": digest, "generation": generation})),
+                "reported": report.map(|(r, at)| json!({"report": r, "reported_at": at})),
+                "in_sync": in_sync,
+            }))
+            .into_response()
+        }
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     }
 }
