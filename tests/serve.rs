@@ -89,59 +89,8 @@ fn webhook(port: u16, branch: &str, delivery: &str) -> (u16, String) {
 
 #[test]
 fn push_and_webhook_are_reconciled_and_bad_commits_refused() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let seed = support::template_repo();
-    let remote = tmp.path().join("remote.git");
-    git2::build::RepoBuilder::new()
-        .bare(true)
-        .clone(&format!("file://{}", seed.path().display()), &remote)
-        .expect("bare remote");
-    let work = tmp.path().join("work");
-    let work_repo =
-        git2::Repository::clone(&format!("file://{}", remote.display()), &work).expect("clone");
-    let branch = work_repo
-        .head()
-        .expect("head")
-        .shorthand()
-        .expect("branch")
-        .to_owned();
-
-    let port = support::moto::free_port();
-    let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
-    let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
-        .args([
-            "serve",
-            "--repo-url",
-            &format!("file://{}", remote.display()),
-            "--branch",
-            &branch,
-        ])
-        .args([
-            "--mirror",
-            tmp.path().join("mirror.git").to_str().expect("utf-8"),
-            "--database",
-            &db,
-        ])
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--poll",
-            "1h",
-            "--webhook-secret",
-            SECRET,
-            "--log-format",
-            "json",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start cplane serve");
-    let _server = Server(child);
-
-    wait_for("/readyz", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && http(port, "GET", "/readyz", &[], b"").0 == 200
-    });
+    let s = start();
+    let (port, work, branch) = (s.port, s.work.clone(), s.branch.clone());
     assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
     let (status, body) = http(port, "GET", "/lookup/w-acme", &[], b"");
     assert_eq!(status, 200, "{body}");
@@ -241,7 +190,7 @@ fn push_and_webhook_are_reconciled_and_bad_commits_refused() {
     );
 
     // SIGTERM stops it gracefully.
-    let mut server = _server;
+    let mut server = s._server;
     let pid = server.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

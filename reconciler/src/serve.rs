@@ -745,6 +745,24 @@ async fn token_cluster(sh: &Shared, headers: &axum::http::HeaderMap) -> Result<S
     }
 }
 
+/// Passes when the request's cluster token belongs to `cluster`: 401 without a valid token,
+/// 403 with another cluster's.
+async fn require_cluster(
+    sh: &Shared,
+    headers: &axum::http::HeaderMap,
+    cluster: &str,
+) -> Result<(), ApiError> {
+    let owner = token_cluster(sh, headers).await?;
+    if owner == cluster {
+        Ok(())
+    } else {
+        Err(api_error(
+            StatusCode::FORBIDDEN,
+            format!("this token is not for {cluster}"),
+        ))
+    }
+}
+
 /// `?wait=<seconds>` of the bundle long-poll.
 #[derive(serde::Deserialize)]
 struct WaitQuery {
@@ -764,16 +782,8 @@ async fn bundle(
     axum::extract::Query(q): axum::extract::Query<WaitQuery>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    match token_cluster(&sh, &headers).await {
-        Ok(owner) if owner == cluster => {}
-        Ok(_) => {
-            return api_error(
-                StatusCode::FORBIDDEN,
-                format!("this token is not for cluster {cluster}"),
-            )
-            .into_response()
-        }
-        Err(e) => return e.into_response(),
+    if let Err(e) = require_cluster(&sh, &headers, &cluster).await {
+        return e.into_response();
     }
     let known = headers
         .get(axum::http::header::IF_NONE_MATCH)
@@ -838,16 +848,8 @@ async fn bff_config(
 ) -> Response {
     let id = workspace_of(&id);
     let name = cplane_schema::domain::workspace_name(&id);
-    match token_cluster(&sh, &headers).await {
-        Ok(owner) if owner == name => {}
-        Ok(_) => {
-            return api_error(
-                StatusCode::FORBIDDEN,
-                format!("this token is not for {name}"),
-            )
-            .into_response()
-        }
-        Err(e) => return e.into_response(),
+    if let Err(e) = require_cluster(&sh, &headers, &name).await {
+        return e.into_response();
     }
     let m = match model_of(&sh) {
         Ok(m) => m,
@@ -895,16 +897,8 @@ async fn bff_register(
     Json(reg): Json<Registration>,
 ) -> Response {
     let name = cplane_schema::domain::workspace_name(&workspace_of(&id));
-    match token_cluster(&sh, &headers).await {
-        Ok(owner) if owner == name => {}
-        Ok(_) => {
-            return api_error(
-                StatusCode::FORBIDDEN,
-                format!("this token is not for {name}"),
-            )
-            .into_response()
-        }
-        Err(e) => return e.into_response(),
+    if let Err(e) = require_cluster(&sh, &headers, &name).await {
+        return e.into_response();
     }
     if !reg.url.starts_with("https://") || reg.url.len() > 2048 {
         return api_error(
@@ -927,16 +921,8 @@ async fn report_status(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match token_cluster(&sh, &headers).await {
-        Ok(owner) if owner == cluster => {}
-        Ok(_) => {
-            return api_error(
-                StatusCode::FORBIDDEN,
-                format!("this token is not for cluster {cluster}"),
-            )
-            .into_response()
-        }
-        Err(e) => return e.into_response(),
+    if let Err(e) = require_cluster(&sh, &headers, &cluster).await {
+        return e.into_response();
     }
     let report: crate::db::ClusterReport = match serde_json::from_slice(&body) {
         Ok(r) => r,
