@@ -8,6 +8,7 @@
 //! - [`db`], [`aws`]: adapters.
 //! - [`init`]: `cplane init`.
 //! - [`synthetic`]: a generated state repo of any size, for benchmarks.
+//! - [`write`]: API writes committed to the state repo on a user's behalf.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -23,3 +24,4 @@ pub mod render;
 pub mod serve;
 pub mod source;
 pub mod synthetic;
+pub mod write;

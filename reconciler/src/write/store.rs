@@ -1,0 +1,299 @@
+//! Where the writer builds commits and how it moves the remote branch: always by
+//! compare-and-swap, so an update is accepted only while the branch is still at the commit the
+//! change was built on.
+//!
+//! - **Local remotes** (a path or `file://` URL). libgit2's own push to such a remote
+//!   (`transports/local.c`, `local_push_update_remote_ref`) *force*-updates the ref to the new
+//!   value without comparing it with the value it read when it connected, so a push racing
+//!   another writer could silently drop that writer's commit. Here the objects are written
+//!   straight into the remote's object database as one pack, and the branch is moved with
+//!   `git_reference_create_matching` (git2's [`Repository::reference_matching`]), which compares
+//!   the current value with the expected parent *while holding the ref's lock file* — the same
+//!   `.lock` protocol `git receive-pack` uses, so an external `git push` and the writer exclude
+//!   each other. A pushed-to non-bare repository is refused when its checked-out branch is the
+//!   one written (as git refuses by default).
+//! - **Other URLs** (git://, and https/ssh when git2 is built with them): commits are built in
+//!   the bare mirror and pushed with libgit2. The git protocol sends the old value of the ref
+//!   with each update and `receive-pack` refuses it when the ref moved; the advertised value is
+//!   checked against the expected parent first, so the push is a compare-and-swap on exactly
+//!   that parent.
+//!
+//! Objects are created in an in-memory object database (libgit2's mempack) stacked on the
+//! repository's, so a change that is refused or rebuilt leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+
+use git2::{ErrorCode, Oid, Repository};
+
+/// Outcome of publishing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Published {
+    /// The ref now points at the new commit.
+    Done,
+    /// The ref was not at the expected commit (someone else moved it): nothing changed.
+    Moved,
+}
+
+/// The remote's kind, decided once from its URL.
+enum Kind {
+    Local,
+    Network { url: String },
+}
+
+/// The repository the writer works in and the remote it publishes to.
+pub struct Store {
+    kind: Kind,
+    repo: Repository,
+    branch: String,
+    /// Network remotes: the last head fetched.
+    fetched: std::cell::Cell<Option<Oid>>,
+}
+
+/// A path for local URLs (`/srv/state.git`, `file:///srv/state.git`), `None` for others.
+pub fn local_path(url: &str) -> Option<PathBuf> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(rest));
+    }
+    if url.contains("://") || (url.contains(':') && !url.starts_with('/')) {
+        return None; // a URL or scp-like `host:path`
+    }
+    Some(PathBuf::from(url))
+}
+
+/// Errors opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// libgit2.
+    #[error("opening {what}: {source}")]
+    Git {
+        /// What was opened.
+        what: String,
+        /// libgit2's reason.
+        #[source]
+        source: git2::Error,
+    },
+    /// A non-bare remote with the branch checked out.
+    #[error("{path} is a non-bare repository with `{branch}` checked out; the API writes to a bare remote (or to another branch)")]
+    CheckedOut {
+        /// The repository.
+        path: String,
+        /// The branch.
+        branch: String,
+    },
+}
+
+impl Store {
+    /// Opens the remote (local) or the mirror (network), with `branch` as the written branch.
+    pub fn open(url: &str, mirror: &Path, branch: &str) -> Result<Self, OpenError> {
+        let git = |what: &str| {
+            let what = what.to_owned();
+            move |source| OpenError::Git { what, source }
+        };
+        let (kind, repo) = match local_path(url) {
+            Some(path) => {
+                let repo = Repository::open(&path).map_err(git(&path.display().to_string()))?;
+                if !repo.is_bare() {
+                    let checked_out = repo
+                        .head()
+                        .ok()
+                        .and_then(|h| h.shorthand().ok().map(str::to_owned));
+                    if checked_out.as_deref() == Some(branch) {
+                        return Err(OpenError::CheckedOut {
+                            path: path.display().to_string(),
+                            branch: branch.to_owned(),
+                        });
+                    }
+                }
+                (Kind::Local, repo)
+            }
+            None => {
+                let repo = match Repository::open_bare(mirror) {
+                    Ok(r) => r,
+                    Err(_) => Repository::init_bare(mirror)
+                        .map_err(git(&mirror.display().to_string()))?,
+                };
+                (
+                    Kind::Network {
+                        url: url.to_owned(),
+                    },
+                    repo,
+                )
+            }
+        };
+        Ok(Self {
+            kind,
+            repo,
+            branch: branch.to_owned(),
+            fetched: std::cell::Cell::new(None),
+        })
+    }
+
+    /// The repository objects are read from and written to.
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// The written branch's full ref name.
+    pub fn branch_ref(&self) -> String {
+        format!("refs/heads/{}", self.branch)
+    }
+
+    /// Where a network remote's branch is kept in the mirror.
+    fn tracking_ref(&self) -> String {
+        format!("refs/cplane/write/{}", self.branch)
+    }
+
+    /// The branch's current commit (`None`: the branch does not exist). `refresh` fetches a
+    /// network remote again; a local remote is always read afresh.
+    pub fn head(&self, refresh: bool) -> Result<Option<Oid>, git2::Error> {
+        match &self.kind {
+            Kind::Local => ref_value(&self.repo, &self.branch_ref()),
+            Kind::Network { url } => {
+                if refresh || self.fetched.get().is_none() {
+                    let mut remote = self.repo.remote_anonymous(url)?;
+                    let mut opts = git2::FetchOptions::new();
+                    opts.update_fetchhead(false);
+                    let spec = format!("+{}:{}", self.branch_ref(), self.tracking_ref());
+                    remote.fetch(&[spec.as_str()], Some(&mut opts), None)?;
+                    self.fetched
+                        .set(ref_value(&self.repo, &self.tracking_ref())?);
+                }
+                Ok(self.fetched.get())
+            }
+        }
+    }
+
+    /// The current value of another ref of the remote (a pull-request branch).
+    pub fn remote_ref(&self, name: &str) -> Result<Option<Oid>, git2::Error> {
+        match &self.kind {
+            Kind::Local => ref_value(&self.repo, name),
+            Kind::Network { url } => {
+                let mut remote = self.repo.remote_anonymous(url)?;
+                remote.connect(git2::Direction::Fetch)?;
+                let found = remote
+                    .list()?
+                    .iter()
+                    .find(|h| h.name() == name)
+                    .map(|h| h.oid());
+                Ok(found)
+            }
+        }
+    }
+
+    /// Moves `name` from `expected` (`None`: absent) to `new`, sending `objects` (every object
+    /// the new commits add; the rest is in the remote already).
+    pub fn publish(
+        &self,
+        name: &str,
+        expected: Option<Oid>,
+        new: Oid,
+        objects: &[Oid],
+    ) -> Result<Published, git2::Error> {
+        match &self.kind {
+            Kind::Local => {
+                // A cheap first check spares writing a pack that could not be used.
+                if ref_value(&self.repo, name)? != expected {
+                    return Ok(Published::Moved);
+                }
+                write_pack(&self.repo, objects)?;
+                let message = "cplane: API write";
+                let updated = match expected {
+                    Some(old) => self
+                        .repo
+                        .reference_matching(name, new, true, old, message)
+                        .map(drop),
+                    None => self.repo.reference(name, new, false, message).map(drop),
+                };
+                match updated {
+                    Ok(()) => Ok(Published::Done),
+                    Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists) => {
+                        Ok(Published::Moved)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Kind::Network { url } => {
+                let url = url.clone();
+                self.push(&url, name, expected, new, objects)
+            }
+        }
+    }
+
+    fn push(
+        &self,
+        url: &str,
+        name: &str,
+        expected: Option<Oid>,
+        new: Oid,
+        objects: &[Oid],
+    ) -> Result<Published, git2::Error> {
+        let mut remote = self.repo.remote_anonymous(url)?;
+        remote.connect(git2::Direction::Push)?;
+        let advertised = remote
+            .list()?
+            .iter()
+            .find(|h| h.name() == name)
+            .map(|h| h.oid());
+        if advertised != expected {
+            return Ok(Published::Moved);
+        }
+        // libgit2 pushes from a ref: point a private one at the new commit.
+        let local = format!("refs/cplane/push/{}", name.trim_start_matches("refs/"));
+        self.repo.reference(&local, new, true, "cplane: API write")?;
+        let rejected = std::cell::RefCell::new(None::<String>);
+        let pushed = {
+            let mut callbacks = git2::RemoteCallbacks::new();
+            callbacks.push_update_reference(|_, status| {
+                if let Some(msg) = status {
+                    *rejected.borrow_mut() = Some(msg.to_owned());
+                }
+                Ok(())
+            });
+            let mut opts = git2::PushOptions::new();
+            opts.remote_callbacks(callbacks);
+            // Not forced: receive-pack checks the advertised old value, so this is a CAS.
+            remote.push(&[format!("{local}:{name}")], Some(&mut opts))
+        };
+        let _ = self.repo.find_reference(&local).and_then(|mut r| r.delete());
+        pushed?;
+        if rejected.into_inner().is_some() {
+            return Ok(Published::Moved);
+        }
+        // Keep the objects in the mirror: the in-memory ones are dropped after each batch.
+        write_pack(&self.repo, objects)?;
+        if name == self.branch_ref() {
+            self.repo
+                .reference(&self.tracking_ref(), new, true, "cplane: API write")?;
+            self.fetched.set(Some(new));
+        }
+        Ok(Published::Done)
+    }
+}
+
+/// The commit a ref points at (`None`: no such ref).
+fn ref_value(repo: &Repository, name: &str) -> Result<Option<Oid>, git2::Error> {
+    match repo.find_reference(name) {
+        Ok(r) => Ok(Some(r.peel_to_commit()?.id())),
+        Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `objects` (held in memory) into the repository's object database as one pack.
+fn write_pack(repo: &Repository, objects: &[Oid]) -> Result<(), git2::Error> {
+    if objects.is_empty() {
+        return Ok(());
+    }
+    let mut builder = repo.packbuilder()?;
+    for id in objects {
+        builder.insert_object(*id, None)?;
+    }
+    let mut buf = git2::Buf::new();
+    builder.write_buf(&mut buf)?;
+    let odb = repo.odb()?;
+    let mut writer = odb.packwriter()?;
+    std::io::Write::write_all(&mut writer, &buf)
+        .map_err(|e| git2::Error::from_str(&format!("writing a pack: {e}")))?;
+    writer.commit()?;
+    Ok(())
+}
