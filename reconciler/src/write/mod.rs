@@ -350,6 +350,9 @@ pub struct Config {
     pub committer: (String, String),
     /// Called after every published commit (the server triggers a reconcile).
     pub on_commit: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Called just before each compare-and-swap of the branch (tests race it with a real
+    /// external push); `None` in the server.
+    pub before_publish: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -460,7 +463,14 @@ fn run(config: Config, mut rx: mpsc::Receiver<(Request, Reply)>) {
                 outcome: None,
             })
             .collect();
-        writer.batch(&store, &mut jobs);
+        // A bug in one batch must not stop the writer: its jobs are answered, the state dropped.
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            writer.batch(&store, &mut jobs);
+        }));
+        if done.is_err() {
+            tracing::error!("the API writer failed on a batch; its requests were refused");
+            writer.state = None;
+        }
         if let Err(e) = mempack.reset() {
             tracing::warn!(error = %e, "clearing the in-memory object database");
         }
@@ -543,6 +553,9 @@ impl Session<'_> {
                     }
                 }
                 return;
+            }
+            if let Some(hook) = &self.config.before_publish {
+                hook();
             }
             match store.publish(&branch, Some(head), tip, &objects) {
                 Ok(Published::Done) => {
