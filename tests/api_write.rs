@@ -9,7 +9,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cplane_reconciler::write::{Change, Config, Error, Mode, Request, User, Writer, Written};
+use cplane_reconciler::write::{
+    Access, Change, Config, Error, Mode, Request, User, Writer, Written,
+};
 use serde_json::json;
 
 /// A bare remote holding `work`'s history; returns (bare dir, branch).
@@ -60,6 +62,7 @@ fn request(change: Change) -> Request {
         user: alice(),
         if_match: None,
         mode: Mode::Commit,
+        access: Access::Any,
     }
 }
 

@@ -7,12 +7,15 @@
 //!   [`reconcile`]: one run (validate → observe → plan → apply → status).
 //! - [`db`], [`aws`]: adapters.
 //! - [`init`]: `cplane init`.
+//! - [`api`]: the write API (commits on a user's behalf), `GET /v1/plan`, `/openapi.json`.
 //! - [`synthetic`]: a generated state repo of any size, for benchmarks.
 //! - [`write`]: API writes committed to the state repo on a user's behalf.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod aws;
 pub mod check;
 pub mod db;

@@ -40,7 +40,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use self::store::{Published, Store};
-use self::verify::{workspace_path, HeadState};
+use self::verify::{workspace_path, Accounts, HeadState};
 
 /// Most changes built into one chain (one compare-and-swap).
 pub const MAX_BATCH: usize = 64;
@@ -239,6 +239,24 @@ pub enum Mode {
     PullRequest,
 }
 
+/// Which workspaces the user may write, as decided by the caller (authorization).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Every workspace (admins).
+    Any,
+    /// Workspaces whose `spec.account` — before and after the change — is one of these.
+    Accounts(std::collections::BTreeSet<String>),
+}
+
+impl Access {
+    fn allows(&self, account: Option<&str>) -> bool {
+        match self {
+            Access::Any => true,
+            Access::Accounts(set) => account.is_some_and(|a| set.contains(a)),
+        }
+    }
+}
+
 /// One write asked of the [`Writer`].
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -250,6 +268,8 @@ pub struct Request {
     pub if_match: Option<String>,
     /// Commit or pull request.
     pub mode: Mode,
+    /// What the user may write; checked against the file the change is built on.
+    pub access: Access,
 }
 
 /// A write that was accepted.
@@ -272,6 +292,9 @@ pub enum Error {
     /// The resulting revision would be invalid: every error (`422`).
     #[error("the change makes the state repo invalid ({} error(s))", .0.len())]
     Invalid(Vec<Diagnostic>),
+    /// The user may not write this workspace (`403`).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request itself is malformed (`400`).
     #[error("{0}")]
     BadRequest(String),
@@ -297,6 +320,7 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::Invalid(_) => 422,
+            Error::Forbidden(_) => 403,
             Error::BadRequest(_) => 400,
             Error::NotFound(_) => 404,
             Error::PreconditionFailed(_) => 412,
@@ -310,6 +334,7 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Error::Invalid(_) => "invalid",
+            Error::Forbidden(_) => "forbidden",
             Error::BadRequest(_) => "bad_request",
             Error::NotFound(_) => "not_found",
             Error::PreconditionFailed(_) => "precondition_failed",
@@ -371,19 +396,28 @@ type Reply = oneshot::Sender<Result<Written, Error>>;
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<(Request, Reply)>,
+    accounts: Accounts,
 }
 
 impl Writer {
     /// Starts the writer thread. It stops when every handle is dropped.
     pub fn start(config: Config) -> Self {
         let (queue, rx) = mpsc::channel(4096);
+        let accounts = Accounts::default();
+        let shared = accounts.clone();
         let spawned = std::thread::Builder::new()
             .name("cplane-writer".into())
-            .spawn(move || run(config, rx));
+            .spawn(move || run(config, rx, shared));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the writer thread");
         }
-        Self { queue }
+        Self { queue, accounts }
+    }
+
+    /// The account of workspace `id` at the branch head as last seen by the writer (`None`:
+    /// unknown or not loaded yet). For authorizing before queuing; the writer checks again.
+    pub fn account_of(&self, id: &str) -> Option<String> {
+        self.accounts.read().ok()?.get(id).cloned()
     }
 
     /// Submits one write and waits for its outcome.
@@ -415,7 +449,7 @@ impl Job {
     }
 }
 
-fn run(config: Config, mut rx: mpsc::Receiver<(Request, Reply)>) {
+fn run(config: Config, mut rx: mpsc::Receiver<(Request, Reply)>, accounts: Accounts) {
     let store = match Store::open(&config.repo_url, &config.mirror, &config.branch) {
         Ok(s) => s,
         Err(e) => {
@@ -445,6 +479,7 @@ fn run(config: Config, mut rx: mpsc::Receiver<(Request, Reply)>) {
     let mut writer = Session {
         config: &config,
         state: None,
+        accounts,
     };
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -485,6 +520,8 @@ struct Session<'c> {
     config: &'c Config,
     /// What is known of the head's validity.
     state: Option<HeadState>,
+    /// Workspace → account of the head, shared with the handlers.
+    accounts: Accounts,
 }
 
 /// A commit of the chain being built.
@@ -492,6 +529,7 @@ struct Built {
     commit: Oid,
     objects: Vec<Oid>,
     path: String,
+    text: Option<String>,
     errors: Vec<Diagnostic>,
 }
 
@@ -539,7 +577,12 @@ impl Session<'_> {
                         tip = built.commit;
                         objects.extend(built.objects.iter().copied());
                         if let Some(state) = self.state.as_mut() {
-                            state.committed(built.commit, &built.path, built.errors);
+                            state.committed(
+                                built.commit,
+                                &built.path,
+                                built.text.as_deref().map(str::as_bytes),
+                                built.errors,
+                            );
                         }
                     }
                     Ok(None) => {}
@@ -597,7 +640,7 @@ impl Session<'_> {
     fn advance(&mut self, repo: &Repository, head: Oid) -> Result<(), Error> {
         let state = match self.state.take().map(|s| s.advance(repo, head)) {
             Some(Ok(s)) => s,
-            _ => HeadState::cold(repo, head)?,
+            _ => HeadState::cold(repo, head, self.accounts.clone())?,
         };
         self.state = Some(state);
         Ok(())
@@ -673,6 +716,18 @@ impl Session<'_> {
             },
         };
         let (after, created) = request.change.apply(before.as_ref())?;
+        for doc in [before.as_ref(), after.as_ref()].into_iter().flatten() {
+            let account = doc
+                .get("spec")
+                .and_then(|s| s.get("account"))
+                .and_then(Value::as_str);
+            if !request.access.allows(account) {
+                return Err(Error::Forbidden(format!(
+                    "you may not write workspaces of account {}",
+                    account.unwrap_or("(none)")
+                )));
+            }
+        }
         let new_text = after.as_ref().map(|v| edit::edit(old_text.as_deref(), v).0);
         if new_text == old_text {
             job.outcome = Some(Ok(Written {
@@ -717,6 +772,7 @@ impl Session<'_> {
             commit,
             objects,
             path,
+            text: new_text,
             errors: own,
         }))
     }

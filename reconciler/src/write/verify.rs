@@ -19,8 +19,9 @@
 //! commit that changes only workspace files re-checks just those files; a commit the writer made
 //! itself costs nothing more (its file was checked before it was committed).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use cplane_schema::load::{parse_workspace, Entity};
 use cplane_schema::model::Workspace;
@@ -46,8 +47,20 @@ impl BaseKey {
     }
 }
 
+/// Workspace id → `spec.account`, of the commit a [`HeadState`] describes; shared with the HTTP
+/// handlers, which authorize against it before a request is queued (the writer checks again
+/// against the file it edits).
+pub type Accounts = Arc<RwLock<HashMap<String, String>>>;
+
+/// `spec.account` of a workspace file, when it has one.
+pub fn account_in(bytes: &[u8]) -> Option<String> {
+    let doc: serde_json::Value = serde_yaml::from_slice(bytes).ok()?;
+    doc.get("spec")?.get("account")?.as_str().map(str::to_owned)
+}
+
 /// What is known about the validity of one commit; see the module docs.
 pub struct HeadState {
+    accounts: Accounts,
     commit: Oid,
     key: BaseKey,
     base: Option<Model>,
@@ -76,7 +89,7 @@ pub fn workspace_path(id: &str) -> String {
 
 impl HeadState {
     /// Loads `commit` in full: every file parsed and checked (no tenant rendering).
-    pub fn cold(repo: &Repository, commit: Oid) -> Result<Self, Error> {
+    pub fn cold(repo: &Repository, commit: Oid, accounts: Accounts) -> Result<Self, Error> {
         let snapshot = crate::source::read(repo, &commit.to_string())?;
         let tree = repo.find_commit(commit)?.tree()?;
         let loaded = cplane_schema::load(snapshot.files);
@@ -91,7 +104,13 @@ impl HeadState {
         }
         let mut base = loaded.model;
         if let Some(model) = base.as_mut() {
-            model.workspaces.clear();
+            let index = std::mem::take(&mut model.workspaces)
+                .into_iter()
+                .map(|(id, w)| (id, w.doc.spec.account))
+                .collect();
+            if let Ok(mut map) = accounts.write() {
+                *map = index;
+            }
             let (renderer, compile) = Renderer::new(model);
             base_errors.extend(compile);
             // Platform clusters depend on the base only: render them once here.
@@ -116,6 +135,7 @@ impl HeadState {
             .filter(|e| !matches!(e, EntityRef::Workspace(_)))
             .collect();
         Ok(Self {
+            accounts,
             commit,
             key: BaseKey::of(&tree),
             base,
@@ -137,7 +157,7 @@ impl HeadState {
         }
         let new_tree = repo.find_commit(commit)?.tree()?;
         if BaseKey::of(&new_tree) != self.key {
-            return Self::cold(repo, commit);
+            return Self::cold(repo, commit, self.accounts);
         }
         let old_tree = repo.find_commit(self.commit)?.tree()?;
         let diff = repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), None)?;
@@ -156,20 +176,34 @@ impl HeadState {
                 Err(_) => None,
             };
             let errors = next.check_file(&path, bytes.as_deref(), false);
-            next.record(&path, errors);
+            next.record(&path, bytes.as_deref(), errors);
         }
         next.commit = commit;
         Ok(next)
     }
 
     /// Records that the writer committed `commit`, whose only change from the current state is
-    /// `path` (already checked, with `errors`).
-    pub fn committed(&mut self, commit: Oid, path: &str, errors: Vec<Diagnostic>) {
-        self.record(path, errors);
+    /// `path` (now holding `bytes`, already checked, with `errors`).
+    pub fn committed(
+        &mut self,
+        commit: Oid,
+        path: &str,
+        bytes: Option<&[u8]>,
+        errors: Vec<Diagnostic>,
+    ) {
+        self.record(path, bytes, errors);
         self.commit = commit;
     }
 
-    fn record(&mut self, path: &str, errors: Vec<Diagnostic>) {
+    fn record(&mut self, path: &str, bytes: Option<&[u8]>, errors: Vec<Diagnostic>) {
+        if let FileRole::Workspace(id) = FileRole::of(path) {
+            if let Ok(mut map) = self.accounts.write() {
+                match bytes.and_then(account_in) {
+                    Some(account) => map.insert(id, account),
+                    None => map.remove(&id),
+                };
+            }
+        }
         if errors.is_empty() {
             self.broken.remove(path);
         } else {
