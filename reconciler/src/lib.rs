@@ -6,12 +6,14 @@
 //! - [`plan`]: the pure planner; [`apply`]: executes plans through the journal;
 //!   [`reconcile`]: one run (validate → observe → plan → apply → status).
 //! - [`db`], [`aws`]: adapters.
+//! - [`auth`]: OIDC bearer JWTs, principals, account memberships, the development issuer.
 //! - [`init`]: `cplane init`.
 //! - [`synthetic`]: a generated state repo of any size, for benchmarks.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod auth;
 pub mod aws;
 pub mod check;
 pub mod db;

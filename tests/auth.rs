@@ -1,0 +1,659 @@
+//! OIDC authentication and authorization against a real local issuer: keys generated here, the
+//! JWKS served on 127.0.0.1 at Keycloak's path, tokens signed per test; real SQLite and
+//! PostgreSQL for principals and memberships; the real middleware and `Principal` extractor
+//! (in-process), and the real `cplane` binary end to end (`serve`, `up`, two regions).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{Request, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use cplane_reconciler::auth::{self, principals, Auth, Config, Principal};
+use cplane_reconciler::db::Db;
+use serde_json::{json, Value};
+use support::oidc::{b64, claims, hs256, now, TestIssuer, TestKey};
+use tower::ServiceExt as _;
+
+const AUD: &str = "cplane";
+
+fn config(issuers: &[&str]) -> Config {
+    Config {
+        issuers: issuers.iter().map(|s| (*s).to_owned()).collect(),
+        audience: Some(AUD.into()),
+        jwks_min_refetch: Duration::from_millis(300),
+        ..Config::default()
+    }
+}
+
+async fn sqlite() -> (tempfile::TempDir, Db) {
+    let (dir, url) = support::pg::sqlite_url();
+    (dir, Db::connect(&url).await.expect("sqlite"))
+}
+
+/// A write route the way API handlers use the interface: `Principal` + `can_write_account`.
+async fn write(
+    State(db): State<Db>,
+    principal: Principal,
+    Path(account): Path<String>,
+) -> (StatusCode, String) {
+    match principal.can_write_account(&db, &account).await {
+        Ok(true) => (StatusCode::OK, format!("written by {}", principal.email)),
+        Ok(false) => (
+            StatusCode::FORBIDDEN,
+            format!("{} may not write {account}", principal.email),
+        ),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A server like `cplane serve`'s: a read route, a write route, the auth routes, and the
+/// middleware over all of them.
+fn app(auth: Arc<Auth>, db: Db) -> Router {
+    Router::new()
+        .route("/v1/workspaces", get(|| async { "[]" }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/accounts/{account}/workspaces", post(write))
+        .with_state(db)
+        .merge(auth::routes(auth.clone()))
+        .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
+}
+
+struct Answer {
+    status: StatusCode,
+    challenge: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+async fn call(app: &Router, method: &str, path: &str, token: Option<&str>) -> Answer {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    let status = resp.status();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    Answer {
+        status,
+        challenge,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Asserts a 401 whose message contains `why`.
+async fn refused(app: &Router, token: &str, why: &str) {
+    let a = call(app, "GET", "/v1/workspaces", Some(token)).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{why}: {}", a.body);
+    assert!(
+        a.json()["error"].as_str().unwrap_or("").contains(why),
+        "expected `{why}` in {}",
+        a.body
+    );
+    assert!(
+        a.challenge
+            .as_deref()
+            .is_some_and(|c| c.starts_with("Bearer")),
+        "{:?}",
+        a.challenge
+    );
+    assert!(!a.body.contains(token), "the token is never echoed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_verified_against_the_issuers_jwks() {
+    let (rsa, ec) = (TestKey::rsa("rsa-1"), TestKey::ec("ec-1"));
+    let issuer = TestIssuer::start("/realms/cogrion", &[&rsa, &ec]).await;
+    let stranger_key = TestKey::rsa("stranger-1");
+    let stranger = TestIssuer::start("/realms/evil", &[&stranger_key]).await;
+    let (_dir, db) = sqlite().await;
+    let auth = Arc::new(Auth::new(config(&[&issuer.url]), db.clone()));
+    let app = app(auth.clone(), db);
+    let good = claims(&issuer.url, AUD, "alice@example.com", 300);
+
+    // Valid tokens, RS256 and ES256.
+    for token in [rsa.token(&good), ec.token(&good)] {
+        let a = call(&app, "GET", "/v1/workspaces", Some(&token)).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+    let fetched = issuer.fetches();
+    assert_eq!(fetched, 1, "keys are cached");
+
+    // No token.
+    let a = call(&app, "GET", "/v1/workspaces", None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a
+        .challenge
+        .as_deref()
+        .is_some_and(|c| c.starts_with("Bearer")));
+    assert!(a.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("bearer token is required")));
+    // Public paths need none.
+    assert_eq!(
+        call(&app, "GET", "/healthz", None).await.status,
+        StatusCode::OK
+    );
+
+    // Time: expired beyond the leeway, not yet valid.
+    let mut c = good.clone();
+    c["exp"] = json!(now() - 120);
+    c["iat"] = json!(now() - 420);
+    c["nbf"] = json!(now() - 420);
+    refused(&app, &rsa.token(&c), "expired").await;
+    let mut c = good.clone();
+    c["nbf"] = json!(now() + 600);
+    refused(&app, &rsa.token(&c), "not valid yet").await;
+    // Within the leeway is fine.
+    let mut c = good.clone();
+    c["exp"] = json!(now() - 5);
+    let a = call(&app, "GET", "/v1/workspaces", Some(&rsa.token(&c))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+
+    // Audience.
+    refused(
+        &app,
+        &rsa.token(&claims(&issuer.url, "account", "alice@example.com", 300)),
+        "wrong audience",
+    )
+    .await;
+    let mut c = good.clone();
+    c.as_object_mut().expect("object").remove("aud");
+    refused(&app, &rsa.token(&c), "missing claim aud").await;
+
+    // An issuer not on the allow-list: refused without any fetch from it.
+    let theirs = claims(&stranger.url, AUD, "alice@example.com", 300);
+    refused(&app, &stranger_key.token(&theirs), "is not allowed").await;
+    assert_eq!(stranger.fetches(), 0, "nothing fetched for a stranger");
+    // Claiming the allowed issuer with a key it does not publish.
+    refused(&app, &stranger_key.token(&good), "publishes no signing key").await;
+
+    // alg none, with and without a signature part.
+    let none_header = json!({"alg": "none", "typ": "JWT", "kid": "rsa-1"});
+    let unsigned = format!(
+        "{}.{}.",
+        b64(none_header.to_string().as_bytes()),
+        b64(good.to_string().as_bytes())
+    );
+    refused(&app, &unsigned, "invalid token").await;
+    refused(&app, unsigned.trim_end_matches('.'), "invalid token").await;
+
+    // HS256 "signed" with the public key (key confusion): the RSA key allows RS* only.
+    let hs_header = json!({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"});
+    refused(
+        &app,
+        &hs256(&hs_header, &good, &rsa.public_der()),
+        "not allowed for key",
+    )
+    .await;
+    let n = rsa.jwk()["n"].as_str().expect("n").to_owned();
+    refused(&app, &hs256(&hs_header, &good, n.as_bytes()), "not allowed").await;
+    let hs_ec = json!({"alg": "HS256", "typ": "JWT", "kid": "ec-1"});
+    refused(&app, &hs256(&hs_ec, &good, &ec.public_der()), "not allowed").await;
+    // RS256 claimed for the EC key.
+    let rs_on_ec = rsa.sign(&json!({"alg": "RS256", "kid": "ec-1"}), &good);
+    refused(&app, &rs_on_ec, "not allowed for key").await;
+
+    // Tampering: a changed signature, and changed claims under the old signature.
+    let token = rsa.token(&good);
+    let (head, sig) = token.rsplit_once('.').expect("three parts");
+    let mut bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
+        .expect("b64");
+    bytes[10] ^= 0x01;
+    refused(&app, &format!("{head}.{}", b64(&bytes)), "bad signature").await;
+    let mut evil = good.clone();
+    evil["email"] = json!("admin@example.com");
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(evil.to_string().as_bytes()),
+        parts[2]
+    );
+    refused(&app, &forged, "bad signature").await;
+    refused(&app, "not-a-jwt", "malformed").await;
+
+    // Identity claims.
+    let mut c = good.clone();
+    c.as_object_mut().expect("object").remove("email");
+    refused(&app, &rsa.token(&c), "no email claim").await;
+    let mut c = good.clone();
+    c["email_verified"] = json!(false);
+    refused(&app, &rsa.token(&c), "not verified").await;
+
+    // The issuer was asked once more only for the key it does not publish.
+    assert!(issuer.fetches() <= 2, "{} fetches", issuer.fetches());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kid_refetches_keys_at_most_once_per_interval() {
+    let (old, new) = (TestKey::rsa("2026-01"), TestKey::ec("2026-02"));
+    let issuer = TestIssuer::start("/realms/cogrion", &[&old]).await;
+    let (_dir, db) = sqlite().await;
+    let auth = Arc::new(Auth::new(config(&[&issuer.url]), db.clone()));
+    let app = app(auth.clone(), db);
+    let c = claims(&issuer.url, AUD, "alice@example.com", 300);
+    assert_eq!(
+        call(&app, "GET", "/v1/workspaces", Some(&old.token(&c)))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(issuer.fetches(), 1);
+
+    // Keycloak rotates its key: the first token with the new kid makes one refetch.
+    issuer.publish(&[&new]);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let a = call(&app, "GET", "/v1/workspaces", Some(&new.token(&c))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(issuer.fetches(), 2);
+    // The retired key no longer verifies anything.
+    refused(&app, &old.token(&c), "publishes no signing key").await;
+
+    // A flood of made-up kids, concurrently: at most one more fetch within the interval.
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let app = app.clone();
+        let token = new.sign(&json!({"alg": "ES256", "kid": format!("forged-{i}")}), &c);
+        flood.spawn(async move {
+            call(&app, "GET", "/v1/workspaces", Some(&token))
+                .await
+                .status
+        });
+    }
+    while let Some(status) = flood.join_next().await {
+        assert_eq!(status.expect("task"), StatusCode::UNAUTHORIZED);
+    }
+    assert!(
+        issuer.fetches() <= 3,
+        "the flood made {} fetches",
+        issuer.fetches() - 2
+    );
+    assert_eq!(auth.jwks_fetches() as usize, issuer.fetches());
+    // And valid tokens kept working throughout.
+    assert_eq!(
+        call(&app, "GET", "/v1/workspaces", Some(&new.token(&c)))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_issuer_is_unavailable_not_unauthorized() {
+    let port = support::moto::free_port();
+    let url = format!("http://127.0.0.1:{port}/realms/down");
+    let key = TestKey::ec("k");
+    let (_dir, db) = sqlite().await;
+    let app = app(Arc::new(Auth::new(config(&[&url]), db.clone())), db);
+    let a = call(
+        &app,
+        "GET",
+        "/v1/workspaces",
+        Some(&key.token(&claims(&url, AUD, "a@example.com", 300))),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert!(a.body.contains("cannot verify tokens"), "{}", a.body);
+}
+
+/// Admin, member, viewer and non-member through a real write route, on one database.
+async fn authorization_on(db: Db) {
+    let key = TestKey::ec("k1");
+    let issuer = TestIssuer::start("/realms/cogrion", &[&key]).await;
+    let auth = Arc::new(Auth::new(config(&[&issuer.url]), db.clone()));
+    let app = app(auth.clone(), db.clone());
+    let token = |email: &str| key.token(&claims(&issuer.url, AUD, email, 300));
+
+    // Granted before their first sign-in, as `cplane principal grant-admin` and
+    // `cplane membership add` do.
+    principals::set_role(&db, "root@example.com", principals::ROLE_ADMIN, true)
+        .await
+        .expect("grant");
+    auth.add_membership("Maria@Example.com", "acme-corp", "member")
+        .await
+        .expect("member");
+    auth.add_membership("vic@example.com", "acme-corp", "viewer")
+        .await
+        .expect("viewer");
+    assert!(auth
+        .add_membership("vic@example.com", "acme-corp", "owner")
+        .await
+        .is_err());
+
+    let write = |email: &str, account: &str| {
+        let (app, token) = (app.clone(), token(email));
+        let path = format!("/v1/accounts/{account}/workspaces");
+        async move { call(&app, "POST", &path, Some(&token)).await.status }
+    };
+    assert_eq!(write("root@example.com", "acme-corp").await, StatusCode::OK);
+    assert_eq!(write("root@example.com", "globex").await, StatusCode::OK);
+    assert_eq!(
+        write("maria@example.com", "acme-corp").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        write("MARIA@example.com", "acme-corp").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        write("maria@example.com", "globex").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        write("vic@example.com", "acme-corp").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        write("nobody@example.com", "acme-corp").await,
+        StatusCode::FORBIDDEN
+    );
+    // Everyone authenticated reads.
+    for who in ["nobody@example.com", "vic@example.com"] {
+        assert_eq!(
+            call(&app, "GET", "/v1/workspaces", Some(&token(who)))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+
+    // First encounter created the principal: kind user, no roles, sub recorded; principals
+    // created ahead of sign-in got their sub on the first request.
+    let nobody = principals::find(&db, "nobody@example.com")
+        .await
+        .expect("find")
+        .expect("created on first encounter");
+    assert_eq!(nobody.kind, "user");
+    assert!(nobody.system_roles.is_empty());
+    assert_eq!(nobody.external_id, "sub-nobody@example.com");
+    let root = principals::find(&db, "ROOT@example.com")
+        .await
+        .expect("find")
+        .expect("root");
+    assert_eq!(root.external_id, "sub-root@example.com");
+    assert_eq!(root.system_roles, ["admin"]);
+
+    // /v1/me and can_write_account directly.
+    let me = call(&app, "GET", "/v1/me", Some(&token("maria@example.com")))
+        .await
+        .json();
+    assert_eq!(me["principal"]["email"], "maria@example.com");
+    assert_eq!(me["principal"]["admin"], false);
+    assert_eq!(
+        me["memberships"],
+        json!([{"account": "acme-corp", "role": "member"}])
+    );
+    let maria_uid = me["principal"]["uid"].as_str().expect("uid").to_owned();
+    let maria = Principal {
+        subject: "s".into(),
+        email: "maria@example.com".into(),
+        name: "Maria".into(),
+        admin: false,
+        uid: maria_uid,
+        kind: "user".into(),
+        system_roles: vec![],
+        issuer: issuer.url.clone(),
+    };
+    assert!(maria.can_write_account(&db, "acme-corp").await.expect("db"));
+    assert!(!maria.can_write_account(&db, "globex").await.expect("db"));
+    let admin = Principal {
+        admin: true,
+        uid: String::new(),
+        ..maria.clone()
+    };
+    assert!(admin.can_write_account(&db, "anything").await.expect("db"));
+
+    // Removing the membership and the admin role takes effect on the next request.
+    assert!(auth
+        .remove_membership("maria@example.com", "acme-corp")
+        .await
+        .expect("remove"));
+    assert_eq!(
+        write("maria@example.com", "acme-corp").await,
+        StatusCode::FORBIDDEN
+    );
+    auth.set_admin("root@example.com", false)
+        .await
+        .expect("revoke");
+    assert_eq!(
+        write("root@example.com", "globex").await,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_and_members_write_others_read_sqlite() {
+    let (_dir, db) = sqlite().await;
+    authorization_on(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_and_members_write_others_read_postgres() {
+    let pg = support::pg::PgDatabase::create().await;
+    authorization_on(Db::connect(&pg.url).await.expect("pg")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_issuer_reads_are_open_and_writes_refused() {
+    let (_dir, db) = sqlite().await;
+    let app = app(Arc::new(Auth::new(Config::default(), db.clone())), db);
+    assert_eq!(
+        call(&app, "GET", "/v1/workspaces", None).await.status,
+        StatusCode::OK
+    );
+    let a = call(&app, "POST", "/v1/accounts/acme-corp/workspaces", None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.body.contains("no OIDC issuer configured"), "{}", a.body);
+    assert!(a
+        .challenge
+        .as_deref()
+        .is_some_and(|c| c.starts_with("Bearer")));
+    // A token is no way around it: nothing can verify it.
+    let key = TestKey::ec("k");
+    let token = key.token(&claims("http://127.0.0.1:1/realms/x", AUD, "a@b.c", 300));
+    let a = call(
+        &app,
+        "POST",
+        "/v1/accounts/acme-corp/workspaces",
+        Some(&token),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_principals_needs_the_inter_region_token() {
+    let (_dir, db) = sqlite().await;
+    let with_token = Config {
+        service_token: Some("inter-region-secret".into()),
+        ..Config::default()
+    };
+    let app = app(Arc::new(Auth::new(with_token, db.clone())), db.clone());
+    let p = principals::set_role(&db, "root@example.com", "admin", true)
+        .await
+        .expect("grant");
+    let path = "/internal/principals?email=Root%40example.com";
+    assert_eq!(
+        call(&app, "GET", path, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", path, Some("inter-region-secreT"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", path, Some("inter-region-secret-and-more"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let a = call(&app, "GET", path, Some("inter-region-secret")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        a.json(),
+        json!({"uid": p.uid, "externalId": "", "kind": "user", "systemRoles": ["admin"]})
+    );
+    let a = call(
+        &app,
+        "GET",
+        "/internal/principals?email=ghost%40example.com",
+        Some("inter-region-secret"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.body);
+    // Without a configured token the endpoint refuses everyone.
+    let app = app_without_token(db).await;
+    assert_eq!(
+        call(&app, "GET", path, Some("")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn app_without_token(db: Db) -> Router {
+    app(Arc::new(Auth::new(Config::default(), db.clone())), db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_region_takes_identity_from_the_primary_and_memberships_locally() {
+    let key = TestKey::ec("k1");
+    let issuer = TestIssuer::start("/realms/frankfurt", &[&key]).await;
+    let token = |email: &str| key.token(&claims(&issuer.url, AUD, email, 300));
+    let secret = "shared-inter-region-secret";
+
+    // The primary (sgp-1): principals live here.
+    let (_d1, primary_db) = sqlite().await;
+    let primary_auth = Arc::new(Auth::new(
+        Config {
+            service_token: Some(secret.into()),
+            ..config(&[&issuer.url])
+        },
+        primary_db.clone(),
+    ));
+    let primary_app = app(primary_auth, primary_db.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let primary_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let primary = tokio::spawn(async move {
+        let _ = axum::serve(listener, primary_app).await;
+    });
+    let root = principals::set_role(&primary_db, "root@example.com", "admin", true)
+        .await
+        .expect("grant");
+    let maria = principals::resolve(&primary_db, "maria@example.com", "")
+        .await
+        .expect("maria");
+
+    // The secondary (frankfurt-1): no principals of its own; memberships are local.
+    let (_d2, db) = sqlite().await;
+    let secondary_auth = Arc::new(Auth::new(
+        Config {
+            primary: Some(primary_url.clone()),
+            service_token: Some(secret.into()),
+            ..config(&[&issuer.url])
+        },
+        db.clone(),
+    ));
+    let uid = secondary_auth
+        .add_membership("maria@example.com", "acme-corp", "member")
+        .await
+        .expect("membership via the primary's uid");
+    assert_eq!(uid, maria.uid);
+    assert!(matches!(
+        secondary_auth.set_admin("x@example.com", true).await,
+        Err(auth::Error::NotPrimary(_))
+    ));
+    assert!(matches!(
+        secondary_auth
+            .add_membership("ghost@example.com", "acme-corp", "member")
+            .await,
+        Err(auth::Error::UnknownAtPrimary(_))
+    ));
+    let app = app(secondary_auth, db.clone());
+
+    let me = call(&app, "GET", "/v1/me", Some(&token("root@example.com")))
+        .await
+        .json();
+    assert_eq!(me["principal"]["uid"], root.uid.as_str(), "{me}");
+    assert_eq!(me["principal"]["admin"], true);
+    let me = call(&app, "GET", "/v1/me", Some(&token("maria@example.com")))
+        .await
+        .json();
+    assert_eq!(me["principal"]["uid"], maria.uid.as_str(), "{me}");
+    assert_eq!(
+        me["memberships"],
+        json!([{"account": "acme-corp", "role": "member"}])
+    );
+    let post = |email: &str, account: &str| {
+        let (app, token) = (app.clone(), token(email));
+        let path = format!("/v1/accounts/{account}/workspaces");
+        async move { call(&app, "POST", &path, Some(&token)).await.status }
+    };
+    assert_eq!(post("root@example.com", "globex").await, StatusCode::OK);
+    assert_eq!(post("maria@example.com", "acme-corp").await, StatusCode::OK);
+    assert_eq!(
+        post("maria@example.com", "globex").await,
+        StatusCode::FORBIDDEN
+    );
+    // Someone the primary does not know yet reads, and writes nothing; nothing is created
+    // in the secondary.
+    let t = token("newbie@example.com");
+    assert_eq!(
+        call(&app, "GET", "/v1/workspaces", Some(&t)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post("newbie@example.com", "acme-corp").await,
+        StatusCode::FORBIDDEN
+    );
+    assert!(principals::find(&db, "newbie@example.com")
+        .await
+        .expect("find")
+        .is_none());
+    // The secondary's own /internal/principals is not a directory.
+    let a = call(
+        &app,
+        "GET",
+        "/internal/principals?email=root%40example.com",
+        Some(secret),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::MISDIRECTED_REQUEST, "{}", a.body);
+
+    // The primary goes down: identities cached within the TTL still resolve; a new one
+    // answers 503 (a hard dependency), never a silent downgrade.
+    primary.abort();
+    let _ = primary.await;
+    assert_eq!(post("maria@example.com", "acme-corp").await, StatusCode::OK);
+    let a = call(
+        &app,
+        "GET",
+        "/v1/workspaces",
+        Some(&token("carol@example.com")),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert!(a.body.contains("primary region"), "{}", a.body);
+}
