@@ -657,3 +657,422 @@ async fn a_secondary_region_takes_identity_from_the_primary_and_memberships_loca
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
     assert!(a.body.contains("primary region"), "{}", a.body);
 }
+
+// ---------------------------------------------------------------------------------------------
+// End to end with the `cplane` binary.
+
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+/// One blocking HTTP/1.1 request: (status, body).
+fn http(port: u16, method: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    if let Some(t) = bearer {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ready(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        && http(port, "GET", "/readyz", None).0 == 200
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A bare remote seeded with the template; returns its file:// URL and branch.
+fn remote(dir: &std::path::Path) -> (String, String) {
+    let seed = support::template_repo();
+    let remote = dir.join("remote.git");
+    let repo = git2::build::RepoBuilder::new()
+        .bare(true)
+        .clone(&format!("file://{}", seed.path().display()), &remote)
+        .expect("bare remote");
+    let branch = repo
+        .head()
+        .expect("head")
+        .shorthand()
+        .expect("branch")
+        .to_owned();
+    (format!("file://{}", remote.display()), branch)
+}
+
+/// `cplane serve` on a free port with its own SQLite database under `dir/name`.
+fn serve(
+    dir: &std::path::Path,
+    name: &str,
+    (url, branch): &(String, String),
+    issuer: &str,
+    env: &[(&str, &str)],
+) -> (Server, u16, String) {
+    let port = support::moto::free_port();
+    let db = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
+    cmd.args([
+        "serve",
+        "--repo-url",
+        url,
+        "--branch",
+        branch,
+        "--poll",
+        "1h",
+    ])
+    .args([
+        "--mirror",
+        dir.join(format!("{name}-mirror.git"))
+            .to_str()
+            .expect("utf-8"),
+    ])
+    .args(["--database", &db, "--listen", &format!("127.0.0.1:{port}")])
+    .args(["--oidc-issuer", issuer, "--oidc-audience", AUD])
+    .env_remove("PRIMARY_CPLANE_API_URL")
+    .env_remove("INTER_REGION_SERVICE_TOKEN")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let server = Server(cmd.spawn().expect("start cplane serve"));
+    wait_for("/readyz", || ready(port));
+    (server, port, db)
+}
+
+/// Runs `cplane ARGS` with extra environment: (success, stdout + stderr).
+fn cplane(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
+    cmd.args(args)
+        .env_remove("PRIMARY_CPLANE_API_URL")
+        .env_remove("INTER_REGION_SERVICE_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run cplane");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_requires_a_token_on_the_user_api_only() {
+    let key = TestKey::rsa("k1");
+    let issuer = TestIssuer::start("/realms/cogrion", &[&key]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = remote(tmp.path());
+    let (_server, port, db) = serve(tmp.path(), "sgp-1", &repo, &issuer.url, &[]);
+    let token = key.token(&claims(&issuer.url, AUD, "ops@example.com", 300));
+
+    for path in [
+        "/v1/workspaces",
+        "/v1/workspaces/acme",
+        "/v1/regions",
+        "/v1/stacks",
+        "/v1/clusters",
+        "/v1/status",
+        "/v1/clusters/w-acme/status",
+        "/v1/me",
+    ] {
+        assert_eq!(
+            http(port, "GET", path, None).0,
+            401,
+            "{path} without a token"
+        );
+        let (status, body) = http(port, "GET", path, Some(&token));
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (_, body) = http(port, "GET", "/v1/workspaces/acme", Some(&token));
+    assert!(body.contains("\"account\":\"acme-corp\""), "{body}");
+    let wrong = key.token(&claims(&issuer.url, "other-client", "ops@example.com", 300));
+    assert_eq!(http(port, "GET", "/v1/workspaces", Some(&wrong)).0, 401);
+
+    // Paths with their own authentication (or none) are unchanged.
+    assert_eq!(http(port, "GET", "/healthz", None).0, 200);
+    assert_eq!(http(port, "GET", "/metrics", None).0, 200);
+    assert_eq!(http(port, "GET", "/lookup/w-acme", None).0, 200);
+    assert_eq!(
+        http(port, "POST", "/v1/webhooks/git", None).0,
+        404,
+        "no webhook secret: not served"
+    );
+    assert_eq!(http(port, "GET", "/v1/clusters/w-acme/bundle", None).0, 401);
+    assert_eq!(
+        http(port, "GET", "/v1/clusters/w-acme/bundle", Some(&token)).0,
+        401,
+        "a user's JWT is not a cluster token"
+    );
+    let (ok, out) = cplane(
+        &["cluster", "token", "create", "w-acme", "--database", &db],
+        &[],
+    );
+    assert!(ok, "{out}");
+    let cluster_token = out
+        .lines()
+        .find(|l| l.starts_with("cpt_"))
+        .expect("token")
+        .trim()
+        .to_owned();
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            "/v1/clusters/w-acme/bundle",
+            Some(&cluster_token)
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            "/api/workspaces/acme/config",
+            Some(&cluster_token)
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            "/internal/principals?email=ops%40example.com",
+            Some(&token)
+        )
+        .0,
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_regions_share_identity_through_the_primary() {
+    let key = TestKey::ec("k1");
+    let issuer = TestIssuer::start("/realms/cogrion", &[&key]).await;
+    let token = |email: &str| key.token(&claims(&issuer.url, AUD, email, 300));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = remote(tmp.path());
+    let secret = ("INTER_REGION_SERVICE_TOKEN", "inter-region-test-secret");
+    let (mut primary, p_port, p_db) = serve(tmp.path(), "sgp-1", &repo, &issuer.url, &[secret]);
+    let primary_url = format!("http://127.0.0.1:{p_port}");
+    let to_primary = ("PRIMARY_CPLANE_API_URL", primary_url.as_str());
+    let (_secondary, s_port, s_db) = serve(
+        tmp.path(),
+        "fra-1",
+        &repo,
+        &issuer.url,
+        &[secret, to_primary],
+    );
+
+    // Identity is administered in the primary; memberships in each region.
+    let (ok, out) = cplane(
+        &[
+            "principal",
+            "grant-admin",
+            "root@example.com",
+            "--database",
+            &p_db,
+        ],
+        &[],
+    );
+    assert!(ok && out.contains("system roles [admin]"), "{out}");
+    let (ok, out) = cplane(
+        &[
+            "principal",
+            "grant-admin",
+            "x@example.com",
+            "--database",
+            &s_db,
+        ],
+        &[secret, to_primary],
+    );
+    assert!(
+        !ok && out.contains("principals live in the primary region"),
+        "{out}"
+    );
+    let (ok, out) = cplane(
+        &[
+            "membership",
+            "add",
+            "maria@example.com",
+            "acme-corp",
+            "--database",
+            &s_db,
+        ],
+        &[secret, to_primary],
+    );
+    assert!(
+        !ok && out.contains("knows no principal maria@example.com"),
+        "{out}"
+    );
+    // Maria signs in once at the primary; now the secondary can name her.
+    let (status, body) = http(p_port, "GET", "/v1/me", Some(&token("maria@example.com")));
+    assert_eq!(status, 200, "{body}");
+    let maria_uid = serde_json::from_str::<Value>(&body).expect("json")["principal"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    let (ok, out) = cplane(
+        &[
+            "membership",
+            "add",
+            "maria@example.com",
+            "acme-corp",
+            "--database",
+            &s_db,
+        ],
+        &[secret, to_primary],
+    );
+    assert!(ok && out.contains(&maria_uid), "{out}");
+
+    let me = |port: u16, email: &str| {
+        let (status, body) = http(port, "GET", "/v1/me", Some(&token(email)));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).expect("json")
+    };
+    let m = me(s_port, "maria@example.com");
+    assert_eq!(m["principal"]["uid"], maria_uid.as_str());
+    assert_eq!(
+        m["memberships"],
+        json!([{"account": "acme-corp", "role": "member"}])
+    );
+    assert_eq!(
+        me(p_port, "maria@example.com")["memberships"],
+        json!([]),
+        "memberships are per region"
+    );
+    let r = me(s_port, "root@example.com");
+    assert_eq!(r["principal"]["admin"], true);
+    assert_eq!(
+        r["principal"]["uid"],
+        me(p_port, "root@example.com")["principal"]["uid"]
+    );
+
+    // The primary is a hard dependency: down, a principal not cached answers 503.
+    let _ = primary.0.kill();
+    let _ = primary.0.wait();
+    let (status, body) = http(
+        s_port,
+        "GET",
+        "/v1/workspaces",
+        Some(&token("carol@example.com")),
+    );
+    assert_eq!(status, 503, "{body}");
+}
+
+#[test]
+fn up_prints_an_admin_token_that_the_api_accepts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("try");
+    let port = support::moto::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args([
+            "up",
+            "--dir",
+            dir.to_str().expect("utf-8"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cplane up");
+    let stdout = child.stdout.take().expect("stdout");
+    let _server = Server(child);
+    // Read stdout to the end on a thread of its own (a closed pipe would stop `up`).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(t) = line.trim().strip_prefix("token") {
+                let _ = tx.send(t.trim().to_owned());
+            }
+        }
+    });
+    let token = rx.recv_timeout(Duration::from_secs(60)).ok();
+    let token = token.expect("cplane up prints a token");
+    wait_for("/readyz", || ready(port));
+
+    assert_eq!(http(port, "GET", "/v1/workspaces", None).0, 401);
+    let (status, body) = http(port, "GET", "/v1/workspaces", Some(&token));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"acme\""), "{body}");
+    let (status, body) = http(port, "GET", "/v1/me", Some(&token));
+    assert_eq!(status, 200, "{body}");
+    let me: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(me["principal"]["admin"], true, "{me}");
+    assert_eq!(
+        me["principal"]["issuer"],
+        format!("http://127.0.0.1:{port}/dev-issuer")
+    );
+    // The same JWT path as production: the JWKS is served at the Keycloak path.
+    let (status, jwks) = http(
+        port,
+        "GET",
+        "/dev-issuer/protocol/openid-connect/certs",
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        jwks.contains("\"kty\":\"EC\"") && !jwks.contains("\"d\""),
+        "{jwks}"
+    );
+
+    // The key and token stay in DIR, private and out of git.
+    use std::os::unix::fs::PermissionsExt as _;
+    for f in ["dev-issuer.p8", "admin.token"] {
+        let mode = std::fs::metadata(dir.join(f))
+            .expect(f)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("admin.token")).expect("token file"),
+        token
+    );
+    assert!(std::fs::read_to_string(dir.join(".gitignore"))
+        .expect("ignore")
+        .contains('*'));
+    let state = git2::Repository::open(dir.join("state")).expect("state repo");
+    assert!(
+        state.statuses(None).expect("status").is_empty(),
+        "nothing new in the state repo"
+    );
+}
