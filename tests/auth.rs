@@ -1019,7 +1019,10 @@ fn up_prints_an_admin_token_that_the_api_accepts() {
     // Read stdout to the end on a thread of its own (a closed pipe would stop `up`).
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(t) = line.trim().strip_prefix("token") {
                 let _ = tx.send(t.trim().to_owned());
             }

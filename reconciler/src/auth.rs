@@ -356,7 +356,7 @@ enum Directory {
     /// This region's `principals` table (the primary region).
     Local,
     /// The primary region, over `/internal/principals`.
-    Primary(remote::Primary),
+    Primary(Box<remote::Primary>),
 }
 
 /// The authenticator shared by the middleware and the routes.
@@ -402,12 +402,12 @@ impl Auth {
         let keys =
             jwks::KeyCache::new(client.clone(), config.jwks_min_refetch, config.jwks_max_age);
         let directory = match (&config.primary, &config.service_token) {
-            (Some(primary), Some(token)) => Directory::Primary(remote::Primary::new(
+            (Some(primary), Some(token)) => Directory::Primary(Box::new(remote::Primary::new(
                 primary,
                 token,
                 client,
                 config.principal_cache_ttl,
-            )),
+            ))),
             _ => Directory::Local,
         };
         Self {
@@ -438,7 +438,7 @@ impl Auth {
             .iss
             .ok_or_else(|| bad("no iss claim".into()))?;
         // The allow-list comes first: nothing is fetched for an issuer not on it.
-        if !self.config.issuers.iter().any(|i| *i == issuer) {
+        if !self.config.issuers.contains(&issuer) {
             return Err(bad(format!("issuer {issuer} is not allowed")));
         }
         let kid = header

@@ -131,7 +131,7 @@ impl DevIssuer {
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
         let jwks = serde_json::to_value(JwkSet { keys: vec![jwk] })
-            .map_err(|e| jsonwebtoken::errors::Error::from(e))?;
+            .map_err(jsonwebtoken::errors::Error::from)?;
         Ok(Self {
             issuer: issuer.trim_end_matches('/').to_owned(),
             key,
