@@ -6,6 +6,7 @@
 //! - [`plan`]: the pure planner; [`apply`]: executes plans through the journal;
 //!   [`reconcile`]: one run (validate → observe → plan → apply → status).
 //! - [`db`], [`aws`]: adapters.
+//! - [`auth`]: OIDC bearer JWTs, principals, account memberships, the development issuer.
 //! - [`init`]: `cplane init`.
 //! - [`api`]: the write API (commits on a user's behalf), `GET /v1/plan`, `/openapi.json`.
 //! - [`synthetic`]: a generated state repo of any size, for benchmarks.

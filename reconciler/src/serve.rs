@@ -10,8 +10,10 @@
 //!   (desired + status conditions), `/v1/stacks`, `/v1/clusters`, `/v1/status`, the tenant →
 //!   region lookup `GET /lookup/{workspace}`, and `POST /v1/webhooks/git` (cplane-webhook).
 //!
-//! Not yet here (see the serve issue's note): writes through the API, OIDC auth, replicas with a
-//! lease, file watch, `cplane up`.
+//! - **Auth** ([`crate::auth`]): OIDC bearer JWTs on the `/v1` API when issuers are configured,
+//!   `/internal/principals` for other regions, `/v1/me`.
+//!
+//! Not yet here (see the serve issue's note): writes through the API, replicas with a lease.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +57,8 @@ pub struct Settings {
     pub webhook_secret: Option<String>,
     /// Deletion threshold.
     pub max_deletions: usize,
+    /// API authentication (OIDC issuers, primary region, inter-region token).
+    pub auth: crate::auth::Config,
 }
 
 /// Errors starting the server.
@@ -122,6 +126,8 @@ struct Shared {
     state: tokio::sync::Mutex<Option<Incremental>>,
     /// The write API (set once the server starts).
     api: std::sync::OnceLock<Arc<crate::api::Api>>,
+    /// Authentication of API users (the middleware on every route).
+    auth: Arc<crate::auth::Auth>,
 }
 
 /// Opens (or creates) the bare mirror with `origin` pointing at `url`.
@@ -159,6 +165,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
             addr: settings.listen,
             source,
         })?;
+    let auth = Arc::new(crate::auth::Auth::new(settings.auth.clone(), db.clone()));
     let shared = Arc::new(Shared {
         settings,
         db,
@@ -171,6 +178,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         bundles: tokio::sync::watch::Sender::new(0),
         state: tokio::sync::Mutex::new(None),
         api: std::sync::OnceLock::new(),
+        auth,
     });
     let _ = shared.api.set(crate::api::Api::start(
         crate::api::Settings {
@@ -545,7 +553,13 @@ fn router(shared: Arc<Shared>) -> Router {
             cplane_webhook::DEFAULT_MAX_BODY,
         ));
     }
-    app
+    // Users' bearer JWTs on the /v1 API (crate::auth::needs_user_token); keep this layer last
+    // so it covers every route above.
+    app.merge(crate::auth::routes(shared.auth.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.auth.clone(),
+            crate::auth::middleware,
+        ))
 }
 
 async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
