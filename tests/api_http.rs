@@ -69,6 +69,12 @@ struct Setup {
 }
 
 fn start() -> Setup {
+    start_with(None)
+}
+
+/// `cplane serve` on a bare copy of the template; with `issuer`, users authenticate with its
+/// tokens (audience `cplane`).
+fn start_with(issuer: Option<&str>) -> Setup {
     let tmp = tempfile::tempdir().expect("tempdir");
     let seed = support::template_repo();
     let remote = tmp.path().join("remote.git");
@@ -85,18 +91,22 @@ fn start() -> Setup {
         .to_owned();
     let port = support::moto::free_port();
     let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
-    let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
-        .args(["serve", "--repo-url", &format!("file://{}", remote.display())])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
+    cmd.args(["serve", "--repo-url", &format!("file://{}", remote.display())])
         .args(["--branch", &branch, "--database", &db, "--poll", "1h"])
         .args([
             "--mirror",
             tmp.path().join("mirror.git").to_str().expect("utf-8"),
         ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("PRIMARY_CPLANE_API_URL")
+        .env_remove("INTER_REGION_SERVICE_TOKEN")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start cplane serve");
+        .stderr(Stdio::null());
+    if let Some(issuer) = issuer {
+        cmd.args(["--oidc-issuer", issuer, "--oidc-audience", "cplane"]);
+    }
+    let child = cmd.spawn().expect("start cplane serve");
     let server = Server(child);
     wait_for("/readyz", || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -249,5 +259,253 @@ fn openapi_describes_every_route_of_the_server() {
                 );
             }
         }
+    }
+}
+
+fn cplane(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args(args)
+        .env_remove("PRIMARY_CPLANE_API_URL")
+        .env_remove("INTER_REGION_SERVICE_TOKEN")
+        .output()
+        .expect("run cplane");
+    assert!(out.status.success(), "cplane {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A development issuer (keys generated here) serving its JWKS on 127.0.0.1.
+async fn issuer() -> cplane_reconciler::auth::dev::DevIssuer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let dev = cplane_reconciler::auth::dev::DevIssuer::generate(&format!(
+        "http://127.0.0.1:{port}/realms/test"
+    ))
+    .expect("issuer");
+    let router = dev.router();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    dev
+}
+
+fn bearer(dev: &cplane_reconciler::auth::dev::DevIssuer, email: &str, name: &str) -> String {
+    let token = dev
+        .token("cplane", email, email, name, Duration::from_secs(600))
+        .expect("token");
+    format!("Bearer {token}")
+}
+
+fn json_of(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn commit_of(remote: &Path, id: &str) -> (String, String, String, String) {
+    let repo = git2::Repository::open_bare(remote).expect("bare");
+    let c = repo
+        .find_commit(git2::Oid::from_str(id).expect("oid"))
+        .expect("commit");
+    let author = c.author();
+    let committer = c.committer();
+    (
+        author.name().unwrap_or("").to_owned(),
+        author.email().unwrap_or("").to_owned(),
+        committer.name().unwrap_or("").to_owned(),
+        c.summary().ok().flatten().unwrap_or("").to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_write_their_accounts_workspaces_with_real_tokens() {
+    let dev = issuer().await;
+    let s = start_with(Some(dev.issuer()));
+    let port = s.port;
+    let maria = bearer(&dev, "maria@example.com", "Maria Member");
+    let root = bearer(&dev, "root@example.com", "Root Admin");
+    let json_ct = ("Content-Type", "application/json".to_owned());
+
+    // Identity: root is an admin; Maria signs in once and becomes a member of acme-corp.
+    cplane(&["principal", "grant-admin", "root@example.com", "--database", &s.db]);
+    let (status, _, body) = http(port, "GET", "/v1/me", &[("Authorization", maria.clone())], b"");
+    assert_eq!(status, 200, "{body}");
+    cplane(&[
+        "membership",
+        "add",
+        "maria@example.com",
+        "acme-corp",
+        "--database",
+        &s.db,
+    ]);
+    let before = head(&s.remote, &s.branch);
+    let auth = |t: &String| ("Authorization", t.clone());
+
+    // Enable a stack on her account's workspace: 201, committed as her, by cplane.
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/airflow",
+        &[auth(&maria), json_ct.clone()],
+        br#"{"values":{"dagsRepo":"https://git.example.com/acme/dags.git"}}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let v = json_of(&body);
+    let commit = v["commit"].as_str().expect("commit").to_owned();
+    assert_eq!(v["changed"], true);
+    assert_eq!(head(&s.remote, &s.branch), commit);
+    assert_eq!(
+        commit_of(&s.remote, &commit),
+        (
+            "Maria Member".to_owned(),
+            "maria@example.com".to_owned(),
+            "cplane".to_owned(),
+            "workspaces/acme: enable stack airflow".to_owned()
+        )
+    );
+    // The write triggered a reconcile: the read API shows the applied change.
+    wait_for("the API commit reconciled", || {
+        let (_, _, body) = http(port, "GET", "/v1/workspaces/acme", &[auth(&maria)], b"");
+        body.contains("\"airflow\"")
+    });
+
+    // Re-value: 200. Another account's workspace: 403. Moving acme to another account: 403.
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/airflow",
+        &[auth(&maria), json_ct.clone()],
+        br#"{"values":{"dagsRepo":"https://git.example.com/acme/dags2.git"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = http(
+        port,
+        "DELETE",
+        "/v1/workspaces/globex/stacks/airflow",
+        &[auth(&maria)],
+        b"",
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(json_of(&body)["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("account globex")));
+    let acme: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(support::root().join("state-repo-template/workspaces/acme.yaml"))
+            .expect("acme"),
+    )
+    .expect("yaml");
+    let mut moved = acme.clone();
+    moved["spec"]["account"] = serde_json::json!("globex");
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme",
+        &[auth(&maria), json_ct.clone()],
+        moved.to_string().as_bytes(),
+    );
+    assert_eq!(status, 403, "{body}");
+
+    // Invalid: 422 with the validate shape and file:line.
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/superset",
+        &[auth(&maria), json_ct.clone()],
+        br#"{"values":{"replicas":"many"}}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"][0]["file"], "workspaces/acme.yaml");
+    assert_eq!(v["errors"][0]["line"], 40);
+    assert_eq!(v["errors"][0]["column"], 19);
+    assert_eq!(
+        v["errors"][0]["message"],
+        "spec.stacks[2].values.replicas: expected integer, found string"
+    );
+
+    // If-Match naming a commit before the file changed: 412; naming the current head: 200.
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/superset",
+        &[auth(&maria), json_ct.clone(), ("If-Match", format!("\"{before}\""))],
+        br#"{"values":{"replicas":3}}"#,
+    );
+    assert_eq!(status, 412, "{body}");
+    let now = head(&s.remote, &s.branch);
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/superset",
+        &[auth(&maria), json_ct.clone(), ("If-Match", now.clone())],
+        br#"{"values":{"replicas":3}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // Pull-request mode: a branch, the followed branch untouched.
+    let now = head(&s.remote, &s.branch);
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/jupyterhub?mode=pr",
+        &[auth(&maria), json_ct.clone()],
+        br#"{}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["branch"], "cplane/maria/acme-enable-stack-jupyterhub");
+    assert_eq!(head(&s.remote, &s.branch), now);
+    assert_eq!(
+        head(&s.remote, "cplane/maria/acme-enable-stack-jupyterhub"),
+        v["commit"].as_str().expect("commit")
+    );
+
+    // An admin creates and deletes a workspace of any account.
+    let mut umbrella = acme.clone();
+    umbrella["metadata"]["name"] = serde_json::json!("umbrella");
+    umbrella["spec"]["account"] = serde_json::json!("umbrella");
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/umbrella",
+        &[auth(&maria), json_ct.clone()],
+        umbrella.to_string().as_bytes(),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/umbrella",
+        &[auth(&root), json_ct.clone()],
+        umbrella.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201, "{body}");
+    wait_for("umbrella reconciled", || {
+        http(port, "GET", "/lookup/w-umbrella", &[], b"").0 == 200
+    });
+    let (status, _, body) = http(port, "DELETE", "/v1/workspaces/umbrella", &[auth(&root)], b"");
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = http(port, "DELETE", "/v1/workspaces/umbrella", &[auth(&root)], b"");
+    assert_eq!(status, 404);
+
+    // Admin-only reconcile; the plan needs a user token too (an issuer is configured).
+    assert_eq!(http(port, "POST", "/v1/reconcile", &[auth(&maria)], b"").0, 403);
+    assert_eq!(http(port, "POST", "/v1/reconcile", &[auth(&root)], b"").0, 202);
+    assert_eq!(http(port, "GET", "/v1/plan", &[], b"").0, 401);
+    assert_eq!(http(port, "GET", "/v1/plan", &[auth(&maria)], b"").0, 200);
+    assert_eq!(
+        http(port, "PUT", "/v1/workspaces/acme/stacks/trino", &[json_ct.clone()], b"{}").0,
+        401
+    );
+
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    for line in [
+        "cplane_api_commits_total{outcome=\"committed\"} 6",
+        "cplane_api_commits_total{outcome=\"forbidden\"} 3",
+        "cplane_api_commits_total{outcome=\"invalid\"} 1",
+        "cplane_api_commits_total{outcome=\"precondition_failed\"} 1",
+        "cplane_api_commits_total{outcome=\"not_found\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
     }
 }

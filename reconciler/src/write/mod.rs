@@ -29,6 +29,7 @@
 
 pub mod edit;
 pub mod store;
+pub mod tree;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -480,6 +481,7 @@ fn run(config: Config, mut rx: mpsc::Receiver<(Request, Reply)>, accounts: Accou
         config: &config,
         state: None,
         accounts,
+        folder: None,
     };
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -522,6 +524,8 @@ struct Session<'c> {
     state: Option<HeadState>,
     /// Workspace → account of the head, shared with the handlers.
     accounts: Accounts,
+    /// The last `workspaces/` tree written or read, by id (saves re-reading 10,000 entries).
+    folder: Option<(Oid, tree::FlatTree)>,
 }
 
 /// A commit of the chain being built.
@@ -779,7 +783,7 @@ impl Session<'_> {
 
     /// Writes the blob, trees and commit (into the in-memory object database).
     fn commit(
-        &self,
+        &mut self,
         repo: &Repository,
         parent: &git2::Commit<'_>,
         path: &str,
@@ -790,35 +794,49 @@ impl Session<'_> {
         let mut objects = Vec::new();
         let root = parent.tree()?;
         let (dir, file) = path.split_once('/').expect("workspace paths have a folder");
-        let sub = match root.get_name(dir) {
-            Some(entry) => Some(repo.find_tree(entry.id())?),
-            None => None,
+        let current = root
+            .get_name(dir)
+            .filter(|e| e.kind() == Some(git2::ObjectType::Tree))
+            .map(|e| e.id());
+        let mut folder = match (self.folder.take(), current) {
+            (Some((id, flat)), Some(cur)) if id == cur => flat,
+            (_, Some(cur)) => tree::FlatTree::read(&repo.find_tree(cur)?),
+            (_, None) => tree::FlatTree::default(),
         };
-        let mut dir_builder = repo.treebuilder(sub.as_ref())?;
         match text {
             Some(text) => {
                 let blob = repo.blob(text.as_bytes())?;
                 objects.push(blob);
-                dir_builder.insert(file, blob, 0o100644)?;
+                folder.upsert_blob(file, blob);
             }
             None => {
-                dir_builder.remove(file)?;
+                folder.remove_blob(file);
             }
         }
         let mut root_builder = repo.treebuilder(Some(&root))?;
-        if dir_builder.is_empty() {
-            root_builder.remove(dir)?;
+        if folder.is_empty() {
+            if current.is_some() {
+                root_builder.remove(dir)?;
+            }
         } else {
-            let dir_tree = dir_builder.write()?;
+            let dir_tree = folder.write(repo)?;
             objects.push(dir_tree);
             root_builder.insert(dir, dir_tree, 0o040000)?;
+            self.folder = Some((dir_tree, folder));
         }
         let root_tree = root_builder.write()?;
         objects.push(root_tree);
         let tree = repo.find_tree(root_tree)?;
         let clean = |s: &str| -> String {
-            let s: String = s.chars().filter(|c| !matches!(c, '<' | '>' | '\n' | '\r')).collect();
-            if s.trim().is_empty() { "unknown".into() } else { s.trim().to_owned() }
+            let s: String = s
+                .chars()
+                .filter(|c| !matches!(c, '<' | '>' | '\n' | '\r'))
+                .collect();
+            if s.trim().is_empty() {
+                "unknown".into()
+            } else {
+                s.trim().to_owned()
+            }
         };
         let author = Signature::now(&clean(&user.name), &clean(&user.email))?;
         let committer = Signature::now(&self.config.committer.0, &self.config.committer.1)?;
