@@ -410,6 +410,25 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
         header_value(&head, "x-cplane-generation").as_deref(),
         Some("1")
     );
+    // Agents that accept gzip get the stored compressed bytes; they inflate to the same body.
+    let gz = {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+        write!(c, "GET /v1/clusters/w-acme/bundle HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {acme}\r\nAccept-Encoding: br, gzip;q=0.8\r\n\r\n").expect("write");
+        let mut raw = Vec::new();
+        c.read_to_end(&mut raw).expect("read");
+        raw
+    };
+    let split = gz.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    let gz_head = String::from_utf8_lossy(&gz[..split]).to_string();
+    assert_eq!(
+        header_value(&gz_head, "content-encoding").as_deref(),
+        Some("gzip")
+    );
+    let mut inflated = String::new();
+    flate2::read::GzDecoder::new(&gz[split..])
+        .read_to_string(&mut inflated)
+        .expect("gzip body");
+    assert_eq!(inflated, body);
     assert_eq!(
         http_full(
             s.port,
@@ -564,14 +583,19 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
     assert_eq!(v["in_sync"], true, "{v}");
     assert_eq!(v["reported"]["report"]["objects"][0]["name"], "bff");
 
-    // Revoked tokens stop working at once.
+    // Revoked tokens stop working (SQLite: within a second; the server caches verified tokens
+    // and looks for revocations every second).
     let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
         .args(["cluster", "token", "revoke", "w-acme", "--database", &s.db])
         .output()
         .expect("revoke");
     assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 1 token(s)"));
-    assert_eq!(
-        http_full(s.port, "/v1/clusters/w-acme/bundle", &[bearer(&acme)]).0,
-        401
+    let revoked = Instant::now();
+    wait_for("the revoked token to be refused", || {
+        http_full(s.port, "/v1/clusters/w-acme/bundle", &[bearer(&acme)]).0 == 401
+    });
+    assert!(
+        revoked.elapsed() < Duration::from_secs(3),
+        "within a second or so"
     );
 }

@@ -5,7 +5,7 @@
 //! - [`render`]: stack templates → per-cluster bundles with `sha256:` digests.
 //! - [`plan`]: the pure planner; [`apply`]: executes plans through the journal;
 //!   [`reconcile`]: one run (validate → observe → plan → apply → status).
-//! - [`db`], [`aws`]: adapters.
+//! - [`db`], [`aws`]: adapters; [`bundle_store`]: published bundles as agents poll them.
 //! - [`init`]: `cplane init`.
 //! - [`synthetic`]: a generated state repo of any size, for benchmarks.
 #![forbid(unsafe_code)]
@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod aws;
+pub mod bundle_store;
 pub mod check;
 pub mod db;
 pub mod incremental;

@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 
 use crate::apply::Sample;
 use crate::aws::Aws;
+use crate::bundle_store::BundleStore;
 use crate::db::Db;
 use crate::incremental::{Incremental, Prepared};
 use crate::plan::Options;
@@ -68,6 +69,13 @@ pub enum Error {
         /// libgit2's reason.
         #[source]
         source: git2::Error,
+    },
+    /// The published bundles could not be read.
+    #[error("reading published bundles: {source}")]
+    Store {
+        /// The database's reason.
+        #[source]
+        source: crate::db::Error,
     },
     /// Binding the listen address failed.
     #[error("listening on {addr}: {source}")]
@@ -114,8 +122,8 @@ struct Shared {
     ready: AtomicBool,
     metrics: Metrics,
     last: Mutex<LastRun>,
-    /// Bumped after every run: long-polling agents re-check their bundle.
-    bundles: tokio::sync::watch::Sender<u64>,
+    /// Published bundles' heads (in memory) and verified cluster tokens: agents' polls.
+    store: Arc<BundleStore>,
     /// The last commit applied (not refused): what the read API shows.
     applied: Mutex<String>,
     /// The last valid model, for incremental runs (`None` until the first full run).
@@ -157,6 +165,10 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
             addr: settings.listen,
             source,
         })?;
+    let store = BundleStore::load(db.clone())
+        .await
+        .map_err(|source| Error::Store { source })?;
+    let _listener = store.listen();
     let shared = Arc::new(Shared {
         settings,
         db,
@@ -166,7 +178,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         metrics: Metrics::default(),
         last: Mutex::default(),
         applied: Mutex::default(),
-        bundles: tokio::sync::watch::Sender::new(0),
+        store,
         state: tokio::sync::Mutex::new(None),
     });
     tracing::info!(addr = %shared.settings.listen, "listening");
@@ -275,7 +287,11 @@ async fn reconcile_loop(shared: Arc<Shared>) {
                     .clone_from(&outcome.commit);
             }
             *shared.last.lock().expect("last") = outcome;
-            shared.bundles.send_modify(|n| *n += 1);
+            // Wake the long-polls of clusters whose bundle changed (other replicas hear of it
+            // by NOTIFY).
+            if let Err(e) = shared.store.refresh(None).await {
+                tracing::warn!(error = %e, "reading bundle heads");
+            }
         }
         periodic = wait(&shared).await;
     }
@@ -735,7 +751,7 @@ async fn token_cluster(sh: &Shared, headers: &axum::http::HeaderMap) -> Result<S
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-    match sh.db.token_cluster(token.trim()).await {
+    match sh.store.token_cluster(token.trim()).await {
         Ok(Some(cluster)) => Ok(cluster),
         Ok(None) => Err(api_error(
             StatusCode::UNAUTHORIZED,
@@ -775,7 +791,8 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 /// `GET /v1/clusters/{cluster}/bundle` (agent protocol): the cluster's canonical bundle with
 /// `ETag: "<digest>"` and `X-Cplane-Generation`, or `304` when `If-None-Match` names the current
 /// digest — after waiting up to `?wait=` seconds for a change. A token for one cluster gets `403`
-/// for every other.
+/// for every other. A `304` is answered from memory (no database read); a `200` is gzip-encoded
+/// when the agent accepts it (the stored bytes, as they are) and inflated otherwise.
 async fn bundle(
     State(sh): State<Arc<Shared>>,
     UrlPath(cluster): UrlPath<String>,
@@ -790,38 +807,18 @@ async fn bundle(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().trim_matches('"').to_owned());
     let deadline = Instant::now() + Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
-    let mut changes = sh.bundles.subscribe();
+    // Subscribe before looking, so a publish between the look and the wait is not missed.
+    let mut changes = sh.store.subscribe();
     loop {
-        let current = match sh.db.cluster_bundle(&cluster).await {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                return api_error(
-                    StatusCode::NOT_FOUND,
-                    format!("no bundle published for cluster {cluster}"),
-                )
-                .into_response()
-            }
-            Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
-        };
-        let (digest, generation, body) = current;
-        let etag = format!("\"{digest}\"");
-        if known.as_deref() != Some(digest.as_str()) {
-            return (
-                StatusCode::OK,
-                [
-                    (axum::http::header::ETAG, etag),
-                    (
-                        axum::http::header::CONTENT_TYPE,
-                        "application/x-ndjson".to_owned(),
-                    ),
-                    (
-                        axum::http::HeaderName::from_static("x-cplane-generation"),
-                        generation.to_string(),
-                    ),
-                ],
-                body,
+        let Some(head) = sh.store.head(&cluster) else {
+            return api_error(
+                StatusCode::NOT_FOUND,
+                format!("no bundle published for cluster {cluster}"),
             )
-                .into_response();
+            .into_response();
+        };
+        if known.as_deref() != Some(&*head.digest) {
+            break;
         }
         let now = Instant::now();
         if now >= deadline
@@ -829,9 +826,82 @@ async fn bundle(
                 .await
                 .is_err()
         {
-            return (StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response();
+            return (
+                StatusCode::NOT_MODIFIED,
+                [(axum::http::header::ETAG, format!("\"{}\"", head.digest))],
+            )
+                .into_response();
         }
     }
+    let (digest, generation, gz) = match sh.store.body(&cluster).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return api_error(
+                StatusCode::NOT_FOUND,
+                format!("no bundle published for cluster {cluster}"),
+            )
+            .into_response()
+        }
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    let mut response = if accepts_gzip(&headers) {
+        let mut r = gz.into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_ENCODING,
+            axum::http::HeaderValue::from_static("gzip"),
+        );
+        r
+    } else {
+        let mut body = Vec::new();
+        if let Err(e) =
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut body)
+        {
+            return api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored bundle {digest} is corrupt: {e}"),
+            )
+            .into_response();
+        }
+        body.into_response()
+    };
+    let h = response.headers_mut();
+    for (name, value) in [
+        (axum::http::header::ETAG, format!("\"{digest}\"")),
+        (
+            axum::http::header::CONTENT_TYPE,
+            "application/x-ndjson".to_owned(),
+        ),
+        (axum::http::header::VARY, "Accept-Encoding".to_owned()),
+        (
+            axum::http::HeaderName::from_static("x-cplane-generation"),
+            generation.to_string(),
+        ),
+    ] {
+        h.insert(
+            name,
+            axum::http::HeaderValue::try_from(value).expect("digests and numbers are ASCII"),
+        );
+    }
+    response
+}
+
+/// Whether `Accept-Encoding` admits gzip (`gzip` or `*`, with a non-zero `q`).
+fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !zero
+        })
 }
 
 /// `w-{id}` from a path segment that may or may not carry the prefix.
@@ -955,10 +1025,10 @@ async fn cluster_status(
     State(sh): State<Arc<Shared>>,
     UrlPath(cluster): UrlPath<String>,
 ) -> Response {
-    let current = match sh.db.cluster_bundle(&cluster).await {
-        Ok(b) => b.map(|(digest, generation, _)| (digest, generation)),
-        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
-    };
+    let current = sh
+        .store
+        .head(&cluster)
+        .map(|h| (h.digest.to_string(), h.generation));
     match sh.db.cluster_status(&cluster).await {
         Ok(report) => {
             let in_sync = match (&current, &report) {
