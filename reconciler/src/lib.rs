@@ -6,7 +6,7 @@
 //! - [`plan`]: the pure planner; [`apply`]: executes plans through the journal;
 //!   [`reconcile`]: one run (validate → observe → plan → apply → status).
 //! - [`db`], [`aws`]: adapters; [`bundle_store`]: published bundles as agents poll them.
-//! - [`init`]: `cplane init`.
+//! - [`init`]: `cplane init`; [`lease`]: one reconciling replica per scope.
 //! - [`synthetic`]: a generated state repo of any size, for benchmarks.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -18,6 +18,7 @@ pub mod check;
 pub mod db;
 pub mod incremental;
 pub mod init;
+pub mod lease;
 pub mod plan;
 pub mod reconcile;
 pub mod render;

@@ -10,8 +10,10 @@
 //!   (desired + status conditions), `/v1/stacks`, `/v1/clusters`, `/v1/status`, the tenant →
 //!   region lookup `GET /lookup/{workspace}`, and `POST /v1/webhooks/git` (cplane-webhook).
 //!
-//! Not yet here (see the serve issue's note): writes through the API, OIDC auth, replicas with a
-//! lease, file watch, `cplane up`.
+//! - **Replicas**: several processes may share one PostgreSQL database; only the holder of the
+//!   reconcile lease ([`crate::lease`]) runs the loop, the others stand by (they follow the
+//!   applied revision for the read API) and take over when the holder dies. Agents' long-polls
+//!   are woken on every replica ([`crate::bundle_store`], `LISTEN/NOTIFY`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use crate::aws::Aws;
 use crate::bundle_store::BundleStore;
 use crate::db::Db;
 use crate::incremental::{Incremental, Prepared};
+use crate::lease::Lease;
 use crate::plan::Options;
 use crate::reconcile::{self, apply_and_record, record_refusal, Request, Run, RunResult};
 use crate::source;
@@ -120,6 +123,8 @@ struct Shared {
     aws: Option<Aws>,
     trigger: Notify,
     ready: AtomicBool,
+    /// Whether this replica holds the reconcile lease.
+    leader: AtomicBool,
     metrics: Metrics,
     last: Mutex<LastRun>,
     /// Published bundles' heads (in memory) and verified cluster tokens: agents' polls.
@@ -175,6 +180,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         aws,
         trigger: Notify::new(),
         ready: AtomicBool::new(false),
+        leader: AtomicBool::new(false),
         metrics: Metrics::default(),
         last: Mutex::default(),
         applied: Mutex::default(),
@@ -256,14 +262,42 @@ fn watch_local(
     Ok(watcher)
 }
 
+/// The reconcile scope of this server: its regions, or `*` for every live region.
+fn scope(settings: &Settings) -> String {
+    if settings.regions.is_empty() {
+        "*".to_owned()
+    } else {
+        settings.regions.join(",")
+    }
+}
+
+/// Reconciles while this replica holds the lease ([`crate::lease`]); stands by otherwise.
 async fn reconcile_loop(shared: Arc<Shared>) {
-    // The first run and every poll are full runs (they also check drift); triggers run
-    // incrementally, and not at all when the branch did not move.
+    let scope = scope(&shared.settings);
+    loop {
+        let mut lease = tokio::select! {
+            lease = Lease::acquire(shared.db.url(), &scope) => lease,
+            () = standby(&shared, &scope) => unreachable!("standby returns only by cancellation"),
+        };
+        tracing::info!(scope, "holding the reconcile lease");
+        shared.leader.store(true, Ordering::SeqCst);
+        lead(&shared, &mut lease).await;
+        shared.leader.store(false, Ordering::SeqCst);
+        tracing::warn!(scope, "lost the reconcile lease; standing by");
+    }
+}
+
+/// Runs reconciles until the lease is lost. The first run and every poll are full runs (they
+/// also check drift); triggers run incrementally, and not at all when the branch did not move.
+async fn lead(shared: &Arc<Shared>, lease: &mut Lease) {
     let mut periodic = true;
     loop {
+        if !lease.check().await {
+            return;
+        }
         shared.metrics.pending.store(0, Ordering::SeqCst);
         let started = Instant::now();
-        if let Some(outcome) = run_once(&shared, periodic).await {
+        if let Some(outcome) = run_once(shared, periodic).await {
             let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             shared
                 .metrics
@@ -293,16 +327,67 @@ async fn reconcile_loop(shared: Arc<Shared>) {
                 tracing::warn!(error = %e, "reading bundle heads");
             }
         }
-        periodic = wait(&shared).await;
+        periodic = match wait(shared, lease).await {
+            Some(periodic) => periodic,
+            None => return,
+        };
     }
 }
 
-/// Waits for a trigger (false) or the jittered poll (true); triggers during a run coalesce.
-async fn wait(shared: &Shared) -> bool {
-    let pause = shared.settings.poll.mul_f64(rand::random_range(0.8..1.2));
-    tokio::select! {
-        () = shared.trigger.notified() => false,
-        () = tokio::time::sleep(pause) => true,
+/// A standby's duties, until cancelled: keep the mirror and the applied revision current (from
+/// the holder's record in the database) so that the read API answers on every replica.
+async fn standby(shared: &Shared, scope: &str) {
+    loop {
+        match shared.db.applied_revision(scope).await {
+            Ok(Some(commit)) => {
+                let s = &shared.settings;
+                let fetched = tokio::task::block_in_place(|| {
+                    let repo = open_mirror(&s.mirror, &s.repo_url)?;
+                    fetch(&repo, &s.branch)?;
+                    // The holder may have applied a commit this mirror has not fetched yet.
+                    repo.find_commit(git2::Oid::from_str(&commit)?).map(|_| ())
+                });
+                match fetched {
+                    Ok(()) => {
+                        *shared.applied.lock().expect("applied") = commit;
+                        shared.ready.store(true, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "standby: applied commit not mirrored yet")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "standby: reading the applied revision"),
+        }
+        tokio::select! {
+            () = shared.trigger.notified() => {}
+            () = tokio::time::sleep(STANDBY_REFRESH) => {}
+        }
+    }
+}
+
+/// How often a standby re-reads the applied revision.
+const STANDBY_REFRESH: Duration = Duration::from_secs(2);
+
+/// How often the holder checks its lease while it waits.
+const LEASE_CHECK: Duration = Duration::from_secs(5);
+
+/// Waits for a trigger (`Some(false)`) or the jittered poll (`Some(true)`); triggers during a
+/// run coalesce. `None` when the lease was lost meanwhile.
+async fn wait(shared: &Shared, lease: &mut Lease) -> Option<bool> {
+    let poll = tokio::time::sleep(shared.settings.poll.mul_f64(rand::random_range(0.8..1.2)));
+    tokio::pin!(poll);
+    loop {
+        tokio::select! {
+            () = shared.trigger.notified() => return Some(false),
+            () = &mut poll => return Some(true),
+            () = tokio::time::sleep(LEASE_CHECK) => {
+                if !lease.check().await {
+                    return None;
+                }
+            }
+        }
     }
 }
 
@@ -357,11 +442,7 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
         max_deletions: s.max_deletions,
         confirmed: false,
     };
-    let scope = if s.regions.is_empty() {
-        "*".to_owned()
-    } else {
-        s.regions.join(",")
-    };
+    let scope = scope(s);
     let started = Instant::now();
     let started_at = crate::db::now_ms();
     let mut state = shared.state.lock().await;
@@ -587,6 +668,10 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> String {
         sh.metrics.pending.load(Ordering::SeqCst)
     ));
     out.push_str(&format!(
+        "# HELP cplane_reconcile_leader Whether this replica holds the reconcile lease.\n# TYPE cplane_reconcile_leader gauge\ncplane_reconcile_leader {}\n",
+        u8::from(sh.leader.load(Ordering::SeqCst))
+    ));
+    out.push_str(&format!(
         "# HELP cplane_webhook_deliveries_total Verified push deliveries that triggered a reconcile.\n# TYPE cplane_webhook_deliveries_total counter\ncplane_webhook_deliveries_total {}\n",
         sh.metrics.webhook_deliveries.load(Ordering::SeqCst)
     ));
@@ -603,7 +688,11 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> String {
 
 async fn status(State(sh): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let last = sh.last.lock().expect("last").clone();
-    Json(json!({ "ready": sh.ready.load(Ordering::SeqCst), "last_run": last }))
+    Json(json!({
+        "ready": sh.ready.load(Ordering::SeqCst),
+        "leader": sh.leader.load(Ordering::SeqCst),
+        "last_run": last,
+    }))
 }
 
 /// An API error: status and message, answered as `{"error": message}`.
