@@ -1,6 +1,7 @@
 //! `cplane-reconciler`: the control plane behind the `cplane` binary.
 //!
-//! - [`source`]: the git adapter (read a revision from the object database, tree diffs).
+//! - [`source`]: the git adapter (read a revision from the object database, tree diffs);
+//!   [`remote`]: fetch/push credentials from the environment.
 //! - [`check`]: load + validate + render one revision; what `cplane validate` runs.
 //! - [`render`]: stack templates → per-cluster bundles with `sha256:` digests.
 //! - [`plan`]: the pure planner; [`apply`]: executes plans through the journal;
@@ -21,6 +22,7 @@ pub mod init;
 pub mod lease;
 pub mod plan;
 pub mod reconcile;
+pub mod remote;
 pub mod render;
 pub mod serve;
 pub mod source;

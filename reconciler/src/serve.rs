@@ -153,7 +153,9 @@ fn open_mirror(path: &Path, url: &str) -> Result<git2::Repository, git2::Error> 
 fn fetch(repo: &git2::Repository, branch: &str) -> Result<String, git2::Error> {
     let mut remote = repo.find_remote("origin")?;
     let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-    remote.fetch(&[spec.as_str()], None, None)?;
+    let mut options = git2::FetchOptions::new();
+    options.remote_callbacks(crate::remote::callbacks());
+    remote.fetch(&[spec.as_str()], Some(&mut options), None)?;
     Ok(format!("refs/remotes/origin/{branch}"))
 }
 
