@@ -27,3 +27,4 @@ pub mod render;
 pub mod serve;
 pub mod source;
 pub mod synthetic;
+pub mod tls;

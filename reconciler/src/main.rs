@@ -38,6 +38,36 @@ struct Cli {
     command: Command,
 }
 
+/// HTTPS and agents' client certificates (mTLS) for `serve`.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// PEM certificate chain: serve HTTPS instead of HTTP.
+    #[arg(long, env = "CPLANE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "CPLANE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA that agents' client certificates chain to; a verified certificate's URI SAN
+    /// `spiffe://cplane/cluster/<id>` authenticates as cluster `<id>` (instead of a token).
+    #[arg(long, env = "CPLANE_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn settings(self) -> Option<cplane_reconciler::tls::Settings> {
+        let Self {
+            tls_cert,
+            tls_key,
+            client_ca,
+        } = self;
+        Some(cplane_reconciler::tls::Settings {
+            cert: tls_cert?,
+            key: tls_key?,
+            client_ca,
+        })
+    }
+}
+
 /// Where the desired state comes from.
 #[derive(clap::Args)]
 struct RepoArgs {
@@ -249,6 +279,8 @@ enum Command {
         /// Log format on stderr.
         #[arg(long, env = "CPLANE_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Try cplane locally in one command: a state repo in DIR/state (from the template when
     /// absent), SQLite at DIR/cplane.db, `serve` on ADDR with the file watch on, `--cloud none`
@@ -358,6 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             webhook_secret,
             max_deletions,
             log_format: _,
+            tls,
         } => {
             let settings = cplane_reconciler::serve::Settings {
                 repo_url,
@@ -368,6 +401,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 poll,
                 webhook_secret,
                 max_deletions,
+                tls: tls.settings(),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -712,6 +746,7 @@ fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
         poll: std::time::Duration::from_secs(180),
         webhook_secret: None,
         max_deletions: 5,
+        tls: None,
     };
     let database = format!("sqlite://{}", dir.join("cplane.db").display());
     println!(

@@ -39,6 +39,7 @@ use crate::lease::Lease;
 use crate::plan::Options;
 use crate::reconcile::{self, apply_and_record, record_refusal, Request, Run, RunResult};
 use crate::source;
+use crate::tls::ClientCluster;
 
 /// What `cplane serve` is configured with.
 #[derive(Debug, Clone)]
@@ -59,6 +60,8 @@ pub struct Settings {
     pub webhook_secret: Option<String>,
     /// Deletion threshold.
     pub max_deletions: usize,
+    /// HTTPS (and agents' client certificates); plain HTTP when `None`.
+    pub tls: Option<crate::tls::Settings>,
 }
 
 /// Errors starting the server.
@@ -72,6 +75,13 @@ pub enum Error {
         /// libgit2's reason.
         #[source]
         source: git2::Error,
+    },
+    /// The TLS settings are unusable.
+    #[error("{source}")]
+    Tls {
+        /// What is wrong.
+        #[source]
+        source: crate::tls::Error,
     },
     /// The published bundles could not be read.
     #[error("reading published bundles: {source}")]
@@ -172,6 +182,10 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
             addr: settings.listen,
             source,
         })?;
+    let tls = match &settings.tls {
+        Some(t) => Some(crate::tls::server_config(t).map_err(|source| Error::Tls { source })?),
+        None => None,
+    };
     let store = BundleStore::load(db.clone())
         .await
         .map_err(|source| Error::Store { source })?;
@@ -222,9 +236,14 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         }
         tracing::info!("shutting down");
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = match tls {
+        Some(config) => crate::tls::serve(listener, config, app, shutdown).await,
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     reconciler.abort();
     served.map_err(|source| Error::Listen {
         addr: shared.settings.listen,
@@ -852,20 +871,27 @@ async fn token_cluster(sh: &Shared, headers: &axum::http::HeaderMap) -> Result<S
     }
 }
 
-/// Passes when the request's cluster token belongs to `cluster`: 401 without a valid token,
-/// 403 with another cluster's.
+/// The verified client certificate's cluster, when the connection is mTLS ([`crate::tls`]).
+type ClientCert = Option<axum::Extension<ClientCluster>>;
+
+/// Passes when the caller acts for `cluster` — by its verified client certificate, else by its
+/// cluster token: 401 without either, 403 for another cluster's.
 async fn require_cluster(
     sh: &Shared,
     headers: &axum::http::HeaderMap,
+    cert: &ClientCert,
     cluster: &str,
 ) -> Result<(), ApiError> {
-    let owner = token_cluster(sh, headers).await?;
+    let owner = match cert {
+        Some(axum::Extension(ClientCluster(c))) => c.clone(),
+        None => token_cluster(sh, headers).await?,
+    };
     if owner == cluster {
         Ok(())
     } else {
         Err(api_error(
             StatusCode::FORBIDDEN,
-            format!("this token is not for {cluster}"),
+            format!("this credential is not for {cluster}"),
         ))
     }
 }
@@ -889,8 +915,9 @@ async fn bundle(
     UrlPath(cluster): UrlPath<String>,
     axum::extract::Query(q): axum::extract::Query<WaitQuery>,
     headers: axum::http::HeaderMap,
+    cert: ClientCert,
 ) -> Response {
-    if let Err(e) = require_cluster(&sh, &headers, &cluster).await {
+    if let Err(e) = require_cluster(&sh, &headers, &cert, &cluster).await {
         return e.into_response();
     }
     let known = headers
@@ -1006,10 +1033,11 @@ async fn bff_config(
     State(sh): State<Arc<Shared>>,
     UrlPath(id): UrlPath<String>,
     headers: axum::http::HeaderMap,
+    cert: ClientCert,
 ) -> Response {
     let id = workspace_of(&id);
     let name = cplane_schema::domain::workspace_name(&id);
-    if let Err(e) = require_cluster(&sh, &headers, &name).await {
+    if let Err(e) = require_cluster(&sh, &headers, &cert, &name).await {
         return e.into_response();
     }
     let m = match model_of(&sh) {
@@ -1055,10 +1083,11 @@ async fn bff_register(
     State(sh): State<Arc<Shared>>,
     UrlPath(id): UrlPath<String>,
     headers: axum::http::HeaderMap,
+    cert: ClientCert,
     Json(reg): Json<Registration>,
 ) -> Response {
     let name = cplane_schema::domain::workspace_name(&workspace_of(&id));
-    if let Err(e) = require_cluster(&sh, &headers, &name).await {
+    if let Err(e) = require_cluster(&sh, &headers, &cert, &name).await {
         return e.into_response();
     }
     if !reg.url.starts_with("https://") || reg.url.len() > 2048 {
@@ -1080,9 +1109,10 @@ async fn report_status(
     State(sh): State<Arc<Shared>>,
     UrlPath(cluster): UrlPath<String>,
     headers: axum::http::HeaderMap,
+    cert: ClientCert,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(e) = require_cluster(&sh, &headers, &cluster).await {
+    if let Err(e) = require_cluster(&sh, &headers, &cert, &cluster).await {
         return e.into_response();
     }
     let report: crate::db::ClusterReport = match serde_json::from_slice(&body) {
