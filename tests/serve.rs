@@ -5,52 +5,10 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
-const SECRET: &str = "hook-secret-for-tests";
-
-/// One HTTP/1.1 request over a fresh connection: (status, body).
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    s.write_all(body).expect("write body");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use support::serve::{http, push, remote_and_work, wait_for, webhook, SECRET};
 
 struct Server(Child);
 
@@ -59,32 +17,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn push(work: &Path, branch: &str) {
-    let repo = git2::Repository::open(work).expect("open");
-    let mut remote = repo.find_remote("origin").expect("origin");
-    remote
-        .push(&[format!("refs/heads/{branch}:refs/heads/{branch}")], None)
-        .expect("push");
-}
-
-fn webhook(port: u16, branch: &str, delivery: &str) -> (u16, String) {
-    let body = format!(r#"{{"ref":"refs/heads/{branch}","after":"x"}}"#);
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
-    mac.update(body.as_bytes());
-    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    http(
-        port,
-        "POST",
-        "/v1/webhooks/git",
-        &[
-            ("X-Cplane-Signature-256", sig),
-            ("X-Cplane-Delivery", delivery.into()),
-            ("Content-Type", "application/json".into()),
-        ],
-        body.as_bytes(),
-    )
 }
 
 #[test]
@@ -266,21 +198,7 @@ struct Setup {
 
 fn start() -> Setup {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let seed = support::template_repo();
-    let remote = tmp.path().join("remote.git");
-    git2::build::RepoBuilder::new()
-        .bare(true)
-        .clone(&format!("file://{}", seed.path().display()), &remote)
-        .expect("bare remote");
-    let work = tmp.path().join("work");
-    let repo =
-        git2::Repository::clone(&format!("file://{}", remote.display()), &work).expect("clone");
-    let branch = repo
-        .head()
-        .expect("head")
-        .shorthand()
-        .expect("branch")
-        .to_owned();
+    let (remote, work, branch) = remote_and_work(tmp.path());
     let port = support::moto::free_port();
     let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
     let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
