@@ -440,7 +440,7 @@ fn load(args: &RepoArgs, keep: Option<&str>) -> anyhow::Result<(String, Checked)
     let snapshot = source::read(&repo, rev)?;
     let checked = match keep {
         None => check(snapshot.files),
-        Some(id) => check_keeping(snapshot.files, |c| c.id == id),
+        Some(id) => check_keeping(snapshot.files, |c, _| c.id == id),
     };
     Ok((snapshot.commit, checked))
 }
