@@ -7,12 +7,14 @@
 //! - [`plan`]: the pure planner; [`apply`]: executes plans through the journal;
 //!   [`reconcile`]: one run (validate → observe → plan → apply → status).
 //! - [`db`], [`aws`]: adapters; [`bundle_store`]: published bundles as agents poll them.
+//! - [`auth`]: OIDC bearer JWTs, principals, account memberships, the development issuer.
 //! - [`init`]: `cplane init`; [`lease`]: one reconciling replica per scope.
 //! - [`synthetic`]: a generated state repo of any size, for benchmarks.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod auth;
 pub mod aws;
 pub mod bundle_store;
 pub mod check;

@@ -170,6 +170,64 @@ enum TokenCommand {
     },
 }
 
+/// The database and region of the principal commands.
+#[derive(clap::Args)]
+struct PrincipalDb {
+    /// Database: `sqlite://PATH` or `postgres://…`.
+    #[arg(
+        long,
+        env = "CPLANE_DATABASE_URL",
+        default_value = "sqlite://cplane.db"
+    )]
+    database: String,
+    #[command(flatten)]
+    region: cplane_reconciler::auth::RegionArgs,
+}
+
+#[derive(Subcommand)]
+enum PrincipalCommand {
+    /// Give EMAIL the system role `admin` (writes everything); creates the principal when they
+    /// have not signed in yet.
+    GrantAdmin {
+        /// The principal's email.
+        email: String,
+        #[command(flatten)]
+        db: PrincipalDb,
+    },
+    /// Take the system role `admin` from EMAIL.
+    RevokeAdmin {
+        /// The principal's email.
+        email: String,
+        #[command(flatten)]
+        db: PrincipalDb,
+    },
+}
+
+#[derive(Subcommand)]
+enum MembershipCommand {
+    /// Make EMAIL a member of ACCOUNT (a workspace's `spec.account`) in this region.
+    Add {
+        /// The principal's email.
+        email: String,
+        /// The account.
+        account: String,
+        /// `member` writes the account's workspaces; `viewer` only reads.
+        #[arg(long, default_value = "member")]
+        role: String,
+        #[command(flatten)]
+        db: PrincipalDb,
+    },
+    /// Remove EMAIL from ACCOUNT in this region.
+    Remove {
+        /// The principal's email.
+        email: String,
+        /// The account.
+        account: String,
+        #[command(flatten)]
+        db: PrincipalDb,
+    },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
@@ -281,6 +339,8 @@ enum Command {
         log_format: LogFormat,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        auth: cplane_reconciler::auth::Args,
     },
     /// Try cplane locally in one command: a state repo in DIR/state (from the template when
     /// absent), SQLite at DIR/cplane.db, `serve` on ADDR with the file watch on, `--cloud none`
@@ -297,6 +357,16 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Principals (API users): system roles. Run against the primary region's database.
+    Principal {
+        #[command(subcommand)]
+        command: PrincipalCommand,
+    },
+    /// Account memberships: members write their account's workspaces.
+    Membership {
+        #[command(subcommand)]
+        command: MembershipCommand,
     },
     /// List every cluster with its bundle digest.
     Clusters {
@@ -378,6 +448,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
             })
         }
+        Command::Principal { command } => principal_command(command),
+        Command::Membership { command } => membership_command(command),
         Command::Serve {
             repo_url,
             branch,
@@ -391,6 +463,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_deletions,
             log_format: _,
             tls,
+            auth,
         } => {
             let settings = cplane_reconciler::serve::Settings {
                 repo_url,
@@ -402,6 +475,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 webhook_secret,
                 max_deletions,
                 tls: tls.settings(),
+                auth: auth.into_config()?,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -737,6 +811,30 @@ fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
     ]
     .iter()
     .any(|v| std::env::var_os(v).is_some());
+    // The built-in development issuer: its key stays in DIR (never in the state repo), its
+    // JWKS is served by this same server at the Keycloak path, and it is the only issuer.
+    keep_out_of_git(dir)?;
+    let host = if listen.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        listen.ip()
+    };
+    let issuer_url = format!(
+        "http://{}{}",
+        std::net::SocketAddr::new(host, listen.port()),
+        cplane_reconciler::auth::dev::PATH
+    );
+    let dev = cplane_reconciler::auth::dev::DevIssuer::load_or_create(
+        &dir.join("dev-issuer.p8"),
+        &issuer_url,
+    )?;
+    let admin_token = dev.token(
+        UP_AUDIENCE,
+        "cplane-up-admin",
+        UP_ADMIN_EMAIL,
+        "cplane up admin",
+        std::time::Duration::from_secs(12 * 3600),
+    )?;
     let settings = cplane_reconciler::serve::Settings {
         repo_url: std::fs::canonicalize(&state)?.display().to_string(),
         branch: branch.clone(),
@@ -747,6 +845,12 @@ fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
         webhook_secret: None,
         max_deletions: 5,
         tls: None,
+        auth: cplane_reconciler::auth::Config {
+            issuers: vec![issuer_url.clone()],
+            audience: Some(UP_AUDIENCE.to_owned()),
+            dev_issuer: Some(dev),
+            ..cplane_reconciler::auth::Config::default()
+        },
     };
     let database = format!("sqlite://{}", dir.join("cplane.db").display());
     println!(
@@ -763,7 +867,22 @@ fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
         }
     );
     println!("  status    http://{listen}/v1/status");
-    println!("  API       http://{listen}/v1/workspaces   (read-only: API writes and auth are not built yet)");
+    let token_file = dir.join("admin.token");
+    write_private(&token_file, admin_token.as_bytes())?;
+    println!("  API       http://{listen}/v1/workspaces   (bearer token below)");
+    println!(
+        "  issuer    {issuer_url}   (development issuer, key in {})",
+        dir.join("dev-issuer.p8").display()
+    );
+    println!(
+        "  admin     {UP_ADMIN_EMAIL}, token valid 12 h (also in {}):",
+        token_file.display()
+    );
+    println!("  token     {admin_token}");
+    println!(
+        "  try       curl -H \"Authorization: Bearer $(cat {})\" http://{listen}/v1/me",
+        token_file.display()
+    );
     println!("  lookup    http://{listen}/lookup/w-acme");
     println!("  metrics   http://{listen}/metrics");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -771,6 +890,13 @@ fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async {
         let db = Db::connect(&database).await?;
+        cplane_reconciler::auth::principals::set_role(
+            &db,
+            UP_ADMIN_EMAIL,
+            cplane_reconciler::auth::principals::ROLE_ADMIN,
+            true,
+        )
+        .await?;
         let aws = if aws_configured {
             Some(cplane_reconciler::aws::Aws::from_env().await)
         } else {
@@ -778,5 +904,103 @@ fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
         };
         cplane_reconciler::serve::serve(settings, db, aws).await?;
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
+}
+
+/// Audience of `cplane up`'s development tokens.
+const UP_AUDIENCE: &str = "cplane";
+/// The admin principal `cplane up` grants and prints a token for.
+const UP_ADMIN_EMAIL: &str = "admin@cplane.localhost";
+
+/// Writes `DIR/.gitignore` (`*`) when missing, so the key and token in DIR never land in an
+/// enclosing git repository.
+fn keep_out_of_git(dir: &Path) -> anyhow::Result<()> {
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::write(
+            &ignore,
+            "# cplane up: keys, tokens and databases; never commit them\n*\n",
+        )
+        .with_context(|| format!("writing {}", ignore.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a secret readable by the owner only (mode 0600).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The authenticator of the principal commands.
+async fn command_auth(db: &PrincipalDb) -> anyhow::Result<cplane_reconciler::auth::Auth> {
+    let config = cplane_reconciler::auth::Args {
+        region: db.region.clone(),
+        ..cplane_reconciler::auth::Args::default()
+    }
+    .into_config()?;
+    let pool = Db::connect(&db.database).await?;
+    Ok(cplane_reconciler::auth::Auth::for_commands(config, pool))
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// `cplane principal …`.
+fn principal_command(command: PrincipalCommand) -> anyhow::Result<ExitCode> {
+    block_on(async {
+        let (email, db, grant) = match &command {
+            PrincipalCommand::GrantAdmin { email, db } => (email, db, true),
+            PrincipalCommand::RevokeAdmin { email, db } => (email, db, false),
+        };
+        let auth = command_auth(db).await?;
+        let p = auth.set_admin(email, grant).await?;
+        println!(
+            "principal {} (uid {}): system roles [{}]",
+            p.email,
+            p.uid,
+            p.system_roles.join(", ")
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `cplane membership …`.
+fn membership_command(command: MembershipCommand) -> anyhow::Result<ExitCode> {
+    block_on(async {
+        match command {
+            MembershipCommand::Add {
+                email,
+                account,
+                role,
+                db,
+            } => {
+                let auth = command_auth(&db).await?;
+                let uid = auth.add_membership(&email, &account, &role).await?;
+                println!("{email} (uid {uid}) is now {role} of account {account}");
+            }
+            MembershipCommand::Remove { email, account, db } => {
+                let auth = command_auth(&db).await?;
+                if auth.remove_membership(&email, &account).await? {
+                    println!("{email} is no longer a member of account {account}");
+                } else {
+                    println!("{email} was not a member of account {account}");
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
     })
 }

@@ -14,6 +14,8 @@
 //!   reconcile lease ([`crate::lease`]) runs the loop, the others stand by (they follow the
 //!   applied revision for the read API) and take over when the holder dies. Agents' long-polls
 //!   are woken on every replica ([`crate::bundle_store`], `LISTEN/NOTIFY`).
+//! - **Auth** ([`crate::auth`]): OIDC bearer JWTs on the `/v1` API when issuers are configured,
+//!   `/internal/principals` for other regions, `/v1/me`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -62,6 +64,8 @@ pub struct Settings {
     pub max_deletions: usize,
     /// HTTPS (and agents' client certificates); plain HTTP when `None`.
     pub tls: Option<crate::tls::Settings>,
+    /// API authentication (OIDC issuers, primary region, inter-region token).
+    pub auth: crate::auth::Config,
 }
 
 /// Errors starting the server.
@@ -143,6 +147,8 @@ struct Shared {
     applied: Mutex<String>,
     /// The last valid model, for incremental runs (`None` until the first full run).
     state: tokio::sync::Mutex<Option<Incremental>>,
+    /// Authentication of API users (the middleware on every route).
+    auth: Arc<crate::auth::Auth>,
 }
 
 /// Opens (or creates) the bare mirror with `origin` pointing at `url`.
@@ -190,6 +196,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         .await
         .map_err(|source| Error::Store { source })?;
     let _listener = store.listen();
+    let auth = Arc::new(crate::auth::Auth::new(settings.auth.clone(), db.clone()));
     let shared = Arc::new(Shared {
         settings,
         db,
@@ -202,6 +209,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         applied: Mutex::default(),
         store,
         state: tokio::sync::Mutex::new(None),
+        auth,
     });
     tracing::info!(addr = %shared.settings.listen, "listening");
     // A local repository (a path, not a URL) is watched: a plain `git commit` reconciles.
@@ -638,7 +646,13 @@ fn router(shared: Arc<Shared>) -> Router {
             cplane_webhook::DEFAULT_MAX_BODY,
         ));
     }
-    app
+    // Users' bearer JWTs on the /v1 API (crate::auth::needs_user_token); keep this layer last
+    // so it covers every route above.
+    app.merge(crate::auth::routes(shared.auth.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.auth.clone(),
+            crate::auth::middleware,
+        ))
 }
 
 async fn readyz(State(sh): State<Arc<Shared>>) -> Response {

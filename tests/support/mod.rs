@@ -3,6 +3,7 @@
 
 pub mod fault_proxy;
 pub mod moto;
+pub mod oidc;
 pub mod pg;
 pub mod serve;
 

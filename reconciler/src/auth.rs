@@ -1,0 +1,838 @@
+//! Authentication and authorization of API users: OIDC bearer JWTs (Keycloak), principals and
+//! account memberships, and the inter-region principal lookup of reference doc 001.
+//!
+//! - [`middleware`] runs on every request of the server. On the user API (`/v1/*` except the
+//!   webhook and the agent endpoints, see [`needs_user_token`]) it requires a valid bearer JWT
+//!   when at least one issuer is configured, resolves the [`Principal`] and puts it in the
+//!   request's extensions; other paths keep their own authentication (cluster tokens, webhook
+//!   signatures, the inter-region token) and pass untouched.
+//! - [`Principal`] is an axum extractor: handlers that write take `principal: Principal` and
+//!   ask [`Principal::can_write_account`].
+//! - [`routes`]: `GET /internal/principals?email=` (bearer `INTER_REGION_SERVICE_TOKEN`),
+//!   `GET /v1/me`, and the development issuer's JWKS when one is configured ([`dev`]).
+//!
+//! # Guarantees
+//! - A token is accepted only when: its `iss` is on the allow-list (checked before any network
+//!   call), its `kid` names a signing key the issuer publishes at
+//!   `{iss}/protocol/openid-connect/certs`, its `alg` is one that key's type allows (RSA →
+//!   RS256/384/512, EC P-256 → ES256; never `none`, never HMAC), the signature verifies, `aud`
+//!   contains the configured audience, `exp` is in the future and `nbf` in the past (30 s
+//!   leeway), and it carries an `email` that is not marked unverified.
+//! - A principal is resolved by email on every request: from the local `principals` table
+//!   (created on first encounter: kind `user`, no roles) in the primary region, or from the
+//!   primary (`PRIMARY_CPLANE_API_URL`, cached 60 s) elsewhere; memberships always come from the
+//!   local database. An unreachable issuer or primary answers 503, never a weaker identity.
+//! - Without any issuer configured, the read API is open (a warning is logged at start) and
+//!   every [`Principal`] extraction — so every write — is refused with 401.
+//!
+//! # Errors
+//! Refusals are JSON `{"error": "..."}` with `WWW-Authenticate: Bearer …` on 401. Messages say
+//! why (expired, wrong audience, unknown key, …) and never echo the token.
+
+pub mod dev;
+pub mod jwks;
+pub mod principals;
+pub mod remote;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use jsonwebtoken::Validation;
+use serde_json::json;
+
+use crate::db::Db;
+use principals::Identity;
+
+/// Errors in the auth configuration and the principal commands.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag's value is not usable.
+    #[error("{flag}: {reason}")]
+    Config {
+        /// The flag (and environment variable).
+        flag: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] crate::db::Error),
+    /// The primary region could not be asked.
+    #[error("asking the primary region: {0}")]
+    Primary(#[source] jwks::FetchError),
+    /// The primary region does not know this email.
+    #[error("the primary region knows no principal {0}: they must sign in once, or an admin adds them there first")]
+    UnknownAtPrimary(String),
+    /// The command must run against the primary region's database.
+    #[error("principals live in the primary region ({0}); run this against its database")]
+    NotPrimary(String),
+    /// A role that does not exist.
+    #[error("role `{0}`: must be `member` (writes the account's workspaces) or `viewer`")]
+    Role(String),
+}
+
+/// Authentication flags of `cplane serve` (flattened into its arguments).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// Allowed OIDC issuer URL, e.g. `https://auth.sgp-1.cogrion.com/realms/cogrion`
+    /// (repeatable; the environment variable takes a comma-separated list). With none, the
+    /// read API is unauthenticated and API writes are refused.
+    #[arg(
+        long = "oidc-issuer",
+        env = "CPLANE_OIDC_ISSUERS",
+        value_delimiter = ','
+    )]
+    pub oidc_issuers: Vec<String>,
+    /// Audience a token must carry (`aud`); required with `--oidc-issuer`.
+    #[arg(long, env = "CPLANE_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// Where identities live.
+    #[command(flatten)]
+    pub region: RegionArgs,
+}
+
+/// The primary region and the inter-region secret (reference doc 001), for `serve` and the
+/// principal commands.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RegionArgs {
+    /// The primary region's API URL: set in every region but the primary; principals are then
+    /// resolved there.
+    #[arg(long, env = "PRIMARY_CPLANE_API_URL")]
+    pub primary_cplane_api_url: Option<String>,
+    /// Shared secret of `/internal/principals` between regions (prefer the environment).
+    #[arg(long, env = "INTER_REGION_SERVICE_TOKEN", hide_env_values = true)]
+    pub inter_region_service_token: Option<String>,
+}
+
+impl Args {
+    /// The checked configuration (defaults for the timings).
+    pub fn into_config(self) -> Result<Config, Error> {
+        let Self {
+            oidc_issuers,
+            oidc_audience,
+            region:
+                RegionArgs {
+                    primary_cplane_api_url,
+                    inter_region_service_token,
+                },
+        } = self;
+        let non_empty =
+            |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let issuers: Vec<String> = oidc_issuers
+            .iter()
+            .map(|s| s.trim().trim_end_matches('/').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for issuer in &issuers {
+            jwks::checked_uri(issuer).map_err(|e| Error::Config {
+                flag: "--oidc-issuer (CPLANE_OIDC_ISSUERS)",
+                reason: e.to_string(),
+            })?;
+        }
+        let audience = non_empty(oidc_audience);
+        if !issuers.is_empty() && audience.is_none() {
+            return Err(Error::Config {
+                flag: "--oidc-audience (CPLANE_OIDC_AUDIENCE)",
+                reason: "required with --oidc-issuer: tokens minted for other clients of the same issuer must not be accepted".into(),
+            });
+        }
+        let primary = non_empty(primary_cplane_api_url);
+        let service_token = non_empty(inter_region_service_token);
+        if let Some(p) = &primary {
+            jwks::checked_uri(p).map_err(|e| Error::Config {
+                flag: "--primary-cplane-api-url (PRIMARY_CPLANE_API_URL)",
+                reason: e.to_string(),
+            })?;
+            if service_token.is_none() {
+                return Err(Error::Config {
+                    flag: "--inter-region-service-token (INTER_REGION_SERVICE_TOKEN)",
+                    reason: "required with PRIMARY_CPLANE_API_URL".into(),
+                });
+            }
+        }
+        Ok(Config {
+            issuers,
+            audience,
+            primary,
+            service_token,
+            ..Config::default()
+        })
+    }
+}
+
+/// What the server authenticates with.
+#[derive(Clone)]
+pub struct Config {
+    /// Allowed issuers (exact `iss` values, no trailing slash).
+    pub issuers: Vec<String>,
+    /// Required audience.
+    pub audience: Option<String>,
+    /// The primary region's API URL (`None` in the primary).
+    pub primary: Option<String>,
+    /// The inter-region shared secret.
+    pub service_token: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Least time between two JWKS fetches of one issuer (unknown `kid`s).
+    pub jwks_min_refetch: Duration,
+    /// Keys older than this are refreshed on their next use.
+    pub jwks_max_age: Duration,
+    /// How long identities from the primary are cached.
+    pub principal_cache_ttl: Duration,
+    /// A development issuer served by this server (`cplane up`).
+    pub dev_issuer: Option<dev::DevIssuer>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            issuers: Vec::new(),
+            audience: None,
+            primary: None,
+            service_token: None,
+            leeway: Duration::from_secs(30),
+            jwks_min_refetch: Duration::from_secs(10),
+            jwks_max_age: Duration::from_secs(600),
+            principal_cache_ttl: Duration::from_secs(60),
+            dev_issuer: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("issuers", &self.issuers)
+            .field("audience", &self.audience)
+            .field("primary", &self.primary)
+            .field(
+                "service_token",
+                &self.service_token.as_ref().map(|_| "(set)"),
+            )
+            .field("leeway", &self.leeway)
+            .field("jwks_min_refetch", &self.jwks_min_refetch)
+            .field("jwks_max_age", &self.jwks_max_age)
+            .field("principal_cache_ttl", &self.principal_cache_ttl)
+            .field("dev_issuer", &self.dev_issuer)
+            .finish()
+    }
+}
+
+/// An authenticated user, as the auth middleware resolved them for this request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Principal {
+    /// The token's `sub`.
+    pub subject: String,
+    /// Lower-cased email (what principals are resolved by).
+    pub email: String,
+    /// Display name (`name`, else `preferred_username`, else the email).
+    pub name: String,
+    /// Holds the system role `admin`: writes everything.
+    pub admin: bool,
+    /// Principal uid (the same in every region); `""` when the primary does not know them yet.
+    pub uid: String,
+    /// `user` or `service`.
+    pub kind: String,
+    /// System roles.
+    pub system_roles: Vec<String>,
+    /// The token's issuer.
+    pub issuer: String,
+}
+
+impl Principal {
+    /// Whether this principal may write `account`'s workspaces: admins always; otherwise a
+    /// `member` of the account (memberships in this region's database).
+    pub async fn can_write_account(
+        &self,
+        db: &Db,
+        account: &str,
+    ) -> Result<bool, crate::db::Error> {
+        if self.admin {
+            return Ok(true);
+        }
+        if self.uid.is_empty() {
+            return Ok(false);
+        }
+        Ok(principals::membership_role(db, &self.uid, account)
+            .await?
+            .as_deref()
+            == Some(principals::ROLE_MEMBER))
+    }
+}
+
+/// Marker the middleware leaves when no issuer is configured.
+#[derive(Clone, Copy)]
+struct NoIssuer;
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// 401, 403, 503 or 500.
+    pub status: StatusCode,
+    /// Human reason.
+    pub message: String,
+}
+
+impl Rejection {
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+        }
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            let challenge = format!(
+                "Bearer realm=\"cplane\", error=\"invalid_token\", error_description=\"{}\"",
+                self.message.replace(['"', '\\'], "'")
+            );
+            let value = HeaderValue::from_str(&challenge)
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"cplane\""));
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+        resp
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(p.clone());
+        }
+        if parts.extensions.get::<NoIssuer>().is_some() {
+            return Err(Rejection::unauthorized(
+                "no OIDC issuer configured: API writes are disabled (start with --oidc-issuer)",
+            ));
+        }
+        Err(Rejection::unauthorized("a bearer token is required"))
+    }
+}
+
+/// Whether a request needs a user's JWT: the `/v1/*` API, except the push webhook
+/// (`/v1/webhooks/*`, signed) and the agent protocol (`GET /v1/clusters/{id}/bundle`,
+/// `POST /v1/clusters/{id}/status`, cluster tokens). Everything outside `/v1/` (health,
+/// metrics, lookup, the BFF endpoints, `/internal/*`) has its own authentication or none.
+pub fn needs_user_token(method: &Method, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return path == "/v1";
+    };
+    if rest.starts_with("webhooks/") {
+        return false;
+    }
+    if let Some(cluster) = rest.strip_prefix("clusters/") {
+        let parts: Vec<&str> = cluster.split('/').collect();
+        if let [_, leaf] = parts.as_slice() {
+            if *leaf == "bundle" || (*leaf == "status" && method == Method::POST) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Where identities come from.
+enum Directory {
+    /// This region's `principals` table (the primary region).
+    Local,
+    /// The primary region, over `/internal/principals`.
+    Primary(Box<remote::Primary>),
+}
+
+/// The authenticator shared by the middleware and the routes.
+pub struct Auth {
+    config: Config,
+    db: Db,
+    keys: jwks::KeyCache,
+    directory: Directory,
+}
+
+/// Claims read from a verified token.
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+    iss: String,
+    email: Option<String>,
+    email_verified: Option<bool>,
+    name: Option<String>,
+    preferred_username: Option<String>,
+}
+
+/// Just the issuer, read before verification to pick (or refuse) the keys.
+#[derive(serde::Deserialize)]
+struct UnverifiedIssuer {
+    iss: Option<String>,
+}
+
+impl Auth {
+    /// An authenticator over `db` for the server: logs how users authenticate (a warning when
+    /// no issuer is configured).
+    pub fn new(config: Config, db: Db) -> Self {
+        if config.issuers.is_empty() {
+            tracing::warn!("no OIDC issuer configured: the read API is unauthenticated and every API write is refused (set --oidc-issuer and --oidc-audience)");
+        } else {
+            tracing::info!(issuers = ?config.issuers, "API users authenticate with OIDC bearer tokens");
+        }
+        Self::for_commands(config, db)
+    }
+
+    /// An authenticator for the principal commands (no logging).
+    pub fn for_commands(config: Config, db: Db) -> Self {
+        let client = jwks::HttpClient::new();
+        let keys =
+            jwks::KeyCache::new(client.clone(), config.jwks_min_refetch, config.jwks_max_age);
+        let directory = match (&config.primary, &config.service_token) {
+            (Some(primary), Some(token)) => Directory::Primary(Box::new(remote::Primary::new(
+                primary,
+                token,
+                client,
+                config.principal_cache_ttl,
+            ))),
+            _ => Directory::Local,
+        };
+        Self {
+            config,
+            db,
+            keys,
+            directory,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// JWKS fetches made so far (for tests and metrics).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.keys.fetches()
+    }
+
+    /// Verifies a bearer token and resolves its principal.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, Rejection> {
+        let bad = |m: String| Rejection::unauthorized(format!("invalid token: {m}"));
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| bad(format!("malformed header ({e})")))?;
+        let issuer = jsonwebtoken::dangerous::insecure_decode_claims::<UnverifiedIssuer>(token)
+            .map_err(|e| bad(format!("malformed claims ({e})")))?
+            .iss
+            .ok_or_else(|| bad("no iss claim".into()))?;
+        // The allow-list comes first: nothing is fetched for an issuer not on it.
+        if !self.config.issuers.contains(&issuer) {
+            return Err(bad(format!("issuer {issuer} is not allowed")));
+        }
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or_else(|| bad("no kid in the header".into()))?;
+        let key = match self.keys.key(&issuer, kid).await {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                return Err(bad(format!(
+                    "issuer {issuer} publishes no signing key {kid}"
+                )))
+            }
+            Err(e) => {
+                return Err(Rejection::unavailable(format!(
+                    "cannot verify tokens of {issuer} now: {e}"
+                )))
+            }
+        };
+        if !key.algorithms.contains(&header.alg) {
+            return Err(bad(format!(
+                "alg {:?} is not allowed for key {kid}",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&issuer]);
+        if let Some(aud) = &self.config.audience {
+            validation.set_audience(&[aud]);
+        } else {
+            validation.validate_aud = false;
+        }
+        validation.leeway = self.config.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+            .map_err(|e| bad(describe(&e)))?
+            .claims;
+        let email = claims
+            .email
+            .as_deref()
+            .map(principals::normalize_email)
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| bad("no email claim (principals are resolved by email)".into()))?;
+        if claims.email_verified == Some(false) {
+            return Err(bad(format!("email {email} is not verified")));
+        }
+        let identity = self.identity(&email, &claims.sub).await?;
+        let name = claims
+            .name
+            .or(claims.preferred_username)
+            .unwrap_or_else(|| email.clone());
+        Ok(Principal {
+            subject: claims.sub,
+            admin: identity
+                .system_roles
+                .iter()
+                .any(|r| r == principals::ROLE_ADMIN),
+            email,
+            name,
+            uid: identity.uid,
+            kind: identity.kind,
+            system_roles: identity.system_roles,
+            issuer: claims.iss,
+        })
+    }
+
+    async fn identity(&self, email: &str, subject: &str) -> Result<Identity, Rejection> {
+        match &self.directory {
+            Directory::Local => principals::resolve(&self.db, email, subject)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "resolving a principal");
+                    Rejection {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        message: "resolving the principal failed".into(),
+                    }
+                }),
+            Directory::Primary(primary) => match primary.lookup(email).await {
+                Ok(Some(identity)) => Ok(identity),
+                // Not known in the primary yet: authenticated, no roles, reads only.
+                Ok(None) => Ok(Identity {
+                    uid: String::new(),
+                    email: email.to_owned(),
+                    external_id: subject.to_owned(),
+                    kind: "user".into(),
+                    system_roles: Vec::new(),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the primary region did not resolve a principal");
+                    Err(Rejection::unavailable(format!(
+                        "the primary region ({}) cannot resolve principals now",
+                        primary.base()
+                    )))
+                }
+            },
+        }
+    }
+
+    /// Where `email` is resolved: the local table, or the primary (for the CLI of a
+    /// non-primary region).
+    pub async fn uid_for(&self, email: &str) -> Result<String, Error> {
+        match &self.directory {
+            Directory::Local => Ok(principals::resolve(&self.db, email, "").await?.uid),
+            Directory::Primary(primary) => match primary.lookup(email).await {
+                Ok(Some(identity)) => Ok(identity.uid),
+                Ok(None) => Err(Error::UnknownAtPrimary(email.to_owned())),
+                Err(e) => Err(Error::Primary(e)),
+            },
+        }
+    }
+
+    /// `cplane principal grant-admin|revoke-admin`: only against the primary's database.
+    pub async fn set_admin(&self, email: &str, grant: bool) -> Result<Identity, Error> {
+        if let Directory::Primary(p) = &self.directory {
+            return Err(Error::NotPrimary(p.base().to_owned()));
+        }
+        Ok(principals::set_role(&self.db, email, principals::ROLE_ADMIN, grant).await?)
+    }
+
+    /// `cplane membership add`: `email` joins `account` with `role`; returns the uid.
+    pub async fn add_membership(
+        &self,
+        email: &str,
+        account: &str,
+        role: &str,
+    ) -> Result<String, Error> {
+        if role != principals::ROLE_MEMBER && role != principals::ROLE_VIEWER {
+            return Err(Error::Role(role.to_owned()));
+        }
+        let uid = self.uid_for(email).await?;
+        principals::add_membership(&self.db, &uid, account, role).await?;
+        Ok(uid)
+    }
+
+    /// `cplane membership remove`: returns whether there was a membership.
+    pub async fn remove_membership(&self, email: &str, account: &str) -> Result<bool, Error> {
+        let uid = self.uid_for(email).await?;
+        Ok(principals::remove_membership(&self.db, &uid, account).await?)
+    }
+}
+
+/// A readable reason for a failed verification.
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "expired".into(),
+        K::ImmatureSignature => "not valid yet (nbf)".into(),
+        K::InvalidAudience => "wrong audience".into(),
+        K::InvalidIssuer => "wrong issuer".into(),
+        K::InvalidSignature => "bad signature".into(),
+        K::InvalidAlgorithm => "algorithm not allowed".into(),
+        K::MissingRequiredClaim(c) => format!("missing claim {c}"),
+        _ => e.to_string(),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The auth middleware (see the module docs). Mount with
+/// `axum::middleware::from_fn_with_state(auth, middleware)` on the whole router.
+pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    if auth.config.issuers.is_empty() {
+        req.extensions_mut().insert(NoIssuer);
+        return next.run(req).await;
+    }
+    if !needs_user_token(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let Some(token) = bearer(req.headers()) else {
+        return Rejection::unauthorized("a bearer token is required").into_response();
+    };
+    match auth.authenticate(token).await {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(rejection) => {
+            tracing::info!(status = %rejection.status, reason = %rejection.message, path = %req.uri().path(), "request refused");
+            rejection.into_response()
+        }
+    }
+}
+
+/// `?email=` of `/internal/principals`.
+#[derive(serde::Deserialize)]
+struct EmailQuery {
+    email: String,
+}
+
+/// Constant-time comparison of a presented token with the configured one (both hashed first,
+/// so neither their contents nor their lengths leak through timing).
+fn service_token_matches(presented: &str, expected: &str) -> bool {
+    use sha2::Digest as _;
+    use subtle::ConstantTimeEq as _;
+    let a = sha2::Sha256::digest(presented.as_bytes());
+    let b = sha2::Sha256::digest(expected.as_bytes());
+    a.ct_eq(&b).into()
+}
+
+/// `GET /internal/principals?email=` (reference doc 001): identity only, for other regions.
+async fn internal_principal(
+    State(auth): State<Arc<Auth>>,
+    headers: HeaderMap,
+    Query(q): Query<EmailQuery>,
+) -> Response {
+    let Some(expected) = auth.config.service_token.as_deref() else {
+        return Rejection::unauthorized("INTER_REGION_SERVICE_TOKEN is not configured here")
+            .into_response();
+    };
+    match bearer(&headers) {
+        Some(t) if service_token_matches(t, expected) => {}
+        _ => {
+            return Rejection::unauthorized("the inter-region service token is required")
+                .into_response()
+        }
+    }
+    if let Directory::Primary(p) = &auth.directory {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            Json(
+                json!({ "error": format!("principals live in the primary region ({})", p.base()) }),
+            ),
+        )
+            .into_response();
+    }
+    match principals::find(&auth.db, &q.email).await {
+        Ok(Some(p)) => Json(json!({
+            "uid": p.uid,
+            "externalId": p.external_id,
+            "kind": p.kind,
+            "systemRoles": p.system_roles,
+        }))
+        .into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no principal {}", principals::normalize_email(&q.email)) })),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a principal");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({ "error": "database error" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `GET /v1/me`: the caller's identity and this region's memberships.
+async fn me(State(auth): State<Arc<Auth>>, principal: Principal) -> Response {
+    let memberships = if principal.uid.is_empty() {
+        Ok(Vec::new())
+    } else {
+        principals::memberships(&auth.db, &principal.uid).await
+    };
+    match memberships {
+        Ok(m) => Json(json!({
+            "principal": principal,
+            "memberships": m.into_iter().map(|(account, role)| json!({"account": account, "role": role})).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "listing memberships");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({ "error": "database error" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The routes of this module: `/internal/principals`, `/v1/me`, and the development issuer's
+/// JWKS when configured.
+pub fn routes(auth: Arc<Auth>) -> Router {
+    let mut app = Router::new()
+        .route("/internal/principals", get(internal_principal))
+        .route("/v1/me", get(me))
+        .with_state(auth.clone());
+    if let Some(dev) = &auth.config.dev_issuer {
+        app = app.merge(dev.router());
+    }
+    app
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_token_paths() {
+        let get = Method::GET;
+        let post = Method::POST;
+        for p in [
+            "/v1/workspaces",
+            "/v1/workspaces/acme",
+            "/v1/regions",
+            "/v1/status",
+            "/v1/clusters",
+            "/v1/clusters/w-acme/status",
+            "/v1/me",
+            "/v1/plan",
+            "/v1",
+            "/v1/nonexistent",
+        ] {
+            assert!(needs_user_token(&get, p), "{p}");
+        }
+        assert!(needs_user_token(&Method::PUT, "/v1/workspaces/acme"));
+        assert!(needs_user_token(&post, "/v1/reconcile"));
+        for (m, p) in [
+            (&get, "/healthz"),
+            (&get, "/readyz"),
+            (&get, "/metrics"),
+            (&get, "/lookup/w-acme"),
+            (&post, "/v1/webhooks/git"),
+            (&get, "/v1/clusters/w-acme/bundle"),
+            (&post, "/v1/clusters/w-acme/status"),
+            (&get, "/api/workspaces/acme/config"),
+            (&post, "/api/workspaces/acme/register"),
+            (&get, "/internal/principals"),
+            (&get, "/dev-issuer/protocol/openid-connect/certs"),
+            (&get, "/v1x"),
+        ] {
+            assert!(!needs_user_token(m, p), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn service_token_comparison() {
+        assert!(service_token_matches("s3cret", "s3cret"));
+        assert!(!service_token_matches("s3cre", "s3cret"));
+        assert!(!service_token_matches("", "s3cret"));
+    }
+
+    #[test]
+    fn flags_are_checked() {
+        let ok = Args {
+            oidc_issuers: vec!["https://auth.sgp-1.cogrion.com/realms/cogrion/".into()],
+            oidc_audience: Some("cplane".into()),
+            ..Args::default()
+        }
+        .into_config()
+        .expect("valid");
+        assert_eq!(
+            ok.issuers,
+            ["https://auth.sgp-1.cogrion.com/realms/cogrion"]
+        );
+        let no_aud = Args {
+            oidc_issuers: vec!["https://auth.example.com/realms/x".into()],
+            ..Args::default()
+        }
+        .into_config()
+        .expect_err("audience required");
+        assert!(no_aud.to_string().contains("--oidc-audience"), "{no_aud}");
+        let plain = Args {
+            oidc_issuers: vec!["http://auth.example.com/realms/x".into()],
+            oidc_audience: Some("cplane".into()),
+            ..Args::default()
+        }
+        .into_config()
+        .expect_err("http");
+        assert!(plain.to_string().contains("only https"), "{plain}");
+        let no_token = Args {
+            region: RegionArgs {
+                primary_cplane_api_url: Some("https://cplane.sgp-1.cogrion.com".into()),
+                inter_region_service_token: None,
+            },
+            ..Args::default()
+        }
+        .into_config()
+        .expect_err("token");
+        assert!(
+            no_token.to_string().contains("INTER_REGION_SERVICE_TOKEN"),
+            "{no_token}"
+        );
+        let empty = Args {
+            region: RegionArgs {
+                primary_cplane_api_url: Some(String::new()),
+                inter_region_service_token: None,
+            },
+            oidc_issuers: vec![String::new()],
+            ..Args::default()
+        }
+        .into_config()
+        .expect("empty values are unset");
+        assert!(empty.primary.is_none() && empty.issuers.is_empty());
+    }
+}
