@@ -253,6 +253,8 @@ enum RenderFormat {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process and moved straight into `run`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Create a new state repo from the built-in template, with a first commit.
     Init {
