@@ -11,7 +11,7 @@ use cplane_reconciler::source;
 fn template_bundles() {
     let repo = support::template_repo();
     let git = source::open(repo.path()).expect("open");
-    let checked = check_keeping(source::read(&git, "HEAD").expect("read").files, |_| true);
+    let checked = check_keeping(source::read(&git, "HEAD").expect("read").files, |_, _| true);
     assert!(checked.is_valid(), "{:?}", checked.diagnostics);
     for r in &checked.clusters {
         let bundle = r.bundle.as_ref().expect("kept");

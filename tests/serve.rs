@@ -5,52 +5,10 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
-const SECRET: &str = "hook-secret-for-tests";
-
-/// One HTTP/1.1 request over a fresh connection: (status, body).
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    s.write_all(body).expect("write body");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use support::serve::{http, push, remote_and_work, wait_for, webhook, SECRET};
 
 struct Server(Child);
 
@@ -59,32 +17,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn push(work: &Path, branch: &str) {
-    let repo = git2::Repository::open(work).expect("open");
-    let mut remote = repo.find_remote("origin").expect("origin");
-    remote
-        .push(&[format!("refs/heads/{branch}:refs/heads/{branch}")], None)
-        .expect("push");
-}
-
-fn webhook(port: u16, branch: &str, delivery: &str) -> (u16, String) {
-    let body = format!(r#"{{"ref":"refs/heads/{branch}","after":"x"}}"#);
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
-    mac.update(body.as_bytes());
-    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    http(
-        port,
-        "POST",
-        "/v1/webhooks/git",
-        &[
-            ("X-Cplane-Signature-256", sig),
-            ("X-Cplane-Delivery", delivery.into()),
-            ("Content-Type", "application/json".into()),
-        ],
-        body.as_bytes(),
-    )
 }
 
 #[test]
@@ -266,21 +198,7 @@ struct Setup {
 
 fn start() -> Setup {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let seed = support::template_repo();
-    let remote = tmp.path().join("remote.git");
-    git2::build::RepoBuilder::new()
-        .bare(true)
-        .clone(&format!("file://{}", seed.path().display()), &remote)
-        .expect("bare remote");
-    let work = tmp.path().join("work");
-    let repo =
-        git2::Repository::clone(&format!("file://{}", remote.display()), &work).expect("clone");
-    let branch = repo
-        .head()
-        .expect("head")
-        .shorthand()
-        .expect("branch")
-        .to_owned();
+    let (remote, work, branch) = remote_and_work(tmp.path());
     let port = support::moto::free_port();
     let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
     let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
@@ -410,6 +328,25 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
         header_value(&head, "x-cplane-generation").as_deref(),
         Some("1")
     );
+    // Agents that accept gzip get the stored compressed bytes; they inflate to the same body.
+    let gz = {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+        write!(c, "GET /v1/clusters/w-acme/bundle HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {acme}\r\nAccept-Encoding: br, gzip;q=0.8\r\n\r\n").expect("write");
+        let mut raw = Vec::new();
+        c.read_to_end(&mut raw).expect("read");
+        raw
+    };
+    let split = gz.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    let gz_head = String::from_utf8_lossy(&gz[..split]).to_string();
+    assert_eq!(
+        header_value(&gz_head, "content-encoding").as_deref(),
+        Some("gzip")
+    );
+    let mut inflated = String::new();
+    flate2::read::GzDecoder::new(&gz[split..])
+        .read_to_string(&mut inflated)
+        .expect("gzip body");
+    assert_eq!(inflated, body);
     assert_eq!(
         http_full(
             s.port,
@@ -564,14 +501,19 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
     assert_eq!(v["in_sync"], true, "{v}");
     assert_eq!(v["reported"]["report"]["objects"][0]["name"], "bff");
 
-    // Revoked tokens stop working at once.
+    // Revoked tokens stop working (SQLite: within a second; the server caches verified tokens
+    // and looks for revocations every second).
     let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
         .args(["cluster", "token", "revoke", "w-acme", "--database", &s.db])
         .output()
         .expect("revoke");
     assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 1 token(s)"));
-    assert_eq!(
-        http_full(s.port, "/v1/clusters/w-acme/bundle", &[bearer(&acme)]).0,
-        401
+    let revoked = Instant::now();
+    wait_for("the revoked token to be refused", || {
+        http_full(s.port, "/v1/clusters/w-acme/bundle", &[bearer(&acme)]).0 == 401
+    });
+    assert!(
+        revoked.elapsed() < Duration::from_secs(3),
+        "within a second or so"
     );
 }

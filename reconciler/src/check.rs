@@ -42,11 +42,15 @@ impl Checked {
 
 /// Loads, validates and renders the files of one revision, keeping only digests.
 pub fn check(files: Vec<SourceFile>) -> Checked {
-    check_keeping(files, |_| false)
+    check_keeping(files, |_, _| false)
 }
 
-/// Like [`check`], keeping the bundles of the clusters `keep` selects.
-pub fn check_keeping(files: Vec<SourceFile>, keep: impl Fn(&Cluster) -> bool + Sync) -> Checked {
+/// Like [`check`], keeping the bundles that `keep` selects, given the cluster and the digest
+/// of its new bundle (the reconciler keeps only bundles that differ from the published ones).
+pub fn check_keeping(
+    files: Vec<SourceFile>,
+    keep: impl Fn(&Cluster, &str) -> bool + Sync,
+) -> Checked {
     let loaded = cplane_schema::load(files);
     let mut diagnostics = loaded.diagnostics;
     let Some(model) = loaded.model else {
@@ -67,7 +71,8 @@ pub fn check_keeping(files: Vec<SourceFile>, keep: impl Fn(&Cluster) -> bool + S
                 renderer.render(c).map(|b| {
                     let digest = b.digest.clone();
                     let objects = b.objects.len();
-                    (digest, objects, keep(c).then_some(b))
+                    let kept = keep(c, &digest).then_some(b);
+                    (digest, objects, kept)
                 })
             })
             .collect();

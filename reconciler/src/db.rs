@@ -115,10 +115,24 @@ pub struct Condition<'a> {
     pub commit: &'a str,
 }
 
+/// PostgreSQL channel announcing a cluster whose bundle was published (payload: cluster id).
+pub const BUNDLES_CHANNEL: &str = "cplane_bundles";
+/// PostgreSQL channel announcing revoked cluster tokens (payload: cluster id).
+pub const TOKENS_CHANNEL: &str = "cplane_tokens";
+
+/// gzip of `bytes` (default level: bundles are written once and served many times).
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
+}
+
 /// A connection pool with the schema migrated.
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    url: std::sync::Arc<str>,
 }
 
 impl Db {
@@ -162,7 +176,20 @@ impl Db {
                 source,
             })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            url: url.into(),
+        })
+    }
+
+    /// The URL this pool was opened with (it may hold a password: never log it, see [`redact`]).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether this is PostgreSQL (leases and cross-replica notifications need it).
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres:") || self.url.starts_with("postgresql:")
     }
 
     /// The pool, for adapters that need their own queries.
@@ -551,8 +578,9 @@ impl Db {
         Ok(())
     }
 
-    /// Stores a bundle body by digest (idempotent) and points the cluster at it, bumping its
-    /// generation when the digest changed. Returns the cluster's generation.
+    /// Stores a bundle body by digest, gzip-compressed (idempotent), and points the cluster at
+    /// it, bumping its generation when the digest changed. Returns the cluster's generation.
+    /// On PostgreSQL every replica hears of it (`NOTIFY` on [`BUNDLES_CHANNEL`]).
     pub async fn publish_bundle(
         &self,
         cluster: &crate::render::Cluster,
@@ -560,9 +588,9 @@ impl Db {
         body: &str,
     ) -> Result<i64, Error> {
         let now = now_ms();
-        sqlx::query("INSERT INTO bundles (digest, body, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+        sqlx::query("INSERT INTO bundles (digest, body, body_gz, created_at) VALUES ($1, '', $2, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(digest)
-            .bind(body)
+            .bind(gzip(body.as_bytes()))
             .bind(now)
             .execute(&self.pool)
             .await?;
@@ -587,7 +615,21 @@ impl Db {
             .bind(&cluster.id)
             .fetch_one(&self.pool)
             .await?;
-        Ok(row.try_get("generation")?)
+        let generation = row.try_get("generation")?;
+        self.notify(BUNDLES_CHANNEL, &cluster.id).await?;
+        Ok(generation)
+    }
+
+    /// `NOTIFY channel, payload` on PostgreSQL; nothing on SQLite (one process only).
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<(), Error> {
+        if self.is_postgres() {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(payload)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Creates a token for `cluster`; returns it (only its SHA-256 is stored).
@@ -611,7 +653,16 @@ impl Db {
             .bind(cluster)
             .execute(&self.pool)
             .await?;
+        self.notify(TOKENS_CHANNEL, cluster).await?;
         Ok(done.rows_affected())
+    }
+
+    /// When a cluster token was last revoked (Unix millis), if ever.
+    pub async fn last_revocation(&self) -> Result<Option<i64>, Error> {
+        let row = sqlx::query("SELECT MAX(revoked_at) AS last FROM cluster_tokens")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("last")?)
     }
 
     /// The cluster a valid (unrevoked) token belongs to.
@@ -628,23 +679,52 @@ impl Db {
         })
     }
 
-    /// The current bundle of a cluster: (digest, generation, body).
+    /// The current bundle of a cluster: (digest, generation, gzip-compressed body).
     pub async fn cluster_bundle(
         &self,
         cluster: &str,
-    ) -> Result<Option<(String, i64, String)>, Error> {
-        let row = sqlx::query("SELECT c.digest, c.generation, b.body FROM clusters c JOIN bundles b ON b.digest = c.digest WHERE c.id = $1")
+    ) -> Result<Option<(String, i64, Vec<u8>)>, Error> {
+        let row = sqlx::query("SELECT c.digest, c.generation, b.body, b.body_gz FROM clusters c JOIN bundles b ON b.digest = c.digest WHERE c.id = $1")
             .bind(cluster)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match row {
-            Some(r) => Some((
-                r.try_get("digest")?,
-                r.try_get("generation")?,
-                r.try_get("body")?,
-            )),
-            None => None,
-        })
+        let Some(r) = row else { return Ok(None) };
+        let gz: Option<Vec<u8>> = r.try_get("body_gz")?;
+        let body = match gz {
+            Some(gz) => gz,
+            // Written before bundles were compressed (migration 0005).
+            None => gzip(r.try_get::<String, _>("body")?.as_bytes()),
+        };
+        Ok(Some((r.try_get("digest")?, r.try_get("generation")?, body)))
+    }
+
+    /// Every cluster's current (digest, generation), or just those of `only`.
+    pub async fn cluster_heads(
+        &self,
+        only: Option<&str>,
+    ) -> Result<Vec<(String, String, i64)>, Error> {
+        let rows = match only {
+            Some(id) => {
+                sqlx::query("SELECT id, digest, generation FROM clusters WHERE id = $1")
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT id, digest, generation FROM clusters")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("digest")?,
+                    r.try_get("generation")?,
+                ))
+            })
+            .collect()
     }
 
     /// Stores an agent's report for `cluster`.

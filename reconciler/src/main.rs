@@ -38,6 +38,36 @@ struct Cli {
     command: Command,
 }
 
+/// HTTPS and agents' client certificates (mTLS) for `serve`.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// PEM certificate chain: serve HTTPS instead of HTTP.
+    #[arg(long, env = "CPLANE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "CPLANE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA that agents' client certificates chain to; a verified certificate's URI SAN
+    /// `spiffe://cplane/cluster/<id>` authenticates as cluster `<id>` (instead of a token).
+    #[arg(long, env = "CPLANE_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn settings(self) -> Option<cplane_reconciler::tls::Settings> {
+        let Self {
+            tls_cert,
+            tls_key,
+            client_ca,
+        } = self;
+        Some(cplane_reconciler::tls::Settings {
+            cert: tls_cert?,
+            key: tls_key?,
+            client_ca,
+        })
+    }
+}
+
 /// Where the desired state comes from.
 #[derive(clap::Args)]
 struct RepoArgs {
@@ -223,6 +253,8 @@ enum RenderFormat {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process and moved straight into `run`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Create a new state repo from the built-in template, with a first commit.
     Init {
@@ -307,6 +339,8 @@ enum Command {
         /// Log format on stderr.
         #[arg(long, env = "CPLANE_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[command(flatten)]
         auth: cplane_reconciler::auth::Args,
     },
@@ -430,6 +464,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             webhook_secret,
             max_deletions,
             log_format: _,
+            tls,
             auth,
         } => {
             let settings = cplane_reconciler::serve::Settings {
@@ -441,6 +476,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 poll,
                 webhook_secret,
                 max_deletions,
+                tls: tls.settings(),
                 auth: auth.into_config()?,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -480,7 +516,7 @@ fn load(args: &RepoArgs, keep: Option<&str>) -> anyhow::Result<(String, Checked)
     let snapshot = source::read(&repo, rev)?;
     let checked = match keep {
         None => check(snapshot.files),
-        Some(id) => check_keeping(snapshot.files, |c| c.id == id),
+        Some(id) => check_keeping(snapshot.files, |c, _| c.id == id),
     };
     Ok((snapshot.commit, checked))
 }
@@ -810,6 +846,7 @@ fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
         poll: std::time::Duration::from_secs(180),
         webhook_secret: None,
         max_deletions: 5,
+        tls: None,
         auth: cplane_reconciler::auth::Config {
             issuers: vec![issuer_url.clone()],
             audience: Some(UP_AUDIENCE.to_owned()),

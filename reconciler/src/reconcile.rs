@@ -75,10 +75,15 @@ pub async fn run(
     };
     let run_id = format!("{started_at}-{}", &commit[..12.min(commit.len())]);
 
-    // Validate and render; keep the bundles of the clusters in scope (to publish).
+    // Validate and render; keep the bundles of the clusters in scope whose digest differs from
+    // the published one (to publish them). Unchanged bundles are dropped as soon as they are
+    // digested, so memory stays flat however many clusters there are.
     let in_scope =
         |region: &str| request.regions.is_empty() || request.regions.iter().any(|r| r == region);
-    let checked = check_keeping(files, |c| in_scope(&c.region));
+    let published = db.cluster_digests().await?;
+    let checked = check_keeping(files, |c, digest| {
+        in_scope(&c.region) && published.get(&c.id).map(String::as_str) != Some(digest)
+    });
     if !checked.is_valid() {
         let errors: Vec<String> = checked
             .diagnostics

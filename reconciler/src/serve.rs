@@ -10,10 +10,12 @@
 //!   (desired + status conditions), `/v1/stacks`, `/v1/clusters`, `/v1/status`, the tenant →
 //!   region lookup `GET /lookup/{workspace}`, and `POST /v1/webhooks/git` (cplane-webhook).
 //!
+//! - **Replicas**: several processes may share one PostgreSQL database; only the holder of the
+//!   reconcile lease ([`crate::lease`]) runs the loop, the others stand by (they follow the
+//!   applied revision for the read API) and take over when the holder dies. Agents' long-polls
+//!   are woken on every replica ([`crate::bundle_store`], `LISTEN/NOTIFY`).
 //! - **Auth** ([`crate::auth`]): OIDC bearer JWTs on the `/v1` API when issuers are configured,
 //!   `/internal/principals` for other regions, `/v1/me`.
-//!
-//! Not yet here (see the serve issue's note): writes through the API, replicas with a lease.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,11 +34,14 @@ use tokio::sync::Notify;
 
 use crate::apply::Sample;
 use crate::aws::Aws;
+use crate::bundle_store::BundleStore;
 use crate::db::Db;
 use crate::incremental::{Incremental, Prepared};
+use crate::lease::Lease;
 use crate::plan::Options;
 use crate::reconcile::{self, apply_and_record, record_refusal, Request, Run, RunResult};
 use crate::source;
+use crate::tls::ClientCluster;
 
 /// What `cplane serve` is configured with.
 #[derive(Debug, Clone)]
@@ -57,6 +62,8 @@ pub struct Settings {
     pub webhook_secret: Option<String>,
     /// Deletion threshold.
     pub max_deletions: usize,
+    /// HTTPS (and agents' client certificates); plain HTTP when `None`.
+    pub tls: Option<crate::tls::Settings>,
     /// API authentication (OIDC issuers, primary region, inter-region token).
     pub auth: crate::auth::Config,
 }
@@ -72,6 +79,20 @@ pub enum Error {
         /// libgit2's reason.
         #[source]
         source: git2::Error,
+    },
+    /// The TLS settings are unusable.
+    #[error("{source}")]
+    Tls {
+        /// What is wrong.
+        #[source]
+        source: crate::tls::Error,
+    },
+    /// The published bundles could not be read.
+    #[error("reading published bundles: {source}")]
+    Store {
+        /// The database's reason.
+        #[source]
+        source: crate::db::Error,
     },
     /// Binding the listen address failed.
     #[error("listening on {addr}: {source}")]
@@ -116,10 +137,12 @@ struct Shared {
     aws: Option<Aws>,
     trigger: Notify,
     ready: AtomicBool,
+    /// Whether this replica holds the reconcile lease.
+    leader: AtomicBool,
     metrics: Metrics,
     last: Mutex<LastRun>,
-    /// Bumped after every run: long-polling agents re-check their bundle.
-    bundles: tokio::sync::watch::Sender<u64>,
+    /// Published bundles' heads (in memory) and verified cluster tokens: agents' polls.
+    store: Arc<BundleStore>,
     /// The last commit applied (not refused): what the read API shows.
     applied: Mutex<String>,
     /// The last valid model, for incremental runs (`None` until the first full run).
@@ -148,7 +171,9 @@ fn open_mirror(path: &Path, url: &str) -> Result<git2::Repository, git2::Error> 
 fn fetch(repo: &git2::Repository, branch: &str) -> Result<String, git2::Error> {
     let mut remote = repo.find_remote("origin")?;
     let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-    remote.fetch(&[spec.as_str()], None, None)?;
+    let mut options = git2::FetchOptions::new();
+    options.remote_callbacks(crate::remote::callbacks());
+    remote.fetch(&[spec.as_str()], Some(&mut options), None)?;
     Ok(format!("refs/remotes/origin/{branch}"))
 }
 
@@ -165,6 +190,14 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
             addr: settings.listen,
             source,
         })?;
+    let tls = match &settings.tls {
+        Some(t) => Some(crate::tls::server_config(t).map_err(|source| Error::Tls { source })?),
+        None => None,
+    };
+    let store = BundleStore::load(db.clone())
+        .await
+        .map_err(|source| Error::Store { source })?;
+    let _listener = store.listen();
     let auth = Arc::new(crate::auth::Auth::new(settings.auth.clone(), db.clone()));
     let shared = Arc::new(Shared {
         settings,
@@ -172,10 +205,11 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         aws,
         trigger: Notify::new(),
         ready: AtomicBool::new(false),
+        leader: AtomicBool::new(false),
         metrics: Metrics::default(),
         last: Mutex::default(),
         applied: Mutex::default(),
-        bundles: tokio::sync::watch::Sender::new(0),
+        store,
         state: tokio::sync::Mutex::new(None),
         api: std::sync::OnceLock::new(),
         auth,
@@ -232,9 +266,14 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         }
         tracing::info!("shutting down");
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = match tls {
+        Some(config) => crate::tls::serve(listener, config, app, shutdown).await,
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     reconciler.abort();
     served.map_err(|source| Error::Listen {
         addr: shared.settings.listen,
@@ -274,14 +313,42 @@ fn watch_local(
     Ok(watcher)
 }
 
+/// The reconcile scope of this server: its regions, or `*` for every live region.
+fn scope(settings: &Settings) -> String {
+    if settings.regions.is_empty() {
+        "*".to_owned()
+    } else {
+        settings.regions.join(",")
+    }
+}
+
+/// Reconciles while this replica holds the lease ([`crate::lease`]); stands by otherwise.
 async fn reconcile_loop(shared: Arc<Shared>) {
-    // The first run and every poll are full runs (they also check drift); triggers run
-    // incrementally, and not at all when the branch did not move.
+    let scope = scope(&shared.settings);
+    loop {
+        let mut lease = tokio::select! {
+            lease = Lease::acquire(shared.db.url(), &scope) => lease,
+            () = standby(&shared, &scope) => unreachable!("standby returns only by cancellation"),
+        };
+        tracing::info!(scope, "holding the reconcile lease");
+        shared.leader.store(true, Ordering::SeqCst);
+        lead(&shared, &mut lease).await;
+        shared.leader.store(false, Ordering::SeqCst);
+        tracing::warn!(scope, "lost the reconcile lease; standing by");
+    }
+}
+
+/// Runs reconciles until the lease is lost. The first run and every poll are full runs (they
+/// also check drift); triggers run incrementally, and not at all when the branch did not move.
+async fn lead(shared: &Arc<Shared>, lease: &mut Lease) {
     let mut periodic = true;
     loop {
+        if !lease.check().await {
+            return;
+        }
         shared.metrics.pending.store(0, Ordering::SeqCst);
         let started = Instant::now();
-        if let Some(outcome) = run_once(&shared, periodic).await {
+        if let Some(outcome) = run_once(shared, periodic).await {
             let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             shared
                 .metrics
@@ -305,18 +372,73 @@ async fn reconcile_loop(shared: Arc<Shared>) {
                     .clone_from(&outcome.commit);
             }
             *shared.last.lock().expect("last") = outcome;
-            shared.bundles.send_modify(|n| *n += 1);
+            // Wake the long-polls of clusters whose bundle changed (other replicas hear of it
+            // by NOTIFY).
+            if let Err(e) = shared.store.refresh(None).await {
+                tracing::warn!(error = %e, "reading bundle heads");
+            }
         }
-        periodic = wait(&shared).await;
+        periodic = match wait(shared, lease).await {
+            Some(periodic) => periodic,
+            None => return,
+        };
     }
 }
 
-/// Waits for a trigger (false) or the jittered poll (true); triggers during a run coalesce.
-async fn wait(shared: &Shared) -> bool {
-    let pause = shared.settings.poll.mul_f64(rand::random_range(0.8..1.2));
-    tokio::select! {
-        () = shared.trigger.notified() => false,
-        () = tokio::time::sleep(pause) => true,
+/// A standby's duties, until cancelled: keep the mirror and the applied revision current (from
+/// the holder's record in the database) so that the read API answers on every replica.
+async fn standby(shared: &Shared, scope: &str) {
+    loop {
+        match shared.db.applied_revision(scope).await {
+            Ok(Some(commit)) => {
+                let s = &shared.settings;
+                let fetched = tokio::task::block_in_place(|| {
+                    let repo = open_mirror(&s.mirror, &s.repo_url)?;
+                    fetch(&repo, &s.branch)?;
+                    // The holder may have applied a commit this mirror has not fetched yet.
+                    repo.find_commit(git2::Oid::from_str(&commit)?).map(|_| ())
+                });
+                match fetched {
+                    Ok(()) => {
+                        *shared.applied.lock().expect("applied") = commit;
+                        shared.ready.store(true, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "standby: applied commit not mirrored yet")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "standby: reading the applied revision"),
+        }
+        tokio::select! {
+            () = shared.trigger.notified() => {}
+            () = tokio::time::sleep(STANDBY_REFRESH) => {}
+        }
+    }
+}
+
+/// How often a standby re-reads the applied revision.
+const STANDBY_REFRESH: Duration = Duration::from_secs(2);
+
+/// How often the holder checks its lease while it waits.
+const LEASE_CHECK: Duration = Duration::from_secs(5);
+
+/// Waits for a trigger (`Some(false)`) or the jittered poll (`Some(true)`); triggers during a
+/// run coalesce. `None` when the lease was lost meanwhile.
+async fn wait(shared: &Shared, lease: &mut Lease) -> Option<bool> {
+    let poll = tokio::time::sleep(shared.settings.poll.mul_f64(rand::random_range(0.8..1.2)));
+    tokio::pin!(poll);
+    loop {
+        tokio::select! {
+            () = shared.trigger.notified() => return Some(false),
+            () = &mut poll => return Some(true),
+            () = tokio::time::sleep(LEASE_CHECK) => {
+                if !lease.check().await {
+                    return None;
+                }
+            }
+        }
     }
 }
 
@@ -371,11 +493,7 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
         max_deletions: s.max_deletions,
         confirmed: false,
     };
-    let scope = if s.regions.is_empty() {
-        "*".to_owned()
-    } else {
-        s.regions.join(",")
-    };
+    let scope = scope(s);
     let started = Instant::now();
     let started_at = crate::db::now_ms();
     let mut state = shared.state.lock().await;
@@ -610,6 +728,10 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> String {
         sh.metrics.pending.load(Ordering::SeqCst)
     ));
     out.push_str(&format!(
+        "# HELP cplane_reconcile_leader Whether this replica holds the reconcile lease.\n# TYPE cplane_reconcile_leader gauge\ncplane_reconcile_leader {}\n",
+        u8::from(sh.leader.load(Ordering::SeqCst))
+    ));
+    out.push_str(&format!(
         "# HELP cplane_webhook_deliveries_total Verified push deliveries that triggered a reconcile.\n# TYPE cplane_webhook_deliveries_total counter\ncplane_webhook_deliveries_total {}\n",
         sh.metrics.webhook_deliveries.load(Ordering::SeqCst)
     ));
@@ -629,7 +751,11 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> String {
 
 async fn status(State(sh): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let last = sh.last.lock().expect("last").clone();
-    Json(json!({ "ready": sh.ready.load(Ordering::SeqCst), "last_run": last }))
+    Json(json!({
+        "ready": sh.ready.load(Ordering::SeqCst),
+        "leader": sh.leader.load(Ordering::SeqCst),
+        "last_run": last,
+    }))
 }
 
 /// An API error: status and message, answered as `{"error": message}`.
@@ -777,7 +903,7 @@ async fn token_cluster(sh: &Shared, headers: &axum::http::HeaderMap) -> Result<S
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-    match sh.db.token_cluster(token.trim()).await {
+    match sh.store.token_cluster(token.trim()).await {
         Ok(Some(cluster)) => Ok(cluster),
         Ok(None) => Err(api_error(
             StatusCode::UNAUTHORIZED,
@@ -787,20 +913,27 @@ async fn token_cluster(sh: &Shared, headers: &axum::http::HeaderMap) -> Result<S
     }
 }
 
-/// Passes when the request's cluster token belongs to `cluster`: 401 without a valid token,
-/// 403 with another cluster's.
+/// The verified client certificate's cluster, when the connection is mTLS ([`crate::tls`]).
+type ClientCert = Option<axum::Extension<ClientCluster>>;
+
+/// Passes when the caller acts for `cluster` — by its verified client certificate, else by its
+/// cluster token: 401 without either, 403 for another cluster's.
 async fn require_cluster(
     sh: &Shared,
     headers: &axum::http::HeaderMap,
+    cert: &ClientCert,
     cluster: &str,
 ) -> Result<(), ApiError> {
-    let owner = token_cluster(sh, headers).await?;
+    let owner = match cert {
+        Some(axum::Extension(ClientCluster(c))) => c.clone(),
+        None => token_cluster(sh, headers).await?,
+    };
     if owner == cluster {
         Ok(())
     } else {
         Err(api_error(
             StatusCode::FORBIDDEN,
-            format!("this token is not for {cluster}"),
+            format!("this credential is not for {cluster}"),
         ))
     }
 }
@@ -817,14 +950,16 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 /// `GET /v1/clusters/{cluster}/bundle` (agent protocol): the cluster's canonical bundle with
 /// `ETag: "<digest>"` and `X-Cplane-Generation`, or `304` when `If-None-Match` names the current
 /// digest — after waiting up to `?wait=` seconds for a change. A token for one cluster gets `403`
-/// for every other.
+/// for every other. A `304` is answered from memory (no database read); a `200` is gzip-encoded
+/// when the agent accepts it (the stored bytes, as they are) and inflated otherwise.
 async fn bundle(
     State(sh): State<Arc<Shared>>,
     UrlPath(cluster): UrlPath<String>,
     axum::extract::Query(q): axum::extract::Query<WaitQuery>,
     headers: axum::http::HeaderMap,
+    cert: ClientCert,
 ) -> Response {
-    if let Err(e) = require_cluster(&sh, &headers, &cluster).await {
+    if let Err(e) = require_cluster(&sh, &headers, &cert, &cluster).await {
         return e.into_response();
     }
     let known = headers
@@ -832,38 +967,18 @@ async fn bundle(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().trim_matches('"').to_owned());
     let deadline = Instant::now() + Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
-    let mut changes = sh.bundles.subscribe();
+    // Subscribe before looking, so a publish between the look and the wait is not missed.
+    let mut changes = sh.store.subscribe();
     loop {
-        let current = match sh.db.cluster_bundle(&cluster).await {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                return api_error(
-                    StatusCode::NOT_FOUND,
-                    format!("no bundle published for cluster {cluster}"),
-                )
-                .into_response()
-            }
-            Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
-        };
-        let (digest, generation, body) = current;
-        let etag = format!("\"{digest}\"");
-        if known.as_deref() != Some(digest.as_str()) {
-            return (
-                StatusCode::OK,
-                [
-                    (axum::http::header::ETAG, etag),
-                    (
-                        axum::http::header::CONTENT_TYPE,
-                        "application/x-ndjson".to_owned(),
-                    ),
-                    (
-                        axum::http::HeaderName::from_static("x-cplane-generation"),
-                        generation.to_string(),
-                    ),
-                ],
-                body,
+        let Some(head) = sh.store.head(&cluster) else {
+            return api_error(
+                StatusCode::NOT_FOUND,
+                format!("no bundle published for cluster {cluster}"),
             )
-                .into_response();
+            .into_response();
+        };
+        if known.as_deref() != Some(&*head.digest) {
+            break;
         }
         let now = Instant::now();
         if now >= deadline
@@ -871,9 +986,82 @@ async fn bundle(
                 .await
                 .is_err()
         {
-            return (StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response();
+            return (
+                StatusCode::NOT_MODIFIED,
+                [(axum::http::header::ETAG, format!("\"{}\"", head.digest))],
+            )
+                .into_response();
         }
     }
+    let (digest, generation, gz) = match sh.store.body(&cluster).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return api_error(
+                StatusCode::NOT_FOUND,
+                format!("no bundle published for cluster {cluster}"),
+            )
+            .into_response()
+        }
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    let mut response = if accepts_gzip(&headers) {
+        let mut r = gz.into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_ENCODING,
+            axum::http::HeaderValue::from_static("gzip"),
+        );
+        r
+    } else {
+        let mut body = Vec::new();
+        if let Err(e) =
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut body)
+        {
+            return api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored bundle {digest} is corrupt: {e}"),
+            )
+            .into_response();
+        }
+        body.into_response()
+    };
+    let h = response.headers_mut();
+    for (name, value) in [
+        (axum::http::header::ETAG, format!("\"{digest}\"")),
+        (
+            axum::http::header::CONTENT_TYPE,
+            "application/x-ndjson".to_owned(),
+        ),
+        (axum::http::header::VARY, "Accept-Encoding".to_owned()),
+        (
+            axum::http::HeaderName::from_static("x-cplane-generation"),
+            generation.to_string(),
+        ),
+    ] {
+        h.insert(
+            name,
+            axum::http::HeaderValue::try_from(value).expect("digests and numbers are ASCII"),
+        );
+    }
+    response
+}
+
+/// Whether `Accept-Encoding` admits gzip (`gzip` or `*`, with a non-zero `q`).
+fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !zero
+        })
 }
 
 /// `w-{id}` from a path segment that may or may not carry the prefix.
@@ -887,10 +1075,11 @@ async fn bff_config(
     State(sh): State<Arc<Shared>>,
     UrlPath(id): UrlPath<String>,
     headers: axum::http::HeaderMap,
+    cert: ClientCert,
 ) -> Response {
     let id = workspace_of(&id);
     let name = cplane_schema::domain::workspace_name(&id);
-    if let Err(e) = require_cluster(&sh, &headers, &name).await {
+    if let Err(e) = require_cluster(&sh, &headers, &cert, &name).await {
         return e.into_response();
     }
     let m = match model_of(&sh) {
@@ -936,10 +1125,11 @@ async fn bff_register(
     State(sh): State<Arc<Shared>>,
     UrlPath(id): UrlPath<String>,
     headers: axum::http::HeaderMap,
+    cert: ClientCert,
     Json(reg): Json<Registration>,
 ) -> Response {
     let name = cplane_schema::domain::workspace_name(&workspace_of(&id));
-    if let Err(e) = require_cluster(&sh, &headers, &name).await {
+    if let Err(e) = require_cluster(&sh, &headers, &cert, &name).await {
         return e.into_response();
     }
     if !reg.url.starts_with("https://") || reg.url.len() > 2048 {
@@ -961,9 +1151,10 @@ async fn report_status(
     State(sh): State<Arc<Shared>>,
     UrlPath(cluster): UrlPath<String>,
     headers: axum::http::HeaderMap,
+    cert: ClientCert,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(e) = require_cluster(&sh, &headers, &cluster).await {
+    if let Err(e) = require_cluster(&sh, &headers, &cert, &cluster).await {
         return e.into_response();
     }
     let report: crate::db::ClusterReport = match serde_json::from_slice(&body) {
@@ -997,10 +1188,10 @@ async fn cluster_status(
     State(sh): State<Arc<Shared>>,
     UrlPath(cluster): UrlPath<String>,
 ) -> Response {
-    let current = match sh.db.cluster_bundle(&cluster).await {
-        Ok(b) => b.map(|(digest, generation, _)| (digest, generation)),
-        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
-    };
+    let current = sh
+        .store
+        .head(&cluster)
+        .map(|h| (h.digest.to_string(), h.generation));
     match sh.db.cluster_status(&cluster).await {
         Ok(report) => {
             let in_sync = match (&current, &report) {

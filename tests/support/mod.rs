@@ -5,6 +5,7 @@ pub mod fault_proxy;
 pub mod moto;
 pub mod oidc;
 pub mod pg;
+pub mod serve;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,191 @@
+//! The server's view of the published bundles, as agents poll it.
+//!
+//! Agents poll `GET /v1/clusters/{id}/bundle` with `If-None-Match`; nearly every poll is answered
+//! `304`. [`BundleStore`] makes that answer cost no database read: it keeps every cluster's
+//! *head* (current digest and generation) in memory and caches the cluster of each token it has
+//! verified. Bodies (gzip-compressed, see [`crate::db::Db::publish_bundle`]) are read from the
+//! database only for a `200`.
+//!
+//! # Guarantees
+//! - After [`BundleStore::refresh`] returns, [`BundleStore::head`] answers what the database
+//!   holds, and every waiter of [`BundleStore::subscribe`] has been woken if any head changed.
+//! - On PostgreSQL, [`BundleStore::listen`] keeps the heads current across replicas: the replica
+//!   that publishes sends `NOTIFY cplane_bundles`, every replica refreshes that cluster and wakes
+//!   its long-polls. After a lost listener connection it reconnects and refreshes everything (a
+//!   notification sent while it was gone is not lost, only late).
+//! - A revoked token stops working on PostgreSQL at once (`NOTIFY cplane_tokens` clears the
+//!   cache), on SQLite within [`REVOCATION_CHECK`] (the CLI that revokes is another process, so
+//!   the last revocation time is read that often), and everywhere within [`TOKEN_TTL`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::db::{self, Db};
+
+/// How long a verified token's cluster is trusted without asking the database again.
+pub const TOKEN_TTL: Duration = Duration::from_secs(10);
+
+/// How often SQLite deployments look for revoked tokens.
+pub const REVOCATION_CHECK: Duration = Duration::from_secs(1);
+
+/// The published bundle a cluster currently points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// `sha256:<hex>` of the canonical bundle.
+    pub digest: Arc<str>,
+    /// Bumped on every digest change.
+    pub generation: i64,
+}
+
+/// Heads in memory, bodies in the database, verified tokens cached.
+pub struct BundleStore {
+    db: Db,
+    heads: RwLock<HashMap<String, Head>>,
+    changes: watch::Sender<u64>,
+    /// SHA-256 of a token → (cluster, verified at).
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl BundleStore {
+    /// Loads every cluster's head from the database.
+    pub async fn load(db: Db) -> Result<Arc<Self>, db::Error> {
+        let store = Arc::new(Self {
+            db,
+            heads: RwLock::default(),
+            changes: watch::Sender::new(0),
+            tokens: Mutex::default(),
+        });
+        store.refresh(None).await?;
+        Ok(store)
+    }
+
+    /// The current head of `cluster`, from memory.
+    pub fn head(&self, cluster: &str) -> Option<Head> {
+        self.heads.read().expect("heads lock").get(cluster).cloned()
+    }
+
+    /// Re-reads the heads of every cluster (`None`) or one, and wakes the long-polls when any
+    /// changed.
+    pub async fn refresh(&self, only: Option<&str>) -> Result<(), db::Error> {
+        let rows = self.db.cluster_heads(only).await?;
+        let mut changed = false;
+        {
+            let mut heads = self.heads.write().expect("heads lock");
+            if only.is_none() {
+                let before = heads.len();
+                heads.retain(|id, _| rows.iter().any(|(r, _, _)| r == id));
+                changed |= heads.len() != before;
+            }
+            for (id, digest, generation) in rows {
+                let head = Head {
+                    digest: digest.into(),
+                    generation,
+                };
+                if heads.get(&id) != Some(&head) {
+                    heads.insert(id, head);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        Ok(())
+    }
+
+    /// A receiver that changes whenever some head changed (long-polls wait on it, then look at
+    /// their own cluster's head).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The current bundle of `cluster` from the database: (digest, generation, gzip body).
+    pub async fn body(&self, cluster: &str) -> Result<Option<(String, i64, Vec<u8>)>, db::Error> {
+        self.db.cluster_bundle(cluster).await
+    }
+
+    /// The cluster an unrevoked token belongs to (cached for [`TOKEN_TTL`]; unknown tokens are
+    /// not cached, so a token created a moment ago works at once).
+    pub async fn token_cluster(&self, token: &str) -> Result<Option<String>, db::Error> {
+        let hash = db::token_hash(token);
+        if let Some((cluster, at)) = self.tokens.lock().expect("tokens lock").get(&hash) {
+            if at.elapsed() < TOKEN_TTL {
+                return Ok(Some(cluster.clone()));
+            }
+        }
+        let cluster = self.db.token_cluster(token).await?;
+        let mut tokens = self.tokens.lock().expect("tokens lock");
+        match &cluster {
+            Some(c) => {
+                tokens.insert(hash, (c.clone(), Instant::now()));
+            }
+            None => {
+                tokens.remove(&hash);
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Forgets every cached token (a token was revoked somewhere).
+    pub fn forget_tokens(&self) {
+        self.tokens.lock().expect("tokens lock").clear();
+    }
+
+    /// Keeps the store current until the process ends. On PostgreSQL: follows `cplane_bundles`
+    /// and `cplane_tokens` notifications from every replica (and `cplane cluster token revoke`).
+    /// On SQLite (one server process): looks for new revocations every [`REVOCATION_CHECK`].
+    pub fn listen(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        if !self.db.is_postgres() {
+            return tokio::spawn(async move {
+                let mut seen = None;
+                loop {
+                    tokio::time::sleep(REVOCATION_CHECK).await;
+                    match store.db.last_revocation().await {
+                        Ok(last) if last != seen => {
+                            seen = last;
+                            store.forget_tokens();
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "checking token revocations"),
+                    }
+                }
+            });
+        }
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match store.follow().await {
+                    Ok(()) => backoff = Duration::from_millis(200),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bundle notifications lost; reconnecting");
+                        tokio::time::sleep(backoff.mul_f64(rand::random_range(0.8..1.2))).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        })
+    }
+
+    /// One listener connection: subscribe, catch up (anything published while no listener was
+    /// connected), then apply notifications as they come.
+    async fn follow(&self) -> Result<(), db::Error> {
+        let mut listener = sqlx::postgres::PgListener::connect(self.db.url()).await?;
+        listener
+            .listen_all([db::BUNDLES_CHANNEL, db::TOKENS_CHANNEL])
+            .await?;
+        self.refresh(None).await?;
+        self.forget_tokens();
+        loop {
+            let n = listener.recv().await?;
+            if n.channel() == db::TOKENS_CHANNEL {
+                self.forget_tokens();
+            } else {
+                self.refresh(Some(n.payload())).await?;
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Agents authenticate with client certificates (mTLS) as the alternative to cluster tokens:
+//! `cplane serve --tls-cert --tls-key --client-ca`, driven with curl as a real TLS client.
+//! Certificates are issued in the test (rcgen): a cluster CA, a server certificate for
+//! 127.0.0.1, agent certificates naming their cluster in the URI SAN, and a rogue CA.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SanType,
+};
+use support::serve::{remote_and_work, wait_for};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA")
+}
+
+/// Issues a leaf certificate; writes `<name>.pem` and `<name>.key`, returns the cert path.
+fn leaf(
+    dir: &Path,
+    name: &str,
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    sans: Vec<SanType>,
+    usage: ExtendedKeyUsagePurpose,
+) -> PathBuf {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![usage];
+    params.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, issuer).expect("sign");
+    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+    dir.join(format!("{name}.pem"))
+}
+
+fn agent_cert(dir: &Path, name: &str, cluster: &str, issuer: &CertifiedIssuer<'static, KeyPair>) {
+    let uri = format!("spiffe://cplane/cluster/{cluster}");
+    leaf(
+        dir,
+        name,
+        issuer,
+        vec![SanType::URI(uri.try_into().expect("uri"))],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+}
+
+/// `curl` over TLS: the HTTP status, or 0 when the handshake failed.
+fn curl(dir: &Path, port: u16, path: &str, client: Option<&str>, token: Option<&str>) -> u16 {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(dir.join("server-ca.pem"));
+    if let Some(name) = client {
+        cmd.arg("--cert")
+            .arg(dir.join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(dir.join(format!("{name}.key")));
+    }
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn agents_authenticate_with_client_certificates_naming_their_cluster() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let server_ca = ca("cplane server CA");
+    std::fs::write(dir.join("server-ca.pem"), server_ca.pem()).expect("write");
+    leaf(
+        dir,
+        "server",
+        &server_ca,
+        vec![SanType::IpAddress([127, 0, 0, 1].into())],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let cluster_ca = ca("cplane cluster CA");
+    std::fs::write(dir.join("cluster-ca.pem"), cluster_ca.pem()).expect("write");
+    agent_cert(dir, "acme", "w-acme", &cluster_ca);
+    agent_cert(dir, "rogue", "w-acme", &ca("someone else's CA"));
+    leaf(
+        dir,
+        "nameless",
+        &cluster_ca,
+        vec![SanType::DnsName("w-acme".try_into().expect("dns"))],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+
+    let (remote, _work, branch) = remote_and_work(dir);
+    let db = format!("sqlite://{}", dir.join("cplane.db").display());
+    let port = support::moto::free_port();
+    let _server = Server(
+        Command::new(env!("CARGO_BIN_EXE_cplane"))
+            .args([
+                "serve",
+                "--repo-url",
+                &format!("file://{}", remote.display()),
+            ])
+            .args(["--branch", &branch, "--database", &db, "--poll", "1h"])
+            .arg("--mirror")
+            .arg(dir.join("mirror.git"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(dir.join("server.pem"))
+            .arg("--tls-key")
+            .arg(dir.join("server.key"))
+            .arg("--client-ca")
+            .arg(dir.join("cluster-ca.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cplane serve"),
+    );
+    wait_for("/readyz over https", || {
+        curl(dir, port, "/readyz", None, None) == 200
+    });
+
+    let bundle = "/v1/clusters/w-acme/bundle";
+    assert_eq!(
+        curl(dir, port, bundle, Some("acme"), None),
+        200,
+        "its own cluster"
+    );
+    assert_eq!(
+        curl(
+            dir,
+            port,
+            "/v1/clusters/w-globex/bundle",
+            Some("acme"),
+            None
+        ),
+        403,
+        "another cluster"
+    );
+    assert_eq!(curl(dir, port, bundle, None, None), 401, "no credential");
+    assert_eq!(
+        curl(dir, port, bundle, Some("nameless"), None),
+        401,
+        "a verified certificate without a cluster URI authenticates nothing"
+    );
+    assert_eq!(
+        curl(dir, port, bundle, Some("rogue"), None),
+        0,
+        "a certificate from another CA fails the handshake"
+    );
+    // Cluster tokens keep working over TLS, without a client certificate.
+    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args(["cluster", "token", "create", "w-acme", "--database", &db])
+        .output()
+        .expect("token");
+    let token = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(curl(dir, port, bundle, None, Some(token.trim())), 200);
+}

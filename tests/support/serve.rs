@@ -1,0 +1,108 @@
+//! Driving `cplane serve` from tests: raw HTTP/1.1 on 127.0.0.1, signed push webhooks, git pushes
+//! to a bare remote, waiting for a condition.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The webhook secret the tests configure.
+pub const SECRET: &str = "hook-secret-for-tests";
+
+/// One HTTP/1.1 request over a fresh connection: (status, body). Status 0 when nothing answers.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    s.write_all(body).expect("write body");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// `GET path` parsed as JSON (`Null` when it is not JSON).
+pub fn get_json(port: u16, path: &str) -> serde_json::Value {
+    serde_json::from_str(&http(port, "GET", path, &[], b"").1).unwrap_or_default()
+}
+
+/// Polls `f` every 100 ms for up to 30 s.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Pushes `branch` of the work tree at `work` to its `origin`.
+pub fn push(work: &Path, branch: &str) {
+    let repo = git2::Repository::open(work).expect("open");
+    let mut remote = repo.find_remote("origin").expect("origin");
+    remote
+        .push(&[format!("refs/heads/{branch}:refs/heads/{branch}")], None)
+        .expect("push");
+}
+
+/// Sends a generic-HMAC signed push webhook for `branch`: (status, body).
+pub fn webhook(port: u16, branch: &str, delivery: &str) -> (u16, String) {
+    let body = format!(r#"{{"ref":"refs/heads/{branch}","after":"x"}}"#);
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(body.as_bytes());
+    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    http(
+        port,
+        "POST",
+        "/v1/webhooks/git",
+        &[
+            ("X-Cplane-Signature-256", sig),
+            ("X-Cplane-Delivery", delivery.into()),
+            ("Content-Type", "application/json".into()),
+        ],
+        body.as_bytes(),
+    )
+}
+
+/// A bare remote seeded with the state repo template and a work tree cloned from it:
+/// (remote path, work tree path, branch).
+pub fn remote_and_work(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let seed = super::template_repo();
+    let remote = dir.join("remote.git");
+    git2::build::RepoBuilder::new()
+        .bare(true)
+        .clone(&format!("file://{}", seed.path().display()), &remote)
+        .expect("bare remote");
+    let work = dir.join("work");
+    let repo =
+        git2::Repository::clone(&format!("file://{}", remote.display()), &work).expect("clone");
+    let branch = repo
+        .head()
+        .expect("head")
+        .shorthand()
+        .expect("branch")
+        .to_owned();
+    (remote, work, branch)
+}
