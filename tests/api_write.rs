@@ -623,6 +623,13 @@ async fn sixty_four_concurrent_writers_all_land_in_a_linear_history_despite_exte
         assert!(text.contains("deletionPolicy: Delete"), "{text}");
     }
     assert_eq!(valid_at(&remote, &end), Vec::<String>::new());
+    // The packs the writer sent are sound (every object reachable, every id checked).
+    let fsck = Command::new("git")
+        .args(["fsck", "--strict", "--no-dangling"])
+        .current_dir(&remote)
+        .output()
+        .expect("git fsck");
+    assert!(fsck.status.success(), "{fsck:?}");
     let authors = count(&["log", "--format=%an|%cn", &range]);
     assert_eq!(
         authors.iter().filter(|a| a.ends_with("|cplane")).count(),

@@ -28,6 +28,7 @@
 //! `cplane/<user>/<change>` (created or moved, again by compare-and-swap) instead.
 
 pub mod edit;
+pub mod pack;
 pub mod store;
 pub mod tree;
 pub mod verify;
@@ -40,7 +41,7 @@ use git2::{Oid, Repository, Signature};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use self::store::{Published, Store};
+use self::store::{Outgoing, Published, Store};
 use self::verify::{workspace_path, Accounts, HeadState};
 
 /// Most changes built into one chain (one compare-and-swap).
@@ -524,14 +525,15 @@ struct Session<'c> {
     state: Option<HeadState>,
     /// Workspace → account of the head, shared with the handlers.
     accounts: Accounts,
-    /// The last `workspaces/` tree written or read, by id (saves re-reading 10,000 entries).
-    folder: Option<(Oid, tree::FlatTree)>,
+    /// The last `workspaces/` tree written or read: id, entries, content (saves re-reading
+    /// 10,000 entries, and is the base of the next tree's delta).
+    folder: Option<(Oid, tree::FlatTree, Vec<u8>)>,
 }
 
 /// A commit of the chain being built.
 struct Built {
     commit: Oid,
-    objects: Vec<Oid>,
+    objects: Vec<Outgoing>,
     path: String,
     text: Option<String>,
     errors: Vec<Diagnostic>,
@@ -579,7 +581,7 @@ impl Session<'_> {
                 match self.build(store.repo(), head, tip, job) {
                     Ok(Some(built)) => {
                         tip = built.commit;
-                        objects.extend(built.objects.iter().copied());
+                        objects.extend(built.objects.iter().cloned());
                         if let Some(state) = self.state.as_mut() {
                             state.committed(
                                 built.commit,
@@ -790,23 +792,28 @@ impl Session<'_> {
         text: Option<&str>,
         user: &User,
         message: &str,
-    ) -> Result<(Oid, Vec<Oid>), Error> {
+    ) -> Result<(Oid, Vec<Outgoing>), Error> {
         let mut objects = Vec::new();
+        let whole = |id| Outgoing { id, delta: None };
         let root = parent.tree()?;
         let (dir, file) = path.split_once('/').expect("workspace paths have a folder");
         let current = root
             .get_name(dir)
             .filter(|e| e.kind() == Some(git2::ObjectType::Tree))
             .map(|e| e.id());
-        let mut folder = match (self.folder.take(), current) {
-            (Some((id, flat)), Some(cur)) if id == cur => flat,
-            (_, Some(cur)) => tree::FlatTree::read(&repo.find_tree(cur)?),
-            (_, None) => tree::FlatTree::default(),
+        let (mut folder, base) = match (self.folder.take(), current) {
+            (Some((id, flat, bytes)), Some(cur)) if id == cur => (flat, Some((cur, bytes))),
+            (_, Some(cur)) => {
+                let flat = tree::FlatTree::read(&repo.find_tree(cur)?);
+                let bytes = flat.to_bytes();
+                (flat, Some((cur, bytes)))
+            }
+            (_, None) => (tree::FlatTree::default(), None),
         };
         match text {
             Some(text) => {
                 let blob = repo.blob(text.as_bytes())?;
-                objects.push(blob);
+                objects.push(whole(blob));
                 folder.upsert_blob(file, blob);
             }
             None => {
@@ -819,13 +826,19 @@ impl Session<'_> {
                 root_builder.remove(dir)?;
             }
         } else {
-            let dir_tree = folder.write(repo)?;
-            objects.push(dir_tree);
+            let bytes = folder.to_bytes();
+            let dir_tree = repo.odb()?.write(git2::ObjectType::Tree, &bytes)?;
+            // Stored as a delta of the tree it replaces (one entry differs).
+            let delta = base.map(|(id, old)| (id, pack::delta(&old, &bytes)));
+            objects.push(Outgoing {
+                id: dir_tree,
+                delta,
+            });
             root_builder.insert(dir, dir_tree, 0o040000)?;
-            self.folder = Some((dir_tree, folder));
+            self.folder = Some((dir_tree, folder, bytes));
         }
         let root_tree = root_builder.write()?;
-        objects.push(root_tree);
+        objects.push(whole(root_tree));
         let tree = repo.find_tree(root_tree)?;
         let clean = |s: &str| -> String {
             let s: String = s
@@ -841,7 +854,7 @@ impl Session<'_> {
         let author = Signature::now(&clean(&user.name), &clean(&user.email))?;
         let committer = Signature::now(&self.config.committer.0, &self.config.committer.1)?;
         let commit = repo.commit(None, &author, &committer, message, &tree, &[parent])?;
-        objects.push(commit);
+        objects.push(whole(commit));
         Ok((commit, objects))
     }
 

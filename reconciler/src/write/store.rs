@@ -25,6 +25,17 @@ use std::path::{Path, PathBuf};
 
 use git2::{ErrorCode, Oid, Repository};
 
+use super::pack;
+
+/// An object a publish sends: its id, and the delta it is stored as (base id, delta), if any.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The object.
+    pub id: Oid,
+    /// Stored as this delta of this base (which the remote has, or which comes earlier).
+    pub delta: Option<(Oid, Vec<u8>)>,
+}
+
 /// Outcome of publishing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Published {
@@ -153,6 +164,7 @@ impl Store {
                     let mut remote = self.repo.remote_anonymous(url)?;
                     let mut opts = git2::FetchOptions::new();
                     opts.update_fetchhead(false);
+                    opts.remote_callbacks(crate::remote::callbacks());
                     let spec = format!("+{}:{}", self.branch_ref(), self.tracking_ref());
                     remote.fetch(&[spec.as_str()], Some(&mut opts), None)?;
                     self.fetched
@@ -167,16 +179,7 @@ impl Store {
     pub fn remote_ref(&self, name: &str) -> Result<Option<Oid>, git2::Error> {
         match &self.kind {
             Kind::Local => ref_value(&self.repo, name),
-            Kind::Network { url } => {
-                let mut remote = self.repo.remote_anonymous(url)?;
-                remote.connect(git2::Direction::Fetch)?;
-                let found = remote
-                    .list()?
-                    .iter()
-                    .find(|h| h.name() == name)
-                    .map(|h| h.oid());
-                Ok(found)
-            }
+            Kind::Network { url } => advertised(&self.repo, url, name, git2::Direction::Fetch),
         }
     }
 
@@ -187,7 +190,7 @@ impl Store {
         name: &str,
         expected: Option<Oid>,
         new: Oid,
-        objects: &[Oid],
+        objects: &[Outgoing],
     ) -> Result<Published, git2::Error> {
         match &self.kind {
             Kind::Local => {
@@ -225,24 +228,18 @@ impl Store {
         name: &str,
         expected: Option<Oid>,
         new: Oid,
-        objects: &[Oid],
+        objects: &[Outgoing],
     ) -> Result<Published, git2::Error> {
-        let mut remote = self.repo.remote_anonymous(url)?;
-        remote.connect(git2::Direction::Push)?;
-        let advertised = remote
-            .list()?
-            .iter()
-            .find(|h| h.name() == name)
-            .map(|h| h.oid());
-        if advertised != expected {
+        if advertised(&self.repo, url, name, git2::Direction::Push)? != expected {
             return Ok(Published::Moved);
         }
+        let mut remote = self.repo.remote_anonymous(url)?;
         // libgit2 pushes from a ref: point a private one at the new commit.
         let local = format!("refs/cplane/push/{}", name.trim_start_matches("refs/"));
         self.repo.reference(&local, new, true, "cplane: API write")?;
         let rejected = std::cell::RefCell::new(None::<String>);
         let pushed = {
-            let mut callbacks = git2::RemoteCallbacks::new();
+            let mut callbacks = crate::remote::callbacks();
             callbacks.push_update_reference(|_, status| {
                 if let Some(msg) = status {
                     *rejected.borrow_mut() = Some(msg.to_owned());
@@ -255,7 +252,14 @@ impl Store {
             remote.push(&[format!("{local}:{name}")], Some(&mut opts))
         };
         let _ = self.repo.find_reference(&local).and_then(|mut r| r.delete());
-        pushed?;
+        // The push connects again: when the ref moved in between, libgit2 refuses the
+        // non-fast-forward or receive-pack the stale old value. Either way nothing changed.
+        if let Err(e) = pushed {
+            return match advertised(&self.repo, url, name, git2::Direction::Push) {
+                Ok(now) if now != expected => Ok(Published::Moved),
+                _ => Err(e),
+            };
+        }
         if rejected.into_inner().is_some() {
             return Ok(Published::Moved);
         }
@@ -279,20 +283,49 @@ fn ref_value(repo: &Repository, name: &str) -> Result<Option<Oid>, git2::Error> 
     }
 }
 
-/// Writes `objects` (held in memory) into the repository's object database as one pack.
-fn write_pack(repo: &Repository, objects: &[Oid]) -> Result<(), git2::Error> {
+/// The value `url` advertises for the ref `name`, asking with the environment's credentials.
+fn advertised(
+    repo: &Repository,
+    url: &str,
+    name: &str,
+    direction: git2::Direction,
+) -> Result<Option<Oid>, git2::Error> {
+    let mut remote = repo.remote_anonymous(url)?;
+    let connection = remote.connect_auth(direction, Some(crate::remote::callbacks()), None)?;
+    let found = connection
+        .list()?
+        .iter()
+        .find(|h| h.name() == name)
+        .map(|h| h.oid());
+    Ok(found)
+}
+
+/// Writes `objects` (held in memory) into the repository's object database as one pack (see
+/// [`pack`]); the indexer checks every object's id.
+fn write_pack(repo: &Repository, objects: &[Outgoing]) -> Result<(), git2::Error> {
     if objects.is_empty() {
         return Ok(());
     }
-    let mut builder = repo.packbuilder()?;
-    for id in objects {
-        builder.insert_object(*id, None)?;
-    }
-    let mut buf = git2::Buf::new();
-    builder.write_buf(&mut buf)?;
     let odb = repo.odb()?;
+    let mut items = Vec::with_capacity(objects.len());
+    for o in objects {
+        items.push(match &o.delta {
+            Some((base, delta)) => pack::Object::Delta {
+                base: *base,
+                delta: delta.clone(),
+            },
+            None => {
+                let object = odb.read(o.id)?;
+                pack::Object::Full {
+                    kind: object.kind(),
+                    data: object.data().to_vec(),
+                }
+            }
+        });
+    }
+    let bytes = pack::build(&items);
     let mut writer = odb.packwriter()?;
-    std::io::Write::write_all(&mut writer, &buf)
+    std::io::Write::write_all(&mut writer, &bytes)
         .map_err(|e| git2::Error::from_str(&format!("writing a pack: {e}")))?;
     writer.commit()?;
     Ok(())
