@@ -637,3 +637,106 @@ async fn sixty_four_concurrent_writers_all_land_in_a_linear_history_despite_exte
         "{authors:?}"
     );
 }
+
+/// `git daemon` serving `base` on a free port (fetch and push), stopped on drop.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn git_daemon(base: &Path) -> (Daemon, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let child = Command::new("git")
+        .args(["daemon", "--reuseaddr", "--export-all", "--enable=receive-pack"])
+        .arg(format!("--base-path={}", base.display()))
+        .args(["--listen=127.0.0.1", &format!("--port={port}")])
+        .arg(base)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("git daemon");
+    let daemon = Daemon(child);
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed().as_secs() < 10, "git daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (daemon, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_protocol_remote_is_pushed_to_with_compare_and_swap() {
+    let work = support::template_repo();
+    let (bare, branch) = bare_of(work.path());
+    let remote = remote(&bare);
+    let (_daemon, port) = git_daemon(bare.path());
+    let url = format!("git://127.0.0.1:{port}/state.git");
+    let engineer = Arc::new(Engineer::clone(&remote, &branch));
+    let fired = Arc::new(AtomicUsize::new(1));
+    let hook: Arc<dyn Fn() + Send + Sync> = {
+        let (engineer, fired) = (engineer.clone(), fired.clone());
+        Arc::new(move || {
+            if fired.fetch_add(1, Ordering::SeqCst) == 0 {
+                engineer.push_edit(
+                    "workspaces/globex.yaml",
+                    |t| format!("{t}# external edit\n"),
+                    "globex: external edit",
+                );
+            }
+        })
+    };
+    let mirror = bare.path().join("mirror.git");
+    let writer = Writer::start(Config {
+        repo_url: url,
+        branch: branch.clone(),
+        mirror: mirror.clone(),
+        committer: ("cplane".into(), "cplane@cplane.local".into()),
+        on_commit: Arc::new(|_| {}),
+        before_publish: Some(hook),
+    });
+    let first = writer
+        .write(request(put_stack("acme", "airflow", json!({"dagsRepo": "https://x.example.com/d.git"}))))
+        .await
+        .expect("pushed over git://");
+    assert_eq!(head(&remote, &branch), first.commit);
+
+    // An external push right before the next push: the writer fetches, rebuilds, pushes.
+    fired.store(0, Ordering::SeqCst);
+    let second = writer
+        .write(request(put_stack("acme", "superset", json!({"replicas": 2}))))
+        .await
+        .expect("rebuilt and pushed");
+    assert_eq!(head(&remote, &branch), second.commit);
+    let repo = git2::Repository::open_bare(&remote).expect("bare");
+    let commit = repo
+        .find_commit(git2::Oid::from_str(&second.commit).expect("oid"))
+        .expect("commit");
+    assert_eq!(
+        commit.parent(0).expect("parent").summary().ok().flatten(),
+        Some("globex: external edit")
+    );
+    let pr = writer
+        .write(Request {
+            mode: Mode::PullRequest,
+            ..request(put_stack("globex", "trino", json!({})))
+        })
+        .await
+        .expect("pr branch over git://");
+    assert_eq!(
+        head(&remote, pr.branch.as_deref().expect("branch")),
+        pr.commit
+    );
+    let fsck = Command::new("git")
+        .args(["fsck", "--strict", "--no-dangling"])
+        .current_dir(&remote)
+        .output()
+        .expect("git fsck");
+    assert!(fsck.status.success(), "{fsck:?}");
+}
