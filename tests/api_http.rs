@@ -92,17 +92,21 @@ fn start_with(issuer: Option<&str>) -> Setup {
     let port = support::moto::free_port();
     let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
-    cmd.args(["serve", "--repo-url", &format!("file://{}", remote.display())])
-        .args(["--branch", &branch, "--database", &db, "--poll", "1h"])
-        .args([
-            "--mirror",
-            tmp.path().join("mirror.git").to_str().expect("utf-8"),
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("PRIMARY_CPLANE_API_URL")
-        .env_remove("INTER_REGION_SERVICE_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "serve",
+        "--repo-url",
+        &format!("file://{}", remote.display()),
+    ])
+    .args(["--branch", &branch, "--database", &db, "--poll", "1h"])
+    .args([
+        "--mirror",
+        tmp.path().join("mirror.git").to_str().expect("utf-8"),
+    ])
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .env_remove("PRIMARY_CPLANE_API_URL")
+    .env_remove("INTER_REGION_SERVICE_TOKEN")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     if let Some(issuer) = issuer {
         cmd.args(["--oidc-issuer", issuer, "--oidc-audience", "cplane"]);
     }
@@ -136,9 +140,17 @@ fn writes_need_a_bearer_token_and_plan_and_openapi_are_served() {
     let s = start();
     let before = head(&s.remote, &s.branch);
     for (method, path, body) in [
-        ("PUT", "/v1/workspaces/acme", &br#"{"apiVersion":"cplane/v1"}"#[..]),
+        (
+            "PUT",
+            "/v1/workspaces/acme",
+            &br#"{"apiVersion":"cplane/v1"}"#[..],
+        ),
         ("DELETE", "/v1/workspaces/acme", &b""[..]),
-        ("PUT", "/v1/workspaces/acme/stacks/airflow", &br#"{"values":{}}"#[..]),
+        (
+            "PUT",
+            "/v1/workspaces/acme/stacks/airflow",
+            &br#"{"values":{}}"#[..],
+        ),
         ("DELETE", "/v1/workspaces/acme/stacks/trino", &b""[..]),
     ] {
         let (status, head, body) = http(
@@ -247,10 +259,7 @@ fn openapi_describes_every_route_of_the_server() {
         "routes missing from reconciler/src/openapi.json: {missing:?}"
     );
     for (path, item) in paths {
-        assert!(
-            routes.contains(path),
-            "{path} is described but not served"
-        );
+        assert!(routes.contains(path), "{path} is described but not served");
         for (method, op) in item.as_object().expect("path item") {
             if method != "parameters" {
                 assert!(
@@ -326,8 +335,20 @@ async fn members_write_their_accounts_workspaces_with_real_tokens() {
     let json_ct = ("Content-Type", "application/json".to_owned());
 
     // Identity: root is an admin; Maria signs in once and becomes a member of acme-corp.
-    cplane(&["principal", "grant-admin", "root@example.com", "--database", &s.db]);
-    let (status, _, body) = http(port, "GET", "/v1/me", &[("Authorization", maria.clone())], b"");
+    cplane(&[
+        "principal",
+        "grant-admin",
+        "root@example.com",
+        "--database",
+        &s.db,
+    ]);
+    let (status, _, body) = http(
+        port,
+        "GET",
+        "/v1/me",
+        &[("Authorization", maria.clone())],
+        b"",
+    );
     assert_eq!(status, 200, "{body}");
     cplane(&[
         "membership",
@@ -428,7 +449,11 @@ async fn members_write_their_accounts_workspaces_with_real_tokens() {
         port,
         "PUT",
         "/v1/workspaces/acme/stacks/superset",
-        &[auth(&maria), json_ct.clone(), ("If-Match", format!("\"{before}\""))],
+        &[
+            auth(&maria),
+            json_ct.clone(),
+            ("If-Match", format!("\"{before}\"")),
+        ],
         br#"{"values":{"replicas":3}}"#,
     );
     assert_eq!(status, 412, "{body}");
@@ -483,18 +508,43 @@ async fn members_write_their_accounts_workspaces_with_real_tokens() {
     wait_for("umbrella reconciled", || {
         http(port, "GET", "/lookup/w-umbrella", &[], b"").0 == 200
     });
-    let (status, _, body) = http(port, "DELETE", "/v1/workspaces/umbrella", &[auth(&root)], b"");
+    let (status, _, body) = http(
+        port,
+        "DELETE",
+        "/v1/workspaces/umbrella",
+        &[auth(&root)],
+        b"",
+    );
     assert_eq!(status, 200, "{body}");
-    let (status, _, _) = http(port, "DELETE", "/v1/workspaces/umbrella", &[auth(&root)], b"");
+    let (status, _, _) = http(
+        port,
+        "DELETE",
+        "/v1/workspaces/umbrella",
+        &[auth(&root)],
+        b"",
+    );
     assert_eq!(status, 404);
 
     // Admin-only reconcile; the plan needs a user token too (an issuer is configured).
-    assert_eq!(http(port, "POST", "/v1/reconcile", &[auth(&maria)], b"").0, 403);
-    assert_eq!(http(port, "POST", "/v1/reconcile", &[auth(&root)], b"").0, 202);
+    assert_eq!(
+        http(port, "POST", "/v1/reconcile", &[auth(&maria)], b"").0,
+        403
+    );
+    assert_eq!(
+        http(port, "POST", "/v1/reconcile", &[auth(&root)], b"").0,
+        202
+    );
     assert_eq!(http(port, "GET", "/v1/plan", &[], b"").0, 401);
     assert_eq!(http(port, "GET", "/v1/plan", &[auth(&maria)], b"").0, 200);
     assert_eq!(
-        http(port, "PUT", "/v1/workspaces/acme/stacks/trino", &[json_ct.clone()], b"{}").0,
+        http(
+            port,
+            "PUT",
+            "/v1/workspaces/acme/stacks/trino",
+            std::slice::from_ref(&json_ct),
+            b"{}"
+        )
+        .0,
         401
     );
 

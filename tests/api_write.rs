@@ -107,7 +107,12 @@ fn valid_at(remote: &Path, rev: &str) -> Vec<String> {
 
 fn git(dir: &Path, args: &[&str]) -> std::process::Output {
     let out = Command::new("git")
-        .args(["-c", "user.name=Eve External", "-c", "user.email=eve@example.com"])
+        .args([
+            "-c",
+            "user.name=Eve External",
+            "-c",
+            "user.email=eve@example.com",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
@@ -155,7 +160,10 @@ impl Engineer {
             }
             rejected += 1;
             assert!(rejected < 50, "push keeps failing: {out:?}");
-            let out = git(&self.work(), &["pull", "-q", "--rebase", "origin", &self.branch]);
+            let out = git(
+                &self.work(),
+                &["pull", "-q", "--rebase", "origin", &self.branch],
+            );
             assert!(out.status.success(), "{out:?}");
         }
     }
@@ -185,7 +193,10 @@ async fn stack_changes_commit_as_the_user_and_keep_the_file_layout() {
     assert_eq!(commit.author().name().ok(), Some("Alice Example"));
     assert_eq!(commit.author().email().ok(), Some("alice@example.com"));
     assert_eq!(commit.committer().name().ok(), Some("cplane"));
-    assert_eq!(commit.summary().ok().flatten(), Some("workspaces/acme: enable stack airflow"));
+    assert_eq!(
+        commit.summary().ok().flatten(),
+        Some("workspaces/acme: enable stack airflow")
+    );
     assert_eq!(commit.parent_ids().collect::<Vec<_>>().len(), 1);
     assert_eq!(commit.parent_id(0).expect("parent").to_string(), before);
     // Only acme.yaml changed, and only by the new item: every comment and line kept.
@@ -209,7 +220,11 @@ async fn stack_changes_commit_as_the_user_and_keep_the_file_layout() {
 
     // Re-value, no-op, disable, disable again.
     let w2 = writer
-        .write(request(put_stack("acme", "airflow", json!({"dagsRepo": "https://git.example.com/acme/other.git", "dagsBranch": "prod"}))))
+        .write(request(put_stack(
+            "acme",
+            "airflow",
+            json!({"dagsRepo": "https://git.example.com/acme/other.git", "dagsBranch": "prod"}),
+        )))
         .await
         .expect("re-value");
     assert!(!w2.created && w2.changed);
@@ -225,7 +240,11 @@ async fn stack_changes_commit_as_the_user_and_keep_the_file_layout() {
         Some("workspaces/acme: set values of stack airflow")
     );
     let same = writer
-        .write(request(put_stack("acme", "airflow", json!({"dagsRepo": "https://git.example.com/acme/other.git", "dagsBranch": "prod"}))))
+        .write(request(put_stack(
+            "acme",
+            "airflow",
+            json!({"dagsRepo": "https://git.example.com/acme/other.git", "dagsBranch": "prod"}),
+        )))
         .await
         .expect("no-op");
     assert_eq!(
@@ -269,10 +288,9 @@ async fn workspaces_are_created_replaced_and_deleted() {
     let (bare, branch) = bare_of(work.path());
     let remote = remote(&bare);
     let writer = start(&remote, &branch, None);
-    let acme: serde_json::Value = serde_yaml::from_str(
-        &file_at(&remote, &branch, "workspaces/acme.yaml").expect("acme"),
-    )
-    .expect("yaml");
+    let acme: serde_json::Value =
+        serde_yaml::from_str(&file_at(&remote, &branch, "workspaces/acme.yaml").expect("acme"))
+            .expect("yaml");
     let mut umbrella = acme.clone();
     umbrella["metadata"]["name"] = json!("umbrella");
     umbrella["spec"]["account"] = json!("umbrella");
@@ -337,7 +355,11 @@ async fn invalid_changes_are_refused_with_file_line_and_change_nothing() {
     let before = head(&remote, &branch);
 
     let err = writer
-        .write(request(put_stack("acme", "superset", json!({"replicas": "many"}))))
+        .write(request(put_stack(
+            "acme",
+            "superset",
+            json!({"replicas": "many"}),
+        )))
         .await
         .expect_err("wrong type");
     let Error::Invalid(diags) = &err else {
@@ -351,10 +373,9 @@ async fn invalid_changes_are_refused_with_file_line_and_change_nothing() {
     );
     assert_eq!(err.status(), 422);
 
-    let mut doc: serde_json::Value = serde_yaml::from_str(
-        &file_at(&remote, &branch, "workspaces/globex.yaml").expect("globex"),
-    )
-    .expect("yaml");
+    let mut doc: serde_json::Value =
+        serde_yaml::from_str(&file_at(&remote, &branch, "workspaces/globex.yaml").expect("globex"))
+            .expect("yaml");
     doc["spec"]["regoin"] = json!("sgp-1");
     let err = writer
         .write(request(Change::PutWorkspace {
@@ -404,7 +425,11 @@ async fn if_match_answers_412_when_the_file_changed_since() {
     let writer = start(&remote, &branch, None);
     let seen = head(&remote, &branch);
     writer
-        .write(request(put_stack("acme", "superset", json!({"replicas": 3}))))
+        .write(request(put_stack(
+            "acme",
+            "superset",
+            json!({"replicas": 3}),
+        )))
         .await
         .expect("first");
     let stale = Request {
@@ -451,7 +476,10 @@ async fn pull_request_mode_pushes_a_branch_and_leaves_the_branch_alone() {
         w.commit
     );
     let text = file_at(&remote, &w.commit, "workspaces/globex.yaml").expect("globex");
-    assert!(text.contains("- name: superset\n      values:\n        replicas: 2\n"), "{text}");
+    assert!(
+        text.contains("- name: superset\n      values:\n        replicas: 2\n"),
+        "{text}"
+    );
     // Asking again moves the same branch to a new commit on the current head.
     let again = writer.write(pr).await.expect("pr again");
     assert_eq!(again.branch, w.branch);
@@ -485,7 +513,11 @@ async fn a_moved_head_rebuilds_stack_changes_and_refuses_stale_replacements() {
     };
     let writer = start(&remote, &branch, Some(hook));
     let w = writer
-        .write(request(put_stack("acme", "airflow", json!({"dagsRepo": "https://x.example.com/d.git"}))))
+        .write(request(put_stack(
+            "acme",
+            "airflow",
+            json!({"dagsRepo": "https://x.example.com/d.git"}),
+        )))
         .await
         .expect("rebuilt on the new head");
     let repo = git2::Repository::open_bare(&remote).expect("bare");
@@ -607,8 +639,7 @@ async fn sixty_four_concurrent_writers_all_land_in_a_linear_history_despite_exte
         assert!(history.contains(c), "API commit {c} is on the branch");
     }
     for i in 0..64 {
-        let text =
-            file_at(&remote, &end, &format!("workspaces/ws{i:05}.yaml")).expect("workspace");
+        let text = file_at(&remote, &end, &format!("workspaces/ws{i:05}.yaml")).expect("workspace");
         assert!(
             text.contains(&format!(
                 "    - name: superset\n      values:\n        replicas: {}\n",
@@ -618,8 +649,8 @@ async fn sixty_four_concurrent_writers_all_land_in_a_linear_history_despite_exte
         );
     }
     for i in 0..6 {
-        let text = file_at(&remote, &end, &format!("workspaces/ws{:05}.yaml", 70 + i))
-            .expect("workspace");
+        let text =
+            file_at(&remote, &end, &format!("workspaces/ws{:05}.yaml", 70 + i)).expect("workspace");
         assert!(text.contains("deletionPolicy: Delete"), "{text}");
     }
     assert_eq!(valid_at(&remote, &end), Vec::<String>::new());
@@ -654,7 +685,12 @@ fn git_daemon(base: &Path) -> (Daemon, u16) {
         .map(|a| a.port())
         .expect("free port");
     let child = Command::new("git")
-        .args(["daemon", "--reuseaddr", "--export-all", "--enable=receive-pack"])
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--enable=receive-pack",
+        ])
         .arg(format!("--base-path={}", base.display()))
         .args(["--listen=127.0.0.1", &format!("--port={port}")])
         .arg(base)
@@ -702,7 +738,11 @@ async fn a_git_protocol_remote_is_pushed_to_with_compare_and_swap() {
         before_publish: Some(hook),
     });
     let first = writer
-        .write(request(put_stack("acme", "airflow", json!({"dagsRepo": "https://x.example.com/d.git"}))))
+        .write(request(put_stack(
+            "acme",
+            "airflow",
+            json!({"dagsRepo": "https://x.example.com/d.git"}),
+        )))
         .await
         .expect("pushed over git://");
     assert_eq!(head(&remote, &branch), first.commit);
@@ -710,7 +750,11 @@ async fn a_git_protocol_remote_is_pushed_to_with_compare_and_swap() {
     // An external push right before the next push: the writer fetches, rebuilds, pushes.
     fired.store(0, Ordering::SeqCst);
     let second = writer
-        .write(request(put_stack("acme", "superset", json!({"replicas": 2}))))
+        .write(request(put_stack(
+            "acme",
+            "superset",
+            json!({"replicas": 2}),
+        )))
         .await
         .expect("rebuilt and pushed");
     assert_eq!(head(&remote, &branch), second.commit);

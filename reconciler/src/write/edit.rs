@@ -306,9 +306,8 @@ mod tests {
         let (text, layout) = edit(Some(ACME), &v);
         assert_eq!(layout, Layout::Preserved);
         assert!(text.starts_with(ACME.trim_end()), "{text}");
-        assert!(text.ends_with(
-            "    - name: airflow\n      values:\n        dagsRepo: https://x/d.git\n"
-        ));
+        assert!(text
+            .ends_with("    - name: airflow\n      values:\n        dagsRepo: https://x/d.git\n"));
         assert_eq!(doc(&text), v);
     }
 
@@ -331,8 +330,7 @@ mod tests {
     fn scalars_that_look_like_other_types_stay_strings() {
         let mut v = doc(ACME);
         v["spec"]["aws"]["accountId"] = json!("012345678901");
-        v["spec"]["stacks"][0]["values"] =
-            json!({"a": "yes", "b": "1.5", "c": "null", "d": "", "e": "x: y", "f": "#x", "g": null, "h": 2.5, "i": [1, "2"]});
+        v["spec"]["stacks"][0]["values"] = json!({"a": "yes", "b": "1.5", "c": "null", "d": "", "e": "x: y", "f": "#x", "g": null, "h": 2.5, "i": [1, "2"]});
         let (text, _) = edit(Some(ACME), &v);
         assert_eq!(doc(&text), v, "{text}");
     }

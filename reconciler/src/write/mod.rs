@@ -88,9 +88,7 @@ impl Change {
     pub fn workspace(&self) -> &str {
         match self {
             Change::PutWorkspace { id, .. } | Change::DeleteWorkspace { id } => id,
-            Change::PutStack { workspace, .. } | Change::DeleteStack { workspace, .. } => {
-                workspace
-            }
+            Change::PutStack { workspace, .. } | Change::DeleteStack { workspace, .. } => workspace,
         }
     }
 
@@ -207,7 +205,11 @@ fn slug(text: &str) -> String {
         }
     }
     let out = out.trim_matches('-');
-    out.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_owned()
+    out.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.'])
+        .to_owned()
 }
 
 /// Who asks for a change: the commit's author.
@@ -348,7 +350,10 @@ impl Error {
 
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Conflict(_) | Error::Stopped | Error::Repository(_))
+        matches!(
+            self,
+            Error::Conflict(_) | Error::Stopped | Error::Repository(_)
+        )
     }
 }
 
@@ -617,7 +622,10 @@ impl Session<'_> {
                     return;
                 }
                 Ok(Published::Moved) => {
-                    tracing::info!(attempt, "the branch moved; rebuilding the API changes on it");
+                    tracing::info!(
+                        attempt,
+                        "the branch moved; rebuilding the API changes on it"
+                    );
                     // The state describes the unpublished tip: move it to the real head.
                     let fresh = store.head(true).ok().flatten();
                     match (self.state.take(), fresh) {
@@ -888,7 +896,9 @@ impl Session<'_> {
                 });
             }
         }
-        Err(Error::Conflict(format!("branch {name} kept moving; try again")))
+        Err(Error::Conflict(format!(
+            "branch {name} kept moving; try again"
+        )))
     }
 }
 

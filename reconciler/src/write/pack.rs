@@ -69,7 +69,11 @@ pub fn build(objects: &[Object]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(b"PACK");
     out.extend_from_slice(&2u32.to_be_bytes());
-    out.extend_from_slice(&u32::try_from(objects.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(objects.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     for object in objects {
         match object {
             Object::Full { kind, data } => {
@@ -139,11 +143,7 @@ fn insert(out: &mut Vec<u8>, data: &[u8]) {
 /// A delta turning `base` into `target`: copy their common prefix, insert what differs, copy
 /// their common suffix. Exact for any pair; small when they differ in one place.
 pub fn delta(base: &[u8], target: &[u8]) -> Vec<u8> {
-    let prefix = base
-        .iter()
-        .zip(target)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let prefix = base.iter().zip(target).take_while(|(a, b)| a == b).count();
     let room = base.len().min(target.len()) - prefix;
     let suffix = base
         .iter()

@@ -120,8 +120,9 @@ impl Store {
             None => {
                 let repo = match Repository::open_bare(mirror) {
                     Ok(r) => r,
-                    Err(_) => Repository::init_bare(mirror)
-                        .map_err(git(&mirror.display().to_string()))?,
+                    Err(_) => {
+                        Repository::init_bare(mirror).map_err(git(&mirror.display().to_string()))?
+                    }
                 };
                 (
                     Kind::Network {
@@ -236,7 +237,8 @@ impl Store {
         let mut remote = self.repo.remote_anonymous(url)?;
         // libgit2 pushes from a ref: point a private one at the new commit.
         let local = format!("refs/cplane/push/{}", name.trim_start_matches("refs/"));
-        self.repo.reference(&local, new, true, "cplane: API write")?;
+        self.repo
+            .reference(&local, new, true, "cplane: API write")?;
         let rejected = std::cell::RefCell::new(None::<String>);
         let pushed = {
             let mut callbacks = crate::remote::callbacks();
@@ -251,7 +253,10 @@ impl Store {
             // Not forced: receive-pack checks the advertised old value, so this is a CAS.
             remote.push(&[format!("{local}:{name}")], Some(&mut opts))
         };
-        let _ = self.repo.find_reference(&local).and_then(|mut r| r.delete());
+        let _ = self
+            .repo
+            .find_reference(&local)
+            .and_then(|mut r| r.delete());
         // The push connects again: when the ref moved in between, libgit2 refuses the
         // non-fast-forward or receive-pack the stale old value. Either way nothing changed.
         if let Err(e) = pushed {

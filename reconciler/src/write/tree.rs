@@ -146,7 +146,9 @@ mod tests {
         }
         builder.insert("foo", sub, TREE).expect("insert");
         builder.insert("b", sub, TREE).expect("insert");
-        builder.insert("run.sh", blob("#!"), 0o100755).expect("insert");
+        builder
+            .insert("run.sh", blob("#!"), 0o100755)
+            .expect("insert");
         let base = repo
             .find_tree(builder.write().expect("write"))
             .expect("tree");
@@ -156,7 +158,12 @@ mod tests {
 
         // The same edits through libgit2's builder and through FlatTree give the same tree.
         let mut builder = repo.treebuilder(Some(&base)).expect("builder");
-        for (name, text) in [("globex.yaml", "g"), ("foo.baq", "q"), ("acme.yaml", "a2"), ("c", "c")] {
+        for (name, text) in [
+            ("globex.yaml", "g"),
+            ("foo.baq", "q"),
+            ("acme.yaml", "a2"),
+            ("c", "c"),
+        ] {
             let id = blob(text);
             builder.insert(name, id, BLOB).expect("insert");
             flat.upsert_blob(name, id);
