@@ -784,3 +784,60 @@ async fn a_git_protocol_remote_is_pushed_to_with_compare_and_swap() {
         .expect("git fsck");
     assert!(fsck.status.success(), "{fsck:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checked_out_working_copy_gets_the_changed_files_and_keeps_local_edits() {
+    // `cplane up`'s state repo: a working copy whose checked-out branch is the one written.
+    let work = support::template_repo();
+    let branch = git2::Repository::open(work.path())
+        .expect("repo")
+        .head()
+        .expect("head")
+        .shorthand()
+        .expect("branch")
+        .to_owned();
+    let writer = start(work.path(), &branch, None);
+    let w = writer
+        .write(request(put_stack(
+            "acme",
+            "airflow",
+            json!({"dagsRepo": "https://x.example.com/d.git"}),
+        )))
+        .await
+        .expect("written");
+    let status =
+        |dir: &Path| String::from_utf8(git(dir, &["status", "--porcelain"]).stdout).expect("utf-8");
+    assert_eq!(
+        status(work.path()),
+        "",
+        "working tree and index follow the commit"
+    );
+    let head_out = git(work.path(), &["rev-parse", "HEAD"]);
+    assert_eq!(String::from_utf8_lossy(&head_out.stdout).trim(), w.commit);
+    let text = std::fs::read_to_string(work.path().join("workspaces/acme.yaml")).expect("read");
+    assert!(text.contains("name: airflow"), "{text}");
+
+    // An uncommitted edit of globex: writes to globex are refused (409), others go through and
+    // leave the edit alone.
+    let globex = work.path().join("workspaces/globex.yaml");
+    let edited = format!(
+        "{}# local edit\n",
+        std::fs::read_to_string(&globex).expect("read")
+    );
+    std::fs::write(&globex, &edited).expect("write");
+    let err = writer
+        .write(request(put_stack("globex", "superset", json!({}))))
+        .await
+        .expect_err("dirty file");
+    assert_eq!(err.status(), 409, "{err}");
+    assert!(err.to_string().contains("uncommitted changes"), "{err}");
+    writer
+        .write(request(Change::DeleteStack {
+            workspace: "acme".into(),
+            stack: "airflow".into(),
+        }))
+        .await
+        .expect("another file");
+    assert_eq!(std::fs::read_to_string(&globex).expect("read"), edited);
+    assert_eq!(status(work.path()), " M workspaces/globex.yaml\n");
+}

@@ -33,6 +33,7 @@ pub mod store;
 pub mod tree;
 pub mod verify;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -363,6 +364,15 @@ impl From<git2::Error> for Error {
     }
 }
 
+impl From<store::PublishError> for Error {
+    fn from(e: store::PublishError) -> Self {
+        match e {
+            store::PublishError::Git(e) => e.into(),
+            store::PublishError::Dirty(message) => Error::Conflict(message),
+        }
+    }
+}
+
 impl From<verify::Error> for Error {
     fn from(e: verify::Error) -> Self {
         Error::Repository(e.to_string())
@@ -541,6 +551,8 @@ struct Built {
     objects: Vec<Outgoing>,
     path: String,
     text: Option<String>,
+    /// The file's blob at this commit (`None`: removed).
+    blob: Option<Oid>,
     errors: Vec<Diagnostic>,
 }
 
@@ -582,11 +594,13 @@ impl Session<'_> {
             }
             let mut tip = head;
             let mut objects = Vec::new();
+            let mut files: BTreeMap<String, Option<Oid>> = BTreeMap::new();
             for job in jobs.iter_mut().filter(|j| j.reply.is_some()) {
                 match self.build(store.repo(), head, tip, job) {
                     Ok(Some(built)) => {
                         tip = built.commit;
                         objects.extend(built.objects.iter().cloned());
+                        files.insert(built.path.clone(), built.blob);
                         if let Some(state) = self.state.as_mut() {
                             state.committed(
                                 built.commit,
@@ -611,7 +625,9 @@ impl Session<'_> {
             if let Some(hook) = &self.config.before_publish {
                 hook();
             }
-            match store.publish(&branch, Some(head), tip, &objects) {
+            let files: Vec<(&str, Option<Oid>)> =
+                files.iter().map(|(p, b)| (p.as_str(), *b)).collect();
+            match store.publish(&branch, Some(head), tip, &objects, &files) {
                 Ok(Published::Done) => {
                     for job in jobs.iter_mut() {
                         if let Some(outcome) = job.outcome.take() {
@@ -782,11 +798,16 @@ impl Session<'_> {
             changed: true,
             branch: None,
         }));
+        let blob = new_text
+            .as_ref()
+            .and_then(|_| objects.first())
+            .map(|o| o.id);
         Ok(Some(Built {
             commit,
             objects,
             path,
             text: new_text,
+            blob,
             errors: own,
         }))
     }
@@ -887,7 +908,8 @@ impl Session<'_> {
         let full = format!("refs/heads/{name}");
         for _ in 0..MAX_ATTEMPTS {
             let current = store.remote_ref(&full)?;
-            if store.publish(&full, current, built.commit, &built.objects)? == Published::Done {
+            if store.publish(&full, current, built.commit, &built.objects, &[])? == Published::Done
+            {
                 return Ok(Written {
                     commit: built.commit.to_string(),
                     created: true,

@@ -10,8 +10,10 @@
 //!   `git_reference_create_matching` (git2's [`Repository::reference_matching`]), which compares
 //!   the current value with the expected parent *while holding the ref's lock file* — the same
 //!   `.lock` protocol `git receive-pack` uses, so an external `git push` and the writer exclude
-//!   each other. A pushed-to non-bare repository is refused when its checked-out branch is the
-//!   one written (as git refuses by default).
+//!   each other. When the remote is a working copy with the written branch checked out (`cplane
+//!   up`'s state repo), the files a write changes are updated in its working tree and index too
+//!   — like git's `receive.denyCurrentBranch=updateInstead`, but per file: a write is refused
+//!   (`409`) when such a file has uncommitted changes, and other files are never touched.
 //! - **Other URLs** (git://, and https/ssh when git2 is built with them): commits are built in
 //!   the bare mirror and pushed with libgit2. The git protocol sends the old value of the ref
 //!   with each update and `receive-pack` refuses it when the ref moved; the advertised value is
@@ -58,7 +60,12 @@ pub struct Store {
     branch: String,
     /// Network remotes: the last head fetched.
     fetched: std::cell::Cell<Option<Oid>>,
+    /// A local working copy with the branch checked out: its working tree.
+    worktree: Option<PathBuf>,
 }
+
+/// A file a publish changes, with its content at the new commit (`None`: removed).
+pub type Change<'a> = (&'a str, Option<Oid>);
 
 /// A path for local URLs (`/srv/state.git`, `file:///srv/state.git`), `None` for others.
 pub fn local_path(url: &str) -> Option<PathBuf> {
@@ -83,14 +90,6 @@ pub enum OpenError {
         #[source]
         source: git2::Error,
     },
-    /// A non-bare remote with the branch checked out.
-    #[error("{path} is a non-bare repository with `{branch}` checked out; the API writes to a bare remote (or to another branch)")]
-    CheckedOut {
-        /// The repository.
-        path: String,
-        /// The branch.
-        branch: String,
-    },
 }
 
 impl Store {
@@ -100,6 +99,7 @@ impl Store {
             let what = what.to_owned();
             move |source| OpenError::Git { what, source }
         };
+        let mut worktree = None;
         let (kind, repo) = match local_path(url) {
             Some(path) => {
                 let repo = Repository::open(&path).map_err(git(&path.display().to_string()))?;
@@ -109,10 +109,7 @@ impl Store {
                         .ok()
                         .and_then(|h| h.shorthand().ok().map(str::to_owned));
                     if checked_out.as_deref() == Some(branch) {
-                        return Err(OpenError::CheckedOut {
-                            path: path.display().to_string(),
-                            branch: branch.to_owned(),
-                        });
+                        worktree = repo.workdir().map(Path::to_path_buf);
                     }
                 }
                 (Kind::Local, repo)
@@ -137,6 +134,7 @@ impl Store {
             repo,
             branch: branch.to_owned(),
             fetched: std::cell::Cell::new(None),
+            worktree,
         })
     }
 
@@ -185,19 +183,28 @@ impl Store {
     }
 
     /// Moves `name` from `expected` (`None`: absent) to `new`, sending `objects` (every object
-    /// the new commits add; the rest is in the remote already).
+    /// the new commits add; the rest is in the remote already); `files` are the files the new
+    /// commits change, as they are at `new`.
     pub fn publish(
         &self,
         name: &str,
         expected: Option<Oid>,
         new: Oid,
         objects: &[Outgoing],
-    ) -> Result<Published, git2::Error> {
+        files: &[Change<'_>],
+    ) -> Result<Published, PublishError> {
         match &self.kind {
             Kind::Local => {
                 // A cheap first check spares writing a pack that could not be used.
                 if ref_value(&self.repo, name)? != expected {
                     return Ok(Published::Moved);
+                }
+                let worktree = self
+                    .worktree
+                    .as_deref()
+                    .filter(|_| name == self.branch_ref());
+                if let (Some(dir), Some(old)) = (worktree, expected) {
+                    self.check_clean(dir, old, files)?;
                 }
                 write_pack(&self.repo, objects)?;
                 let message = "cplane: API write";
@@ -209,18 +216,75 @@ impl Store {
                     None => self.repo.reference(name, new, false, message).map(drop),
                 };
                 match updated {
-                    Ok(()) => Ok(Published::Done),
+                    Ok(()) => {
+                        if let Some(dir) = worktree {
+                            self.update_worktree(dir, files)?;
+                        }
+                        Ok(Published::Done)
+                    }
                     Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists) => {
                         Ok(Published::Moved)
                     }
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 }
             }
             Kind::Network { url } => {
                 let url = url.clone();
-                self.push(&url, name, expected, new, objects)
+                Ok(self.push(&url, name, expected, new, objects)?)
             }
         }
+    }
+
+    /// Refuses to move the checked-out branch when a file it changes has uncommitted changes
+    /// (in the index or the working tree) against `head`.
+    fn check_clean(&self, dir: &Path, head: Oid, files: &[Change<'_>]) -> Result<(), PublishError> {
+        let tree = self.repo.find_commit(head)?.tree()?;
+        let index = self.repo.index()?;
+        for (path, _) in files {
+            let committed = tree.get_path(Path::new(path)).ok().map(|e| e.id());
+            let staged = index.get_path(Path::new(path), 0).map(|e| e.id);
+            let file = dir.join(path);
+            let on_disk = if file.exists() {
+                Some(Oid::hash_file(git2::ObjectType::Blob, &file)?)
+            } else {
+                None
+            };
+            if staged != committed || on_disk != committed {
+                return Err(PublishError::Dirty(format!(
+                    "{path} has uncommitted changes in {}; commit or discard them, then retry",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the changed files of the working tree and index to the new commit.
+    fn update_worktree(&self, dir: &Path, files: &[Change<'_>]) -> Result<(), git2::Error> {
+        let mut index = self.repo.index()?;
+        for (path, blob) in files {
+            let file = dir.join(path);
+            match blob {
+                Some(id) => {
+                    let blob = self.repo.find_blob(*id)?;
+                    if let Some(parent) = file.parent() {
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| git2::Error::from_str(&e.to_string()))?;
+                    }
+                    std::fs::write(&file, blob.content())
+                        .map_err(|e| git2::Error::from_str(&e.to_string()))?;
+                    index.add_path(Path::new(path))?;
+                }
+                None => {
+                    if file.exists() {
+                        std::fs::remove_file(&file)
+                            .map_err(|e| git2::Error::from_str(&e.to_string()))?;
+                    }
+                    index.remove_path(Path::new(path))?;
+                }
+            }
+        }
+        index.write()
     }
 
     fn push(
@@ -277,6 +341,17 @@ impl Store {
         }
         Ok(Published::Done)
     }
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// libgit2.
+    #[error(transparent)]
+    Git(#[from] git2::Error),
+    /// The checked-out working copy has uncommitted changes to a file the publish changes.
+    #[error("{0}")]
+    Dirty(String),
 }
 
 /// The commit a ref points at (`None`: no such ref).
