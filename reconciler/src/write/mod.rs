@@ -498,6 +498,7 @@ fn run(config: Config, mut rx: mpsc::Receiver<(Request, Reply)>, accounts: Accou
         state: None,
         accounts,
         folder: None,
+        head_folder: None,
     };
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -543,6 +544,8 @@ struct Session<'c> {
     /// The last `workspaces/` tree written or read: id, entries, content (saves re-reading
     /// 10,000 entries, and is the base of the next tree's delta).
     folder: Option<(Oid, tree::FlatTree, Vec<u8>)>,
+    /// The head's `workspaces/` entries, by tree id.
+    head_folder: Option<(Oid, tree::FlatTree)>,
 }
 
 /// A commit of the chain being built.
@@ -666,6 +669,38 @@ impl Session<'_> {
         );
     }
 
+    /// The blob at `path` in `tip`, from the cached `workspaces/` entries when they are that
+    /// tree's (no 10,000-entry tree parsed per change).
+    fn blob_at_tip(&self, tip: &git2::Tree<'_>, path: &str) -> Option<Oid> {
+        if let (Some((dir, file)), Some((id, flat, _))) = (path.split_once('/'), &self.folder) {
+            if tip.get_name(dir).map(|e| e.id()) == Some(*id) {
+                return flat.blob(file);
+            }
+        }
+        blob_at(tip, path)
+    }
+
+    /// The blob at `path` in the commit `head`, through cached `workspaces/` entries.
+    fn blob_at_head(
+        &mut self,
+        repo: &Repository,
+        head: Oid,
+        path: &str,
+    ) -> Result<Option<Oid>, Error> {
+        let root = repo.find_commit(head)?.tree()?;
+        let Some((dir, file)) = path.split_once('/') else {
+            return Ok(blob_at(&root, path));
+        };
+        let Some(id) = root.get_name(dir).map(|e| e.id()) else {
+            return Ok(None);
+        };
+        if self.head_folder.as_ref().map(|(i, _)| *i) != Some(id) {
+            let flat = tree::FlatTree::read(&repo.find_tree(id)?);
+            self.head_folder = Some((id, flat));
+        }
+        Ok(self.head_folder.as_ref().and_then(|(_, f)| f.blob(file)))
+    }
+
     /// Brings the validity state to `head`.
     fn advance(&mut self, repo: &Repository, head: Oid) -> Result<(), Error> {
         let state = match self.state.take().map(|s| s.advance(repo, head)) {
@@ -691,7 +726,7 @@ impl Session<'_> {
         let path = workspace_path(id);
         let tip_commit = repo.find_commit(tip)?;
         let tip_tree = tip_commit.tree()?;
-        let current = blob_at(&tip_tree, &path);
+        let current = self.blob_at_tip(&tip_tree, &path);
 
         if let Some(rev) = &request.if_match {
             let base = repo
@@ -709,7 +744,7 @@ impl Session<'_> {
         let head_blob = if head == tip {
             current
         } else {
-            blob_at(&repo.find_commit(head)?.tree()?, &path)
+            self.blob_at_head(repo, head, &path)?
         };
         match job.pinned {
             None => job.pinned = Some((head, head_blob)),

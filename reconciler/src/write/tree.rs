@@ -91,6 +91,13 @@ impl FlatTree {
         }
     }
 
+    /// The blob of the file `name`, if there is one.
+    pub fn blob(&self, name: &str) -> Option<Oid> {
+        self.find(name.as_bytes(), BLOB)
+            .ok()
+            .map(|i| self.entries[i].id)
+    }
+
     /// Removes the file `name`; false when there was none.
     pub fn remove_blob(&mut self, name: &str) -> bool {
         match self.find(name.as_bytes(), BLOB) {
@@ -171,6 +178,9 @@ mod tests {
         builder.remove("ab").expect("remove");
         assert!(flat.remove_blob("ab"));
         assert!(!flat.remove_blob("nope.yaml"));
+        assert_eq!(flat.blob("ab"), None);
+        assert_eq!(flat.blob("foo"), None, "a tree is not a blob");
+        assert!(flat.blob("globex.yaml").is_some());
         assert!(!flat.remove_blob("foo"), "a tree is not a blob");
         assert_eq!(
             flat.write(&repo).expect("write"),
