@@ -193,6 +193,16 @@ impl<'m> Renderer<'m> {
 
     /// Renders one cluster's bundle, or every problem found in it.
     pub fn render(&self, cluster: &Cluster) -> Result<Bundle, Vec<Diagnostic>> {
+        self.render_with(cluster, None)
+    }
+
+    /// [`Renderer::render`], with a tenant cluster's workspace given rather than read from the
+    /// model (the API writer renders a changed workspace against the unchanged rest).
+    pub fn render_with(
+        &self,
+        cluster: &Cluster,
+        given: Option<&cplane_schema::load::Entity<cplane_schema::model::Workspace>>,
+    ) -> Result<Bundle, Vec<Diagnostic>> {
         let model = self.model;
         let names = names_for(model, &cluster.region, &cluster.environment);
         let platform = &model.platform.doc;
@@ -214,7 +224,10 @@ impl<'m> Renderer<'m> {
             BTreeMap::new();
         match (&cluster.kind, &cluster.workspace) {
             (ClusterKind::Tenant, Some(id)) => {
-                let ws = &model.workspaces[id];
+                let ws = match given {
+                    Some(w) => w,
+                    None => &model.workspaces[id],
+                };
                 domains.insert("zone", names.workspace_zone(id));
                 domains.insert("wildcard", names.workspace_wildcard(id));
                 domains.insert("bff", names.workspace_host(id, "bff"));

@@ -595,11 +595,14 @@ impl Session<'_> {
             if let Err(e) = self.advance(store.repo(), head) {
                 return fail_all_refs(jobs, e);
             }
+            // One renderer (templates compiled once) for every change of the chain.
+            let base = self.state.as_ref().and_then(HeadState::base);
+            let renderer = base.as_deref().map(|m| crate::render::Renderer::new(m).0);
             let mut tip = head;
             let mut objects = Vec::new();
             let mut files: BTreeMap<String, Option<Oid>> = BTreeMap::new();
             for job in jobs.iter_mut().filter(|j| j.reply.is_some()) {
-                match self.build(store.repo(), head, tip, job) {
+                match self.build(store.repo(), head, tip, job, renderer.as_ref()) {
                     Ok(Some(built)) => {
                         tip = built.commit;
                         objects.extend(built.objects.iter().cloned());
@@ -719,6 +722,7 @@ impl Session<'_> {
         head: Oid,
         tip: Oid,
         job: &mut Job,
+        renderer: Option<&crate::render::Renderer<'_>>,
     ) -> Result<Option<Built>, Error> {
         let request = &job.request;
         let id = request.change.workspace();
@@ -805,9 +809,9 @@ impl Session<'_> {
         }
         let state = self
             .state
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| Error::Repository("no head state".into()))?;
-        let own = state.check_file(&path, new_text.as_deref().map(str::as_bytes), true);
+        let own = state.check_file(&path, new_text.as_deref().map(str::as_bytes), renderer);
         let errors = state.errors_given(&path, own.clone());
         if !errors.is_empty() {
             return Err(Error::Invalid(errors));
@@ -928,7 +932,9 @@ impl Session<'_> {
             .head(true)?
             .ok_or_else(|| Error::Conflict("the branch does not exist".into()))?;
         self.advance(store.repo(), head)?;
-        let Some(built) = self.build(store.repo(), head, head, job)? else {
+        let base = self.state.as_ref().and_then(HeadState::base);
+        let renderer = base.as_deref().map(|m| crate::render::Renderer::new(m).0);
+        let Some(built) = self.build(store.repo(), head, head, job, renderer.as_ref())? else {
             return job
                 .outcome
                 .take()

@@ -63,7 +63,7 @@ pub struct HeadState {
     accounts: Accounts,
     commit: Oid,
     key: BaseKey,
-    base: Option<Model>,
+    base: Option<Arc<Model>>,
     base_errors: Vec<Diagnostic>,
     /// Entities whose files failed to parse (references to them are not reported twice).
     unparsed: BTreeSet<EntityRef>,
@@ -129,6 +129,7 @@ impl HeadState {
             }
         }
         cplane_schema::diagnostic::sort_dedup(&mut base_errors);
+        let base = base.map(Arc::new);
         let unparsed = loaded
             .broken
             .into_iter()
@@ -148,6 +149,12 @@ impl HeadState {
     /// The commit this state describes.
     pub fn commit(&self) -> Oid {
         self.commit
+    }
+
+    /// The model of the platform, regions and stacks (no workspaces), when `cplane.yaml`
+    /// loaded: what a [`Renderer`] for [`HeadState::check_file`] is made from.
+    pub fn base(&self) -> Option<Arc<Model>> {
+        self.base.clone()
     }
 
     /// Moves to `commit`: incrementally when only workspace files changed, else cold.
@@ -175,7 +182,7 @@ impl HeadState {
                 Ok(entry) => Some(repo.find_blob(entry.id())?.content().to_vec()),
                 Err(_) => None,
             };
-            let errors = next.check_file(&path, bytes.as_deref(), false);
+            let errors = next.check_file(&path, bytes.as_deref(), None);
             next.record(&path, bytes.as_deref(), errors);
         }
         next.commit = commit;
@@ -212,12 +219,12 @@ impl HeadState {
     }
 
     /// Errors of the file at `path` holding `bytes` (`None`: removed), checked against the
-    /// base; with `render`, the workspace's cluster is rendered too.
+    /// base; with a `renderer` (of [`HeadState::base`]), the workspace's cluster is rendered too.
     pub fn check_file(
-        &mut self,
+        &self,
         path: &str,
         bytes: Option<&[u8]>,
-        render: bool,
+        renderer: Option<&Renderer<'_>>,
     ) -> Vec<Diagnostic> {
         let Some(bytes) = bytes else {
             return Vec::new();
@@ -241,28 +248,25 @@ impl HeadState {
             Ok(e) => e,
             Err(d) => return vec![d],
         };
-        self.check_workspace(entity, render)
+        self.check_workspace(entity, renderer)
     }
 
-    fn check_workspace(&mut self, entity: Entity<Workspace>, render: bool) -> Vec<Diagnostic> {
+    fn check_workspace(
+        &self,
+        entity: Entity<Workspace>,
+        renderer: Option<&Renderer<'_>>,
+    ) -> Vec<Diagnostic> {
         let clean = self.base_errors.is_empty();
-        let Some(base) = self.base.as_mut() else {
+        let Some(base) = self.base.as_deref() else {
             return Vec::new(); // no usable cplane.yaml: reported among the base errors
         };
         let mut errors = Vec::new();
         cplane_schema::validate::workspace(base, &self.unparsed, &entity, &mut errors);
-        if errors.is_empty() && render && clean {
-            errors.extend(render_one(base, entity));
+        if let (true, true, Some(renderer)) = (errors.is_empty(), clean, renderer) {
+            errors.extend(render_one(renderer, &entity));
         }
         cplane_schema::diagnostic::sort_dedup(&mut errors);
         errors
-    }
-
-    /// Every error of the revision that results from replacing the file at `path` with
-    /// `bytes` (`None`: removing it); empty when that revision is valid.
-    pub fn errors_with(&mut self, path: &str, bytes: Option<&[u8]>) -> Vec<Diagnostic> {
-        let own = self.check_file(path, bytes, true);
-        self.errors_given(path, own)
     }
 
     /// Every error of the revision in which the file at `path` has the errors `own`.
@@ -280,28 +284,17 @@ impl HeadState {
 }
 
 /// Renders the tenant cluster of one workspace (template errors are validation errors too).
-fn render_one(base: &mut Model, entity: Entity<Workspace>) -> Vec<Diagnostic> {
-    // The renderer reads the workspace from the model: lend it the entity for the render.
-    let id = entity.doc.metadata.name.clone();
+fn render_one(renderer: &Renderer<'_>, entity: &Entity<Workspace>) -> Vec<Diagnostic> {
+    let id = &entity.doc.metadata.name;
     let cluster = Cluster {
-        id: cplane_schema::domain::workspace_name(&id),
+        id: cplane_schema::domain::workspace_name(id),
         kind: ClusterKind::Tenant,
         region: entity.doc.spec.region.clone(),
         environment: entity.doc.spec.environment.clone(),
         workspace: Some(id.clone()),
     };
-    let previous = base.workspaces.insert(id.clone(), entity);
-    let errors = {
-        let (renderer, _) = Renderer::new(base);
-        renderer.render(&cluster).err().unwrap_or_default()
-    };
-    match previous {
-        Some(p) => {
-            base.workspaces.insert(id, p);
-        }
-        None => {
-            base.workspaces.remove(&id);
-        }
-    }
-    errors
+    renderer
+        .render_with(&cluster, Some(entity))
+        .err()
+        .unwrap_or_default()
 }
