@@ -177,6 +177,124 @@ impl Change {
     }
 }
 
+/// A change applied to one file's text: what the file becomes, before any check.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The new text (`None`: the file is removed).
+    text: Option<String>,
+    /// Something was created (a workspace, an enabled stack).
+    created: bool,
+    /// The file already says this.
+    unchanged: bool,
+    /// `spec.account` before and after (each must be writable by the user).
+    accounts: Vec<Option<String>>,
+}
+
+impl Draft {
+    /// Applies `change` to the file at `path` holding `old`.
+    fn of(change: &Change, path: &str, old: Option<String>) -> Result<Self, Error> {
+        let before: Option<Value> = match &old {
+            None => None,
+            Some(t) => match serde_yaml::from_str(t) {
+                Ok(v) => Some(v),
+                Err(_) if change.replaces_file() => Some(Value::Null),
+                Err(e) => {
+                    return Err(Error::Invalid(vec![cplane_schema::load::yaml_error(
+                        path, &e,
+                    )]))
+                }
+            },
+        };
+        let (after, created) = change.apply(before.as_ref())?;
+        let accounts = [before.as_ref(), after.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|doc| {
+                doc.get("spec")
+                    .and_then(|s| s.get("account"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect();
+        let text = after.as_ref().map(|v| edit::edit(old.as_deref(), v).0);
+        Ok(Self {
+            unchanged: text == old,
+            text,
+            created,
+            accounts,
+        })
+    }
+}
+
+/// A change drafted and checked by the request's handler (in parallel with the writer), against
+/// the head the writer last published.
+pub struct Prepared {
+    /// The file's blob it was drafted from.
+    blob: Option<Oid>,
+    /// The base it was checked against.
+    checker: Arc<verify::Checker>,
+    draft: Draft,
+    /// The file's own errors.
+    own: Vec<Diagnostic>,
+}
+
+/// What handlers prepare against: the last published head, its base's checker and its
+/// `workspaces/` entries.
+pub struct Snapshot {
+    checker: Arc<verify::Checker>,
+    folder: Option<tree::FlatTree>,
+}
+
+type SharedSnapshot = Arc<std::sync::RwLock<Option<Arc<Snapshot>>>>;
+
+thread_local! {
+    /// A repository handle per blocking thread (opening one costs more than a small read).
+    static REPO: std::cell::RefCell<Option<(PathBuf, Repository)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Drafts and checks `change` against `snapshot` (see [`Prepared`]); `None` when anything is
+/// off — the writer then does it itself.
+fn prepare(repo_path: &std::path::Path, snapshot: &Snapshot, change: &Change) -> Option<Prepared> {
+    let id = change.workspace();
+    check_id(id).ok()?;
+    let path = workspace_path(id);
+    let file = path.split_once('/')?.1;
+    let blob = snapshot.folder.as_ref()?.blob(file);
+    let old = match blob {
+        Some(oid) => Some(REPO.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.as_ref().map(|(p, _)| p.as_path()) != Some(repo_path) {
+                *cell = Some((repo_path.to_path_buf(), Repository::open(repo_path).ok()?));
+            }
+            let (_, repo) = cell.as_ref()?;
+            let blob = repo.find_blob(oid).ok()?;
+            Some(String::from_utf8_lossy(blob.content()).into_owned())
+        })?),
+        None => None,
+    };
+    let draft = Draft::of(change, &path, old).ok()?;
+    let own = if draft.unchanged {
+        Vec::new()
+    } else {
+        let renderer = snapshot
+            .checker
+            .base()
+            .map(|m| crate::render::Renderer::new(m).0);
+        snapshot.checker.check_file(
+            &path,
+            draft.text.as_deref().map(str::as_bytes),
+            renderer.as_ref(),
+        )
+    };
+    Some(Prepared {
+        blob,
+        checker: snapshot.checker.clone(),
+        draft,
+        own,
+    })
+}
+
 /// `spec.stacks` of a workspace document, created when absent.
 fn stacks_of<'a>(doc: &'a mut Value, id: &str) -> Result<&'a mut Vec<Value>, Error> {
     let bad = || {
@@ -408,12 +526,16 @@ impl std::fmt::Debug for Config {
 }
 
 type Reply = oneshot::Sender<Result<Written, Error>>;
+type Queued = (Request, Option<Prepared>, Reply);
 
 /// Handle to the writer thread; cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<(Request, Reply)>,
+    queue: mpsc::Sender<Queued>,
     accounts: Accounts,
+    snapshot: SharedSnapshot,
+    /// The repository handlers read files from (the local remote, or the mirror).
+    repo_path: PathBuf,
 }
 
 impl Writer {
@@ -421,14 +543,22 @@ impl Writer {
     pub fn start(config: Config) -> Self {
         let (queue, rx) = mpsc::channel(4096);
         let accounts = Accounts::default();
-        let shared = accounts.clone();
+        let snapshot = SharedSnapshot::default();
+        let repo_path =
+            store::local_path(&config.repo_url).unwrap_or_else(|| config.mirror.clone());
+        let shared = (accounts.clone(), snapshot.clone());
         let spawned = std::thread::Builder::new()
             .name("cplane-writer".into())
-            .spawn(move || run(config, rx, shared));
+            .spawn(move || run(config, rx, shared.0, shared.1));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the writer thread");
         }
-        Self { queue, accounts }
+        Self {
+            queue,
+            accounts,
+            snapshot,
+            repo_path,
+        }
     }
 
     /// The account of workspace `id` at the branch head as last seen by the writer (`None`:
@@ -439,9 +569,22 @@ impl Writer {
 
     /// Submits one write and waits for its outcome.
     pub async fn write(&self, request: Request) -> Result<Written, Error> {
+        // Draft and check the change here, on the caller's side, while the writer commits
+        // others; the writer reuses the result when the file and base are still the same.
+        let snapshot = self.snapshot.read().ok().and_then(|s| s.clone());
+        let prepared = match snapshot {
+            Some(snapshot) => {
+                let (path, change) = (self.repo_path.clone(), request.change.clone());
+                tokio::task::spawn_blocking(move || prepare(&path, &snapshot, &change))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
         let (tx, rx) = oneshot::channel();
         self.queue
-            .send((request, tx))
+            .send((request, prepared, tx))
             .await
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
@@ -452,6 +595,8 @@ impl Writer {
 struct Job {
     request: Request,
     reply: Option<Reply>,
+    /// Drafted by the handler, if it could.
+    prepared: Option<Prepared>,
     /// The head it was first built on, and its file's blob there.
     pinned: Option<(Oid, Option<Oid>)>,
     /// Its outcome in the chain being built.
@@ -466,13 +611,18 @@ impl Job {
     }
 }
 
-fn run(config: Config, mut rx: mpsc::Receiver<(Request, Reply)>, accounts: Accounts) {
+fn run(
+    config: Config,
+    mut rx: mpsc::Receiver<Queued>,
+    accounts: Accounts,
+    snapshot: SharedSnapshot,
+) {
     let store = match Store::open(&config.repo_url, &config.mirror, &config.branch) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "the API writer cannot open the state repo");
             let message = e.to_string();
-            while let Some((_, reply)) = rx.blocking_recv() {
+            while let Some((_, _, reply)) = rx.blocking_recv() {
                 let _ = reply.send(Err(Error::Conflict(message.clone())));
             }
             return;
@@ -499,7 +649,14 @@ fn run(config: Config, mut rx: mpsc::Receiver<(Request, Reply)>, accounts: Accou
         accounts,
         folder: None,
         head_folder: None,
+        snapshot,
     };
+    // Load the head up front: the first requests are authorized and prepared without waiting.
+    if let Ok(Some(head)) = store.head(false) {
+        if writer.advance(store.repo(), head).is_ok() {
+            writer.share(store.repo());
+        }
+    }
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -510,8 +667,9 @@ fn run(config: Config, mut rx: mpsc::Receiver<(Request, Reply)>, accounts: Accou
         }
         let mut jobs: Vec<Job> = jobs
             .into_iter()
-            .map(|(request, reply)| Job {
+            .map(|(request, prepared, reply)| Job {
                 request,
+                prepared,
                 reply: Some(reply),
                 pinned: None,
                 outcome: None,
@@ -546,6 +704,8 @@ struct Session<'c> {
     folder: Option<(Oid, tree::FlatTree, Vec<u8>)>,
     /// The head's `workspaces/` entries, by tree id.
     head_folder: Option<(Oid, tree::FlatTree)>,
+    /// Shared with handlers: the published head to prepare against.
+    snapshot: SharedSnapshot,
 }
 
 /// A commit of the chain being built.
@@ -577,6 +737,36 @@ impl Session<'_> {
         if self.state.as_ref().map(HeadState::commit) != published {
             self.state = None;
         }
+        self.share(store.repo());
+    }
+
+    /// Publishes the head's checker and `workspaces/` entries for handlers to prepare against.
+    fn share(&mut self, repo: &Repository) {
+        let snapshot = self.state.as_ref().and_then(|state| {
+            let head = state.commit();
+            let folder_id = repo
+                .find_commit(head)
+                .ok()?
+                .tree()
+                .ok()?
+                .get_name("workspaces")
+                .map(|e| e.id());
+            let folder = match (&self.folder, folder_id) {
+                (Some((id, flat, _)), Some(want)) if *id == want => Some(flat.clone()),
+                (_, Some(want)) => match &self.head_folder {
+                    Some((id, flat)) if *id == want => Some(flat.clone()),
+                    _ => Some(tree::FlatTree::read(&repo.find_tree(want).ok()?)),
+                },
+                (_, None) => Some(tree::FlatTree::default()),
+            };
+            Some(Arc::new(Snapshot {
+                checker: state.checker(),
+                folder,
+            }))
+        });
+        if let Ok(mut shared) = self.snapshot.write() {
+            *shared = snapshot;
+        }
     }
 
     /// Builds the queued commits as one chain on the head and publishes it; rebuilds on a
@@ -596,8 +786,11 @@ impl Session<'_> {
                 return fail_all_refs(jobs, e);
             }
             // One renderer (templates compiled once) for every change of the chain.
-            let base = self.state.as_ref().and_then(HeadState::base);
-            let renderer = base.as_deref().map(|m| crate::render::Renderer::new(m).0);
+            let checker = self.state.as_ref().map(HeadState::checker);
+            let renderer = checker
+                .as_deref()
+                .and_then(verify::Checker::base)
+                .map(|m| crate::render::Renderer::new(m).0);
             let mut tip = head;
             let mut objects = Vec::new();
             let mut files: BTreeMap<String, Option<Oid>> = BTreeMap::new();
@@ -765,40 +958,44 @@ impl Session<'_> {
             }
         }
 
-        let old_text = match current {
-            Some(oid) => {
-                let blob = repo.find_blob(oid)?;
-                Some(String::from_utf8_lossy(blob.content()).into_owned())
+        let state = self
+            .state
+            .as_ref()
+            .ok_or_else(|| Error::Repository("no head state".into()))?;
+        let checker = state.checker();
+        // A draft prepared by the request's handler is reused when it was made from this very
+        // file with this very base; otherwise the change is drafted and checked here.
+        let prepared = job
+            .prepared
+            .take()
+            .filter(|p| p.blob == current && Arc::ptr_eq(&p.checker, &checker));
+        let (draft, own) = match prepared {
+            Some(p) => (p.draft, p.own),
+            None => {
+                let old_text = match current {
+                    Some(oid) => {
+                        Some(String::from_utf8_lossy(repo.find_blob(oid)?.content()).into_owned())
+                    }
+                    None => None,
+                };
+                let draft = Draft::of(&request.change, &path, old_text)?;
+                let own = if draft.unchanged {
+                    Vec::new()
+                } else {
+                    checker.check_file(&path, draft.text.as_deref().map(str::as_bytes), renderer)
+                };
+                (draft, own)
             }
-            None => None,
         };
-        let before: Option<Value> = match &old_text {
-            None => None,
-            Some(t) => match serde_yaml::from_str(t) {
-                Ok(v) => Some(v),
-                Err(_) if request.change.replaces_file() => Some(Value::Null),
-                Err(e) => {
-                    return Err(Error::Invalid(vec![cplane_schema::load::yaml_error(
-                        &path, &e,
-                    )]))
-                }
-            },
-        };
-        let (after, created) = request.change.apply(before.as_ref())?;
-        for doc in [before.as_ref(), after.as_ref()].into_iter().flatten() {
-            let account = doc
-                .get("spec")
-                .and_then(|s| s.get("account"))
-                .and_then(Value::as_str);
-            if !request.access.allows(account) {
+        for account in &draft.accounts {
+            if !request.access.allows(account.as_deref()) {
                 return Err(Error::Forbidden(format!(
                     "you may not write workspaces of account {}",
-                    account.unwrap_or("(none)")
+                    account.as_deref().unwrap_or("(none)")
                 )));
             }
         }
-        let new_text = after.as_ref().map(|v| edit::edit(old_text.as_deref(), v).0);
-        if new_text == old_text {
+        if draft.unchanged {
             job.outcome = Some(Ok(Written {
                 commit: tip.to_string(),
                 created: false,
@@ -807,15 +1004,15 @@ impl Session<'_> {
             }));
             return Ok(None);
         }
-        let state = self
-            .state
-            .as_ref()
-            .ok_or_else(|| Error::Repository("no head state".into()))?;
-        let own = state.check_file(&path, new_text.as_deref().map(str::as_bytes), renderer);
         let errors = state.errors_given(&path, own.clone());
         if !errors.is_empty() {
             return Err(Error::Invalid(errors));
         }
+        let Draft {
+            text: new_text,
+            created,
+            ..
+        } = draft;
 
         let message = format!(
             "workspaces/{id}: {}\n\nRequested through the cplane API by {} <{}>.\n",
@@ -932,8 +1129,11 @@ impl Session<'_> {
             .head(true)?
             .ok_or_else(|| Error::Conflict("the branch does not exist".into()))?;
         self.advance(store.repo(), head)?;
-        let base = self.state.as_ref().and_then(HeadState::base);
-        let renderer = base.as_deref().map(|m| crate::render::Renderer::new(m).0);
+        let checker = self.state.as_ref().map(HeadState::checker);
+        let renderer = checker
+            .as_deref()
+            .and_then(verify::Checker::base)
+            .map(|m| crate::render::Renderer::new(m).0);
         let Some(built) = self.build(store.repo(), head, head, job, renderer.as_ref())? else {
             return job
                 .outcome

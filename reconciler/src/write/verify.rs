@@ -58,15 +58,22 @@ pub fn account_in(bytes: &[u8]) -> Option<String> {
     doc.get("spec")?.get("account")?.as_str().map(str::to_owned)
 }
 
+/// Checks one workspace file against a base (platform, regions, stacks). Immutable and shared:
+/// request handlers check their change with the head's checker in parallel, and the writer
+/// reuses that result when its head still has the same base (the same `Arc`).
+pub struct Checker {
+    base: Option<Arc<Model>>,
+    base_errors: Vec<Diagnostic>,
+    /// Entities whose files failed to parse (references to them are not reported twice).
+    unparsed: BTreeSet<EntityRef>,
+}
+
 /// What is known about the validity of one commit; see the module docs.
 pub struct HeadState {
     accounts: Accounts,
     commit: Oid,
     key: BaseKey,
-    base: Option<Arc<Model>>,
-    base_errors: Vec<Diagnostic>,
-    /// Entities whose files failed to parse (references to them are not reported twice).
-    unparsed: BTreeSet<EntityRef>,
+    checker: Arc<Checker>,
     /// Errors per file under `workspaces/`, for broken files only.
     broken: BTreeMap<String, Vec<Diagnostic>>,
 }
@@ -139,9 +146,11 @@ impl HeadState {
             accounts,
             commit,
             key: BaseKey::of(&tree),
-            base,
-            base_errors,
-            unparsed,
+            checker: Arc::new(Checker {
+                base,
+                base_errors,
+                unparsed,
+            }),
             broken,
         })
     }
@@ -151,10 +160,9 @@ impl HeadState {
         self.commit
     }
 
-    /// The model of the platform, regions and stacks (no workspaces), when `cplane.yaml`
-    /// loaded: what a [`Renderer`] for [`HeadState::check_file`] is made from.
-    pub fn base(&self) -> Option<Arc<Model>> {
-        self.base.clone()
+    /// The checker of this commit's base.
+    pub fn checker(&self) -> Arc<Checker> {
+        self.checker.clone()
     }
 
     /// Moves to `commit`: incrementally when only workspace files changed, else cold.
@@ -182,7 +190,7 @@ impl HeadState {
                 Ok(entry) => Some(repo.find_blob(entry.id())?.content().to_vec()),
                 Err(_) => None,
             };
-            let errors = next.check_file(&path, bytes.as_deref(), None);
+            let errors = next.checker.check_file(&path, bytes.as_deref(), None);
             next.record(&path, bytes.as_deref(), errors);
         }
         next.commit = commit;
@@ -216,6 +224,27 @@ impl HeadState {
         } else {
             self.broken.insert(path.to_owned(), errors);
         }
+    }
+
+    /// Every error of the revision in which the file at `path` has the errors `own`.
+    pub fn errors_given(&self, path: &str, own: Vec<Diagnostic>) -> Vec<Diagnostic> {
+        let mut all = self.checker.base_errors.clone();
+        for (file, errors) in &self.broken {
+            if file != path {
+                all.extend(errors.iter().cloned());
+            }
+        }
+        all.extend(own);
+        cplane_schema::diagnostic::sort_dedup(&mut all);
+        all
+    }
+}
+
+impl Checker {
+    /// The model of the platform, regions and stacks (no workspaces), when `cplane.yaml`
+    /// loaded: what a [`Renderer`] for [`Checker::check_file`] is made from.
+    pub fn base(&self) -> Option<&Model> {
+        self.base.as_deref()
     }
 
     /// Errors of the file at `path` holding `bytes` (`None`: removed), checked against the
@@ -267,19 +296,6 @@ impl HeadState {
         }
         cplane_schema::diagnostic::sort_dedup(&mut errors);
         errors
-    }
-
-    /// Every error of the revision in which the file at `path` has the errors `own`.
-    pub fn errors_given(&self, path: &str, own: Vec<Diagnostic>) -> Vec<Diagnostic> {
-        let mut all = self.base_errors.clone();
-        for (file, errors) in &self.broken {
-            if file != path {
-                all.extend(errors.iter().cloned());
-            }
-        }
-        all.extend(own);
-        cplane_schema::diagnostic::sort_dedup(&mut all);
-        all
     }
 }
 
