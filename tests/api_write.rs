@@ -841,3 +841,49 @@ async fn a_checked_out_working_copy_gets_the_changed_files_and_keeps_local_edits
     assert_eq!(std::fs::read_to_string(&globex).expect("read"), edited);
     assert_eq!(status(work.path()), " M workspaces/globex.yaml\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_enforces_account_access_on_the_file_it_edits() {
+    let work = support::template_repo();
+    let (bare, branch) = bare_of(work.path());
+    let remote = remote(&bare);
+    let writer = start(&remote, &branch, None);
+    let before = head(&remote, &branch);
+    let member_of =
+        |account: &str| Access::Accounts(std::collections::BTreeSet::from([account.to_owned()]));
+    // globex belongs to account globex: a member of acme-corp may not touch it.
+    let err = writer
+        .write(Request {
+            access: member_of("acme-corp"),
+            ..request(put_stack("globex", "superset", json!({})))
+        })
+        .await
+        .expect_err("other account");
+    assert_eq!(err.status(), 403, "{err}");
+    // Nor move acme to globex's account, though acme is theirs.
+    let mut acme: serde_json::Value =
+        serde_yaml::from_str(&file_at(&remote, &branch, "workspaces/acme.yaml").expect("acme"))
+            .expect("yaml");
+    acme["spec"]["account"] = json!("globex");
+    let err = writer
+        .write(Request {
+            access: member_of("acme-corp"),
+            ..request(Change::PutWorkspace {
+                id: "acme".into(),
+                document: acme,
+            })
+        })
+        .await
+        .expect_err("moving to another account");
+    assert_eq!(err.status(), 403, "{err}");
+    assert_eq!(head(&remote, &branch), before);
+    assert_eq!(writer.account_of("acme").as_deref(), Some("acme-corp"));
+    let ok = writer
+        .write(Request {
+            access: member_of("acme-corp"),
+            ..request(put_stack("acme", "superset", json!({"replicas": 2})))
+        })
+        .await
+        .expect("own account");
+    assert!(ok.changed);
+}

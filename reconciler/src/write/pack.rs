@@ -92,6 +92,39 @@ pub fn build(objects: &[Object]) -> Vec<u8> {
     out
 }
 
+/// Length of the common prefix, compared a block at a time (memcmp) before byte by byte.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 256;
+    let len = a.len().min(b.len());
+    let mut i = 0;
+    while i + BLOCK <= len && a[i..i + BLOCK] == b[i..i + BLOCK] {
+        i += BLOCK;
+    }
+    i + a[i..len]
+        .iter()
+        .zip(&b[i..len])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// Length of the common suffix, the same way from the end.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 256;
+    let len = a.len().min(b.len());
+    let (ea, eb) = (a.len(), b.len());
+    let mut i = 0;
+    while i + BLOCK <= len && a[ea - i - BLOCK..ea - i] == b[eb - i - BLOCK..eb - i] {
+        i += BLOCK;
+    }
+    i + a[..ea - i]
+        .iter()
+        .rev()
+        .zip(b[..eb - i].iter().rev())
+        .take(len - i)
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
 fn varint(out: &mut Vec<u8>, mut n: usize) {
     loop {
         let mut byte = (n & 0x7f) as u8;

@@ -118,7 +118,11 @@ impl FlatTree {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.entries.len() * 40);
         for e in &self.entries {
-            out.extend_from_slice(format!("{:o} ", e.mode).as_bytes());
+            match e.mode {
+                BLOB => out.extend_from_slice(b"100644 "),
+                TREE => out.extend_from_slice(b"40000 "),
+                mode => out.extend_from_slice(format!("{mode:o} ").as_bytes()),
+            }
             out.extend_from_slice(&e.name);
             out.push(0);
             out.extend_from_slice(e.id.as_bytes());
