@@ -176,15 +176,9 @@ fn insert(out: &mut Vec<u8>, data: &[u8]) {
 /// A delta turning `base` into `target`: copy their common prefix, insert what differs, copy
 /// their common suffix. Exact for any pair; small when they differ in one place.
 pub fn delta(base: &[u8], target: &[u8]) -> Vec<u8> {
-    let prefix = base.iter().zip(target).take_while(|(a, b)| a == b).count();
+    let prefix = common_prefix(base, target);
     let room = base.len().min(target.len()) - prefix;
-    let suffix = base
-        .iter()
-        .rev()
-        .zip(target.iter().rev())
-        .take(room)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let suffix = common_suffix(&base[prefix..], &target[prefix..]).min(room);
     let mut out = Vec::new();
     varint(&mut out, base.len());
     varint(&mut out, target.len());
@@ -254,13 +248,14 @@ mod tests {
         changed[150_000] ^= 1;
         let mut grown = base.clone();
         grown.splice(70_000..70_000, [7u8; 300]);
-        let cases: [(&[u8], &[u8]); 6] = [
+        let cases: [(&[u8], &[u8]); 7] = [
             (&base, &changed),
             (&base, &grown),
             (&grown, &base),
             (&base, &base),
             (b"", b"abc"),
             (&base[..0x10000], &base[..0x10000 * 2]),
+            (b"abcabc", b"abc"),
         ];
         for (a, b) in cases {
             let d = delta(a, b);
