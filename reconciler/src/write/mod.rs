@@ -791,6 +791,9 @@ impl Session<'_> {
                 .as_deref()
                 .and_then(verify::Checker::base)
                 .map(|m| crate::render::Renderer::new(m).0);
+            // The head's workspaces/ tree, when at hand: sent whole as the base of the chain's
+            // deltas, so the remote need not re-read and re-compress it (a thin pack's fix).
+            let head_tree = self.head_folder_bytes(store.repo(), head);
             let mut tip = head;
             let mut objects = Vec::new();
             let mut files: BTreeMap<String, Option<Oid>> = BTreeMap::new();
@@ -823,6 +826,21 @@ impl Session<'_> {
             }
             if let Some(hook) = &self.config.before_publish {
                 hook();
+            }
+            if let Some((id, bytes)) = head_tree {
+                if objects
+                    .iter()
+                    .any(|o| o.delta.as_ref().is_some_and(|(b, _)| *b == id))
+                {
+                    objects.insert(
+                        0,
+                        Outgoing {
+                            id,
+                            delta: None,
+                            data: Some((git2::ObjectType::Tree, bytes)),
+                        },
+                    );
+                }
             }
             let files: Vec<(&str, Option<Oid>)> =
                 files.iter().map(|(p, b)| (p.as_str(), *b)).collect();
@@ -874,6 +892,22 @@ impl Session<'_> {
             }
         }
         blob_at(tip, path)
+    }
+
+    /// The content of `head`'s `workspaces/` tree, when a cache holds it.
+    fn head_folder_bytes(&self, repo: &Repository, head: Oid) -> Option<(Oid, Vec<u8>)> {
+        let want = repo
+            .find_commit(head)
+            .ok()?
+            .tree()
+            .ok()?
+            .get_name("workspaces")?
+            .id();
+        match (&self.folder, &self.head_folder) {
+            (Some((id, _, bytes)), _) if *id == want => Some((want, bytes.clone())),
+            (_, Some((id, flat))) if *id == want => Some((want, flat.to_bytes())),
+            _ => None,
+        }
     }
 
     /// The blob at `path` in the commit `head`, through cached `workspaces/` entries.
@@ -1059,7 +1093,11 @@ impl Session<'_> {
         message: &str,
     ) -> Result<(Oid, Vec<Outgoing>), Error> {
         let mut objects = Vec::new();
-        let whole = |id| Outgoing { id, delta: None };
+        let whole = |id| Outgoing {
+            id,
+            delta: None,
+            data: None,
+        };
         let root = parent.tree()?;
         let (dir, file) = path.split_once('/').expect("workspace paths have a folder");
         let current = root
@@ -1098,6 +1136,7 @@ impl Session<'_> {
             objects.push(Outgoing {
                 id: dir_tree,
                 delta,
+                data: None,
             });
             root_builder.insert(dir, dir_tree, 0o040000)?;
             self.folder = Some((dir_tree, folder, bytes));

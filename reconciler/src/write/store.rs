@@ -36,6 +36,8 @@ pub struct Outgoing {
     pub id: Oid,
     /// Stored as this delta of this base (which the remote has, or which comes earlier).
     pub delta: Option<(Oid, Vec<u8>)>,
+    /// Its content, when the sender has it at hand (else it is read from the repository).
+    pub data: Option<(git2::ObjectType, Vec<u8>)>,
 }
 
 /// Outcome of publishing.
@@ -394,13 +396,19 @@ fn write_pack(repo: &Repository, objects: &[Outgoing]) -> Result<(), git2::Error
                 base: *base,
                 delta: delta.clone(),
             },
-            None => {
-                let object = odb.read(o.id)?;
-                pack::Object::Full {
-                    kind: object.kind(),
-                    data: object.data().to_vec(),
+            None => match &o.data {
+                Some((kind, data)) => pack::Object::Full {
+                    kind: *kind,
+                    data: data.clone(),
+                },
+                None => {
+                    let object = odb.read(o.id)?;
+                    pack::Object::Full {
+                        kind: object.kind(),
+                        data: object.data().to_vec(),
+                    }
                 }
-            }
+            },
         });
     }
     let bytes = pack::build(&items);
