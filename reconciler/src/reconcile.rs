@@ -15,8 +15,8 @@ use crate::source::Snapshot;
 
 /// What a run was asked to do.
 pub struct Request {
-    /// Regions in scope (empty: every live region).
-    pub regions: Vec<String>,
+    /// Regions and environments in scope.
+    pub scope: plan::Scope,
     /// Deletion threshold and confirmation.
     pub options: Options,
     /// Only plan.
@@ -68,21 +68,16 @@ pub async fn run(
         files,
         message,
     } = snapshot;
-    let scope = if request.regions.is_empty() {
-        "*".to_owned()
-    } else {
-        request.regions.join(",")
-    };
+    let scope = request.scope.label();
     let run_id = format!("{started_at}-{}", &commit[..12.min(commit.len())]);
 
     // Validate and render; keep the bundles of the clusters in scope whose digest differs from
     // the published one (to publish them). Unchanged bundles are dropped as soon as they are
     // digested, so memory stays flat however many clusters there are.
-    let in_scope =
-        |region: &str| request.regions.is_empty() || request.regions.iter().any(|r| r == region);
     let published = db.cluster_digests().await?;
     let checked = check_keeping(files, |c, digest| {
-        in_scope(&c.region) && published.get(&c.id).map(String::as_str) != Some(digest)
+        request.scope.includes(&c.region, true, &c.environment)
+            && published.get(&c.id).map(String::as_str) != Some(digest)
     });
     if !checked.is_valid() {
         let errors: Vec<String> = checked
@@ -104,9 +99,9 @@ pub async fn run(
         return Ok(RunResult::Refused(errors));
     }
     let model = checked.model.as_ref().expect("valid implies a model");
-    let desired = plan::desired_workspaces(model, &request.regions);
-
-    let mut observed = db.observe(&request.regions).await?;
+    let mut desired = plan::desired_workspaces(model, &request.scope);
+    let mut observed = db.observe(&request.scope).await?;
+    plan::add_moved_out(model, &request.scope, &observed, &mut desired);
     let mut notes = Vec::new();
     match &cloud {
         Some(aws) => {

@@ -54,8 +54,9 @@ pub struct Settings {
     pub mirror: PathBuf,
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Regions reconciled (empty: every live region).
-    pub regions: Vec<String>,
+    /// Regions and environments reconciled (reference doc 001: one control plane per region ×
+    /// environment).
+    pub scope: crate::plan::Scope,
     /// Poll interval (jittered ±20 %).
     pub poll: Duration,
     /// Webhook secret; `None` disables the webhook endpoint (404).
@@ -291,18 +292,9 @@ fn watch_local(
     Ok(watcher)
 }
 
-/// The reconcile scope of this server: its regions, or `*` for every live region.
-fn scope(settings: &Settings) -> String {
-    if settings.regions.is_empty() {
-        "*".to_owned()
-    } else {
-        settings.regions.join(",")
-    }
-}
-
 /// Reconciles while this replica holds the lease ([`crate::lease`]); stands by otherwise.
 async fn reconcile_loop(shared: Arc<Shared>) {
-    let scope = scope(&shared.settings);
+    let scope = shared.settings.scope.label();
     loop {
         let mut lease = tokio::select! {
             lease = Lease::acquire(shared.db.url(), &scope) => lease,
@@ -471,7 +463,7 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
         max_deletions: s.max_deletions,
         confirmed: false,
     };
-    let scope = scope(s);
+    let scope = s.scope.label();
     let started = Instant::now();
     let started_at = crate::db::now_ms();
     let mut state = shared.state.lock().await;
@@ -561,7 +553,7 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
         return Some(error_run(commit, "no snapshot for a full run"));
     };
     let request = Request {
-        regions: s.regions.clone(),
+        scope: s.scope.clone(),
         options,
         dry_run: false,
         drift: Sample::OneIn(800),
@@ -596,7 +588,7 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
                     *state = Some(Incremental::from_model(
                         commit.clone(),
                         *model,
-                        s.regions.clone(),
+                        s.scope.clone(),
                     ));
                 }
                 summary(commit, &plan, &report.unwrap_or_default())
