@@ -73,6 +73,7 @@ async fn main() {
             options: Options::default(),
             dry_run: false,
             drift: cplane_reconciler::apply::Sample::OneIn(800),
+            memo: None,
         };
         let RunResult::Planned { report, .. } = reconcile::run(
             snapshot,

@@ -722,6 +722,7 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
             } else {
                 cplane_reconciler::apply::Sample::OneIn(800)
             },
+            memo: None,
         };
         let progress: cplane_reconciler::apply::Progress = Arc::new(|step: &Step, outcome: &Outcome| {
             let detail = match outcome {

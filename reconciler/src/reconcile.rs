@@ -3,11 +3,12 @@
 //! publish bundles → status. Every exit path records the run and the status conditions.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::apply::{self, Context, Outcome, Progress, Report};
 use crate::aws::Aws;
-use crate::check::check_keeping;
+use crate::check::{check_memo, RenderMemo};
 use crate::db::{Condition, Db};
 use crate::plan::{self, Options, Plan, Step};
 use crate::render::{Bundle, Cluster};
@@ -23,6 +24,9 @@ pub struct Request {
     pub dry_run: bool,
     /// Which tenant zones the drift check reads (parent zones are always read in full).
     pub drift: apply::Sample,
+    /// Digests of earlier runs' bundles: clusters whose inputs did not change are not rendered
+    /// again (a long-running server keeps one; one-shot runs pass `None`).
+    pub memo: Option<Arc<Mutex<RenderMemo>>>,
 }
 
 /// How a run ended.
@@ -75,10 +79,14 @@ pub async fn run(
     // the published one (to publish them). Unchanged bundles are dropped as soon as they are
     // digested, so memory stays flat however many clusters there are.
     let published = db.cluster_digests().await?;
-    let checked = check_keeping(files, |c, digest| {
+    let keep = |c: &Cluster, digest: &str| {
         request.scope.includes(&c.region, true, &c.environment)
             && published.get(&c.id).map(String::as_str) != Some(digest)
-    });
+    };
+    let checked = match &request.memo {
+        Some(memo) => check_memo(files, keep, Some(&mut memo.lock().expect("render memo"))),
+        None => check_memo(files, keep, None),
+    };
     if !checked.is_valid() {
         let errors: Vec<String> = checked
             .diagnostics

@@ -146,6 +146,9 @@ struct Shared {
     store: Arc<BundleStore>,
     /// The last commit applied (not refused): what the read API shows.
     applied: Mutex<String>,
+    /// Digests of the bundles of the last full run: full runs (polls) render only clusters
+    /// whose inputs changed.
+    render_memo: Arc<Mutex<crate::check::RenderMemo>>,
     /// The last valid model, for incremental runs (`None` until the first full run).
     state: tokio::sync::Mutex<Option<Incremental>>,
     /// Authentication of API users (the middleware on every route).
@@ -210,6 +213,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         applied: Mutex::default(),
         store,
         state: tokio::sync::Mutex::new(None),
+        render_memo: Arc::default(),
         auth,
     });
     tracing::info!(addr = %shared.settings.listen, "listening");
@@ -557,6 +561,7 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
         options,
         dry_run: false,
         drift: Sample::OneIn(800),
+        memo: Some(shared.render_memo.clone()),
     };
     Some(
         match reconcile::run(
