@@ -335,6 +335,54 @@ impl ApiServer {
         w.objects.get(&key).map(with_managed_fields)
     }
 
+    /// Deletes an object as a person with `kubectl delete` would (for drift tests); whether it
+    /// existed.
+    pub fn delete_by_hand(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> bool {
+        let mut w = self.lock();
+        w.tick();
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let Some(resource) = w
+            .resources
+            .iter()
+            .find(|r| r.group == group && r.kind == kind)
+            .cloned()
+        else {
+            return false;
+        };
+        let t = Target {
+            resource,
+            namespace: namespace.map(ToOwned::to_owned),
+            name: Some(name.to_owned()),
+        };
+        w.delete(&t, name).is_ok()
+    }
+
+    /// Every stored object as `Kind namespace/name` (or `Kind name`), sorted.
+    pub fn inventory(&self) -> Vec<String> {
+        let w = self.lock();
+        let mut out: Vec<String> = w
+            .objects
+            .values()
+            .map(|s| {
+                let m = &s.object["metadata"];
+                let kind = s.object["kind"].as_str().unwrap_or("");
+                let name = m["name"].as_str().unwrap_or("");
+                match m["namespace"].as_str() {
+                    Some(ns) => format!("{kind} {ns}/{name}"),
+                    None => format!("{kind} {name}"),
+                }
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// How many objects are stored (all kinds, namespaces included).
     pub fn len(&self) -> usize {
         self.lock().objects.len()
