@@ -271,3 +271,232 @@ fn serve_and_agent_end_to_end() {
     assert_eq!(kube.inventory(), before, "still nothing pruned");
     stop_agent(agent);
 }
+
+/// What the proxy between agent and server does to bundle responses (0: pass them on).
+const TAMPER: u8 = 1;
+const GZIP: u8 = 2;
+
+/// A proxy of ours in front of `cplane serve` that can tamper with bundle bodies (keeping the
+/// ETag) or gzip them; it asks the server for identity bodies and counts what it did.
+struct Proxy {
+    port: u16,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    gzipped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tampered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    agent_accepts_gzip: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn proxy(upstream: u16) -> Proxy {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let p = Proxy {
+        port,
+        mode: Arc::default(),
+        gzipped: Arc::default(),
+        tampered: Arc::default(),
+        agent_accepts_gzip: Arc::default(),
+    };
+    let (mode, gzipped, tampered, accepts) = (
+        p.mode.clone(),
+        p.gzipped.clone(),
+        p.tampered.clone(),
+        p.agent_accepts_gzip.clone(),
+    );
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (mode, gzipped, tampered, accepts, client) = (
+                mode.clone(),
+                gzipped.clone(),
+                tampered.clone(),
+                accepts.clone(),
+                client.clone(),
+            );
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (mode, gzipped, tampered, accepts, client) = (
+                            mode.clone(),
+                            gzipped.clone(),
+                            tampered.clone(),
+                            accepts.clone(),
+                            client.clone(),
+                        );
+                        async move {
+                            let (mut parts, body) = req.into_parts();
+                            if parts
+                                .headers
+                                .get("accept-encoding")
+                                .and_then(|v| v.to_str().ok())
+                                .is_some_and(|v| v.contains("gzip"))
+                            {
+                                accepts.store(true, SeqCst);
+                            }
+                            parts.headers.remove("accept-encoding");
+                            let pq = parts
+                                .uri
+                                .path_and_query()
+                                .map_or("/", |p| p.as_str())
+                                .to_owned();
+                            parts.uri = format!("http://127.0.0.1:{upstream}{pq}")
+                                .parse()
+                                .expect("uri");
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let resp = match client
+                                .request(hyper::Request::from_parts(parts, Full::new(body)))
+                                .await
+                            {
+                                Ok(r) => r,
+                                Err(_) => {
+                                    return Ok::<_, std::convert::Infallible>(
+                                        hyper::Response::builder()
+                                            .status(502)
+                                            .body(Full::new(Bytes::new()))
+                                            .expect("response"),
+                                    )
+                                }
+                            };
+                            let (mut parts, body) = resp.into_parts();
+                            let mut body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            if parts.status == 200 && pq.contains("/bundle") {
+                                match mode.load(SeqCst) {
+                                    TAMPER => {
+                                        body.extend_from_slice(b"{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"evil\",\"namespace\":\"default\"}}\n");
+                                        tampered.fetch_add(1, SeqCst);
+                                    }
+                                    GZIP => {
+                                        use std::io::Write as _;
+                                        let mut enc = flate2::write::GzEncoder::new(
+                                            Vec::new(),
+                                            flate2::Compression::default(),
+                                        );
+                                        enc.write_all(&body).expect("gzip");
+                                        body = enc.finish().expect("gzip");
+                                        parts.headers.insert(
+                                            "content-encoding",
+                                            "gzip".parse().expect("header"),
+                                        );
+                                        gzipped.fetch_add(1, SeqCst);
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            parts.headers.remove("content-length");
+                            parts.headers.remove("transfer-encoding");
+                            Ok(hyper::Response::from_parts(
+                                parts,
+                                Full::new(Bytes::from(body)),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    p
+}
+
+#[test]
+fn a_tampered_bundle_is_refused_and_a_gzipped_one_applied() {
+    use std::sync::atomic::Ordering::SeqCst;
+    cplane_agent::install_crypto();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let work = support::template_repo();
+    let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
+    let port = support::moto::free_port();
+    let _server = serve(work.path(), tmp.path(), &db, port);
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, token(&db, "w-globex")).expect("token");
+    let proxy = rt.block_on(proxy(port));
+    proxy.mode.store(TAMPER, SeqCst);
+
+    let kube = ApiServer::new();
+    let args = cplane_agent::Args::parse_from([
+        "cplane-agent",
+        "--server",
+        &format!("http://127.0.0.1:{}", proxy.port),
+        "--cluster",
+        "w-globex",
+        "--token-file",
+        token_file.to_str().expect("utf-8"),
+        "--state-dir",
+        tmp.path().join("agent-state").to_str().expect("utf-8"),
+        "--drift-interval",
+        "1s",
+        "--wait",
+        "20s",
+        "--max-backoff",
+        "1s",
+    ]);
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let client = {
+        let _runtime = rt.enter(); // the kube client spawns its buffer task
+        kube.client()
+    };
+    let agent = rt.spawn(cplane_agent::run_with(args, client, shutdown));
+
+    // Tampered: refused every time; nothing reaches the cluster, nothing is reported.
+    wait_for("two tampered bundles", || proxy.tampered.load(SeqCst) >= 2);
+    let builtin = ApiServer::new().inventory();
+    assert_eq!(
+        kube.inventory(),
+        builtin,
+        "nothing applied from a tampered bundle"
+    );
+    assert!(cluster_status(port, "w-globex")["reported"].is_null());
+    assert!(
+        !tmp.path().join("agent-state/bundle.jsonl").exists(),
+        "nothing persisted"
+    );
+
+    // Gzip-encoded: decoded, verified, applied.
+    proxy.mode.store(GZIP, SeqCst);
+    wait_for("applied from a gzipped bundle", || {
+        cluster_status(port, "w-globex")["in_sync"] == true
+    });
+    assert!(proxy.gzipped.load(SeqCst) >= 1);
+    assert!(
+        proxy.agent_accepts_gzip.load(SeqCst),
+        "the agent sends Accept-Encoding: gzip"
+    );
+    assert!(
+        kube.inventory().len() > builtin.len() + 10,
+        "{:?}",
+        kube.inventory()
+    );
+    assert!(kube
+        .object("v1", "ConfigMap", Some("default"), "evil")
+        .is_none());
+
+    stop.send(true).expect("stop");
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), agent).await })
+        .expect("stops")
+        .expect("join")
+        .expect("clean");
+}
