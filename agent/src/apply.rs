@@ -406,11 +406,16 @@ pub async fn apply(target: &Target, bundle: &Bundle, options: Options) -> Result
     })
 }
 
+/// (API group, kind): one LIST per kind.
+type KindKey = (String, String);
+/// (namespace, name) of an object within its kind.
+type Name = (Option<String>, String);
+
 /// resourceVersions of our labelled objects, listed once per kind (one LIST instead of a GET
 /// per object).
 #[derive(Default)]
 struct Prior {
-    listed: BTreeMap<(String, String), BTreeMap<(Option<String>, String), String>>,
+    listed: BTreeMap<KindKey, BTreeMap<Name, String>>,
 }
 
 impl Prior {
@@ -583,8 +588,7 @@ async fn prune(
     stale: Vec<ObjectRef>,
 ) -> Vec<(ObjectRef, PruneOutcome)> {
     let mut out = Vec::new();
-    let mut labelled: BTreeMap<(String, String), BTreeSet<(Option<String>, String)>> =
-        BTreeMap::new();
+    let mut labelled: BTreeMap<KindKey, BTreeSet<Name>> = BTreeMap::new();
     for r in stale {
         let Some((ar, caps)) = resolve(discovery, &r) else {
             // The kind is gone (its CRD was deleted): so are its objects.
