@@ -20,7 +20,12 @@ fn credentials_are_required() {
         .output()
         .expect("run");
     let help = String::from_utf8_lossy(&help.stdout);
-    for env in ["CPLANE_AGENT_SERVER", "CPLANE_AGENT_TOKEN_FILE", "CPLANE_AGENT_DRIFT_INTERVAL", "CPLANE_AGENT_KUBECONFIG"] {
+    for env in [
+        "CPLANE_AGENT_SERVER",
+        "CPLANE_AGENT_TOKEN_FILE",
+        "CPLANE_AGENT_DRIFT_INTERVAL",
+        "CPLANE_AGENT_KUBECONFIG",
+    ] {
         assert!(help.contains(env), "{env} missing from --help:\n{help}");
     }
 }
@@ -63,9 +68,14 @@ fn stops_cleanly_on_sigterm_and_never_logs_the_token() {
     assert!(out.status.success(), "{:?}", out.status);
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(logs.contains("poll failed"), "{logs}");
-    assert!(logs.contains("v1.33.0-cplane-fake"), "connected to the cluster: {logs}");
+    assert!(
+        logs.contains("v1.33.0-cplane-fake"),
+        "connected to the cluster: {logs}"
+    );
     assert!(logs.contains("agent stopped"), "{logs}");
     assert!(!logs.contains(token), "the token leaked into the logs");
     // Nothing was applied: the server never answered.
-    assert!(kube.object("v1", "ConfigMap", Some("cplane-system"), "cplane-inventory").is_none());
+    assert!(kube
+        .object("v1", "ConfigMap", Some("cplane-system"), "cplane-inventory")
+        .is_none());
 }
