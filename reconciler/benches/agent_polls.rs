@@ -96,6 +96,18 @@ impl Drop for Killed {
     }
 }
 
+/// nginx's master; stopped with SIGTERM (a SIGKILL would orphan its worker).
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -169,7 +181,7 @@ fn polls_vs_nginx(dir: &Path, port: u16, cluster: &str, token: &str, seconds: u6
         ),
     )
     .expect("conf");
-    let nginx = Killed(
+    let nginx = Nginx(
         Command::new("nginx")
             .args([
                 "-p",
