@@ -154,3 +154,82 @@ async fn database_only_apply_on_postgres() {
     let pg = PgDatabase::create().await;
     database_only_apply(&pg.url).await;
 }
+
+/// One control plane per region × environment (reference doc 001): `--environment prod`
+/// provisions only prod workspaces and publishes only prod clusters; a workspace that moves to
+/// another environment is refused as a move, never deprovisioned as if it were removed.
+#[tokio::test]
+async fn environment_scoped_control_plane() {
+    let (_dir, db) = sqlite_url();
+    let repo = support::template_repo();
+    let repo_path = repo.path().to_str().expect("utf-8");
+    let prod = |db: &str| {
+        cplane(&[
+            "apply",
+            "--repo",
+            repo_path,
+            "--database",
+            db,
+            "--region",
+            "sgp-1",
+            "--environment",
+            "prod",
+        ])
+    };
+    let out = prod(&db);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM workspaces WHERE environment = 'prod'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM workspaces").await,
+        2,
+        "no dev workspace"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM clusters WHERE environment <> 'prod'"
+        )
+        .await,
+        0,
+        "only prod clusters are published"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM applied_revisions WHERE scope = 'sgp-1/prod'"
+        )
+        .await,
+        1
+    );
+
+    let acme = repo.path().join("workspaces/acme.yaml");
+    let moved = std::fs::read_to_string(&acme)
+        .expect("read")
+        .replace("environment: prod", "environment: dev");
+    std::fs::write(&acme, moved).expect("write");
+    support::commit_all(repo.path(), "acme to dev");
+    let out = prod(&db);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("workspace acme moved from sgp-1/prod to sgp-1/dev"),
+        "{all}"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM workspaces WHERE id = 'acme' AND status = 'provisioning'"
+        )
+        .await,
+        1,
+        "not deprovisioned"
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM tenant_lookup").await, 2);
+}

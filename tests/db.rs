@@ -5,7 +5,7 @@ mod support;
 
 use cplane_reconciler::db::{Condition, Db};
 use cplane_reconciler::plan::{
-    DesiredWorkspace, JournalState, LookupRow, Policy, Status, StepKind, TenantRow,
+    DesiredWorkspace, JournalState, LookupRow, Policy, Scope, Status, StepKind, TenantRow,
 };
 use cplane_reconciler::render::{Cluster, ClusterKind};
 use support::pg::{sqlite_url, PgDatabase};
@@ -86,7 +86,7 @@ async fn round_trip(url: &str) {
         .await
         .expect("failed");
 
-    let observed = db.observe(&[]).await.expect("observe");
+    let observed = db.observe(&Scope::all()).await.expect("observe");
     let row = &observed.workspaces["acme"];
     assert_eq!(row.applied, w);
     assert_eq!(row.status, Status::Active);
@@ -107,17 +107,40 @@ async fn round_trip(url: &str) {
             .expect("result"),
         Some(serde_json::json!({"zone_id": "Z1", "name_servers": ["a", "b"]}))
     );
-    // Scoped observation.
+    // Scoped observation: by region, and by environment (with everything that hangs off the
+    // workspace: tenants row, lookup, journal).
+    let scope = |regions: &[&str], environments: &[&str]| Scope {
+        regions: regions.iter().map(|r| (*r).to_owned()).collect(),
+        environments: environments.iter().map(|e| (*e).to_owned()).collect(),
+    };
     assert!(db
-        .observe(&["fra-1".to_owned()])
+        .observe(&scope(&["fra-1"], &[]))
         .await
         .expect("observe")
+        .workspaces
+        .is_empty());
+    let other_env = db
+        .observe(&scope(&["sgp-1"], &["dev"]))
+        .await
+        .expect("observe");
+    assert!(other_env.workspaces.is_empty() && other_env.tenants.is_empty());
+    assert!(other_env.lookup.is_empty() && other_env.journal.is_empty());
+    let own_env = db
+        .observe(&scope(&["sgp-1"], &["prod"]))
+        .await
+        .expect("observe");
+    assert_eq!(own_env.workspaces.len(), 1);
+    assert!(!own_env.journal.is_empty());
+    assert!(db
+        .observe_only(&["acme".to_owned()], &scope(&[], &["dev"]))
+        .await
+        .expect("observe only")
         .workspaces
         .is_empty());
 
     db.delete_lookup("acme").await.expect("delete lookup");
     db.clear_journal("acme").await.expect("clear");
-    let observed = db.observe(&[]).await.expect("observe");
+    let observed = db.observe(&Scope::all()).await.expect("observe");
     assert!(observed.lookup.is_empty());
     assert!(observed.journal.is_empty());
 

@@ -13,7 +13,7 @@ async fn one_workspace_commit_replans_only_that_workspace_and_bad_ones_are_refus
     let repo = git2::Repository::open(repo_dir.path()).expect("open");
     let (_db_dir, url) = sqlite_url();
     let db = Db::connect(&url).await.expect("db");
-    let mut state = Incremental::cold(&repo, "HEAD", Vec::new())
+    let mut state = Incremental::cold(&repo, "HEAD", cplane_reconciler::plan::Scope::all())
         .expect("read")
         .expect("valid");
     let first = state.commit().to_owned();

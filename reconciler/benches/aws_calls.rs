@@ -69,10 +69,11 @@ async fn main() {
         runs += 1;
         let snapshot = source::read(&repo, "HEAD").expect("read");
         let request = Request {
-            regions: Vec::new(),
+            scope: plan::Scope::all(),
             options: Options::default(),
             dry_run: false,
             drift: cplane_reconciler::apply::Sample::OneIn(800),
+            memo: None,
         };
         let RunResult::Planned { report, .. } = reconcile::run(
             snapshot,
@@ -108,7 +109,7 @@ async fn main() {
         &cplane_schema::load(source::read(&repo, "HEAD").expect("read").files)
             .into_valid()
             .expect("valid"),
-        &[],
+        &plan::Scope::all(),
     );
     let template = model_ws.values().next().expect("one workspace").clone();
     let mut records = Vec::new();

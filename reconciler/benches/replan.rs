@@ -70,10 +70,10 @@ async fn main() {
         .expect("db");
 
     // The database as after provisioning: every workspace row present and active.
-    let state = Incremental::cold(&repo, "HEAD", Vec::new())
+    let state = Incremental::cold(&repo, "HEAD", plan::Scope::all())
         .expect("read")
         .expect("valid");
-    let desired = plan::desired_workspaces(state.model(), &[]);
+    let desired = plan::desired_workspaces(state.model(), &plan::Scope::all());
     sqlx::query("BEGIN")
         .execute(db.pool())
         .await
@@ -92,18 +92,18 @@ async fn main() {
     let mut cold = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        let mut state = Incremental::cold(&repo, "HEAD", Vec::new())
+        let mut state = Incremental::cold(&repo, "HEAD", plan::Scope::all())
             .expect("read")
             .expect("valid");
-        let desired = plan::desired_workspaces(state.model(), &[]);
-        let observed = db.observe(&[]).await.expect("observe");
+        let desired = plan::desired_workspaces(state.model(), &plan::Scope::all());
+        let observed = db.observe(&plan::Scope::all()).await.expect("observe");
         let p = plan::plan(&desired, &observed, Options::default());
         cold.push(t.elapsed());
         assert!(!p.steps.is_empty());
         let _ = &mut state;
     }
 
-    let mut state = Incremental::cold(&repo, "HEAD", Vec::new())
+    let mut state = Incremental::cold(&repo, "HEAD", plan::Scope::all())
         .expect("read")
         .expect("valid");
     let mut warm = Vec::new();

@@ -45,8 +45,8 @@ pub struct Settings {
     pub branch: String,
     /// The server's bare mirror (the writer shares it for remote URLs).
     pub mirror: PathBuf,
-    /// Regions reconciled (empty: all).
-    pub regions: Vec<String>,
+    /// Regions and environments reconciled.
+    pub scope: crate::plan::Scope,
     /// Deletion threshold (for `GET /v1/plan`).
     pub max_deletions: usize,
 }
@@ -447,9 +447,9 @@ async fn plan(State(api): State<Arc<Api>>) -> Response {
                 .into_response()
         }
     };
-    let regions = &api.settings.regions;
-    let desired = crate::plan::desired_workspaces(&model, regions);
-    let observed = match api.db.observe(regions).await {
+    let scope = &api.settings.scope;
+    let desired = crate::plan::desired_workspaces(&model, scope);
+    let observed = match api.db.observe(scope).await {
         Ok(o) => o,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };

@@ -301,10 +301,15 @@ impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(json!({ "error": self.message }))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            let challenge = format!(
-                "Bearer realm=\"cplane\", error=\"invalid_token\", error_description=\"{}\"",
-                self.message.replace(['"', '\\'], "'")
-            );
+            // RFC 6750: an error code only when a token was presented and is bad.
+            let challenge = if self.message.starts_with("invalid token") {
+                format!(
+                    "Bearer realm=\"cplane\", error=\"invalid_token\", error_description=\"{}\"",
+                    self.message.replace(['"', '\\'], "'")
+                )
+            } else {
+                "Bearer realm=\"cplane\"".to_owned()
+            };
             let value = HeaderValue::from_str(&challenge)
                 .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"cplane\""));
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);

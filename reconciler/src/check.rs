@@ -5,7 +5,10 @@
 use cplane_schema::diagnostic::sort_dedup;
 use cplane_schema::{Diagnostic, Model, SourceFile};
 
+use std::collections::HashMap;
+
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 
 use crate::render::{self, Bundle, Cluster, Renderer};
 
@@ -18,6 +21,8 @@ pub struct Checked {
     /// Every cluster with its digest, in [`render::clusters`] order; empty unless the whole
     /// revision is free of errors.
     pub clusters: Vec<Rendered>,
+    /// How many clusters were actually rendered (the others came from a [`RenderMemo`]).
+    pub rendered: usize,
 }
 
 /// One cluster's render result.
@@ -51,6 +56,38 @@ pub fn check_keeping(
     files: Vec<SourceFile>,
     keep: impl Fn(&Cluster, &str) -> bool + Sync,
 ) -> Checked {
+    check_memo(files, keep, None)
+}
+
+/// Digests of bundles rendered before, each with the fingerprint of everything its rendering
+/// read: the renderer's version, the cluster, the platform, region and workspace documents and
+/// every stack (documents and templates). Rendering is a pure function of those, so a cluster
+/// whose fingerprint is unchanged has the same bundle and need not be rendered again.
+#[derive(Debug, Default)]
+pub struct RenderMemo {
+    entries: HashMap<String, ([u8; 32], String, usize)>,
+}
+
+impl RenderMemo {
+    /// Clusters remembered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Like [`check_keeping`], skipping the rendering of clusters whose inputs are unchanged since
+/// `memo` saw them (their digest is taken from the memo; a cluster is still rendered when `keep`
+/// wants its bundle). The memo is updated with this revision's clusters.
+pub fn check_memo(
+    files: Vec<SourceFile>,
+    keep: impl Fn(&Cluster, &str) -> bool + Sync,
+    mut memo: Option<&mut RenderMemo>,
+) -> Checked {
     let loaded = cplane_schema::load(files);
     let mut diagnostics = loaded.diagnostics;
     let Some(model) = loaded.model else {
@@ -58,33 +95,53 @@ pub fn check_keeping(
             model: None,
             diagnostics,
             clusters: Vec::new(),
+            rendered: 0,
         };
     };
     let mut rendered = Vec::new();
+    let mut renders = 0;
     let (renderer, compile_errors) = Renderer::new(&model);
     // Rendering a model with errors would mostly repeat them; render once it is sound.
     if diagnostics.is_empty() && compile_errors.is_empty() {
         let clusters = render::clusters(&model);
+        let stacks = stacks_fingerprint(&model);
+        let known = memo.as_deref();
         let results: Vec<_> = clusters
             .par_iter()
             .map(|c| {
-                renderer.render(c).map(|b| {
+                let print = known.map(|_| fingerprint(&model, &stacks, c));
+                if let (Some(m), Some(print)) = (known, print) {
+                    if let Some((p, digest, objects)) = m.entries.get(&c.id) {
+                        if *p == print && !keep(c, digest) {
+                            return (print, false, Ok((digest.clone(), *objects, None)));
+                        }
+                    }
+                }
+                let result = renderer.render(c).map(|b| {
                     let digest = b.digest.clone();
                     let objects = b.objects.len();
                     let kept = keep(c, &digest).then_some(b);
                     (digest, objects, kept)
-                })
+                });
+                (print.unwrap_or_default(), true, result)
             })
             .collect();
         let mut failures = Vec::new();
-        for (cluster, result) in clusters.into_iter().zip(results) {
+        for (cluster, (print, fresh, result)) in clusters.into_iter().zip(results) {
+            renders += usize::from(fresh);
             match result {
-                Ok((digest, objects, bundle)) => rendered.push(Rendered {
-                    cluster,
-                    digest,
-                    objects,
-                    bundle,
-                }),
+                Ok((digest, objects, bundle)) => {
+                    if let Some(m) = memo.as_deref_mut() {
+                        m.entries
+                            .insert(cluster.id.clone(), (print, digest.clone(), objects));
+                    }
+                    rendered.push(Rendered {
+                        cluster,
+                        digest,
+                        objects,
+                        bundle,
+                    });
+                }
                 Err(diags) => {
                     failures.extend(diags.into_iter().map(|d| (cluster.id.clone(), d)));
                 }
@@ -94,6 +151,10 @@ pub fn check_keeping(
         if !diagnostics.is_empty() {
             rendered.clear();
         }
+        if let Some(m) = memo {
+            m.entries
+                .retain(|id, _| rendered.iter().any(|r| r.cluster.id == *id));
+        }
     }
     drop(renderer);
     diagnostics.extend(compile_errors);
@@ -102,5 +163,113 @@ pub fn check_keeping(
         model: Some(model),
         diagnostics,
         clusters: rendered,
+        rendered: renders,
+    }
+}
+
+/// SHA-256 over every stack's document and templates (any stack may reach any cluster).
+fn stacks_fingerprint(model: &Model) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for (name, stack) in &model.stacks {
+        for part in [name.as_str(), stack.entity.source()] {
+            h.update(part.len().to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        for (path, text) in &stack.templates {
+            for part in [path.as_str(), &**text] {
+                h.update(part.len().to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+    }
+    h.finalize().into()
+}
+
+/// SHA-256 over everything rendering `cluster` reads (see [`RenderMemo`]).
+fn fingerprint(model: &Model, stacks: &[u8; 32], cluster: &Cluster) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let region = model.regions.get(&cluster.region).map(|r| r.source());
+    let workspace = cluster
+        .workspace
+        .as_ref()
+        .and_then(|id| model.workspaces.get(id))
+        .map(|w| w.source());
+    let kind = format!("{:?}", cluster.kind);
+    for part in [
+        env!("CARGO_PKG_VERSION"),
+        cluster.id.as_str(),
+        kind.as_str(),
+        cluster.region.as_str(),
+        cluster.environment.as_str(),
+        model.platform.source(),
+        region.unwrap_or_default(),
+        workspace.unwrap_or_default(),
+    ] {
+        h.update(part.len().to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(stacks);
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template_files() -> Vec<SourceFile> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state");
+        crate::init::init(&path).expect("init");
+        let repo = crate::source::open(&path).expect("open");
+        crate::source::read(&repo, "HEAD").expect("read").files
+    }
+
+    #[test]
+    fn memo_skips_rendering_unchanged_clusters_only() {
+        let mut memo = RenderMemo::default();
+        let first = check_memo(template_files(), |_, _| false, Some(&mut memo));
+        assert!(first.is_valid(), "{:?}", first.diagnostics);
+        assert_eq!(
+            first.rendered,
+            first.clusters.len(),
+            "a cold memo renders all"
+        );
+        assert_eq!(memo.len(), first.clusters.len());
+
+        let again = check_memo(template_files(), |_, _| false, Some(&mut memo));
+        assert_eq!(again.rendered, 0, "nothing changed, nothing rendered");
+        let digests = |c: &Checked| {
+            c.clusters
+                .iter()
+                .map(|r| (r.cluster.id.clone(), r.digest.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(digests(&again), digests(&first));
+
+        // One workspace changes: only its cluster is rendered, and its digest moves.
+        let mut files = template_files();
+        let acme = files
+            .iter_mut()
+            .find(|f| f.path == "workspaces/acme.yaml")
+            .expect("acme");
+        let text = String::from_utf8(acme.bytes.clone()).expect("utf-8");
+        acme.bytes = text.replace("replicas: 3", "replicas: 4").into_bytes();
+        let changed = check_memo(files, |_, _| false, Some(&mut memo));
+        assert_eq!(changed.rendered, 1);
+        let acme_digest = |c: &Checked| {
+            c.clusters
+                .iter()
+                .find(|r| r.cluster.id == "w-acme")
+                .map(|r| r.digest.clone())
+        };
+        assert_ne!(acme_digest(&changed), acme_digest(&first));
+
+        // A bundle that must be kept is rendered even when its inputs are unchanged.
+        let kept = check_memo(template_files(), |c, _| c.id == "w-globex", Some(&mut memo));
+        assert_eq!(kept.rendered, 2, "acme changed back, globex kept");
+        assert!(kept
+            .clusters
+            .iter()
+            .any(|r| r.cluster.id == "w-globex" && r.bundle.is_some()));
     }
 }

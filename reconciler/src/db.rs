@@ -197,8 +197,13 @@ impl Db {
         &self.pool
     }
 
-    /// What the planner needs about just these workspaces (incremental re-plans).
-    pub async fn observe_only(&self, ids: &[String]) -> Result<Observed, Error> {
+    /// What the planner needs about just these workspaces (incremental re-plans), leaving out
+    /// rows of workspaces provisioned outside `scope` (another control plane's).
+    pub async fn observe_only(
+        &self,
+        ids: &[String],
+        scope: &crate::plan::Scope,
+    ) -> Result<Observed, Error> {
         let mut observed = Observed::default();
         if ids.is_empty() {
             return Ok(observed);
@@ -234,12 +239,13 @@ impl Db {
             let (key, entry) = journal_row(&row)?;
             observed.journal.insert(key, entry);
         }
+        restrict(&mut observed, scope);
         Ok(observed)
     }
 
-    /// Everything the planner needs from the database, for the given regions (all when empty).
-    pub async fn observe(&self, regions: &[String]) -> Result<Observed, Error> {
-        let in_scope = |r: &str| regions.is_empty() || regions.iter().any(|x| x == r);
+    /// Everything the planner needs from the database about workspaces in `scope`.
+    pub async fn observe(&self, scope: &crate::plan::Scope) -> Result<Observed, Error> {
+        let in_scope = |r: &str| scope.regions.is_empty() || scope.regions.iter().any(|x| x == r);
         let mut observed = Observed::default();
         let rows = sqlx::query(
             "SELECT id, region, environment, account, aws_account_id, role_arn, external_id, zone_name, parent_zone, bff_url, deletion_policy, generation, status FROM workspaces",
@@ -289,6 +295,7 @@ impl Db {
             let (key, entry) = journal_row(&row)?;
             observed.journal.insert(key, entry);
         }
+        restrict(&mut observed, scope);
         Ok(observed)
     }
 
@@ -830,6 +837,24 @@ impl Db {
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("digest")?)))
             .collect()
+    }
+}
+
+/// Leaves out what belongs to workspaces provisioned outside `scope`'s environments (their
+/// `workspaces` row names another environment): another control plane owns them, so they must
+/// not look like removed workspaces to this one's planner.
+fn restrict(observed: &mut Observed, scope: &crate::plan::Scope) {
+    let foreign: Vec<String> = observed
+        .workspaces
+        .iter()
+        .filter(|(_, w)| !scope.includes_row(&w.applied.region, &w.applied.environment))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in foreign {
+        observed.workspaces.remove(&id);
+        observed.tenants.remove(&id);
+        observed.lookup.remove(&id);
+        observed.journal.retain(|(ws, _), _| *ws != id);
     }
 }
 

@@ -38,7 +38,7 @@ pub enum Error {
 pub struct Incremental {
     commit: String,
     model: Model,
-    regions: Vec<String>,
+    scope: plan::Scope,
 }
 
 /// Outcome of [`Incremental::prepare`].
@@ -92,7 +92,7 @@ impl Incremental {
     pub fn cold(
         repo: &Repository,
         rev: &str,
-        regions: Vec<String>,
+        scope: plan::Scope,
     ) -> Result<Result<Self, Vec<Diagnostic>>, Error> {
         let snap = source::read(repo, rev)?;
         let checked = check(snap.files);
@@ -103,16 +103,16 @@ impl Incremental {
         Ok(Ok(Self {
             commit: snap.commit,
             model,
-            regions,
+            scope,
         }))
     }
 
     /// State from an already validated model (e.g. after a full run).
-    pub fn from_model(commit: String, model: Model, regions: Vec<String>) -> Self {
+    pub fn from_model(commit: String, model: Model, scope: plan::Scope) -> Self {
         Self {
             commit,
             model,
-            regions,
+            scope,
         }
     }
 
@@ -271,12 +271,13 @@ impl Incremental {
             bundles,
         } = staged;
         let diagnostics = Vec::new();
-        let desired = ids
+        let mut desired = ids
             .iter()
-            .filter_map(|id| plan::desired_workspace(&self.model, id, &self.regions))
+            .filter_map(|id| plan::desired_workspace(&self.model, id, &self.scope))
             .map(|w| (w.id.clone(), w))
             .collect();
-        let observed = db.observe_only(&ids).await?;
+        let observed = db.observe_only(&ids, &self.scope).await?;
+        plan::add_moved_out(&self.model, &self.scope, &observed, &mut desired);
         let plan = plan::plan(&desired, &observed, options);
         Ok(Replan {
             commit: new,
@@ -297,7 +298,7 @@ impl Incremental {
         db: &Db,
         options: Options,
     ) -> Result<Replan, Error> {
-        match Self::cold(repo, new, self.regions.clone())? {
+        match Self::cold(repo, new, self.scope.clone())? {
             Err(diagnostics) => Ok(Replan {
                 commit: new.to_owned(),
                 mode: "full",
@@ -310,8 +311,9 @@ impl Incremental {
             }),
             Ok(state) => {
                 *self = state;
-                let desired = plan::desired_workspaces(&self.model, &self.regions);
-                let observed = db.observe(&self.regions).await?;
+                let mut desired = plan::desired_workspaces(&self.model, &self.scope);
+                let observed = db.observe(&self.scope).await?;
+                plan::add_moved_out(&self.model, &self.scope, &observed, &mut desired);
                 let plan = plan::plan(&desired, &observed, options);
                 Ok(Replan {
                     commit: new.to_owned(),

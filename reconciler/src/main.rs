@@ -99,6 +99,13 @@ struct RunArgs {
     /// Regions to reconcile (repeatable); default: every live region.
     #[arg(long = "region", env = "CPLANE_REGIONS", value_delimiter = ',')]
     regions: Vec<String>,
+    /// Environments to reconcile (repeatable); default: every environment.
+    #[arg(
+        long = "environment",
+        env = "CPLANE_ENVIRONMENTS",
+        value_delimiter = ','
+    )]
+    environments: Vec<String>,
     /// Most workspaces one revision may remove without confirmation.
     #[arg(long, env = "CPLANE_MAX_DELETIONS", default_value_t = 5)]
     max_deletions: usize,
@@ -327,6 +334,10 @@ enum Command {
         /// Regions to reconcile (default: every live region); the reference docs' REGION works too.
         #[arg(long = "region", env = "REGION", value_delimiter = ',')]
         regions: Vec<String>,
+        /// Environments to reconcile (default: every environment); the reference docs'
+        /// ENVIRONMENT works too. One control plane per region × environment in production.
+        #[arg(long = "environment", env = "ENVIRONMENT", value_delimiter = ',')]
+        environments: Vec<String>,
         /// Poll interval when no webhook arrives (jittered ±20 %).
         #[arg(long, env = "CPLANE_POLL", default_value = "3m", value_parser = parse_interval)]
         poll: std::time::Duration,
@@ -460,6 +471,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             database,
             cloud,
             regions,
+            environments,
             poll,
             webhook_secret,
             max_deletions,
@@ -472,7 +484,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 branch,
                 mirror,
                 listen,
-                regions,
+                scope: cplane_reconciler::plan::Scope {
+                    regions,
+                    environments,
+                },
                 poll,
                 webhook_secret,
                 max_deletions,
@@ -673,6 +688,7 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
         database,
         cloud,
         regions,
+        environments,
         max_deletions,
         confirm_deletions,
         deep_drift,
@@ -692,7 +708,10 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
             Cloud::None => None,
         };
         let request = Request {
-            regions: regions.clone(),
+            scope: cplane_reconciler::plan::Scope {
+                regions: regions.clone(),
+                environments: environments.clone(),
+            },
             options: Options {
                 max_deletions: *max_deletions,
                 confirmed: *confirm_deletions,
@@ -703,6 +722,7 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
             } else {
                 cplane_reconciler::apply::Sample::OneIn(800)
             },
+            memo: None,
         };
         let progress: cplane_reconciler::apply::Progress = Arc::new(|step: &Step, outcome: &Outcome| {
             let detail = match outcome {
@@ -842,7 +862,7 @@ fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
         branch: branch.clone(),
         mirror: dir.join("mirror.git"),
         listen,
-        regions: Vec::new(),
+        scope: cplane_reconciler::plan::Scope::all(),
         poll: std::time::Duration::from_secs(180),
         webhook_secret: None,
         max_deletions: 5,

@@ -79,29 +79,101 @@ impl Policy {
     }
 }
 
-/// Desired workspaces of the given regions (every live region when `regions` is empty).
-pub fn desired_workspaces(model: &Model, regions: &[String]) -> BTreeMap<String, DesiredWorkspace> {
+/// What one control plane reconciles: its regions and environments (reference doc 001 runs one
+/// per region × environment). Empty lists mean every live region, every environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Region ids; empty: every live region.
+    pub regions: Vec<String>,
+    /// Environment names; empty: every environment.
+    pub environments: Vec<String>,
+}
+
+impl Scope {
+    /// Every live region and environment.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Whether a workspace or cluster of `region` (live or not) and `environment` is in scope.
+    /// Named regions are in scope whatever their status (so a retired region's workspaces are
+    /// still deprovisioned by its own control plane).
+    pub fn includes(&self, region: &str, live: bool, environment: &str) -> bool {
+        let region_ok = if self.regions.is_empty() {
+            live
+        } else {
+            self.regions.iter().any(|r| r == region)
+        };
+        region_ok
+            && (self.environments.is_empty() || self.environments.iter().any(|e| e == environment))
+    }
+
+    /// Like [`Scope::includes`] for rows already provisioned (their region was live).
+    pub fn includes_row(&self, region: &str, environment: &str) -> bool {
+        self.includes(region, true, environment)
+    }
+
+    /// A stable name of the scope, for the lease and the applied-revision record: `*`, `sgp-1`,
+    /// `sgp-1,fra-1`, `sgp-1/prod`, `*/dev`.
+    pub fn label(&self) -> String {
+        let regions = if self.regions.is_empty() {
+            "*".to_owned()
+        } else {
+            self.regions.join(",")
+        };
+        if self.environments.is_empty() {
+            regions
+        } else {
+            format!("{regions}/{}", self.environments.join(","))
+        }
+    }
+}
+
+/// Desired workspaces in `scope`.
+pub fn desired_workspaces(model: &Model, scope: &Scope) -> BTreeMap<String, DesiredWorkspace> {
     model
         .workspaces
         .keys()
-        .filter_map(|id| desired_workspace(model, id, regions))
+        .filter_map(|id| desired_workspace(model, id, scope))
         .map(|w| (w.id.clone(), w))
         .collect()
 }
 
-/// One desired workspace, if it exists and its region is in scope (every live region when
-/// `regions` is empty).
-pub fn desired_workspace(model: &Model, id: &str, regions: &[String]) -> Option<DesiredWorkspace> {
+/// Adds to `desired` every workspace this control plane provisioned (`observed`) that the model
+/// still has but now places outside `scope` — it moved region or environment. Planned as desired,
+/// the move is refused (see the module docs); left out, it would look removed and be
+/// deprovisioned.
+pub fn add_moved_out(
+    model: &Model,
+    scope: &Scope,
+    observed: &Observed,
+    desired: &mut BTreeMap<String, DesiredWorkspace>,
+) {
+    for id in observed.workspaces.keys() {
+        if desired.contains_key(id) {
+            continue;
+        }
+        let Some(ws) = model.workspaces.get(id) else {
+            continue; // really removed
+        };
+        let anywhere = Scope {
+            regions: vec![ws.doc.spec.region.clone()],
+            environments: Vec::new(),
+        };
+        debug_assert!(desired_workspace(model, id, scope).is_none());
+        if let Some(d) = desired_workspace(model, id, &anywhere) {
+            desired.insert(id.clone(), d);
+        }
+    }
+}
+
+/// One desired workspace, if it exists and is in `scope`.
+pub fn desired_workspace(model: &Model, id: &str, scope: &Scope) -> Option<DesiredWorkspace> {
     let ws = model.workspaces.get(id)?;
     let spec = &ws.doc.spec;
     let region = model.regions.get(&spec.region)?;
     let live = region.doc.spec.status == cplane_schema::model::RegionStatus::Live;
-    let selected = if regions.is_empty() {
-        live
-    } else {
-        regions.contains(&spec.region)
-    };
-    if !selected {
+    if !scope.includes(&spec.region, live, &spec.environment) {
         return None;
     }
     let names = names_for(model, &spec.region, &spec.environment);

@@ -3,11 +3,12 @@
 //! publish bundles → status. Every exit path records the run and the status conditions.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::apply::{self, Context, Outcome, Progress, Report};
 use crate::aws::Aws;
-use crate::check::check_keeping;
+use crate::check::{check_memo, RenderMemo};
 use crate::db::{Condition, Db};
 use crate::plan::{self, Options, Plan, Step};
 use crate::render::{Bundle, Cluster};
@@ -15,14 +16,17 @@ use crate::source::Snapshot;
 
 /// What a run was asked to do.
 pub struct Request {
-    /// Regions in scope (empty: every live region).
-    pub regions: Vec<String>,
+    /// Regions and environments in scope.
+    pub scope: plan::Scope,
     /// Deletion threshold and confirmation.
     pub options: Options,
     /// Only plan.
     pub dry_run: bool,
     /// Which tenant zones the drift check reads (parent zones are always read in full).
     pub drift: apply::Sample,
+    /// Digests of earlier runs' bundles: clusters whose inputs did not change are not rendered
+    /// again (a long-running server keeps one; one-shot runs pass `None`).
+    pub memo: Option<Arc<Mutex<RenderMemo>>>,
 }
 
 /// How a run ended.
@@ -68,22 +72,21 @@ pub async fn run(
         files,
         message,
     } = snapshot;
-    let scope = if request.regions.is_empty() {
-        "*".to_owned()
-    } else {
-        request.regions.join(",")
-    };
+    let scope = request.scope.label();
     let run_id = format!("{started_at}-{}", &commit[..12.min(commit.len())]);
 
     // Validate and render; keep the bundles of the clusters in scope whose digest differs from
     // the published one (to publish them). Unchanged bundles are dropped as soon as they are
     // digested, so memory stays flat however many clusters there are.
-    let in_scope =
-        |region: &str| request.regions.is_empty() || request.regions.iter().any(|r| r == region);
     let published = db.cluster_digests().await?;
-    let checked = check_keeping(files, |c, digest| {
-        in_scope(&c.region) && published.get(&c.id).map(String::as_str) != Some(digest)
-    });
+    let keep = |c: &Cluster, digest: &str| {
+        request.scope.includes(&c.region, true, &c.environment)
+            && published.get(&c.id).map(String::as_str) != Some(digest)
+    };
+    let checked = match &request.memo {
+        Some(memo) => check_memo(files, keep, Some(&mut memo.lock().expect("render memo"))),
+        None => check_memo(files, keep, None),
+    };
     if !checked.is_valid() {
         let errors: Vec<String> = checked
             .diagnostics
@@ -104,9 +107,9 @@ pub async fn run(
         return Ok(RunResult::Refused(errors));
     }
     let model = checked.model.as_ref().expect("valid implies a model");
-    let desired = plan::desired_workspaces(model, &request.regions);
-
-    let mut observed = db.observe(&request.regions).await?;
+    let mut desired = plan::desired_workspaces(model, &request.scope);
+    let mut observed = db.observe(&request.scope).await?;
+    plan::add_moved_out(model, &request.scope, &observed, &mut desired);
     let mut notes = Vec::new();
     match &cloud {
         Some(aws) => {

@@ -54,8 +54,9 @@ pub struct Settings {
     pub mirror: PathBuf,
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Regions reconciled (empty: every live region).
-    pub regions: Vec<String>,
+    /// Regions and environments reconciled (reference doc 001: one control plane per region ×
+    /// environment).
+    pub scope: crate::plan::Scope,
     /// Poll interval (jittered ±20 %).
     pub poll: Duration,
     /// Webhook secret; `None` disables the webhook endpoint (404).
@@ -145,6 +146,9 @@ struct Shared {
     store: Arc<BundleStore>,
     /// The last commit applied (not refused): what the read API shows.
     applied: Mutex<String>,
+    /// Digests of the bundles of the last full run: full runs (polls) render only clusters
+    /// whose inputs changed.
+    render_memo: Arc<Mutex<crate::check::RenderMemo>>,
     /// The last valid model, for incremental runs (`None` until the first full run).
     state: tokio::sync::Mutex<Option<Incremental>>,
     /// The write API (set once the server starts).
@@ -212,6 +216,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         store,
         state: tokio::sync::Mutex::new(None),
         api: std::sync::OnceLock::new(),
+        render_memo: Arc::default(),
         auth,
     });
     let _ = shared.api.set(crate::api::Api::start(
@@ -219,7 +224,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
             repo_url: shared.settings.repo_url.clone(),
             branch: shared.settings.branch.clone(),
             mirror: shared.settings.mirror.clone(),
-            regions: shared.settings.regions.clone(),
+            scope: shared.settings.scope.clone(),
             max_deletions: shared.settings.max_deletions,
         },
         shared.db.clone(),
@@ -313,18 +318,9 @@ fn watch_local(
     Ok(watcher)
 }
 
-/// The reconcile scope of this server: its regions, or `*` for every live region.
-fn scope(settings: &Settings) -> String {
-    if settings.regions.is_empty() {
-        "*".to_owned()
-    } else {
-        settings.regions.join(",")
-    }
-}
-
 /// Reconciles while this replica holds the lease ([`crate::lease`]); stands by otherwise.
 async fn reconcile_loop(shared: Arc<Shared>) {
-    let scope = scope(&shared.settings);
+    let scope = shared.settings.scope.label();
     loop {
         let mut lease = tokio::select! {
             lease = Lease::acquire(shared.db.url(), &scope) => lease,
@@ -493,7 +489,7 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
         max_deletions: s.max_deletions,
         confirmed: false,
     };
-    let scope = scope(s);
+    let scope = s.scope.label();
     let started = Instant::now();
     let started_at = crate::db::now_ms();
     let mut state = shared.state.lock().await;
@@ -583,10 +579,11 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
         return Some(error_run(commit, "no snapshot for a full run"));
     };
     let request = Request {
-        regions: s.regions.clone(),
+        scope: s.scope.clone(),
         options,
         dry_run: false,
         drift: Sample::OneIn(800),
+        memo: Some(shared.render_memo.clone()),
     };
     Some(
         match reconcile::run(
@@ -618,7 +615,7 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
                     *state = Some(Incremental::from_model(
                         commit.clone(),
                         *model,
-                        s.regions.clone(),
+                        s.scope.clone(),
                     ));
                 }
                 summary(commit, &plan, &report.unwrap_or_default())

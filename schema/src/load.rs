@@ -157,6 +157,11 @@ impl<T> Entity<T> {
         }
     }
 
+    /// The document's source text, as committed.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Position of the value at `path` (or its closest present ancestor).
     pub fn pos(&self, path: &str) -> Pos {
         self.index

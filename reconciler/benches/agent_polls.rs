@@ -1,0 +1,503 @@
+//! The agent protocol under load (`cargo bench -p cplane-reconciler --bench agent_polls`; env
+//! `CPLANE_BENCH_WORKSPACES` (default 10,000), `CPLANE_BENCH_POLLERS` (default: one per
+//! workspace), `CPLANE_BENCH_WRK_SECONDS` (default 10)). Without `--bench` it runs a quick,
+//! small version.
+//!
+//! (a) Unchanged-bundle polls: `wrk` (2 threads, 64 connections) sends
+//!     `GET /v1/clusters/{id}/bundle` with the cluster's token and `If-None-Match: "<digest>"` to
+//!     the release `cplane serve` — every answer a `304` — and, in the same run, to nginx (one
+//!     worker) serving the same bundle as a static file with an ETag. Goal: ≥ 0.5x nginx.
+//! (b) Long-polls: one `?wait=300` long-poll per workspace cluster (each with its own token,
+//!     created directly in the database), all held at once on a 10,000-workspace repo; the
+//!     server's RSS is read from /proc (goal ≤ 512 MiB); then a commit changing one workspace
+//!     (time until that cluster's poller gets its new bundle) and a commit changing a stack every
+//!     workspace uses (time until every poller got its new bundle).
+//!
+//! Needs `wrk` and `nginx` on PATH for (a) (`apt-get install wrk nginx`); (a) is skipped with a
+//! message when they are missing. Mind `ulimit -n`: (b) holds one socket per poller on each side.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn http(port: u16, path: &str, headers: &[(&str, String)]) -> (u16, String, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new(), String::new());
+    };
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let _ = s.write_all(req.as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+fn commit_all(dir: &Path, message: &str) {
+    let repo = git2::Repository::open(dir).expect("open");
+    let mut index = repo.index().expect("index");
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .expect("add");
+    index.write().expect("write");
+    let tree = repo
+        .find_tree(index.write_tree().expect("tree"))
+        .expect("tree");
+    let sig = git2::Signature::now("bench", "bench@cplane.local").expect("sig");
+    let parent = repo.head().expect("head").peel_to_commit().expect("commit");
+    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
+        .expect("commit");
+}
+
+/// (VmRSS, VmHWM) of `pid` in MiB.
+fn rss(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx's master; stopped with SIGTERM (a SIGKILL would orphan its worker).
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// Runs wrk; returns requests/s.
+fn wrk(url: &str, headers: &[String], seconds: u64) -> f64 {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c64", &format!("-d{seconds}s")]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("Non-2xx or 3xx"),
+        "errors under wrk:\n{text}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"))
+}
+
+fn which(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// (a): 304 polls/s of cplane serve vs nginx.
+fn polls_vs_nginx(dir: &Path, port: u16, cluster: &str, token: &str, seconds: u64) {
+    if !which("wrk") || !which("nginx") {
+        println!("(a) skipped: wrk and nginx are needed (apt-get install wrk nginx)");
+        return;
+    }
+    let bearer = format!("Authorization: Bearer {token}");
+    let (status, head, body) = http(
+        port,
+        &format!("/v1/clusters/{cluster}/bundle"),
+        &[("Authorization", format!("Bearer {token}"))],
+    );
+    assert_eq!(status, 200, "{head}");
+    let etag = header(&head, "etag").expect("etag");
+    let path = format!("/v1/clusters/{cluster}/bundle");
+    let (status, _, _) = http(
+        port,
+        &path,
+        &[
+            ("Authorization", format!("Bearer {token}")),
+            ("If-None-Match", etag.clone()),
+        ],
+    );
+    assert_eq!(status, 304);
+
+    // nginx, one worker, serving the same bytes with its own ETag.
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("www")).expect("mkdir");
+    std::fs::write(prefix.join("www/bundle.jsonl"), &body).expect("write");
+    let nport = free_port();
+    let conf = prefix.join("nginx.conf");
+    let p = prefix.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {p}/tmp; proxy_temp_path {p}/tmp; fastcgi_temp_path {p}/tmp; uwsgi_temp_path {p}/tmp; scgi_temp_path {p}/tmp;\n  server {{\n    listen 127.0.0.1:{nport};\n    root {p}/www;\n    etag on;\n  }}\n}}\n"
+        ),
+    )
+    .expect("conf");
+    let nginx = Nginx(
+        Command::new("nginx")
+            .args([
+                "-p",
+                &p.to_string(),
+                "-c",
+                conf.to_str().expect("utf-8"),
+                "-e",
+                &format!("{p}/error.log"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx"),
+    );
+    let t = Instant::now();
+    let netag = loop {
+        let (s, h, _) = http(nport, "/bundle.jsonl", &[]);
+        if s == 200 {
+            break header(&h, "etag").expect("nginx etag");
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "nginx did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        http(nport, "/bundle.jsonl", &[("If-None-Match", netag.clone())]).0,
+        304
+    );
+
+    let cplane = wrk(
+        &format!("http://127.0.0.1:{port}{path}"),
+        &[bearer, format!("If-None-Match: {etag}")],
+        seconds,
+    );
+    let ngx = wrk(
+        &format!("http://127.0.0.1:{nport}/bundle.jsonl"),
+        &[format!("If-None-Match: {netag}")],
+        seconds,
+    );
+    drop(nginx);
+    println!(
+        "(a) unchanged-bundle 304 polls, wrk -t2 -c64 -d{seconds}s: cplane serve {cplane:.0} req/s, nginx {ngx:.0} req/s = {:.2}x nginx (goal >= 0.5x); bundle {} bytes",
+        cplane / ngx,
+        body.len()
+    );
+}
+
+/// One long-polling agent: polls until it gets a bundle other than `digest`; returns when.
+async fn long_poll(
+    port: u16,
+    cluster: String,
+    token: String,
+    digest: String,
+    sent: Arc<AtomicUsize>,
+) -> Option<(String, Instant)> {
+    let mut first = true;
+    loop {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let req = format!(
+            "GET /v1/clusters/{cluster}/bundle?wait=300 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nIf-None-Match: \"{digest}\"\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        if first {
+            sent.fetch_add(1, Ordering::SeqCst);
+            first = false;
+        }
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await.ok()?;
+        let at = Instant::now();
+        let status = String::from_utf8_lossy(&buf[..n])
+            .split(' ')
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
+        match status.as_str() {
+            "200" => return Some((cluster, at)),
+            "304" => continue,
+            _ => return None,
+        }
+    }
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let workspaces = if quick {
+        20
+    } else {
+        env("CPLANE_BENCH_WORKSPACES", 10_000)
+    };
+    let pollers = if quick {
+        20
+    } else {
+        env("CPLANE_BENCH_POLLERS", workspaces)
+    }
+    .min(workspaces);
+    let seconds = if quick {
+        1
+    } else {
+        env("CPLANE_BENCH_WRK_SECONDS", 10) as u64
+    };
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = tmp.path().join("state");
+    cplane_reconciler::synthetic::generate(
+        &repo,
+        cplane_reconciler::synthetic::Shape {
+            workspaces,
+            regions: 4,
+        },
+    )
+    .expect("generate");
+    let _ = Command::new("git")
+        .args(["repack", "-adq"])
+        .current_dir(&repo)
+        .status();
+    let branch = git2::Repository::open(&repo)
+        .expect("open")
+        .head()
+        .expect("head")
+        .shorthand()
+        .expect("branch")
+        .to_owned();
+    let port = free_port();
+    let db_url = format!("sqlite://{}", tmp.path().join("cplane.db").display());
+    let server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_cplane"))
+            .args([
+                "serve",
+                "--repo-url",
+                repo.to_str().expect("utf-8"),
+                "--branch",
+                &branch,
+            ])
+            .args([
+                "--mirror",
+                tmp.path().join("mirror.git").to_str().expect("utf-8"),
+            ])
+            .args([
+                "--database",
+                &db_url,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--poll",
+                "1h",
+            ])
+            .env("CPLANE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cplane serve"),
+    );
+    let pid = server.0.id();
+    let t = Instant::now();
+    while http(port, "/readyz", &[]).0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(900), "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "{workspaces} workspaces: ready in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (_, _, body) = http(port, "/v1/clusters", &[]);
+    let clusters: Vec<serde_json::Value> = serde_json::from_str(&body).expect("clusters");
+    let mut workspace_clusters: Vec<(String, String)> = clusters
+        .iter()
+        .filter(|c| {
+            c["kind"] != "platform" && c["id"].as_str().is_some_and(|id| id.starts_with("w-"))
+        })
+        .filter_map(|c| {
+            Some((
+                c["id"].as_str()?.to_owned(),
+                c["digest"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    workspace_clusters.truncate(pollers);
+    assert_eq!(
+        workspace_clusters.len(),
+        pollers,
+        "{} clusters listed",
+        clusters.len()
+    );
+
+    // Tokens, directly in the database (one per polled cluster).
+    let t = Instant::now();
+    let tokens: Vec<String> = rt.block_on(async {
+        let db = cplane_reconciler::db::Db::connect(&db_url)
+            .await
+            .expect("db");
+        let mut out = Vec::with_capacity(pollers);
+        for (id, _) in &workspace_clusters {
+            out.push(db.create_cluster_token(id).await.expect("token"));
+        }
+        out
+    });
+    println!(
+        "{pollers} cluster tokens created in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // (a)
+    polls_vs_nginx(
+        tmp.path(),
+        port,
+        &workspace_clusters[0].0,
+        &tokens[0],
+        seconds,
+    );
+
+    // (b) every poller holds a long-poll.
+    let (idle, _) = rss(pid);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = {
+        let _runtime = rt.enter();
+        workspace_clusters
+            .iter()
+            .zip(&tokens)
+            .map(|((id, digest), token)| {
+                rt.spawn(long_poll(
+                    port,
+                    id.clone(),
+                    token.clone(),
+                    digest.clone(),
+                    sent.clone(),
+                ))
+            })
+            .collect()
+    };
+    while sent.load(Ordering::SeqCst) < pollers {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "only {} polls sent",
+            sent.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let connected = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3)); // let the server take them all in
+    let (held, _) = rss(pid);
+    println!(
+        "(b) {pollers} concurrent long-polls held (sent in {:.1} s): server RSS {held:.0} MiB (idle before: {idle:.0} MiB; goal <= 512 MiB)",
+        connected.as_secs_f64()
+    );
+
+    // A commit changing one workspace: its poller is woken.
+    let target = &workspace_clusters[pollers / 2].0;
+    let file = repo.join(format!(
+        "workspaces/{}.yaml",
+        target.trim_start_matches("w-")
+    ));
+    let text = std::fs::read_to_string(&file).expect("read");
+    let changed = text.replacen("replicas: ", "replicas: 1", 1);
+    assert_ne!(text, changed, "no replicas value in {}", file.display());
+    std::fs::write(&file, changed).expect("write");
+    let t0 = Instant::now();
+    commit_all(&repo, "one workspace");
+    let mut tasks: Vec<_> = tasks.into_iter().map(Some).collect();
+    let idx = pollers / 2;
+    let one = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), tasks[idx].take().expect("task")).await
+    });
+    let (woken, at) = one
+        .expect("woken within 120 s")
+        .expect("join")
+        .expect("a 200");
+    assert_eq!(&woken, target);
+    println!(
+        "(b) one-workspace commit -> its agent woken: {:.0} ms",
+        (at - t0).as_secs_f64() * 1000.0
+    );
+
+    // A commit changing a stack every workspace uses: every poller is woken.
+    let tpl_dir = repo.join("stacks/bff/templates");
+    let tpl = std::fs::read_dir(&tpl_dir)
+        .expect("templates")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("configmap.yaml.j2"))
+        .expect("bff configmap template");
+    let text = std::fs::read_to_string(&tpl).expect("read");
+    let changed = text.replacen("data:\n", "data:\n  BENCH_MARK: \"1\"\n", 1);
+    assert_ne!(text, changed, "no data: in {}", tpl.display());
+    std::fs::write(&tpl, changed).expect("write");
+    let t0 = Instant::now();
+    commit_all(&repo, "every workspace");
+    let results = rt.block_on(async {
+        let mut last = t0;
+        let mut woken = 0usize;
+        for t in tasks.into_iter().flatten() {
+            if let Ok(Ok(Some((_, at)))) = tokio::time::timeout(Duration::from_secs(600), t).await {
+                woken += 1;
+                last = last.max(at);
+            }
+        }
+        (woken, last)
+    });
+    let (_, peak) = rss(pid);
+    println!(
+        "(b) stack commit -> all {}/{} other agents woken: {:.1} s; server peak RSS {peak:.0} MiB",
+        results.0,
+        pollers - 1,
+        (results.1 - t0).as_secs_f64()
+    );
+    drop(server);
+}

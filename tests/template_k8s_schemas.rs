@@ -1,0 +1,132 @@
+//! Every manifest the state repo template renders, for every cluster, validated against the
+//! real Kubernetes OpenAPI schemas (PyPI `kubernetes-validate`, strict: unknown fields are
+//! errors). The validator is installed into a venv under `~/.cache` on first use.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cplane_reconciler::check::check_keeping;
+use cplane_reconciler::source;
+
+/// The Kubernetes version validated against (the agent's k8s-openapi feature is v1_33).
+const KUBERNETES_VERSION: &str = "1.33.0";
+
+fn venv() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
+    home.join(".cache/cplane-kubeval-venv")
+}
+
+/// Installs `kubernetes-validate` once; concurrent test processes wait on a lock directory.
+fn validator() -> PathBuf {
+    let dir = venv();
+    let bin = dir.join("bin/kubernetes-validate");
+    if bin.exists() {
+        return bin;
+    }
+    let lock = dir.with_extension("lock");
+    let started = Instant::now();
+    while std::fs::create_dir(&lock).is_err() {
+        if bin.exists() {
+            return bin;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "waiting for {}",
+            lock.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if !bin.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(dir.join("bin/pip"))
+                .args(["install", "--quiet", "kubernetes-validate"])
+                .status()
+                .is_ok_and(|s| s.success());
+        let _ = std::fs::remove_dir(&lock);
+        assert!(
+            ok,
+            "installing kubernetes-validate into {} failed",
+            dir.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir(&lock);
+    }
+    bin
+}
+
+/// Runs the validator on `files`: (success, output).
+fn validate(files: &[PathBuf]) -> (bool, String) {
+    let out = Command::new(validator())
+        .args(["--strict", "--quiet", "-k", KUBERNETES_VERSION])
+        .args(files)
+        .output()
+        .expect("run kubernetes-validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && !text.contains("ERROR"), text)
+}
+
+#[test]
+fn every_rendered_template_manifest_matches_the_kubernetes_schemas() {
+    let repo = support::template_repo();
+    let git = source::open(repo.path()).expect("open");
+    let checked = check_keeping(source::read(&git, "HEAD").expect("read").files, |_, _| true);
+    assert!(checked.is_valid(), "{:?}", checked.diagnostics);
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut files = Vec::new();
+    let mut objects = 0;
+    for r in &checked.clusters {
+        let bundle = r.bundle.as_ref().expect("kept");
+        objects += bundle.objects.len();
+        let file = out.path().join(format!("{}.yaml", r.cluster.id));
+        std::fs::write(&file, bundle.to_yaml()).expect("write");
+        files.push(file);
+    }
+    assert!(
+        files.len() >= 5 && objects > 100,
+        "{} clusters, {objects} objects",
+        files.len()
+    );
+    let (ok, report) = validate(&files);
+    assert!(
+        ok,
+        "rendered manifests fail the Kubernetes {KUBERNETES_VERSION} schemas:\n{report}"
+    );
+}
+
+#[test]
+fn the_validator_rejects_what_kubernetes_rejects() {
+    // A control: a misspelt field and a wrong type must fail, or the test above proves nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deployment = |spec_extra: &str, port: &str| {
+        format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n{spec_extra}  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: web\n        image: nginx\n        ports:\n        - containerPort: {port}\n")
+    };
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, deployment("  replicas: 3\n", "80")).expect("write");
+    let (ok, report) = validate(std::slice::from_ref(&good));
+    assert!(ok, "rejected a valid Deployment:\n{report}");
+    for (name, text, culprit) in [
+        ("typo.yaml", deployment("  replica: 3\n", "80"), "replica"),
+        (
+            "type.yaml",
+            deployment("  replicas: 3\n", "\"80\""),
+            "containerPort",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("write");
+        let (ok, report) = validate(&[file]);
+        assert!(!ok, "accepted an invalid Deployment ({name}):\n{report}");
+        assert!(report.contains(culprit), "{report}");
+    }
+}
