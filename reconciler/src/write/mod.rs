@@ -650,6 +650,7 @@ fn run(
         folder: None,
         head_folder: None,
         snapshot,
+        fast_trees: store.is_local(),
     };
     // Load the head up front: the first requests are authorized and prepared without waiting.
     if let Ok(Some(head)) = store.head(false) {
@@ -706,6 +707,9 @@ struct Session<'c> {
     head_folder: Option<(Oid, tree::FlatTree)>,
     /// Shared with handlers: the published head to prepare against.
     snapshot: SharedSnapshot,
+    /// `workspaces/` trees are hashed here and only sent (a local remote): never stored in
+    /// the object database, so nothing may read them back from it (the caches hold them).
+    fast_trees: bool,
 }
 
 /// A commit of the chain being built.
@@ -794,6 +798,8 @@ impl Session<'_> {
             // The head's workspaces/ tree, when at hand: sent whole as the base of the chain's
             // deltas, so the remote need not re-read and re-compress it (a thin pack's fix).
             let head_tree = self.head_folder_bytes(store.repo(), head);
+            // The state of the published head, to go back to if the chain is not published.
+            let at_head = self.state.clone();
             let mut tip = head;
             let mut objects = Vec::new();
             let mut files: BTreeMap<String, Option<Oid>> = BTreeMap::new();
@@ -859,8 +865,9 @@ impl Session<'_> {
                         attempt,
                         "the branch moved; rebuilding the API changes on it"
                     );
-                    // The state describes the unpublished tip: move it to the real head.
+                    // The state describes the unpublished tip: move the head's to the new head.
                     let fresh = store.head(true).ok().flatten();
+                    self.state = at_head;
                     match (self.state.take(), fresh) {
                         (Some(state), Some(new)) => match state.advance(store.repo(), new) {
                             Ok(s) => self.state = Some(s),
@@ -1123,14 +1130,18 @@ impl Session<'_> {
                 folder.remove_blob(file);
             }
         }
-        let mut root_builder = repo.treebuilder(Some(&root))?;
+        // The root is small: edited as entries too, so the new `workspaces/` tree need not be
+        // in the object database (on a local remote it is only ever sent, as a delta).
+        let mut root_entries = tree::FlatTree::read(&root);
         if folder.is_empty() {
-            if current.is_some() {
-                root_builder.remove(dir)?;
-            }
+            root_entries.remove_tree(dir);
         } else {
             let bytes = folder.to_bytes();
-            let dir_tree = repo.odb()?.write(git2::ObjectType::Tree, &bytes)?;
+            let dir_tree = if self.fast_trees {
+                tree::FlatTree::id_of(&bytes)
+            } else {
+                repo.odb()?.write(git2::ObjectType::Tree, &bytes)?
+            };
             // Stored as a delta of the tree it replaces (one entry differs).
             let delta = base.map(|(id, old)| (id, pack::delta(&old, &bytes)));
             objects.push(Outgoing {
@@ -1138,10 +1149,10 @@ impl Session<'_> {
                 delta,
                 data: None,
             });
-            root_builder.insert(dir, dir_tree, 0o040000)?;
+            root_entries.upsert_tree(dir, dir_tree);
             self.folder = Some((dir_tree, folder, bytes));
         }
-        let root_tree = root_builder.write()?;
+        let root_tree = root_entries.write(repo)?;
         objects.push(whole(root_tree));
         let tree = repo.find_tree(root_tree)?;
         let clean = |s: &str| -> String {

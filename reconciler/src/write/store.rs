@@ -140,6 +140,11 @@ impl Store {
         })
     }
 
+    /// Whether the remote is a repository on this machine (written directly).
+    pub fn is_local(&self) -> bool {
+        matches!(self.kind, Kind::Local)
+    }
+
     /// The repository objects are read from and written to.
     pub fn repo(&self) -> &Repository {
         &self.repo

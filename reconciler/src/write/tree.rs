@@ -109,6 +109,32 @@ impl FlatTree {
         }
     }
 
+    /// Adds or replaces the subtree `name`.
+    pub fn upsert_tree(&mut self, name: &str, id: Oid) {
+        let name = name.as_bytes();
+        if let Ok(i) = self.find(name, BLOB) {
+            self.entries.remove(i);
+        }
+        match self.find(name, TREE) {
+            Ok(i) => self.entries[i].id = id,
+            Err(i) => self.entries.insert(
+                i,
+                Entry {
+                    name: name.to_vec(),
+                    mode: TREE,
+                    id,
+                },
+            ),
+        }
+    }
+
+    /// Removes the subtree `name`.
+    pub fn remove_tree(&mut self, name: &str) {
+        if let Ok(i) = self.find(name.as_bytes(), TREE) {
+            self.entries.remove(i);
+        }
+    }
+
     /// Whether the tree has no entry.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -128,6 +154,17 @@ impl FlatTree {
             out.extend_from_slice(e.id.as_bytes());
         }
         out
+    }
+
+    /// The id of a tree object with this content, computed here (SHA-1 with the CPU's SHA
+    /// instructions where there are some) rather than by libgit2's collision-detecting SHA-1,
+    /// which costs about 0.8 ms per 400 KB tree.
+    pub fn id_of(content: &[u8]) -> Oid {
+        use sha1::{Digest, Sha1};
+        let mut hasher = Sha1::new();
+        hasher.update(format!("tree {}\0", content.len()).as_bytes());
+        hasher.update(content);
+        Oid::from_bytes(&hasher.finalize()).expect("a SHA-1 is 20 bytes")
     }
 
     /// Stores the tree in `repo`'s object database; returns its id.
@@ -191,5 +228,23 @@ mod tests {
             builder.write().expect("write")
         );
         assert!(!flat.is_empty());
+        let bytes = flat.to_bytes();
+        assert_eq!(
+            FlatTree::id_of(&bytes),
+            git2::Oid::hash_object(git2::ObjectType::Tree, &bytes).expect("hash")
+        );
+        // Subtrees: replacing and removing one gives what the builder gives.
+        let mut root = FlatTree::read(&base);
+        let mut builder = repo.treebuilder(Some(&base)).expect("builder");
+        root.upsert_tree("b", base.id());
+        builder.insert("b", base.id(), TREE).expect("insert");
+        root.remove_tree("foo");
+        builder.remove("foo").expect("remove");
+        root.upsert_tree("new", sub);
+        builder.insert("new", sub, TREE).expect("insert");
+        assert_eq!(
+            root.write(&repo).expect("write"),
+            builder.write().expect("write")
+        );
     }
 }

@@ -69,6 +69,7 @@ pub struct Checker {
 }
 
 /// What is known about the validity of one commit; see the module docs.
+#[derive(Clone)]
 pub struct HeadState {
     accounts: Accounts,
     commit: Oid,
