@@ -145,10 +145,14 @@ impl Bundle {
     }
 }
 
+/// Compiled templates of every stack, shareable between threads and renderers.
+#[derive(Clone)]
+pub struct Compiled(Arc<BTreeMap<String, Environment<'static>>>);
+
 /// Compiled templates of every stack.
 pub struct Renderer<'m> {
     model: &'m Model,
-    envs: BTreeMap<String, Environment<'static>>,
+    envs: Arc<BTreeMap<String, Environment<'static>>>,
     cache: ParseCache,
 }
 
@@ -184,11 +188,27 @@ impl<'m> Renderer<'m> {
         (
             Self {
                 model,
-                envs,
+                envs: Arc::new(envs),
                 cache: ParseCache::default(),
             },
             diags,
         )
+    }
+
+    /// The compiled templates, to make more renderers of the same stacks without compiling
+    /// again ([`Renderer::with_compiled`]).
+    pub fn compiled(&self) -> Compiled {
+        Compiled(self.envs.clone())
+    }
+
+    /// A renderer of `model` with templates compiled before, from a model with the same stacks
+    /// (the API writer renders changed workspaces against an unchanged base).
+    pub fn with_compiled(model: &'m Model, compiled: &Compiled) -> Self {
+        Self {
+            model,
+            envs: compiled.0.clone(),
+            cache: ParseCache::default(),
+        }
     }
 
     /// Renders one cluster's bundle, or every problem found in it.

@@ -277,10 +277,7 @@ fn prepare(repo_path: &std::path::Path, snapshot: &Snapshot, change: &Change) ->
     let own = if draft.unchanged {
         Vec::new()
     } else {
-        let renderer = snapshot
-            .checker
-            .base()
-            .map(|m| crate::render::Renderer::new(m).0);
+        let renderer = snapshot.checker.renderer();
         snapshot.checker.check_file(
             &path,
             draft.text.as_deref().map(str::as_bytes),
@@ -791,10 +788,7 @@ impl Session<'_> {
             }
             // One renderer (templates compiled once) for every change of the chain.
             let checker = self.state.as_ref().map(HeadState::checker);
-            let renderer = checker
-                .as_deref()
-                .and_then(verify::Checker::base)
-                .map(|m| crate::render::Renderer::new(m).0);
+            let renderer = checker.as_deref().and_then(verify::Checker::renderer);
             // The head's workspaces/ tree, when at hand: sent whole as the base of the chain's
             // deltas, so the remote need not re-read and re-compress it (a thin pack's fix).
             let head_tree = self.head_folder_bytes(store.repo(), head);
@@ -1180,10 +1174,7 @@ impl Session<'_> {
             .ok_or_else(|| Error::Conflict("the branch does not exist".into()))?;
         self.advance(store.repo(), head)?;
         let checker = self.state.as_ref().map(HeadState::checker);
-        let renderer = checker
-            .as_deref()
-            .and_then(verify::Checker::base)
-            .map(|m| crate::render::Renderer::new(m).0);
+        let renderer = checker.as_deref().and_then(verify::Checker::renderer);
         let Some(built) = self.build(store.repo(), head, head, job, renderer.as_ref())? else {
             return job
                 .outcome

@@ -63,6 +63,8 @@ pub fn account_in(bytes: &[u8]) -> Option<String> {
 /// reuses that result when its head still has the same base (the same `Arc`).
 pub struct Checker {
     base: Option<Arc<Model>>,
+    /// The base's templates, compiled once.
+    compiled: Option<crate::render::Compiled>,
     base_errors: Vec<Diagnostic>,
     /// Entities whose files failed to parse (references to them are not reported twice).
     unparsed: BTreeSet<EntityRef>,
@@ -111,6 +113,7 @@ impl HeadState {
             }
         }
         let mut base = loaded.model;
+        let mut compiled = None;
         if let Some(model) = base.as_mut() {
             let index = std::mem::take(&mut model.workspaces)
                 .into_iter()
@@ -120,6 +123,7 @@ impl HeadState {
                 *map = index;
             }
             let (renderer, compile) = Renderer::new(model);
+            compiled = Some(renderer.compiled());
             base_errors.extend(compile);
             // Platform clusters depend on the base only: render them once here.
             if base_errors.is_empty() {
@@ -149,6 +153,7 @@ impl HeadState {
             key: BaseKey::of(&tree),
             checker: Arc::new(Checker {
                 base,
+                compiled,
                 base_errors,
                 unparsed,
             }),
@@ -246,6 +251,14 @@ impl Checker {
     /// loaded: what a [`Renderer`] for [`Checker::check_file`] is made from.
     pub fn base(&self) -> Option<&Model> {
         self.base.as_deref()
+    }
+
+    /// A renderer of the base, with its templates compiled once for all.
+    pub fn renderer(&self) -> Option<Renderer<'_>> {
+        Some(Renderer::with_compiled(
+            self.base.as_deref()?,
+            self.compiled.as_ref()?,
+        ))
     }
 
     /// Errors of the file at `path` holding `bytes` (`None`: removed), checked against the
