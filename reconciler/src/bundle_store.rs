@@ -4,7 +4,8 @@
 //! `304`. [`BundleStore`] makes that answer cost no database read: it keeps every cluster's
 //! *head* (current digest and generation) in memory and caches the cluster of each token it has
 //! verified. Bodies (gzip-compressed, see [`crate::db::Db::publish_bundle`]) are read from the
-//! database only for a `200`.
+//! database only for a `200`, in batches: when a commit changes every cluster's bundle, thousands
+//! of woken long-polls share a few queries instead of queueing for the pool one by one.
 //!
 //! # Guarantees
 //! - After [`BundleStore::refresh`] returns, [`BundleStore::head`] answers what the database
@@ -40,9 +41,29 @@ pub struct Head {
     pub generation: i64,
 }
 
+/// Errors reading bundle bodies.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed (the message of the shared batch query).
+    #[error("reading bundles: {0}")]
+    Read(String),
+    /// The batch reader is gone (the process is shutting down).
+    #[error("the bundle reader stopped")]
+    Stopped,
+}
+
+/// Most bodies one batch query reads.
+const BATCH: usize = 256;
+
+type BodyRequest = (
+    String,
+    tokio::sync::oneshot::Sender<Result<Option<Vec<u8>>, Error>>,
+);
+
 /// Heads in memory, bodies in the database, verified tokens cached.
 pub struct BundleStore {
     db: Db,
+    bodies: tokio::sync::mpsc::UnboundedSender<BodyRequest>,
     heads: RwLock<HashMap<String, Head>>,
     changes: watch::Sender<u64>,
     /// SHA-256 of a token → (cluster, verified at).
@@ -52,8 +73,11 @@ pub struct BundleStore {
 impl BundleStore {
     /// Loads every cluster's head from the database.
     pub async fn load(db: Db) -> Result<Arc<Self>, db::Error> {
+        let (bodies, requests) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(read_bodies(db.clone(), requests));
         let store = Arc::new(Self {
             db,
+            bodies,
             heads: RwLock::default(),
             changes: watch::Sender::new(0),
             tokens: Mutex::default(),
@@ -102,9 +126,18 @@ impl BundleStore {
         self.changes.subscribe()
     }
 
-    /// The current bundle of `cluster` from the database: (digest, generation, gzip body).
-    pub async fn body(&self, cluster: &str) -> Result<Option<(String, i64, Vec<u8>)>, db::Error> {
-        self.db.cluster_bundle(cluster).await
+    /// The current bundle of `cluster`: (digest, generation, gzip body). The head comes from
+    /// memory; the body (immutable, by digest) from the database, batched with other requests.
+    pub async fn body(&self, cluster: &str) -> Result<Option<(String, i64, Vec<u8>)>, Error> {
+        let Some(head) = self.head(cluster) else {
+            return Ok(None);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.bodies
+            .send((head.digest.to_string(), tx))
+            .map_err(|_| Error::Stopped)?;
+        let body = rx.await.map_err(|_| Error::Stopped)??;
+        Ok(body.map(|b| (head.digest.to_string(), head.generation, b)))
     }
 
     /// The cluster an unrevoked token belongs to (cached for [`TOKEN_TTL`]; unknown tokens are
@@ -185,6 +218,36 @@ impl BundleStore {
                 self.forget_tokens();
             } else {
                 self.refresh(Some(n.payload())).await?;
+            }
+        }
+    }
+}
+
+/// Answers body requests in batches: takes what is queued (up to [`BATCH`]), reads it with one
+/// query, answers each; until every sender is gone.
+async fn read_bodies(db: Db, mut requests: tokio::sync::mpsc::UnboundedReceiver<BodyRequest>) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match requests.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut digests: Vec<String> = batch.iter().map(|(d, _)| d.clone()).collect();
+        digests.sort();
+        digests.dedup();
+        match db.bundle_bodies(&digests).await {
+            Ok(found) => {
+                for (digest, reply) in batch {
+                    let _ = reply.send(Ok(found.get(&digest).cloned()));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(Error::Read(message.clone())));
+                }
             }
         }
     }
