@@ -697,6 +697,30 @@ impl Db {
         })
     }
 
+    /// The clusters of these token hashes (unrevoked ones only), by hash.
+    pub async fn token_clusters(
+        &self,
+        hashes: &[String],
+    ) -> Result<HashMap<String, String>, Error> {
+        let mut out = HashMap::new();
+        if hashes.is_empty() {
+            return Ok(out);
+        }
+        let list = (1..=hashes.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT token_hash, cluster_id FROM cluster_tokens WHERE revoked_at IS NULL AND token_hash IN ({list})");
+        let mut q = sqlx::query(&sql);
+        for h in hashes {
+            q = q.bind(h);
+        }
+        for r in q.fetch_all(&self.pool).await? {
+            out.insert(r.try_get("token_hash")?, r.try_get("cluster_id")?);
+        }
+        Ok(out)
+    }
+
     /// The gzip-compressed bodies of these bundles, by digest (unknown digests are absent).
     pub async fn bundle_bodies(
         &self,
