@@ -9,10 +9,13 @@
 //! - [`db`], [`aws`]: adapters; [`bundle_store`]: published bundles as agents poll them.
 //! - [`auth`]: OIDC bearer JWTs, principals, account memberships, the development issuer.
 //! - [`init`]: `cplane init`; [`lease`]: one reconciling replica per scope.
+//! - [`api`]: the write API (commits on a user's behalf), `GET /v1/plan`, `/openapi.json`.
 //! - [`synthetic`]: a generated state repo of any size, for benchmarks.
+//! - [`write`]: API writes committed to the state repo on a user's behalf.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod apply;
 pub mod auth;
 pub mod aws;
@@ -30,3 +33,4 @@ pub mod serve;
 pub mod source;
 pub mod synthetic;
 pub mod tls;
+pub mod write;

@@ -145,10 +145,14 @@ impl Bundle {
     }
 }
 
+/// Compiled templates of every stack, shareable between threads and renderers.
+#[derive(Clone)]
+pub struct Compiled(Arc<BTreeMap<String, Environment<'static>>>);
+
 /// Compiled templates of every stack.
 pub struct Renderer<'m> {
     model: &'m Model,
-    envs: BTreeMap<String, Environment<'static>>,
+    envs: Arc<BTreeMap<String, Environment<'static>>>,
     cache: ParseCache,
 }
 
@@ -184,15 +188,41 @@ impl<'m> Renderer<'m> {
         (
             Self {
                 model,
-                envs,
+                envs: Arc::new(envs),
                 cache: ParseCache::default(),
             },
             diags,
         )
     }
 
+    /// The compiled templates, to make more renderers of the same stacks without compiling
+    /// again ([`Renderer::with_compiled`]).
+    pub fn compiled(&self) -> Compiled {
+        Compiled(self.envs.clone())
+    }
+
+    /// A renderer of `model` with templates compiled before, from a model with the same stacks
+    /// (the API writer renders changed workspaces against an unchanged base).
+    pub fn with_compiled(model: &'m Model, compiled: &Compiled) -> Self {
+        Self {
+            model,
+            envs: compiled.0.clone(),
+            cache: ParseCache::default(),
+        }
+    }
+
     /// Renders one cluster's bundle, or every problem found in it.
     pub fn render(&self, cluster: &Cluster) -> Result<Bundle, Vec<Diagnostic>> {
+        self.render_with(cluster, None)
+    }
+
+    /// [`Renderer::render`], with a tenant cluster's workspace given rather than read from the
+    /// model (the API writer renders a changed workspace against the unchanged rest).
+    pub fn render_with(
+        &self,
+        cluster: &Cluster,
+        given: Option<&cplane_schema::load::Entity<cplane_schema::model::Workspace>>,
+    ) -> Result<Bundle, Vec<Diagnostic>> {
         let model = self.model;
         let names = names_for(model, &cluster.region, &cluster.environment);
         let platform = &model.platform.doc;
@@ -214,7 +244,10 @@ impl<'m> Renderer<'m> {
             BTreeMap::new();
         match (&cluster.kind, &cluster.workspace) {
             (ClusterKind::Tenant, Some(id)) => {
-                let ws = &model.workspaces[id];
+                let ws = match given {
+                    Some(w) => w,
+                    None => &model.workspaces[id],
+                };
                 domains.insert("zone", names.workspace_zone(id));
                 domains.insert("wildcard", names.workspace_wildcard(id));
                 domains.insert("bff", names.workspace_host(id, "bff"));

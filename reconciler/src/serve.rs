@@ -151,6 +151,8 @@ struct Shared {
     render_memo: Arc<Mutex<crate::check::RenderMemo>>,
     /// The last valid model, for incremental runs (`None` until the first full run).
     state: tokio::sync::Mutex<Option<Incremental>>,
+    /// The write API (set once the server starts).
+    api: std::sync::OnceLock<Arc<crate::api::Api>>,
     /// Authentication of API users (the middleware on every route).
     auth: Arc<crate::auth::Auth>,
 }
@@ -213,9 +215,29 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         applied: Mutex::default(),
         store,
         state: tokio::sync::Mutex::new(None),
+        api: std::sync::OnceLock::new(),
         render_memo: Arc::default(),
         auth,
     });
+    let _ = shared.api.set(crate::api::Api::start(
+        crate::api::Settings {
+            repo_url: shared.settings.repo_url.clone(),
+            branch: shared.settings.branch.clone(),
+            mirror: shared.settings.mirror.clone(),
+            scope: shared.settings.scope.clone(),
+            max_deletions: shared.settings.max_deletions,
+        },
+        shared.db.clone(),
+        {
+            let weak = Arc::downgrade(&shared);
+            Arc::new(move || {
+                if let Some(sh) = weak.upgrade() {
+                    sh.metrics.pending.store(1, Ordering::SeqCst);
+                    sh.trigger.notify_one();
+                }
+            })
+        },
+    ));
     tracing::info!(addr = %shared.settings.listen, "listening");
     // A local repository (a path, not a URL) is watched: a plain `git commit` reconciles.
     let _watcher = if Path::new(&shared.settings.repo_url).exists() {
@@ -625,6 +647,9 @@ fn router(shared: Arc<Shared>) -> Router {
             axum::routing::post(bff_register),
         )
         .with_state(shared.clone());
+    if let Some(api) = shared.api.get() {
+        app = app.merge(crate::api::router(api.clone()));
+    }
     if let Some(config) = shared
         .settings
         .webhook_secret
@@ -707,6 +732,9 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> String {
         "# HELP cplane_webhook_deliveries_total Verified push deliveries that triggered a reconcile.\n# TYPE cplane_webhook_deliveries_total counter\ncplane_webhook_deliveries_total {}\n",
         sh.metrics.webhook_deliveries.load(Ordering::SeqCst)
     ));
+    if let Some(api) = sh.api.get() {
+        out.push_str(&api.metrics());
+    }
     if let Some(aws) = &sh.aws {
         out.push_str("# HELP cplane_aws_calls_total AWS calls by operation and outcome.\n# TYPE cplane_aws_calls_total counter\n");
         for ((op, outcome), n) in aws.calls() {

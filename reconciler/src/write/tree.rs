@@ -1,0 +1,250 @@
+//! One git tree held as a sorted list of entries, edited in place and serialized straight to
+//! the tree object format.
+//!
+//! Why not libgit2's tree builder: `workspaces/` of a 10,000-workspace repo is one tree of
+//! 10,000 entries (400 KB). The builder parses it into a hash map and sorts it again for every
+//! commit (about 4.5 ms per commit, measured); here a change is a binary search and the object
+//! is written by one linear pass (the hash, done by libgit2 when the object is stored, is the
+//! only cost that remains). The format — `<octal mode> <name>\0<20-byte id>` per entry, entries
+//! ordered by name with trees compared as if their name ended in `/` — is checked against the
+//! builder's output by the tests below.
+
+use std::cmp::Ordering;
+
+use git2::{Oid, Tree};
+
+/// Mode of a regular file.
+pub const BLOB: i32 = 0o100644;
+
+/// Mode of a subtree.
+const TREE: i32 = 0o040000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    name: Vec<u8>,
+    mode: i32,
+    id: Oid,
+}
+
+/// git's order of tree entries.
+fn order(a_name: &[u8], a_mode: i32, b_name: &[u8], b_mode: i32) -> Ordering {
+    let len = a_name.len().min(b_name.len());
+    match a_name[..len].cmp(&b_name[..len]) {
+        Ordering::Equal => {}
+        other => return other,
+    }
+    let next = |name: &[u8], mode: i32| -> u8 {
+        match name.get(len) {
+            Some(b) => *b,
+            None if mode == TREE => b'/',
+            None => 0,
+        }
+    };
+    next(a_name, a_mode).cmp(&next(b_name, b_mode))
+}
+
+/// A tree's entries in git order; see the module docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlatTree {
+    entries: Vec<Entry>,
+}
+
+impl FlatTree {
+    /// The entries of `tree`.
+    pub fn read(tree: &Tree<'_>) -> Self {
+        let entries = tree
+            .iter()
+            .map(|e| Entry {
+                name: e.name_bytes().to_vec(),
+                mode: e.filemode(),
+                id: e.id(),
+            })
+            .collect();
+        Self { entries }
+    }
+
+    fn find(&self, name: &[u8], mode: i32) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by(|e| order(&e.name, e.mode, name, mode))
+    }
+
+    /// Adds or replaces the file `name` (a blob entry, mode `100644`).
+    pub fn upsert_blob(&mut self, name: &str, id: Oid) {
+        let name = name.as_bytes();
+        // A subtree of the same name is replaced (names are unique in a tree).
+        if let Ok(i) = self.find(name, TREE) {
+            self.entries.remove(i);
+        }
+        match self.find(name, BLOB) {
+            Ok(i) => {
+                self.entries[i].id = id;
+                self.entries[i].mode = BLOB;
+            }
+            Err(i) => self.entries.insert(
+                i,
+                Entry {
+                    name: name.to_vec(),
+                    mode: BLOB,
+                    id,
+                },
+            ),
+        }
+    }
+
+    /// The blob of the file `name`, if there is one.
+    pub fn blob(&self, name: &str) -> Option<Oid> {
+        self.find(name.as_bytes(), BLOB)
+            .ok()
+            .map(|i| self.entries[i].id)
+    }
+
+    /// Removes the file `name`; false when there was none.
+    pub fn remove_blob(&mut self, name: &str) -> bool {
+        match self.find(name.as_bytes(), BLOB) {
+            Ok(i) => {
+                self.entries.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Adds or replaces the subtree `name`.
+    pub fn upsert_tree(&mut self, name: &str, id: Oid) {
+        let name = name.as_bytes();
+        if let Ok(i) = self.find(name, BLOB) {
+            self.entries.remove(i);
+        }
+        match self.find(name, TREE) {
+            Ok(i) => self.entries[i].id = id,
+            Err(i) => self.entries.insert(
+                i,
+                Entry {
+                    name: name.to_vec(),
+                    mode: TREE,
+                    id,
+                },
+            ),
+        }
+    }
+
+    /// Removes the subtree `name`.
+    pub fn remove_tree(&mut self, name: &str) {
+        if let Ok(i) = self.find(name.as_bytes(), TREE) {
+            self.entries.remove(i);
+        }
+    }
+
+    /// Whether the tree has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The tree object's content.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.entries.len() * 40);
+        for e in &self.entries {
+            match e.mode {
+                BLOB => out.extend_from_slice(b"100644 "),
+                TREE => out.extend_from_slice(b"40000 "),
+                mode => out.extend_from_slice(format!("{mode:o} ").as_bytes()),
+            }
+            out.extend_from_slice(&e.name);
+            out.push(0);
+            out.extend_from_slice(e.id.as_bytes());
+        }
+        out
+    }
+
+    /// The id of a tree object with this content, computed here (SHA-1 with the CPU's SHA
+    /// instructions where there are some) rather than by libgit2's collision-detecting SHA-1,
+    /// which costs about 0.8 ms per 400 KB tree.
+    pub fn id_of(content: &[u8]) -> Oid {
+        use sha1::{Digest, Sha1};
+        let mut hasher = Sha1::new();
+        hasher.update(format!("tree {}\0", content.len()).as_bytes());
+        hasher.update(content);
+        Oid::from_bytes(&hasher.finalize()).expect("a SHA-1 is 20 bytes")
+    }
+
+    /// Stores the tree in `repo`'s object database; returns its id.
+    pub fn write(&self, repo: &git2::Repository) -> Result<Oid, git2::Error> {
+        repo.odb()?.write(git2::ObjectType::Tree, &self.to_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_exactly_what_libgit2_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = git2::Repository::init_bare(dir.path()).expect("repo");
+        let blob = |s: &str| repo.blob(s.as_bytes()).expect("blob");
+        let sub = {
+            let mut b = repo.treebuilder(None).expect("builder");
+            b.insert("x.yaml", blob("x"), BLOB).expect("insert");
+            b.write().expect("write")
+        };
+        // Names that sort differently as blobs and trees: `foo` (tree) after `foo.bar`.
+        let mut builder = repo.treebuilder(None).expect("builder");
+        for name in ["foo.bar", "foo-bar", "acme.yaml", "README.md", "a", "ab"] {
+            builder.insert(name, blob(name), BLOB).expect("insert");
+        }
+        builder.insert("foo", sub, TREE).expect("insert");
+        builder.insert("b", sub, TREE).expect("insert");
+        builder
+            .insert("run.sh", blob("#!"), 0o100755)
+            .expect("insert");
+        let base = repo
+            .find_tree(builder.write().expect("write"))
+            .expect("tree");
+
+        let mut flat = FlatTree::read(&base);
+        assert_eq!(flat.write(&repo).expect("write"), base.id());
+
+        // The same edits through libgit2's builder and through FlatTree give the same tree.
+        let mut builder = repo.treebuilder(Some(&base)).expect("builder");
+        for (name, text) in [
+            ("globex.yaml", "g"),
+            ("foo.baq", "q"),
+            ("acme.yaml", "a2"),
+            ("c", "c"),
+        ] {
+            let id = blob(text);
+            builder.insert(name, id, BLOB).expect("insert");
+            flat.upsert_blob(name, id);
+        }
+        builder.remove("ab").expect("remove");
+        assert!(flat.remove_blob("ab"));
+        assert!(!flat.remove_blob("nope.yaml"));
+        assert_eq!(flat.blob("ab"), None);
+        assert_eq!(flat.blob("foo"), None, "a tree is not a blob");
+        assert!(flat.blob("globex.yaml").is_some());
+        assert!(!flat.remove_blob("foo"), "a tree is not a blob");
+        assert_eq!(
+            flat.write(&repo).expect("write"),
+            builder.write().expect("write")
+        );
+        assert!(!flat.is_empty());
+        let bytes = flat.to_bytes();
+        assert_eq!(
+            FlatTree::id_of(&bytes),
+            git2::Oid::hash_object(git2::ObjectType::Tree, &bytes).expect("hash")
+        );
+        // Subtrees: replacing and removing one gives what the builder gives.
+        let mut root = FlatTree::read(&base);
+        let mut builder = repo.treebuilder(Some(&base)).expect("builder");
+        root.upsert_tree("b", base.id());
+        builder.insert("b", base.id(), TREE).expect("insert");
+        root.remove_tree("foo");
+        builder.remove("foo").expect("remove");
+        root.upsert_tree("new", sub);
+        builder.insert("new", sub, TREE).expect("insert");
+        assert_eq!(
+            root.write(&repo).expect("write"),
+            builder.write().expect("write")
+        );
+    }
+}

@@ -1,0 +1,561 @@
+//! The write API over HTTP, on the real `cplane serve` binary with a bare remote: routes,
+//! authentication, `/v1/plan`, `/openapi.json`, metrics.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One HTTP/1.1 request over a fresh connection: (status, headers, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    s.write_all(body).expect("write body");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    _server: Server,
+    port: u16,
+    remote: PathBuf,
+    branch: String,
+    db: String,
+}
+
+fn start() -> Setup {
+    start_with(None)
+}
+
+/// `cplane serve` on a bare copy of the template; with `issuer`, users authenticate with its
+/// tokens (audience `cplane`).
+fn start_with(issuer: Option<&str>) -> Setup {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let seed = support::template_repo();
+    let remote = tmp.path().join("remote.git");
+    git2::build::RepoBuilder::new()
+        .bare(true)
+        .clone(&format!("file://{}", seed.path().display()), &remote)
+        .expect("bare remote");
+    let branch = git2::Repository::open_bare(&remote)
+        .expect("bare")
+        .head()
+        .expect("head")
+        .shorthand()
+        .expect("branch")
+        .to_owned();
+    let port = support::moto::free_port();
+    let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
+    cmd.args([
+        "serve",
+        "--repo-url",
+        &format!("file://{}", remote.display()),
+    ])
+    .args(["--branch", &branch, "--database", &db, "--poll", "1h"])
+    .args([
+        "--mirror",
+        tmp.path().join("mirror.git").to_str().expect("utf-8"),
+    ])
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .env_remove("PRIMARY_CPLANE_API_URL")
+    .env_remove("INTER_REGION_SERVICE_TOKEN")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if let Some(issuer) = issuer {
+        cmd.args(["--oidc-issuer", issuer, "--oidc-audience", "cplane"]);
+    }
+    let child = cmd.spawn().expect("start cplane serve");
+    let server = Server(child);
+    wait_for("/readyz", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/readyz", &[], b"").0 == 200
+    });
+    Setup {
+        _tmp: tmp,
+        _server: server,
+        port,
+        remote,
+        branch,
+        db,
+    }
+}
+
+fn head(remote: &Path, branch: &str) -> String {
+    let repo = git2::Repository::open_bare(remote).expect("bare");
+    let r = repo
+        .find_reference(&format!("refs/heads/{branch}"))
+        .expect("branch");
+    let id = r.peel_to_commit().expect("commit").id();
+    id.to_string()
+}
+
+#[test]
+fn writes_need_a_bearer_token_and_plan_and_openapi_are_served() {
+    let s = start();
+    let before = head(&s.remote, &s.branch);
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/v1/workspaces/acme",
+            &br#"{"apiVersion":"cplane/v1"}"#[..],
+        ),
+        ("DELETE", "/v1/workspaces/acme", &b""[..]),
+        (
+            "PUT",
+            "/v1/workspaces/acme/stacks/airflow",
+            &br#"{"values":{}}"#[..],
+        ),
+        ("DELETE", "/v1/workspaces/acme/stacks/trino", &b""[..]),
+    ] {
+        let (status, head, body) = http(
+            s.port,
+            method,
+            path,
+            &[("Content-Type", "application/json".into())],
+            body,
+        );
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    assert_eq!(http(s.port, "POST", "/v1/reconcile", &[], b"").0, 401);
+    assert_eq!(head(&s.remote, &s.branch), before, "nothing was written");
+    let (_, _, metrics) = http(s.port, "GET", "/metrics", &[], b"");
+    assert!(
+        metrics.contains("cplane_api_commits_total{outcome=\"unauthorized\"} 4"),
+        "{metrics}"
+    );
+
+    // The plan of the head against what is applied is what `cplane plan --format json` says
+    // (with --cloud none, the cloud steps stay open).
+    let (status, _, body) = http(s.port, "GET", "/v1/plan", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["commit"], before.as_str());
+    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args(["plan", "--format", "json", "--repo"])
+        .arg(&s.remote)
+        .args(["--rev", &s.branch, "--database", &s.db])
+        .output()
+        .expect("cplane plan");
+    assert!(out.status.success(), "{out:?}");
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["plan"], cli["plan"]);
+    assert!(
+        v["plan"]["steps"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|step| step["action"] == "write_workspace")),
+        "{v}"
+    );
+
+    let (status, head, body) = http(s.port, "GET", "/openapi.json", &[], b"");
+    assert_eq!(status, 200);
+    assert!(head.contains("application/json"), "{head}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/workspaces/{id}"]["put"].is_object());
+}
+
+/// Every `.route("<path>"` in the server's code (reconciler and webhook crates).
+fn routes_in_code() -> Vec<String> {
+    let mut files = Vec::new();
+    let mut dirs = vec![
+        support::root().join("reconciler/src"),
+        support::root().join("webhook/src"),
+    ];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let mut routes = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find(".route(") {
+            rest = &rest[i + ".route(".len()..];
+            let trimmed = rest.trim_start();
+            if let Some(literal) = trimmed.strip_prefix('"') {
+                if let Some(end) = literal.find('"') {
+                    routes.push(literal[..end].to_owned());
+                }
+            }
+        }
+    }
+    routes.sort();
+    routes.dedup();
+    routes
+}
+
+#[test]
+fn openapi_describes_every_route_of_the_server() {
+    let doc: serde_json::Value =
+        serde_json::from_str(cplane_reconciler::api::OPENAPI).expect("openapi.json is JSON");
+    let paths = doc["paths"].as_object().expect("paths");
+    let routes = routes_in_code();
+    assert!(routes.len() >= 19, "{routes:?}");
+    let missing: Vec<&String> = routes
+        .iter()
+        .filter(|r| !paths.contains_key(r.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "routes missing from reconciler/src/openapi.json: {missing:?}"
+    );
+    for (path, item) in paths {
+        assert!(routes.contains(path), "{path} is described but not served");
+        for (method, op) in item.as_object().expect("path item") {
+            if method != "parameters" {
+                assert!(
+                    op["responses"].is_object() && op["summary"].is_string(),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+}
+
+fn cplane(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args(args)
+        .env_remove("PRIMARY_CPLANE_API_URL")
+        .env_remove("INTER_REGION_SERVICE_TOKEN")
+        .output()
+        .expect("run cplane");
+    assert!(out.status.success(), "cplane {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A development issuer (keys generated here) serving its JWKS on 127.0.0.1.
+async fn issuer() -> cplane_reconciler::auth::dev::DevIssuer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let dev = cplane_reconciler::auth::dev::DevIssuer::generate(&format!(
+        "http://127.0.0.1:{port}/realms/test"
+    ))
+    .expect("issuer");
+    let router = dev.router();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    dev
+}
+
+fn bearer(dev: &cplane_reconciler::auth::dev::DevIssuer, email: &str, name: &str) -> String {
+    let token = dev
+        .token("cplane", email, email, name, Duration::from_secs(600))
+        .expect("token");
+    format!("Bearer {token}")
+}
+
+fn json_of(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn commit_of(remote: &Path, id: &str) -> (String, String, String, String) {
+    let repo = git2::Repository::open_bare(remote).expect("bare");
+    let c = repo
+        .find_commit(git2::Oid::from_str(id).expect("oid"))
+        .expect("commit");
+    let author = c.author();
+    let committer = c.committer();
+    (
+        author.name().unwrap_or("").to_owned(),
+        author.email().unwrap_or("").to_owned(),
+        committer.name().unwrap_or("").to_owned(),
+        c.summary().ok().flatten().unwrap_or("").to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_write_their_accounts_workspaces_with_real_tokens() {
+    let dev = issuer().await;
+    let s = start_with(Some(dev.issuer()));
+    let port = s.port;
+    let maria = bearer(&dev, "maria@example.com", "Maria Member");
+    let root = bearer(&dev, "root@example.com", "Root Admin");
+    let json_ct = ("Content-Type", "application/json".to_owned());
+
+    // Identity: root is an admin; Maria signs in once and becomes a member of acme-corp.
+    cplane(&[
+        "principal",
+        "grant-admin",
+        "root@example.com",
+        "--database",
+        &s.db,
+    ]);
+    let (status, _, body) = http(
+        port,
+        "GET",
+        "/v1/me",
+        &[("Authorization", maria.clone())],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    cplane(&[
+        "membership",
+        "add",
+        "maria@example.com",
+        "acme-corp",
+        "--database",
+        &s.db,
+    ]);
+    let before = head(&s.remote, &s.branch);
+    let auth = |t: &String| ("Authorization", t.clone());
+
+    // Enable a stack on her account's workspace: 201, committed as her, by cplane.
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/airflow",
+        &[auth(&maria), json_ct.clone()],
+        br#"{"values":{"dagsRepo":"https://git.example.com/acme/dags.git"}}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let v = json_of(&body);
+    let commit = v["commit"].as_str().expect("commit").to_owned();
+    assert_eq!(v["changed"], true);
+    assert_eq!(head(&s.remote, &s.branch), commit);
+    assert_eq!(
+        commit_of(&s.remote, &commit),
+        (
+            "Maria Member".to_owned(),
+            "maria@example.com".to_owned(),
+            "cplane".to_owned(),
+            "workspaces/acme: enable stack airflow".to_owned()
+        )
+    );
+    // The write triggered a reconcile: the read API shows the applied change.
+    wait_for("the API commit reconciled", || {
+        let (_, _, body) = http(port, "GET", "/v1/workspaces/acme", &[auth(&maria)], b"");
+        body.contains("\"airflow\"")
+    });
+
+    // Re-value: 200. Another account's workspace: 403. Moving acme to another account: 403.
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/airflow",
+        &[auth(&maria), json_ct.clone()],
+        br#"{"values":{"dagsRepo":"https://git.example.com/acme/dags2.git"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = http(
+        port,
+        "DELETE",
+        "/v1/workspaces/globex/stacks/airflow",
+        &[auth(&maria)],
+        b"",
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(json_of(&body)["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("account globex")));
+    let acme: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(support::root().join("state-repo-template/workspaces/acme.yaml"))
+            .expect("acme"),
+    )
+    .expect("yaml");
+    let mut moved = acme.clone();
+    moved["spec"]["account"] = serde_json::json!("globex");
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme",
+        &[auth(&maria), json_ct.clone()],
+        moved.to_string().as_bytes(),
+    );
+    assert_eq!(status, 403, "{body}");
+
+    // Invalid: 422 with the validate shape and file:line.
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/superset",
+        &[auth(&maria), json_ct.clone()],
+        br#"{"values":{"replicas":"many"}}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"][0]["file"], "workspaces/acme.yaml");
+    assert_eq!(v["errors"][0]["line"], 40);
+    assert_eq!(v["errors"][0]["column"], 19);
+    assert_eq!(
+        v["errors"][0]["message"],
+        "spec.stacks[2].values.replicas: expected integer, found string"
+    );
+
+    // If-Match naming a commit before the file changed: 412; naming the current head: 200.
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/superset",
+        &[
+            auth(&maria),
+            json_ct.clone(),
+            ("If-Match", format!("\"{before}\"")),
+        ],
+        br#"{"values":{"replicas":3}}"#,
+    );
+    assert_eq!(status, 412, "{body}");
+    let now = head(&s.remote, &s.branch);
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/superset",
+        &[auth(&maria), json_ct.clone(), ("If-Match", now.clone())],
+        br#"{"values":{"replicas":3}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // Pull-request mode: a branch, the followed branch untouched.
+    let now = head(&s.remote, &s.branch);
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/jupyterhub?mode=pr",
+        &[auth(&maria), json_ct.clone()],
+        br#"{}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["branch"], "cplane/maria/acme-enable-stack-jupyterhub");
+    assert_eq!(head(&s.remote, &s.branch), now);
+    assert_eq!(
+        head(&s.remote, "cplane/maria/acme-enable-stack-jupyterhub"),
+        v["commit"].as_str().expect("commit")
+    );
+
+    // An admin creates and deletes a workspace of any account.
+    let mut umbrella = acme.clone();
+    umbrella["metadata"]["name"] = serde_json::json!("umbrella");
+    umbrella["spec"]["account"] = serde_json::json!("umbrella");
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/umbrella",
+        &[auth(&maria), json_ct.clone()],
+        umbrella.to_string().as_bytes(),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/umbrella",
+        &[auth(&root), json_ct.clone()],
+        umbrella.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201, "{body}");
+    wait_for("umbrella reconciled", || {
+        http(port, "GET", "/lookup/w-umbrella", &[], b"").0 == 200
+    });
+    let (status, _, body) = http(
+        port,
+        "DELETE",
+        "/v1/workspaces/umbrella",
+        &[auth(&root)],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = http(
+        port,
+        "DELETE",
+        "/v1/workspaces/umbrella",
+        &[auth(&root)],
+        b"",
+    );
+    assert_eq!(status, 404);
+
+    // Admin-only reconcile; the plan needs a user token too (an issuer is configured).
+    assert_eq!(
+        http(port, "POST", "/v1/reconcile", &[auth(&maria)], b"").0,
+        403
+    );
+    assert_eq!(
+        http(port, "POST", "/v1/reconcile", &[auth(&root)], b"").0,
+        202
+    );
+    assert_eq!(http(port, "GET", "/v1/plan", &[], b"").0, 401);
+    assert_eq!(http(port, "GET", "/v1/plan", &[auth(&maria)], b"").0, 200);
+    assert_eq!(
+        http(
+            port,
+            "PUT",
+            "/v1/workspaces/acme/stacks/trino",
+            std::slice::from_ref(&json_ct),
+            b"{}"
+        )
+        .0,
+        401
+    );
+
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    for line in [
+        "cplane_api_commits_total{outcome=\"committed\"} 6",
+        "cplane_api_commits_total{outcome=\"forbidden\"} 3",
+        "cplane_api_commits_total{outcome=\"invalid\"} 1",
+        "cplane_api_commits_total{outcome=\"precondition_failed\"} 1",
+        "cplane_api_commits_total{outcome=\"not_found\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+}
