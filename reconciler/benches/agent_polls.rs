@@ -236,31 +236,53 @@ async fn long_poll(
     digest: String,
     sent: Arc<AtomicUsize>,
 ) -> Option<(String, Instant)> {
+    /// Pollers that gave up, by reason (the first few are printed).
+    static FAILED: AtomicUsize = AtomicUsize::new(0);
+    let fail = |why: String| {
+        if FAILED.fetch_add(1, Ordering::SeqCst) < 5 {
+            eprintln!("poller {cluster} gave up: {why}");
+        }
+    };
     let mut first = true;
     loop {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
+        let mut s = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => s,
+            Err(e) => {
+                fail(format!("connect: {e}"));
+                return None;
+            }
+        };
         let req = format!(
             "GET /v1/clusters/{cluster}/bundle?wait=300 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nIf-None-Match: \"{digest}\"\r\n\r\n"
         );
-        s.write_all(req.as_bytes()).await.ok()?;
+        if let Err(e) = s.write_all(req.as_bytes()).await {
+            fail(format!("send: {e}"));
+            return None;
+        }
         if first {
             sent.fetch_add(1, Ordering::SeqCst);
             first = false;
         }
-        let mut buf = [0u8; 16];
-        let n = s.read(&mut buf).await.ok()?;
+        let mut buf = [0u8; 512];
+        let n = match s.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                fail(format!("read: {e}"));
+                return None;
+            }
+        };
         let at = Instant::now();
-        let status = String::from_utf8_lossy(&buf[..n])
-            .split(' ')
-            .nth(1)
-            .unwrap_or("")
-            .to_owned();
-        match status.as_str() {
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        match head.split(' ').nth(1).unwrap_or("") {
             "200" => return Some((cluster, at)),
             "304" => continue,
-            _ => return None,
+            _ => {
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+                let body = String::from_utf8_lossy(&rest).to_string();
+                fail(format!("answer {head:?} {body:?}"));
+                return None;
+            }
         }
     }
 }

@@ -4,7 +4,9 @@
 //! `304`. [`BundleStore`] makes that answer cost no database read: it keeps every cluster's
 //! *head* (current digest and generation) in memory and caches the cluster of each token it has
 //! verified. Bodies (gzip-compressed, see [`crate::db::Db::publish_bundle`]) are read from the
-//! database only for a `200`.
+//! database only for a `200`. Bodies and token checks that miss the cache are read in batches
+//! ([`Loader`]): when a commit changes every cluster's bundle, or thousands of agents connect at
+//! once, they share a few queries instead of queueing for the pool one by one.
 //!
 //! # Guarantees
 //! - After [`BundleStore::refresh`] returns, [`BundleStore::head`] answers what the database
@@ -40,9 +42,90 @@ pub struct Head {
     pub generation: i64,
 }
 
+/// Errors reading bundle bodies or token owners.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed (the message of the shared batch query).
+    #[error("reading {what}: {message}")]
+    Read {
+        /// What was read.
+        what: &'static str,
+        /// The database's error.
+        message: String,
+    },
+    /// The batch reader is gone (the process is shutting down).
+    #[error("the {0} reader stopped")]
+    Stopped(&'static str),
+}
+
+/// Most keys one batch query reads.
+const BATCH: usize = 256;
+
+type Reply<V> = tokio::sync::oneshot::Sender<Result<Option<V>, Error>>;
+
+/// Reads values by key in batches: a request waits for the batch in flight, then everything
+/// queued meanwhile (up to [`BATCH`] keys) is read with one query.
+pub struct Loader<V> {
+    what: &'static str,
+    requests: tokio::sync::mpsc::UnboundedSender<(String, Reply<V>)>,
+}
+
+impl<V: Clone + Send + 'static> Loader<V> {
+    /// Starts the reader task; `read` answers one batch of distinct keys.
+    pub fn spawn<F, Fut>(what: &'static str, read: F) -> Self
+    where
+        F: Fn(Vec<String>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<HashMap<String, V>, db::Error>> + Send,
+    {
+        let (requests, mut queue) = tokio::sync::mpsc::unbounded_channel::<(String, Reply<V>)>();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match queue.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let mut keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+                keys.sort();
+                keys.dedup();
+                match read(keys).await {
+                    Ok(found) => {
+                        for (key, reply) in batch {
+                            let _ = reply.send(Ok(found.get(&key).cloned()));
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        for (_, reply) in batch {
+                            let _ = reply.send(Err(Error::Read {
+                                what,
+                                message: message.clone(),
+                            }));
+                        }
+                    }
+                }
+            }
+        });
+        Self { what, requests }
+    }
+
+    /// The value of `key`, if there is one.
+    pub async fn get(&self, key: String) -> Result<Option<V>, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.requests
+            .send((key, tx))
+            .map_err(|_| Error::Stopped(self.what))?;
+        rx.await.map_err(|_| Error::Stopped(self.what))?
+    }
+}
+
 /// Heads in memory, bodies in the database, verified tokens cached.
 pub struct BundleStore {
     db: Db,
+    bodies: Loader<Vec<u8>>,
+    owners: Loader<String>,
     heads: RwLock<HashMap<String, Head>>,
     changes: watch::Sender<u64>,
     /// SHA-256 of a token → (cluster, verified at).
@@ -52,8 +135,24 @@ pub struct BundleStore {
 impl BundleStore {
     /// Loads every cluster's head from the database.
     pub async fn load(db: Db) -> Result<Arc<Self>, db::Error> {
+        let bodies = {
+            let db = db.clone();
+            Loader::spawn("bundles", move |digests| {
+                let db = db.clone();
+                async move { db.bundle_bodies(&digests).await }
+            })
+        };
+        let owners = {
+            let db = db.clone();
+            Loader::spawn("cluster tokens", move |hashes| {
+                let db = db.clone();
+                async move { db.token_clusters(&hashes).await }
+            })
+        };
         let store = Arc::new(Self {
             db,
+            bodies,
+            owners,
             heads: RwLock::default(),
             changes: watch::Sender::new(0),
             tokens: Mutex::default(),
@@ -102,21 +201,26 @@ impl BundleStore {
         self.changes.subscribe()
     }
 
-    /// The current bundle of `cluster` from the database: (digest, generation, gzip body).
-    pub async fn body(&self, cluster: &str) -> Result<Option<(String, i64, Vec<u8>)>, db::Error> {
-        self.db.cluster_bundle(cluster).await
+    /// The current bundle of `cluster`: (digest, generation, gzip body). The head comes from
+    /// memory; the body (immutable, by digest) from the database, batched with other requests.
+    pub async fn body(&self, cluster: &str) -> Result<Option<(String, i64, Vec<u8>)>, Error> {
+        let Some(head) = self.head(cluster) else {
+            return Ok(None);
+        };
+        let body = self.bodies.get(head.digest.to_string()).await?;
+        Ok(body.map(|b| (head.digest.to_string(), head.generation, b)))
     }
 
     /// The cluster an unrevoked token belongs to (cached for [`TOKEN_TTL`]; unknown tokens are
     /// not cached, so a token created a moment ago works at once).
-    pub async fn token_cluster(&self, token: &str) -> Result<Option<String>, db::Error> {
+    pub async fn token_cluster(&self, token: &str) -> Result<Option<String>, Error> {
         let hash = db::token_hash(token);
         if let Some((cluster, at)) = self.tokens.lock().expect("tokens lock").get(&hash) {
             if at.elapsed() < TOKEN_TTL {
                 return Ok(Some(cluster.clone()));
             }
         }
-        let cluster = self.db.token_cluster(token).await?;
+        let cluster = self.owners.get(hash.clone()).await?;
         let mut tokens = self.tokens.lock().expect("tokens lock");
         match &cluster {
             Some(c) => {

@@ -33,9 +33,23 @@ pub struct Rendered {
     pub digest: String,
     /// Number of objects in the bundle.
     pub objects: usize,
-    /// The bundle itself, when asked for (see [`check_keeping`]); dropped otherwise to keep
-    /// memory flat on large repos.
+    /// The bundle itself, when asked for ([`Keep::Bundle`]); dropped otherwise to keep memory
+    /// flat on large repos.
     pub bundle: Option<Bundle>,
+    /// The gzip-compressed canonical bundle, when asked for ([`Keep::Gzip`]): what is published,
+    /// at a tenth of the memory of the parsed objects.
+    pub gz: Option<Vec<u8>>,
+}
+
+/// What to keep of a rendered bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Only its digest and size.
+    Nothing,
+    /// The parsed objects ([`Rendered::bundle`]).
+    Bundle,
+    /// The compressed canonical form ([`Rendered::gz`]).
+    Gzip,
 }
 
 impl Checked {
@@ -47,7 +61,7 @@ impl Checked {
 
 /// Loads, validates and renders the files of one revision, keeping only digests.
 pub fn check(files: Vec<SourceFile>) -> Checked {
-    check_keeping(files, |_, _| false)
+    check_memo(files, |_, _| Keep::Nothing, None)
 }
 
 /// Like [`check`], keeping the bundles that `keep` selects, given the cluster and the digest
@@ -56,7 +70,17 @@ pub fn check_keeping(
     files: Vec<SourceFile>,
     keep: impl Fn(&Cluster, &str) -> bool + Sync,
 ) -> Checked {
-    check_memo(files, keep, None)
+    check_memo(
+        files,
+        |c, d| {
+            if keep(c, d) {
+                Keep::Bundle
+            } else {
+                Keep::Nothing
+            }
+        },
+        None,
+    )
 }
 
 /// Digests of bundles rendered before, each with the fingerprint of everything its rendering
@@ -85,7 +109,7 @@ impl RenderMemo {
 /// wants its bundle). The memo is updated with this revision's clusters.
 pub fn check_memo(
     files: Vec<SourceFile>,
-    keep: impl Fn(&Cluster, &str) -> bool + Sync,
+    keep: impl Fn(&Cluster, &str) -> Keep + Sync,
     mut memo: Option<&mut RenderMemo>,
 ) -> Checked {
     let loaded = cplane_schema::load(files);
@@ -112,16 +136,22 @@ pub fn check_memo(
                 let print = known.map(|_| fingerprint(&model, &stacks, c));
                 if let (Some(m), Some(print)) = (known, print) {
                     if let Some((p, digest, objects)) = m.entries.get(&c.id) {
-                        if *p == print && !keep(c, digest) {
-                            return (print, false, Ok((digest.clone(), *objects, None)));
+                        if *p == print && keep(c, digest) == Keep::Nothing {
+                            return (print, false, Ok((digest.clone(), *objects, None, None)));
                         }
                     }
                 }
                 let result = renderer.render(c).map(|b| {
                     let digest = b.digest.clone();
                     let objects = b.objects.len();
-                    let kept = keep(c, &digest).then_some(b);
-                    (digest, objects, kept)
+                    match keep(c, &digest) {
+                        Keep::Nothing => (digest, objects, None, None),
+                        Keep::Bundle => (digest, objects, Some(b), None),
+                        Keep::Gzip => {
+                            let gz = crate::db::gzip(b.canonical().as_bytes());
+                            (digest, objects, None, Some(gz))
+                        }
+                    }
                 });
                 (print.unwrap_or_default(), true, result)
             })
@@ -130,7 +160,7 @@ pub fn check_memo(
         for (cluster, (print, fresh, result)) in clusters.into_iter().zip(results) {
             renders += usize::from(fresh);
             match result {
-                Ok((digest, objects, bundle)) => {
+                Ok((digest, objects, bundle, gz)) => {
                     if let Some(m) = memo.as_deref_mut() {
                         m.entries
                             .insert(cluster.id.clone(), (print, digest.clone(), objects));
@@ -140,6 +170,7 @@ pub fn check_memo(
                         digest,
                         objects,
                         bundle,
+                        gz,
                     });
                 }
                 Err(diags) => {
@@ -227,7 +258,7 @@ mod tests {
     #[test]
     fn memo_skips_rendering_unchanged_clusters_only() {
         let mut memo = RenderMemo::default();
-        let first = check_memo(template_files(), |_, _| false, Some(&mut memo));
+        let first = check_memo(template_files(), |_, _| Keep::Nothing, Some(&mut memo));
         assert!(first.is_valid(), "{:?}", first.diagnostics);
         assert_eq!(
             first.rendered,
@@ -236,7 +267,7 @@ mod tests {
         );
         assert_eq!(memo.len(), first.clusters.len());
 
-        let again = check_memo(template_files(), |_, _| false, Some(&mut memo));
+        let again = check_memo(template_files(), |_, _| Keep::Nothing, Some(&mut memo));
         assert_eq!(again.rendered, 0, "nothing changed, nothing rendered");
         let digests = |c: &Checked| {
             c.clusters
@@ -254,7 +285,7 @@ mod tests {
             .expect("acme");
         let text = String::from_utf8(acme.bytes.clone()).expect("utf-8");
         acme.bytes = text.replace("replicas: 3", "replicas: 4").into_bytes();
-        let changed = check_memo(files, |_, _| false, Some(&mut memo));
+        let changed = check_memo(files, |_, _| Keep::Nothing, Some(&mut memo));
         assert_eq!(changed.rendered, 1);
         let acme_digest = |c: &Checked| {
             c.clusters
@@ -265,11 +296,33 @@ mod tests {
         assert_ne!(acme_digest(&changed), acme_digest(&first));
 
         // A bundle that must be kept is rendered even when its inputs are unchanged.
-        let kept = check_memo(template_files(), |c, _| c.id == "w-globex", Some(&mut memo));
+        let keep_globex = |c: &Cluster, _: &str| {
+            if c.id == "w-globex" {
+                Keep::Gzip
+            } else {
+                Keep::Nothing
+            }
+        };
+        let kept = check_memo(template_files(), keep_globex, Some(&mut memo));
         assert_eq!(kept.rendered, 2, "acme changed back, globex kept");
-        assert!(kept
+        let globex = kept
             .clusters
             .iter()
-            .any(|r| r.cluster.id == "w-globex" && r.bundle.is_some()));
+            .find(|r| r.cluster.id == "w-globex")
+            .expect("globex");
+        let mut canonical = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(&globex.gz.as_ref().expect("gzip kept")[..]),
+            &mut canonical,
+        )
+        .expect("gzip");
+        assert_eq!(
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(canonical.as_bytes()))
+            ),
+            globex.digest,
+            "the kept bytes are the canonical bundle"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! as named parameters, PostgreSQL natively), TEXT and BIGINT only, upserts with
 //! `ON CONFLICT … DO UPDATE`, which both engines support.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -594,10 +594,21 @@ impl Db {
         digest: &str,
         body: &str,
     ) -> Result<i64, Error> {
+        self.publish_bundle_gz(cluster, digest, &gzip(body.as_bytes()))
+            .await
+    }
+
+    /// [`Db::publish_bundle`] with the body already gzip-compressed.
+    pub async fn publish_bundle_gz(
+        &self,
+        cluster: &crate::render::Cluster,
+        digest: &str,
+        gz: &[u8],
+    ) -> Result<i64, Error> {
         let now = now_ms();
         sqlx::query("INSERT INTO bundles (digest, body, body_gz, created_at) VALUES ($1, '', $2, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(digest)
-            .bind(gzip(body.as_bytes()))
+            .bind(gz)
             .bind(now)
             .execute(&self.pool)
             .await?;
@@ -686,23 +697,58 @@ impl Db {
         })
     }
 
-    /// The current bundle of a cluster: (digest, generation, gzip-compressed body).
-    pub async fn cluster_bundle(
+    /// The clusters of these token hashes (unrevoked ones only), by hash.
+    pub async fn token_clusters(
         &self,
-        cluster: &str,
-    ) -> Result<Option<(String, i64, Vec<u8>)>, Error> {
-        let row = sqlx::query("SELECT c.digest, c.generation, b.body, b.body_gz FROM clusters c JOIN bundles b ON b.digest = c.digest WHERE c.id = $1")
-            .bind(cluster)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(r) = row else { return Ok(None) };
-        let gz: Option<Vec<u8>> = r.try_get("body_gz")?;
-        let body = match gz {
-            Some(gz) => gz,
-            // Written before bundles were compressed (migration 0005).
-            None => gzip(r.try_get::<String, _>("body")?.as_bytes()),
-        };
-        Ok(Some((r.try_get("digest")?, r.try_get("generation")?, body)))
+        hashes: &[String],
+    ) -> Result<HashMap<String, String>, Error> {
+        let mut out = HashMap::new();
+        if hashes.is_empty() {
+            return Ok(out);
+        }
+        let list = (1..=hashes.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT token_hash, cluster_id FROM cluster_tokens WHERE revoked_at IS NULL AND token_hash IN ({list})");
+        let mut q = sqlx::query(&sql);
+        for h in hashes {
+            q = q.bind(h);
+        }
+        for r in q.fetch_all(&self.pool).await? {
+            out.insert(r.try_get("token_hash")?, r.try_get("cluster_id")?);
+        }
+        Ok(out)
+    }
+
+    /// The gzip-compressed bodies of these bundles, by digest (unknown digests are absent).
+    pub async fn bundle_bodies(
+        &self,
+        digests: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>, Error> {
+        let mut out = HashMap::new();
+        if digests.is_empty() {
+            return Ok(out);
+        }
+        let list = (1..=digests.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT digest, body, body_gz FROM bundles WHERE digest IN ({list})");
+        let mut q = sqlx::query(&sql);
+        for d in digests {
+            q = q.bind(d);
+        }
+        for r in q.fetch_all(&self.pool).await? {
+            let gz: Option<Vec<u8>> = r.try_get("body_gz")?;
+            let body = match gz {
+                Some(gz) => gz,
+                // Written before bundles were compressed (migration 0005).
+                None => gzip(r.try_get::<String, _>("body")?.as_bytes()),
+            };
+            out.insert(r.try_get("digest")?, body);
+        }
+        Ok(out)
     }
 
     /// Every cluster's current (digest, generation), or just those of `only`.

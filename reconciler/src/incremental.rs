@@ -56,7 +56,7 @@ pub enum Prepared {
 pub struct Staged {
     commit: String,
     ids: Vec<String>,
-    bundles: Vec<(Cluster, String, crate::render::Bundle)>,
+    bundles: Vec<crate::reconcile::Publishable>,
 }
 
 impl Staged {
@@ -83,8 +83,8 @@ pub struct Replan {
     pub desired: std::collections::BTreeMap<String, crate::plan::DesiredWorkspace>,
     /// What was observed of them.
     pub observed: crate::plan::Observed,
-    /// Their clusters' bundles, rendered: (cluster, digest, bundle).
-    pub bundles: Vec<(Cluster, String, crate::render::Bundle)>,
+    /// Their clusters' bundles, rendered: (cluster, digest, gzip canonical form).
+    pub bundles: Vec<crate::reconcile::Publishable>,
 }
 
 impl Incremental {
@@ -221,7 +221,10 @@ impl Incremental {
                     workspace: Some(id.clone()),
                 };
                 match renderer.render(&cluster) {
-                    Ok(b) => bundles.push((cluster, b.digest.clone(), b)),
+                    Ok(b) => {
+                        let gz = crate::db::gzip(b.canonical().as_bytes());
+                        bundles.push((cluster, b.digest.clone(), gz));
+                    }
                     Err(d) => diagnostics.extend(d),
                 }
             }

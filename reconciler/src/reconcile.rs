@@ -8,11 +8,14 @@ use std::time::Instant;
 
 use crate::apply::{self, Context, Outcome, Progress, Report};
 use crate::aws::Aws;
-use crate::check::{check_memo, RenderMemo};
+use crate::check::{check_memo, Keep, RenderMemo};
 use crate::db::{Condition, Db};
 use crate::plan::{self, Options, Plan, Step};
-use crate::render::{Bundle, Cluster};
+use crate::render::Cluster;
 use crate::source::Snapshot;
+
+/// A bundle to publish: its cluster, digest and gzip-compressed canonical form.
+pub type Publishable = (Cluster, String, Vec<u8>);
 
 /// What a run was asked to do.
 pub struct Request {
@@ -80,8 +83,13 @@ pub async fn run(
     // digested, so memory stays flat however many clusters there are.
     let published = db.cluster_digests().await?;
     let keep = |c: &Cluster, digest: &str| {
-        request.scope.includes(&c.region, true, &c.environment)
+        if request.scope.includes(&c.region, true, &c.environment)
             && published.get(&c.id).map(String::as_str) != Some(digest)
+        {
+            Keep::Gzip
+        } else {
+            Keep::Nothing
+        }
     };
     let checked = match &request.memo {
         Some(memo) => check_memo(files, keep, Some(&mut memo.lock().expect("render memo"))),
@@ -150,10 +158,10 @@ pub async fn run(
         });
     }
 
-    let bundles: Vec<(Cluster, String, Bundle)> = checked
+    let bundles: Vec<Publishable> = checked
         .clusters
         .into_iter()
-        .filter_map(|r| r.bundle.map(|b| (r.cluster, r.digest, b)))
+        .filter_map(|r| r.gz.map(|gz| (r.cluster, r.digest, gz)))
         .collect();
     let run = Run {
         db,
@@ -252,7 +260,7 @@ pub async fn apply_and_record(
     plan: &Plan,
     desired: BTreeMap<String, crate::plan::DesiredWorkspace>,
     observed: crate::plan::Observed,
-    bundles: Vec<(Cluster, String, Bundle)>,
+    bundles: Vec<Publishable>,
     progress: Progress,
 ) -> Result<(Report, Vec<(String, String, i64)>), crate::db::Error> {
     let Run {
@@ -271,11 +279,9 @@ pub async fn apply_and_record(
     // Publish changed bundles (content-addressed; the cluster's generation bumps on change).
     let current = db.cluster_digests().await?;
     let mut published = Vec::new();
-    for (cluster, digest, bundle) in &bundles {
+    for (cluster, digest, gz) in &bundles {
         if current.get(&cluster.id) != Some(digest) {
-            let generation = db
-                .publish_bundle(cluster, digest, &bundle.canonical())
-                .await?;
+            let generation = db.publish_bundle_gz(cluster, digest, gz).await?;
             published.push((cluster.id.clone(), digest.clone(), generation));
         }
     }
