@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -39,6 +40,25 @@ fn replica(dir: &Path, name: &str, remote: &Path, branch: &str, db: &str) -> Rep
         .spawn()
         .expect("start cplane serve");
     Replica { child, port }
+}
+
+/// The ETag of the cluster's current bundle, as the replica on `port` serves it.
+fn get_etag(port: u16, bearer: &(&str, String)) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "HEAD /v1/clusters/w-acme/bundle HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}: {}\r\n\r\n",
+        bearer.0, bearer.1
+    )
+    .expect("write");
+    let mut head = String::new();
+    s.read_to_string(&mut head).expect("read");
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("etag").then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no ETag in {head}"))
 }
 
 fn leader(port: u16) -> bool {
@@ -83,6 +103,74 @@ fn one_replica_reconciles_and_a_standby_takes_over_when_it_dies() {
     wait_for("umbrella in the standby's read API", || {
         http(b.port, "GET", "/v1/workspaces/umbrella", &[], b"").0 == 200
     });
+
+    // An agent long-polling the standby is woken when the holder publishes its cluster's new
+    // bundle (PostgreSQL NOTIFY), and revoking its token (another process) takes effect there.
+    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args([
+            "cluster",
+            "token",
+            "create",
+            "w-acme",
+            "--database",
+            &pg.url,
+        ])
+        .output()
+        .expect("token");
+    let token = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    let bearer = ("Authorization", format!("Bearer {token}"));
+    let etag = get_etag(b.port, &bearer);
+    let port = b.port;
+    let (poll_bearer, poll_etag) = (bearer.clone(), etag.clone());
+    let poll = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let status = http(
+            port,
+            "GET",
+            "/v1/clusters/w-acme/bundle?wait=60",
+            &[poll_bearer, ("If-None-Match", poll_etag)],
+            b"",
+        )
+        .0;
+        (status, started.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let file = work.join("workspaces/acme.yaml");
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(&file, text.replace("replicas: 3", "replicas: 5")).expect("write");
+    support::commit_all(&work, "acme: 5 bff replicas");
+    push(&work, &branch);
+    assert_eq!(webhook(a.port, &branch, "d-2").0, 202);
+    let (status, waited) = poll.join().expect("poll");
+    assert_eq!(status, 200, "the standby answered with the new bundle");
+    assert!(waited < std::time::Duration::from_secs(30), "{waited:?}");
+    assert_ne!(get_etag(b.port, &bearer), etag);
+    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args([
+            "cluster",
+            "token",
+            "revoke",
+            "w-acme",
+            "--database",
+            &pg.url,
+        ])
+        .output()
+        .expect("revoke");
+    assert!(out.status.success());
+    wait_for("the revoked token refused by the standby", || {
+        http(
+            b.port,
+            "GET",
+            "/v1/clusters/w-acme/bundle",
+            &[bearer.clone()],
+            b"",
+        )
+        .0 == 401
+    });
+
     let metrics = http(b.port, "GET", "/metrics", &[], b"").1;
     assert!(
         !metrics.contains("cplane_reconcile_runs_total{"),
