@@ -165,7 +165,7 @@ fn one_replica_reconciles_and_a_standby_takes_over_when_it_dies() {
             b.port,
             "GET",
             "/v1/clusters/w-acme/bundle",
-            &[bearer.clone()],
+            std::slice::from_ref(&bearer),
             b"",
         )
         .0 == 401

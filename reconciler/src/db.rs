@@ -683,20 +683,6 @@ impl Db {
         Ok(row.try_get("last")?)
     }
 
-    /// The cluster a valid (unrevoked) token belongs to.
-    pub async fn token_cluster(&self, token: &str) -> Result<Option<String>, Error> {
-        let row = sqlx::query(
-            "SELECT cluster_id FROM cluster_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(token_hash(token))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get("cluster_id")?),
-            None => None,
-        })
-    }
-
     /// The clusters of these token hashes (unrevoked ones only), by hash.
     pub async fn token_clusters(
         &self,
