@@ -691,15 +691,8 @@ fn http(port: u16, method: &str, path: &str, bearer: Option<&str>) -> (u16, Stri
     (status, body)
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    support::serve::wait_up_to(what, Duration::from_secs(60), f);
 }
 
 fn ready(port: u16) -> bool {

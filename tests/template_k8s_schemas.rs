@@ -14,51 +14,13 @@ use cplane_reconciler::source;
 /// The Kubernetes version validated against (the agent's k8s-openapi feature is v1_33).
 const KUBERNETES_VERSION: &str = "1.33.0";
 
-fn venv() -> PathBuf {
-    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
-    home.join(".cache/cplane-kubeval-venv")
-}
-
-/// Installs `kubernetes-validate` once; concurrent test processes wait on a lock directory.
+/// Installs `kubernetes-validate` once.
 fn validator() -> PathBuf {
-    let dir = venv();
-    let bin = dir.join("bin/kubernetes-validate");
-    if bin.exists() {
-        return bin;
-    }
-    let lock = dir.with_extension("lock");
-    let started = Instant::now();
-    while std::fs::create_dir(&lock).is_err() {
-        if bin.exists() {
-            return bin;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "waiting for {}",
-            lock.display()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    if !bin.exists() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new(dir.join("bin/pip"))
-                .args(["install", "--quiet", "kubernetes-validate"])
-                .status()
-                .is_ok_and(|s| s.success());
-        let _ = std::fs::remove_dir(&lock);
-        assert!(
-            ok,
-            "installing kubernetes-validate into {} failed",
-            dir.display()
-        );
-    } else {
-        let _ = std::fs::remove_dir(&lock);
-    }
-    bin
+    support::venv::ensure(
+        "cplane-kubeval-venv",
+        "kubernetes-validate",
+        "kubernetes-validate",
+    )
 }
 
 /// Runs the validator on `files`: (success, output).

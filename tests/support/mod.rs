@@ -6,6 +6,7 @@ pub mod moto;
 pub mod oidc;
 pub mod pg;
 pub mod serve;
+pub mod venv;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -13,50 +13,9 @@ pub struct Moto {
     pub endpoint: String,
 }
 
-fn venv() -> PathBuf {
-    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
-    home.join(".cache/cplane-moto-venv")
-}
-
-/// Installs moto into the venv once; concurrent test processes wait on a lock directory.
+/// Installs moto into its venv once.
 fn ensure_installed() -> PathBuf {
-    let dir = venv();
-    let server = dir.join("bin/moto_server");
-    if server.exists() {
-        return server;
-    }
-    let lock = dir.with_extension("lock");
-    let started = Instant::now();
-    loop {
-        if std::fs::create_dir(&lock).is_ok() {
-            break;
-        }
-        if server.exists() {
-            return server;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "waiting for another moto install ({})",
-            lock.display()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    if !server.exists() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new(dir.join("bin/pip"))
-                .args(["install", "--quiet", "moto[server]"])
-                .status()
-                .is_ok_and(|s| s.success());
-        let _ = std::fs::remove_dir(&lock);
-        assert!(ok, "installing moto[server] into {} failed", dir.display());
-    } else {
-        let _ = std::fs::remove_dir(&lock);
-    }
-    server
+    super::venv::ensure("cplane-moto-venv", "moto[server]", "moto_server")
 }
 
 /// A free TCP port on 127.0.0.1.

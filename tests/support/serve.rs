@@ -47,13 +47,15 @@ pub fn get_json(port: u16, path: &str) -> serde_json::Value {
 }
 
 /// Polls `f` every 100 ms for up to 30 s.
-pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    wait_up_to(what, Duration::from_secs(30), f);
+}
+
+/// Polls `f` every 100 ms for up to `limit`.
+pub fn wait_up_to(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
