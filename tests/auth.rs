@@ -667,7 +667,6 @@ async fn a_secondary_region_takes_identity_from_the_primary_and_memberships_loca
 
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
 
 /// One blocking HTTP/1.1 request: (status, body).
 fn http(port: u16, method: &str, path: &str, bearer: Option<&str>) -> (u16, String) {

@@ -6,7 +6,6 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use cplane_reconciler::check::check_keeping;
 use cplane_reconciler::source;

@@ -11,6 +11,8 @@ mod fault_proxy;
 #[allow(dead_code)]
 #[path = "../../tests/support/moto.rs"]
 mod moto;
+#[path = "../../tests/support/venv.rs"]
+mod venv;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
