@@ -141,17 +141,21 @@ pub fn check_memo(
                         }
                     }
                 }
-                let result = renderer.render(c).map(|b| {
-                    let digest = b.digest.clone();
-                    let objects = b.objects.len();
-                    match keep(c, &digest) {
+                // The digest first (the fast route); the bundle only when it is to be kept.
+                let result = renderer.digest(c).and_then(|(digest, objects)| {
+                    Ok(match keep(c, &digest) {
                         Keep::Nothing => (digest, objects, None, None),
-                        Keep::Bundle => (digest, objects, Some(b), None),
+                        Keep::Bundle => (digest, objects, Some(renderer.render(c)?), None),
                         Keep::Gzip => {
-                            let gz = crate::db::gzip(b.canonical().as_bytes());
-                            (digest, objects, None, Some(gz))
+                            let canonical = renderer.render(c)?.canonical();
+                            (
+                                digest,
+                                objects,
+                                None,
+                                Some(crate::db::gzip(canonical.as_bytes())),
+                            )
                         }
-                    }
+                    })
                 });
                 (print.unwrap_or_default(), true, result)
             })

@@ -154,6 +154,7 @@ pub struct Renderer<'m> {
     model: &'m Model,
     envs: Arc<BTreeMap<String, Environment<'static>>>,
     cache: ParseCache,
+    lines: LineCache,
 }
 
 impl<'m> Renderer<'m> {
@@ -190,6 +191,7 @@ impl<'m> Renderer<'m> {
                 model,
                 envs: Arc::new(envs),
                 cache: ParseCache::default(),
+                lines: LineCache::default(),
             },
             diags,
         )
@@ -208,6 +210,7 @@ impl<'m> Renderer<'m> {
             model,
             envs: compiled.0.clone(),
             cache: ParseCache::default(),
+            lines: LineCache::default(),
         }
     }
 
@@ -223,6 +226,97 @@ impl<'m> Renderer<'m> {
         cluster: &Cluster,
         given: Option<&cplane_schema::load::Entity<cplane_schema::model::Workspace>>,
     ) -> Result<Bundle, Vec<Diagnostic>> {
+        let mut objects = Vec::new();
+        let mut diags = Vec::new();
+        self.outputs(cluster, given, |output| {
+            match output {
+                Ok(out) => {
+                    if let Err(d) = parse_objects(&out, cluster, &self.cache, &mut objects) {
+                        diags.push(d);
+                    }
+                }
+                Err(d) => diags.push(d),
+            }
+            true
+        });
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+        canonical_bundle(cluster, objects)
+    }
+
+    /// The digest and object count of a cluster's bundle: the same as [`Renderer::render`]'s,
+    /// faster. Tenant documents are looked up as canonical lines in their generalized form
+    /// ([`Generalized`], [`LineCache`]), so a document seen before is neither parsed nor
+    /// serialized again; the bundle itself is not built. Whatever the fast route cannot vouch
+    /// for (platform clusters, errors, documents that do not generalize) goes through
+    /// [`Renderer::render`].
+    pub fn digest(&self, cluster: &Cluster) -> Result<(String, usize), Vec<Diagnostic>> {
+        match self.fast_digest(cluster) {
+            Some(digest) => Ok(digest),
+            None => self.render(cluster).map(|b| (b.digest, b.objects.len())),
+        }
+    }
+
+    /// [`Renderer::digest`] by canonical lines, or `None` where that route cannot vouch for
+    /// the result.
+    fn fast_digest(&self, cluster: &Cluster) -> Option<(String, usize)> {
+        let id = cluster.workspace.as_deref()?;
+        if !cplane_schema::domain::is_dns_label(id) {
+            return None;
+        }
+        let placeholder = PLACEHOLDER.to_string().repeat(id.len());
+        let general_cluster = cluster.id.replace(id, &placeholder);
+        let mut lines = Vec::new();
+        let mut sound = true;
+        self.outputs(cluster, None, |output| {
+            sound = output.is_ok_and(|out| {
+                split_documents(&out.text).into_iter().all(|(_, doc)| {
+                    let Some(general) = Generalized::of(doc, id) else {
+                        return false;
+                    };
+                    let line = self
+                        .lines
+                        .get(&general.text, out.stack, &general_cluster, || {
+                            canonical_line(&self.cache, &general.text, out.stack, &general_cluster)
+                        });
+                    match &*line {
+                        Some(line) if !(line.needs_plain_id && could_be_non_string(id)) => {
+                            lines.push(general.specialize_line(line));
+                            true
+                        }
+                        _ => false,
+                    }
+                })
+            });
+            sound
+        });
+        if !sound {
+            return None;
+        }
+        lines.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if lines.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+            return None; // a duplicate object: the full route reports it
+        }
+        let mut hasher = Sha256::new();
+        for (_, json) in &lines {
+            hasher.update(json.as_bytes());
+            hasher.update(b"\n");
+        }
+        Some((
+            format!("sha256:{}", hex::encode(hasher.finalize())),
+            lines.len(),
+        ))
+    }
+
+    /// Renders every template of every stack enabled on `cluster` and hands each output (or
+    /// the template's error) to `each`, which returns whether to go on.
+    fn outputs(
+        &self,
+        cluster: &Cluster,
+        given: Option<&cplane_schema::load::Entity<cplane_schema::model::Workspace>>,
+        mut each: impl FnMut(Result<Output<'_>, Diagnostic>) -> bool,
+    ) {
         let model = self.model;
         let names = names_for(model, &cluster.region, &cluster.environment);
         let platform = &model.platform.doc;
@@ -297,8 +391,6 @@ impl<'m> Renderer<'m> {
             workspace => workspace,
         };
 
-        let mut objects = Vec::new();
-        let mut diags = Vec::new();
         for (name, overrides) in enabled {
             let Some(stack) = model.stacks.get(name) else {
                 continue; // reported by validation
@@ -326,28 +418,20 @@ impl<'m> Renderer<'m> {
                 let tmpl = env
                     .get_template(path)
                     .expect("every template was added to its stack's environment");
-                match tmpl.render(&ctx) {
-                    Ok(text) => {
-                        if let Err(d) = parse_objects(
-                            &text,
-                            name,
-                            path,
-                            &stack.templates[path],
-                            cluster,
-                            &self.cache,
-                            &mut objects,
-                        ) {
-                            diags.push(d);
-                        }
-                    }
-                    Err(err) => diags.push(template_diag(&err, path, &stack.templates)),
+                let output = match tmpl.render(&ctx) {
+                    Ok(text) => Ok(Output {
+                        stack: name,
+                        path,
+                        source: &stack.templates[path],
+                        text,
+                    }),
+                    Err(err) => Err(template_diag(&err, path, &stack.templates)),
+                };
+                if !each(output) {
+                    return;
                 }
             }
         }
-        if !diags.is_empty() {
-            return Err(diags);
-        }
-        canonical_bundle(cluster, objects)
     }
 
     /// Renders every cluster in parallel, in [`clusters`] order.
@@ -495,20 +579,52 @@ enum ParsedDoc {
     Invalid(String, usize),
 }
 
-/// Rendered documents parsed once per render pass: many documents (Namespaces, Services,
-/// RBAC, ...) come out byte-identical in thousands of clusters, and YAML parsing is the
-/// expensive part of rendering. Keyed by the SHA-256 of the text (a hit is exact for all
-/// practical purposes). A document is kept only from its second sighting on, so the cache never
-/// holds the (mostly unique) per-workspace documents: memory stays flat on large repos.
+/// Rendered documents parsed once per render pass; YAML parsing is the expensive part of
+/// rendering, and most documents repeat across clusters.
+///
+/// - Many documents (Namespaces, Services, RBAC, ...) come out byte-identical in thousands of
+///   clusters: they are cached by their exact text.
+/// - Most of the rest differ between tenant clusters only in the workspace id (host names, zone
+///   names, client ids, values such as repository URLs). Those are cached in *generalized* form,
+///   the id replaced by a placeholder of the same length (see [`Generalized`]), and the parsed
+///   value is specialized back to the cluster. At 10,000 workspaces this turns ~126 MB of unique YAML
+///   into a few hundred distinct documents.
+///
+/// Keyed by the SHA-256 of the text (a hit is exact for all practical purposes). A document is
+/// kept only from its second sighting on, so the cache never holds documents that are unique
+/// after generalization: memory stays flat on large repos.
 #[derive(Default)]
 struct ParseCache {
     shards: [Mutex<CacheShard>; 16],
+    /// YAML parses done (cache misses), for tests.
+    parses: std::sync::atomic::AtomicUsize,
 }
 
 /// Document digest → parsed document, or `None` when seen only once so far.
 type CacheShard = HashMap<[u8; 32], Option<Arc<ParsedDoc>>>;
 
 impl ParseCache {
+    /// Parses `doc`, rendered for `workspace`'s cluster (tenant clusters). Errors come from
+    /// parsing the exact text, so their messages and lines are the user's.
+    fn parse(
+        &self,
+        doc: &str,
+        workspace: Option<&str>,
+    ) -> Result<serde_json::Value, (String, usize)> {
+        let mentioned = workspace.filter(|id| doc.contains(*id));
+        if let Some(general) = mentioned.and_then(|id| Generalized::of(doc, id)) {
+            if let ParsedDoc::Object(value) = &*self.get(&general.text) {
+                if let Some(value) = general.specialize(value) {
+                    return Ok(value);
+                }
+            }
+        }
+        match &*self.get(doc) {
+            ParsedDoc::Object(value) => Ok(value.clone()),
+            ParsedDoc::Invalid(message, line) => Err((message.clone(), *line)),
+        }
+    }
+
     fn get(&self, doc: &str) -> Arc<ParsedDoc> {
         let key: [u8; 32] = Sha256::digest(doc.as_bytes()).into();
         let shard = &self.shards[usize::from(key[0]) % 16];
@@ -518,6 +634,8 @@ impl ParseCache {
             None => false,
         };
         let parsed = Arc::new(parse_document(doc));
+        self.parses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         shard
             .lock()
             .expect("cache lock")
@@ -526,7 +644,245 @@ impl ParseCache {
     }
 }
 
+/// A rendered document with the workspace id replaced by a placeholder of the same length made of
+/// [`PLACEHOLDER`] characters (`acme` → `ZZZZ`, so `bff.w-acme.sgp-1.cogrion.com` →
+/// `bff.w-ZZZZ.sgp-1.cogrion.com`).
+///
+/// Guarantee: when [`Generalized::of`] and [`Generalized::specialize`] both succeed,
+/// `specialize(parse(text)) == parse(doc)`. Why this holds:
+/// - The id is a DNS label (`[a-z0-9-]`, no leading or trailing `-`); the placeholder has its
+///   length, so lines, columns and YAML's 1024-character limit on simple keys are unchanged.
+///   Letters, digits and an inner `-` mean the same to YAML's scanner, so both texts tokenize
+///   alike, except where YAML reads letters or digits as syntax. In a tag (`!!str`) or a
+///   directive (`%TAG`) a renamed id could change a value's type: documents with the id there
+///   are not generalized ([`in_tag_or_directive`]). In a block scalar header (`|2`) or an
+///   escape (`\n`) the placeholder is invalid (no indentation indicator or escape contains a
+///   `Z`), so the generalized text fails to parse and the document is parsed as it is.
+/// - `doc` contains no `Z` at all (checked), so every `Z` of `text` comes from a replaced id:
+///   the placeholder occurs exactly where the id was, and anchor names stay distinct.
+/// - A string's value is its text up to whitespace folding and escapes. The id contains no
+///   whitespace, and documents with an escape that spells a `Z` (`\x5a`, `\u005A`, ...) are
+///   not generalized: every `Z` of a parsed value is a placeholder.
+/// - A plain scalar containing `Z` is always a string (no null, boolean or number contains a
+///   `Z`), but the same scalar with the id back might not be (`1234`, `0xdead`). So
+///   [`Generalized::specialize`] refuses any specialized string that YAML could read as
+///   something else ([`could_be_non_string`]), and the document is parsed as it is.
+struct Generalized<'a> {
+    text: std::borrow::Cow<'a, str>,
+    id: &'a str,
+    placeholder: String,
+}
+
+/// The placeholder character: a letter no YAML null, boolean or number contains.
+const PLACEHOLDER: char = 'Z';
+
+impl<'a> Generalized<'a> {
+    /// `None` when the guarantee could not be given. A document that does not mention `id`
+    /// is its own generalization.
+    fn of(doc: &'a str, id: &'a str) -> Option<Self> {
+        if !cplane_schema::domain::is_dns_label(id)
+            || doc.contains(PLACEHOLDER)
+            || escapes_placeholder(doc)
+            || in_tag_or_directive(doc, id)
+        {
+            return None;
+        }
+        let placeholder = PLACEHOLDER.to_string().repeat(id.len());
+        let text = if doc.contains(id) {
+            doc.replace(id, &placeholder).into()
+        } else {
+            doc.into()
+        };
+        Some(Self {
+            text,
+            id,
+            placeholder,
+        })
+    }
+
+    /// A cached canonical line with the id put back: its object key and its JSON.
+    fn specialize_line(&self, line: &Line) -> (ObjectKey, String) {
+        let back = |s: &str| {
+            if s.contains(PLACEHOLDER) {
+                s.replace(&self.placeholder, self.id)
+            } else {
+                s.to_owned()
+            }
+        };
+        let (rank, kind, namespace, name, group) = &line.key;
+        (
+            (*rank, back(kind), back(namespace), back(name), back(group)),
+            back(&line.json),
+        )
+    }
+
+    /// The value parsed from the generalized text with the id put back, or `None` when a
+    /// string with the id back could be read by YAML as a null, boolean or number.
+    fn specialize(&self, value: &serde_json::Value) -> Option<serde_json::Value> {
+        use serde_json::Value as V;
+        let put_back = |s: &str| {
+            if !s.contains(PLACEHOLDER) {
+                return Some(s.to_owned());
+            }
+            let back = s.replace(&self.placeholder, self.id);
+            (!could_be_non_string(&back)).then_some(back)
+        };
+        Some(match value {
+            V::String(s) => V::String(put_back(s)?),
+            V::Array(items) => V::Array(
+                items
+                    .iter()
+                    .map(|v| self.specialize(v))
+                    .collect::<Option<_>>()?,
+            ),
+            V::Object(map) => V::Object(
+                map.iter()
+                    .map(|(k, v)| Some((put_back(k)?, self.specialize(v)?)))
+                    .collect::<Option<_>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+}
+
+/// Whether `doc` has a `\x`, `\u` or `\U` escape that spells the placeholder character (looked
+/// for everywhere, not only in double-quoted scalars: a false alarm only costs a parse).
+fn escapes_placeholder(doc: &str) -> bool {
+    let bytes = doc.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        let digits = match (b, bytes.get(i + 1)) {
+            (b'\\', Some(b'x')) => 2,
+            (b'\\', Some(b'u')) => 4,
+            (b'\\', Some(b'U')) => 8,
+            _ => return false,
+        };
+        doc.get(i + 2..i + 2 + digits)
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            == Some(u32::from(PLACEHOLDER))
+    })
+}
+
+/// Whether `id` occurs inside a tag (`!!str`, `!acme`, `!<tag:...>`) or on a directive line
+/// (`%TAG`), where renaming it would change how YAML types a value rather than the value's text.
+/// Conservative: a `!` anywhere earlier in the same run of non-blank characters counts (a
+/// verbatim tag `!<tag:yaml.org,2002:int>` has no blanks, but may have `,`).
+fn in_tag_or_directive(doc: &str, id: &str) -> bool {
+    let bytes = doc.as_bytes();
+    doc.match_indices(id).any(|(at, _)| {
+        let token = bytes[..at]
+            .iter()
+            .rev()
+            .take_while(|b| !b.is_ascii_whitespace());
+        let line_start = doc[..at].rfind('\n').map_or(0, |i| i + 1);
+        token.clone().any(|&b| b == b'!') || bytes.get(line_start) == Some(&b'%')
+    })
+}
+
+/// Whether YAML could read `s`, as a plain scalar, as anything but a string. Conservative: true
+/// unless `s` has a character that no null (`~`, `null`), boolean (`true`, `yes`, `on`, ...) or
+/// number (`0x1f`, `-1.5e3`, `.inf`, `NaN`, `1_000`, `1:30`) can contain.
+fn could_be_non_string(s: &str) -> bool {
+    s.chars().all(|c| {
+        c.is_ascii_digit()
+            || "+-._:~".contains(c)
+            || "abcdefilnorstuxy".contains(c.to_ascii_lowercase())
+    })
+}
+
+/// A tenant document reduced to what a bundle's digest needs, in generalized form: the id
+/// replaced by the placeholder everywhere, the cluster label included.
+struct Line {
+    /// The object's canonical JSON (labels and annotation added, keys sorted, compact).
+    json: String,
+    /// The object's [`object_key`].
+    key: ObjectKey,
+    /// Whether some string holding the placeholder has nothing but characters that YAML
+    /// numbers, booleans and nulls are made of: it is a string with the id back only when the
+    /// id has another character ([`could_be_non_string`]).
+    needs_plain_id: bool,
+}
+
+/// Canonical lines of generalized tenant documents, by stack, generalized cluster id and text
+/// (SHA-256). Like [`ParseCache`], an entry is kept from its second sighting on. `None`: the
+/// document has no line (it does not parse, or an object key holds the placeholder, whose
+/// sort order would differ from the id's): the cluster takes the full route.
+#[derive(Default)]
+struct LineCache {
+    shards: [Mutex<HashMap<[u8; 32], Option<Arc<Option<Line>>>>>; 16],
+}
+
+impl LineCache {
+    fn get(
+        &self,
+        text: &str,
+        stack: &str,
+        cluster: &str,
+        make: impl FnOnce() -> Option<Line>,
+    ) -> Arc<Option<Line>> {
+        let mut h = Sha256::new();
+        for part in [stack, cluster, text] {
+            h.update(part.len().to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        let key: [u8; 32] = h.finalize().into();
+        let shard = &self.shards[usize::from(key[0]) % 16];
+        let seen = match shard.lock().expect("cache lock").get(&key) {
+            Some(Some(hit)) => return hit.clone(),
+            Some(None) => true,
+            None => false,
+        };
+        let line = Arc::new(make());
+        shard
+            .lock()
+            .expect("cache lock")
+            .insert(key, seen.then(|| line.clone()));
+        line
+    }
+}
+
+/// The canonical line of a generalized document rendered by `stack` for the (generalized)
+/// cluster id `cluster`, or `None` when it has none (see [`LineCache`]).
+fn canonical_line(cache: &ParseCache, text: &str, stack: &str, cluster: &str) -> Option<Line> {
+    let ParsedDoc::Object(value) = &*cache.get(text) else {
+        return None;
+    };
+    let mut value = value.clone();
+    mark(&mut value, cluster, stack);
+    let mut needs_plain_id = false;
+    let mut keys_plain = true;
+    visit_strings(&value, &mut |s, is_key| {
+        if s.contains(PLACEHOLDER) {
+            keys_plain &= !is_key;
+            needs_plain_id |= could_be_non_string(&s.replace(PLACEHOLDER, ""));
+        }
+    });
+    keys_plain.then(|| Line {
+        json: serde_json::to_string(&value).expect("JSON values serialize"),
+        key: object_key(&value),
+        needs_plain_id,
+    })
+}
+
+/// Calls `f` with every string of `value` and whether it is a map key.
+fn visit_strings(value: &serde_json::Value, f: &mut impl FnMut(&str, bool)) {
+    match value {
+        serde_json::Value::String(s) => f(s, false),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| visit_strings(v, f)),
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                f(k, true);
+                visit_strings(v, f);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn parse_document(doc: &str) -> ParsedDoc {
+    // Deeply nested flow collections would exhaust the parser's stack.
+    if let Err(d) = cplane_schema::load::refuse_deep_flow_nesting("", doc) {
+        return ParsedDoc::Invalid(format!("rendered output: {}", d.message), d.line);
+    }
     let value = match serde_yaml::from_str::<serde_json::Value>(doc) {
         Ok(v) => v,
         Err(err) => {
@@ -574,16 +930,30 @@ fn parse_document(doc: &str) -> ParsedDoc {
     ParsedDoc::Object(value)
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
+/// What one template rendered for one cluster.
+struct Output<'a> {
+    /// Stack name.
+    stack: &'a str,
+    /// Template path in the repo.
+    path: &'a str,
+    /// The template's source.
+    source: &'a str,
+    /// The rendered text.
+    text: String,
+}
+
 fn parse_objects(
-    text: &str,
-    stack: &str,
-    path: &str,
-    source: &str,
+    out: &Output<'_>,
     cluster: &Cluster,
     cache: &ParseCache,
     objects: &mut Vec<Object>,
 ) -> Result<(), Diagnostic> {
+    let Output {
+        stack,
+        path,
+        source,
+        ref text,
+    } = *out;
     if text.trim().is_empty() {
         return Ok(()); // a template may render nothing (e.g. a disabled feature)
     }
@@ -598,44 +968,19 @@ fn parse_objects(
             format!("{msg} (rendered document {})", n + 1),
         )
     };
-    if let Err(d) = cplane_schema::load::refuse_deep_flow_nesting(path, text) {
-        return Err(at(
-            0,
-            format!("rendered output: {} (rendered line {})", d.message, d.line),
-        ));
-    }
     for (n, (first_line, doc)) in split_documents(text).into_iter().enumerate() {
-        let mut value = match &*cache.get(doc) {
-            ParsedDoc::Object(v) => v.clone(),
-            ParsedDoc::Invalid(msg, 0) => return Err(at(n, msg.clone())),
-            ParsedDoc::Invalid(msg, line) => {
+        let value = match cache.parse(doc, cluster.workspace.as_deref()) {
+            Ok(v) => v,
+            Err((msg, 0)) => return Err(at(n, msg)),
+            Err((msg, line)) => {
                 return Err(at(
                     n,
                     format!("{msg} (rendered line {})", first_line + line - 1),
                 ))
             }
         };
-        let meta = value
-            .get_mut("metadata")
-            .and_then(|m| m.as_object_mut())
-            .expect("checked by parse_document");
-        if let Some(labels) = meta
-            .entry("labels")
-            .or_insert_with(|| serde_json::json!({}))
-            .as_object_mut()
-        {
-            labels
-                .entry(MANAGED_BY.0)
-                .or_insert_with(|| MANAGED_BY.1.into());
-            labels.insert(CLUSTER_LABEL.into(), cluster.id.clone().into());
-        }
-        if let Some(annotations) = meta
-            .entry("annotations")
-            .or_insert_with(|| serde_json::json!({}))
-            .as_object_mut()
-        {
-            annotations.insert(STACK_ANNOTATION.into(), stack.into());
-        }
+        let mut value = value;
+        mark(&mut value, &cluster.id, stack);
         objects.push(Object {
             stack: stack.to_owned(),
             template: path.to_owned(),
@@ -643,6 +988,31 @@ fn parse_objects(
         });
     }
     Ok(())
+}
+
+/// Adds cplane's labels and annotation to a parsed object (whose `metadata` is a map).
+fn mark(value: &mut serde_json::Value, cluster: &str, stack: &str) {
+    let meta = value
+        .get_mut("metadata")
+        .and_then(|m| m.as_object_mut())
+        .expect("checked by parse_document");
+    if let Some(labels) = meta
+        .entry("labels")
+        .or_insert_with(|| serde_json::json!({}))
+        .as_object_mut()
+    {
+        labels
+            .entry(MANAGED_BY.0)
+            .or_insert_with(|| MANAGED_BY.1.into());
+        labels.insert(CLUSTER_LABEL.into(), cluster.into());
+    }
+    if let Some(annotations) = meta
+        .entry("annotations")
+        .or_insert_with(|| serde_json::json!({}))
+        .as_object_mut()
+    {
+        annotations.insert(STACK_ANNOTATION.into(), stack.into());
+    }
 }
 
 fn strip_location(msg: &str) -> &str {
@@ -658,8 +1028,12 @@ fn kind_rank(kind: &str) -> u8 {
     }
 }
 
+/// Identity and apply order of an object in a cluster: rank (Namespaces, CRDs, the rest),
+/// kind, namespace, name, API group.
+pub type ObjectKey = (u8, String, String, String, String);
+
 /// Identity of an object in a cluster: API group, kind, namespace, name.
-pub fn object_key(v: &serde_json::Value) -> (u8, String, String, String, String) {
+pub fn object_key(v: &serde_json::Value) -> ObjectKey {
     let s = |p: &str| {
         v.pointer(p)
             .and_then(|x| x.as_str())
@@ -746,4 +1120,401 @@ pub fn group(errors: Vec<(String, Diagnostic)>) -> Vec<Diagnostic> {
             d
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `doc` both ways and asserts the generalized route gives the exact result.
+    fn assert_generalizes(doc: &str, id: &str) {
+        let general = Generalized::of(doc, id).expect("generalizable");
+        assert_ne!(general.text, doc, "the id was abstracted");
+        assert!(!general.text.contains(id), "{}", general.text);
+        let (ParsedDoc::Object(exact), ParsedDoc::Object(abstracted)) =
+            (parse_document(doc), parse_document(&general.text))
+        else {
+            panic!("both parse:\n{doc}");
+        };
+        assert_eq!(general.specialize(&abstracted), Some(exact), "{doc}");
+    }
+
+    /// Asserts the generalized route gives up on `doc` (at `of`, the parse or `specialize`).
+    fn assert_not_generalized(doc: &str, id: &str) {
+        let Some(general) = Generalized::of(doc, id) else {
+            return;
+        };
+        if let ParsedDoc::Object(abstracted) = parse_document(&general.text) {
+            assert_eq!(general.specialize(&abstracted), None, "{doc}");
+        }
+    }
+
+    const TRICKY: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: w-acme-config
+  namespace: acme
+  labels: {"w-acme": "w-acme", team: acme, acme2: x}
+data:
+  host: bff.w-acme.sgp-1.cogrion.com
+  quoted: "https://acme.example/x\n\"acme\"\u0027s\\acme"
+  single: 'it''s acme'
+  anchored: &acme acme.dev
+  alias: *acme
+  folded: >
+    line one w-acme
+    line two
+  literal: |
+    acme
+      indented acme
+  list: [acme, "w-acme", 'acme']
+  acme: key
+  ? acme-complex
+  : value
+  multi: plain acme
+    continued acme
+  number: 12
+  other: acmex-acme
+  repo: https://git.example.com/acme/dags.git
+"#;
+
+    #[test]
+    fn generalized_documents_parse_to_the_exact_value() {
+        assert_generalizes(TRICKY, "acme");
+        // Ids that are numbers or booleans on their own, inside longer strings.
+        for id in ["1e5", "123", "true", "no", "0x1f", "a-1", "inf"] {
+            assert_generalizes(
+                &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: w-{id}\n  labels: {{id: w-{id}, repo: \"git/{id}\"}}\n"),
+                id,
+            );
+        }
+    }
+
+    #[test]
+    fn documents_that_cannot_be_generalized_safely_are_not() {
+        let doc = |extra: &str| {
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: w-acme\n  annotations:\n    {extra}\n")
+        };
+        assert!(Generalized::of(&doc("a: b"), "acme").is_some());
+        // Escapes that could spell the placeholder; a placeholder already there.
+        for extra in [
+            r#"a: "\x5a""#,
+            r#"a: "\u005A""#,
+            r#"a: "\U0000005a""#,
+            "a: Zulu",
+        ] {
+            assert!(Generalized::of(&doc(extra), "acme").is_none(), "{extra}");
+        }
+        // The id in a tag or a directive.
+        assert!(Generalized::of(&doc("a: !!int 5"), "int").is_none());
+        assert!(
+            Generalized::of("%TAG !e! tag:acme.com,2000:\n---\na: !e!x acme\n", "acme").is_none()
+        );
+        // Not mentioned: the document is its own generalization. Not an id: no guarantee.
+        let own = doc("a: b");
+        assert_eq!(Generalized::of(&own, "globex").expect("as it is").text, own);
+        assert!(Generalized::of("a: ACME\n", "ACME").is_none());
+        // With the id back, a scalar YAML reads as a number, boolean or null: not a string.
+        for (id, extra) in [
+            ("1234", "a: 1234"),
+            ("dead", "a: 0xdead"),
+            ("true", "a: true"),
+            ("inf", "a: .inf"),
+            ("30", "a: 1:30"),
+            ("123", "a: !!int 123"),
+            ("str", "a: !!str 5"),
+            ("int", "a: !!int 5"),
+            ("int", "a: [x, !!int 5]"),
+            ("in", "a: !<tag:yaml.org,2002:int> 5"),
+            ("2", "a: |2\n      text"),
+            ("1", "a: \"\\x31\""),
+        ] {
+            assert_not_generalized(&doc(extra), id);
+        }
+    }
+
+    /// Differential test: random documents built from fragments that put an id where YAML
+    /// reads it as a value, a key, a tag, an anchor, a number, an escape or a header. Whenever
+    /// the generalized route answers, it must be the exact parse.
+    #[test]
+    fn generalization_never_changes_a_parse() {
+        const FRAGMENTS: &[&str] = &[
+            "k{n}: {id}",
+            "k{n}: w-{id}.sgp-1.cogrion.com",
+            "k{n}: \"{id}\"",
+            "k{n}: '{id}'",
+            "k{n}: {id}{id}",
+            "k{n}: !!int {id}",
+            "k{n}: !!str {id}",
+            "k{n}: !{id} x",
+            "k{n}: 0x{id}",
+            "k{n}: 1{id}",
+            "k{n}: .{id}",
+            "k{n}: -{id}",
+            "{id}{n}: v",
+            "k{n}: [{id}, 1, \"{id}\"]",
+            "k{n}: {{a: {id}, {id}: b}}",
+            "k{n}: &{id}{n} {id}",
+            "k{n}: |\n    {id}\n    x {id}",
+            "k{n}: |{id}\n    text",
+            "k{n}: \"a\\n{id}\\\"\"",
+            "k{n}: \"\\x{id}\"",
+            "k{n}: \"\\u00{id}\"",
+            "k{n}: {id} # {id}",
+            "k{n}: plain {id}\n    folded {id}",
+            "k{n}: 1:{id}",
+            "k{n}: {id}e3",
+            "k{n}:\n    - {id}\n    - w-{id}",
+        ];
+        const IDS: &[&str] = &[
+            "acme", "123", "dead", "int", "str", "a-1", "e5", "true", "no", "ws00001", "1", "5a",
+            "inf", "nan", "null", "x", "0",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut answered, mut fell_back) = (0, 0);
+        for _ in 0..6000 {
+            let id = IDS[next(IDS.len())];
+            let mut doc =
+                String::from("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n");
+            for n in 0..1 + next(3) {
+                let fragment = FRAGMENTS[next(FRAGMENTS.len())]
+                    .replace("{n}", &n.to_string())
+                    .replace("{id}", id);
+                doc.push_str("  ");
+                doc.push_str(&fragment);
+                doc.push('\n');
+            }
+            let exact = match parse_document(&doc) {
+                ParsedDoc::Object(v) => Some(v),
+                ParsedDoc::Invalid(..) => None,
+            };
+            let general = Generalized::of(&doc, id).and_then(|g| match parse_document(&g.text) {
+                ParsedDoc::Object(v) => g.specialize(&v),
+                ParsedDoc::Invalid(..) => None,
+            });
+            match general {
+                Some(v) => {
+                    assert_eq!(
+                        Some(v),
+                        exact,
+                        "generalized parse differs for id {id}:\n{doc}"
+                    );
+                    answered += 1;
+                }
+                None => fell_back += 1,
+            }
+        }
+        // Both routes are exercised.
+        assert!(
+            answered > 500 && fell_back > 500,
+            "{answered} / {fell_back}"
+        );
+    }
+
+    #[test]
+    fn yaml_non_strings_are_recognized() {
+        for s in [
+            "12", "-1.5e3", "0x1F", "0o17", ".inf", "-.Inf", "NaN", "true", "False", "null", "~",
+            "yes", "off", "1_000", "1:30", "infinity",
+        ] {
+            assert!(could_be_non_string(s), "{s}");
+        }
+        // What the guard is for: these would not come back as strings.
+        for s in ["12", "-1.5e3", "0x1F", ".inf", "true", "null", "~"] {
+            let v: serde_json::Value = serde_yaml::from_str(s).expect("scalar");
+            assert!(!v.is_string(), "{s}: {v}");
+        }
+        for s in [
+            "acme",
+            "w-1234",
+            "git/123",
+            "1 2",
+            "sgp-1.cogrion.com",
+            "ZZZZ",
+        ] {
+            assert!(!could_be_non_string(s), "{s}");
+            assert!(serde_yaml::from_str::<serde_json::Value>(s).is_ok_and(|v| v.is_string()));
+        }
+    }
+
+    fn template_model() -> Model {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state");
+        crate::init::init(&path).expect("init");
+        let repo = crate::source::open(&path).expect("open");
+        cplane_schema::load(crate::source::read(&repo, "HEAD").expect("read").files)
+            .into_valid()
+            .expect("the template is valid")
+    }
+
+    #[test]
+    fn every_template_document_generalizes_exactly() {
+        let model = template_model();
+        let (renderer, diags) = Renderer::new(&model);
+        assert!(diags.is_empty(), "{diags:?}");
+        let mut checked = 0;
+        for cluster in clusters(&model) {
+            if cluster.kind != ClusterKind::Tenant {
+                continue;
+            }
+            let bundle = renderer.render(&cluster).expect("renders");
+            let id = cluster.workspace.as_deref().expect("tenant");
+            for doc in bundle.to_yaml().split("---\n").filter(|d| !d.is_empty()) {
+                if Generalized::of(doc, id).is_some() {
+                    assert_generalizes(doc, id);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(
+            checked > 20,
+            "only {checked} documents mention their cluster"
+        );
+    }
+
+    /// A synthetic repo's files (`workspaces` over one region), plus workspaces whose ids are
+    /// numbers, hex or YAML words, or appear in a map key, to drive both digest routes.
+    fn odd_files(workspaces: usize) -> Vec<cplane_schema::SourceFile> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::synthetic::generate(
+            dir.path(),
+            crate::synthetic::Shape {
+                workspaces,
+                regions: 1,
+            },
+        )
+        .expect("generate");
+        let repo = crate::source::open(dir.path()).expect("open");
+        let mut files = crate::source::read(&repo, "HEAD").expect("read").files;
+        for (n, id) in ["1234", "dead", "e5", "true", "keyed", "zz-top", "9"]
+            .into_iter()
+            .enumerate()
+        {
+            let extra = if id == "keyed" {
+                format!("        extraEnv: {{\"{id}\": \"x-{id}\"}}\n")
+            } else {
+                String::new()
+            };
+            let doc = format!(
+                "apiVersion: cplane/v1\nkind: Workspace\nmetadata:\n  name: \"{id}\"\nspec:\n  region: sgp-1\n  environment: prod\n  account: odd-{n}\n  aws:\n    accountId: \"90000000000{n}\"\n    roleArn: arn:aws:iam::90000000000{n}:role/p\n    externalId: odd-{n}\n  deletionPolicy: Retain\n  stacks:\n    - name: bff\n      values:\n        replicas: 2\n{extra}    - name: airflow\n      values:\n        dagsRepo: https://git.example.com/{id}/dags.git\n"
+            );
+            files.push(cplane_schema::SourceFile {
+                path: format!("workspaces/{id}.yaml"),
+                bytes: doc.into_bytes(),
+            });
+        }
+        files
+    }
+
+    #[test]
+    fn the_fast_digest_is_the_bundles_digest() {
+        let model = cplane_schema::load(odd_files(40))
+            .into_valid()
+            .expect("valid");
+        let all = clusters(&model);
+        let (renderer, diags) = Renderer::new(&model);
+        assert!(diags.is_empty(), "{diags:?}");
+        // Three passes: first and second sightings fill the caches, the third hits them.
+        for pass in 0..3 {
+            for cluster in &all {
+                if cluster.id.starts_with("w-ws") {
+                    assert!(renderer.fast_digest(cluster).is_some(), "{}", cluster.id);
+                }
+                let bundle = renderer.render(cluster).expect("renders");
+                let digest = renderer.digest(cluster).expect("digests");
+                assert_eq!(
+                    digest,
+                    (bundle.digest.clone(), bundle.objects.len()),
+                    "pass {pass}, cluster {}",
+                    cluster.id
+                );
+            }
+        }
+        // A fresh renderer agrees with one whose caches are warm.
+        let (fresh, _) = Renderer::new(&model);
+        for cluster in &all {
+            assert_eq!(fresh.digest(cluster), renderer.digest(cluster));
+        }
+        // Where the fast route cannot vouch, it says so: platform clusters, and an id in a key.
+        for id in ["prod-sgp-1", "w-keyed"] {
+            let cluster = all.iter().find(|c| c.id == id).expect(id);
+            assert_eq!(renderer.fast_digest(cluster), None, "{id}");
+        }
+        // The odd ids really are there, with their ids back in place.
+        let keyed = all.iter().find(|c| c.id == "w-keyed").expect("keyed");
+        let yaml = renderer.render(keyed).expect("renders").to_yaml();
+        assert!(yaml.contains("keyed: x-keyed"), "{yaml}");
+    }
+
+    #[test]
+    fn the_fast_digest_reports_errors_like_render() {
+        let mut files = odd_files(4);
+        let bad = files
+            .iter_mut()
+            .find(|f| f.path == "stacks/bff/templates/service.yaml.j2")
+            .expect("service template");
+        bad.bytes
+            .extend_from_slice(b"---\nkind: Service\nmetadata: {name: {{ workspace.name }}}\n");
+        let model = cplane_schema::load(files).into_valid().expect("valid");
+        let (renderer, _) = Renderer::new(&model);
+        for cluster in clusters(&model).iter().filter(|c| c.workspace.is_some()) {
+            let errors = renderer.digest(cluster).expect_err("not an object");
+            assert_eq!(Err(errors), renderer.render(cluster).map(|b| b.digest));
+        }
+    }
+
+    #[test]
+    fn tenant_documents_are_parsed_once_per_shape() {
+        // Synthetic workspaces 1, 13 and 31 have the same stacks, values, region and
+        // environment: only their names (of the same length) differ.
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::synthetic::generate(
+            dir.path(),
+            crate::synthetic::Shape {
+                workspaces: 32,
+                regions: 1,
+            },
+        )
+        .expect("generate");
+        let repo = crate::source::open(dir.path()).expect("open");
+        let model = cplane_schema::load(crate::source::read(&repo, "HEAD").expect("read").files)
+            .into_valid()
+            .expect("valid");
+        let (renderer, _) = Renderer::new(&model);
+        let all = clusters(&model);
+        let cluster = |id: &str| all.iter().find(|c| c.id == id).expect("cluster").clone();
+        let (a, b, c) = (
+            cluster("w-ws00001"),
+            cluster("w-ws00013"),
+            cluster("w-ws00031"),
+        );
+        let count = || {
+            renderer
+                .cache
+                .parses
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+
+        let first = renderer.render(&a).expect("renders");
+        renderer.render(&b).expect("renders"); // the second sighting keeps them
+        let before = count();
+        let third = renderer.render(&c).expect("renders");
+        assert_eq!(
+            count(),
+            before,
+            "the third cluster's documents all come from the cache"
+        );
+        assert_ne!(first.digest, third.digest);
+        assert_eq!(
+            first.to_yaml().replace("ws00001", "ws00031"),
+            third.to_yaml(),
+            "the same bundle, with the other name"
+        );
+    }
 }
