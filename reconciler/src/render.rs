@@ -262,11 +262,8 @@ impl<'m> Renderer<'m> {
     /// the result.
     fn fast_digest(&self, cluster: &Cluster) -> Option<(String, usize)> {
         let id = cluster.workspace.as_deref()?;
-        if !cplane_schema::domain::is_dns_label(id) {
-            return None;
-        }
-        let placeholder = PLACEHOLDER.to_string().repeat(id.len());
-        let general_cluster = cluster.id.replace(id, &placeholder);
+        let generalizer = Generalizer::new(id)?;
+        let general_cluster = cluster.id.replace(id, &generalizer.placeholder);
         let mut lines = Vec::new();
         let mut sound = true;
         self.outputs(cluster, None, |output| {
@@ -543,23 +540,32 @@ fn is_marker(line: &str) -> bool {
 /// Splits rendered output into documents: `(first line in the output, text)`. A blank leading
 /// chunk (before the first `---`) is not a document.
 fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let bytes = text.as_bytes();
     let mut docs = Vec::new();
     let mut start = 0;
     let mut start_line = 1;
+    let mut newlines = memchr::memchr_iter(b'\n', bytes);
     let mut offset = 0;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        if is_marker(line.trim_end_matches('\n')) && offset > start {
-            docs.push((start_line, &text[start..offset]));
-            start = offset;
-            start_line = i + 1;
+    let mut i = 0;
+    while offset < bytes.len() {
+        let end = newlines.next().map_or(bytes.len(), |nl| nl + 1);
+        // Only a line starting with `-` or `.` can be a marker: the others are skipped unread.
+        if matches!(bytes[offset], b'-' | b'.') {
+            let line = &text[offset..end];
+            if is_marker(line.trim_end_matches('\n')) && offset > start {
+                docs.push((start_line, &text[start..offset]));
+                start = offset;
+                start_line = i + 1;
+            }
+            if line.trim_end() == "..." {
+                // A document end marker belongs to no document.
+                docs.push((start_line, &text[start..offset]));
+                start = end;
+                start_line = i + 2;
+            }
         }
-        if line.trim_end() == "..." {
-            // A document end marker belongs to no document.
-            docs.push((start_line, &text[start..offset]));
-            start = offset + line.len();
-            start_line = i + 2;
-        }
-        offset += line.len();
+        offset = end;
+        i += 1;
     }
     docs.push((start_line, &text[start..]));
     let is_blank = |d: &str| {
@@ -611,8 +617,10 @@ impl ParseCache {
         doc: &str,
         workspace: Option<&str>,
     ) -> Result<serde_json::Value, (String, usize)> {
-        let mentioned = workspace.filter(|id| doc.contains(*id));
-        if let Some(general) = mentioned.and_then(|id| Generalized::of(doc, id)) {
+        let generalizer = workspace
+            .filter(|id| doc.contains(*id))
+            .and_then(Generalizer::new);
+        if let Some(general) = generalizer.as_ref().and_then(|g| g.of(doc)) {
             if let ParsedDoc::Object(value) = &*self.get(&general.text) {
                 if let Some(value) = general.specialize(value) {
                     return Ok(value);
@@ -670,33 +678,72 @@ impl ParseCache {
 struct Generalized<'a> {
     text: std::borrow::Cow<'a, str>,
     id: &'a str,
-    placeholder: String,
+    placeholder: &'a str,
 }
 
 /// The placeholder character: a letter no YAML null, boolean or number contains.
 const PLACEHOLDER: char = 'Z';
 
-impl<'a> Generalized<'a> {
-    /// `None` when the guarantee could not be given. A document that does not mention `id`
-    /// is its own generalization.
-    fn of(doc: &'a str, id: &'a str) -> Option<Self> {
-        if !cplane_schema::domain::is_dns_label(id)
-            || doc.contains(PLACEHOLDER)
-            || escapes_placeholder(doc)
-            || in_tag_or_directive(doc, id)
-        {
+/// Generalizes documents for one workspace id (searches prepared once per cluster).
+struct Generalizer<'a> {
+    id: &'a str,
+    placeholder: String,
+    finder: memchr::memmem::Finder<'a>,
+}
+
+impl<'a> Generalizer<'a> {
+    /// `None` when `id` is not a DNS label (then nothing is generalized).
+    fn new(id: &'a str) -> Option<Self> {
+        cplane_schema::domain::is_dns_label(id).then(|| Self {
+            id,
+            placeholder: PLACEHOLDER.to_string().repeat(id.len()),
+            finder: memchr::memmem::Finder::new(id),
+        })
+    }
+
+    /// `doc` generalized, or `None` when the guarantee could not be given. A document that
+    /// does not mention the id is its own generalization.
+    fn of<'d>(&'d self, doc: &'d str) -> Option<Generalized<'d>> {
+        let bytes = doc.as_bytes();
+        if memchr::memchr(PLACEHOLDER as u8, bytes).is_some() || escapes_placeholder(doc) {
             return None;
         }
-        let placeholder = PLACEHOLDER.to_string().repeat(id.len());
-        let text = if doc.contains(id) {
-            doc.replace(id, &placeholder).into()
-        } else {
+        let mut text = String::new();
+        let mut copied = 0;
+        for at in self.finder.find_iter(bytes) {
+            if in_tag_or_directive(doc, at) {
+                return None;
+            }
+            text.reserve(doc.len());
+            text.push_str(&doc[copied..at]);
+            text.push_str(&self.placeholder);
+            copied = at + self.id.len();
+        }
+        let text = if copied == 0 {
             doc.into()
+        } else {
+            text.push_str(&doc[copied..]);
+            text.into()
         };
-        Some(Self {
+        Some(Generalized {
             text,
-            id,
-            placeholder,
+            id: self.id,
+            placeholder: &self.placeholder,
+        })
+    }
+}
+
+impl<'a> Generalized<'a> {
+    /// [`Generalizer::of`] for a single document.
+    #[cfg(test)]
+    fn of(doc: &str, id: &str) -> Option<Generalized<'static>> {
+        let generalizer = Generalizer::new(id)?;
+        let general = generalizer.of(doc)?;
+        let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+        Some(Generalized {
+            text: general.text.into_owned().into(),
+            id: leak(id),
+            placeholder: leak(&generalizer.placeholder),
         })
     }
 
@@ -704,7 +751,7 @@ impl<'a> Generalized<'a> {
     fn specialize_line(&self, line: &Line) -> (ObjectKey, String) {
         let back = |s: &str| {
             if s.contains(PLACEHOLDER) {
-                s.replace(&self.placeholder, self.id)
+                s.replace(self.placeholder, self.id)
             } else {
                 s.to_owned()
             }
@@ -724,7 +771,7 @@ impl<'a> Generalized<'a> {
             if !s.contains(PLACEHOLDER) {
                 return Some(s.to_owned());
             }
-            let back = s.replace(&self.placeholder, self.id);
+            let back = s.replace(self.placeholder, self.id);
             (!could_be_non_string(&back)).then_some(back)
         };
         Some(match value {
@@ -749,11 +796,11 @@ impl<'a> Generalized<'a> {
 /// for everywhere, not only in double-quoted scalars: a false alarm only costs a parse).
 fn escapes_placeholder(doc: &str) -> bool {
     let bytes = doc.as_bytes();
-    bytes.iter().enumerate().any(|(i, &b)| {
-        let digits = match (b, bytes.get(i + 1)) {
-            (b'\\', Some(b'x')) => 2,
-            (b'\\', Some(b'u')) => 4,
-            (b'\\', Some(b'U')) => 8,
+    memchr::memchr_iter(b'\\', bytes).any(|i| {
+        let digits = match bytes.get(i + 1) {
+            Some(b'x') => 2,
+            Some(b'u') => 4,
+            Some(b'U') => 8,
             _ => return false,
         };
         doc.get(i + 2..i + 2 + digits)
@@ -762,20 +809,16 @@ fn escapes_placeholder(doc: &str) -> bool {
     })
 }
 
-/// Whether `id` occurs inside a tag (`!!str`, `!acme`, `!<tag:...>`) or on a directive line
-/// (`%TAG`), where renaming it would change how YAML types a value rather than the value's text.
-/// Conservative: a `!` anywhere earlier in the same run of non-blank characters counts (a
-/// verbatim tag `!<tag:yaml.org,2002:int>` has no blanks, but may have `,`).
-fn in_tag_or_directive(doc: &str, id: &str) -> bool {
-    let bytes = doc.as_bytes();
-    doc.match_indices(id).any(|(at, _)| {
-        let token = bytes[..at]
-            .iter()
-            .rev()
-            .take_while(|b| !b.is_ascii_whitespace());
-        let line_start = doc[..at].rfind('\n').map_or(0, |i| i + 1);
-        token.clone().any(|&b| b == b'!') || bytes.get(line_start) == Some(&b'%')
-    })
+/// Whether the id found at byte `at` of `doc` is inside a tag (`!!str`, `!acme`,
+/// `!<tag:...>`) or on a directive line (`%TAG`), where renaming it would change how YAML types
+/// a value rather than the value's text. Conservative: a `!` anywhere earlier in the same run of
+/// non-blank characters counts (a verbatim tag `!<tag:yaml.org,2002:int>` has no blanks, but
+/// may have `,`).
+fn in_tag_or_directive(doc: &str, at: usize) -> bool {
+    let before = &doc.as_bytes()[..at];
+    let token = before.iter().rev().take_while(|b| !b.is_ascii_whitespace());
+    let line_start = memchr::memrchr(b'\n', before).map_or(0, |i| i + 1);
+    token.clone().any(|&b| b == b'!') || before.get(line_start) == Some(&b'%')
 }
 
 /// Whether YAML could read `s`, as a plain scalar, as anything but a string. Conservative: true
@@ -802,14 +845,29 @@ struct Line {
     needs_plain_id: bool,
 }
 
-/// Canonical lines of generalized tenant documents, by stack, generalized cluster id and text
-/// (SHA-256). Like [`ParseCache`], an entry is kept from its second sighting on. `None`: the
-/// document has no line (it does not parse, or an object key holds the placeholder, whose
-/// sort order would differ from the id's): the cluster takes the full route.
+/// Canonical lines of generalized tenant documents, by stack, generalized cluster id and text.
+/// Like [`ParseCache`], an entry is kept from its second sighting on. `None`: the document has
+/// no line (it does not parse, or an object key holds the placeholder, whose sort order would
+/// differ from the id's): the cluster takes the full route.
+///
+/// Looked up for every tenant document, so keyed by a fast hash (FxHash) rather than SHA-256:
+/// a first sighting is remembered by its hash only, and a kept entry holds its key in full,
+/// compared on every hit (a hash collision costs a render, never a wrong line).
 #[derive(Default)]
 struct LineCache {
-    shards: [Mutex<HashMap<[u8; 32], Option<Arc<Option<Line>>>>>; 16],
+    shards: [Mutex<HashMap<u64, LineSlot>>; 16],
 }
+
+/// What [`LineCache`] holds for one hash.
+enum LineSlot {
+    /// Seen once.
+    Seen,
+    /// Kept lines by their full key (more than one only on a hash collision).
+    Kept(Vec<(LineKey, Arc<Option<Line>>)>),
+}
+
+/// The full key of a kept line: stack, generalized cluster id, generalized text.
+type LineKey = (Box<str>, Box<str>, Box<str>);
 
 impl LineCache {
     fn get(
@@ -819,23 +877,38 @@ impl LineCache {
         cluster: &str,
         make: impl FnOnce() -> Option<Line>,
     ) -> Arc<Option<Line>> {
-        let mut h = Sha256::new();
+        use std::hash::Hasher as _;
+        let mut h = rustc_hash::FxHasher::default();
         for part in [stack, cluster, text] {
-            h.update(part.len().to_le_bytes());
-            h.update(part.as_bytes());
+            h.write_usize(part.len());
+            h.write(part.as_bytes());
         }
-        let key: [u8; 32] = h.finalize().into();
-        let shard = &self.shards[usize::from(key[0]) % 16];
-        let seen = match shard.lock().expect("cache lock").get(&key) {
-            Some(Some(hit)) => return hit.clone(),
-            Some(None) => true,
+        let hash = h.finish();
+        let is_key = |(s, c, t): &LineKey| **s == *stack && **c == *cluster && **t == *text;
+        let shard = &self.shards[(hash % 16) as usize];
+        let seen = match shard.lock().expect("cache lock").get(&hash) {
+            Some(LineSlot::Kept(kept)) => match kept.iter().find(|(key, _)| is_key(key)) {
+                Some((_, line)) => return line.clone(),
+                None => true,
+            },
+            Some(LineSlot::Seen) => true,
             None => false,
         };
         let line = Arc::new(make());
-        shard
-            .lock()
-            .expect("cache lock")
-            .insert(key, seen.then(|| line.clone()));
+        let mut shard = shard.lock().expect("cache lock");
+        if !seen {
+            shard.entry(hash).or_insert(LineSlot::Seen);
+            return line;
+        }
+        let key = (stack.into(), cluster.into(), text.into());
+        match shard.entry(hash).or_insert(LineSlot::Seen) {
+            LineSlot::Kept(kept) => {
+                if !kept.iter().any(|(k, _)| is_key(k)) {
+                    kept.push((key, line.clone()));
+                }
+            }
+            slot => *slot = LineSlot::Kept(vec![(key, line.clone())]),
+        }
         line
     }
 }
@@ -1315,6 +1388,88 @@ data:
             answered > 500 && fell_back > 500,
             "{answered} / {fell_back}"
         );
+    }
+
+    /// The straightforward line-by-line splitter [`split_documents`] must agree with.
+    fn split_documents_by_lines(text: &str) -> Vec<(usize, &str)> {
+        let mut docs = Vec::new();
+        let mut start = 0;
+        let mut start_line = 1;
+        let mut offset = 0;
+        for (i, line) in text.split_inclusive('\n').enumerate() {
+            if is_marker(line.trim_end_matches('\n')) && offset > start {
+                docs.push((start_line, &text[start..offset]));
+                start = offset;
+                start_line = i + 1;
+            }
+            if line.trim_end() == "..." {
+                // A document end marker belongs to no document.
+                docs.push((start_line, &text[start..offset]));
+                start = offset + line.len();
+                start_line = i + 2;
+            }
+            offset += line.len();
+        }
+        docs.push((start_line, &text[start..]));
+        let is_blank = |d: &str| {
+            d.lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || is_marker(l))
+        };
+        if docs.len() > 1 && is_blank(docs[0].1) && !docs[0].1.trim_start().starts_with("---") {
+            docs.remove(0);
+        }
+        docs
+    }
+
+    #[test]
+    fn documents_split_as_line_by_line() {
+        let mut cases: Vec<String> = [
+            "",
+            "\n",
+            "---",
+            "---\n",
+            "a: 1",
+            "a: 1\n---\nb: 2\n",
+            "---\na: 1\n---\nb: 2",
+            "# c\n---\na: 1\n...\n---\nb: 2\n",
+            "a: 1\n...\n",
+            "...\n",
+            "--- a\n--- b\n",
+            "---\t\n-x\n.y\n- z\n...  \n",
+            "a: |\n  ---\n---\r\nb: 1\r\n",
+            "\n\n---\n\n",
+            "- a\n- b\n---\n- c",
+            "....\n---x\n",
+            "a\n.\n-\n",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let pieces = [
+            "---", "...", "--- x", "a: 1", "- b", ".c", "# d", "", " ---", "\r",
+        ];
+        for _ in 0..3000 {
+            let mut text = String::new();
+            for _ in 0..(state % 7) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(pieces[(state % pieces.len() as u64) as usize]);
+                if state % 5 != 0 {
+                    text.push('\n');
+                }
+            }
+            state = state.wrapping_add(0x9e37_79b9);
+            cases.push(text);
+        }
+        for text in &cases {
+            assert_eq!(
+                split_documents(text),
+                split_documents_by_lines(text),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
