@@ -269,7 +269,7 @@ impl<'m> Renderer<'m> {
         self.outputs(cluster, None, |output| {
             sound = output.is_ok_and(|out| {
                 split_documents(&out.text).into_iter().all(|(_, doc)| {
-                    let Some(general) = Generalized::of(doc, id) else {
+                    let Some(general) = generalizer.of(doc) else {
                         return false;
                     };
                     let line = self
