@@ -175,6 +175,8 @@ impl<'m> Renderer<'m> {
             env.set_path_join_callback(move |name, _parent| format!("{join_dir}{name}").into());
             env.add_function("host", host);
             env.add_function("bucket", bucket);
+            env.add_function("labels", labels);
+            env.add_function("selector", selector);
             let mut ok = true;
             for (path, source) in &stack.templates {
                 if let Err(err) = env.add_template_owned(path.clone(), source.to_string()) {
@@ -469,6 +471,43 @@ fn bucket(state: &State, purpose: &str) -> Result<String, minijinja::Error> {
         get("environment", "name")?,
         get("region", "id")?
     ))
+}
+
+/// `labels(component)`: the Kubernetes recommended labels of one component of this stack, as a
+/// one-line JSON map (valid YAML after any key, at any indentation):
+/// `{"app.kubernetes.io/component": component, "app.kubernetes.io/name": stack.name,
+/// "app.kubernetes.io/part-of": platform.name}`. Every stack needs them on every object; a
+/// built-in keeps them identical everywhere (and costs a fraction of a template macro).
+fn labels(state: &State, component: &str) -> Result<String, minijinja::Error> {
+    standard_labels(state, "labels", component, true)
+}
+
+/// `selector(component)`: the subset of [`labels`] that selects a component's pods
+/// (`app.kubernetes.io/name` and `/component`), as a one-line JSON map.
+fn selector(state: &State, component: &str) -> Result<String, minijinja::Error> {
+    standard_labels(state, "selector", component, false)
+}
+
+fn standard_labels(
+    state: &State,
+    func: &str,
+    component: &str,
+    part_of: bool,
+) -> Result<String, minijinja::Error> {
+    check_label(func, component)?;
+    let attr = |var: &str| -> Result<String, minijinja::Error> {
+        let v = state
+            .lookup(var)
+            .ok_or_else(|| minijinja::Error::new(ErrorKind::UndefinedError, var.to_owned()))?;
+        Ok(v.get_attr("name")?.to_string())
+    };
+    let mut map = serde_json::Map::new();
+    map.insert("app.kubernetes.io/name".into(), attr("stack")?.into());
+    map.insert("app.kubernetes.io/component".into(), component.into());
+    if part_of {
+        map.insert("app.kubernetes.io/part-of".into(), attr("platform")?.into());
+    }
+    Ok(serde_json::Value::Object(map).to_string())
 }
 
 fn check_label(func: &str, arg: &str) -> Result<(), minijinja::Error> {
@@ -1622,6 +1661,57 @@ data:
             let errors = renderer.digest(cluster).expect_err("not an object");
             assert_eq!(Err(errors), renderer.render(cluster).map(|b| b.digest));
         }
+    }
+
+    #[test]
+    fn standard_labels_are_built_in() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state");
+        crate::init::init(&path).expect("init");
+        let repo = crate::source::open(&path).expect("open");
+        let mut files = crate::source::read(&repo, "HEAD").expect("read").files;
+        let service = files
+            .iter_mut()
+            .find(|f| f.path == "stacks/bff/templates/service.yaml.j2")
+            .expect("service template");
+        service.bytes = b"apiVersion: v1\nkind: Service\nmetadata:\n  name: bff\n  labels: {{ labels(\"api\") }}\n  annotations: {s: {{ selector(\"api\") | tojson }}}\n".to_vec();
+        let model = cplane_schema::load(files.clone())
+            .into_valid()
+            .expect("valid");
+        let (renderer, _) = Renderer::new(&model);
+        let acme = clusters(&model)
+            .into_iter()
+            .find(|c| c.id == "w-acme")
+            .expect("acme");
+        let bundle = renderer.render(&acme).expect("renders");
+        let service = bundle
+            .objects
+            .iter()
+            .find(|o| o.value["kind"] == "Service")
+            .expect("service");
+        let labels = &service.value["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/name"], "bff");
+        assert_eq!(labels["app.kubernetes.io/component"], "api");
+        assert_eq!(labels["app.kubernetes.io/part-of"], "cogrion");
+        assert_eq!(
+            service.value["metadata"]["annotations"]["s"],
+            r#"{"app.kubernetes.io/component":"api","app.kubernetes.io/name":"bff"}"#
+        );
+        // A component must be a DNS label.
+        let bad = files
+            .iter_mut()
+            .find(|f| f.path == "stacks/bff/templates/service.yaml.j2")
+            .expect("service template");
+        bad.bytes = b"apiVersion: v1\nkind: Service\nmetadata:\n  name: bff\n  labels: {{ labels(\"Not A Label\") }}\n".to_vec();
+        let model = cplane_schema::load(files).into_valid().expect("valid");
+        let (renderer, _) = Renderer::new(&model);
+        let errors = renderer.render(&acme).expect_err("refused");
+        assert!(
+            errors[0]
+                .message
+                .contains("labels(): `Not A Label` is not a DNS label"),
+            "{errors:?}"
+        );
     }
 
     #[test]
