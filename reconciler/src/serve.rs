@@ -271,14 +271,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         }
         tracing::info!("shutting down");
     };
-    let served = match tls {
-        Some(config) => crate::tls::serve(listener, config, app, shutdown).await,
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    };
+    let served = crate::connections::serve(listener, tls, app, shutdown).await;
     reconciler.abort();
     served.map_err(|source| Error::Listen {
         addr: shared.settings.listen,
