@@ -478,11 +478,31 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let connected = started.elapsed();
-    std::thread::sleep(Duration::from_secs(3)); // let the server take them all in
+    // Measure once the server holds them all: its gauge of parked long-polls says so (a sent
+    // request may still wait in the listen backlog).
+    let parked = || {
+        http(port, "/metrics", &[])
+            .2
+            .lines()
+            .find_map(|l| l.strip_prefix("cplane_bundle_long_polls "))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    while parked() < pollers {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the server holds only {} of {pollers} long-polls",
+            parked()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let all_parked = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3)); // as before: a moment to settle
     let (held, _) = rss(pid);
     println!(
-        "(b) {pollers} concurrent long-polls held (sent in {:.1} s): server RSS {held:.0} MiB (idle before: {idle:.0} MiB; goal <= 512 MiB)",
-        connected.as_secs_f64()
+        "(b) {pollers} concurrent long-polls held (sent in {:.1} s, all parked in the server after {:.1} s): server RSS {held:.0} MiB (idle before: {idle:.0} MiB; goal <= 512 MiB)",
+        connected.as_secs_f64(),
+        all_parked.as_secs_f64()
     );
     println!("    held: {}; idle before: {idle_parts}", rss_parts(pid));
     let hold = if quick {
