@@ -357,6 +357,25 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
         304
     );
 
+    // A parked long-poll is counted while it waits, and let go when its agent goes away (the
+    // server keeps reading the connection while the request is in flight).
+    let long_polls = |port: u16| {
+        http(port, "GET", "/metrics", &[], b"")
+            .1
+            .lines()
+            .find_map(|l| l.strip_prefix("cplane_bundle_long_polls "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("cplane_bundle_long_polls gauge")
+    };
+    assert_eq!(long_polls(s.port), 0);
+    let mut gone = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+    write!(gone, "GET /v1/clusters/w-acme/bundle?wait=30 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {acme}\r\nIf-None-Match: {etag}\r\n\r\n").expect("write");
+    wait_for("the long-poll to be parked", || long_polls(s.port) == 1);
+    drop(gone);
+    wait_for("the abandoned long-poll to be let go", || {
+        long_polls(s.port) == 0
+    });
+
     // Long-poll: answered as soon as a pushed change alters the bundle.
     let port = s.port;
     let (acme2, etag2) = (acme.clone(), etag.clone());
@@ -372,7 +391,7 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
         );
         (r, t.elapsed())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("the long-poll to be parked", || long_polls(s.port) == 1);
     let file = s.work.join("workspaces/acme.yaml");
     let text = std::fs::read_to_string(&file).expect("read");
     std::fs::write(&file, text.replace("replicas: 3", "replicas: 4")).expect("write");
@@ -391,6 +410,7 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
         Some("2")
     );
     assert!(body.contains("\"replicas\":4"), "the new bundle");
+    assert_eq!(long_polls(s.port), 0, "answered polls are not counted");
 
     // BFF endpoints, with the workspace's own token.
     let (status, body) = http(

@@ -1,7 +1,8 @@
 //! The agent protocol under load (`cargo bench -p cplane-reconciler --bench agent_polls`; env
 //! `CPLANE_BENCH_WORKSPACES` (default 10,000), `CPLANE_BENCH_POLLERS` (default: one per
-//! workspace), `CPLANE_BENCH_WRK_SECONDS` (default 10)). Without `--bench` it runs a quick,
-//! small version.
+//! workspace), `CPLANE_BENCH_WRK_SECONDS` (default 10), `CPLANE_BENCH_HOLD_SECONDS` (default 0:
+//! how long to keep the long-polls held after measuring, to inspect the server meanwhile)).
+//! Without `--bench` it runs a quick, small version.
 //!
 //! (a) Unchanged-bundle polls: `wrk` (2 threads, 64 connections) sends
 //!     `GET /v1/clusters/{id}/bundle` with the cluster's token and `If-None-Match: "<digest>"` to
@@ -70,6 +71,27 @@ fn commit_all(dir: &Path, message: &str) {
     let parent = repo.head().expect("head").peel_to_commit().expect("commit");
     repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
         .expect("commit");
+}
+
+/// `RssAnon`, `RssFile` and `AnonHugePages` of `pid` in MiB, for the record: what the RSS is
+/// made of (heap, mapped binary and libraries, transparent huge pages).
+fn rss_parts(pid: u32) -> String {
+    let kb = |file: &str, key: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    format!(
+        "anon {:.0} MiB, file {:.0} MiB, of which huge pages {:.0} MiB",
+        kb("status", "RssAnon:"),
+        kb("status", "RssFile:"),
+        kb("smaps_rollup", "AnonHugePages:")
+    )
 }
 
 /// (VmRSS, VmHWM) of `pid` in MiB.
@@ -428,6 +450,7 @@ fn main() {
 
     // (b) every poller holds a long-poll.
     let (idle, _) = rss(pid);
+    let idle_parts = rss_parts(pid);
     let sent = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = {
@@ -455,12 +478,42 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let connected = started.elapsed();
-    std::thread::sleep(Duration::from_secs(3)); // let the server take them all in
+    // Measure once the server holds them all: its gauge of parked long-polls says so (a sent
+    // request may still wait in the listen backlog).
+    let parked = || {
+        http(port, "/metrics", &[])
+            .2
+            .lines()
+            .find_map(|l| l.strip_prefix("cplane_bundle_long_polls "))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    while parked() < pollers {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the server holds only {} of {pollers} long-polls",
+            parked()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let all_parked = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3)); // as before: a moment to settle
     let (held, _) = rss(pid);
     println!(
-        "(b) {pollers} concurrent long-polls held (sent in {:.1} s): server RSS {held:.0} MiB (idle before: {idle:.0} MiB; goal <= 512 MiB)",
-        connected.as_secs_f64()
+        "(b) {pollers} concurrent long-polls held (sent in {:.1} s, all parked in the server after {:.1} s): server RSS {held:.0} MiB (idle before: {idle:.0} MiB; goal <= 512 MiB)",
+        connected.as_secs_f64(),
+        all_parked.as_secs_f64()
     );
+    println!("    held: {}; idle before: {idle_parts}", rss_parts(pid));
+    let hold = if quick {
+        0
+    } else {
+        env("CPLANE_BENCH_HOLD_SECONDS", 0) as u64
+    };
+    if hold > 0 {
+        println!("    holding the long-polls for {hold} s (server pid {pid})");
+        std::thread::sleep(Duration::from_secs(hold));
+    }
 
     // A commit changing one workspace: its poller is woken.
     let target = &workspace_clusters[pollers / 2].0;

@@ -6,7 +6,8 @@
 //! - [`render`]: stack templates → per-cluster bundles with `sha256:` digests.
 //! - [`plan`]: the pure planner; [`apply`]: executes plans through the journal;
 //!   [`reconcile`]: one run (validate → observe → plan → apply → status).
-//! - [`db`], [`aws`]: adapters; [`bundle_store`]: published bundles as agents poll them.
+//! - [`db`], [`aws`]: adapters; [`bundle_store`]: published bundles as agents poll them;
+//!   [`connections`]: the HTTP/1.1 connections of `cplane serve` ([`tls`]: HTTPS, mTLS).
 //! - [`auth`]: OIDC bearer JWTs, principals, account memberships, the development issuer.
 //! - [`init`]: `cplane init`; [`lease`]: one reconciling replica per scope.
 //! - [`api`]: the write API (commits on a user's behalf), `GET /v1/plan`, `/openapi.json`.
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod aws;
 pub mod bundle_store;
 pub mod check;
+pub mod connections;
 pub mod db;
 pub mod incremental;
 pub mod init;

@@ -113,6 +113,25 @@ pub struct Metrics {
     durations_ms: Mutex<Vec<u64>>,
     webhook_deliveries: AtomicU64,
     pending: AtomicU64,
+    /// Long-polls waiting for a change right now (the `cplane_bundle_long_polls` gauge).
+    long_polls: AtomicU64,
+}
+
+/// Counts one long-poll in [`Metrics`] for as long as it waits (dropped with the request,
+/// whether it is answered or the agent goes away).
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A snapshot of the last reconcile.
@@ -271,14 +290,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         }
         tracing::info!("shutting down");
     };
-    let served = match tls {
-        Some(config) => crate::tls::serve(listener, config, app, shutdown).await,
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    };
+    let served = crate::connections::serve(listener, tls, app, shutdown).await;
     reconciler.abort();
     served.map_err(|source| Error::Listen {
         addr: shared.settings.listen,
@@ -729,6 +741,10 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> String {
         u8::from(sh.leader.load(Ordering::SeqCst))
     ));
     out.push_str(&format!(
+        "# HELP cplane_bundle_long_polls Agents' bundle long-polls waiting for a change.\n# TYPE cplane_bundle_long_polls gauge\ncplane_bundle_long_polls {}\n",
+        sh.metrics.long_polls.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
         "# HELP cplane_webhook_deliveries_total Verified push deliveries that triggered a reconcile.\n# TYPE cplane_webhook_deliveries_total counter\ncplane_webhook_deliveries_total {}\n",
         sh.metrics.webhook_deliveries.load(Ordering::SeqCst)
     ));
@@ -963,9 +979,14 @@ async fn bundle(
         .get(axum::http::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().trim_matches('"').to_owned());
+    let gzip = accepts_gzip(&headers);
+    // Not held while parked: hyper parses header values in place, so they would keep the
+    // connection's first read buffer alive next to the one it reads into meanwhile.
+    drop(headers);
     let deadline = Instant::now() + Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
     // Subscribe before looking, so a publish between the look and the wait is not missed.
     let mut changes = sh.store.subscribe();
+    let mut waiting = None;
     loop {
         let Some(head) = sh.store.head(&cluster) else {
             return api_error(
@@ -978,6 +999,9 @@ async fn bundle(
             break;
         }
         let now = Instant::now();
+        if now < deadline && waiting.is_none() {
+            waiting = Some(Waiting::new(&sh.metrics.long_polls));
+        }
         if now >= deadline
             || tokio::time::timeout(deadline - now, changes.changed())
                 .await
@@ -1001,7 +1025,8 @@ async fn bundle(
         }
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     };
-    let mut response = if accepts_gzip(&headers) {
+    drop(waiting);
+    let mut response = if gzip {
         let mut r = gz.into_response();
         r.headers_mut().insert(
             axum::http::header::CONTENT_ENCODING,

@@ -10,10 +10,9 @@
 //!   still served (browsers, BFFs and agents with bearer tokens), but a certificate that does not
 //!   verify fails the handshake.
 //! - The cluster a verified certificate names — its URI SAN `spiffe://cplane/cluster/<id>` — is
-//!   handed to the handlers as a [`ClientCluster`] request extension; nothing a client sends in
-//!   headers can set it. A certificate without such a SAN authenticates nothing.
+//!   handed to the handlers as a [`ClientCluster`] request extension
+//!   ([`crate::connections`]); nothing a client sends in headers can set it. A certificate without such a SAN authenticates nothing.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -108,63 +107,4 @@ pub fn cluster_of(cert: &CertificateDer<'_>) -> Option<String> {
         .valid_uri_names()
         .find_map(|uri| uri.strip_prefix(CLUSTER_URI_PREFIX).map(str::to_owned));
     found
-}
-
-/// Serves `app` over TLS on `listener` until `shutdown` resolves, then lets the requests in
-/// flight finish. Each request carries the connection's [`ClientCluster`] when its client
-/// certificate named one.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    app: axum::Router,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    use hyper_util::rt::TokioIo;
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept");
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(e) => {
-                    tracing::info!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let cluster = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(cluster_of)
-                .map(ClientCluster);
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-                if let Some(c) = &cluster {
-                    req.extensions_mut().insert(c.clone());
-                }
-                tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection");
-            }
-        });
-    }
-    graceful.shutdown().await;
-    Ok(())
 }
