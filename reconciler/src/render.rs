@@ -266,22 +266,41 @@ impl<'m> Renderer<'m> {
         let id = cluster.workspace.as_deref()?;
         let generalizer = Generalizer::new(id)?;
         let general_cluster = cluster.id.replace(id, &generalizer.placeholder);
-        let mut lines = Vec::new();
+        let placeholder = generalizer.placeholder.as_str();
+        // Each document's line (shared with the cache) and, where its key holds the
+        // placeholder, the key with the id back.
+        let mut lines: Vec<(Arc<Line>, Option<ObjectKey>)> = Vec::new();
         let mut sound = true;
         self.outputs(cluster, None, |output| {
             sound = output.is_ok_and(|out| {
                 split_documents(&out.text).into_iter().all(|(_, doc)| {
-                    let Some(general) = generalizer.of(doc) else {
+                    let Some(at) = generalizer.occurrences(doc) else {
                         return false;
                     };
-                    let line = self
-                        .lines
-                        .get(&general.text, out.stack, &general_cluster, || {
-                            canonical_line(&self.cache, &general.text, out.stack, &general_cluster)
-                        });
-                    match &*line {
+                    let line = self.lines.get(
+                        doc,
+                        &at,
+                        placeholder,
+                        out.stack,
+                        &general_cluster,
+                        |text| {
+                            canonical_line(
+                                &self.cache,
+                                text,
+                                out.stack,
+                                &general_cluster,
+                                placeholder,
+                            )
+                        },
+                    );
+                    match line {
                         Some(line) if !(line.needs_plain_id && could_be_non_string(id)) => {
-                            lines.push(general.specialize_line(line));
+                            let key = line.key_has_placeholder.then(|| {
+                                let back = |s: &str| s.replace(placeholder, id);
+                                let (rank, kind, namespace, name, group) = &line.key;
+                                (*rank, back(kind), back(namespace), back(name), back(group))
+                            });
+                            lines.push((line, key));
                             true
                         }
                         _ => false,
@@ -293,13 +312,27 @@ impl<'m> Renderer<'m> {
         if !sound {
             return None;
         }
-        lines.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        if lines.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+        fn key_of((line, key): &(Arc<Line>, Option<ObjectKey>)) -> &ObjectKey {
+            key.as_ref().unwrap_or(&line.key)
+        }
+        lines.sort_unstable_by(|a, b| key_of(a).cmp(key_of(b)));
+        if lines
+            .windows(2)
+            .any(|pair| key_of(&pair[0]) == key_of(&pair[1]))
+        {
             return None; // a duplicate object: the full route reports it
         }
+        // The canonical bytes are each line with the id put back at its marks, hashed as they
+        // are streamed (SHA-256 does not care how its input is cut).
         let mut hasher = Sha256::new();
-        for (_, json) in &lines {
-            hasher.update(json.as_bytes());
+        for (line, _) in &lines {
+            let mut copied = 0;
+            for &mark in &line.marks {
+                hasher.update(&line.json.as_bytes()[copied..mark]);
+                hasher.update(id.as_bytes());
+                copied = mark + placeholder.len();
+            }
+            hasher.update(&line.json.as_bytes()[copied..]);
             hasher.update(b"\n");
         }
         Some((
@@ -740,29 +773,43 @@ impl<'a> Generalizer<'a> {
         })
     }
 
+    /// Where the id occurs in `doc` (byte offsets, not overlapping), or `None` when the
+    /// guarantee could not be given.
+    fn occurrences(&self, doc: &str) -> Option<Vec<usize>> {
+        if memchr::memchr(PLACEHOLDER as u8, doc.as_bytes()).is_some() || escapes_placeholder(doc) {
+            return None;
+        }
+        let mut at = Vec::new();
+        for found in self.finder.find_iter(doc.as_bytes()) {
+            if in_tag_or_directive(doc, found) {
+                return None;
+            }
+            at.push(found);
+        }
+        Some(at)
+    }
+
+    /// `doc` with the placeholder at `at` (from [`Generalizer::occurrences`]).
+    fn generalize(&self, doc: &str, at: &[usize]) -> String {
+        let mut text = String::with_capacity(doc.len());
+        let mut copied = 0;
+        for &found in at {
+            text.push_str(&doc[copied..found]);
+            text.push_str(&self.placeholder);
+            copied = found + self.id.len();
+        }
+        text.push_str(&doc[copied..]);
+        text
+    }
+
     /// `doc` generalized, or `None` when the guarantee could not be given. A document that
     /// does not mention the id is its own generalization.
     fn of<'d>(&'d self, doc: &'d str) -> Option<Generalized<'d>> {
-        let bytes = doc.as_bytes();
-        if memchr::memchr(PLACEHOLDER as u8, bytes).is_some() || escapes_placeholder(doc) {
-            return None;
-        }
-        let mut text = String::new();
-        let mut copied = 0;
-        for at in self.finder.find_iter(bytes) {
-            if in_tag_or_directive(doc, at) {
-                return None;
-            }
-            text.reserve(doc.len());
-            text.push_str(&doc[copied..at]);
-            text.push_str(&self.placeholder);
-            copied = at + self.id.len();
-        }
-        let text = if copied == 0 {
+        let at = self.occurrences(doc)?;
+        let text = if at.is_empty() {
             doc.into()
         } else {
-            text.push_str(&doc[copied..]);
-            text.into()
+            self.generalize(doc, &at).into()
         };
         Some(Generalized {
             text,
@@ -784,22 +831,6 @@ impl<'a> Generalized<'a> {
             id: leak(id),
             placeholder: leak(&generalizer.placeholder),
         })
-    }
-
-    /// A cached canonical line with the id put back: its object key and its JSON.
-    fn specialize_line(&self, line: &Line) -> (ObjectKey, String) {
-        let back = |s: &str| {
-            if s.contains(PLACEHOLDER) {
-                s.replace(self.placeholder, self.id)
-            } else {
-                s.to_owned()
-            }
-        };
-        let (rank, kind, namespace, name, group) = &line.key;
-        (
-            (*rank, back(kind), back(namespace), back(name), back(group)),
-            back(&line.json),
-        )
     }
 
     /// The value parsed from the generalized text with the id put back, or `None` when a
@@ -876,22 +907,27 @@ fn could_be_non_string(s: &str) -> bool {
 struct Line {
     /// The object's canonical JSON (labels and annotation added, keys sorted, compact).
     json: String,
+    /// Where the placeholder is in `json` (byte offsets): the id goes there.
+    marks: Vec<usize>,
     /// The object's [`object_key`].
     key: ObjectKey,
+    /// Whether a string of `key` holds the placeholder.
+    key_has_placeholder: bool,
     /// Whether some string holding the placeholder has nothing but characters that YAML
     /// numbers, booleans and nulls are made of: it is a string with the id back only when the
     /// id has another character ([`could_be_non_string`]).
     needs_plain_id: bool,
 }
 
-/// Canonical lines of generalized tenant documents, by stack, generalized cluster id and text.
-/// Like [`ParseCache`], an entry is kept from its second sighting on. `None`: the document has
-/// no line (it does not parse, or an object key holds the placeholder, whose sort order would
-/// differ from the id's): the cluster takes the full route.
+/// Canonical lines of generalized tenant documents, by stack, generalized cluster id and
+/// generalized text. Like [`ParseCache`], an entry is kept from its second sighting on. `None`:
+/// the document has no line (it does not parse, or a map key holds the placeholder, whose sort
+/// order would differ from the id's): the cluster takes the full route.
 ///
-/// Looked up for every tenant document, so keyed by a fast hash (FxHash) rather than SHA-256:
-/// a first sighting is remembered by its hash only, and a kept entry holds its key in full,
-/// compared on every hit (a hash collision costs a render, never a wrong line).
+/// Looked up for every tenant document, so keyed by a fast hash (FxHash) of the document as
+/// generalized, computed piecewise from the document and the id's offsets without building the
+/// generalized text. A first sighting is remembered by its hash only; a kept entry holds its key
+/// in full, compared on every hit (a hash collision costs a render, never a wrong line).
 #[derive(Default)]
 struct LineCache {
     shards: [Mutex<HashMap<u64, LineSlot>>; 16],
@@ -902,28 +938,57 @@ enum LineSlot {
     /// Seen once.
     Seen,
     /// Kept lines by their full key (more than one only on a hash collision).
-    Kept(Vec<(LineKey, Arc<Option<Line>>)>),
+    Kept(Vec<(LineKey, Option<Arc<Line>>)>),
 }
 
 /// The full key of a kept line: stack, generalized cluster id, generalized text.
 type LineKey = (Box<str>, Box<str>, Box<str>);
 
 impl LineCache {
+    /// The line of `doc`, where the id is at `at` and becomes `placeholder`; `make` builds it
+    /// from the generalized text on a miss.
     fn get(
         &self,
-        text: &str,
+        doc: &str,
+        at: &[usize],
+        placeholder: &str,
         stack: &str,
         cluster: &str,
-        make: impl FnOnce() -> Option<Line>,
-    ) -> Arc<Option<Line>> {
+        make: impl FnOnce(&str) -> Option<Line>,
+    ) -> Option<Arc<Line>> {
         use std::hash::Hasher as _;
+        let pieces = || {
+            let mut copied = 0;
+            at.iter()
+                .flat_map(move |&found| {
+                    let piece = [&doc[copied..found], placeholder];
+                    copied = found + placeholder.len();
+                    piece
+                })
+                .chain(std::iter::once(
+                    &doc[at.last().map_or(0, |&l| l + placeholder.len())..],
+                ))
+        };
         let mut h = rustc_hash::FxHasher::default();
-        for part in [stack, cluster, text] {
+        for part in [stack, cluster] {
             h.write_usize(part.len());
             h.write(part.as_bytes());
         }
+        h.write_usize(doc.len());
+        for piece in pieces() {
+            h.write(piece.as_bytes());
+        }
         let hash = h.finish();
-        let is_key = |(s, c, t): &LineKey| **s == *stack && **c == *cluster && **t == *text;
+        let is_key = |(s, c, t): &LineKey| {
+            **s == *stack && **c == *cluster && t.len() == doc.len() && {
+                let mut offset = 0;
+                pieces().all(|piece| {
+                    let same = t.as_bytes()[offset..offset + piece.len()] == *piece.as_bytes();
+                    offset += piece.len();
+                    same
+                })
+            }
+        };
         let shard = &self.shards[(hash % 16) as usize];
         let seen = match shard.lock().expect("cache lock").get(&hash) {
             Some(LineSlot::Kept(kept)) => match kept.iter().find(|(key, _)| is_key(key)) {
@@ -933,7 +998,8 @@ impl LineCache {
             Some(LineSlot::Seen) => true,
             None => false,
         };
-        let line = Arc::new(make());
+        let text: String = pieces().collect();
+        let line = make(&text).map(Arc::new);
         let mut shard = shard.lock().expect("cache lock");
         if !seen {
             shard.entry(hash).or_insert(LineSlot::Seen);
@@ -954,7 +1020,13 @@ impl LineCache {
 
 /// The canonical line of a generalized document rendered by `stack` for the (generalized)
 /// cluster id `cluster`, or `None` when it has none (see [`LineCache`]).
-fn canonical_line(cache: &ParseCache, text: &str, stack: &str, cluster: &str) -> Option<Line> {
+fn canonical_line(
+    cache: &ParseCache,
+    text: &str,
+    stack: &str,
+    cluster: &str,
+    placeholder: &str,
+) -> Option<Line> {
     let ParsedDoc::Object(value) = &*cache.get(text) else {
         return None;
     };
@@ -968,9 +1040,19 @@ fn canonical_line(cache: &ParseCache, text: &str, stack: &str, cluster: &str) ->
             needs_plain_id |= could_be_non_string(&s.replace(PLACEHOLDER, ""));
         }
     });
-    keys_plain.then(|| Line {
-        json: serde_json::to_string(&value).expect("JSON values serialize"),
-        key: object_key(&value),
+    if !keys_plain {
+        return None;
+    }
+    let json = serde_json::to_string(&value).expect("JSON values serialize");
+    let key = object_key(&value);
+    let (_, kind, namespace, name, group) = &key;
+    Some(Line {
+        marks: memchr::memmem::find_iter(json.as_bytes(), placeholder).collect(),
+        key_has_placeholder: [kind, namespace, name, group]
+            .iter()
+            .any(|s| s.contains(PLACEHOLDER)),
+        json,
+        key,
         needs_plain_id,
     })
 }
