@@ -1577,7 +1577,7 @@ data:
                 state ^= state >> 7;
                 state ^= state << 17;
                 text.push_str(pieces[(state % pieces.len() as u64) as usize]);
-                if state % 5 != 0 {
+                if !state.is_multiple_of(5) {
                     text.push('\n');
                 }
             }
