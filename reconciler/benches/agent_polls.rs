@@ -73,40 +73,35 @@ fn commit_all(dir: &Path, message: &str) {
         .expect("commit");
 }
 
+/// The value of `key` (`VmRSS:`, ...) in `/proc/{pid}/{file}`, in MiB (0 when missing).
+fn proc_mib(pid: u32, file: &str, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
 /// `RssAnon`, `RssFile` and `AnonHugePages` of `pid` in MiB, for the record: what the RSS is
 /// made of (heap, mapped binary and libraries, transparent huge pages).
 fn rss_parts(pid: u32) -> String {
-    let kb = |file: &str, key: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
     format!(
         "anon {:.0} MiB, file {:.0} MiB, of which huge pages {:.0} MiB",
-        kb("status", "RssAnon:"),
-        kb("status", "RssFile:"),
-        kb("smaps_rollup", "AnonHugePages:")
+        proc_mib(pid, "status", "RssAnon:"),
+        proc_mib(pid, "status", "RssFile:"),
+        proc_mib(pid, "smaps_rollup", "AnonHugePages:")
     )
 }
 
 /// (VmRSS, VmHWM) of `pid` in MiB.
 fn rss(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (kb("VmRSS:"), kb("VmHWM:"))
+    (
+        proc_mib(pid, "status", "VmRSS:"),
+        proc_mib(pid, "status", "VmHWM:"),
+    )
 }
 
 struct Killed(Child);

@@ -640,6 +640,11 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
         i += 1;
     }
     docs.push((start_line, &text[start..]));
+    without_blank_lead(docs)
+}
+
+/// `docs` without a leading chunk that holds only blanks and comments (before the first `---`).
+fn without_blank_lead(mut docs: Vec<(usize, &str)>) -> Vec<(usize, &str)> {
     let is_blank = |d: &str| {
         d.lines()
             .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || is_marker(l))
@@ -1532,14 +1537,7 @@ data:
             offset += line.len();
         }
         docs.push((start_line, &text[start..]));
-        let is_blank = |d: &str| {
-            d.lines()
-                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || is_marker(l))
-        };
-        if docs.len() > 1 && is_blank(docs[0].1) && !docs[0].1.trim_start().starts_with("---") {
-            docs.remove(0);
-        }
-        docs
+        without_blank_lead(docs)
     }
 
     #[test]
