@@ -1118,7 +1118,7 @@ impl Session<'_> {
             }
             (_, None) => (tree::FlatTree::default(), None),
         };
-        match text {
+        let blob = match text {
             Some(text) => {
                 let blob = repo.blob(text.as_bytes())?;
                 objects.push(Outgoing::whole(
@@ -1126,26 +1126,41 @@ impl Session<'_> {
                     git2::ObjectType::Blob,
                     text.as_bytes().to_vec(),
                 ));
-                folder.upsert_blob(file, blob);
+                Some(blob)
             }
-            None => {
-                folder.remove_blob(file);
-            }
-        }
+            None => None,
+        };
+        // The new content is the old one with one entry spliced in or out, and its delta says
+        // just that (index() checks it rebuilds the content before anything is published).
+        let splice = folder.set_blob(file, blob);
         // The root is small: edited as entries too, so the new `workspaces/` tree need not be
         // in the object database (on a local remote it is only ever sent, as a delta).
         let mut root_entries = tree::FlatTree::read(&root);
         if folder.is_empty() {
             root_entries.remove_tree(dir);
         } else {
-            let bytes = Arc::new(folder.to_bytes());
+            let (bytes, delta) = match (base, splice) {
+                (Some((id, old)), Some(s)) => (
+                    s.apply(&old),
+                    Some((
+                        id,
+                        pack::splice_delta(old.len(), s.offset, s.removed, &s.inserted),
+                    )),
+                ),
+                (Some((id, old)), None) => {
+                    let bytes = folder.to_bytes();
+                    let delta = pack::delta(&old, &bytes);
+                    (bytes, Some((id, delta)))
+                }
+                (None, _) => (folder.to_bytes(), None),
+            };
+            let bytes = Arc::new(bytes);
+            let delta = delta.map(|(id, d)| (id, Arc::new(d)));
             let dir_tree = if self.fast_trees {
                 tree::FlatTree::id_of(&bytes)
             } else {
                 repo.odb()?.write(git2::ObjectType::Tree, &bytes)?
             };
-            // Stored as a delta of the tree it replaces (one entry differs).
-            let delta = base.map(|(id, old)| (id, Arc::new(pack::delta(&old, &bytes))));
             objects.push(Outgoing {
                 id: dir_tree,
                 kind: git2::ObjectType::Tree,
