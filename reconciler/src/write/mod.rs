@@ -31,8 +31,11 @@
 //! ([`Writer::write`], on a blocking thread) against the last published head, in parallel with
 //! the writer; the writer reuses that draft when the file's blob and the base's checker are
 //! still the same, else it redoes them. The writer itself only builds and publishes commits:
-//! `workspaces/` (10,000 entries, 400 KB) is edited as a sorted entry list ([`tree`]) and sent
-//! as a delta of the previous tree in one pack per chain ([`pack`]).
+//! `workspaces/` (10,000 entries, 400 KB) is edited as a sorted entry list ([`tree`]), its new
+//! content spliced from the previous one, and sent as a delta of the previous tree in one pack
+//! per chain ([`pack`]), indexed from the ids computed while building (each 400 KB tree is
+//! hashed once, not again by an indexer) after the pack is checked to hold exactly those
+//! contents.
 
 pub mod edit;
 pub mod pack;

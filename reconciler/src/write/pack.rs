@@ -20,8 +20,10 @@
 //! with the content its id was computed from, and with its declared type. The CRC32s of the
 //! index are computed from the bytes of the pack. So the ids in the index are ids of exactly
 //! what the pack stores; a defect in [`build`] (or in memory between the two) is refused, not
-//! published — the tests flip every byte of a pack to check it. What is not re-done is hashing
-//! a content whose hash was just computed.
+//! published — the tests flip each byte of a pack's headers, deltas and small objects (and a
+//! sample of the large whole one) to check it. What is not re-done is hashing a content whose
+//! hash was just computed: an id is as good as the code that computed it, which the tests
+//! check against libgit2 and `git index-pack` (same ids, byte-identical index).
 //!
 //! Formats (git's `Documentation/gitformat-pack.txt`): header `PACK`, version 2, object count;
 //! per object a type-and-size header, then (deltas) the base id, then zlib data; a SHA-1 of
