@@ -158,6 +158,14 @@ fn main() {
         .parse()
         .expect("count");
     assert_eq!(count, 1 + 1 + total, "every API write is one commit");
+    // The remote is sound: every object the writer's packs hold, hashed again by git.
+    let fsck = Command::new("git")
+        .args(["fsck", "--strict", "--no-dangling"])
+        .current_dir(&remote)
+        .output()
+        .expect("git fsck");
+    assert!(fsck.status.success(), "git fsck --strict: {fsck:?}");
+    println!("git fsck --strict: clean");
 }
 
 fn request(ws: usize, n: usize) -> Request {

@@ -31,8 +31,11 @@
 //! ([`Writer::write`], on a blocking thread) against the last published head, in parallel with
 //! the writer; the writer reuses that draft when the file's blob and the base's checker are
 //! still the same, else it redoes them. The writer itself only builds and publishes commits:
-//! `workspaces/` (10,000 entries, 400 KB) is edited as a sorted entry list ([`tree`]) and sent
-//! as a delta of the previous tree in one pack per chain ([`pack`]).
+//! `workspaces/` (10,000 entries, 400 KB) is edited as a sorted entry list ([`tree`]), its new
+//! content spliced from the previous one, and sent as a delta of the previous tree in one pack
+//! per chain ([`pack`]), indexed from the ids computed while building (each 400 KB tree is
+//! hashed once, not again by an indexer) after the pack is checked to hold exactly those
+//! contents.
 
 pub mod edit;
 pub mod pack;
@@ -195,6 +198,8 @@ pub struct Draft {
     unchanged: bool,
     /// `spec.account` before and after (each must be writable by the user).
     accounts: Vec<Option<String>>,
+    /// `spec.account` after (`None`: none, or the file is removed).
+    account: Option<String>,
 }
 
 impl Draft {
@@ -216,21 +221,23 @@ impl Draft {
         let accounts = [before.as_ref(), after.as_ref()]
             .into_iter()
             .flatten()
-            .map(|doc| {
-                doc.get("spec")
-                    .and_then(|s| s.get("account"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
+            .map(account_of)
             .collect();
         let text = after.as_ref().map(|v| edit::edit(old.as_deref(), v).0);
+        let account = after.as_ref().and_then(account_of);
         Ok(Self {
             unchanged: text == old,
             text,
             created,
             accounts,
+            account,
         })
     }
+}
+
+/// `spec.account` of a workspace document.
+fn account_of(doc: &Value) -> Option<String> {
+    doc.get("spec")?.get("account")?.as_str().map(str::to_owned)
 }
 
 /// A change drafted and checked by the request's handler (in parallel with the writer), against
@@ -491,6 +498,9 @@ impl From<store::PublishError> for Error {
         match e {
             store::PublishError::Git(e) => e.into(),
             store::PublishError::Dirty(message) => Error::Conflict(message),
+            e @ (store::PublishError::Pack(_) | store::PublishError::Io(_)) => {
+                Error::Repository(e.to_string())
+            }
         }
     }
 }
@@ -603,6 +613,9 @@ struct Job {
     prepared: Option<Prepared>,
     /// The head it was first built on, and its file's blob there.
     pinned: Option<(Oid, Option<Oid>)>,
+    /// Its file's blob at the head the chain being built starts from, looked up before the
+    /// chain's first commit (while the cached `workspaces/` entries are the head's).
+    at_head: Option<Option<Oid>>,
     /// Its outcome in the chain being built.
     outcome: Option<Result<Written, Error>>,
 }
@@ -677,6 +690,7 @@ fn run(
                 prepared,
                 reply: Some(reply),
                 pinned: None,
+                at_head: None,
                 outcome: None,
             })
             .collect();
@@ -706,7 +720,7 @@ struct Session<'c> {
     accounts: Accounts,
     /// The last `workspaces/` tree written or read: id, entries, content (saves re-reading
     /// 10,000 entries, and is the base of the next tree's delta).
-    folder: Option<(Oid, tree::FlatTree, Vec<u8>)>,
+    folder: Option<(Oid, tree::FlatTree, Arc<Vec<u8>>)>,
     /// The head's `workspaces/` entries, by tree id.
     head_folder: Option<(Oid, tree::FlatTree)>,
     /// Shared with handlers: the published head to prepare against.
@@ -721,7 +735,8 @@ struct Built {
     commit: Oid,
     objects: Vec<Outgoing>,
     path: String,
-    text: Option<String>,
+    /// The file's `spec.account` at this commit.
+    account: Option<String>,
     /// The file's blob at this commit (`None`: removed).
     blob: Option<Oid>,
     errors: Vec<Diagnostic>,
@@ -796,11 +811,11 @@ impl Session<'_> {
             // One renderer (templates compiled once) for every change of the chain.
             let checker = self.state.as_ref().map(HeadState::checker);
             let renderer = checker.as_deref().and_then(verify::Checker::renderer);
-            // The head's workspaces/ tree, when at hand: sent whole as the base of the chain's
-            // deltas, so the remote need not re-read and re-compress it (a thin pack's fix).
-            let head_tree = self.head_folder_bytes(store.repo(), head);
             // The state of the published head, to go back to if the chain is not published.
             let at_head = self.state.clone();
+            if let Err(e) = self.look_up_at_head(store.repo(), head, jobs) {
+                return fail_all_refs(jobs, e);
+            }
             let mut tip = head;
             let mut objects = Vec::new();
             let mut files: BTreeMap<String, Option<Oid>> = BTreeMap::new();
@@ -811,12 +826,7 @@ impl Session<'_> {
                         objects.extend(built.objects.iter().cloned());
                         files.insert(built.path.clone(), built.blob);
                         if let Some(state) = self.state.as_mut() {
-                            state.committed(
-                                built.commit,
-                                &built.path,
-                                built.text.as_deref().map(str::as_bytes),
-                                built.errors,
-                            );
+                            state.committed(built.commit, &built.path, built.account, built.errors);
                         }
                     }
                     Ok(None) => {}
@@ -833,21 +843,6 @@ impl Session<'_> {
             }
             if let Some(hook) = &self.config.before_publish {
                 hook();
-            }
-            if let Some((id, bytes)) = head_tree {
-                if objects
-                    .iter()
-                    .any(|o| o.delta.as_ref().is_some_and(|(b, _)| *b == id))
-                {
-                    objects.insert(
-                        0,
-                        Outgoing {
-                            id,
-                            delta: None,
-                            data: Some((git2::ObjectType::Tree, bytes)),
-                        },
-                    );
-                }
             }
             let files: Vec<(&str, Option<Oid>)> =
                 files.iter().map(|(p, b)| (p.as_str(), *b)).collect();
@@ -902,20 +897,29 @@ impl Session<'_> {
         blob_at(tip, path)
     }
 
-    /// The content of `head`'s `workspaces/` tree, when a cache holds it.
-    fn head_folder_bytes(&self, repo: &Repository, head: Oid) -> Option<(Oid, Vec<u8>)> {
-        let want = repo
-            .find_commit(head)
-            .ok()?
-            .tree()
-            .ok()?
-            .get_name("workspaces")?
-            .id();
-        match (&self.folder, &self.head_folder) {
-            (Some((id, _, bytes)), _) if *id == want => Some((want, bytes.clone())),
-            (_, Some((id, flat))) if *id == want => Some((want, flat.to_bytes())),
-            _ => None,
+    /// Sets each job's [`Job::at_head`] for a chain starting at `head`: through the cached
+    /// `workspaces/` entries of the last commit written when they are the head's (the usual
+    /// case: no 400 KB tree is read back from the pack just written).
+    fn look_up_at_head(
+        &mut self,
+        repo: &Repository,
+        head: Oid,
+        jobs: &mut [&mut Job],
+    ) -> Result<(), Error> {
+        let root = repo.find_commit(head)?.tree()?;
+        for job in jobs.iter_mut() {
+            let path = workspace_path(job.request.change.workspace());
+            let blob = match (path.split_once('/'), &self.folder) {
+                (Some((dir, file)), Some((id, flat, _)))
+                    if root.get_name(dir).map(|e| e.id()) == Some(*id) =>
+                {
+                    flat.blob(file)
+                }
+                _ => self.blob_at_head(repo, head, &path)?,
+            };
+            job.at_head = Some(blob);
         }
+        Ok(())
     }
 
     /// The blob at `path` in the commit `head`, through cached `workspaces/` entries.
@@ -980,10 +984,10 @@ impl Session<'_> {
                 )));
             }
         }
-        let head_blob = if head == tip {
-            current
-        } else {
-            self.blob_at_head(repo, head, &path)?
+        let head_blob = match job.at_head {
+            _ if head == tip => current,
+            Some(blob) => blob,
+            None => self.blob_at_head(repo, head, &path)?,
         };
         match job.pinned {
             None => job.pinned = Some((head, head_blob)),
@@ -1053,6 +1057,7 @@ impl Session<'_> {
         let Draft {
             text: new_text,
             created,
+            account,
             ..
         } = draft;
 
@@ -1084,7 +1089,7 @@ impl Session<'_> {
             commit,
             objects,
             path,
-            text: new_text,
+            account,
             blob,
             errors: own,
         }))
@@ -1101,11 +1106,6 @@ impl Session<'_> {
         message: &str,
     ) -> Result<(Oid, Vec<Outgoing>), Error> {
         let mut objects = Vec::new();
-        let whole = |id| Outgoing {
-            id,
-            delta: None,
-            data: None,
-        };
         let root = parent.tree()?;
         let (dir, file) = path.split_once('/').expect("workspace paths have a folder");
         let current = root
@@ -1116,45 +1116,70 @@ impl Session<'_> {
             (Some((id, flat, bytes)), Some(cur)) if id == cur => (flat, Some((cur, bytes))),
             (_, Some(cur)) => {
                 let flat = tree::FlatTree::read(&repo.find_tree(cur)?);
-                let bytes = flat.to_bytes();
+                let bytes = Arc::new(flat.to_bytes());
                 (flat, Some((cur, bytes)))
             }
             (_, None) => (tree::FlatTree::default(), None),
         };
-        match text {
+        let blob = match text {
             Some(text) => {
                 let blob = repo.blob(text.as_bytes())?;
-                objects.push(whole(blob));
-                folder.upsert_blob(file, blob);
+                objects.push(Outgoing::whole(
+                    blob,
+                    git2::ObjectType::Blob,
+                    text.as_bytes().to_vec(),
+                ));
+                Some(blob)
             }
-            None => {
-                folder.remove_blob(file);
-            }
-        }
+            None => None,
+        };
+        // The new content is the old one with one entry spliced in or out, and its delta says
+        // just that (index() checks it rebuilds the content before anything is published).
+        let splice = folder.set_blob(file, blob);
         // The root is small: edited as entries too, so the new `workspaces/` tree need not be
         // in the object database (on a local remote it is only ever sent, as a delta).
         let mut root_entries = tree::FlatTree::read(&root);
         if folder.is_empty() {
             root_entries.remove_tree(dir);
         } else {
-            let bytes = folder.to_bytes();
+            let (bytes, delta) = match (base, splice) {
+                (Some((id, old)), Some(s)) => (
+                    s.apply(&old),
+                    Some((
+                        id,
+                        pack::splice_delta(old.len(), s.offset, s.removed, &s.inserted),
+                    )),
+                ),
+                (Some((id, old)), None) => {
+                    let bytes = folder.to_bytes();
+                    let delta = pack::delta(&old, &bytes);
+                    (bytes, Some((id, delta)))
+                }
+                (None, _) => (folder.to_bytes(), None),
+            };
+            let bytes = Arc::new(bytes);
+            let delta = delta.map(|(id, d)| (id, Arc::new(d)));
             let dir_tree = if self.fast_trees {
                 tree::FlatTree::id_of(&bytes)
             } else {
                 repo.odb()?.write(git2::ObjectType::Tree, &bytes)?
             };
-            // Stored as a delta of the tree it replaces (one entry differs).
-            let delta = base.map(|(id, old)| (id, pack::delta(&old, &bytes)));
             objects.push(Outgoing {
                 id: dir_tree,
+                kind: git2::ObjectType::Tree,
+                data: bytes.clone(),
                 delta,
-                data: None,
             });
             root_entries.upsert_tree(dir, dir_tree);
             self.folder = Some((dir_tree, folder, bytes));
         }
-        let root_tree = root_entries.write(repo)?;
-        objects.push(whole(root_tree));
+        let root_bytes = root_entries.to_bytes();
+        let root_tree = repo.odb()?.write(git2::ObjectType::Tree, &root_bytes)?;
+        objects.push(Outgoing::whole(
+            root_tree,
+            git2::ObjectType::Tree,
+            root_bytes,
+        ));
         let tree = repo.find_tree(root_tree)?;
         let clean = |s: &str| -> String {
             let s: String = s
@@ -1169,8 +1194,13 @@ impl Session<'_> {
         };
         let author = Signature::now(&clean(&user.name), &clean(&user.email))?;
         let committer = Signature::now(&self.config.committer.0, &self.config.committer.1)?;
-        let commit = repo.commit(None, &author, &committer, message, &tree, &[parent])?;
-        objects.push(whole(commit));
+        let content = repo.commit_create_buffer(&author, &committer, message, &tree, &[parent])?;
+        let commit = repo.odb()?.write(git2::ObjectType::Commit, &content)?;
+        objects.push(Outgoing::whole(
+            commit,
+            git2::ObjectType::Commit,
+            content.to_vec(),
+        ));
         Ok((commit, objects))
     }
 

@@ -21,23 +21,42 @@
 //!   that parent.
 //!
 //! Objects are created in an in-memory object database (libgit2's mempack) stacked on the
-//! repository's, so a change that is refused or rebuilt leaves nothing behind.
+//! repository's, so a change that is refused or rebuilt leaves nothing behind. They reach the
+//! repository as one pack per publish, with an index made from the ids already computed and
+//! checked against the pack ([`pack::index`]).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use git2::{ErrorCode, Oid, Repository};
+use git2::{ErrorCode, ObjectType, Oid, Repository};
 
 use super::pack;
 
-/// An object a publish sends: its id, and the delta it is stored as (base id, delta), if any.
+/// An object a publish sends.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    /// The object.
+    /// The object's id, computed from `kind` and `data`.
     pub id: Oid,
-    /// Stored as this delta of this base (which the remote has, or which comes earlier).
-    pub delta: Option<(Oid, Vec<u8>)>,
-    /// Its content, when the sender has it at hand (else it is read from the repository).
-    pub data: Option<(git2::ObjectType, Vec<u8>)>,
+    /// Commit, tree or blob.
+    pub kind: ObjectType,
+    /// Its content.
+    pub data: Arc<Vec<u8>>,
+    /// A delta (see [`pack::delta`]) of this base that rebuilds `data`: the object is stored
+    /// so when the base is sent earlier in the same pack, else whole.
+    pub delta: Option<(Oid, Arc<Vec<u8>>)>,
+}
+
+impl Outgoing {
+    /// An object stored whole.
+    pub fn whole(id: Oid, kind: ObjectType, data: Vec<u8>) -> Self {
+        Self {
+            id,
+            kind,
+            data: Arc::new(data),
+            delta: None,
+        }
+    }
 }
 
 /// Outcome of publishing.
@@ -237,7 +256,7 @@ impl Store {
             }
             Kind::Network { url } => {
                 let url = url.clone();
-                Ok(self.push(&url, name, expected, new, objects)?)
+                self.push(&url, name, expected, new, objects)
             }
         }
     }
@@ -301,7 +320,7 @@ impl Store {
         expected: Option<Oid>,
         new: Oid,
         objects: &[Outgoing],
-    ) -> Result<Published, git2::Error> {
+    ) -> Result<Published, PublishError> {
         if advertised(&self.repo, url, name, git2::Direction::Push)? != expected {
             return Ok(Published::Moved);
         }
@@ -333,7 +352,7 @@ impl Store {
         if let Err(e) = pushed {
             return match advertised(&self.repo, url, name, git2::Direction::Push) {
                 Ok(now) if now != expected => Ok(Published::Moved),
-                _ => Err(e),
+                _ => Err(e.into()),
             };
         }
         if rejected.into_inner().is_some() {
@@ -359,6 +378,12 @@ pub enum PublishError {
     /// The checked-out working copy has uncommitted changes to a file the publish changes.
     #[error("{0}")]
     Dirty(String),
+    /// The pack made for the publish failed its check: nothing was written.
+    #[error(transparent)]
+    Pack(#[from] pack::Corrupt),
+    /// Writing the pack's files.
+    #[error("writing a pack: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// The commit a ref points at (`None`: no such ref).
@@ -387,39 +412,69 @@ fn advertised(
     Ok(found)
 }
 
-/// Writes `objects` (held in memory) into the repository's object database as one pack (see
-/// [`pack`]); the indexer checks every object's id.
-fn write_pack(repo: &Repository, objects: &[Outgoing]) -> Result<(), git2::Error> {
-    if objects.is_empty() {
-        return Ok(());
-    }
-    let odb = repo.odb()?;
+/// Writes `objects` into the repository's object database as one pack and its index (see
+/// [`pack`]). The pack is checked against the objects before anything is written. Readers (git,
+/// libgit2) find packs through their index only, so the pack is written straight under its
+/// name (nothing can have it open yet: it has no index) and the index last, through a
+/// temporary file renamed into place: no reader ever sees a partial pack or index. (A crash
+/// in between leaves a `.pack` without index, which nothing reads and a later identical pack
+/// replaces.)
+fn write_pack(repo: &Repository, objects: &[Outgoing]) -> Result<(), PublishError> {
+    let mut sent = HashSet::with_capacity(objects.len());
     let mut items = Vec::with_capacity(objects.len());
     for o in objects {
-        items.push(match &o.delta {
-            Some((base, delta)) => pack::Object::Delta {
-                base: *base,
-                delta: delta.clone(),
-            },
-            None => match &o.data {
-                Some((kind, data)) => pack::Object::Full {
-                    kind: *kind,
-                    data: data.clone(),
-                },
-                None => {
-                    let object = odb.read(o.id)?;
-                    pack::Object::Full {
-                        kind: object.kind(),
-                        data: object.data().to_vec(),
-                    }
-                }
-            },
-        });
+        // On-disk packs are never thin: a delta whose base is not sent before it goes whole.
+        let delta = o
+            .delta
+            .as_ref()
+            .filter(|(base, _)| sent.contains(base))
+            .map(|(base, delta)| (*base, delta.as_slice()));
+        if sent.insert(o.id) {
+            items.push(pack::Object {
+                id: o.id,
+                kind: o.kind,
+                data: &o.data,
+                delta,
+            });
+        }
+    }
+    if items.is_empty() {
+        return Ok(());
     }
     let bytes = pack::build(&items);
-    let mut writer = odb.packwriter()?;
-    std::io::Write::write_all(&mut writer, &bytes)
-        .map_err(|e| git2::Error::from_str(&format!("writing a pack: {e}")))?;
-    writer.commit()?;
-    Ok(())
+    let index = pack::index(&bytes, &items)?;
+    let dir = repo.commondir().join("objects").join("pack");
+    let name = format!("pack-{}", hex::encode(&bytes[bytes.len() - 20..]));
+    let idx = dir.join(format!("{name}.idx"));
+    if idx.exists() {
+        return Ok(()); // the same pack (named by its checksum) is there already
+    }
+    write_read_only(&dir.join(format!("{name}.pack")), &bytes, false)?;
+    let tmp = dir.join(format!("tmp_idx_cplane_{}_{name}", std::process::id()));
+    let installed = write_read_only(&tmp, &index, true).and_then(|()| std::fs::rename(&tmp, &idx));
+    if installed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(installed?)
+}
+
+/// Writes `bytes` to `path`, read-only like git's pack files; `new`: the file must not exist.
+fn write_read_only(path: &Path, bytes: &[u8], new: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if !new {
+        // A read-only leftover cannot be opened for writing (by anyone but root).
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .create_new(new)
+        .truncate(true)
+        .mode(0o444)
+        .open(path)?;
+    file.write_all(bytes)
 }

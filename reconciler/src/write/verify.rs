@@ -197,29 +197,32 @@ impl HeadState {
                 Err(_) => None,
             };
             let errors = next.checker.check_file(&path, bytes.as_deref(), None);
-            next.record(&path, bytes.as_deref(), errors);
+            let account = bytes.as_deref().and_then(account_in);
+            next.record(&path, account, errors);
         }
         next.commit = commit;
         Ok(next)
     }
 
     /// Records that the writer committed `commit`, whose only change from the current state is
-    /// `path` (now holding `bytes`, already checked, with `errors`).
+    /// `path` (already checked, with `errors`; `account`: its `spec.account` now, `None` when
+    /// it has none or was removed — known from the document the file was written from, so the
+    /// file is not parsed again).
     pub fn committed(
         &mut self,
         commit: Oid,
         path: &str,
-        bytes: Option<&[u8]>,
+        account: Option<String>,
         errors: Vec<Diagnostic>,
     ) {
-        self.record(path, bytes, errors);
+        self.record(path, account, errors);
         self.commit = commit;
     }
 
-    fn record(&mut self, path: &str, bytes: Option<&[u8]>, errors: Vec<Diagnostic>) {
+    fn record(&mut self, path: &str, account: Option<String>, errors: Vec<Diagnostic>) {
         if let FileRole::Workspace(id) = FileRole::of(path) {
             if let Ok(mut map) = self.accounts.write() {
-                match bytes.and_then(account_in) {
+                match account {
                     Some(account) => map.insert(id, account),
                     None => map.remove(&id),
                 };
