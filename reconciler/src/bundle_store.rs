@@ -175,7 +175,9 @@ impl BundleStore {
             let mut heads = self.heads.write().expect("heads lock");
             if only.is_none() {
                 let before = heads.len();
-                heads.retain(|id, _| rows.iter().any(|(r, _, _)| r == id));
+                let listed: std::collections::HashSet<&str> =
+                    rows.iter().map(|(r, _, _)| r.as_str()).collect();
+                heads.retain(|id, _| listed.contains(id.as_str()));
                 changed |= heads.len() != before;
             }
             for (id, digest, generation) in rows {

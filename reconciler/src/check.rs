@@ -187,8 +187,9 @@ pub fn check_memo(
             rendered.clear();
         }
         if let Some(m) = memo {
-            m.entries
-                .retain(|id, _| rendered.iter().any(|r| r.cluster.id == *id));
+            let current: std::collections::HashSet<&str> =
+                rendered.iter().map(|r| r.cluster.id.as_str()).collect();
+            m.entries.retain(|id, _| current.contains(id.as_str()));
         }
     }
     drop(renderer);
