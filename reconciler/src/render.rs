@@ -249,7 +249,7 @@ impl<'m> Renderer<'m> {
 
     /// The digest and object count of a cluster's bundle: the same as [`Renderer::render`]'s,
     /// faster. Tenant documents are looked up as canonical lines in their generalized form
-    /// ([`Generalized`], [`LineCache`]), so a document seen before is neither parsed nor
+    /// ([`Generalizer`], [`LineCache`]), so a document seen before is neither parsed nor
     /// serialized again; the bundle itself is not built. Whatever the fast route cannot vouch
     /// for (platform clusters, errors, documents that do not generalize) goes through
     /// [`Renderer::render`].
@@ -669,7 +669,7 @@ enum ParsedDoc {
 ///   clusters: they are cached by their exact text.
 /// - Most of the rest differ between tenant clusters only in the workspace id (host names, zone
 ///   names, client ids, values such as repository URLs). Those are cached in *generalized* form,
-///   the id replaced by a placeholder of the same length (see [`Generalized`]), and the parsed
+///   the id replaced by a placeholder of the same length (see [`Generalizer`]), and the parsed
 ///   value is specialized back to the cluster. At 10,000 workspaces this turns ~126 MB of unique YAML
 ///   into a few hundred distinct documents.
 ///
@@ -697,9 +697,9 @@ impl ParseCache {
         let generalizer = workspace
             .filter(|id| doc.contains(*id))
             .and_then(Generalizer::new);
-        if let Some(general) = generalizer.as_ref().and_then(|g| g.of(doc)) {
-            if let ParsedDoc::Object(value) = &*self.get(&general.text) {
-                if let Some(value) = general.specialize(value) {
+        if let Some((g, text)) = generalizer.as_ref().and_then(|g| Some((g, g.of(doc)?))) {
+            if let ParsedDoc::Object(value) = &*self.get(&text) {
+                if let Some(value) = g.specialize(value) {
                     return Ok(value);
                 }
             }
@@ -729,11 +729,14 @@ impl ParseCache {
     }
 }
 
-/// A rendered document with the workspace id replaced by a placeholder of the same length made of
-/// [`PLACEHOLDER`] characters (`acme` → `ZZZZ`, so `bff.w-acme.sgp-1.cogrion.com` →
+/// The placeholder character: a letter no YAML null, boolean or number contains.
+const PLACEHOLDER: char = 'Z';
+
+/// Generalizes rendered documents for one workspace id: the id replaced by a placeholder of the
+/// same length made of [`PLACEHOLDER`] characters (`acme` → `ZZZZ`, so `bff.w-acme.sgp-1.cogrion.com` →
 /// `bff.w-ZZZZ.sgp-1.cogrion.com`).
 ///
-/// Guarantee: when [`Generalized::of`] and [`Generalized::specialize`] both succeed,
+/// Guarantee: when [`Generalizer::of`] gives `text` and [`Generalizer::specialize`] succeeds,
 /// `specialize(parse(text)) == parse(doc)`. Why this holds:
 /// - The id is a DNS label (`[a-z0-9-]`, no leading or trailing `-`); the placeholder has its
 ///   length, so lines, columns and YAML's 1024-character limit on simple keys are unchanged.
@@ -750,18 +753,8 @@ impl ParseCache {
 ///   not generalized: every `Z` of a parsed value is a placeholder.
 /// - A plain scalar containing `Z` is always a string (no null, boolean or number contains a
 ///   `Z`), but the same scalar with the id back might not be (`1234`, `0xdead`). So
-///   [`Generalized::specialize`] refuses any specialized string that YAML could read as
+///   [`Generalizer::specialize`] refuses any specialized string that YAML could read as
 ///   something else ([`could_be_non_string`]), and the document is parsed as it is.
-struct Generalized<'a> {
-    text: std::borrow::Cow<'a, str>,
-    id: &'a str,
-    placeholder: &'a str,
-}
-
-/// The placeholder character: a letter no YAML null, boolean or number contains.
-const PLACEHOLDER: char = 'Z';
-
-/// Generalizes documents for one workspace id (searches prepared once per cluster).
 struct Generalizer<'a> {
     id: &'a str,
     placeholder: String,
@@ -769,7 +762,8 @@ struct Generalizer<'a> {
 }
 
 impl<'a> Generalizer<'a> {
-    /// `None` when `id` is not a DNS label (then nothing is generalized).
+    /// `None` when `id` is not a DNS label (then nothing is generalized). The searches are
+    /// prepared once, for every document of a cluster.
     fn new(id: &'a str) -> Option<Self> {
         cplane_schema::domain::is_dns_label(id).then(|| Self {
             id,
@@ -809,32 +803,12 @@ impl<'a> Generalizer<'a> {
 
     /// `doc` generalized, or `None` when the guarantee could not be given. A document that
     /// does not mention the id is its own generalization.
-    fn of<'d>(&'d self, doc: &'d str) -> Option<Generalized<'d>> {
+    fn of<'d>(&self, doc: &'d str) -> Option<std::borrow::Cow<'d, str>> {
         let at = self.occurrences(doc)?;
-        let text = if at.is_empty() {
+        Some(if at.is_empty() {
             doc.into()
         } else {
             self.generalize(doc, &at).into()
-        };
-        Some(Generalized {
-            text,
-            id: self.id,
-            placeholder: &self.placeholder,
-        })
-    }
-}
-
-impl<'a> Generalized<'a> {
-    /// [`Generalizer::of`] for a single document.
-    #[cfg(test)]
-    fn of(doc: &str, id: &str) -> Option<Generalized<'static>> {
-        let generalizer = Generalizer::new(id)?;
-        let general = generalizer.of(doc)?;
-        let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
-        Some(Generalized {
-            text: general.text.into_owned().into(),
-            id: leak(id),
-            placeholder: leak(&generalizer.placeholder),
         })
     }
 
@@ -846,7 +820,7 @@ impl<'a> Generalized<'a> {
             if !s.contains(PLACEHOLDER) {
                 return Some(s.to_owned());
             }
-            let back = s.replace(self.placeholder, self.id);
+            let back = s.replace(&self.placeholder, self.id);
             (!could_be_non_string(&back)).then_some(back)
         };
         Some(match value {
@@ -1325,26 +1299,38 @@ pub fn group(errors: Vec<(String, Diagnostic)>) -> Vec<Diagnostic> {
 mod tests {
     use super::*;
 
+    /// `doc` generalized for `id` (see [`Generalizer::of`]).
+    fn generalized(doc: &str, id: &str) -> Option<String> {
+        Generalizer::new(id)?
+            .of(doc)
+            .map(std::borrow::Cow::into_owned)
+    }
+
+    /// The value parsed from generalized text, with `id` put back.
+    fn specialized(value: &serde_json::Value, id: &str) -> Option<serde_json::Value> {
+        Generalizer::new(id).expect("an id").specialize(value)
+    }
+
     /// Parses `doc` both ways and asserts the generalized route gives the exact result.
     fn assert_generalizes(doc: &str, id: &str) {
-        let general = Generalized::of(doc, id).expect("generalizable");
-        assert_ne!(general.text, doc, "the id was abstracted");
-        assert!(!general.text.contains(id), "{}", general.text);
+        let general = generalized(doc, id).expect("generalizable");
+        assert_ne!(general, doc, "the id was abstracted");
+        assert!(!general.contains(id), "{general}");
         let (ParsedDoc::Object(exact), ParsedDoc::Object(abstracted)) =
-            (parse_document(doc), parse_document(&general.text))
+            (parse_document(doc), parse_document(&general))
         else {
             panic!("both parse:\n{doc}");
         };
-        assert_eq!(general.specialize(&abstracted), Some(exact), "{doc}");
+        assert_eq!(specialized(&abstracted, id), Some(exact), "{doc}");
     }
 
     /// Asserts the generalized route gives up on `doc` (at `of`, the parse or `specialize`).
     fn assert_not_generalized(doc: &str, id: &str) {
-        let Some(general) = Generalized::of(doc, id) else {
+        let Some(general) = generalized(doc, id) else {
             return;
         };
-        if let ParsedDoc::Object(abstracted) = parse_document(&general.text) {
-            assert_eq!(general.specialize(&abstracted), None, "{doc}");
+        if let ParsedDoc::Object(abstracted) = parse_document(&general) {
+            assert_eq!(specialized(&abstracted, id), None, "{doc}");
         }
     }
 
@@ -1394,7 +1380,7 @@ data:
         let doc = |extra: &str| {
             format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: w-acme\n  annotations:\n    {extra}\n")
         };
-        assert!(Generalized::of(&doc("a: b"), "acme").is_some());
+        assert!(generalized(&doc("a: b"), "acme").is_some());
         // Escapes that could spell the placeholder; a placeholder already there.
         for extra in [
             r#"a: "\x5a""#,
@@ -1402,17 +1388,15 @@ data:
             r#"a: "\U0000005a""#,
             "a: Zulu",
         ] {
-            assert!(Generalized::of(&doc(extra), "acme").is_none(), "{extra}");
+            assert!(generalized(&doc(extra), "acme").is_none(), "{extra}");
         }
         // The id in a tag or a directive.
-        assert!(Generalized::of(&doc("a: !!int 5"), "int").is_none());
-        assert!(
-            Generalized::of("%TAG !e! tag:acme.com,2000:\n---\na: !e!x acme\n", "acme").is_none()
-        );
+        assert!(generalized(&doc("a: !!int 5"), "int").is_none());
+        assert!(generalized("%TAG !e! tag:acme.com,2000:\n---\na: !e!x acme\n", "acme").is_none());
         // Not mentioned: the document is its own generalization. Not an id: no guarantee.
         let own = doc("a: b");
-        assert_eq!(Generalized::of(&own, "globex").expect("as it is").text, own);
-        assert!(Generalized::of("a: ACME\n", "ACME").is_none());
+        assert_eq!(generalized(&own, "globex").expect("as it is"), own);
+        assert!(generalized("a: ACME\n", "ACME").is_none());
         // With the id back, a scalar YAML reads as a number, boolean or null: not a string.
         for (id, extra) in [
             ("1234", "a: 1234"),
@@ -1493,8 +1477,8 @@ data:
                 ParsedDoc::Object(v) => Some(v),
                 ParsedDoc::Invalid(..) => None,
             };
-            let general = Generalized::of(&doc, id).and_then(|g| match parse_document(&g.text) {
-                ParsedDoc::Object(v) => g.specialize(&v),
+            let general = generalized(&doc, id).and_then(|g| match parse_document(&g) {
+                ParsedDoc::Object(v) => specialized(&v, id),
                 ParsedDoc::Invalid(..) => None,
             });
             match general {
@@ -1640,7 +1624,7 @@ data:
             let bundle = renderer.render(&cluster).expect("renders");
             let id = cluster.workspace.as_deref().expect("tenant");
             for doc in bundle.to_yaml().split("---\n").filter(|d| !d.is_empty()) {
-                if Generalized::of(doc, id).is_some() {
+                if generalized(doc, id).is_some() {
                     assert_generalizes(doc, id);
                     checked += 1;
                 }
