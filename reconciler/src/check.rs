@@ -112,7 +112,9 @@ pub fn check_memo(
     keep: impl Fn(&Cluster, &str) -> Keep + Sync,
     mut memo: Option<&mut RenderMemo>,
 ) -> Checked {
+    let started = std::time::Instant::now();
     let loaded = cplane_schema::load(files);
+    tracing::debug!(elapsed = ?started.elapsed(), "loaded and cross-checked");
     let mut diagnostics = loaded.diagnostics;
     let Some(model) = loaded.model else {
         return Checked {
@@ -128,12 +130,13 @@ pub fn check_memo(
     // Rendering a model with errors would mostly repeat them; render once it is sound.
     if diagnostics.is_empty() && compile_errors.is_empty() {
         let clusters = render::clusters(&model);
-        let stacks = stacks_fingerprint(&model);
         let known = memo.as_deref();
+        let stacks = known.map(|_| stacks_fingerprint(&model));
+        tracing::debug!(elapsed = ?started.elapsed(), clusters = clusters.len(), "rendering");
         let results: Vec<_> = clusters
             .par_iter()
             .map(|c| {
-                let print = known.map(|_| fingerprint(&model, &stacks, c));
+                let print = stacks.as_ref().map(|stacks| fingerprint(&model, stacks, c));
                 if let (Some(m), Some(print)) = (known, print) {
                     if let Some((p, digest, objects)) = m.entries.get(&c.id) {
                         if *p == print && keep(c, digest) == Keep::Nothing {
@@ -182,6 +185,7 @@ pub fn check_memo(
                 }
             }
         }
+        tracing::debug!(elapsed = ?started.elapsed(), rendered = renders, "rendered");
         diagnostics.extend(render::group(failures));
         if !diagnostics.is_empty() {
             rendered.clear();

@@ -17,7 +17,7 @@ use cplane_schema::domain::workspace_name;
 use cplane_schema::model::{deep_merge, RegionStatus, StackTarget};
 use cplane_schema::validate::{is_partial, names_for};
 use cplane_schema::{Diagnostic, Model, Pos};
-use minijinja::value::Value;
+use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{context, AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -147,7 +147,11 @@ impl Bundle {
 
 /// Compiled templates of every stack, shareable between threads and renderers.
 #[derive(Clone)]
-pub struct Compiled(Arc<BTreeMap<String, Environment<'static>>>);
+pub struct Compiled {
+    envs: Arc<BTreeMap<String, Environment<'static>>>,
+    /// The platform name the environments' `labels()` were made with.
+    platform: String,
+}
 
 /// Compiled templates of every stack.
 pub struct Renderer<'m> {
@@ -173,10 +177,17 @@ impl<'m> Renderer<'m> {
             let dir = format!("stacks/{}/templates/", stack.entity.path_id);
             let join_dir = dir.clone();
             env.set_path_join_callback(move |name, _parent| format!("{join_dir}{name}").into());
+            env.add_filter("tojson", tojson);
             env.add_function("host", host);
             env.add_function("bucket", bucket);
-            env.add_function("labels", labels);
-            env.add_function("selector", selector);
+            let standard = Arc::new(StandardLabels::new(name, &model.platform.doc.metadata.name));
+            let of = standard.clone();
+            env.add_function("labels", move |component: &str| {
+                of.map("labels", component, true)
+            });
+            env.add_function("selector", move |component: &str| {
+                standard.map("selector", component, false)
+            });
             let mut ok = true;
             for (path, source) in &stack.templates {
                 if let Err(err) = env.add_template_owned(path.clone(), source.to_string()) {
@@ -202,15 +213,23 @@ impl<'m> Renderer<'m> {
     /// The compiled templates, to make more renderers of the same stacks without compiling
     /// again ([`Renderer::with_compiled`]).
     pub fn compiled(&self) -> Compiled {
-        Compiled(self.envs.clone())
+        Compiled {
+            envs: self.envs.clone(),
+            platform: self.model.platform.doc.metadata.name.clone(),
+        }
     }
 
     /// A renderer of `model` with templates compiled before, from a model with the same stacks
-    /// (the API writer renders changed workspaces against an unchanged base).
+    /// (the API writer renders changed workspaces against an unchanged base). Should the
+    /// platform's name differ from the one they were compiled with (it is built into
+    /// `labels()`), they are compiled again.
     pub fn with_compiled(model: &'m Model, compiled: &Compiled) -> Self {
+        if model.platform.doc.metadata.name != compiled.platform {
+            return Self::new(model).0;
+        }
         Self {
             model,
-            envs: compiled.0.clone(),
+            envs: compiled.envs.clone(),
             cache: ParseCache::default(),
             lines: LineCache::default(),
         }
@@ -489,6 +508,34 @@ fn host(state: &State, service: &str) -> Result<String, minijinja::Error> {
     Ok(format!("{service}.{suffix}"))
 }
 
+/// minijinja's `tojson` filter, with a fast route for the common case of a plain string
+/// (`{{ vars.REGION | tojson }}`): the same bytes as the built-in, which serializes through
+/// the generic value serializer and then copies the text a character at a time to escape what
+/// HTML would read (`<`, `>`, `&`, `'`). Anything else (maps, lists, an indent) goes to the
+/// built-in itself.
+fn tojson(value: &Value, indent: Option<Value>, args: Kwargs) -> Result<Value, minijinja::Error> {
+    if indent.is_some() || args.args().next().is_some() || value.kind() != ValueKind::String {
+        return minijinja::filters::tojson(value, indent, args);
+    }
+    let text = value.as_str().unwrap_or_default();
+    let json = serde_json::to_string(text).expect("strings serialize");
+    let html = |b: &u8| matches!(b, b'<' | b'>' | b'&' | b'\'');
+    if !json.as_bytes().iter().any(html) {
+        return Ok(Value::from_safe_string(json));
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\'' => out.push_str("\\u0027"),
+            _ => out.push(c),
+        }
+    }
+    Ok(Value::from_safe_string(out))
+}
+
 /// `bucket(purpose)`: the regional bucket `{prefix}-{env}-{region}-{purpose}` (operator account).
 fn bucket(state: &State, purpose: &str) -> Result<String, minijinja::Error> {
     check_label("bucket", purpose)?;
@@ -506,41 +553,50 @@ fn bucket(state: &State, purpose: &str) -> Result<String, minijinja::Error> {
     ))
 }
 
-/// `labels(component)`: the Kubernetes recommended labels of one component of this stack, as a
-/// one-line JSON map (valid YAML after any key, at any indentation):
+/// The built-ins `labels(component)` and `selector(component)` of one stack's environment.
+///
+/// `labels(component)` gives the Kubernetes recommended labels of one component of the stack
+/// as a one-line JSON map (valid YAML after any key, at any indentation):
 /// `{"app.kubernetes.io/component": component, "app.kubernetes.io/name": stack.name,
-/// "app.kubernetes.io/part-of": platform.name}`. Every stack needs them on every object; a
-/// built-in keeps them identical everywhere (and costs a fraction of a template macro).
-fn labels(state: &State, component: &str) -> Result<String, minijinja::Error> {
-    standard_labels(state, "labels", component, true)
+/// "app.kubernetes.io/part-of": platform.name}`. `selector(component)` gives the subset that
+/// selects a component's pods (`name` and `component`). Every stack needs them on every
+/// object; a built-in keeps them identical everywhere. They are called on nearly every object
+/// of every cluster, so the stack's and platform's parts are serialized once, when the
+/// environment is made, and a call only checks and splices in the component.
+struct StandardLabels {
+    /// `,"app.kubernetes.io/name":"<stack>"`.
+    name: String,
+    /// `,"app.kubernetes.io/part-of":"<platform>"`.
+    part_of: String,
 }
 
-/// `selector(component)`: the subset of [`labels`] that selects a component's pods
-/// (`app.kubernetes.io/name` and `/component`), as a one-line JSON map.
-fn selector(state: &State, component: &str) -> Result<String, minijinja::Error> {
-    standard_labels(state, "selector", component, false)
-}
-
-fn standard_labels(
-    state: &State,
-    func: &str,
-    component: &str,
-    part_of: bool,
-) -> Result<String, minijinja::Error> {
-    check_label(func, component)?;
-    let attr = |var: &str| -> Result<String, minijinja::Error> {
-        let v = state
-            .lookup(var)
-            .ok_or_else(|| minijinja::Error::new(ErrorKind::UndefinedError, var.to_owned()))?;
-        Ok(v.get_attr("name")?.to_string())
-    };
-    let mut map = serde_json::Map::new();
-    map.insert("app.kubernetes.io/name".into(), attr("stack")?.into());
-    map.insert("app.kubernetes.io/component".into(), component.into());
-    if part_of {
-        map.insert("app.kubernetes.io/part-of".into(), attr("platform")?.into());
+impl StandardLabels {
+    fn new(stack: &str, platform: &str) -> Self {
+        let pair = |key: &str, value: &str| {
+            let value = serde_json::to_string(value).expect("strings serialize");
+            format!(",\"app.kubernetes.io/{key}\":{value}")
+        };
+        Self {
+            name: pair("name", stack),
+            part_of: pair("part-of", platform),
+        }
     }
-    Ok(serde_json::Value::Object(map).to_string())
+
+    /// The map, keys sorted as JSON maps are: `component`, `name`, then `part-of` when asked.
+    fn map(&self, func: &str, component: &str, part_of: bool) -> Result<String, minijinja::Error> {
+        // A DNS label: nothing in it needs a JSON escape.
+        check_label(func, component)?;
+        let mut out = String::with_capacity(64 + self.name.len() + self.part_of.len());
+        out.push_str("{\"app.kubernetes.io/component\":\"");
+        out.push_str(component);
+        out.push('"');
+        out.push_str(&self.name);
+        if part_of {
+            out.push_str(&self.part_of);
+        }
+        out.push('}');
+        Ok(out)
+    }
 }
 
 fn check_label(func: &str, arg: &str) -> Result<(), minijinja::Error> {
@@ -1724,6 +1780,62 @@ data:
         for cluster in clusters(&model).iter().filter(|c| c.workspace.is_some()) {
             let errors = renderer.digest(cluster).expect_err("not an object");
             assert_eq!(Err(errors), renderer.render(cluster).map(|b| b.digest));
+        }
+    }
+
+    #[test]
+    fn tojson_is_the_builtins() {
+        let ours = {
+            let mut env = Environment::new();
+            env.add_filter("tojson", tojson);
+            env
+        };
+        let builtin = Environment::new();
+        // Strings of every kind of character JSON or HTML escapes, and random mixes of them.
+        let alphabet: Vec<char> = "aZ9-. <>&'\"\\/\u{0}\u{1f}\t\n\r\u{7f}é中😀\u{2028}\u{2029}"
+            .chars()
+            .collect();
+        let mut strings: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+        strings.extend(["", "sgp-1.cogrion.com", "</script>", "a<b>&'c\"d\\e"].map(String::from));
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..2_000 {
+            let len = (seed % 12) as usize;
+            strings.push(
+                (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        alphabet[(seed % alphabet.len() as u64) as usize]
+                    })
+                    .collect(),
+            );
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        }
+        let mut values: Vec<Value> = strings.iter().map(|s| Value::from(s.as_str())).collect();
+        values.extend(strings.iter().map(|s| Value::from_safe_string(s.clone())));
+        values.extend([
+            Value::from(1),
+            Value::from(true),
+            Value::from(()),
+            Value::from(vec!["<a>", "b"]),
+            Value::from_serialize(serde_json::json!({"cpu": "500m", "x": {"y": ["&", 1.5]}})),
+        ]);
+        for template in [
+            "{{ v | tojson }}",
+            "{{ v | tojson(2) }}",
+            "{{ v | tojson(indent=2) }}",
+            "{{ v | tojson(true) }}",
+            "{{ v | tojson(false) }}",
+            "{{ v | tojson(bogus=1) }}",
+        ] {
+            for v in &values {
+                let render = |env: &Environment| {
+                    env.render_str(template, context! { v => v })
+                        .map_err(|e| e.to_string())
+                };
+                assert_eq!(render(&ours), render(&builtin), "{template} of {v:?}");
+            }
         }
     }
 
