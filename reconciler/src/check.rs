@@ -164,6 +164,7 @@ pub fn check_memo(
             })
             .collect();
         let mut failures = Vec::new();
+        rendered.reserve_exact(clusters.len());
         for (cluster, (print, fresh, result)) in clusters.into_iter().zip(results) {
             renders += usize::from(fresh);
             match result {

@@ -17,7 +17,7 @@ use cplane_schema::domain::workspace_name;
 use cplane_schema::model::{deep_merge, RegionStatus, StackTarget};
 use cplane_schema::validate::{is_partial, names_for};
 use cplane_schema::{Diagnostic, Model, Pos};
-use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::value::{Enumerator, Kwargs, Value, ValueKind};
 use minijinja::{context, AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -63,7 +63,7 @@ pub struct Cluster {
 /// Every cluster of the model: platform clusters of live regions first, then workspaces of live
 /// regions, each group sorted by id.
 pub fn clusters(model: &Model) -> Vec<Cluster> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(model.workspaces.len() + 2 * model.regions.len());
     for (id, region) in &model.regions {
         if region.doc.spec.status != RegionStatus::Live {
             continue;
@@ -157,6 +157,10 @@ pub struct Compiled {
 pub struct Renderer<'m> {
     model: &'m Model,
     envs: Arc<BTreeMap<String, Environment<'static>>>,
+    /// Template variables of each region × environment, made once.
+    scopes: HashMap<(String, String), Scope>,
+    /// Template variables of each stack, made once.
+    stacks: HashMap<&'m str, PreparedStack<'m>>,
     cache: ParseCache,
     lines: LineCache,
 }
@@ -203,6 +207,8 @@ impl<'m> Renderer<'m> {
             Self {
                 model,
                 envs: Arc::new(envs),
+                scopes: Scope::all(model),
+                stacks: PreparedStack::all(model),
                 cache: ParseCache::default(),
                 lines: LineCache::default(),
             },
@@ -230,6 +236,8 @@ impl<'m> Renderer<'m> {
         Self {
             model,
             envs: compiled.envs.clone(),
+            scopes: Scope::all(model),
+            stacks: PreparedStack::all(model),
             cache: ParseCache::default(),
             lines: LineCache::default(),
         }
@@ -369,21 +377,17 @@ impl<'m> Renderer<'m> {
         mut each: impl FnMut(Result<Output<'_>, Diagnostic>) -> bool,
     ) {
         let model = self.model;
-        let names = names_for(model, &cluster.region, &cluster.environment);
-        let platform = &model.platform.doc;
-        let region = model
-            .regions
-            .get(&cluster.region)
-            .expect("clusters() only yields existing regions");
-        let production = cluster.environment == platform.spec.production_environment;
-
-        let mut domains = BTreeMap::from([
-            ("regional", names.regional_domain()),
-            ("cplane", names.service_host("cplane")),
-            ("auth", names.service_host("auth")),
-            ("temporal", names.service_host("temporal")),
-            ("grafana", names.service_host("grafana")),
-        ]);
+        let scope = match self
+            .scopes
+            .get(&(cluster.region.clone(), cluster.environment.clone()))
+        {
+            Some(scope) => std::borrow::Cow::Borrowed(scope),
+            None => {
+                std::borrow::Cow::Owned(Scope::new(model, &cluster.region, &cluster.environment))
+            }
+        };
+        let names = &scope.names;
+        let mut domains = scope.domains.clone();
         let mut workspace = Value::UNDEFINED;
         let mut enabled: BTreeMap<&str, Option<&BTreeMap<String, serde_json::Value>>> =
             BTreeMap::new();
@@ -421,26 +425,15 @@ impl<'m> Renderer<'m> {
                 }
             }
         }
-        let base = context! {
-            platform => context! {
-                name => platform.metadata.name,
-                baseDomain => platform.spec.base_domain,
-                primaryRegion => platform.spec.primary_region,
-                bucketPrefix => platform.spec.bucket_prefix,
-            },
-            region => context! {
-                id => cluster.region,
-                displayName => region.doc.spec.display_name,
-                awsRegion => region.doc.spec.aws_region,
-                status => Value::from_serialize(region.doc.spec.status),
-                primary => cluster.region == platform.spec.primary_region,
-            },
-            environment => context! { name => cluster.environment, production => production },
-            cluster => context! { id => cluster.id, kind => Value::from_serialize(cluster.kind) },
-            vars => Value::from_serialize(names.cluster_vars()),
-            domains => Value::from_serialize(&domains),
-            workspace => workspace,
-        };
+        let base = Arc::new(ClusterContext {
+            platform: scope.platform.clone(),
+            region: scope.region.clone(),
+            environment: scope.environment.clone(),
+            cluster: context! { id => cluster.id, kind => Value::from_serialize(cluster.kind) },
+            vars: scope.vars.clone(),
+            domains: Value::from_serialize(&domains),
+            workspace,
+        });
 
         for (name, overrides) in enabled {
             let Some(stack) = model.stacks.get(name) else {
@@ -449,23 +442,26 @@ impl<'m> Renderer<'m> {
             let Some(env) = self.envs.get(name) else {
                 continue; // syntax errors, reported by Renderer::new
             };
-            let spec = &stack.entity.doc.spec;
-            let mut values = serde_json::Value::Object(
-                spec.values
-                    .iter()
-                    .filter_map(|(k, d)| d.default.clone().map(|v| (k.clone(), v)))
-                    .collect(),
-            );
-            if let Some(overrides) = overrides {
-                let overrides = serde_json::to_value(overrides).expect("JSON values serialize");
-                deep_merge(&mut values, &overrides);
-            }
-            let ctx = context! {
-                stack => context! { name => name, version => spec.version },
-                values => Value::from_serialize(&values),
-                ..base.clone()
+            let prepared = match self.stacks.get(name) {
+                Some(prepared) => std::borrow::Cow::Borrowed(prepared),
+                None => std::borrow::Cow::Owned(PreparedStack::new(name, stack)),
             };
-            for path in stack.templates.keys().filter(|p| !is_partial(p)) {
+            let values = match overrides.filter(|o| !o.is_empty()) {
+                // Nothing to merge: the stack's defaults, made once.
+                None => prepared.defaults.clone(),
+                Some(overrides) => {
+                    let mut values = prepared.defaults_json.clone();
+                    let overrides = serde_json::to_value(overrides).expect("JSON values serialize");
+                    deep_merge(&mut values, &overrides);
+                    Value::from_serialize(&values)
+                }
+            };
+            let ctx = Value::from_object(TemplateContext {
+                cluster: base.clone(),
+                stack: prepared.stack.clone(),
+                values,
+            });
+            for path in prepared.templates.iter().copied() {
                 let tmpl = env
                     .get_template(path)
                     .expect("every template was added to its stack's environment");
@@ -488,6 +484,170 @@ impl<'m> Renderer<'m> {
     /// Renders every cluster in parallel, in [`clusters`] order.
     pub fn render_all(&self, clusters: &[Cluster]) -> Vec<Result<Bundle, Vec<Diagnostic>>> {
         clusters.par_iter().map(|c| self.render(c)).collect()
+    }
+}
+
+/// The template variables shared by every cluster of one region × environment: made once per
+/// renderer rather than once per cluster (a tenant cluster's own are few: its id, workspace
+/// and workspace domains).
+#[derive(Clone)]
+struct Scope {
+    names: cplane_schema::domain::RegionalNames,
+    platform: Value,
+    region: Value,
+    environment: Value,
+    vars: Value,
+    /// The regional entries of `domains`.
+    domains: BTreeMap<&'static str, String>,
+}
+
+impl Scope {
+    fn new(model: &Model, region_id: &str, environment: &str) -> Self {
+        let names = names_for(model, region_id, environment);
+        let platform = &model.platform.doc;
+        let region = model.regions.get(region_id);
+        let production = environment == platform.spec.production_environment;
+        Self {
+            platform: context! {
+                name => platform.metadata.name,
+                baseDomain => platform.spec.base_domain,
+                primaryRegion => platform.spec.primary_region,
+                bucketPrefix => platform.spec.bucket_prefix,
+            },
+            region: context! {
+                id => region_id,
+                displayName => region.map(|r| &r.doc.spec.display_name),
+                awsRegion => region.map(|r| &r.doc.spec.aws_region),
+                status => Value::from_serialize(region.map(|r| r.doc.spec.status)),
+                primary => region_id == platform.spec.primary_region,
+            },
+            environment: context! { name => environment, production => production },
+            vars: Value::from_serialize(names.cluster_vars()),
+            domains: BTreeMap::from([
+                ("regional", names.regional_domain()),
+                ("cplane", names.service_host("cplane")),
+                ("auth", names.service_host("auth")),
+                ("temporal", names.service_host("temporal")),
+                ("grafana", names.service_host("grafana")),
+            ]),
+            names,
+        }
+    }
+
+    /// Every region × environment of `model` that clusters can be in.
+    fn all(model: &Model) -> HashMap<(String, String), Self> {
+        let mut scopes = HashMap::new();
+        for region in model.regions.keys() {
+            for env in &model.platform.doc.spec.environments {
+                scopes.insert((region.clone(), env.clone()), Self::new(model, region, env));
+            }
+        }
+        scopes
+    }
+}
+
+/// What every cluster's rendering of one stack starts from: its `stack` variable, its value
+/// defaults (as JSON to merge a workspace's values into, and as the `values` variable of a
+/// workspace that sets none), and its templates that render (partials only get included).
+#[derive(Clone)]
+struct PreparedStack<'m> {
+    stack: Value,
+    defaults_json: serde_json::Value,
+    defaults: Value,
+    templates: Vec<&'m str>,
+}
+
+impl<'m> PreparedStack<'m> {
+    fn new(name: &str, stack: &'m cplane_schema::load::StackEntry) -> Self {
+        let spec = &stack.entity.doc.spec;
+        let defaults_json = serde_json::Value::Object(
+            spec.values
+                .iter()
+                .filter_map(|(k, d)| d.default.clone().map(|v| (k.clone(), v)))
+                .collect(),
+        );
+        Self {
+            stack: context! { name => name, version => spec.version },
+            defaults: Value::from_serialize(&defaults_json),
+            defaults_json,
+            templates: stack
+                .templates
+                .keys()
+                .filter(|p| !is_partial(p))
+                .map(String::as_str)
+                .collect(),
+        }
+    }
+
+    fn all(model: &'m Model) -> HashMap<&'m str, Self> {
+        model
+            .stacks
+            .iter()
+            .map(|(name, stack)| (name.as_str(), Self::new(name, stack)))
+            .collect()
+    }
+}
+
+/// The variables of one cluster, the same for each of its stacks (see [`TemplateContext`]).
+#[derive(Debug)]
+struct ClusterContext {
+    platform: Value,
+    region: Value,
+    environment: Value,
+    cluster: Value,
+    vars: Value,
+    domains: Value,
+    /// Undefined on platform clusters.
+    workspace: Value,
+}
+
+/// What a stack's templates see: the cluster's variables, the stack and its values (documented
+/// in the state repo template's README). One object with a fixed set of names rather than a
+/// map merged from two: every variable and function name a template uses is looked up here
+/// first, and a miss (`labels`, `host`, `tojson`, ...) costs a `match`, not two map searches.
+#[derive(Debug)]
+struct TemplateContext {
+    cluster: Arc<ClusterContext>,
+    stack: Value,
+    values: Value,
+}
+
+impl TemplateContext {
+    const NAMES: &'static [&'static str] = &[
+        "platform",
+        "region",
+        "environment",
+        "cluster",
+        "vars",
+        "domains",
+        "workspace",
+        "stack",
+        "values",
+    ];
+}
+
+impl minijinja::value::Object for TemplateContext {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let c = &self.cluster;
+        Some(
+            match key.as_str()? {
+                "platform" => &c.platform,
+                "region" => &c.region,
+                "environment" => &c.environment,
+                "cluster" => &c.cluster,
+                "vars" => &c.vars,
+                "domains" => &c.domains,
+                "workspace" => &c.workspace,
+                "stack" => &self.stack,
+                "values" => &self.values,
+                _ => return None,
+            }
+            .clone(),
+        )
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(Self::NAMES)
     }
 }
 

@@ -94,19 +94,32 @@ pub fn read(repo: &Repository, rev: &str) -> Result<Snapshot, Error> {
             _ => TreeWalkResult::Ok,
         }
     })?;
+    let entries_len = entries.len();
     Ok(Snapshot {
         commit: commit.to_string(),
-        files: read_blobs(repo, entries)?,
+        files: read_blobs(repo, entries, blob_readers(entries_len))?,
         message,
     })
 }
 
-/// Reads the blobs of `entries`, in order. Inflating ten thousand blobs takes tens of
-/// milliseconds, so a large repo is read on every core: the calling thread reads the first
-/// part through `repo`, and each other part is read by a thread of its own through the same
-/// repository opened again (a libgit2 repository is not to be shared between threads).
-fn read_blobs(repo: &Repository, entries: Vec<(String, Oid)>) -> Result<Vec<SourceFile>, Error> {
+/// How many threads read `blobs` blobs: inflating ten thousand of them takes tens of
+/// milliseconds, so a large repo is read on every core; a small one is not worth a thread.
+fn blob_readers(blobs: usize) -> usize {
     const PER_THREAD: usize = 1_000;
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(blobs / PER_THREAD)
+        .max(1)
+}
+
+/// Reads the blobs of `entries`, in order, on `threads` threads: the calling thread reads the
+/// first part through `repo`, and each other part is read by a thread of its own through the
+/// same repository opened again (a libgit2 repository is not to be shared between threads).
+fn read_blobs(
+    repo: &Repository,
+    entries: Vec<(String, Oid)>,
+    threads: usize,
+) -> Result<Vec<SourceFile>, Error> {
     let read = |odb: &git2::Odb<'_>, part: Vec<(String, Oid)>| {
         part.into_iter()
             .map(|(path, oid)| {
@@ -115,10 +128,6 @@ fn read_blobs(repo: &Repository, entries: Vec<(String, Oid)>) -> Result<Vec<Sour
             })
             .collect::<Result<Vec<_>, git2::Error>>()
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(entries.len() / PER_THREAD)
-        .max(1);
     let mut parts: Vec<Vec<(String, Oid)>> = Vec::with_capacity(threads);
     let mut rest = entries;
     for i in (1..threads).rev() {
@@ -254,6 +263,51 @@ mod tests {
         assert!(changed_entities(&repo, "HEAD", "HEAD")
             .expect("diff")
             .is_empty());
+    }
+
+    #[test]
+    fn blobs_read_on_several_threads_come_back_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path()).expect("init");
+        fs::create_dir_all(dir.path().join("workspaces")).expect("mkdir");
+        for i in 0..25 {
+            let text = format!("v: {i}\n").repeat(i + 1);
+            fs::write(dir.path().join(format!("workspaces/w{i:02}.yaml")), text).expect("write");
+        }
+        let commit = commit_all(&repo, "many");
+        let tree = repo
+            .find_commit(commit)
+            .expect("commit")
+            .tree()
+            .expect("tree");
+        let folder = tree
+            .get_name("workspaces")
+            .expect("workspaces")
+            .to_object(&repo)
+            .expect("object")
+            .peel_to_tree()
+            .expect("tree");
+        let entries: Vec<(String, Oid)> = folder
+            .iter()
+            .map(|e| (format!("workspaces/{}", e.name().expect("utf-8")), e.id()))
+            .collect();
+        let one = read_blobs(&repo, entries.clone(), 1).expect("one thread");
+        assert_eq!(one.len(), 25);
+        for threads in [2, 3, 4, 25] {
+            let many = read_blobs(&repo, entries.clone(), threads).expect("threads");
+            let pairs = |files: &[SourceFile]| -> Vec<(String, Vec<u8>)> {
+                files
+                    .iter()
+                    .map(|f| (f.path.clone(), f.bytes.clone()))
+                    .collect()
+            };
+            assert_eq!(pairs(&many), pairs(&one), "{threads} threads");
+        }
+        assert_eq!(one[3].bytes, b"v: 3\n".repeat(4));
+        // A missing object is an error whichever thread meets it.
+        let mut broken = entries;
+        broken[20].1 = Oid::from_bytes(&[7; 20]).expect("oid");
+        assert!(read_blobs(&repo, broken, 3).is_err());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rayon::prelude::*;
+
 use crate::diagnostic::Diagnostic;
 use crate::domain::{is_dns_label, is_dns_name, RegionalNames};
 use crate::load::{EntityRef, Model};
@@ -20,9 +22,17 @@ pub fn validate(model: &Model, broken: &BTreeSet<EntityRef>) -> Vec<Diagnostic> 
     for stack in model.stacks.values() {
         self::stack(stack, &mut out);
     }
-    for workspace in model.workspaces.values() {
-        self::workspace(model, broken, workspace, &mut out);
-    }
+    // Thousands of workspaces, each checked on its own: on every core.
+    let per_workspace: Vec<Vec<Diagnostic>> = model
+        .workspaces
+        .par_iter()
+        .map(|(_, w)| {
+            let mut own = Vec::new();
+            self::workspace(model, broken, w, &mut own);
+            own
+        })
+        .collect();
+    out.extend(per_workspace.into_iter().flatten());
     out
 }
 
