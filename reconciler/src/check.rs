@@ -133,8 +133,11 @@ pub fn check_memo(
         let known = memo.as_deref();
         let stacks = known.map(|_| stacks_fingerprint(&model));
         tracing::debug!(elapsed = ?started.elapsed(), clusters = clusters.len(), "rendering");
+        // Small pieces: rayon otherwise hands each thread a few long runs of clusters, and
+        // one thread can be left rendering its last run alone while the other waits.
         let results: Vec<_> = clusters
             .par_iter()
+            .with_max_len(32)
             .map(|c| {
                 let print = stacks.as_ref().map(|stacks| fingerprint(&model, stacks, c));
                 if let (Some(m), Some(print)) = (known, print) {

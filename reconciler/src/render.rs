@@ -483,7 +483,11 @@ impl<'m> Renderer<'m> {
 
     /// Renders every cluster in parallel, in [`clusters`] order.
     pub fn render_all(&self, clusters: &[Cluster]) -> Vec<Result<Bundle, Vec<Diagnostic>>> {
-        clusters.par_iter().map(|c| self.render(c)).collect()
+        clusters
+            .par_iter()
+            .with_max_len(32)
+            .map(|c| self.render(c))
+            .collect()
     }
 }
 

@@ -235,6 +235,7 @@ enum Parsed {
 pub fn load(files: Vec<SourceFile>) -> Loaded {
     let results: Vec<(FileRole, Result<Option<Parsed>, Diagnostic>)> = files
         .into_par_iter()
+        .with_max_len(64) // small pieces keep both threads busy to the end
         .map(|file| {
             let role = FileRole::of(&file.path);
             let parsed = parse_file(&role, file);
