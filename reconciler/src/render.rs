@@ -1832,6 +1832,35 @@ data:
     }
 
     #[test]
+    fn templates_compiled_for_another_platform_name_are_compiled_again() {
+        let model = template_model();
+        let (renderer, _) = Renderer::new(&model);
+        let compiled = renderer.compiled();
+        let mut renamed = template_model();
+        renamed.platform.doc.metadata.name = "acmecorp".into();
+        let part_of = |model: &Model, renderer: &Renderer<'_>| {
+            let cluster = clusters(model)
+                .into_iter()
+                .find(|c| c.id == "w-acme")
+                .expect("acme");
+            let bundle = renderer.render(&cluster).expect("renders");
+            bundle
+                .objects
+                .iter()
+                .find_map(|o| {
+                    o.value["metadata"]["labels"]["app.kubernetes.io/part-of"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .expect("a part-of label")
+        };
+        let same = Renderer::with_compiled(&model, &compiled);
+        assert_eq!(part_of(&model, &same), "cogrion");
+        let other = Renderer::with_compiled(&renamed, &compiled);
+        assert_eq!(part_of(&renamed, &other), "acmecorp");
+    }
+
+    #[test]
     fn every_template_document_generalizes_exactly() {
         let model = template_model();
         let (renderer, diags) = Renderer::new(&model);
