@@ -46,9 +46,9 @@ fn disable_huge_pages() {
 ///   workspaces, for connections these commands never open. Pointing `SSL_CERT_FILE` at an
 ///   empty file for this process makes that load free; these commands make no network
 ///   connection at all, so no trust decision depends on it.
-/// - libgit2 hashes every object it reads to check it against its id. `git` itself does not
-///   when reading (the benchmark's reference, `git cat-file`, neither); zlib's checksum of each
-///   object's data still catches a corrupt pack or loose object. Off for these commands.
+/// - libgit2 hashes every object it reads to check it against its id. `git cat-file` (the
+///   benchmark's reference) does not; zlib's checksum of each object's data still catches a
+///   corrupt pack or loose object. Off for these commands.
 fn local_reads_only() {
     std::env::set_var("SSL_CERT_FILE", "/dev/null");
     git2::opts::strict_hash_verification(false);

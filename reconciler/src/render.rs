@@ -608,7 +608,7 @@ struct ClusterContext {
 /// What a stack's templates see: the cluster's variables, the stack and its values (documented
 /// in the state repo template's README). One object with a fixed set of names rather than a
 /// map merged from two: every variable and function name a template uses is looked up here
-/// first, and a miss (`labels`, `host`, `tojson`, ...) costs a `match`, not two map searches.
+/// first, and a miss (`labels`, `host`, ...) costs a `match`, not two map searches.
 #[derive(Debug)]
 struct TemplateContext {
     cluster: Arc<ClusterContext>,

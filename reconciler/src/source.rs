@@ -115,50 +115,50 @@ fn blob_readers(blobs: usize) -> usize {
 /// Reads the blobs of `entries`, in order, on `threads` threads: the calling thread reads the
 /// first part through `repo`, and each other part is read by a thread of its own through the
 /// same repository opened again (a libgit2 repository is not to be shared between threads).
+/// A part the reopened repository cannot read (objects only in an in-memory store added to
+/// `repo`, say) is read again through `repo`.
 fn read_blobs(
     repo: &Repository,
     entries: Vec<(String, Oid)>,
     threads: usize,
 ) -> Result<Vec<SourceFile>, Error> {
-    let read = |odb: &git2::Odb<'_>, part: Vec<(String, Oid)>| {
-        part.into_iter()
+    let read = |odb: &git2::Odb<'_>, part: &[(String, Oid)]| {
+        part.iter()
             .map(|(path, oid)| {
-                let bytes = odb.read(oid)?.data().to_vec();
-                Ok(SourceFile { path, bytes })
+                let bytes = odb.read(*oid)?.data().to_vec();
+                Ok(SourceFile {
+                    path: path.clone(),
+                    bytes,
+                })
             })
             .collect::<Result<Vec<_>, git2::Error>>()
     };
-    let mut parts: Vec<Vec<(String, Oid)>> = Vec::with_capacity(threads);
-    let mut rest = entries;
-    for i in (1..threads).rev() {
-        let at = rest.len() * i / (i + 1);
-        parts.push(rest.split_off(at));
-    }
-    parts.reverse();
-    let dir = repo.path().to_owned();
-    let (first, others) = std::thread::scope(|scope| {
+    let size = entries.len().div_ceil(threads.max(1)).max(1);
+    let parts: Vec<&[(String, Oid)]> = entries.chunks(size).collect();
+    let odb = repo.odb()?;
+    let dir = repo.path();
+    let mut files = Vec::with_capacity(entries.len());
+    std::thread::scope(|scope| -> Result<(), Error> {
         let others: Vec<_> = parts
-            .into_iter()
-            .map(|part| {
-                let dir = &dir;
+            .iter()
+            .skip(1)
+            .map(|&part| {
                 scope.spawn(move || {
-                    let repo = Repository::open(dir)?;
-                    let odb = repo.odb()?;
+                    let reopened = Repository::open(dir)?;
+                    let odb = reopened.odb()?;
                     read(&odb, part)
                 })
             })
             .collect();
-        let first = repo.odb().and_then(|odb| read(&odb, rest));
-        let others: Vec<_> = others
-            .into_iter()
-            .map(|t| t.join().expect("a blob reader panicked"))
-            .collect();
-        (first, others)
-    });
-    let mut files = first?;
-    for part in others {
-        files.extend(part?);
-    }
+        files.extend(read(&odb, parts.first().copied().unwrap_or_default())?);
+        for (&part, reader) in parts.iter().skip(1).zip(others) {
+            files.extend(match reader.join().expect("a blob reader panicked") {
+                Ok(read_there) => read_there,
+                Err(_) => read(&odb, part)?,
+            });
+        }
+        Ok(())
+    })?;
     Ok(files)
 }
 
@@ -308,6 +308,29 @@ mod tests {
         let mut broken = entries;
         broken[20].1 = Oid::from_bytes(&[7; 20]).expect("oid");
         assert!(read_blobs(&repo, broken, 3).is_err());
+    }
+
+    #[test]
+    fn blobs_only_in_memory_are_read_through_the_given_repository() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path()).expect("init");
+        let odb = repo.odb().expect("odb");
+        let _mempack = odb.add_new_mempack_backend(1000).expect("mempack");
+        let texts: Vec<Vec<u8>> = (0..10).map(|i| format!("v: {i}\n").into_bytes()).collect();
+        let entries: Vec<(String, Oid)> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let oid = odb.write(ObjectType::Blob, text).expect("write");
+                (format!("workspaces/w{i}.yaml"), oid)
+            })
+            .collect();
+        // The objects are in memory only: the repository opened again does not have them.
+        let reopened = Repository::open(repo.path()).expect("reopen");
+        assert!(reopened.odb().expect("odb").read(entries[9].1).is_err());
+        let files = read_blobs(&repo, entries, 4).expect("read");
+        let bytes: Vec<Vec<u8>> = files.into_iter().map(|f| f.bytes).collect();
+        assert_eq!(bytes, texts);
     }
 
     #[test]
