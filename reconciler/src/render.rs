@@ -1861,6 +1861,87 @@ data:
     }
 
     #[test]
+    fn template_context_is_the_documented_one() {
+        let mut model = template_model();
+        // A probe template in a platform stack and in a tenant stack.
+        let probe = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\ndata:\n  \
+                     workspace: \"{{ workspace is defined }}\"\n  region: {{ region.id }}\n  \
+                     production: \"{{ environment.production }}\"\n  \
+                     replicas: \"{{ values.replicas | default('none') }}\"\n";
+        for stack in ["control-plane", "bff"] {
+            model
+                .stacks
+                .get_mut(stack)
+                .expect("stack")
+                .templates
+                .insert(
+                    format!("stacks/{stack}/templates/probe.yaml.j2"),
+                    probe.into(),
+                );
+        }
+        let data = |model: &Model, cluster: &str| {
+            let (renderer, errors) = Renderer::new(model);
+            assert!(errors.is_empty(), "{errors:?}");
+            let cluster = clusters(model)
+                .into_iter()
+                .find(|c| c.id == cluster)
+                .expect("cluster");
+            let bundle = renderer.render(&cluster).expect("renders");
+            let digest = renderer.digest(&cluster).expect("digest").0;
+            assert_eq!(digest, bundle.digest);
+            let probe = bundle
+                .objects
+                .iter()
+                .find(|o| o.value["metadata"]["name"] == "probe")
+                .expect("probe")
+                .value["data"]
+                .clone();
+            (probe, digest)
+        };
+        let (platform, _) = data(&model, "prod-sgp-1");
+        assert_eq!(
+            platform["workspace"], "False",
+            "no workspace on a platform cluster"
+        );
+        assert_eq!(platform["region"], "sgp-1");
+        assert_eq!(platform["production"], "True");
+        let (tenant, listed) = data(&model, "w-acme");
+        assert_eq!(tenant["workspace"], "True");
+        assert_eq!(
+            tenant["replicas"], "3",
+            "the workspace's value over the default"
+        );
+        // A stack listed with no values renders with the defaults, as one not listed at all
+        // (bff is required).
+        model
+            .workspaces
+            .get_mut("acme")
+            .expect("acme")
+            .doc
+            .spec
+            .stacks
+            .iter_mut()
+            .find(|s| s.name == "bff")
+            .expect("bff listed")
+            .values
+            .clear();
+        let (empty, with_empty_values) = data(&model, "w-acme");
+        assert_ne!(empty["replicas"], "3");
+        assert_ne!(with_empty_values, listed);
+        model
+            .workspaces
+            .get_mut("acme")
+            .expect("acme")
+            .doc
+            .spec
+            .stacks
+            .retain(|s| s.name != "bff");
+        let (unlisted, not_listed) = data(&model, "w-acme");
+        assert_eq!(unlisted, empty);
+        assert_eq!(not_listed, with_empty_values);
+    }
+
+    #[test]
     fn every_template_document_generalizes_exactly() {
         let model = template_model();
         let (renderer, diags) = Renderer::new(&model);
