@@ -442,10 +442,8 @@ impl<'m> Renderer<'m> {
             let Some(env) = self.envs.get(name) else {
                 continue; // syntax errors, reported by Renderer::new
             };
-            let prepared = match self.stacks.get(name) {
-                Some(prepared) => std::borrow::Cow::Borrowed(prepared),
-                None => std::borrow::Cow::Owned(PreparedStack::new(name, stack)),
-            };
+            // Made from the same model's stacks, so it is there.
+            let prepared = &self.stacks[name];
             let values = match overrides.filter(|o| !o.is_empty()) {
                 // Nothing to merge: the stack's defaults, made once.
                 None => prepared.defaults.clone(),
@@ -553,7 +551,6 @@ impl Scope {
 /// What every cluster's rendering of one stack starts from: its `stack` variable, its value
 /// defaults (as JSON to merge a workspace's values into, and as the `values` variable of a
 /// workspace that sets none), and its templates that render (partials only get included).
-#[derive(Clone)]
 struct PreparedStack<'m> {
     stack: Value,
     defaults_json: serde_json::Value,
