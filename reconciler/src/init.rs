@@ -7,6 +7,9 @@ use include_dir::{include_dir, Dir};
 /// The state repo template (`state-repo-template/`), embedded at build time.
 pub static TEMPLATE: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../state-repo-template");
 
+/// The branch `cplane init` creates.
+pub const BRANCH: &str = "main";
+
 /// Errors of `cplane init`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,7 +31,7 @@ pub enum Error {
 }
 
 /// Writes the template into `dir` (created if missing, must be empty) and commits it on the
-/// default branch. Returns the commit id.
+/// branch [`BRANCH`]. Returns the commit id.
 pub fn init(dir: &Path) -> Result<String, Error> {
     let io = |path: &Path| {
         let path = path.display().to_string();
@@ -43,7 +46,10 @@ pub fn init(dir: &Path) -> Result<String, Error> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     write_dir(&TEMPLATE, dir).map_err(|(p, e)| io(&p)(e))?;
 
-    let repo = git2::Repository::init(dir)?;
+    // `main`, whatever libgit2's (or the user's `init.defaultBranch`) default is: `cplane serve`
+    // follows the remote's default branch, and the README and examples say `main`.
+    let repo =
+        git2::Repository::init_opts(dir, git2::RepositoryInitOptions::new().initial_head(BRANCH))?;
     let mut index = repo.index()?;
     index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
     index.write()?;
