@@ -120,6 +120,14 @@ pub const BUNDLES_CHANNEL: &str = "cplane_bundles";
 /// PostgreSQL channel announcing revoked cluster tokens (payload: cluster id).
 pub const TOKENS_CHANNEL: &str = "cplane_tokens";
 
+/// The file of a `sqlite:` URL (`None` for other databases and in-memory SQLite).
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| path.into())
+}
+
 /// gzip of `bytes` (default level: bundles are written once and served many times).
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
@@ -133,6 +141,27 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 pub struct Db {
     pool: AnyPool,
     url: std::sync::Arc<str>,
+    retention: Retention,
+}
+
+/// How many reconcile runs are kept per scope, and for how long: older runs are deleted as
+/// new ones are recorded, so the runs table stays bounded however long a server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Runs kept per scope (the newest).
+    pub keep: u32,
+    /// Runs older than this are deleted (whatever `keep` says).
+    pub max_age: std::time::Duration,
+}
+
+impl Default for Retention {
+    /// The newest 1,000 runs per scope, at most 30 days old.
+    fn default() -> Self {
+        Self {
+            keep: 1000,
+            max_age: std::time::Duration::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 impl Db {
@@ -146,6 +175,15 @@ impl Db {
         };
         let max = if url.starts_with("sqlite:") { 1 } else { 8 };
         let sqlite = url.starts_with("sqlite:");
+        if let Some(path) = sqlite_path(url) {
+            // `sqlite://.cplane/cplane.db` on a fresh checkout: make the folder too.
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|source| Error::Connect {
+                    url: redact(url),
+                    source: sqlx::Error::Io(source),
+                })?;
+            }
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .after_connect(move |conn, _| {
@@ -179,7 +217,14 @@ impl Db {
         Ok(Self {
             pool,
             url: url.into(),
+            retention: Retention::default(),
         })
+    }
+
+    /// The same pool, keeping runs by `retention` from now on.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// The URL this pool was opened with (it may hold a password: never log it, see [`redact`]).
@@ -556,7 +601,45 @@ impl Db {
         .bind(duration_ms)
         .execute(&self.pool)
         .await?;
+        let oldest = now_ms()
+            .saturating_sub(i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX));
+        sqlx::query(
+            "DELETE FROM reconcile_runs WHERE scope = $1 AND (started_at < $2 OR id NOT IN
+               (SELECT id FROM reconcile_runs WHERE scope = $1 ORDER BY started_at DESC, id DESC LIMIT $3))",
+        )
+        .bind(scope)
+        .bind(oldest)
+        .bind(i64::from(self.retention.keep))
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    /// The recorded runs of `scope`, newest first: (run id, commit, outcome, errors).
+    pub async fn runs(
+        &self,
+        scope: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, String, String, Vec<String>)>, Error> {
+        sqlx::query(
+            "SELECT id, commit_id, outcome, errors FROM reconcile_runs WHERE scope = $1
+             ORDER BY started_at DESC, id DESC LIMIT $2",
+        )
+        .bind(scope)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let errors: String = r.try_get("errors")?;
+            Ok((
+                r.try_get("id")?,
+                r.try_get("commit_id")?,
+                r.try_get("outcome")?,
+                serde_json::from_str(&errors).unwrap_or_default(),
+            ))
+        })
+        .collect()
     }
 
     /// The last revision applied for `scope` (a refused revision never replaces it).
