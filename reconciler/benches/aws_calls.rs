@@ -77,7 +77,7 @@ async fn main() {
             drift: cplane_reconciler::apply::Sample::OneIn(800),
             memo: None,
         };
-        let RunResult::Planned { report, .. } = reconcile::run(
+        let RunResult::Planned { plan, report, .. } = reconcile::run(
             snapshot,
             &db,
             Some(aws.clone()),
@@ -88,9 +88,12 @@ async fn main() {
         .expect("run") else {
             panic!("refused");
         };
-        match report.expect("applied").result() {
-            "converged" => break,
-            "converging" => tokio::time::sleep(std::time::Duration::from_millis(700)).await,
+        use cplane_reconciler::status::{summarize, RunOutcome};
+        match summarize(&plan, &report.expect("applied")) {
+            RunOutcome::Converged => break,
+            RunOutcome::Converging => {
+                tokio::time::sleep(std::time::Duration::from_millis(700)).await
+            }
             other => panic!("{other}"),
         }
         assert!(runs < 60, "no convergence");

@@ -57,27 +57,6 @@ pub struct Report {
     pub outcomes: Vec<Outcome>,
 }
 
-impl Report {
-    /// `converged`, `converging` (something waits) or `failed`.
-    pub fn result(&self) -> &'static str {
-        if self
-            .outcomes
-            .iter()
-            .any(|o| matches!(o, Outcome::Failed(_)))
-        {
-            "failed"
-        } else if self
-            .outcomes
-            .iter()
-            .any(|o| matches!(o, Outcome::Waiting(_)))
-        {
-            "converging"
-        } else {
-            "converged"
-        }
-    }
-}
-
 /// What apply works with.
 #[derive(Clone)]
 pub struct Context {

@@ -5,7 +5,8 @@
 //! - [`check`]: load + validate + render one revision; what `cplane validate` runs.
 //! - [`render`]: stack templates → per-cluster bundles with `sha256:` digests.
 //! - [`plan`]: the pure planner; [`apply`]: executes plans through the journal;
-//!   [`reconcile`]: one run (validate → observe → plan → apply → status).
+//!   [`reconcile`]: one run (validate → observe → plan → apply → status);
+//!   [`status`]: the run's outcome, decided once.
 //! - [`db`], [`aws`]: adapters; [`bundle_store`]: published bundles as agents poll them;
 //!   [`connections`]: the HTTP/1.1 connections of `cplane serve` ([`tls`]: HTTPS, mTLS).
 //! - [`auth`]: OIDC bearer JWTs, principals, account memberships, the development issuer.
@@ -33,6 +34,7 @@ pub mod remote;
 pub mod render;
 pub mod serve;
 pub mod source;
+pub mod status;
 pub mod synthetic;
 pub mod tls;
 pub mod write;

@@ -100,6 +100,30 @@ impl TlsArgs {
     }
 }
 
+/// How many reconcile runs the database keeps.
+#[derive(clap::Args, Clone, Copy)]
+struct RetentionArgs {
+    /// Reconcile runs kept in the database per region × environment (the newest).
+    #[arg(long, env = "CPLANE_KEEP_RUNS", default_value_t = 1000)]
+    keep_runs: u32,
+    /// Reconcile runs older than this are deleted (e.g. `30d`, `12h`).
+    #[arg(long, env = "CPLANE_KEEP_RUNS_FOR", default_value = "30d", value_parser = parse_interval)]
+    keep_runs_for: std::time::Duration,
+}
+
+impl RetentionArgs {
+    fn retention(self) -> cplane_reconciler::db::Retention {
+        let Self {
+            keep_runs,
+            keep_runs_for,
+        } = self;
+        cplane_reconciler::db::Retention {
+            keep: keep_runs,
+            max_age: keep_runs_for,
+        }
+    }
+}
+
 /// Where the desired state comes from.
 #[derive(clap::Args)]
 struct RepoArgs {
@@ -344,9 +368,9 @@ enum Command {
         /// Remote of the state repo: any URL libgit2 fetches (file://, git://, a path).
         #[arg(long, env = "CPLANE_REPO_URL")]
         repo_url: String,
-        /// Branch to follow.
-        #[arg(long, env = "CPLANE_BRANCH", default_value = "main")]
-        branch: String,
+        /// Branch to follow (default: the remote's default branch, its HEAD).
+        #[arg(long, env = "CPLANE_BRANCH")]
+        branch: Option<String>,
         /// Local bare mirror of the remote.
         #[arg(long, env = "CPLANE_MIRROR", default_value = ".cplane-mirror")]
         mirror: PathBuf,
@@ -382,6 +406,8 @@ enum Command {
         /// Log format on stderr.
         #[arg(long, env = "CPLANE_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
+        #[command(flatten)]
+        retention: RetentionArgs,
         #[command(flatten)]
         tls: TlsArgs,
         #[command(flatten)]
@@ -520,6 +546,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             webhook_secret,
             max_deletions,
             log_format: _,
+            retention,
             tls,
             auth,
         } => {
@@ -536,6 +563,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 poll,
                 webhook_secret,
                 max_deletions,
+                retention: retention.retention(),
                 tls: tls.settings(),
                 auth: auth.into_config()?,
             };
@@ -819,7 +847,7 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
                 if let Some(h) = &plan.held {
                     eprintln!("held: {h}");
                 }
-                let result = if plan.refused.is_empty() && plan.held.is_none() { report.result() } else { "failed" };
+                let result = cplane_reconciler::status::summarize(&plan, &report).label();
                 let (add, change, destroy) = plan.counts();
                 println!("Apply: {result} ({} steps: {add} to add, {change} to change, {destroy} to destroy; {} bundles published).", plan.steps.len(), published.len());
                 match result {
@@ -907,13 +935,14 @@ fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
     )?;
     let settings = cplane_reconciler::serve::Settings {
         repo_url: std::fs::canonicalize(&state)?.display().to_string(),
-        branch: branch.clone(),
+        branch: Some(branch.clone()),
         mirror: dir.join("mirror.git"),
         listen,
         scope: cplane_reconciler::plan::Scope::all(),
         poll: std::time::Duration::from_secs(180),
         webhook_secret: None,
         max_deletions: 5,
+        retention: cplane_reconciler::db::Retention::default(),
         tls: None,
         auth: cplane_reconciler::auth::Config {
             issuers: vec![issuer_url.clone()],

@@ -199,7 +199,7 @@ pub async fn record_refusal(run: Run<'_>, errors: &[String]) -> Result<(), crate
         commit,
         scope,
         &serde_json::json!(null),
-        "refused",
+        crate::status::RunOutcome::Refused.label(),
         errors,
         started_at,
         elapsed(started),
@@ -333,28 +333,15 @@ pub async fn apply_and_record(
         })
         .await?;
     }
-    let outcome = if !plan.refused.is_empty() {
-        "failed"
-    } else {
-        report.result()
-    };
-    let errors: Vec<String> = plan
-        .refused
-        .iter()
-        .map(|r| r.message.clone())
-        .chain(plan.held.clone())
-        .chain(report.outcomes.iter().filter_map(|o| match o {
-            Outcome::Failed(e) => Some(e.clone()),
-            _ => None,
-        }))
-        .collect();
+    let outcome = crate::status::summarize(plan, &report);
+    let errors = crate::status::errors(plan, &report);
     let plan_json = serde_json::to_value(plan).expect("plans serialize");
     db.record_run(
         run_id,
         &commit,
         &scope,
         &plan_json,
-        outcome,
+        outcome.label(),
         &errors,
         started_at,
         elapsed(started),
@@ -375,8 +362,8 @@ pub async fn apply_and_record(
         kind: "platform",
         id: &scope,
         condition: "Ready",
-        status: outcome == "converged",
-        reason: outcome,
+        status: outcome == crate::status::RunOutcome::Converged,
+        reason: outcome.label(),
         message: &format!("run {run_id}: {outcome}"),
         commit: &commit,
     })

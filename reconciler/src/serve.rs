@@ -41,6 +41,7 @@ use crate::lease::Lease;
 use crate::plan::Options;
 use crate::reconcile::{self, apply_and_record, record_refusal, Request, Run, RunResult};
 use crate::source;
+use crate::status::RunOutcome;
 use crate::tls::ClientCluster;
 
 /// What `cplane serve` is configured with.
@@ -48,8 +49,8 @@ use crate::tls::ClientCluster;
 pub struct Settings {
     /// Remote of the state repo (any URL libgit2 fetches: file://, git://, a path).
     pub repo_url: String,
-    /// Branch to follow.
-    pub branch: String,
+    /// Branch to follow; `None` follows the remote's default branch (its `HEAD`).
+    pub branch: Option<String>,
     /// Where the bare mirror lives.
     pub mirror: PathBuf,
     /// Address to listen on.
@@ -63,6 +64,8 @@ pub struct Settings {
     pub webhook_secret: Option<String>,
     /// Deletion threshold.
     pub max_deletions: usize,
+    /// How many reconcile runs are kept in the database, and for how long.
+    pub retention: crate::db::Retention,
     /// HTTPS (and agents' client certificates); plain HTTP when `None`.
     pub tls: Option<crate::tls::Settings>,
     /// API authentication (OIDC issuers, primary region, inter-region token).
@@ -88,6 +91,9 @@ pub enum Error {
         #[source]
         source: crate::tls::Error,
     },
+    /// The branch to follow could not be found on the remote.
+    #[error("{0}")]
+    Branch(String),
     /// The published bundles could not be read.
     #[error("reading published bundles: {source}")]
     Store {
@@ -96,7 +102,10 @@ pub enum Error {
         source: crate::db::Error,
     },
     /// Binding the listen address failed.
-    #[error("listening on {addr}: {source}")]
+    #[error(
+        "cannot listen on {addr}: {} (choose another address with --listen)",
+        listen_reason(source)
+    )]
     Listen {
         /// Address.
         addr: SocketAddr,
@@ -106,12 +115,24 @@ pub enum Error {
     },
 }
 
+/// Why a listen address cannot be bound, in words.
+fn listen_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "the port is in use by another process".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::AddrNotAvailable => "the address is not on this machine".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// Counters and the last run, shared by the loop and the HTTP handlers.
 #[derive(Default)]
 pub struct Metrics {
     runs: Mutex<BTreeMap<String, u64>>,
     durations_ms: Mutex<Vec<u64>>,
     webhook_deliveries: AtomicU64,
+    /// Fetches of the state repo's remote by the reconcile loop.
+    fetches: AtomicU64,
     pending: AtomicU64,
     /// Long-polls waiting for a change right now (the `cplane_bundle_long_polls` gauge).
     long_polls: AtomicU64,
@@ -139,8 +160,8 @@ impl Drop for Waiting<'_> {
 pub struct LastRun {
     /// Commit reconciled (or refused).
     pub commit: String,
-    /// `converged`, `converging`, `failed`, `refused`, or `error`.
-    pub outcome: String,
+    /// How the run ended.
+    pub outcome: RunOutcome,
     /// Errors (validation, refusals, failed steps).
     pub errors: Vec<String>,
     /// Steps planned.
@@ -153,9 +174,13 @@ pub struct LastRun {
 
 struct Shared {
     settings: Settings,
+    /// The branch followed ([`Settings::branch`], or the remote's default branch).
+    branch: String,
     db: Db,
     aws: Option<Aws>,
     trigger: Notify,
+    /// Set when the server shuts down: the loop stops after the run in flight.
+    stopped: tokio::sync::watch::Receiver<bool>,
     ready: AtomicBool,
     /// Whether this replica holds the reconcile lease.
     leader: AtomicBool,
@@ -190,6 +215,57 @@ fn open_mirror(path: &Path, url: &str) -> Result<git2::Repository, git2::Error> 
     Ok(repo)
 }
 
+/// The branch to follow: `wanted`, or the remote's default branch (`HEAD`) when `None`; an
+/// error in words when the remote cannot be read or has no such branch.
+fn resolve_branch(
+    repo: &git2::Repository,
+    url: &str,
+    wanted: Option<&str>,
+) -> Result<String, String> {
+    let mut remote = repo
+        .find_remote("origin")
+        .map_err(|e| e.message().to_owned())?;
+    let connection = remote
+        .connect_auth(
+            git2::Direction::Fetch,
+            Some(crate::remote::callbacks()),
+            None,
+        )
+        .map_err(|e| format!("cannot read the state repo {url}: {}", e.message()))?;
+    let heads: Vec<String> = connection
+        .list()
+        .map_err(|e| format!("cannot list the branches of {url}: {}", e.message()))?
+        .iter()
+        .filter_map(|h| h.name().strip_prefix("refs/heads/").map(str::to_owned))
+        .collect();
+    let branch = match wanted {
+        Some(b) => b.to_owned(),
+        None => {
+            let default = connection.default_branch().ok();
+            match default.as_ref().and_then(|d| d.as_str().ok()) {
+                Some(d) => d.trim_start_matches("refs/heads/").to_owned(),
+                None => {
+                    return Err(format!(
+                        "the state repo {url} has no default branch; name one with --branch"
+                    ))
+                }
+            }
+        }
+    };
+    if heads.contains(&branch) {
+        Ok(branch)
+    } else if heads.is_empty() {
+        Err(format!(
+            "the state repo {url} has no branches yet: push a first commit"
+        ))
+    } else {
+        Err(format!(
+            "the state repo {url} has no branch `{branch}` (it has: {}); choose one with --branch",
+            heads.join(", ")
+        ))
+    }
+}
+
 /// Fetches the branch; returns the mirrored ref name.
 fn fetch(repo: &git2::Repository, branch: &str) -> Result<String, git2::Error> {
     let mut remote = repo.find_remote("origin")?;
@@ -200,13 +276,22 @@ fn fetch(repo: &git2::Repository, branch: &str) -> Result<String, git2::Error> {
     Ok(format!("refs/remotes/origin/{branch}"))
 }
 
-/// Runs the server until Ctrl-C or SIGTERM, then stops gracefully (HTTP requests in flight
-/// finish; an interrupted reconcile step is journaled, so the next run resolves it).
-pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), Error> {
-    open_mirror(&settings.mirror, &settings.repo_url).map_err(|source| Error::Mirror {
-        path: settings.mirror.display().to_string(),
-        source,
-    })?;
+/// Runs the server until Ctrl-C or SIGTERM, then stops gracefully: no new connections, HTTP
+/// requests in flight finish, the reconcile run in flight finishes (a step cut short anyway
+/// is journaled, so the next run resolves it).
+pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), Error> {
+    let mirror =
+        open_mirror(&settings.mirror, &settings.repo_url).map_err(|source| Error::Mirror {
+            path: settings.mirror.display().to_string(),
+            source,
+        })?;
+    let branch = tokio::task::block_in_place(|| {
+        resolve_branch(&mirror, &settings.repo_url, settings.branch.as_deref())
+    })
+    .map_err(Error::Branch)?;
+    drop(mirror);
+    settings.branch = Some(branch.clone());
+    let db = db.with_retention(settings.retention);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| Error::Listen {
@@ -222,11 +307,14 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
         .map_err(|source| Error::Store { source })?;
     let _listener = store.listen();
     let auth = Arc::new(crate::auth::Auth::new(settings.auth.clone(), db.clone()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         settings,
+        branch,
         db,
         aws,
         trigger: Notify::new(),
+        stopped,
         ready: AtomicBool::new(false),
         leader: AtomicBool::new(false),
         metrics: Metrics::default(),
@@ -241,7 +329,7 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
     let _ = shared.api.set(crate::api::Api::start(
         crate::api::Settings {
             repo_url: shared.settings.repo_url.clone(),
-            branch: shared.settings.branch.clone(),
+            branch: shared.branch.clone(),
             mirror: shared.settings.mirror.clone(),
             scope: shared.settings.scope.clone(),
             max_deletions: shared.settings.max_deletions,
@@ -257,9 +345,9 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
             })
         },
     ));
-    tracing::info!(addr = %shared.settings.listen, "listening");
+    tracing::info!(addr = %shared.settings.listen, branch = %shared.branch, "listening");
     // A local repository (a path, not a URL) is watched: a plain `git commit` reconciles.
-    let _watcher = if Path::new(&shared.settings.repo_url).exists() {
+    let watcher = if Path::new(&shared.settings.repo_url).exists() {
         match watch_local(Path::new(&shared.settings.repo_url), shared.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -272,91 +360,211 @@ pub async fn serve(settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), E
     };
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
     let app = router(shared.clone());
-    // Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish. A reconcile step cut
-    // short is safe: its journal entry makes the next run resolve it by lookup.
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
-        }
-        tracing::info!("shutting down");
-    };
-    let served = crate::connections::serve(listener, tls, app, shutdown).await;
-    reconciler.abort();
+    let served = crate::connections::serve(listener, tls, app, shutdown_signal()).await;
+    // The HTTP side has stopped; let the loop finish the run in flight (it checks `stopped`
+    // between runs), then stop watching.
+    let _ = stop.send(true);
+    shared.trigger.notify_one();
+    match tokio::time::timeout(SHUTDOWN_GRACE, reconciler).await {
+        Ok(_) => tracing::info!("reconcile loop stopped"),
+        Err(_) => tracing::warn!(
+            "the run in flight did not finish within {}s; its journal lets the next run resolve it",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
+    drop(watcher);
     served.map_err(|source| Error::Listen {
         addr: shared.settings.listen,
         source,
     })
 }
 
-/// Watches a local repository's refs (loose refs, `packed-refs`, `HEAD`) and triggers a
-/// reconcile when they change, debounced by 150 ms so a burst of ref updates makes one run.
+/// Resolves once the server is shutting down.
+async fn stop_requested(stopped: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here, not across an await.
+    let _ = stopped.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// How long shutdown waits for the reconcile run in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+    tracing::info!("shutting down: finishing requests and the run in flight");
+}
+
+/// Quiet time after the last ref change before a watched repository triggers a run: a
+/// `git commit` or `git pull` moves several files, and they make one run.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Whether a file-system event in a watched repository's git directory moves a branch or
+/// `HEAD`. Only writes count: reading a ref (which every fetch of the reconciler does) makes
+/// access events that must not trigger another fetch; lock files, reflogs and the index are
+/// git's own bookkeeping.
+fn moves_a_ref(git_dir: &Path, event: &notify::Event) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    let writes = match event.kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+    };
+    writes
+        && event.paths.iter().any(|p| {
+            let Ok(rel) = p.strip_prefix(git_dir) else {
+                return false;
+            };
+            let lock = p.extension().is_some_and(|e| e == "lock");
+            !lock
+                && (rel.starts_with("refs/heads")
+                    || rel == Path::new("packed-refs")
+                    || rel == Path::new("HEAD"))
+        })
+}
+
+/// Watches a local repository's branches (loose refs under `refs/heads`, `packed-refs`,
+/// `HEAD`) and triggers a reconcile when one moves, debounced ([`WATCH_DEBOUNCE`]). Nothing
+/// else is watched: the reconciler's own writes (its mirror, database and `.cplane` folder)
+/// live elsewhere, and its reads of the repository are not writes ([`moves_a_ref`]).
 fn watch_local(
     path: &Path,
     shared: Arc<Shared>,
 ) -> Result<notify::RecommendedWatcher, Box<dyn std::error::Error>> {
     use notify::{RecursiveMode, Watcher};
-    let git_dir = git2::Repository::open(path)?.path().to_owned();
-    let runtime = tokio::runtime::Handle::current();
+    let git_dir = std::fs::canonicalize(git2::Repository::open(path)?.path())?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watched = git_dir.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        let moved_ref = event.paths.iter().any(|p| {
-            let s = p.to_string_lossy();
-            !s.ends_with(".lock")
-                && !s.contains("/logs/")
-                && (s.contains("/refs/") || s.ends_with("packed-refs") || s.ends_with("/HEAD"))
-        });
-        if moved_ref {
-            let sh = shared.clone();
-            sh.metrics.pending.store(1, Ordering::SeqCst);
-            runtime.spawn(async move {
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                sh.trigger.notify_one();
-            });
+        if event.is_ok_and(|e| moves_a_ref(&watched, &e)) {
+            let _ = tx.send(());
         }
     })?;
-    watcher.watch(&git_dir.join("refs"), RecursiveMode::Recursive)?;
+    std::fs::create_dir_all(git_dir.join("refs/heads"))?;
+    watcher.watch(&git_dir.join("refs/heads"), RecursiveMode::Recursive)?;
     watcher.watch(&git_dir, RecursiveMode::NonRecursive)?;
-    tracing::info!(path = %git_dir.display(), "watching the local repository");
+    // The debounce: after a change, wait until the repository is quiet, then trigger once.
+    // Ends when the watcher (and with it `tx`) is dropped.
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            shared.metrics.pending.store(1, Ordering::SeqCst);
+            loop {
+                tokio::select! {
+                    more = rx.recv() => if more.is_none() { return },
+                    () = tokio::time::sleep(WATCH_DEBOUNCE) => break,
+                }
+            }
+            shared.trigger.notify_one();
+        }
+    });
+    tracing::info!(path = %git_dir.display(), "watching the local repository's branches");
     Ok(watcher)
 }
 
 /// Reconciles while this replica holds the lease ([`crate::lease`]); stands by otherwise.
+/// Returns when the server shuts down.
 async fn reconcile_loop(shared: Arc<Shared>) {
     let scope = shared.settings.scope.label();
+    let mut stopped = shared.stopped.clone();
     loop {
         let mut lease = tokio::select! {
             lease = Lease::acquire(shared.db.url(), &scope) => lease,
             () = standby(&shared, &scope) => unreachable!("standby returns only by cancellation"),
+            () = stop_requested(&mut stopped) => return,
         };
         tracing::info!(scope, "holding the reconcile lease");
         shared.leader.store(true, Ordering::SeqCst);
-        lead(&shared, &mut lease).await;
+        let lost = lead(&shared, &mut lease).await;
         shared.leader.store(false, Ordering::SeqCst);
+        if !lost {
+            return;
+        }
         tracing::warn!(scope, "lost the reconcile lease; standing by");
     }
 }
 
-/// Runs reconciles until the lease is lost. The first run and every poll are full runs (they
-/// also check drift); triggers run incrementally, and not at all when the branch did not move.
-async fn lead(shared: &Arc<Shared>, lease: &mut Lease) {
-    let mut periodic = true;
+/// What the loop does after a run: the shape of kube-runtime's `Action`, decided from the
+/// run's outcome by [`next_action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Run again after this long (converging: soon; errors: with growing backoff), or
+    /// earlier on a trigger.
+    Requeue(Duration),
+    /// Nothing to retry: wait for the branch to move (a trigger) or the periodic poll.
+    AwaitChange,
+}
+
+/// How soon a converging run (e.g. a certificate waiting for DNS validation) runs again.
+const REQUEUE_CONVERGING: Duration = Duration::from_secs(15);
+/// The first retry after an error; it doubles per consecutive error up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause between retries of a run that keeps failing.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The requeue after a run that ended with `outcome`; `failures` counts consecutive errors
+/// (reset by any other outcome). Errors back off exponentially with full jitter (half to all
+/// of the step, so replicas and restarts spread out); a refused or held commit is never
+/// retried: it waits for the branch to change.
+fn next_action(outcome: RunOutcome, failures: &mut u32, jitter: f64) -> Action {
+    match outcome {
+        RunOutcome::Failed | RunOutcome::Error => {
+            let step = BACKOFF_FIRST
+                .saturating_mul(1 << (*failures).min(16))
+                .min(BACKOFF_MAX);
+            *failures = failures.saturating_add(1);
+            Action::Requeue(step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
+        }
+        RunOutcome::Converging => {
+            *failures = 0;
+            Action::Requeue(REQUEUE_CONVERGING.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)))
+        }
+        RunOutcome::Converged | RunOutcome::Refused | RunOutcome::Held => {
+            *failures = 0;
+            Action::AwaitChange
+        }
+    }
+}
+
+/// Why [`wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// A webhook, the file watch or an API write: run if the branch moved.
+    Trigger,
+    /// The poll or a requeue: a full run (which also checks drift).
+    Full,
+}
+
+/// Runs reconciles until the lease is lost (`true`) or the server stops (`false`). The first
+/// run, polls and requeues are full runs (they also check drift); triggers run
+/// incrementally, and not at all when the branch did not move. A commit that was refused (or
+/// held) is not run again: the loop waits for the branch to move.
+async fn lead(shared: &Arc<Shared>, lease: &mut Lease) -> bool {
+    let mut wake = Wake::Full;
+    let mut failures = 0u32;
+    let mut requeue: Option<tokio::time::Instant> = None;
+    // The head commit whose run is final until the branch moves (refused or held).
+    let mut settled: Option<String> = None;
     loop {
+        if *shared.stopped.borrow() {
+            return false;
+        }
         if !lease.check().await {
-            return;
+            return true;
         }
         shared.metrics.pending.store(0, Ordering::SeqCst);
         let started = Instant::now();
-        if let Some(outcome) = run_once(shared, periodic).await {
+        if let Some(outcome) = run_once(shared, wake == Wake::Full, settled.as_deref()).await {
             let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             shared
                 .metrics
@@ -369,16 +577,49 @@ async fn lead(shared: &Arc<Shared>, lease: &mut Lease) {
                 .runs
                 .lock()
                 .expect("metrics")
-                .entry(outcome.outcome.clone())
+                .entry(outcome.outcome.label().to_owned())
                 .or_insert(0) += 1;
-            tracing::info!(commit = %outcome.commit, outcome = %outcome.outcome, mode = outcome.mode, ms, "reconciled");
-            if !matches!(outcome.outcome.as_str(), "refused" | "error") {
+            match outcome.outcome {
+                RunOutcome::Refused => tracing::warn!(
+                    commit = %outcome.commit,
+                    errors = outcome.errors.len(),
+                    "commit refused, nothing of it applied; waiting for the next commit: {}",
+                    outcome.errors.join("; ")
+                ),
+                RunOutcome::Held => tracing::warn!(
+                    commit = %outcome.commit,
+                    "commit held, waiting for a confirming commit: {}",
+                    outcome.errors.join("; ")
+                ),
+                RunOutcome::Error | RunOutcome::Failed => tracing::warn!(
+                    commit = %outcome.commit,
+                    outcome = %outcome.outcome,
+                    ms,
+                    "run failed (retried with backoff): {}",
+                    outcome.errors.join("; ")
+                ),
+                RunOutcome::Converged | RunOutcome::Converging => tracing::info!(
+                    commit = %outcome.commit,
+                    outcome = %outcome.outcome,
+                    mode = outcome.mode,
+                    ms,
+                    "reconciled"
+                ),
+            }
+            settled = matches!(outcome.outcome, RunOutcome::Refused | RunOutcome::Held)
+                .then(|| outcome.commit.clone());
+            if !matches!(outcome.outcome, RunOutcome::Refused | RunOutcome::Error) {
                 shared
                     .applied
                     .lock()
                     .expect("applied")
                     .clone_from(&outcome.commit);
             }
+            let action = next_action(outcome.outcome, &mut failures, rand::random());
+            requeue = match action {
+                Action::Requeue(after) => Some(tokio::time::Instant::now() + after),
+                Action::AwaitChange => None,
+            };
             *shared.last.lock().expect("last") = outcome;
             // Wake the long-polls of clusters whose bundle changed (other replicas hear of it
             // by NOTIFY).
@@ -386,10 +627,13 @@ async fn lead(shared: &Arc<Shared>, lease: &mut Lease) {
                 tracing::warn!(error = %e, "reading bundle heads");
             }
         }
-        periodic = match wait(shared, lease).await {
-            Some(periodic) => periodic,
-            None => return,
+        wake = match wait(shared, lease, requeue).await {
+            Some(wake) => wake,
+            None => return !*shared.stopped.borrow(),
         };
+        if wake == Wake::Full {
+            requeue = None;
+        }
     }
 }
 
@@ -402,7 +646,7 @@ async fn standby(shared: &Shared, scope: &str) {
                 let s = &shared.settings;
                 let fetched = tokio::task::block_in_place(|| {
                     let repo = open_mirror(&s.mirror, &s.repo_url)?;
-                    fetch(&repo, &s.branch)?;
+                    fetch(&repo, &shared.branch)?;
                     // The holder may have applied a commit this mirror has not fetched yet.
                     repo.find_commit(git2::Oid::from_str(&commit)?).map(|_| ())
                 });
@@ -432,15 +676,28 @@ const STANDBY_REFRESH: Duration = Duration::from_secs(2);
 /// How often the holder checks its lease while it waits.
 const LEASE_CHECK: Duration = Duration::from_secs(5);
 
-/// Waits for a trigger (`Some(false)`) or the jittered poll (`Some(true)`); triggers during a
-/// run coalesce. `None` when the lease was lost meanwhile.
-async fn wait(shared: &Shared, lease: &mut Lease) -> Option<bool> {
+/// Waits for a trigger, the jittered poll or the requeue deadline; triggers during a run
+/// coalesce. `None` when the lease was lost or the server stops meanwhile.
+async fn wait(
+    shared: &Shared,
+    lease: &mut Lease,
+    requeue: Option<tokio::time::Instant>,
+) -> Option<Wake> {
     let poll = tokio::time::sleep(shared.settings.poll.mul_f64(rand::random_range(0.8..1.2)));
     tokio::pin!(poll);
+    let mut stopped = shared.stopped.clone();
     loop {
+        let requeued = async {
+            match requeue {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            () = shared.trigger.notified() => return Some(false),
-            () = &mut poll => return Some(true),
+            () = stop_requested(&mut stopped) => return None,
+            () = shared.trigger.notified() => return Some(Wake::Trigger),
+            () = &mut poll => return Some(Wake::Full),
+            () = requeued => return Some(Wake::Full),
             () = tokio::time::sleep(LEASE_CHECK) => {
                 if !lease.check().await {
                     return None;
@@ -457,25 +714,10 @@ fn progress() -> crate::apply::Progress {
 }
 
 fn summary(commit: String, plan: &crate::plan::Plan, report: &crate::apply::Report) -> LastRun {
-    let mut errors: Vec<String> = plan
-        .refused
-        .iter()
-        .map(|r| r.message.clone())
-        .chain(plan.held.clone())
-        .collect();
-    errors.extend(report.outcomes.iter().filter_map(|o| match o {
-        crate::apply::Outcome::Failed(e) => Some(e.clone()),
-        _ => None,
-    }));
-    let outcome = if plan.refused.is_empty() && plan.held.is_none() {
-        report.result()
-    } else {
-        "failed"
-    };
     LastRun {
         commit,
-        outcome: outcome.into(),
-        errors,
+        outcome: crate::status::summarize(plan, report),
+        errors: crate::status::errors(plan, report),
         steps: plan.steps.len(),
         finished_at: crate::db::now_ms(),
         mode: "full",
@@ -485,7 +727,7 @@ fn summary(commit: String, plan: &crate::plan::Plan, report: &crate::apply::Repo
 fn error_run(commit: String, error: impl std::fmt::Display) -> LastRun {
     LastRun {
         commit,
-        outcome: "error".into(),
+        outcome: RunOutcome::Error,
         errors: vec![error.to_string()],
         finished_at: crate::db::now_ms(),
         ..LastRun::default()
@@ -495,7 +737,10 @@ fn error_run(commit: String, error: impl std::fmt::Display) -> LastRun {
 /// One run: incremental when the new commit only touches `workspaces/` (re-validate, render,
 /// plan and apply just those), full otherwise (and on the first run, and on a poll with no new
 /// commit, which is when drift is checked).
-async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
+///
+/// `None` when there is nothing to run: triggered but the branch did not move, or the head is
+/// `settled` (a refused or held commit, final until the branch moves).
+async fn run_once(shared: &Shared, periodic: bool, settled: Option<&str>) -> Option<LastRun> {
     let s = &shared.settings;
     let options = Options {
         max_deletions: s.max_deletions,
@@ -510,10 +755,15 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
     type Fetched = (String, Option<Prepared>, Option<source::Snapshot>);
     let fetched = tokio::task::block_in_place(|| -> Result<Fetched, String> {
         let repo = open_mirror(&s.mirror, &s.repo_url).map_err(|e| e.to_string())?;
-        let rev = fetch(&repo, &s.branch).map_err(|e| format!("fetching {}: {e}", s.repo_url))?;
+        shared.metrics.fetches.fetch_add(1, Ordering::Relaxed);
+        let rev = fetch(&repo, &shared.branch)
+            .map_err(|e| format!("fetching {}: {}", s.repo_url, e.message()))?;
         let commit = source::resolve(&repo, &rev)
             .map_err(|e| e.to_string())?
             .to_string();
+        if settled == Some(commit.as_str()) {
+            return Ok((commit, None, None));
+        }
         if !periodic && state.as_ref().is_some_and(|inc| inc.commit() == commit) {
             return Ok((commit, None, None));
         }
@@ -529,7 +779,7 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
         Ok((commit, None, Some(snapshot)))
     });
     let (commit, prepared, snapshot) = match fetched {
-        Ok((_, None, None)) => return None, // triggered, but the branch did not move
+        Ok((_, None, None)) => return None, // the branch did not move, or its head is settled
         Ok(f) => f,
         Err(e) => return Some(error_run(String::new(), e)),
     };
@@ -551,7 +801,7 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
             }
             return Some(LastRun {
                 commit,
-                outcome: "refused".into(),
+                outcome: RunOutcome::Refused,
                 errors,
                 steps: 0,
                 finished_at: crate::db::now_ms(),
@@ -610,7 +860,7 @@ async fn run_once(shared: &Shared, periodic: bool) -> Option<LastRun> {
             Err(e) => error_run(commit, e),
             Ok(RunResult::Refused(errors)) => LastRun {
                 commit,
-                outcome: "refused".into(),
+                outcome: RunOutcome::Refused,
                 errors,
                 steps: 0,
                 finished_at: crate::db::now_ms(),
@@ -666,7 +916,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .settings
         .webhook_secret
         .as_deref()
-        .and_then(|s| cplane_webhook::Config::new(s.as_bytes(), &shared.settings.branch))
+        .and_then(|s| cplane_webhook::Config::new(s.as_bytes(), &shared.branch))
     {
         let sh = shared.clone();
         let trigger: cplane_webhook::Trigger = Arc::new(move |_push| {
@@ -733,6 +983,10 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> String {
         durations.len()
     ));
     out.push_str(&format!(
+        "# HELP cplane_state_fetches_total Fetches of the state repo by the reconcile loop.\n# TYPE cplane_state_fetches_total counter\ncplane_state_fetches_total {}\n",
+        sh.metrics.fetches.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
         "# HELP cplane_reconcile_queue_depth Triggers waiting for the next run.\n# TYPE cplane_reconcile_queue_depth gauge\ncplane_reconcile_queue_depth {}\n",
         sh.metrics.pending.load(Ordering::SeqCst)
     ));
@@ -767,6 +1021,7 @@ async fn status(State(sh): State<Arc<Shared>>) -> Json<serde_json::Value> {
     Json(json!({
         "ready": sh.ready.load(Ordering::SeqCst),
         "leader": sh.leader.load(Ordering::SeqCst),
+        "branch": sh.branch,
         "last_run": last,
     }))
 }
