@@ -1486,3 +1486,87 @@ async fn cluster_status(
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, CreateKind, DataChange, EventKind, ModifyKind, RenameMode};
+
+    fn event(kind: EventKind, path: &str) -> notify::Event {
+        notify::Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn only_writes_to_branches_and_head_move_a_ref() {
+        let git = Path::new("/repo/.git");
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(moves_a_ref(
+            git,
+            &event(rename, "/repo/.git/refs/heads/main")
+        ));
+        assert!(moves_a_ref(
+            git,
+            &event(
+                EventKind::Create(CreateKind::File),
+                "/repo/.git/refs/heads/topic/x"
+            )
+        ));
+        assert!(moves_a_ref(git, &event(write, "/repo/.git/packed-refs")));
+        assert!(moves_a_ref(git, &event(write, "/repo/.git/HEAD")));
+        // Reads (what a fetch of the repository does) and git's bookkeeping do not.
+        for kind in [
+            EventKind::Access(AccessKind::Open(notify::event::AccessMode::Read)),
+            EventKind::Access(AccessKind::Close(notify::event::AccessMode::Read)),
+            EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)),
+        ] {
+            assert!(!moves_a_ref(git, &event(kind, "/repo/.git/HEAD")));
+        }
+        for path in [
+            "/repo/.git/refs/heads/main.lock",
+            "/repo/.git/index",
+            "/repo/.git/FETCH_HEAD",
+            "/repo/.git/logs/HEAD",
+            "/repo/.git/refs/remotes/origin/main",
+            "/repo/workspaces/acme.yaml",
+        ] {
+            assert!(!moves_a_ref(git, &event(write, path)), "{path}");
+        }
+    }
+
+    #[test]
+    fn errors_back_off_with_jitter_and_settled_runs_wait_for_a_change() {
+        let mut failures = 0;
+        let steps: Vec<Action> = (0..12)
+            .map(|_| next_action(RunOutcome::Error, &mut failures, 1.0))
+            .collect();
+        assert_eq!(steps[0], Action::Requeue(Duration::from_secs(1)));
+        assert_eq!(steps[1], Action::Requeue(Duration::from_secs(2)));
+        assert_eq!(steps[4], Action::Requeue(Duration::from_secs(16)));
+        assert_eq!(steps[11], Action::Requeue(BACKOFF_MAX));
+        // Full jitter: at least half the step.
+        let mut f = 3;
+        assert_eq!(
+            next_action(RunOutcome::Failed, &mut f, 0.0),
+            Action::Requeue(Duration::from_secs(4))
+        );
+        // Any other outcome resets the count.
+        assert_eq!(
+            next_action(RunOutcome::Refused, &mut failures, 0.5),
+            Action::AwaitChange
+        );
+        assert_eq!(failures, 0);
+        assert_eq!(
+            next_action(RunOutcome::Held, &mut failures, 0.5),
+            Action::AwaitChange
+        );
+        assert_eq!(
+            next_action(RunOutcome::Converged, &mut failures, 0.5),
+            Action::AwaitChange
+        );
+        assert_eq!(
+            next_action(RunOutcome::Converging, &mut failures, 0.5),
+            Action::Requeue(REQUEUE_CONVERGING)
+        );
+    }
+}
