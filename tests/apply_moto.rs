@@ -58,7 +58,7 @@ fn apply_until_converged(repo: &str, db: &str, endpoint: &str) -> Vec<Output> {
         runs.push(out);
         match code {
             Some(0) => return runs,
-            Some(3) => std::thread::sleep(Duration::from_millis(700)),
+            Some(4) => std::thread::sleep(Duration::from_millis(700)),
             _ => panic!("apply failed: {}", text(runs.last().expect("run"))),
         }
         assert!(

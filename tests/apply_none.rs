@@ -111,7 +111,7 @@ async fn database_only_apply(db: &str) {
     std::fs::remove_file(repo.path().join("workspaces/globex.yaml")).expect("rm");
     support::commit_all(repo.path(), "broken");
     let refused = cplane(&["apply", "--repo", repo_path, "--database", db]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(2));
     let all = text(&refused);
     assert!(
         all.contains("workspaces/acme.yaml:9:11: spec.region: region `sgp-9` does not exist"),

@@ -78,7 +78,7 @@ fn rev_reads_the_commit_never_the_dirty_working_tree() {
     // Committed: invalid, with the exact error; the previous commit is still valid.
     support::commit_all(&state, "break acme");
     let out = cplane(&["validate", "--repo", repo]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),
         "workspaces/acme.yaml:9:11: spec.region: region `sgp-9` does not exist (no regions/sgp-9.yaml)\n"
@@ -112,7 +112,7 @@ fn json_output_follows_the_contract() {
         "--format",
         "json",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(
         v,

@@ -13,6 +13,7 @@ use cplane_reconciler::db::Db;
 use cplane_reconciler::plan::{Options, Plan, Step};
 use cplane_reconciler::reconcile::{Request, RunResult};
 use cplane_reconciler::render::object_key;
+use cplane_reconciler::status::RunOutcome;
 use cplane_reconciler::{init, source};
 use cplane_schema::Diagnostic;
 use std::sync::Arc;
@@ -54,20 +55,92 @@ fn local_reads_only() {
     git2::opts::strict_hash_verification(false);
 }
 
-/// Exit code of a revision that fails validation.
-const EXIT_INVALID: u8 = 1;
-/// Exit code of a usage error (bad flags, no such repo or revision).
-const EXIT_USAGE: u8 = 2;
+/// Exit code of an error: a failed run or step, an unreachable database, git or cloud.
+const EXIT_ERROR: u8 = 1;
+/// Exit code of refused or invalid input: an invalid revision, bad flags, no such repo,
+/// revision or cluster (clap's usage errors exit 2 as well).
+const EXIT_INVALID: u8 = 2;
+/// Exit code of a plan held for confirmation (more deletions than `--max-deletions`).
+const EXIT_HELD: u8 = 3;
+/// Exit code of `apply` when work is still under way outside cplane (e.g. certificate
+/// validation): run it again.
+const EXIT_CONVERGING: u8 = 4;
+
+/// The exit codes, as `--help` shows them.
+const EXIT_CODES: &str = "Exit codes:
+  0  done (valid, converged, printed)
+  1  error (a step or run failed; database, git or cloud unreachable)
+  2  refused or invalid input (invalid revision, bad flags, unknown repo, revision or cluster)
+  3  held for confirmation (more workspace deletions than --max-deletions)
+  4  converging (apply: work under way outside cplane, e.g. certificate validation; run again)";
 
 #[derive(Parser)]
 #[command(
     name = "cplane",
     version,
-    about = "Declarative GitOps control plane for BYOC regions, workspaces and stacks"
+    about = "Declarative GitOps control plane for BYOC regions, workspaces and stacks",
+    after_help = EXIT_CODES
 )]
 struct Cli {
+    /// Colour in logs: `auto` (only on a terminal, and not when NO_COLOR is set), `always`,
+    /// `never`.
+    #[arg(
+        long,
+        env = "CPLANE_COLOR",
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
+    color: Color,
+    /// Log format on stderr: `text`, or `json` (one object per line, for machines).
+    #[arg(
+        long,
+        env = "CPLANE_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--color`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+impl Color {
+    /// Whether logs on stderr get ANSI colours.
+    fn ansi(self) -> bool {
+        use std::io::IsTerminal as _;
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => {
+                std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                    && std::io::stderr().is_terminal()
+            }
+        }
+    }
+}
+
+/// The database of a repository when `--database` is not given: `REPO/.cplane/cplane.db`,
+/// the folder `cplane up` also uses (`.cplane/`, ignored by git). Every command reads the
+/// same default, so a token created here is the one `serve` checks.
+fn default_database(repo: &Path) -> String {
+    format!(
+        "sqlite://{}",
+        repo.join(".cplane").join("cplane.db").display()
+    )
+}
+
+/// `--database`, or the default database of the current directory.
+fn database_or_default(database: Option<&str>) -> String {
+    database.map_or_else(|| default_database(Path::new(".")), str::to_owned)
 }
 
 /// HTTPS and agents' client certificates (mTLS) for `serve`.
@@ -141,13 +214,10 @@ struct RepoArgs {
 struct RunArgs {
     #[command(flatten)]
     repo: RepoArgs,
-    /// Database: `sqlite://PATH` (created when missing) or `postgres://…`.
-    #[arg(
-        long,
-        env = "CPLANE_DATABASE_URL",
-        default_value = "sqlite://cplane.db"
-    )]
-    database: String,
+    /// Database: `sqlite://PATH` (created when missing) or `postgres://…` (default: SQLite in
+    /// REPO/.cplane/cplane.db).
+    #[arg(long, env = "CPLANE_DATABASE_URL")]
+    database: Option<String>,
     /// `aws` calls AWS (standard credential chain; AWS_ENDPOINT_URL honoured); `none` touches
     /// only the database.
     #[arg(long, env = "CPLANE_CLOUD", value_enum, default_value = "none")]
@@ -178,22 +248,17 @@ struct RunArgs {
     every: Option<std::time::Duration>,
 }
 
-/// `90s`, `3m`, `1h`, or plain seconds.
+/// A duration like `90s`, `3m`, `1h`, `30d` or `1h 30m` (humantime), or plain seconds.
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not an interval like 90s, 3m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("`{s}`: unit must be s, m or h")),
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("`{s}` is not a duration like 90s, 3m, 1h or 30d ({e})"))?,
     };
-    if secs == 0 {
+    if d.is_zero() {
         return Err("the interval must be positive".into());
     }
-    Ok(std::time::Duration::from_secs(secs))
+    Ok(d)
 }
 
 #[derive(Subcommand)]
@@ -209,40 +274,35 @@ enum ClusterCommand {
 enum TokenCommand {
     /// Create a token for cluster ID and print it once (only its hash is stored).
     Create {
-        /// Cluster id, e.g. `w-acme` or `prod-sgp-1`.
+        /// Cluster id, e.g. `w-acme` or `prod-sgp-1`: one that cplane has rendered and
+        /// published (`cplane clusters`).
         id: String,
-        /// Database.
-        #[arg(
-            long,
-            env = "CPLANE_DATABASE_URL",
-            default_value = "sqlite://cplane.db"
-        )]
-        database: String,
+        /// Database (default: SQLite in ./.cplane/cplane.db).
+        #[arg(long, env = "CPLANE_DATABASE_URL")]
+        database: Option<String>,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
     },
     /// Revoke every token of cluster ID.
     Revoke {
         /// Cluster id.
         id: String,
-        /// Database.
-        #[arg(
-            long,
-            env = "CPLANE_DATABASE_URL",
-            default_value = "sqlite://cplane.db"
-        )]
-        database: String,
+        /// Database (default: SQLite in ./.cplane/cplane.db).
+        #[arg(long, env = "CPLANE_DATABASE_URL")]
+        database: Option<String>,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
     },
 }
 
 /// The database and region of the principal commands.
 #[derive(clap::Args)]
 struct PrincipalDb {
-    /// Database: `sqlite://PATH` or `postgres://…`.
-    #[arg(
-        long,
-        env = "CPLANE_DATABASE_URL",
-        default_value = "sqlite://cplane.db"
-    )]
-    database: String,
+    /// Database: `sqlite://PATH` or `postgres://…` (default: SQLite in ./.cplane/cplane.db).
+    #[arg(long, env = "CPLANE_DATABASE_URL")]
+    database: Option<String>,
     #[command(flatten)]
     region: cplane_reconciler::auth::RegionArgs,
 }
@@ -325,7 +385,7 @@ enum Command {
         dir: PathBuf,
     },
     /// Validate a revision: schema, cross references, and rendering of every cluster.
-    /// Exit 0 valid, 1 invalid, 2 usage.
+    /// Exit 0 valid, 2 invalid (or a usage error), 1 when the repository cannot be read.
     Validate {
         #[command(flatten)]
         repo: RepoArgs,
@@ -357,10 +417,37 @@ enum Command {
         format: Format,
     },
     /// Reconcile once: provision, repair and deprovision workspaces, publish bundles.
-    /// Exit 0 converged, 3 converging (e.g. waiting for certificate validation), 1 failed.
+    /// Exit 0 converged, 4 converging (e.g. waiting for certificate validation), 3 held,
+    /// 2 refused, 1 failed.
     Apply {
         #[command(flatten)]
         run: RunArgs,
+        /// Output format: `json` prints one object with every step's outcome at the end.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The recorded state of the control plane in the database: the applied revision, the
+    /// last runs and the platform's conditions.
+    Status {
+        /// Database (default: SQLite in ./.cplane/cplane.db).
+        #[arg(long, env = "CPLANE_DATABASE_URL")]
+        database: Option<String>,
+        /// Regions (default: every region, the scope `serve` and `apply` use by default).
+        #[arg(long = "region", env = "CPLANE_REGIONS", value_delimiter = ',')]
+        regions: Vec<String>,
+        /// Environments (default: every environment).
+        #[arg(
+            long = "environment",
+            env = "CPLANE_ENVIRONMENTS",
+            value_delimiter = ','
+        )]
+        environments: Vec<String>,
+        /// How many runs to show.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
     },
     /// Run the control plane of a region: follow the state repo's remote (webhook + jittered
     /// poll), reconcile continuously, serve the read API, lookup and metrics.
@@ -372,18 +459,15 @@ enum Command {
         #[arg(long, env = "CPLANE_BRANCH")]
         branch: Option<String>,
         /// Local bare mirror of the remote.
-        #[arg(long, env = "CPLANE_MIRROR", default_value = ".cplane-mirror")]
+        #[arg(long, env = "CPLANE_MIRROR", default_value = ".cplane/mirror.git")]
         mirror: PathBuf,
         /// Address to listen on.
         #[arg(long, env = "CPLANE_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// Database: `sqlite://PATH` or `postgres://…`.
-        #[arg(
-            long,
-            env = "CPLANE_DATABASE_URL",
-            default_value = "sqlite://cplane.db"
-        )]
-        database: String,
+        /// Database: `sqlite://PATH` or `postgres://…` (default: SQLite in
+        /// ./.cplane/cplane.db).
+        #[arg(long, env = "CPLANE_DATABASE_URL")]
+        database: Option<String>,
         /// `aws` or `none`.
         #[arg(long, env = "CPLANE_CLOUD", value_enum, default_value = "none")]
         cloud: Cloud,
@@ -403,9 +487,6 @@ enum Command {
         /// Most workspaces one revision may remove without confirmation.
         #[arg(long, env = "CPLANE_MAX_DELETIONS", default_value_t = 5)]
         max_deletions: usize,
-        /// Log format on stderr.
-        #[arg(long, env = "CPLANE_LOG_FORMAT", value_enum, default_value = "text")]
-        log_format: LogFormat,
         #[command(flatten)]
         retention: RetentionArgs,
         #[command(flatten)]
@@ -451,29 +532,84 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (default_filter, json) = match &cli.command {
-        Command::Serve { log_format, .. } => ("info", *log_format == LogFormat::Json),
-        Command::Up { .. } => ("info", false),
-        _ => ("warn", false),
+    let default_filter = match &cli.command {
+        Command::Serve { .. } | Command::Up { .. } => "info",
+        _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CPLANE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if json {
+    if cli.log_format == LogFormat::Json {
         logs.json().init();
     } else {
-        logs.init();
+        logs.with_ansi(cli.color.ansi()).init();
     }
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::from(EXIT_USAGE)
+            eprintln!("error: {}", describe(&err));
+            ExitCode::from(exit_code_of(&err))
         }
     }
 }
+
+/// An error and its causes in one line, each said once: a cause whose text the message
+/// already carries (libgit2's, say) is not repeated.
+fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        // libgit2's own text (with its class and code) stays out: a git error of ours says
+        // what happened in words.
+        // Ours, with the cause already said in words.
+        let complete = matches!(
+            cause.downcast_ref::<cplane_reconciler::serve::Error>(),
+            Some(cplane_reconciler::serve::Error::Listen { .. })
+        );
+        if let Some(g) = cause.downcast_ref::<git2::Error>() {
+            if !out.contains(g.message()) && out.is_empty() {
+                out.push_str(g.message());
+            }
+            break;
+        }
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        if complete {
+            break;
+        }
+    }
+    out
+}
+
+/// Invalid input (a repository, revision or directory that is not what the command needs)
+/// exits [`EXIT_INVALID`]; everything else [`EXIT_ERROR`].
+fn exit_code_of(err: &anyhow::Error) -> u8 {
+    let invalid = err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<source::Error>(),
+            Some(source::Error::Open { .. } | source::Error::Rev { .. })
+        ) || matches!(
+            c.downcast_ref::<init::Error>(),
+            Some(init::Error::NotEmpty(_))
+        ) || c.downcast_ref::<InvalidInput>().is_some()
+    });
+    if invalid {
+        EXIT_INVALID
+    } else {
+        EXIT_ERROR
+    }
+}
+
+/// Input the command refuses (exit [`EXIT_INVALID`]), in words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct InvalidInput(String);
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -503,34 +639,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             local_reads_only();
             clusters(&repo, format)
         }
-        Command::Plan { run, format } => reconcile(&run, Some(format)),
+        Command::Plan { run, format } => reconcile(&run, Mode::Plan(format)),
         Command::Up { dir, listen } => {
             disable_huge_pages();
             up(&dir, listen)
         }
         Command::Cluster {
             command: ClusterCommand::Token { command },
-        } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                match command {
-                    TokenCommand::Create { id, database } => {
-                        let db = Db::connect(&database).await?;
-                        let token = db.create_cluster_token(&id).await?;
-                        eprintln!("token for cluster {id} (shown once; store it in the cluster's secret):");
-                        println!("{token}");
-                    }
-                    TokenCommand::Revoke { id, database } => {
-                        let db = Db::connect(&database).await?;
-                        let n = db.revoke_cluster_tokens(&id).await?;
-                        println!("revoked {n} token(s) of cluster {id}");
-                    }
-                }
-                Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
-            })
-        }
+        } => block_on(token_command(command)),
+        Command::Status {
+            database,
+            regions,
+            environments,
+            runs,
+            format,
+        } => block_on(status_command(
+            &database_or_default(database.as_deref()),
+            cplane_reconciler::plan::Scope {
+                regions,
+                environments,
+            },
+            runs,
+            format,
+        )),
         Command::Principal { command } => principal_command(command),
         Command::Membership { command } => membership_command(command),
         Command::Serve {
@@ -545,7 +676,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             poll,
             webhook_secret,
             max_deletions,
-            log_format: _,
             retention,
             tls,
             auth,
@@ -570,6 +700,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            let database = database_or_default(database.as_deref());
             runtime.block_on(async {
                 let db = Db::connect(&database).await?;
                 let aws = match cloud {
@@ -580,10 +711,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
             })
         }
-        Command::Apply { run } => match run.every {
-            None => reconcile(&run, None),
+        Command::Apply { run, format } => match run.every {
+            None => reconcile(&run, Mode::Apply(format)),
             Some(every) => loop {
-                let code = reconcile(&run, None)?;
+                let code = reconcile(&run, Mode::Apply(format))?;
                 let jitter = rand::random_range(0.8..1.2);
                 let pause = every.mul_f64(jitter);
                 eprintln!(
@@ -679,7 +810,11 @@ fn render(
             .iter()
             .map(|r| r.cluster.id.as_str())
             .collect();
-        anyhow::bail!("no cluster `{cluster}`; clusters are: {}", known.join(", "));
+        return Err(InvalidInput(format!(
+            "no cluster `{cluster}`; clusters are: {}",
+            known.join(", ")
+        ))
+        .into());
     };
     match out {
         None => match format {
@@ -754,11 +889,30 @@ fn clusters(args: &RepoArgs, format: Format) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Exit code of `apply` when work is still under way (e.g. certificate validation).
-const EXIT_CONVERGING: u8 = 3;
+/// What [`reconcile`] does.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// `cplane plan`: observe and print the plan; writes nothing.
+    Plan(Format),
+    /// `cplane apply`.
+    Apply(Format),
+}
 
-/// `plan` (format given) or `apply` (no format).
-fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<ExitCode> {
+/// `plan` or `apply`. With `--format json`, stdout holds exactly one JSON object, also when
+/// the revision cannot be read or is invalid (`{"error": …, "errors": […]}`).
+fn reconcile(args: &RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+    let json = matches!(mode, Mode::Plan(Format::Json) | Mode::Apply(Format::Json));
+    match reconcile_inner(args, mode) {
+        Err(err) if json => {
+            let out = serde_json::json!({ "error": describe(&err), "errors": [] });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::from(exit_code_of(&err)))
+        }
+        other => other,
+    }
+}
+
+fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     let RunArgs {
         repo,
         database,
@@ -770,15 +924,22 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
         deep_drift,
         every: _,
     } = args;
-    let dry_run = plan_format.is_some();
+    let (dry_run, format) = match mode {
+        Mode::Plan(f) => (true, f),
+        Mode::Apply(f) => (false, f),
+    };
+    let json = matches!(format, Format::Json);
     let git = source::open(&repo.repo)?;
+    let database = database
+        .clone()
+        .unwrap_or_else(|| default_database(git.workdir().unwrap_or_else(|| git.path())));
     let snapshot = source::read(&git, &repo.rev)?;
     let commit = snapshot.commit.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let db = Db::connect(database).await?;
+        let db = Db::connect(&database).await?;
         let aws = match cloud {
             Cloud::Aws => Some(cplane_reconciler::aws::Aws::from_env().await),
             Cloud::None => None,
@@ -800,22 +961,31 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
             },
             memo: None,
         };
-        let progress: cplane_reconciler::apply::Progress = Arc::new(|step: &Step, outcome: &Outcome| {
+        let progress: cplane_reconciler::apply::Progress = Arc::new(move |step: &Step, outcome: &Outcome| {
+            if json {
+                return;
+            }
             let detail = match outcome {
                 Outcome::Done(d) | Outcome::Skipped(d) | Outcome::Waiting(d) | Outcome::Failed(d) => d,
             };
             println!("  {}: {} {} ... {} ({detail})", step.workspace, step.action.symbol(), step.action, outcome.label());
         });
-        if !dry_run {
-            println!("cplane apply: commit {} ({})", &commit[..12], cplane_reconciler::db::redact(database));
+        if !dry_run && !json {
+            println!("cplane apply: commit {} ({})", &commit[..12], cplane_reconciler::db::redact(&database));
         }
         let result = cplane_reconciler::reconcile::run(snapshot, &db, aws, request, progress).await?;
         let code = match result {
             RunResult::Refused(errors) => {
-                for e in &errors {
-                    eprintln!("{e}");
+                let message = format!("commit {} is invalid ({} errors); nothing was {}", &commit[..12], errors.len(), if dry_run { "planned" } else { "applied" });
+                if json {
+                    let out = serde_json::json!({ "commit": commit, "outcome": RunOutcome::Refused, "error": message, "errors": errors });
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    eprintln!("error: {message}");
                 }
-                eprintln!("error: commit {} is invalid ({} errors); nothing was applied", &commit[..12], errors.len());
                 ExitCode::from(EXIT_INVALID)
             }
             RunResult::Planned {
@@ -825,51 +995,213 @@ fn reconcile(args: &RunArgs, plan_format: Option<Format>) -> anyhow::Result<Exit
                 notes,
                 ..
             } => {
-                for n in &notes {
-                    eprintln!("note: {n}");
-                }
-                if let Some(Format::Json) = plan_format {
-                    let out = serde_json::json!({ "commit": commit, "plan": plan, "notes": notes });
-                    println!("{}", serde_json::to_string_pretty(&out)?);
-                    return Ok(ExitCode::SUCCESS);
+                if !json {
+                    for n in &notes {
+                        eprintln!("note: {n}");
+                    }
                 }
                 if dry_run {
-                    print_plan(&commit, &plan);
-                    return Ok(ExitCode::SUCCESS);
-                }
-                for (cluster, digest, generation) in &published {
-                    println!("  bundle {cluster}: {digest} (generation {generation})");
+                    if json {
+                        let skipped = skipped_steps(&plan, *cloud == Cloud::Aws);
+                        let skipped: Vec<usize> = (0..plan.steps.len()).filter(|i| skipped[*i]).collect();
+                        let out = serde_json::json!({ "commit": commit, "plan": plan, "skipped": skipped, "notes": notes });
+                        println!("{}", serde_json::to_string_pretty(&out)?);
+                    } else {
+                        print_plan(&commit, &plan, *cloud == Cloud::Aws);
+                    }
+                    return Ok(ExitCode::from(if plan.held.is_some() { EXIT_HELD } else { 0 }));
                 }
                 let report = report.expect("applied");
-                for r in &plan.refused {
-                    eprintln!("refused: {}", r.message);
+                let outcome = cplane_reconciler::status::summarize(&plan, &report);
+                if json {
+                    let steps: Vec<_> = plan.steps.iter().zip(&report.outcomes).map(|(step, o)| {
+                        let detail = match o {
+                            Outcome::Done(d) | Outcome::Skipped(d) | Outcome::Waiting(d) | Outcome::Failed(d) => d,
+                        };
+                        serde_json::json!({
+                            "workspace": step.workspace, "action": step.action.to_string(),
+                            "symbol": step.action.symbol().to_string(), "outcome": o.label(), "detail": detail,
+                        })
+                    }).collect();
+                    let bundles: Vec<_> = published.iter().map(|(cluster, digest, generation)| {
+                        serde_json::json!({ "cluster": cluster, "digest": digest, "generation": generation })
+                    }).collect();
+                    let out = serde_json::json!({
+                        "commit": commit, "outcome": outcome, "steps": steps, "published": bundles,
+                        "errors": cplane_reconciler::status::errors(&plan, &report), "notes": notes,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    for (cluster, digest, generation) in &published {
+                        println!("  bundle {cluster}: {digest} (generation {generation})");
+                    }
+                    for r in &plan.refused {
+                        eprintln!("refused: {}", r.message);
+                    }
+                    if let Some(h) = &plan.held {
+                        eprintln!("held: {h}");
+                    }
+                    let (add, change, destroy) = plan.counts();
+                    println!("Apply: {outcome} ({} steps: {add} to add, {change} to change, {destroy} to destroy; {} bundles published).", plan.steps.len(), published.len());
                 }
-                if let Some(h) = &plan.held {
-                    eprintln!("held: {h}");
-                }
-                let result = cplane_reconciler::status::summarize(&plan, &report).label();
-                let (add, change, destroy) = plan.counts();
-                println!("Apply: {result} ({} steps: {add} to add, {change} to change, {destroy} to destroy; {} bundles published).", plan.steps.len(), published.len());
-                match result {
-                    "converged" => ExitCode::SUCCESS,
-                    "converging" => ExitCode::from(EXIT_CONVERGING),
-                    _ => ExitCode::from(EXIT_INVALID),
-                }
+                ExitCode::from(match outcome {
+                    RunOutcome::Converged => 0,
+                    RunOutcome::Converging => EXIT_CONVERGING,
+                    RunOutcome::Held => EXIT_HELD,
+                    RunOutcome::Refused => EXIT_INVALID,
+                    RunOutcome::Failed | RunOutcome::Error => EXIT_ERROR,
+                })
             }
         };
         Ok(code)
     })
 }
 
-/// Terraform-like plan output: `+` create, `~` change, `-` destroy, grouped by workspace.
-fn print_plan(commit: &str, plan: &Plan) {
-    println!("cplane plan: commit {}", &commit[..12.min(commit.len())]);
-    if plan.is_empty() {
-        println!("\nNo changes. The database and cloud match the revision.");
-        return;
+/// `cplane cluster token …`. Tokens are only made for clusters cplane has published a bundle
+/// for: a typo would otherwise make a token no agent can use.
+async fn token_command(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create {
+            id,
+            database,
+            format,
+        } => {
+            let db = Db::connect(&database_or_default(database.as_deref())).await?;
+            let known: Vec<String> = db
+                .cluster_heads(None)
+                .await?
+                .into_iter()
+                .map(|(id, _, _)| id)
+                .collect();
+            if !known.contains(&id) {
+                let hint = if known.is_empty() {
+                    "no cluster has been published in this database yet: run `cplane apply` or `cplane serve` (or `cplane up`) first, or pass the right --database".to_owned()
+                } else {
+                    let close: Vec<&str> = known
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|k| {
+                            k.contains(id.trim_start_matches("w-"))
+                                || id.contains(k.trim_start_matches("w-"))
+                        })
+                        .collect();
+                    let list = if close.is_empty() {
+                        known
+                            .iter()
+                            .take(10)
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    } else {
+                        close.join(", ")
+                    };
+                    format!("known clusters include: {list} (`cplane clusters` lists them)")
+                };
+                return Err(InvalidInput(format!(
+                    "cluster `{id}` is not in the rendered state; {hint}"
+                ))
+                .into());
+            }
+            let token = db.create_cluster_token(&id).await?;
+            match format {
+                Format::Json => {
+                    println!("{}", serde_json::json!({ "cluster": id, "token": token }))
+                }
+                Format::Text => {
+                    eprintln!(
+                        "token for cluster {id} (shown once; store it in the cluster's secret):"
+                    );
+                    println!("{token}");
+                }
+            }
+        }
+        TokenCommand::Revoke {
+            id,
+            database,
+            format,
+        } => {
+            let db = Db::connect(&database_or_default(database.as_deref())).await?;
+            let n = db.revoke_cluster_tokens(&id).await?;
+            match format {
+                Format::Json => println!("{}", serde_json::json!({ "cluster": id, "revoked": n })),
+                Format::Text => println!("revoked {n} token(s) of cluster {id}"),
+            }
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cplane status`: what the database records of the control plane of `scope`.
+async fn status_command(
+    database: &str,
+    scope: cplane_reconciler::plan::Scope,
+    runs: u32,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let db = Db::connect(database).await?;
+    let label = scope.label();
+    let applied = db.applied_revision(&label).await?;
+    let runs = db.runs(&label, runs).await?;
+    let conditions = db.conditions("platform", &label).await?;
+    match format {
+        Format::Json => {
+            let out = serde_json::json!({
+                "scope": label,
+                "applied": applied,
+                "runs": runs.iter().map(|(id, commit, outcome, errors)| serde_json::json!({
+                    "id": id, "commit": commit, "outcome": outcome, "errors": errors,
+                })).collect::<Vec<_>>(),
+                "conditions": conditions.iter().map(|(name, (status, reason, message))| serde_json::json!({
+                    "type": name, "status": if *status { "True" } else { "False" }, "reason": reason, "message": message,
+                })).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Text => {
+            println!(
+                "scope {label}: applied {}",
+                applied.as_deref().unwrap_or("nothing yet")
+            );
+            for (name, (status, reason, message)) in &conditions {
+                println!(
+                    "  {name}={} ({reason}): {message}",
+                    if *status { "True" } else { "False" }
+                );
+            }
+            for (id, commit, outcome, errors) in &runs {
+                println!(
+                    "  run {id}: {outcome} at {}",
+                    &commit[..12.min(commit.len())]
+                );
+                for e in errors {
+                    println!("      {e}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Which steps of `plan` a run without a cloud (`--cloud none`) skips: every cloud step, and
+/// every step after a skipped one. They stay in the journal for a run with a cloud.
+fn skipped_steps(plan: &Plan, cloud: bool) -> Vec<bool> {
+    let mut skipped = vec![false; plan.steps.len()];
+    if !cloud {
+        for (i, step) in plan.steps.iter().enumerate() {
+            skipped[i] = step.action.is_cloud() || step.after.iter().any(|a| skipped[*a]);
+        }
+    }
+    skipped
+}
+
+/// Terraform-like plan output: `+` create, `~` change, `-` destroy, grouped by workspace.
+/// Without a cloud, the steps it would skip are listed apart and not counted as changes.
+fn print_plan(commit: &str, plan: &Plan, cloud: bool) {
+    println!("cplane plan: commit {}", &commit[..12.min(commit.len())]);
+    let skipped = skipped_steps(plan, cloud);
+    let pending = skipped.iter().filter(|s| !**s).count();
     let mut current = "";
-    for step in &plan.steps {
+    for (step, _) in plan.steps.iter().zip(&skipped).filter(|(_, s)| !**s) {
         if step.workspace != current {
             current = &step.workspace;
             println!("\n  workspace {current} ({})", step.reason);
@@ -882,8 +1214,40 @@ fn print_plan(commit: &str, plan: &Plan) {
     if let Some(h) = &plan.held {
         println!("\n  ! held: {h}");
     }
-    let (add, change, destroy) = plan.counts();
-    println!("\nPlan: {add} to add, {change} to change, {destroy} to destroy.");
+    let not_done = plan.steps.len() - pending;
+    if not_done > 0 {
+        let workspaces: std::collections::BTreeSet<&str> = plan
+            .steps
+            .iter()
+            .zip(&skipped)
+            .filter(|(_, s)| **s)
+            .map(|(step, _)| step.workspace.as_str())
+            .collect();
+        println!(
+            "\n  {not_done} cloud step(s) of {} workspace(s) skipped: --cloud none (run with --cloud aws to apply them)",
+            workspaces.len()
+        );
+    }
+    if pending == 0 && plan.refused.is_empty() && plan.held.is_none() {
+        println!(
+            "\nNo changes. The database{} matches the revision.",
+            if cloud { " and cloud" } else { "" }
+        );
+        return;
+    }
+    let count = |c| {
+        plan.steps
+            .iter()
+            .zip(&skipped)
+            .filter(|(step, s)| !**s && step.action.symbol() == c)
+            .count()
+    };
+    println!(
+        "\nPlan: {} to add, {} to change, {} to destroy.",
+        count('+'),
+        count('~'),
+        count('-')
+    );
 }
 
 /// `cplane up`: see the subcommand's help.
@@ -1047,7 +1411,7 @@ async fn command_auth(db: &PrincipalDb) -> anyhow::Result<cplane_reconciler::aut
         ..cplane_reconciler::auth::Args::default()
     }
     .into_config()?;
-    let pool = Db::connect(&db.database).await?;
+    let pool = Db::connect(&database_or_default(db.database.as_deref())).await?;
     Ok(cplane_reconciler::auth::Auth::for_commands(config, pool))
 }
 

@@ -14,7 +14,7 @@ use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The directory is not a git repository.
-    #[error("{path} is not a git repository: {source}")]
+    #[error("{path} is not a git repository: {}", source.message())]
     Open {
         /// The directory given.
         path: String,
@@ -23,7 +23,7 @@ pub enum Error {
         source: git2::Error,
     },
     /// The revision does not name a commit.
-    #[error("revision `{rev}` does not name a commit: {source}")]
+    #[error("revision `{rev}` does not name a commit ({})", rev_reason(source))]
     Rev {
         /// The revision given.
         rev: String,
@@ -34,6 +34,16 @@ pub enum Error {
     /// Reading objects failed (a corrupt or incomplete repository).
     #[error("reading the repository: {0}")]
     Read(#[from] git2::Error),
+}
+
+/// Why a revision names no commit, in words (libgit2's message without its class and code).
+fn rev_reason(e: &git2::Error) -> String {
+    match e.code() {
+        git2::ErrorCode::NotFound => "no branch, tag or commit of that name".into(),
+        git2::ErrorCode::Ambiguous => "it is ambiguous: give more of the commit id".into(),
+        git2::ErrorCode::InvalidSpec => "it is not a valid revision expression".into(),
+        _ => e.message().to_owned(),
+    }
 }
 
 /// The relevant files of one commit.
