@@ -3,6 +3,7 @@
 //! - [`model`]: the four document kinds (Platform, Region, Workspace, Stack), strict serde types.
 //! - [`load()`]: from the bytes of one revision's files to a [`Model`] and every [`Diagnostic`].
 //! - [`validate`]: ids, naming and cross-reference rules.
+//! - [`suggest`]: "did you mean" for mistyped names.
 //! - [`domain`]: the naming rules of reference doc 001.
 //! - [`jsonschema`]: JSON Schema per kind, for editors.
 //!
@@ -16,6 +17,7 @@ pub mod jsonschema;
 pub mod load;
 pub mod model;
 pub mod position;
+pub mod suggest;
 pub mod validate;
 
 pub use diagnostic::{Diagnostic, Pos};
