@@ -2,6 +2,7 @@
 //!
 //! - [`model`]: the four document kinds (Platform, Region, Workspace, Stack), strict serde types.
 //! - [`load()`]: from the bytes of one revision's files to a [`Model`] and every [`Diagnostic`].
+//! - [`shape`]: every shape error of a document serde rejected (the slow path).
 //! - [`validate`]: ids, naming and cross-reference rules.
 //! - [`suggest`]: "did you mean" for mistyped names.
 //! - [`domain`]: the naming rules of reference doc 001.
@@ -17,6 +18,7 @@ pub mod jsonschema;
 pub mod load;
 pub mod model;
 pub mod position;
+pub mod shape;
 pub mod suggest;
 pub mod validate;
 
