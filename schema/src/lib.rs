@@ -2,7 +2,9 @@
 //!
 //! - [`model`]: the four document kinds (Platform, Region, Workspace, Stack), strict serde types.
 //! - [`load()`]: from the bytes of one revision's files to a [`Model`] and every [`Diagnostic`].
+//! - [`shape`]: every shape error of a document serde rejected (the slow path).
 //! - [`validate`]: ids, naming and cross-reference rules.
+//! - [`suggest`]: "did you mean" for mistyped names.
 //! - [`domain`]: the naming rules of reference doc 001.
 //! - [`jsonschema`]: JSON Schema per kind, for editors.
 //!
@@ -16,6 +18,8 @@ pub mod jsonschema;
 pub mod load;
 pub mod model;
 pub mod position;
+pub mod shape;
+pub mod suggest;
 pub mod validate;
 
 pub use diagnostic::{Diagnostic, Pos};

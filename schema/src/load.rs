@@ -219,6 +219,9 @@ impl Loaded {
     }
 }
 
+/// One file's parse: nothing to read, a document, or every problem of the file.
+type ParseResult = Result<Option<Parsed>, Vec<Diagnostic>>;
+
 enum Parsed {
     Platform(Entity<Platform>),
     Region(Entity<Region>),
@@ -233,7 +236,7 @@ enum Parsed {
 
 /// Parses and validates every file; see the module docs.
 pub fn load(files: Vec<SourceFile>) -> Loaded {
-    let results: Vec<(FileRole, Result<Option<Parsed>, Diagnostic>)> = files
+    let results: Vec<(FileRole, ParseResult)> = files
         .into_par_iter()
         .with_max_len(64) // small pieces keep both threads busy to the end
         .map(|file| {
@@ -253,8 +256,8 @@ pub fn load(files: Vec<SourceFile>) -> Loaded {
 
     for (role, result) in results {
         match result {
-            Err(diag) => {
-                diagnostics.push(diag);
+            Err(diags) => {
+                diagnostics.extend(diags);
                 if let Some(entity) = role.entity() {
                     broken.insert(entity);
                 }
@@ -362,15 +365,15 @@ fn insert_unique<T>(
     map.insert(id, entity);
 }
 
-fn parse_file(role: &FileRole, file: SourceFile) -> Result<Option<Parsed>, Diagnostic> {
+fn parse_file(role: &FileRole, file: SourceFile) -> ParseResult {
     let SourceFile { path, bytes } = file;
     let what = match role {
         FileRole::Ignored => return Ok(None),
         FileRole::Misplaced(expected) => {
-            return Err(Diagnostic::file(
+            return Err(vec![Diagnostic::file(
                 &path,
                 format!("unexpected file: cplane reads {expected} here"),
-            ))
+            )])
         }
         FileRole::Platform => "Platform",
         FileRole::Region(_) => "Region",
@@ -378,7 +381,7 @@ fn parse_file(role: &FileRole, file: SourceFile) -> Result<Option<Parsed>, Diagn
         FileRole::Stack(_) => "Stack",
         FileRole::Template { .. } => "template",
     };
-    let text: Arc<str> = Arc::from(check_text(&path, &bytes, what)?);
+    let text: Arc<str> = Arc::from(check_text(&path, &bytes, what).map_err(|d| vec![d])?);
     Ok(Some(match role {
         FileRole::Platform => Parsed::Platform(typed(&path, String::new(), text)?),
         FileRole::Region(id) => Parsed::Region(typed(&path, id.clone(), text)?),
@@ -476,27 +479,57 @@ pub fn refuse_deep_flow_nesting(path: &str, text: &str) -> Result<(), Diagnostic
 /// Parses one workspace file (`workspaces/<id>.yaml`) with every check `load` applies to it
 /// on its own (size, encoding, emptiness, strict shape). For incremental reloads: the caller
 /// then runs [`crate::validate::workspace`] against the unchanged rest of the model.
+///
+/// Reports the first problem only; [`parse_workspace_all`] reports every one.
 pub fn parse_workspace(path: &str, bytes: &[u8]) -> Result<Entity<Workspace>, Diagnostic> {
+    parse_workspace_all(path, bytes).map_err(|mut diags| diags.swap_remove(0))
+}
+
+/// [`parse_workspace`], reporting every problem of the file (never an empty list), sorted by
+/// position.
+pub fn parse_workspace_all(path: &str, bytes: &[u8]) -> Result<Entity<Workspace>, Vec<Diagnostic>> {
     let FileRole::Workspace(id) = FileRole::of(path) else {
-        return Err(Diagnostic::file(
+        return Err(vec![Diagnostic::file(
             path,
             "unexpected file: cplane reads workspaces/<id>.yaml here",
-        ));
+        )]);
     };
-    let text: Arc<str> = Arc::from(check_text(path, bytes, "Workspace")?);
+    let text: Arc<str> = Arc::from(check_text(path, bytes, "Workspace").map_err(|d| vec![d])?);
     typed(path, id, text)
 }
 
+/// The fast path parses with serde_yaml alone; only a document it rejects is walked again
+/// ([`crate::shape::errors`]) to report every error in it, not just serde's first.
 fn typed<T: DeserializeOwned>(
     path: &str,
     path_id: String,
     text: Arc<str>,
-) -> Result<Entity<T>, Diagnostic> {
-    refuse_deep_flow_nesting(path, &text)?;
+) -> Result<Entity<T>, Vec<Diagnostic>> {
+    refuse_deep_flow_nesting(path, &text).map_err(|d| vec![d])?;
     match serde_yaml::from_str::<T>(&text) {
         Ok(doc) => Ok(Entity::new(doc, path.to_owned(), path_id, text)),
-        Err(err) => Err(yaml_error(path, &err)),
+        Err(err) => Err(shape_diagnostics::<T>(path, &text, &err)),
     }
+}
+
+/// Every shape error of a document serde_yaml rejected with `err`, sorted by position; serde's
+/// own error alone when the document is not well-formed YAML (or, defensively, when the walk
+/// attributes nothing).
+pub(crate) fn shape_diagnostics<T: DeserializeOwned>(
+    path: &str,
+    text: &str,
+    err: &serde_yaml::Error,
+) -> Vec<Diagnostic> {
+    let found = crate::shape::errors::<T>(text).unwrap_or_default();
+    if found.is_empty() {
+        return vec![yaml_error(path, err)];
+    }
+    let mut diags: Vec<Diagnostic> = found
+        .into_iter()
+        .map(|e| Diagnostic::new(path, e.pos, &e.path, reword(&e.message)))
+        .collect();
+    sort_dedup(&mut diags);
+    diags
 }
 
 /// Turns a serde_yaml error into a diagnostic: position from `location()`, field path split off
@@ -526,14 +559,18 @@ pub fn yaml_error(path: &str, err: &serde_yaml::Error) -> Diagnostic {
         }
         _ => (String::new(), message),
     };
+    Diagnostic::new(path, pos, &field, reword(&text))
+}
+
+/// serde_yaml's wordings that would puzzle a state-repo author, in cplane's words.
+fn reword(text: &str) -> String {
     // serde_yaml's wording for a map or list where a plain enum value belongs.
-    let text = text.replace(
+    text.replace(
         "expected a YAML tag starting with '!'",
         "expected a plain value (see the schema for the allowed ones)",
-    );
-    let text = text.replace(
+    )
+    .replace(
         "deserializing from YAML containing more than one document is not supported",
         "expected one YAML document, found several (remove the `---` separator)",
-    );
-    Diagnostic::new(path, pos, &field, text)
+    )
 }

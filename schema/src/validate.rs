@@ -10,6 +10,7 @@ use crate::diagnostic::Diagnostic;
 use crate::domain::{is_dns_label, is_dns_name, RegionalNames};
 use crate::load::{EntityRef, Model};
 use crate::model::{RegionStatus, StackTarget, ValueDecl};
+use crate::suggest;
 
 /// Checks every rule on a parsed model. `broken` names entities whose files failed to parse, so
 /// that dangling references to them are not reported a second time.
@@ -102,9 +103,27 @@ fn platform(model: &Model, broken: &BTreeSet<EntityRef>, out: &mut Vec<Diagnosti
         None if broken.contains(&EntityRef::Region(primary.clone())) => {}
         None => out.push(p.diag(
             "spec.primaryRegion",
-            format!("region `{primary}` does not exist (no regions/{primary}.yaml)"),
+            format!(
+                "region `{primary}` does not exist (no regions/{primary}.yaml){}",
+                region_suggestion(model, primary)
+            ),
         )),
     }
+}
+
+/// "; did you mean `sgp-1`?" for a region id mistyped in its city part (`spg-1`). A different
+/// index (`sgp-9`) more likely names a region not yet added than a typo: no suggestion.
+fn region_suggestion(model: &Model, id: &str) -> String {
+    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+    let index = digits(id);
+    suggest::did_you_mean(
+        id,
+        model
+            .regions
+            .keys()
+            .map(String::as_str)
+            .filter(|r| digits(r) == index),
+    )
 }
 
 /// `{city}-{index}`: lowercase letters, a dash, digits (`sgp-1`, `fra-2`).
@@ -335,8 +354,10 @@ pub fn workspace(
         None => out.push(w.diag(
             "spec.region",
             format!(
-                "region `{}` does not exist (no regions/{}.yaml)",
-                spec.region, spec.region
+                "region `{}` does not exist (no regions/{}.yaml){}",
+                spec.region,
+                spec.region,
+                region_suggestion(model, &spec.region)
             ),
         )),
     }
@@ -415,8 +436,17 @@ pub fn workspace(
                 out.push(w.diag(
                     &format!("{path}.name"),
                     format!(
-                        "stack `{}` does not exist (no stacks/{}/stack.yaml)",
-                        sref.name, sref.name
+                        "stack `{}` does not exist (no stacks/{}/stack.yaml){}",
+                        sref.name,
+                        sref.name,
+                        suggest::did_you_mean(
+                            &sref.name,
+                            model
+                                .stacks
+                                .iter()
+                                .filter(|(_, s)| s.entity.doc.spec.target == StackTarget::Tenant)
+                                .map(|(name, _)| name.as_str())
+                        )
                     ),
                 ));
             }
