@@ -650,6 +650,12 @@ async fn if_match_answers_412_when_the_file_changed_since() {
         writer.write(unknown).await.expect_err("unknown").status(),
         412
     );
+    // An entity tag is a commit id: a branch name (which always "matches") is not taken.
+    let named = Request {
+        if_match: Some(format!("\"{branch}\"")),
+        ..request(put_stack("globex", "trino", json!({})))
+    };
+    assert_eq!(writer.write(named).await.expect_err("name").status(), 412);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,8 +21,10 @@
 //!   answered `409`; a stack change (enable, disable, re-value) is applied again to the new file
 //!   when it still applies (the workspace exists; the stack is enabled, for a disable), else
 //!   `409`. A merge patch ([`Change::PatchWorkspace`], [`Change::PatchStack`]) is applied
-//!   again to the new file too. `If-Match: <commit>` answers `412` when the file differs
-//!   between that commit and the head the change is built on.
+//!   again to the new file too. `If-Match: <commit>` (a commit id, quoted as an entity tag or
+//!   bare: the `ETag` of `GET /v1/workspaces/{id}`) answers `412` when the file differs
+//!   between that commit and the head the change is built on — the file, not the head: a
+//!   commit that changed other files since does not make the caller's view stale.
 //! - *Nothing half-done*: an invalid or refused change creates no commit and no ref update.
 //!
 //! `?mode=pr` ([`Mode::PullRequest`]) publishes the commit on a branch
@@ -1055,10 +1057,18 @@ impl Session<'_> {
         let current = self.blob_at_tip(&tip_tree, &path);
 
         if let Some(rev) = &request.if_match {
-            let base = repo
-                .revparse_single(rev.trim_matches('"'))
-                .and_then(|o| o.peel_to_commit())
-                .map_err(|_| {
+            // An entity tag is a commit id (the `ETag` of the read API, quoted or not); a
+            // branch or other revision name would not pin the caller's view, so none is taken.
+            let id = rev.trim().trim_matches('"');
+            let hex = (4..=40).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit());
+            let base = hex
+                .then(|| {
+                    repo.revparse_single(id)
+                        .and_then(|o| o.peel_to_commit())
+                        .ok()
+                })
+                .flatten()
+                .ok_or_else(|| {
                     Error::PreconditionFailed(format!("If-Match: unknown commit {rev}"))
                 })?;
             if blob_at(&base.tree()?, &path) != current {
