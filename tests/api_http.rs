@@ -550,3 +550,115 @@ async fn members_write_their_accounts_workspaces_with_real_tokens() {
         assert!(metrics.contains(line), "{line}\n{metrics}");
     }
 }
+
+/// A header's value in a raw response head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_names_its_commit_in_an_etag_that_a_write_sends_back_as_if_match() {
+    let dev = issuer().await;
+    let s = start_with(Some(dev.issuer()));
+    let port = s.port;
+    cplane(&[
+        "principal",
+        "grant-admin",
+        "root@example.com",
+        "--database",
+        &s.db,
+    ]);
+    let root = (
+        "Authorization",
+        bearer(&dev, "root@example.com", "Root Admin"),
+    );
+    let json_ct = ("Content-Type", "application/json".to_owned());
+    let start = head(&s.remote, &s.branch);
+
+    // A read names the applied revision: `ETag: "<commit>"` and `"commit"` in the body.
+    let (status, h, body) = http(
+        port,
+        "GET",
+        "/v1/workspaces/acme",
+        std::slice::from_ref(&root),
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let etag = header(&h, "etag").expect("ETag").to_owned();
+    assert_eq!(etag, format!("\"{start}\""));
+    assert_eq!(json_of(&body)["commit"], start.as_str());
+    let (status, h, body) = http(
+        port,
+        "GET",
+        "/v1/workspaces",
+        std::slice::from_ref(&root),
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&h, "etag"), Some(etag.as_str()));
+    assert!(json_of(&body)
+        .as_array()
+        .is_some_and(|a| !a.is_empty() && a.iter().all(|w| w["commit"] == start.as_str())));
+
+    // Sent back as If-Match, exactly as received: accepted while the file is unchanged.
+    let write = |path: &str, if_match: &str, body: &[u8]| {
+        http(
+            port,
+            "PUT",
+            path,
+            &[
+                root.clone(),
+                json_ct.clone(),
+                ("If-Match", if_match.to_owned()),
+            ],
+            body,
+        )
+    };
+    let (status, _, body) = write(
+        "/v1/workspaces/acme/stacks/superset",
+        &etag,
+        br#"{"values":{"replicas":3}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    // Now stale for acme (412, nothing committed), still good for globex whose file did not
+    // change although the head moved.
+    let after = head(&s.remote, &s.branch);
+    let (status, _, body) = write(
+        "/v1/workspaces/acme/stacks/superset",
+        &etag,
+        br#"{"values":{"replicas":4}}"#,
+    );
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(head(&s.remote, &s.branch), after);
+    let (status, _, body) = write(
+        "/v1/workspaces/globex/stacks/airflow",
+        &etag,
+        br#"{"values":{"dagsRepo":"https://github.com/globex/data-pipelines.git"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let latest = json_of(&body)["commit"]
+        .as_str()
+        .expect("commit")
+        .to_owned();
+
+    // Once applied, a read gives the new ETag; the bare commit id is accepted too.
+    wait_for("the writes applied", || {
+        let (_, h, _) = http(
+            port,
+            "GET",
+            "/v1/workspaces/acme",
+            std::slice::from_ref(&root),
+            b"",
+        );
+        header(&h, "etag") == Some(format!("\"{latest}\"").as_str())
+    });
+    let (status, _, body) = write(
+        "/v1/workspaces/acme/stacks/superset",
+        &latest,
+        br#"{"values":{"replicas":4}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+}
