@@ -143,6 +143,16 @@ fn writes_need_a_bearer_token_and_plan_and_openapi_are_served() {
             &br#"{"values":{}}"#[..],
         ),
         ("DELETE", "/v1/workspaces/acme/stacks/trino", &b""[..]),
+        (
+            "PATCH",
+            "/v1/workspaces/acme",
+            &br#"{"spec":{"deletionPolicy":"Delete"}}"#[..],
+        ),
+        (
+            "PATCH",
+            "/v1/workspaces/acme/stacks/trino",
+            &br#"{"values":{"workers":9}}"#[..],
+        ),
     ] {
         let (status, head, body) = http(
             s.port,
@@ -164,7 +174,7 @@ fn writes_need_a_bearer_token_and_plan_and_openapi_are_served() {
     assert_eq!(head(&s.remote, &s.branch), before, "nothing was written");
     let (_, _, metrics) = http(s.port, "GET", "/metrics", &[], b"");
     assert!(
-        metrics.contains("cplane_api_commits_total{outcome=\"unauthorized\"} 4"),
+        metrics.contains("cplane_api_commits_total{outcome=\"unauthorized\"} 6"),
         "{metrics}"
     );
 
@@ -196,6 +206,7 @@ fn writes_need_a_bearer_token_and_plan_and_openapi_are_served() {
     let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/v1/workspaces/{id}"]["put"].is_object());
+    assert!(doc["paths"]["/v1/workspaces/{id}/stacks/{name}"]["patch"].is_object());
 }
 
 /// Every `.route("<path>"` in the server's code (reconciler and webhook crates).
@@ -549,4 +560,340 @@ async fn members_write_their_accounts_workspaces_with_real_tokens() {
     ] {
         assert!(metrics.contains(line), "{line}\n{metrics}");
     }
+}
+
+/// A header's value in a raw response head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_names_its_commit_in_an_etag_that_a_write_sends_back_as_if_match() {
+    let dev = issuer().await;
+    let s = start_with(Some(dev.issuer()));
+    let port = s.port;
+    cplane(&[
+        "principal",
+        "grant-admin",
+        "root@example.com",
+        "--database",
+        &s.db,
+    ]);
+    let root = (
+        "Authorization",
+        bearer(&dev, "root@example.com", "Root Admin"),
+    );
+    let json_ct = ("Content-Type", "application/json".to_owned());
+    let start = head(&s.remote, &s.branch);
+
+    // A read names the applied revision: `ETag: "<commit>"` and `"commit"` in the body.
+    let (status, h, body) = http(
+        port,
+        "GET",
+        "/v1/workspaces/acme",
+        std::slice::from_ref(&root),
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let etag = header(&h, "etag").expect("ETag").to_owned();
+    assert_eq!(etag, format!("\"{start}\""));
+    assert_eq!(json_of(&body)["commit"], start.as_str());
+    let (status, h, body) = http(
+        port,
+        "GET",
+        "/v1/workspaces",
+        std::slice::from_ref(&root),
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&h, "etag"), Some(etag.as_str()));
+    assert!(json_of(&body)
+        .as_array()
+        .is_some_and(|a| !a.is_empty() && a.iter().all(|w| w["commit"] == start.as_str())));
+
+    // Sent back as If-Match, exactly as received: accepted while the file is unchanged.
+    let write = |path: &str, if_match: &str, body: &[u8]| {
+        http(
+            port,
+            "PUT",
+            path,
+            &[
+                root.clone(),
+                json_ct.clone(),
+                ("If-Match", if_match.to_owned()),
+            ],
+            body,
+        )
+    };
+    let (status, _, body) = write(
+        "/v1/workspaces/acme/stacks/superset",
+        &etag,
+        br#"{"values":{"replicas":3}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    // Now stale for acme (412, nothing committed), still good for globex whose file did not
+    // change although the head moved.
+    let after = head(&s.remote, &s.branch);
+    let (status, _, body) = write(
+        "/v1/workspaces/acme/stacks/superset",
+        &etag,
+        br#"{"values":{"replicas":4}}"#,
+    );
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(head(&s.remote, &s.branch), after);
+    let (status, _, body) = write(
+        "/v1/workspaces/globex/stacks/airflow",
+        &etag,
+        br#"{"values":{"dagsRepo":"https://github.com/globex/data-pipelines.git"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let latest = json_of(&body)["commit"]
+        .as_str()
+        .expect("commit")
+        .to_owned();
+
+    // Once applied, a read gives the new ETag; the bare commit id is accepted too.
+    wait_for("the writes applied", || {
+        let (_, h, _) = http(
+            port,
+            "GET",
+            "/v1/workspaces/acme",
+            std::slice::from_ref(&root),
+            b"",
+        );
+        header(&h, "etag") == Some(format!("\"{latest}\"").as_str())
+    });
+    let (status, _, body) = write(
+        "/v1/workspaces/acme/stacks/superset",
+        &latest,
+        br#"{"values":{"replicas":4}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+fn file_at(remote: &Path, rev: &str, path: &str) -> String {
+    let repo = git2::Repository::open_bare(remote).expect("bare");
+    let tree = repo
+        .revparse_single(rev)
+        .expect("rev")
+        .peel_to_tree()
+        .expect("tree");
+    let entry = tree.get_path(Path::new(path)).expect("path");
+    let blob = repo.find_blob(entry.id()).expect("blob");
+    String::from_utf8(blob.content().to_vec()).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_merges_put_replaces_and_the_read_etag_is_the_if_match_of_a_write() {
+    let dev = issuer().await;
+    let s = start_with(Some(dev.issuer()));
+    let port = s.port;
+    cplane(&[
+        "principal",
+        "grant-admin",
+        "root@example.com",
+        "--database",
+        &s.db,
+    ]);
+    let root = (
+        "Authorization",
+        bearer(&dev, "root@example.com", "Root Admin"),
+    );
+    let merge = ("Content-Type", "application/merge-patch+json".to_owned());
+    let acme = |rev: &str| file_at(&s.remote, rev, "workspaces/acme.yaml");
+    let start = head(&s.remote, &s.branch);
+    let original = acme(&start);
+
+    let (status, h, body) = http(
+        port,
+        "GET",
+        "/v1/workspaces/acme",
+        std::slice::from_ref(&root),
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let etag = header(&h, "etag").expect("ETag").to_owned();
+
+    // A patch making the file invalid: 422 at the value's line, nothing committed.
+    let (status, _, body) = http(
+        port,
+        "PATCH",
+        "/v1/workspaces/acme/stacks/superset",
+        &[root.clone(), merge.clone()],
+        br#"{"values":{"replicas":"many"}}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"][0]["file"], "workspaces/acme.yaml");
+    assert_eq!(v["errors"][0]["line"], 40);
+    assert_eq!(v["errors"][0]["column"], 19);
+    assert_eq!(
+        v["errors"][0]["message"],
+        "spec.stacks[2].values.replicas: expected integer, found string"
+    );
+    // Not a merge patch, or not the stack's shape: 415 (with Accept-Patch) and 400.
+    let (status, h, body) = http(
+        port,
+        "PATCH",
+        "/v1/workspaces/acme/stacks/trino",
+        &[root.clone(), ("Content-Type", "text/plain".into())],
+        br#"{"values":{"workers":9}}"#,
+    );
+    assert_eq!(status, 415, "{body}");
+    assert_eq!(
+        header(&h, "accept-patch"),
+        Some("application/merge-patch+json")
+    );
+    let (status, _, body) = http(
+        port,
+        "PATCH",
+        "/v1/workspaces/acme/stacks/trino",
+        &[root.clone(), merge.clone()],
+        br#"{"vals":{"workers":9}}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(head(&s.remote, &s.branch), start, "nothing was committed");
+
+    // PATCH with the read's ETag as If-Match: merged, the other values and comments kept.
+    let (status, _, body) = http(
+        port,
+        "PATCH",
+        "/v1/workspaces/acme/stacks/trino",
+        &[root.clone(), merge.clone(), ("If-Match", etag.clone())],
+        br#"{"values":{"workers":6,"serviceAccountRole":null,"workerResources":{"limits":{"memory":"32Gi"}}}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let patched = json_of(&body)["commit"]
+        .as_str()
+        .expect("commit")
+        .to_owned();
+    let after_patch = original
+        .replace("        workers: 4\n", "        workers: 6\n")
+        .replace("        serviceAccountRole: acme-trino-glue\n", "")
+        .replace(
+            "          limits:\n            memory: 16Gi\n",
+            "          limits:\n            memory: 32Gi\n",
+        );
+    assert_eq!(acme(&patched), after_patch);
+    assert_eq!(
+        commit_of(&s.remote, &patched),
+        (
+            "Root Admin".to_owned(),
+            "root@example.com".to_owned(),
+            "cplane".to_owned(),
+            "workspaces/acme: patch values of stack trino".to_owned()
+        )
+    );
+
+    // The same ETag is now stale for acme (its file changed): 412, whatever the method. For
+    // globex, whose file did not change since, it still holds although the head moved.
+    for (method, path, body) in [
+        (
+            "PATCH",
+            "/v1/workspaces/acme/stacks/trino",
+            &br#"{"values":{"workers":7}}"#[..],
+        ),
+        (
+            "PUT",
+            "/v1/workspaces/acme/stacks/trino",
+            &br#"{"values":{"workers":7}}"#[..],
+        ),
+        (
+            "PATCH",
+            "/v1/workspaces/acme",
+            &br#"{"spec":{"deletionPolicy":"Delete"}}"#[..],
+        ),
+    ] {
+        let (status, _, body) = http(
+            port,
+            method,
+            path,
+            &[root.clone(), merge.clone(), ("If-Match", etag.clone())],
+            body,
+        );
+        assert_eq!(status, 412, "{method} {path}: {body}");
+    }
+    assert_eq!(head(&s.remote, &s.branch), patched);
+    let (status, _, body) = http(
+        port,
+        "PATCH",
+        "/v1/workspaces/globex/stacks/airflow",
+        &[root.clone(), merge.clone(), ("If-Match", etag.clone())],
+        br#"{"values":{"schedulerReplicas":3}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let globex = json_of(&body)["commit"]
+        .as_str()
+        .expect("commit")
+        .to_owned();
+
+    // Once applied, a read gives the new ETag, which a write then accepts (bare, too).
+    wait_for("the patches applied", || {
+        let (_, h, _) = http(
+            port,
+            "GET",
+            "/v1/workspaces/acme",
+            std::slice::from_ref(&root),
+            b"",
+        );
+        header(&h, "etag") == Some(format!("\"{globex}\"").as_str())
+    });
+    let (status, _, body) = http(
+        port,
+        "PATCH",
+        "/v1/workspaces/acme",
+        &[
+            root.clone(),
+            ("Content-Type", "application/json".into()),
+            ("If-Match", globex.clone()),
+        ],
+        br#"{"spec":{"deletionPolicy":"Delete"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let policy = json_of(&body)["commit"]
+        .as_str()
+        .expect("commit")
+        .to_owned();
+    let after_policy = after_patch.replace("deletionPolicy: Retain", "deletionPolicy: Delete");
+    assert_eq!(acme(&policy), after_policy);
+
+    // PUT replaces the values: the keys it leaves out (bff's resources) are gone.
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v1/workspaces/acme/stacks/bff",
+        &[root.clone(), ("Content-Type", "application/json".into())],
+        br#"{"values":{"replicas":4}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let put = json_of(&body)["commit"]
+        .as_str()
+        .expect("commit")
+        .to_owned();
+    assert_eq!(
+        acme(&put),
+        after_policy.replace(
+            "        replicas: 3\n        resources:\n          limits:\n            memory: 1Gi\n",
+            "        replicas: 4\n",
+        )
+    );
+
+    // A patch enabling a stack: 201; in pull-request mode, on a branch only.
+    let (status, _, body) = http(
+        port,
+        "PATCH",
+        "/v1/workspaces/acme/stacks/jupyterhub?mode=pr",
+        &[root.clone(), merge.clone()],
+        br#"{"values":{"cpuLimit":2}}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["branch"], "cplane/root/acme-enable-stack-jupyterhub");
+    assert_eq!(head(&s.remote, &s.branch), put);
+    assert!(acme("cplane/root/acme-enable-stack-jupyterhub")
+        .ends_with("    - name: jupyterhub\n      values:\n        cpuLimit: 2\n"));
 }

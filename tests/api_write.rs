@@ -74,6 +74,14 @@ fn put_stack(ws: &str, stack: &str, values: serde_json::Value) -> Change {
     }
 }
 
+fn patch_stack(ws: &str, stack: &str, patch: serde_json::Value) -> Change {
+    Change::PatchStack {
+        workspace: ws.into(),
+        stack: stack.into(),
+        patch: patch.as_object().expect("object").clone(),
+    }
+}
+
 fn head(remote: &Path, branch: &str) -> String {
     let repo = git2::Repository::open_bare(remote).expect("bare");
     let r = repo
@@ -283,6 +291,196 @@ async fn stack_changes_commit_as_the_user_and_keep_the_file_layout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_replaces_a_stacks_values_and_patch_merges_into_them() {
+    let work = support::template_repo();
+    let (bare, branch) = bare_of(work.path());
+    let remote = remote(&bare);
+    let writer = start(&remote, &branch, None);
+    let acme = |rev: &str| file_at(&remote, rev, "workspaces/acme.yaml").expect("acme");
+    let original = acme(&head(&remote, &branch));
+
+    // PUT is a replacement: the keys it leaves out (bff's resources) are gone.
+    let put = writer
+        .write(request(put_stack("acme", "bff", json!({"replicas": 4}))))
+        .await
+        .expect("put");
+    let after_put = original.replace(
+        "        replicas: 3\n        resources:\n          limits:\n            memory: 1Gi\n",
+        "        replicas: 4\n",
+    );
+    assert_eq!(acme(&put.commit), after_put);
+
+    // PATCH merges (RFC 7396): scalars replace, `null` removes, objects merge recursively;
+    // every other value, stack and comment of the file stays as it was.
+    let patched = writer
+        .write(request(patch_stack(
+            "acme",
+            "trino",
+            json!({"values": {
+                "workers": 6,
+                "serviceAccountRole": null,
+                "workerResources": {"limits": {"memory": "32Gi"}},
+                "catalogs": {"lake": {"iceberg.catalog.type": null}},
+            }}),
+        )))
+        .await
+        .expect("patch");
+    assert!(patched.changed && !patched.created, "{patched:?}");
+    let after_patch = after_put
+        .replace("        workers: 4\n", "        workers: 6\n")
+        .replace("        serviceAccountRole: acme-trino-glue\n", "")
+        .replace(
+            "          limits:\n            memory: 16Gi\n",
+            "          limits:\n            memory: 32Gi\n",
+        )
+        .replace("            iceberg.catalog.type: glue\n", "");
+    assert_eq!(acme(&patched.commit), after_patch);
+    assert_eq!(valid_at(&remote, &patched.commit), Vec::<String>::new());
+    let repo = git2::Repository::open_bare(&remote).expect("bare");
+    let commit = repo
+        .find_commit(git2::Oid::from_str(&patched.commit).expect("oid"))
+        .expect("commit");
+    assert_eq!(
+        commit.summary().ok().flatten(),
+        Some("workspaces/acme: patch values of stack trino")
+    );
+    assert_eq!(commit.author().email().ok(), Some("alice@example.com"));
+
+    // The same patch again changes nothing; `{"values": null}` removes every value.
+    let again = writer
+        .write(request(patch_stack(
+            "acme",
+            "trino",
+            json!({"values": {"workers": 6, "serviceAccountRole": null}}),
+        )))
+        .await
+        .expect("no-op");
+    assert!(
+        !again.changed && again.commit == patched.commit,
+        "{again:?}"
+    );
+    let cleared = writer
+        .write(request(patch_stack(
+            "acme",
+            "superset",
+            json!({"values": null}),
+        )))
+        .await
+        .expect("clear");
+    assert_eq!(
+        acme(&cleared.commit),
+        after_patch.replace(
+            "    - name: superset\n      values:\n        replicas: 2\n        featureFlags:\n          ALERT_REPORTS: true\n",
+            "    - name: superset\n",
+        )
+    );
+
+    // A stack not enabled yet is enabled by a patch (201), a `null` for an absent key is nothing.
+    let enabled = writer
+        .write(request(patch_stack(
+            "acme",
+            "airflow",
+            json!({"values": {"dagsRepo": "https://git.example.com/acme/dags.git", "dagsBranch": null}}),
+        )))
+        .await
+        .expect("enable");
+    assert!(enabled.created && enabled.changed, "{enabled:?}");
+    assert!(acme(&enabled.commit).ends_with(
+        "    - name: airflow\n      values:\n        dagsRepo: https://git.example.com/acme/dags.git\n"
+    ));
+
+    // A patch that makes the file invalid: 422 at the value's line, nothing committed.
+    let err = writer
+        .write(request(patch_stack(
+            "acme",
+            "bff",
+            json!({"values": {"replicas": "many"}}),
+        )))
+        .await
+        .expect_err("wrong type");
+    let Error::Invalid(diags) = &err else {
+        panic!("{err:?}")
+    };
+    let shown: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        ["workspaces/acme.yaml:20:19: spec.stacks[0].values.replicas: expected integer, found string"],
+        "{shown:#?}"
+    );
+    assert_eq!(
+        head(&remote, &branch),
+        enabled.commit,
+        "nothing was committed"
+    );
+    let err = writer
+        .write(request(patch_stack("nobody", "bff", json!({"values": {}}))))
+        .await
+        .expect_err("no workspace");
+    assert_eq!(err.status(), 404, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_patch_merges_into_the_document_keeping_the_rest() {
+    let work = support::template_repo();
+    let (bare, branch) = bare_of(work.path());
+    let remote = remote(&bare);
+    let writer = start(&remote, &branch, None);
+    let before = head(&remote, &branch);
+    let original = file_at(&remote, &before, "workspaces/acme.yaml").expect("acme");
+    let patch = |patch: serde_json::Value| {
+        request(Change::PatchWorkspace {
+            id: "acme".into(),
+            patch: patch.as_object().expect("object").clone(),
+        })
+    };
+    let w = writer
+        .write(patch(json!({"spec": {
+            "deletionPolicy": null,
+            "aws": {"externalId": "acme-0000"},
+        }})))
+        .await
+        .expect("patch");
+    assert!(w.changed && !w.created, "{w:?}");
+    assert_eq!(
+        file_at(&remote, &w.commit, "workspaces/acme.yaml").expect("acme"),
+        original
+            .replace("  deletionPolicy: Retain\n", "")
+            .replace("externalId: acme-7f3c2a9e", "externalId: acme-0000")
+    );
+    let repo = git2::Repository::open_bare(&remote).expect("bare");
+    let commit = repo
+        .find_commit(git2::Oid::from_str(&w.commit).expect("oid"))
+        .expect("commit");
+    assert_eq!(
+        commit.summary().ok().flatten(),
+        Some("workspaces/acme: patch")
+    );
+
+    // Removing a required key: 422 naming the file, nothing committed. No such workspace: 404.
+    let err = writer
+        .write(patch(json!({"spec": {"aws": {"roleArn": null}}})))
+        .await
+        .expect_err("invalid");
+    let Error::Invalid(diags) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        diags[0].to_string().starts_with("workspaces/acme.yaml:")
+            && diags[0].message.contains("roleArn"),
+        "{diags:?}"
+    );
+    let err = writer
+        .write(request(Change::PatchWorkspace {
+            id: "nobody".into(),
+            patch: serde_json::Map::new(),
+        }))
+        .await
+        .expect_err("missing");
+    assert_eq!(err.status(), 404, "{err}");
+    assert_eq!(head(&remote, &branch), w.commit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspaces_are_created_replaced_and_deleted() {
     let work = support::template_repo();
     let (bare, branch) = bare_of(work.path());
@@ -452,6 +650,12 @@ async fn if_match_answers_412_when_the_file_changed_since() {
         writer.write(unknown).await.expect_err("unknown").status(),
         412
     );
+    // An entity tag is a commit id: a branch name (which always "matches") is not taken.
+    let named = Request {
+        if_match: Some(format!("\"{branch}\"")),
+        ..request(put_stack("globex", "trino", json!({})))
+    };
+    assert_eq!(writer.write(named).await.expect_err("name").status(), 412);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,7 +706,7 @@ async fn a_moved_head_rebuilds_stack_changes_and_refuses_stale_replacements() {
         let (engineer, fired) = (engineer.clone(), fired.clone());
         Arc::new(move || {
             let n = fired.fetch_add(1, Ordering::SeqCst);
-            if n == 0 || n == 100 {
+            if n == 0 || n == 50 || n == 100 {
                 engineer.push_edit(
                     "workspaces/acme.yaml",
                     |t| format!("{t}# external edit {n}\n"),
@@ -529,6 +733,27 @@ async fn a_moved_head_rebuilds_stack_changes_and_refuses_stale_replacements() {
     let text = file_at(&remote, &w.commit, "workspaces/acme.yaml").expect("acme");
     assert!(
         text.contains("# external edit 0") && text.contains("name: airflow"),
+        "both changes are in: {text}"
+    );
+
+    // A merge patch is applied again to the file as the moved head has it, like a stack change.
+    fired.store(50, Ordering::SeqCst);
+    let p = writer
+        .write(request(patch_stack(
+            "acme",
+            "trino",
+            json!({"values": {"workers": 9}}),
+        )))
+        .await
+        .expect("patch rebuilt on the new head");
+    let commit = repo
+        .find_commit(git2::Oid::from_str(&p.commit).expect("oid"))
+        .expect("commit");
+    let parent = commit.parent(0).expect("parent");
+    assert_eq!(parent.summary().ok().flatten(), Some("acme: external edit"));
+    let text = file_at(&remote, &p.commit, "workspaces/acme.yaml").expect("acme");
+    assert!(
+        text.contains("# external edit 50") && text.contains("        workers: 9\n"),
         "both changes are in: {text}"
     );
 

@@ -1,14 +1,21 @@
 //! The write API and the server's description: routes merged into `cplane serve`'s router.
 //!
-//! - `PUT /v1/workspaces/{id}` (body: the Workspace document as JSON; `201` created, `200`
-//!   changed), `DELETE /v1/workspaces/{id}`, `PUT /v1/workspaces/{id}/stacks/{name}` (body
-//!   `{"values": {...}}`: enable, `201`, or re-value, `200`), `DELETE
-//!   /v1/workspaces/{id}/stacks/{name}` (disable). Every write authenticates (the
+//! - `PUT /v1/workspaces/{id}` (body: the Workspace document as JSON, which replaces the
+//!   file's; `201` created, `200` changed), `PATCH /v1/workspaces/{id}` (a JSON merge patch,
+//!   RFC 7396, of that document), `DELETE /v1/workspaces/{id}`, `PUT
+//!   /v1/workspaces/{id}/stacks/{name}` (body `{"values": {...}}`, which replaces the stack's
+//!   values — keys left out are gone: enable, `201`, or re-value, `200`), `PATCH
+//!   /v1/workspaces/{id}/stacks/{name}` (`{"values": {...}}` as a merge patch: `null` removes
+//!   a key, objects merge, other keys are kept; enables the stack when it is not, `201`),
+//!   `DELETE /v1/workspaces/{id}/stacks/{name}` (disable). A `PATCH` body is
+//!   `application/merge-patch+json` (or `application/json`), else `415`. Edits keep the
+//!   file's comments and layout ([`crate::write::edit`]). Every write authenticates (the
 //!   [`Principal`] extractor: `401`), authorizes (admin, or a member of the workspace's
 //!   `spec.account` before and after the change: `403`), and goes through the
 //!   [`crate::write::Writer`]: `422` `{"valid": false, "errors": [{file, line, column,
 //!   message, path}]}` (the shape of `cplane validate --format json`), `404`, `409`, `412`
-//!   (`If-Match: <commit>`), else `{"commit": "<id>", "changed": bool}`; `?mode=pr` answers
+//!   (`If-Match: "<commit>"`, the `ETag` of `GET /v1/workspaces/{id}`, quoted or bare: the
+//!   file changed since that commit), else `{"commit": "<id>", "changed": bool}`; `?mode=pr` answers
 //!   `{"branch", "commit"}` instead. A published commit triggers a reconcile; every outcome is
 //!   counted in `/metrics` (`cplane_api_commits_total{outcome}`).
 //! - `GET /v1/plan`: the plan of the remote head against what is applied (the database), as
@@ -113,11 +120,13 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route(
             "/v1/workspaces/{id}",
-            put(put_workspace).delete(delete_workspace),
+            put(put_workspace)
+                .patch(patch_workspace)
+                .delete(delete_workspace),
         )
         .route(
             "/v1/workspaces/{id}/stacks/{name}",
-            put(put_stack).delete(delete_stack),
+            put(put_stack).patch(patch_stack).delete(delete_stack),
         )
         .route("/v1/plan", get(plan))
         .route("/v1/reconcile", post(reconcile))
@@ -315,6 +324,86 @@ async fn put_workspace(
     run_write(&api, w, &headers, query).await
 }
 
+/// The media types a `PATCH` body may have: a JSON merge patch (RFC 7396).
+const MERGE_PATCH: &str = "application/merge-patch+json";
+
+/// A `PATCH` body: a JSON object sent as `application/merge-patch+json` or `application/json`
+/// (`415` otherwise, with `Accept-Patch`), else the response refusing it.
+fn merge_patch(
+    api: &Api,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<serde_json::Map<String, Value>, Box<Response>> {
+    let media = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if !matches!(media.as_deref(), Some(MERGE_PATCH | "application/json")) {
+        api.count("bad_request");
+        let mut response = error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type {}: a PATCH body is a JSON merge patch ({MERGE_PATCH}, or application/json)",
+                media.as_deref().unwrap_or("(none)")
+            ),
+        );
+        response.headers_mut().insert(
+            "accept-patch",
+            axum::http::HeaderValue::from_static(MERGE_PATCH),
+        );
+        return Err(Box::new(response));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(patch)) => Ok(patch),
+        Ok(_) => {
+            api.count("bad_request");
+            Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "body: a merge patch here is a JSON object (one that is not would replace the whole document: use PUT)",
+            )))
+        }
+        Err(e) => {
+            api.count("bad_request");
+            Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                format!("body: not JSON: {e}"),
+            )))
+        }
+    }
+}
+
+async fn patch_workspace(
+    State(api): State<Arc<Api>>,
+    principal: Authenticated,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<ModeQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let principal = match principal {
+        Ok(p) => p,
+        Err(r) => return unauthenticated(&api, r),
+    };
+    let patch = match merge_patch(&api, &headers, &body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let accounts = patch
+        .get("spec")
+        .and_then(|s| s.get("account"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    let w = Write {
+        principal,
+        change: Change::PatchWorkspace { id, patch },
+        accounts,
+    };
+    run_write(&api, w, &headers, query).await
+}
+
 async fn delete_workspace(
     State(api): State<Arc<Api>>,
     principal: Authenticated,
@@ -374,6 +463,51 @@ async fn put_stack(
             workspace: id,
             stack: name,
             values,
+        },
+        accounts: Vec::new(),
+    };
+    run_write(&api, w, &headers, query).await
+}
+
+async fn patch_stack(
+    State(api): State<Arc<Api>>,
+    principal: Authenticated,
+    UrlPath((id, name)): UrlPath<(String, String)>,
+    Query(query): Query<ModeQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let principal = match principal {
+        Ok(p) => p,
+        Err(r) => return unauthenticated(&api, r),
+    };
+    let patch = match merge_patch(&api, &headers, &body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    if let Some(key) = patch.keys().find(|k| k.as_str() != "values") {
+        api.count("bad_request");
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("body: unknown field `{key}`; expected {{\"values\": {{...}}}}"),
+        );
+    }
+    if patch
+        .get("values")
+        .is_some_and(|v| !v.is_object() && !v.is_null())
+    {
+        api.count("bad_request");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body: `values` is an object (merged into the stack's values) or null (removes them all)",
+        );
+    }
+    let w = Write {
+        principal,
+        change: Change::PatchStack {
+            workspace: id,
+            stack: name,
+            patch,
         },
         accounts: Vec::new(),
     };

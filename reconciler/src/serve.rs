@@ -1041,6 +1041,12 @@ fn api_error(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
 
 /// The model of the last applied revision, read from the mirror.
 fn model_of(sh: &Shared) -> Result<cplane_schema::Model, ApiError> {
+    applied_model(sh).map(|(_, model)| model)
+}
+
+/// The last applied revision and its model (the commit is the one the model was read at,
+/// even when a reconcile applies another meanwhile).
+fn applied_model(sh: &Shared) -> Result<(String, cplane_schema::Model), ApiError> {
     let commit = sh.applied.lock().expect("applied").clone();
     if commit.is_empty() || !sh.ready.load(Ordering::SeqCst) {
         return Err(api_error(
@@ -1052,12 +1058,13 @@ fn model_of(sh: &Shared) -> Result<cplane_schema::Model, ApiError> {
         .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let snap = source::read(&repo, &commit)
         .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    cplane_schema::load(snap.files).into_valid().map_err(|d| {
+    let model = cplane_schema::load(snap.files).into_valid().map_err(|d| {
         api_error(
             StatusCode::CONFLICT,
             format!("revision {commit} is invalid: {} error(s)", d.len()),
         )
-    })
+    })?;
+    Ok((commit, model))
 }
 
 async fn regions(State(sh): State<Arc<Shared>>) -> Response {
@@ -1102,9 +1109,12 @@ async fn clusters(State(sh): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// One workspace of the model read at `commit`: its desired state, the commit (what a write's
+/// `If-Match` names) and its conditions.
 async fn workspace_json(
     sh: &Shared,
     m: &cplane_schema::Model,
+    commit: &str,
     id: &str,
 ) -> Result<serde_json::Value, ApiError> {
     let ws = m
@@ -1121,32 +1131,38 @@ async fn workspace_json(
         .map(|(c, (status, reason, message))| json!({ "type": c, "status": if status { "True" } else { "False" }, "reason": reason, "message": message }))
         .collect();
     Ok(
-        json!({ "id": id, "file": ws.file, "spec": ws.doc.spec, "status": { "conditions": conditions } }),
+        json!({ "id": id, "file": ws.file, "commit": commit, "spec": ws.doc.spec, "status": { "conditions": conditions } }),
     )
 }
 
+/// `ETag: "<commit>"`: the applied revision a read shows, which a write sends back as
+/// `If-Match` (`412` if the workspace's file changed since).
+fn commit_etag(commit: &str) -> [(axum::http::HeaderName, String); 1] {
+    [(axum::http::header::ETAG, format!("\"{commit}\""))]
+}
+
 async fn workspaces(State(sh): State<Arc<Shared>>) -> Response {
-    let m = match model_of(&sh) {
-        Ok(m) => m,
+    let (commit, m) = match applied_model(&sh) {
+        Ok(c) => c,
         Err(r) => return r.into_response(),
     };
     let mut out = Vec::new();
     for id in m.workspaces.keys() {
-        match workspace_json(&sh, &m, id).await {
+        match workspace_json(&sh, &m, &commit, id).await {
             Ok(v) => out.push(v),
             Err(r) => return r.into_response(),
         }
     }
-    Json(out).into_response()
+    (commit_etag(&commit), Json(out)).into_response()
 }
 
 async fn workspace(State(sh): State<Arc<Shared>>, UrlPath(id): UrlPath<String>) -> Response {
-    let m = match model_of(&sh) {
-        Ok(m) => m,
+    let (commit, m) = match applied_model(&sh) {
+        Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    match workspace_json(&sh, &m, &id).await {
-        Ok(v) => Json(v).into_response(),
+    match workspace_json(&sh, &m, &commit, &id).await {
+        Ok(v) => (commit_etag(&commit), Json(v)).into_response(),
         Err(r) => r.into_response(),
     }
 }

@@ -20,8 +20,11 @@
 //!   a whole workspace whose file changed on the branch since the request was first built is
 //!   answered `409`; a stack change (enable, disable, re-value) is applied again to the new file
 //!   when it still applies (the workspace exists; the stack is enabled, for a disable), else
-//!   `409`. `If-Match: <commit>` answers `412` when the file differs between that commit and
-//!   the head the change is built on.
+//!   `409`. A merge patch ([`Change::PatchWorkspace`], [`Change::PatchStack`]) is applied
+//!   again to the new file too. `If-Match: <commit>` (a commit id, quoted as an entity tag or
+//!   bare: the `ETag` of `GET /v1/workspaces/{id}`) answers `412` when the file differs
+//!   between that commit and the head the change is built on — the file, not the head: a
+//!   commit that changed other files since does not make the caller's view stale.
 //! - *Nothing half-done*: an invalid or refused change creates no commit and no ref update.
 //!
 //! `?mode=pr` ([`Mode::PullRequest`]) publishes the commit on a branch
@@ -49,7 +52,7 @@ use std::sync::Arc;
 
 use cplane_schema::Diagnostic;
 use git2::{Oid, Repository, Signature};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use self::store::{Outgoing, Published, Store};
@@ -71,6 +74,15 @@ pub enum Change {
         /// The whole `Workspace` document.
         document: Value,
     },
+    /// Merge a JSON merge patch (RFC 7396) into a workspace's document (`PATCH
+    /// /v1/workspaces/{id}`): `null` removes a key, objects merge recursively, arrays and
+    /// scalars replace. The workspace must exist.
+    PatchWorkspace {
+        /// Workspace id.
+        id: String,
+        /// The merge patch (a JSON object).
+        patch: Map<String, Value>,
+    },
     /// Remove a workspace (`DELETE /v1/workspaces/{id}`).
     DeleteWorkspace {
         /// Workspace id.
@@ -85,6 +97,18 @@ pub enum Change {
         /// The stack's values on this workspace (empty: none, the stack's defaults).
         values: Map<String, Value>,
     },
+    /// Merge a JSON merge patch (RFC 7396) into a stack's entry on a workspace, seen as the
+    /// `{"values": {...}}` object that [`Change::PutStack`] takes: `{"values": {"a": null}}`
+    /// removes one value, `{"values": null}` all of them, nested objects merge, arrays and
+    /// scalars replace. A stack not enabled yet is enabled with the patched (empty) values.
+    PatchStack {
+        /// Workspace id.
+        workspace: String,
+        /// Stack name.
+        stack: String,
+        /// The merge patch of the stack's entry (a JSON object; its only key is `values`).
+        patch: Map<String, Value>,
+    },
     /// Disable a stack on a workspace.
     DeleteStack {
         /// Workspace id.
@@ -98,12 +122,18 @@ impl Change {
     /// The workspace changed.
     pub fn workspace(&self) -> &str {
         match self {
-            Change::PutWorkspace { id, .. } | Change::DeleteWorkspace { id } => id,
-            Change::PutStack { workspace, .. } | Change::DeleteStack { workspace, .. } => workspace,
+            Change::PutWorkspace { id, .. }
+            | Change::PatchWorkspace { id, .. }
+            | Change::DeleteWorkspace { id } => id,
+            Change::PutStack { workspace, .. }
+            | Change::PatchStack { workspace, .. }
+            | Change::DeleteStack { workspace, .. } => workspace,
         }
     }
 
     /// Whether the change replaces the whole file (so a concurrent edit of it is a conflict).
+    /// A merge patch does not: like a stack change, it is applied again to the file as it is on
+    /// a moved head (what the same request sent a moment later would do).
     fn replaces_file(&self) -> bool {
         matches!(
             self,
@@ -116,9 +146,13 @@ impl Change {
         match self {
             Change::PutWorkspace { .. } if created => "create".into(),
             Change::PutWorkspace { .. } => "update".into(),
+            Change::PatchWorkspace { .. } => "patch".into(),
             Change::DeleteWorkspace { .. } => "delete".into(),
-            Change::PutStack { stack, .. } if created => format!("enable stack {stack}"),
+            Change::PutStack { stack, .. } | Change::PatchStack { stack, .. } if created => {
+                format!("enable stack {stack}")
+            }
             Change::PutStack { stack, .. } => format!("set values of stack {stack}"),
+            Change::PatchStack { stack, .. } => format!("patch values of stack {stack}"),
             Change::DeleteStack { stack, .. } => format!("disable stack {stack}"),
         }
     }
@@ -143,11 +177,18 @@ impl Change {
                 }
                 Ok((Some(document.clone()), before.is_none()))
             }
+            Change::PatchWorkspace { patch, .. } => {
+                let mut doc = before.ok_or_else(missing)?.clone();
+                json_patch::merge(&mut doc, &Value::Object(patch.clone()));
+                Ok((Some(doc), false))
+            }
             Change::DeleteWorkspace { .. } => match before {
                 None => Err(missing()),
                 Some(_) => Ok((None, false)),
             },
-            Change::PutStack { stack, .. } | Change::DeleteStack { stack, .. }
+            Change::PutStack { stack, .. }
+            | Change::PatchStack { stack, .. }
+            | Change::DeleteStack { stack, .. }
                 if check_id(stack).is_err() =>
             {
                 Err(Error::NotFound(format!("no stack {stack}")))
@@ -170,6 +211,40 @@ impl Change {
                         Ok((Some(doc), true))
                     }
                 }
+            }
+            Change::PatchStack { stack, patch, .. } => {
+                let mut doc = before.ok_or_else(missing)?.clone();
+                let stacks = stacks_of(&mut doc, id)?;
+                let (index, created) = match stacks.iter().position(|s| s["name"] == stack.as_str())
+                {
+                    Some(i) => (i, false),
+                    None => {
+                        stacks.push(json!({ "name": stack }));
+                        (stacks.len() - 1, true)
+                    }
+                };
+                let Value::Object(item) = &mut stacks[index] else {
+                    return Err(Error::Conflict(format!(
+                        "workspaces/{id}.yaml: stack {stack} is not a map; fix the file first"
+                    )));
+                };
+                // The resource patched is the entry without its name: `{"values": {...}}`.
+                let mut resource = item.clone();
+                resource.remove("name");
+                let mut patched = resource.clone();
+                merge(&mut patched, patch);
+                patched.remove("name");
+                if patched != resource {
+                    // An empty `values` says nothing (the stack's defaults): left out, as PUT does.
+                    if patched.get("values").is_some_and(|v| v == &json!({})) {
+                        patched.remove("values");
+                    }
+                    let mut new = Map::new();
+                    new.insert("name".into(), Value::String(stack.clone()));
+                    new.extend(patched);
+                    *item = new;
+                }
+                Ok((Some(doc), created))
             }
             Change::DeleteStack { stack, .. } => {
                 let mut doc = before.ok_or_else(missing)?.clone();
@@ -304,6 +379,16 @@ fn prepare(repo_path: &std::path::Path, snapshot: &Snapshot, change: &Change) ->
         draft,
         own,
     })
+}
+
+/// RFC 7396 JSON merge patch of one object into another (`json_patch::merge`): `null`
+/// removes a key, objects merge recursively, anything else replaces.
+fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    let mut doc = Value::Object(std::mem::take(target));
+    json_patch::merge(&mut doc, &Value::Object(patch.clone()));
+    if let Value::Object(map) = doc {
+        *target = map;
+    }
 }
 
 /// `spec.stacks` of a workspace document, created when absent.
@@ -972,10 +1057,18 @@ impl Session<'_> {
         let current = self.blob_at_tip(&tip_tree, &path);
 
         if let Some(rev) = &request.if_match {
-            let base = repo
-                .revparse_single(rev.trim_matches('"'))
-                .and_then(|o| o.peel_to_commit())
-                .map_err(|_| {
+            // An entity tag is a commit id (the `ETag` of the read API, quoted or not); a
+            // branch or other revision name would not pin the caller's view, so none is taken.
+            let id = rev.trim().trim_matches('"');
+            let hex = (4..=40).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit());
+            let base = hex
+                .then(|| {
+                    repo.revparse_single(id)
+                        .and_then(|o| o.peel_to_commit())
+                        .ok()
+                })
+                .flatten()
+                .ok_or_else(|| {
                     Error::PreconditionFailed(format!("If-Match: unknown commit {rev}"))
                 })?;
             if blob_at(&base.tree()?, &path) != current {
