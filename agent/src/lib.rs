@@ -10,7 +10,8 @@
 //! - [`store`]: the last applied bundle on disk (atomic writes).
 //! - [`run`]: the loop (poll, drift timer, backoff, clean shutdown), and `--once`.
 //! - [`dry_run`]: `--dry-run` (server-side dry run of a bundle; writes nothing).
-//! - `apiserver` (feature `test-apiserver`): a fake Kubernetes API server for tests.
+//! - `apiserver` (feature `test-apiserver`): a fake Kubernetes API server for tests, also served
+//!   by the `kube-fake` example to try the agent without a cluster (see the README).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
