@@ -570,3 +570,87 @@ async fn the_fake_answers_like_kubernetes() {
         "list items carry no apiVersion/kind"
     );
 }
+
+#[tokio::test]
+async fn the_fake_api_server_dry_runs_writes_without_storing_them() {
+    cplane_agent::install_crypto();
+    let server = ApiServer::new();
+    let client = server.client();
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", "ConfigMap"));
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let obj: DynamicObject = serde_json::from_value(cm("default", "cfg", "1")).expect("object");
+    let dry = PatchParams {
+        dry_run: true,
+        ..PatchParams::apply("cplane").force()
+    };
+    let before = server.len();
+
+    // A dry-run create answers the would-be object, without a resourceVersion, and stores nothing.
+    let would = api
+        .patch("cfg", &dry, &Patch::Apply(&obj))
+        .await
+        .expect("dry-run create");
+    assert_eq!(would.data["data"]["key"], "1");
+    assert!(would.metadata.uid.is_some());
+    assert_eq!(would.metadata.resource_version, None);
+    assert!(server
+        .object("v1", "ConfigMap", Some("default"), "cfg")
+        .is_none());
+    assert_eq!(server.len(), before);
+
+    // A dry-run update answers the change at the live resourceVersion; the live object stays.
+    let live = api
+        .patch(
+            "cfg",
+            &PatchParams::apply("cplane").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .expect("apply");
+    let changed: DynamicObject = serde_json::from_value(cm("default", "cfg", "2")).expect("object");
+    let would = api
+        .patch("cfg", &dry, &Patch::Apply(&changed))
+        .await
+        .expect("dry-run update");
+    assert_eq!(would.data["data"]["key"], "2");
+    assert_eq!(
+        would.metadata.resource_version,
+        live.metadata.resource_version
+    );
+    let stored = server
+        .object("v1", "ConfigMap", Some("default"), "cfg")
+        .expect("stored");
+    assert_eq!(stored["data"]["key"], "1");
+    assert_eq!(
+        stored["metadata"]["resourceVersion"].as_str(),
+        live.metadata.resource_version.as_deref()
+    );
+
+    // Admission still runs: a dry run into a missing namespace is refused like a real one.
+    let elsewhere: DynamicObject =
+        serde_json::from_value(cm("nowhere", "cfg", "1")).expect("object");
+    let err = Api::<DynamicObject>::namespaced_with(client.clone(), "nowhere", &ar)
+        .patch("cfg", &dry, &Patch::Apply(&elsewhere))
+        .await
+        .expect_err("no namespace");
+    assert!(err.to_string().contains("not found"), "{err}");
+
+    // A dry-run delete answers the object and deletes nothing.
+    api.delete(
+        "cfg",
+        &kube::api::DeleteParams {
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("dry-run delete");
+    assert!(server
+        .object("v1", "ConfigMap", Some("default"), "cfg")
+        .is_some());
+    let requests = server.requests();
+    assert!(
+        requests.iter().any(|r| r.contains("dryRun=All")),
+        "{requests:#?}"
+    );
+}

@@ -25,8 +25,23 @@ fn credentials_are_required() {
         "CPLANE_AGENT_TOKEN_FILE",
         "CPLANE_AGENT_DRIFT_INTERVAL",
         "CPLANE_AGENT_KUBECONFIG",
+        "CPLANE_AGENT_ONCE",
+        "CPLANE_AGENT_DRY_RUN",
+        "CPLANE_LOG",
     ] {
         assert!(help.contains(env), "{env} missing from --help:\n{help}");
+    }
+    for code in [
+        "0  --once",
+        "1  the poll",
+        "2  usage",
+        "3  --once",
+        "4  --dry-run",
+    ] {
+        assert!(
+            help.contains(code),
+            "exit code {code:?} missing from --help:\n{help}"
+        );
     }
 }
 

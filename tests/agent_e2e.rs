@@ -4,7 +4,8 @@
 //! A commit enabling a stack on a workspace reaches that workspace's cluster; a commit disabling
 //! it prunes it; an object deleted by hand comes back at the next drift interval; with the
 //! server stopped, the cluster stays as it was (nothing pruned) and drift is still corrected
-//! from the bundle on disk; a tampered bundle (digest mismatch) is refused.
+//! from the bundle on disk; a tampered bundle (digest mismatch) is refused, and reported as a
+//! failed status.
 
 mod support;
 
@@ -454,7 +455,8 @@ fn a_tampered_bundle_is_refused_and_a_gzipped_one_applied() {
     };
     let agent = rt.spawn(cplane_agent::run_with(args, client, shutdown));
 
-    // Tampered: refused every time; nothing reaches the cluster, nothing is reported.
+    // Tampered: refused every time; nothing reaches the cluster; the server is told, with a
+    // failed status naming its digest (and the real server accepts that report).
     wait_for("two tampered bundles", || proxy.tampered.load(SeqCst) >= 2);
     let builtin = ApiServer::new().inventory();
     assert_eq!(
@@ -462,7 +464,19 @@ fn a_tampered_bundle_is_refused_and_a_gzipped_one_applied() {
         builtin,
         "nothing applied from a tampered bundle"
     );
-    assert!(cluster_status(port, "w-globex")["reported"].is_null());
+    wait_for("the refusal reported", || {
+        !cluster_status(port, "w-globex")["reported"].is_null()
+    });
+    let status = cluster_status(port, "w-globex");
+    let report = &status["reported"]["report"];
+    assert_eq!(report["healthy"], false, "{status:#}");
+    assert_eq!(report["digest"], status["current"]["digest"], "{status:#}");
+    assert_eq!(report["objects"], serde_json::json!([]), "{status:#}");
+    let message = report["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("bundle refused") && message.contains("digest mismatch"),
+        "{status:#}"
+    );
     assert!(
         !tmp.path().join("agent-state/bundle.jsonl").exists(),
         "nothing persisted"
@@ -471,7 +485,11 @@ fn a_tampered_bundle_is_refused_and_a_gzipped_one_applied() {
     // Gzip-encoded: decoded, verified, applied.
     proxy.mode.store(GZIP, SeqCst);
     wait_for("applied from a gzipped bundle", || {
-        cluster_status(port, "w-globex")["in_sync"] == true
+        let status = cluster_status(port, "w-globex");
+        status["in_sync"] == true
+            && status["reported"]["report"]["objects"]
+                .as_array()
+                .is_some_and(|o| !o.is_empty())
     });
     assert!(proxy.gzipped.load(SeqCst) >= 1);
     assert!(

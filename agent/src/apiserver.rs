@@ -24,6 +24,12 @@
 //!   `creationTimestamp`, `generation` (kinds with a status subresource) and `managedFields`
 //!   (FieldsV1) are kept. JSON merge patch (`application/merge-patch+json`) acts as an Update
 //!   by its `fieldManager` (default `unknown`), taking ownership of the fields it sets.
+//! - Server-side dry run (`?dryRun=All` on POST, PATCH and DELETE, or `"dryRun": ["All"]` in a
+//!   DELETE's DeleteOptions body): every check above runs and
+//!   the answer is the would-be object (a create has no `resourceVersion`, an update keeps the
+//!   live one; a delete answers the object), but nothing is stored, no `resourceVersion` is
+//!   used up, and no side effect happens (no CRD is Established, no Namespace's objects go).
+//!   Any other `dryRun` value is a `400`.
 //! - Admission basics: a namespaced object needs an existing Namespace (`404`); names must be
 //!   RFC 1123 (`422 Invalid`, Namespaces: labels of ≤ 63 characters), label values must be
 //!   valid (`422`); body/URL mismatches of name, namespace, apiVersion or kind are `400`.
@@ -288,7 +294,20 @@ impl ApiServer {
 
     /// Serves the router on 127.0.0.1 (a free port) until the returned handle is dropped.
     pub async fn serve(&self) -> std::io::Result<Served> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        self.serve_on(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+    }
+
+    /// Serves the router on `addr` until the returned handle is dropped. Refuses an address that
+    /// is not loopback: the fake has no authentication.
+    pub async fn serve_on(&self, addr: std::net::SocketAddr) -> std::io::Result<Served> {
+        if !addr.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{addr} is not a loopback address: the fake API server has no authentication, serve it on 127.0.0.1 or ::1"),
+            ));
+        }
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let router = self.router();
         let task = tokio::spawn(async move {
@@ -359,6 +378,7 @@ impl ApiServer {
             resource,
             namespace: namespace.map(ToOwned::to_owned),
             name: Some(name.to_owned()),
+            dry_run: false,
         };
         w.delete(&t, name).is_ok()
     }
@@ -488,6 +508,8 @@ struct Target {
     resource: Resource,
     namespace: Option<String>,
     name: Option<String>,
+    /// `?dryRun=All`: every check runs, the would-be object is returned, nothing is stored.
+    dry_run: bool,
 }
 
 impl World {
@@ -594,6 +616,7 @@ impl World {
             resource,
             namespace: namespace.map(ToOwned::to_owned),
             name: name.map(ToOwned::to_owned),
+            dry_run: false,
         })
     }
 
@@ -654,10 +677,36 @@ async fn handle(
         (&Method::GET, ["apis", g, v]) => return w.resource_list(g, v),
         _ => {}
     }
-    let target = match w.parse(&segments) {
+    let mut target = match w.parse(&segments) {
         Ok(t) => t,
         Err(f) => return f.into_response(),
     };
+    // DELETE carries its DeleteOptions (`"dryRun": ["All"]`) in the body, the rest in the query.
+    let body_dry_run = (method == Method::DELETE)
+        .then(|| serde_json::from_slice::<Value>(&body).ok())
+        .flatten()
+        .and_then(|o| o.get("dryRun").cloned());
+    match body_dry_run {
+        None | Some(Value::Null) => {}
+        Some(v) if v == json!(["All"]) => target.dry_run = true,
+        Some(v) if v.as_array().is_some_and(Vec::is_empty) => {}
+        Some(v) => {
+            return bad_request(format!(
+                "dryRun: Unsupported value: {v}: supported values: \"All\""
+            ))
+            .into_response()
+        }
+    }
+    match query.get("dryRun").map(String::as_str) {
+        None => {}
+        Some("All") if method != Method::GET => target.dry_run = true,
+        Some(other) => {
+            return bad_request(format!(
+                "dryRun: Unsupported value: {other:?}: supported values: \"All\" (on POST, PATCH and DELETE)"
+            ))
+            .into_response()
+        }
+    }
     if query.get("watch").is_some_and(|v| v == "true" || v == "1") {
         return bad_request("watch is not emulated by the fake API server").into_response();
     }
@@ -961,6 +1010,13 @@ impl World {
 
     fn delete(&mut self, t: &Target, name: &str) -> Result<Response, Failure> {
         let key = self.key(t, name);
+        if t.dry_run {
+            let stored = self
+                .objects
+                .get(&key)
+                .ok_or_else(|| not_found(&t.resource, name))?;
+            return Ok(ok(StatusCode::OK, self.served(&t.resource, stored)));
+        }
         let stored = self
             .objects
             .remove(&key)
@@ -1210,12 +1266,15 @@ impl World {
         manager: &str,
         operation: &'static str,
     ) -> Value {
-        let rv = self.next_rv();
+        // A dry-run create has no resourceVersion: nothing is stored.
+        let rv = (!t.dry_run).then(|| self.next_rv());
         let meta = obj["metadata"]
             .as_object_mut()
             .expect("admitted objects have metadata");
         meta.insert("uid".into(), json!(uid()));
-        meta.insert("resourceVersion".into(), json!(rv));
+        if let Some(rv) = rv {
+            meta.insert("resourceVersion".into(), json!(rv));
+        }
         meta.insert("creationTimestamp".into(), json!(now()));
         if let Some(ns) = &t.namespace {
             meta.insert("namespace".into(), json!(ns));
@@ -1245,6 +1304,9 @@ impl World {
             managers,
         };
         let served = self.served(&t.resource, &stored);
+        if t.dry_run {
+            return served;
+        }
         self.objects.insert(key, stored);
         self.after_write(t, name);
         served
@@ -1466,6 +1528,11 @@ impl World {
                     }
                 }
             }
+        }
+        if t.dry_run {
+            // The would-be object, at the live resourceVersion: nothing is stored.
+            let stored = Stored { object, managers };
+            return self.served(&t.resource, &stored);
         }
         object["metadata"]["resourceVersion"] = json!(self.next_rv());
         let stored = Stored { object, managers };

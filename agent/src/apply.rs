@@ -173,6 +173,18 @@ impl Report {
     }
 }
 
+/// The body of `POST /v1/clusters/{cluster}/status` for a run that failed as a whole (nothing
+/// or not everything was attempted): not healthy, `message` says why, no per-object results.
+pub fn failure_status(digest: &str, generation: i64, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "digest": digest,
+        "generation": generation,
+        "healthy": false,
+        "message": message.chars().take(1024).collect::<String>(),
+        "objects": [],
+    })
+}
+
 /// The cluster side: a Kubernetes client and where the inventory lives.
 #[derive(Clone)]
 pub struct Target {
@@ -202,14 +214,17 @@ fn failed(object: ObjectRef, message: impl std::fmt::Display) -> ObjectResult {
     }
 }
 
-async fn discover(client: &Client) -> Result<Discovery, Error> {
+pub(crate) async fn discover(client: &Client) -> Result<Discovery, Error> {
     Discovery::new(client.clone())
         .run()
         .await
         .map_err(|source| Error::Discovery { source })
 }
 
-fn resolve(discovery: &Discovery, r: &ObjectRef) -> Option<(ApiResource, ApiCapabilities)> {
+pub(crate) fn resolve(
+    discovery: &Discovery,
+    r: &ObjectRef,
+) -> Option<(ApiResource, ApiCapabilities)> {
     let gvk = GroupVersionKind::gvk(r.group(), r.version(), &r.kind);
     discovery.resolve_gvk(&gvk).or_else(|| {
         // The version may have gone; the same kind at the group's recommended version will do
@@ -218,7 +233,7 @@ fn resolve(discovery: &Discovery, r: &ObjectRef) -> Option<(ApiResource, ApiCapa
     })
 }
 
-fn api_for(
+pub(crate) fn api_for(
     client: &Client,
     ar: &ApiResource,
     caps: &ApiCapabilities,
@@ -366,7 +381,7 @@ pub async fn apply(target: &Target, bundle: &Bundle, options: Options) -> Result
             prune_skipped = Some(why);
         }
         Decision::Prune(stale) => {
-            for (r, outcome) in prune(client, &discovery, cluster, stale).await {
+            for (r, outcome) in prune(client, &discovery, cluster, stale, false).await {
                 match outcome {
                     PruneOutcome::Deleted => objects.push(ObjectResult {
                         object: r,
@@ -574,18 +589,20 @@ async fn wait_established(
     }
 }
 
-enum PruneOutcome {
+pub(crate) enum PruneOutcome {
     Deleted,
     NotOurs,
     Failed(String),
 }
 
-/// Deletes `stale` objects that still carry our label (see [`crate::inventory`]).
-async fn prune(
+/// Deletes `stale` objects that still carry our label (see [`crate::inventory`]); with
+/// `dry_run`, asks the API server to check the deletes (`?dryRun=All`) and deletes nothing.
+pub(crate) async fn prune(
     client: &Client,
     discovery: &Discovery,
     cluster: &str,
     stale: Vec<ObjectRef>,
+    dry_run: bool,
 ) -> Vec<(ObjectRef, PruneOutcome)> {
     let mut out = Vec::new();
     let mut labelled: BTreeMap<KindKey, BTreeSet<Name>> = BTreeMap::new();
@@ -624,9 +641,15 @@ async fn prune(
             continue;
         }
         let api = api_for(client, &ar, &caps, ns.as_deref());
-        match api.delete(&r.name, &DeleteParams::default()).await {
+        let params = DeleteParams {
+            dry_run,
+            ..DeleteParams::default()
+        };
+        match api.delete(&r.name, &params).await {
             Ok(_) => {
-                tracing::info!(object = %r, "pruned");
+                if !dry_run {
+                    tracing::info!(object = %r, "pruned");
+                }
                 out.push((r, PruneOutcome::Deleted));
             }
             Err(kube::Error::Api(s)) if s.code == 404 => out.push((r, PruneOutcome::Deleted)),

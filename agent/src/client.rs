@@ -73,11 +73,30 @@ pub enum Error {
         message: String,
     },
     /// The bundle failed verification (digest mismatch, bad line).
-    #[error(transparent)]
-    Bundle(#[from] bundle::Error),
+    #[error("{source}")]
+    Bundle {
+        /// The digest the server named (its `ETag`, unquoted).
+        digest: String,
+        /// The generation the server named.
+        generation: i64,
+        /// Why it was refused.
+        #[source]
+        source: bundle::Error,
+    },
 }
 
 impl Error {
+    /// The digest and generation of a bundle the server sent and the agent refused (it failed
+    /// verification); `None` for every other error.
+    pub fn refused_bundle(&self) -> Option<(&str, i64)> {
+        match self {
+            Self::Bundle {
+                digest, generation, ..
+            } => Some((digest, *generation)),
+            _ => None,
+        }
+    }
+
     /// Whether retrying later can help (everything but local configuration errors).
     pub fn is_retryable(&self) -> bool {
         !matches!(self, Self::Tls { .. } | Self::Url { .. })
@@ -300,7 +319,17 @@ impl ServerClient {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
         let body = if gzip { gunzip(&body)? } else { body };
-        Ok(Poll::Fresh(Bundle::verify(&etag, generation, body)?))
+        Bundle::verify(&etag, generation, body)
+            .map(Poll::Fresh)
+            .map_err(|source| Error::Bundle {
+                digest: etag
+                    .trim()
+                    .trim_start_matches("W/")
+                    .trim_matches('"')
+                    .to_owned(),
+                generation,
+                source,
+            })
     }
 
     /// Posts a status report (the JSON the server's `report_status` accepts).

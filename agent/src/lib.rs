@@ -8,14 +8,17 @@
 //! - [`inventory`]: what the agent applied, and the prune rules (Guarantees / Assumptions /
 //!   Errors are documented there).
 //! - [`store`]: the last applied bundle on disk (atomic writes).
-//! - [`run`]: the loop (poll, drift timer, backoff, clean shutdown).
-//! - `apiserver` (feature `test-apiserver`): a fake Kubernetes API server for tests.
+//! - [`run`]: the loop (poll, drift timer, backoff, clean shutdown), and `--once`.
+//! - [`dry_run`]: `--dry-run` (server-side dry run of a bundle; writes nothing).
+//! - `apiserver` (feature `test-apiserver`): a fake Kubernetes API server for tests, also served
+//!   by the `kube-fake` example to try the agent without a cluster (see the README).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod apply;
 pub mod bundle;
 pub mod client;
+pub mod dry_run;
 pub mod health;
 pub mod inventory;
 pub mod run;
@@ -35,7 +38,8 @@ pub const FIELD_MANAGER: &str = "cplane";
 #[command(
     name = "cplane-agent",
     version,
-    about = "Pulls this cluster's bundle from cplane and applies it (server-side apply, safe prune, drift correction, status)"
+    about = "Pulls this cluster's bundle from cplane and applies it (server-side apply, safe prune, drift correction, status)",
+    after_help = AFTER_HELP
 )]
 pub struct Args {
     /// Control plane URL (`https://…`; `http://` for local tries).
@@ -90,6 +94,66 @@ pub struct Args {
     /// Longest pause between retries after errors.
     #[arg(long, env = "CPLANE_AGENT_MAX_BACKOFF", default_value = "5m", value_parser = parse_interval)]
     pub max_backoff: Duration,
+    /// One pass, then exit: fetch the bundle without waiting, apply it (prune as usual), report
+    /// status, exit with the result (see the exit codes below). With the server unreachable, a
+    /// stored bundle is re-applied without prune, and the exit code is 1.
+    #[arg(long, env = "CPLANE_AGENT_ONCE")]
+    pub once: bool,
+    /// Print what an apply would change (server-side dry run) and exit; writes nothing: no
+    /// object, no inventory, no stored bundle, no status report. Implies one pass.
+    #[arg(long, env = "CPLANE_AGENT_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+/// The end of `--help`: exit codes and logging.
+const AFTER_HELP: &str = "\
+Exit codes (--once and --dry-run; the long-running agent exits 0 on SIGTERM/Ctrl-C):
+  0  --once: every object applied, is healthy, and the status was reported;
+     --dry-run: nothing would change
+  1  the poll or the apply failed, an object failed, or the status was not delivered;
+     --dry-run: the server would refuse an object, or the dry run failed
+  2  usage or configuration error (bad flag, server URL, TLS files, kubeconfig);
+     a bad kubeconfig is also reported to the server as a failed apply (not with --dry-run)
+  3  --once: everything applied, but not every object is healthy yet
+  4  --dry-run: changes pending (something would be created, changed or pruned)
+
+Logging: CPLANE_LOG (tracing filter, e.g. `info`, `cplane_agent=debug`) like the server;
+RUST_LOG is read only when CPLANE_LOG is unset; default `info`. Logs go to stderr, the
+results of --once and --dry-run to stdout.";
+
+/// How a pass ends: the process exit code (see `cplane-agent --help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0: applied and healthy (dry run: no changes); or a clean stop of the loop.
+    Success,
+    /// 1: the poll or the apply failed, or an object failed.
+    Failed,
+    /// 2: usage or configuration error.
+    Config,
+    /// 3: applied, but not every object is healthy yet.
+    Unhealthy,
+    /// 4: dry run: changes pending.
+    Changes,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::Failed => 1,
+            Self::Config => 2,
+            Self::Unhealthy => 3,
+            Self::Changes => 4,
+        }
+    }
+}
+
+/// The log filter: `CPLANE_LOG`, else `RUST_LOG`, else `info`.
+pub fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("CPLANE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
 /// `250ms`, `90s`, `3m`, `1h`, or plain seconds.
@@ -159,43 +223,40 @@ pub async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, E
     })
 }
 
-/// Runs the agent with `args` against `client` until `shutdown` turns true.
-pub async fn run_with(
-    args: Args,
-    client: kube::Client,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), Error> {
+fn server_client(args: &Args) -> Result<client::ServerClient, client::Error> {
+    let credentials = match (&args.token_file, &args.client_cert, &args.client_key) {
+        (Some(t), _, _) => client::Credentials::TokenFile(t.clone()),
+        (None, Some(cert), Some(key)) => client::Credentials::ClientCert {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => {
+            return Err(client::Error::Tls {
+                message: "give --token-file, or --client-cert with --client-key".into(),
+                source: None,
+            })
+        }
+    };
+    client::ServerClient::new(
+        &args.server,
+        &args.cluster,
+        credentials,
+        args.server_ca.as_ref(),
+    )
+}
+
+fn agent(args: Args, server: client::ServerClient, client: kube::Client) -> run::Agent {
     let Args {
-        server,
         cluster,
-        token_file,
-        client_cert,
-        client_key,
-        server_ca,
         state_dir,
         drift_interval,
         wait,
-        kubeconfig: _, // already used to build `client`
         namespace,
         crd_timeout,
         max_backoff,
+        ..
     } = args;
-    let credentials = match (token_file, client_cert, client_key) {
-        (Some(t), _, _) => client::Credentials::TokenFile(t),
-        (None, Some(cert), Some(key)) => client::Credentials::ClientCert { cert, key },
-        _ => {
-            return Err(Error::Client(client::Error::Tls {
-                message: "give --token-file, or --client-cert with --client-key".into(),
-                source: None,
-            }))
-        }
-    };
-    let server = client::ServerClient::new(&server, &cluster, credentials, server_ca.as_ref())?;
-    match client.apiserver_version().await {
-        Ok(v) => tracing::info!(kubernetes = %v.git_version, cluster = %cluster, "connected"),
-        Err(e) => tracing::warn!(error = %e, "Kubernetes API not reachable yet; will retry"),
-    }
-    let agent = run::Agent {
+    run::Agent {
         server,
         target: apply::Target {
             client,
@@ -210,9 +271,82 @@ pub async fn run_with(
             min_backoff: Duration::from_secs(1).min(drift_interval),
             max_backoff,
         },
-    };
-    run::run(agent, shutdown).await?;
+    }
+}
+
+async fn log_connected(client: &kube::Client, cluster: &str) {
+    match client.apiserver_version().await {
+        Ok(v) => tracing::info!(kubernetes = %v.git_version, cluster = %cluster, "connected"),
+        Err(e) => tracing::warn!(error = %e, "Kubernetes API not reachable yet; will retry"),
+    }
+}
+
+/// Runs the agent's loop with `args` against `client` until `shutdown` turns true
+/// (`--once` and `--dry-run` are not looked at: see [`once_with`]).
+pub async fn run_with(
+    args: Args,
+    client: kube::Client,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let server = server_client(&args)?;
+    log_connected(&client, &args.cluster).await;
+    run::run(agent(args, server, client), shutdown).await?;
     Ok(())
+}
+
+/// One pass with `args` against `client`: `--dry-run` if set, else `--once`.
+pub async fn once_with(args: Args, client: kube::Client) -> Exit {
+    let server = match server_client(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration");
+            println!("configuration: {e}");
+            return Exit::Config;
+        }
+    };
+    let dry = args.dry_run;
+    let agent = agent(args, server, client);
+    if dry {
+        run::dry_run(&agent).await
+    } else {
+        run::once(&agent).await
+    }
+}
+
+/// What `cplane-agent` does with `args`: builds the clients, then one pass (`--once`,
+/// `--dry-run`) or the loop until `shutdown` turns true. A Kubernetes configuration that cannot
+/// be used is reported to the server as a failed apply (except with `--dry-run`), then ends the
+/// agent with [`Exit::Config`].
+pub async fn main_with(args: Args, shutdown: tokio::sync::watch::Receiver<bool>) -> Exit {
+    let server = match server_client(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration");
+            return Exit::Config;
+        }
+    };
+    let client = match kube_client(args.kubeconfig.as_ref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "no usable Kubernetes configuration");
+            if !args.dry_run {
+                let store = store::Store::new(args.state_dir.clone());
+                run::report_setup_failure(&server, &store, &format!("apply failed: {e}")).await;
+            }
+            return Exit::Config;
+        }
+    };
+    if args.once || args.dry_run {
+        return once_with(args, client).await;
+    }
+    log_connected(&client, &args.cluster).await;
+    match run::run(agent(args, server, client), shutdown).await {
+        Ok(()) => Exit::Success,
+        Err(e) => {
+            tracing::error!(error = %e, "agent stopped");
+            Exit::Failed
+        }
+    }
 }
 
 #[cfg(test)]

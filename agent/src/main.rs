@@ -4,18 +4,14 @@
 use clap::Parser as _;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     // kube and the TLS client share one rustls provider; install it before any client exists.
     cplane_agent::install_crypto();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(cplane_agent::log_filter())
         .with_writer(std::io::stderr)
         .init();
     let args = cplane_agent::Args::parse();
-    let client = cplane_agent::kube_client(args.kubeconfig.as_ref()).await?;
 
     // SIGTERM or Ctrl-C: finish the apply in progress, then stop.
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -34,6 +30,5 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("stopping after the current apply");
         let _ = stop.send(true);
     });
-    cplane_agent::run_with(args, client, shutdown).await?;
-    Ok(())
+    std::process::ExitCode::from(cplane_agent::main_with(args, shutdown).await.code())
 }

@@ -25,6 +25,7 @@ use crate::apply::{self, Options, Target};
 use crate::bundle::Bundle;
 use crate::client::{Poll, ServerClient};
 use crate::store::Store;
+use crate::Exit;
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -105,27 +106,235 @@ pub struct Agent {
     pub timing: Timing,
 }
 
-/// One apply (fresh or drift), reported to the server; returns whether every object applied.
-async fn apply_and_report(agent: &Agent, bundle: &Bundle, confirmed: bool, why: &str) -> bool {
+/// Posts `status`; whether the server took it (a failure is logged).
+async fn report(server: &ServerClient, status: &serde_json::Value) -> bool {
+    match server.report(status).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "status report not delivered");
+            false
+        }
+    }
+}
+
+/// Reports a run that failed as a whole (see [`apply::failure_status`]); whether delivered.
+pub async fn report_failure(
+    server: &ServerClient,
+    digest: &str,
+    generation: i64,
+    message: &str,
+) -> bool {
+    report(server, &apply::failure_status(digest, generation, message)).await
+}
+
+/// What one apply came to.
+enum Applied {
+    /// It ran; every object applied (`ok`), and the report.
+    Ran { ok: bool, report: apply::Report },
+    /// It failed as a whole (reported as such).
+    Failed(apply::Error),
+}
+
+/// One apply (fresh or drift), reported to the server — per object, or as a whole when the
+/// run failed before it could look at the objects. The second value: whether the report was
+/// delivered.
+async fn apply_and_report(
+    agent: &Agent,
+    bundle: &Bundle,
+    confirmed: bool,
+    why: &str,
+) -> (Applied, bool) {
     match apply::apply(&agent.target, bundle, Options { confirmed }).await {
-        Ok(report) => {
-            let ok = report.count(apply::Action::Failed) == 0;
+        Ok(r) => {
+            let ok = r.count(apply::Action::Failed) == 0;
             tracing::info!(
                 digest = %bundle.digest,
                 generation = bundle.generation,
                 why,
-                summary = %report.summary(),
+                summary = %r.summary(),
                 "applied"
             );
-            if let Err(e) = agent.server.report(&report.to_status()).await {
-                tracing::warn!(error = %e, "status report not delivered");
-            }
-            ok
+            let delivered = report(&agent.server, &r.to_status()).await;
+            (Applied::Ran { ok, report: r }, delivered)
         }
         Err(e) => {
             tracing::warn!(digest = %bundle.digest, why, error = %e, "apply failed");
-            false
+            let delivered = report_failure(
+                &agent.server,
+                &bundle.digest,
+                bundle.generation,
+                &format!("apply failed: {e}"),
+            )
+            .await;
+            (Applied::Failed(e), delivered)
         }
+    }
+}
+
+fn applied_ok(applied: &Applied) -> bool {
+    matches!(applied, Applied::Ran { ok: true, .. })
+}
+
+/// The stored bundle, or `None` (with a warning) when there is none or it does not verify.
+fn stored(agent: &Agent) -> Option<Bundle> {
+    agent.store.load().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ignoring the stored bundle");
+        None
+    })
+}
+
+/// `--once`: one poll without waiting, one apply, one status report (see `cplane-agent --help`
+/// for the exit codes).
+///
+/// - A new bundle: verified, stored, applied (prune allowed: the server confirmed it).
+/// - `304`: the stored bundle is current; it is applied (prune allowed).
+/// - A bundle that fails verification: nothing is applied; a failed status naming the server's
+///   digest is reported; exit 1.
+/// - The server unreachable (or answering an error): the stored bundle, if any, is re-applied
+///   without pruning, as the loop's drift correction would (its report cannot be delivered
+///   unless the server is back); exit 1 in any case, since the cluster may lag behind git.
+pub async fn once(agent: &Agent) -> Exit {
+    let cluster = agent.server.cluster().to_owned();
+    let stored = stored(agent);
+    let known = stored.as_ref().map(|b| b.digest.clone());
+    let bundle = match agent.server.poll(known.as_deref(), Duration::ZERO).await {
+        Ok(Poll::Fresh(bundle)) => {
+            if let Err(e) = agent.store.save(&bundle) {
+                tracing::error!(error = %e, "cannot persist the bundle; applying it anyway");
+            }
+            bundle
+        }
+        Ok(Poll::NotModified) => match stored {
+            Some(b) => b,
+            None => {
+                println!("the server answered 304 Not Modified to a poll naming no bundle");
+                return Exit::Failed;
+            }
+        },
+        Err(e) => {
+            if let Some((digest, generation)) = e.refused_bundle() {
+                println!("bundle {digest} (generation {generation}) refused: {e}");
+                report_failure(
+                    &agent.server,
+                    digest,
+                    generation,
+                    &format!("bundle refused: {e}"),
+                )
+                .await;
+                return Exit::Failed;
+            }
+            println!("poll failed: {e}");
+            if let Some(b) = stored {
+                println!(
+                    "re-applying the stored bundle {} (generation {}) without prune",
+                    b.digest, b.generation
+                );
+                let (applied, _) =
+                    apply_and_report(agent, &b, false, "stored bundle; the poll failed").await;
+                print!("{}", render(&applied, &b, &cluster));
+            }
+            return Exit::Failed;
+        }
+    };
+    let (applied, delivered) = apply_and_report(agent, &bundle, true, "once").await;
+    print!("{}", render(&applied, &bundle, &cluster));
+    if !delivered {
+        println!("the status report was not delivered");
+    }
+    match applied {
+        Applied::Failed(_) | Applied::Ran { ok: false, .. } => Exit::Failed,
+        Applied::Ran { .. } if !delivered => Exit::Failed,
+        Applied::Ran { report, .. } if !report.healthy() => Exit::Unhealthy,
+        Applied::Ran { .. } => Exit::Success,
+    }
+}
+
+/// What `--once` prints: one line per object, then the summary.
+fn render(applied: &Applied, bundle: &Bundle, cluster: &str) -> String {
+    let mut out = format!(
+        "bundle {} (generation {}) on cluster {cluster}:\n",
+        bundle.digest, bundle.generation
+    );
+    match applied {
+        Applied::Failed(e) => out.push_str(&format!("apply failed: {e}\n")),
+        Applied::Ran { report, .. } => {
+            for o in &report.objects {
+                out.push_str(&format!(
+                    "  {:<10} {} {}",
+                    o.action.label(),
+                    o.object,
+                    o.health.label()
+                ));
+                if !o.message.is_empty() {
+                    out.push_str(&format!(": {}", o.message));
+                }
+                out.push('\n');
+            }
+            out.push_str(&report.summary());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `--dry-run`: one poll without waiting, then a server-side dry run of the bundle
+/// ([`crate::dry_run`]), printed. Writes nothing: the bundle is not stored, no status is
+/// reported (the server's record of what was applied stays as it is), and prune is only
+/// dry-run.
+pub async fn dry_run(agent: &Agent) -> Exit {
+    let stored = stored(agent);
+    let known = stored.as_ref().map(|b| b.digest.clone());
+    let bundle = match agent.server.poll(known.as_deref(), Duration::ZERO).await {
+        Ok(Poll::Fresh(bundle)) => bundle,
+        Ok(Poll::NotModified) => match stored {
+            Some(b) => b,
+            None => {
+                println!("the server answered 304 Not Modified to a poll naming no bundle");
+                return Exit::Failed;
+            }
+        },
+        Err(e) => {
+            println!("poll failed: {e}");
+            return Exit::Failed;
+        }
+    };
+    match crate::dry_run::plan(&agent.target, &bundle, Options { confirmed: true }).await {
+        Ok(plan) => {
+            print!("{}", plan.render(agent.server.cluster()));
+            if plan.count(apply::Action::Failed) > 0 {
+                Exit::Failed
+            } else if plan.has_changes() {
+                Exit::Changes
+            } else {
+                Exit::Success
+            }
+        }
+        Err(e) => {
+            println!("dry run failed: {e}");
+            Exit::Failed
+        }
+    }
+}
+
+/// Reports that the run failed before any apply (no usable Kubernetes configuration): polls
+/// once without waiting to learn the digest to name (the server's bundle, else the stored one);
+/// nothing is reported when neither is known or the server is unreachable.
+pub async fn report_setup_failure(server: &ServerClient, store: &Store, message: &str) {
+    let stored = store.load().ok().flatten();
+    let known = stored.as_ref().map(|b| b.digest.clone());
+    let named = match server.poll(known.as_deref(), Duration::ZERO).await {
+        Ok(Poll::Fresh(b)) => Some((b.digest, b.generation)),
+        Ok(Poll::NotModified) => stored.map(|b| (b.digest, b.generation)),
+        Err(e) => e
+            .refused_bundle()
+            .map(|(d, g)| (d.to_owned(), g))
+            .or_else(|| stored.map(|b| (b.digest, b.generation))),
+    };
+    match named {
+        Some((digest, generation)) => {
+            report_failure(server, &digest, generation, message).await;
+        }
+        None => tracing::warn!("no bundle known: the failure is not reported to the server"),
     }
 }
 
@@ -167,7 +376,7 @@ pub async fn run(agent: Agent, mut shutdown: watch::Receiver<bool>) -> Result<()
             () = tokio::time::sleep_until(next_drift), if current.is_some() => {
                 // Drift: re-apply what we hold, whatever the server's state.
                 let bundle = current.as_ref().expect("guarded by current.is_some()");
-                let ok = apply_and_report(&agent, bundle, confirmed, "drift").await;
+                let ok = applied_ok(&apply_and_report(&agent, bundle, confirmed, "drift").await.0);
                 next_drift = Instant::now() + if ok { apply_backoff.reset(); jitter(drift) } else { apply_backoff.next_delay() };
             }
             polled = poll => match polled {
@@ -181,7 +390,7 @@ pub async fn run(agent: Agent, mut shutdown: watch::Receiver<bool>) -> Result<()
                     if let Err(e) = agent.store.save(&bundle) {
                         tracing::error!(error = %e, "cannot persist the bundle; applying it anyway");
                     }
-                    let ok = apply_and_report(&agent, &bundle, true, "new bundle").await;
+                    let ok = applied_ok(&apply_and_report(&agent, &bundle, true, "new bundle").await.0);
                     next_drift = Instant::now() + if ok { apply_backoff.reset(); jitter(drift) } else { apply_backoff.next_delay() };
                     current = Some(bundle);
                 }
@@ -192,6 +401,10 @@ pub async fn run(agent: Agent, mut shutdown: watch::Receiver<bool>) -> Result<()
                 }
                 Err(e) => {
                     confirmed = false;
+                    if let Some((digest, generation)) = e.refused_bundle() {
+                        // The server is there but its bundle does not verify: say so.
+                        report_failure(&agent.server, digest, generation, &format!("bundle refused: {e}")).await;
+                    }
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "poll failed; the cluster stays as it is");
                     retry_at = Some(Instant::now() + delay);
