@@ -80,3 +80,39 @@ async fn one_workspace_commit_replans_only_that_workspace_and_bad_ones_are_refus
     assert_eq!((r.mode, r.workspaces), ("full", 3));
     assert!(r.diagnostics.is_empty(), "{:?}", r.diagnostics);
 }
+
+#[tokio::test]
+async fn an_incremental_refusal_reports_every_shape_error_of_the_file() {
+    let repo_dir = support::template_repo();
+    let repo = git2::Repository::open(repo_dir.path()).expect("open");
+    let (_db_dir, url) = sqlite_url();
+    let db = Db::connect(&url).await.expect("db");
+    let mut state = Incremental::cold(&repo, "HEAD", cplane_reconciler::plan::Scope::all())
+        .expect("read")
+        .expect("valid");
+    let acme = repo_dir.path().join("workspaces/acme.yaml");
+    let text = std::fs::read_to_string(&acme).expect("read");
+    std::fs::write(
+        &acme,
+        text.replace("  region: sgp-1", "  regoin: sgp-1").replace(
+            "  deletionPolicy: Retain",
+            "  deletionPolicy: Retain\n  colour: blue",
+        ),
+    )
+    .expect("write");
+    support::commit_all(repo_dir.path(), "two mistakes in acme");
+    let r = state
+        .replan(&repo, "HEAD", &db, Options::default())
+        .await
+        .expect("replan");
+    assert_eq!(r.mode, "incremental");
+    let errors: Vec<String> = r.diagnostics.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("workspaces/acme.yaml:9:3:")
+            && errors[0].contains("unknown field `regoin`")
+            && errors[0].contains("did you mean `region`?"),
+        "{errors:#?}"
+    );
+    assert!(errors[1].contains("unknown field `colour`"), "{errors:#?}");
+}

@@ -185,7 +185,7 @@ impl Incremental {
                     let blob = repo.find_blob(entry.id())?;
                     match parse_workspace(&path, blob.content()) {
                         Ok(entity) => staged.push((id.clone(), Some(entity))),
-                        Err(d) => diagnostics.push(d),
+                        Err(d) => diagnostics.extend(d),
                     }
                 }
             }

@@ -480,14 +480,8 @@ pub fn refuse_deep_flow_nesting(path: &str, text: &str) -> Result<(), Diagnostic
 /// on its own (size, encoding, emptiness, strict shape). For incremental reloads: the caller
 /// then runs [`crate::validate::workspace`] against the unchanged rest of the model.
 ///
-/// Reports the first problem only; [`parse_workspace_all`] reports every one.
-pub fn parse_workspace(path: &str, bytes: &[u8]) -> Result<Entity<Workspace>, Diagnostic> {
-    parse_workspace_all(path, bytes).map_err(|mut diags| diags.swap_remove(0))
-}
-
-/// [`parse_workspace`], reporting every problem of the file (never an empty list), sorted by
-/// position.
-pub fn parse_workspace_all(path: &str, bytes: &[u8]) -> Result<Entity<Workspace>, Vec<Diagnostic>> {
+/// Reports every problem of the file (never an empty list), sorted by position.
+pub fn parse_workspace(path: &str, bytes: &[u8]) -> Result<Entity<Workspace>, Vec<Diagnostic>> {
     let FileRole::Workspace(id) = FileRole::of(path) else {
         return Err(vec![Diagnostic::file(
             path,

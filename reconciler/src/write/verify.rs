@@ -292,7 +292,7 @@ impl Checker {
         }
         let entity = match parse_workspace(path, bytes) {
             Ok(e) => e,
-            Err(d) => return vec![d],
+            Err(d) => return d,
         };
         self.check_workspace(entity, renderer)
     }
