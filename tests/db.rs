@@ -249,3 +249,73 @@ async fn bad_database_url_is_a_clear_error_without_credentials() {
     );
     assert!(!msg.contains("s3cret"), "{msg}");
 }
+
+async fn runs_are_kept_bounded(url: &str) {
+    use cplane_reconciler::db::Retention;
+    let db = Db::connect(url)
+        .await
+        .expect("connect")
+        .with_retention(Retention {
+            keep: 3,
+            max_age: std::time::Duration::from_secs(3600),
+        });
+    let now = cplane_reconciler::db::now_ms();
+    let plan = serde_json::json!(null);
+    // Five runs of one scope, and one run of another scope two hours old.
+    for i in 0..5 {
+        db.record_run(
+            &format!("r{i}"),
+            &format!("c{i}"),
+            "sgp-1",
+            &plan,
+            "converged",
+            &[],
+            now + i,
+            1,
+        )
+        .await
+        .expect("record");
+    }
+    let other = Db::connect(url).await.expect("connect");
+    other
+        .record_run(
+            "old",
+            "c",
+            "fra-1",
+            &plan,
+            "refused",
+            &["bad".into()],
+            now - 2 * 3600 * 1000,
+            1,
+        )
+        .await
+        .expect("record");
+    let kept: Vec<String> = db
+        .runs("sgp-1", 100)
+        .await
+        .expect("runs")
+        .into_iter()
+        .map(|(id, ..)| id)
+        .collect();
+    assert_eq!(kept, ["r4", "r3", "r2"], "the newest three");
+    // The other scope's run is pruned by age only when that scope records a run.
+    assert_eq!(db.runs("fra-1", 100).await.expect("runs").len(), 1);
+    db.record_run("new", "c", "fra-1", &plan, "converged", &[], now, 1)
+        .await
+        .expect("record");
+    let fra = db.runs("fra-1", 100).await.expect("runs");
+    assert_eq!(fra.len(), 1, "the two-hour-old run is past max_age");
+    assert_eq!(fra[0].0, "new");
+}
+
+#[tokio::test]
+async fn sqlite_keeps_runs_bounded() {
+    let (_dir, url) = sqlite_url();
+    runs_are_kept_bounded(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_runs_bounded() {
+    let pg = PgDatabase::create().await;
+    runs_are_kept_bounded(&pg.url).await;
+}
