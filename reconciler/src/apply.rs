@@ -22,40 +22,10 @@ use crate::aws::{Aws, RecordSet, Target};
 use crate::db::Db;
 use crate::plan::{Action, DesiredWorkspace, Observed, Plan, Status, Step, StepKind};
 
-/// How one step ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Done (or already true).
-    Done(String),
-    /// Not done on purpose (no cloud, or an earlier step of the workspace did not finish).
-    Skipped(String),
-    /// Waiting on something outside (certificate validation): requeue.
-    Waiting(String),
-    /// Failed; retried on the next run.
-    Failed(String),
-}
-
-impl Outcome {
-    /// Short label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Done(_) => "done",
-            Outcome::Skipped(_) => "skipped",
-            Outcome::Waiting(_) => "waiting",
-            Outcome::Failed(_) => "failed",
-        }
-    }
-}
+pub use cplane_core::status::{Outcome, Report};
 
 /// Called after every step, from worker tasks (progress output, metrics).
 pub type Progress = Arc<dyn Fn(&Step, &Outcome) + Send + Sync>;
-
-/// The outcome of every step, by index in the plan.
-#[derive(Debug, Default)]
-pub struct Report {
-    /// Outcomes in plan order.
-    pub outcomes: Vec<Outcome>,
-}
 
 /// What apply works with.
 #[derive(Clone)]

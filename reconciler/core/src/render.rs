@@ -1819,11 +1819,7 @@ data:
     }
 
     fn template_model() -> Model {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state");
-        crate::init::init(&path).expect("init");
-        let repo = crate::source::open(&path).expect("open");
-        cplane_schema::load(crate::source::read(&repo, "HEAD").expect("read").files)
+        cplane_schema::load(crate::testdata::template_files())
             .into_valid()
             .expect("the template is valid")
     }
@@ -1963,20 +1959,10 @@ data:
         );
     }
 
-    /// A synthetic repo's files (`workspaces` over one region), plus workspaces whose ids are
+    /// Synthetic workspaces' files (`workspaces` in one region), plus workspaces whose ids are
     /// numbers, hex or YAML words, or appear in a map key, to drive both digest routes.
     fn odd_files(workspaces: usize) -> Vec<cplane_schema::SourceFile> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        crate::synthetic::generate(
-            dir.path(),
-            crate::synthetic::Shape {
-                workspaces,
-                regions: 1,
-            },
-        )
-        .expect("generate");
-        let repo = crate::source::open(dir.path()).expect("open");
-        let mut files = crate::source::read(&repo, "HEAD").expect("read").files;
+        let mut files = crate::testdata::synthetic_files(workspaces);
         for (n, id) in ["1234", "dead", "e5", "true", "keyed", "zz-top", "9"]
             .into_iter()
             .enumerate()
@@ -2112,11 +2098,7 @@ data:
 
     #[test]
     fn standard_labels_are_built_in() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state");
-        crate::init::init(&path).expect("init");
-        let repo = crate::source::open(&path).expect("open");
-        let mut files = crate::source::read(&repo, "HEAD").expect("read").files;
+        let mut files = crate::testdata::template_files();
         let service = files
             .iter_mut()
             .find(|f| f.path == "stacks/bff/templates/service.yaml.j2")
@@ -2165,17 +2147,7 @@ data:
     fn tenant_documents_are_parsed_once_per_shape() {
         // Synthetic workspaces 1, 13 and 31 have the same stacks, values, region and
         // environment: only their names (of the same length) differ.
-        let dir = tempfile::tempdir().expect("tempdir");
-        crate::synthetic::generate(
-            dir.path(),
-            crate::synthetic::Shape {
-                workspaces: 32,
-                regions: 1,
-            },
-        )
-        .expect("generate");
-        let repo = crate::source::open(dir.path()).expect("open");
-        let model = cplane_schema::load(crate::source::read(&repo, "HEAD").expect("read").files)
+        let model = cplane_schema::load(crate::testdata::synthetic_files(32))
             .into_valid()
             .expect("valid");
         let (renderer, _) = Renderer::new(&model);

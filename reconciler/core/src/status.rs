@@ -1,11 +1,43 @@
 //! The outcome of a reconcile run, decided in one place.
 //!
+//! Apply reports an [`Outcome`] per step of the plan (a [`Report`]);
 //! [`summarize`] turns a plan and the report of applying it into a [`RunOutcome`]; the run
 //! record, the `Ready` condition, `/v1/status`, the metrics and the exit code of `cplane apply`
 //! all read that one value, so a held or refused plan is reported the same way everywhere.
 
-use crate::apply::{Outcome, Report};
 use crate::plan::Plan;
+
+/// How one step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (or already true).
+    Done(String),
+    /// Not done on purpose (no cloud, or an earlier step of the workspace did not finish).
+    Skipped(String),
+    /// Waiting on something outside (certificate validation): requeue.
+    Waiting(String),
+    /// Failed; retried on the next run.
+    Failed(String),
+}
+
+impl Outcome {
+    /// Short label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Done(_) => "done",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Waiting(_) => "waiting",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The outcome of every step, by index in the plan.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Outcomes in plan order.
+    pub outcomes: Vec<Outcome>,
+}
 
 /// How a reconcile run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize)]

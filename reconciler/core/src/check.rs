@@ -154,12 +154,7 @@ pub fn check_memo(
                         Keep::Bundle => (digest, objects, Some(renderer.render(c)?), None),
                         Keep::Gzip => {
                             let canonical = renderer.render(c)?.canonical();
-                            (
-                                digest,
-                                objects,
-                                None,
-                                Some(crate::db::gzip(canonical.as_bytes())),
-                            )
+                            (digest, objects, None, Some(gzip(canonical.as_bytes())))
                         }
                     })
                 });
@@ -256,16 +251,21 @@ fn fingerprint(model: &Model, stacks: &[u8; 32], cluster: &Cluster) -> [u8; 32] 
     h.finalize().into()
 }
 
+/// gzip of `bytes` (default level: bundles are written once and served many times). The
+/// database stores bundles so, and agents accept them so.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn template_files() -> Vec<SourceFile> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state");
-        crate::init::init(&path).expect("init");
-        let repo = crate::source::open(&path).expect("open");
-        crate::source::read(&repo, "HEAD").expect("read").files
+        crate::testdata::template_files()
     }
 
     #[test]
