@@ -185,7 +185,8 @@ struct Shared {
     /// Whether this replica holds the reconcile lease.
     leader: AtomicBool,
     metrics: Metrics,
-    last: Mutex<LastRun>,
+    /// The last run (`None` until the first one ends: `/v1/status` shows `null`).
+    last: Mutex<Option<LastRun>>,
     /// Published bundles' heads (in memory) and verified cluster tokens: agents' polls.
     store: Arc<BundleStore>,
     /// The last commit applied (not refused): what the read API shows.
@@ -620,7 +621,7 @@ async fn lead(shared: &Arc<Shared>, lease: &mut Lease) -> bool {
                 Action::Requeue(after) => Some(tokio::time::Instant::now() + after),
                 Action::AwaitChange => None,
             };
-            *shared.last.lock().expect("last") = outcome;
+            *shared.last.lock().expect("last") = Some(outcome);
             // Wake the long-polls of clusters whose bundle changed (other replicas hear of it
             // by NOTIFY).
             if let Err(e) = shared.store.refresh(None).await {
