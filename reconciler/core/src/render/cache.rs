@@ -1,0 +1,251 @@
+//! The caches that make rendering 10,000 clusters cheap: parsed documents by text (exact or
+//! generalized, see [`super::generalize`]) and, for digests, canonical lines.
+
+use super::*;
+
+/// The outcome of parsing one rendered document, cached by its exact text.
+pub(super) enum ParsedDoc {
+    Object(serde_json::Value),
+    /// Message, and the line within the document it concerns (0 when unknown).
+    Invalid(String, usize),
+}
+
+/// Rendered documents parsed once per render pass; YAML parsing is the expensive part of
+/// rendering, and most documents repeat across clusters.
+///
+/// - Many documents (Namespaces, Services, RBAC, ...) come out byte-identical in thousands of
+///   clusters: they are cached by their exact text.
+/// - Most of the rest differ between tenant clusters only in the workspace id (host names, zone
+///   names, client ids, values such as repository URLs). Those are cached in *generalized* form,
+///   the id replaced by a placeholder of the same length (see [`Generalizer`]), and the parsed
+///   value is specialized back to the cluster. At 10,000 workspaces this turns ~126 MB of unique YAML
+///   into a few hundred distinct documents.
+///
+/// Keyed by the SHA-256 of the text (a hit is exact for all practical purposes). A document is
+/// kept only from its second sighting on, so the cache never holds documents that are unique
+/// after generalization: memory stays flat on large repos.
+#[derive(Default)]
+pub(super) struct ParseCache {
+    pub(super) shards: [Mutex<CacheShard>; 16],
+    /// YAML parses done (cache misses), for tests.
+    pub(super) parses: std::sync::atomic::AtomicUsize,
+    /// Whether tenant documents may be parsed in generalized form (see
+    /// [`super::Renderer::generalizing`]).
+    pub(super) no_generalizing: bool,
+}
+
+/// Document digest → parsed document, or `None` when seen only once so far.
+pub(super) type CacheShard = HashMap<[u8; 32], Option<Arc<ParsedDoc>>>;
+
+impl ParseCache {
+    /// Parses `doc`, rendered for `workspace`'s cluster (tenant clusters). Errors come from
+    /// parsing the exact text, so their messages and lines are the user's.
+    pub(super) fn parse(
+        &self,
+        doc: &str,
+        workspace: Option<&str>,
+    ) -> Result<serde_json::Value, (String, usize)> {
+        let generalizer = workspace
+            .filter(|id| !self.no_generalizing && doc.contains(*id))
+            .and_then(Generalizer::new);
+        if let Some((g, text)) = generalizer.as_ref().and_then(|g| Some((g, g.of(doc)?))) {
+            if let ParsedDoc::Object(value) = &*self.get(&text) {
+                if let Some(value) = g.specialize(value) {
+                    return Ok(value);
+                }
+            }
+        }
+        match &*self.get(doc) {
+            ParsedDoc::Object(value) => Ok(value.clone()),
+            ParsedDoc::Invalid(message, line) => Err((message.clone(), *line)),
+        }
+    }
+
+    pub(super) fn get(&self, doc: &str) -> Arc<ParsedDoc> {
+        let key: [u8; 32] = Sha256::digest(doc.as_bytes()).into();
+        let shard = &self.shards[usize::from(key[0]) % 16];
+        let seen = match shard.lock().expect("cache lock").get(&key) {
+            Some(Some(hit)) => return hit.clone(),
+            Some(None) => true,
+            None => false,
+        };
+        let parsed = Arc::new(parse_document(doc));
+        self.parses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shard
+            .lock()
+            .expect("cache lock")
+            .insert(key, seen.then(|| parsed.clone()));
+        parsed
+    }
+}
+
+/// A tenant document reduced to what a bundle's digest needs, in generalized form: the id
+/// replaced by the placeholder everywhere, the cluster label included.
+pub(super) struct Line {
+    /// The object's canonical JSON (labels and annotation added, keys sorted, compact).
+    pub(super) json: String,
+    /// Where the placeholder is in `json` (byte offsets): the id goes there.
+    pub(super) marks: Vec<usize>,
+    /// The object's [`object_key`].
+    pub(super) key: ObjectKey,
+    /// Whether a string of `key` holds the placeholder.
+    pub(super) key_has_placeholder: bool,
+    /// Whether some string holding the placeholder has nothing but characters that YAML
+    /// numbers, booleans and nulls are made of: it is a string with the id back only when the
+    /// id has another character ([`could_be_non_string`]).
+    pub(super) needs_plain_id: bool,
+}
+
+/// Canonical lines of generalized tenant documents, by stack, generalized cluster id and
+/// generalized text. Like [`ParseCache`], an entry is kept from its second sighting on. `None`:
+/// the document has no line (it does not parse, or a map key holds the placeholder, whose sort
+/// order would differ from the id's): the cluster takes the full route.
+///
+/// Looked up for every tenant document, so keyed by a fast hash (FxHash) of the document as
+/// generalized, computed piecewise from the document and the id's offsets without building the
+/// generalized text. A first sighting is remembered by its hash only; a kept entry holds its key
+/// in full, compared on every hit (a hash collision costs a render, never a wrong line).
+#[derive(Default)]
+pub(super) struct LineCache {
+    pub(super) shards: [Mutex<HashMap<u64, LineSlot>>; 16],
+}
+
+/// What [`LineCache`] holds for one hash.
+pub(super) enum LineSlot {
+    /// Seen once.
+    Seen,
+    /// Kept lines by their full key (more than one only on a hash collision).
+    Kept(Vec<(LineKey, Option<Arc<Line>>)>),
+}
+
+/// The full key of a kept line: stack, generalized cluster id, generalized text.
+pub(super) type LineKey = (Box<str>, Box<str>, Box<str>);
+
+impl LineCache {
+    /// The line of `doc`, where the id is at `at` and becomes `placeholder`; `make` builds it
+    /// from the generalized text on a miss.
+    pub(super) fn get(
+        &self,
+        doc: &str,
+        at: &[usize],
+        placeholder: &str,
+        stack: &str,
+        cluster: &str,
+        make: impl FnOnce(&str) -> Option<Line>,
+    ) -> Option<Arc<Line>> {
+        use std::hash::Hasher as _;
+        let pieces = || {
+            let mut copied = 0;
+            at.iter()
+                .flat_map(move |&found| {
+                    let piece = [&doc[copied..found], placeholder];
+                    copied = found + placeholder.len();
+                    piece
+                })
+                .chain(std::iter::once(
+                    &doc[at.last().map_or(0, |&l| l + placeholder.len())..],
+                ))
+        };
+        let mut h = rustc_hash::FxHasher::default();
+        for part in [stack, cluster] {
+            h.write_usize(part.len());
+            h.write(part.as_bytes());
+        }
+        h.write_usize(doc.len());
+        for piece in pieces() {
+            h.write(piece.as_bytes());
+        }
+        let hash = h.finish();
+        let is_key = |(s, c, t): &LineKey| {
+            **s == *stack && **c == *cluster && t.len() == doc.len() && {
+                let mut offset = 0;
+                pieces().all(|piece| {
+                    let same = t.as_bytes()[offset..offset + piece.len()] == *piece.as_bytes();
+                    offset += piece.len();
+                    same
+                })
+            }
+        };
+        let shard = &self.shards[(hash % 16) as usize];
+        let seen = match shard.lock().expect("cache lock").get(&hash) {
+            Some(LineSlot::Kept(kept)) => match kept.iter().find(|(key, _)| is_key(key)) {
+                Some((_, line)) => return line.clone(),
+                None => true,
+            },
+            Some(LineSlot::Seen) => true,
+            None => false,
+        };
+        let text: String = pieces().collect();
+        let line = make(&text).map(Arc::new);
+        let mut shard = shard.lock().expect("cache lock");
+        if !seen {
+            shard.entry(hash).or_insert(LineSlot::Seen);
+            return line;
+        }
+        let key = (stack.into(), cluster.into(), text.into());
+        match shard.entry(hash).or_insert(LineSlot::Seen) {
+            LineSlot::Kept(kept) => {
+                if !kept.iter().any(|(k, _)| is_key(k)) {
+                    kept.push((key, line.clone()));
+                }
+            }
+            slot => *slot = LineSlot::Kept(vec![(key, line.clone())]),
+        }
+        line
+    }
+}
+
+/// The canonical line of a generalized document rendered by `stack` for the (generalized)
+/// cluster id `cluster`, or `None` when it has none (see [`LineCache`]).
+pub(super) fn canonical_line(
+    cache: &ParseCache,
+    text: &str,
+    stack: &str,
+    cluster: &str,
+    placeholder: &str,
+) -> Option<Line> {
+    let ParsedDoc::Object(value) = &*cache.get(text) else {
+        return None;
+    };
+    let mut value = value.clone();
+    mark(&mut value, cluster, stack);
+    let mut needs_plain_id = false;
+    let mut keys_plain = true;
+    visit_strings(&value, &mut |s, is_key| {
+        if s.contains(PLACEHOLDER) {
+            keys_plain &= !is_key;
+            needs_plain_id |= could_be_non_string(&s.replace(PLACEHOLDER, ""));
+        }
+    });
+    if !keys_plain {
+        return None;
+    }
+    let json = serde_json::to_string(&value).expect("JSON values serialize");
+    let key = object_key(&value);
+    let (_, kind, namespace, name, group) = &key;
+    Some(Line {
+        marks: memchr::memmem::find_iter(json.as_bytes(), placeholder).collect(),
+        key_has_placeholder: [kind, namespace, name, group]
+            .iter()
+            .any(|s| s.contains(PLACEHOLDER)),
+        json,
+        key,
+        needs_plain_id,
+    })
+}
+
+/// Calls `f` with every string of `value` and whether it is a map key.
+pub(super) fn visit_strings(value: &serde_json::Value, f: &mut impl FnMut(&str, bool)) {
+    match value {
+        serde_json::Value::String(s) => f(s, false),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| visit_strings(v, f)),
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                f(k, true);
+                visit_strings(v, f);
+            }
+        }
+        _ => {}
+    }
+}

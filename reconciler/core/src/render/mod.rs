@@ -1,0 +1,473 @@
+//! Rendering: stack templates (minijinja) → per-cluster bundles of Kubernetes objects.
+//!
+//! Guarantees:
+//! - **Strict**: an undefined variable or attribute is an error, never an empty string.
+//! - **Sandboxed**: each stack gets its own template environment holding only that stack's
+//!   templates, so `include`/`import` can reach nothing else; execution is bounded by fuel.
+//! - **Checked**: every rendered document must be a Kubernetes object (`apiVersion`, `kind`,
+//!   `metadata.name`); an object may appear only once per cluster.
+//! - **Deterministic**: objects are sorted (Namespaces, then CRDs, then by kind, namespace,
+//!   name), keys are sorted, and the bundle's canonical YAML is hashed into a `sha256:` digest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use cplane_schema::domain::workspace_name;
+use cplane_schema::model::{deep_merge, RegionStatus, StackTarget};
+use cplane_schema::validate::{is_partial, names_for};
+use cplane_schema::{Diagnostic, Model, Pos};
+use minijinja::value::{Enumerator, Kwargs, Value, ValueKind};
+use minijinja::{context, AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// Instruction budget for one template render: generous for real manifests, finite for loops
+/// that would never end.
+const FUEL: u64 = 5_000_000;
+
+/// Label cplane puts on every object it renders.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "cplane");
+/// Inventory label: the cluster an object belongs to (the agent prunes by it).
+pub const CLUSTER_LABEL: &str = "cplane.io/cluster";
+/// Annotation naming the stack an object comes from.
+pub const STACK_ANNOTATION: &str = "cplane.io/stack";
+
+mod cache;
+mod clusters;
+mod context;
+mod documents;
+mod generalize;
+
+use cache::*;
+pub use clusters::{clusters, Cluster, ClusterKind};
+use context::*;
+pub use documents::object_key;
+use documents::*;
+use generalize::*;
+/// One rendered Kubernetes object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    /// Stack it comes from.
+    pub stack: String,
+    /// Template path in the repo.
+    pub template: String,
+    /// The object, keys sorted.
+    pub value: serde_json::Value,
+}
+
+/// A cluster's rendered bundle.
+///
+/// Its canonical form ([`Bundle::canonical`]) is JSON Lines: one object per line, compact,
+/// keys sorted, objects in apply order. The digest is the SHA-256 of exactly those bytes, so
+/// anyone holding a bundle can check it. [`Bundle::to_yaml`] is the same content for people.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Cluster id.
+    pub cluster: String,
+    /// Objects in apply order.
+    pub objects: Vec<Object>,
+    /// `sha256:<hex>` of the canonical form.
+    pub digest: String,
+}
+
+impl Bundle {
+    /// The canonical bytes: one compact JSON object per line (keys sorted), in apply order.
+    pub fn canonical(&self) -> String {
+        let mut out = String::new();
+        for o in &self.objects {
+            out.push_str(&serde_json::to_string(&o.value).expect("JSON values serialize"));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The bundle as multi-document YAML (keys sorted, apply order), for people and `kubectl`.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        for o in &self.objects {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(&o.value).expect("JSON values serialize to YAML"));
+        }
+        out
+    }
+}
+
+/// Compiled templates of every stack, shareable between threads and renderers.
+#[derive(Clone)]
+pub struct Compiled {
+    envs: Arc<BTreeMap<String, Environment<'static>>>,
+    /// The platform name the environments' `labels()` were made with.
+    platform: String,
+}
+
+/// Compiled templates of every stack.
+pub struct Renderer<'m> {
+    model: &'m Model,
+    envs: Arc<BTreeMap<String, Environment<'static>>>,
+    /// Template variables of each region × environment, made once.
+    scopes: HashMap<(String, String), Scope>,
+    /// Template variables of each stack, made once.
+    stacks: HashMap<&'m str, PreparedStack<'m>>,
+    cache: ParseCache,
+    lines: LineCache,
+}
+
+impl<'m> Renderer<'m> {
+    /// Compiles every stack's templates; syntax errors come back as diagnostics (the stack is
+    /// then skipped when rendering).
+    pub fn new(model: &'m Model) -> (Self, Vec<Diagnostic>) {
+        let mut envs = BTreeMap::new();
+        let mut diags = Vec::new();
+        for (name, stack) in &model.stacks {
+            let mut env = Environment::new();
+            env.set_undefined_behavior(UndefinedBehavior::Strict);
+            env.set_auto_escape_callback(|_| AutoEscape::None);
+            env.set_fuel(Some(FUEL));
+            env.set_recursion_limit(64);
+            env.set_keep_trailing_newline(true);
+            let dir = format!("stacks/{}/templates/", stack.entity.path_id);
+            let join_dir = dir.clone();
+            env.set_path_join_callback(move |name, _parent| format!("{join_dir}{name}").into());
+            env.add_filter("tojson", tojson);
+            env.add_function("host", host);
+            env.add_function("bucket", bucket);
+            let standard = Arc::new(StandardLabels::new(name, &model.platform.doc.metadata.name));
+            let of = standard.clone();
+            env.add_function("labels", move |component: &str| {
+                of.map("labels", component, true)
+            });
+            env.add_function("selector", move |component: &str| {
+                standard.map("selector", component, false)
+            });
+            let mut ok = true;
+            for (path, source) in &stack.templates {
+                if let Err(err) = env.add_template_owned(path.clone(), source.to_string()) {
+                    diags.push(template_diag(&err, path, &stack.templates));
+                    ok = false;
+                }
+            }
+            if ok {
+                envs.insert(name.clone(), env);
+            }
+        }
+        (
+            Self {
+                model,
+                envs: Arc::new(envs),
+                scopes: Scope::all(model),
+                stacks: PreparedStack::all(model),
+                cache: ParseCache::default(),
+                lines: LineCache::default(),
+            },
+            diags,
+        )
+    }
+
+    /// The compiled templates, to make more renderers of the same stacks without compiling
+    /// again ([`Renderer::with_compiled`]).
+    pub fn compiled(&self) -> Compiled {
+        Compiled {
+            envs: self.envs.clone(),
+            platform: self.model.platform.doc.metadata.name.clone(),
+        }
+    }
+
+    /// A renderer of `model` with templates compiled before, from a model with the same stacks
+    /// (the API writer renders changed workspaces against an unchanged base). Should the
+    /// platform's name differ from the one they were compiled with (it is built into
+    /// `labels()`), they are compiled again.
+    pub fn with_compiled(model: &'m Model, compiled: &Compiled) -> Self {
+        if model.platform.doc.metadata.name != compiled.platform {
+            return Self::new(model).0;
+        }
+        Self {
+            model,
+            envs: compiled.envs.clone(),
+            scopes: Scope::all(model),
+            stacks: PreparedStack::all(model),
+            cache: ParseCache::default(),
+            lines: LineCache::default(),
+        }
+    }
+
+    /// The same renderer with the generalized parsing of tenant documents on (the default) or
+    /// off. Off, every document is parsed as it is rendered and [`Renderer::digest`] always
+    /// builds the bundle: the results are the same (the guarantee and its argument are on
+    /// `generalize::Generalizer`), only slower. The switch is there to compare the two routes
+    /// and to rule the fast one out when a rendering looks wrong.
+    pub fn generalizing(mut self, on: bool) -> Self {
+        self.cache.no_generalizing = !on;
+        self
+    }
+
+    /// Renders one cluster's bundle, or every problem found in it.
+    pub fn render(&self, cluster: &Cluster) -> Result<Bundle, Vec<Diagnostic>> {
+        self.render_with(cluster, None)
+    }
+
+    /// [`Renderer::render`], with a tenant cluster's workspace given rather than read from the
+    /// model (the API writer renders a changed workspace against the unchanged rest).
+    pub fn render_with(
+        &self,
+        cluster: &Cluster,
+        given: Option<&cplane_schema::load::Entity<cplane_schema::model::Workspace>>,
+    ) -> Result<Bundle, Vec<Diagnostic>> {
+        let mut objects = Vec::new();
+        let mut diags = Vec::new();
+        self.outputs(cluster, given, |output| {
+            match output {
+                Ok(out) => {
+                    if let Err(d) = parse_objects(&out, cluster, &self.cache, &mut objects) {
+                        diags.push(d);
+                    }
+                }
+                Err(d) => diags.push(d),
+            }
+            true
+        });
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+        canonical_bundle(cluster, objects)
+    }
+
+    /// The digest and object count of a cluster's bundle: the same as [`Renderer::render`]'s,
+    /// faster. Tenant documents are looked up as canonical lines in their generalized form
+    /// ([`Generalizer`], [`LineCache`]), so a document seen before is neither parsed nor
+    /// serialized again; the bundle itself is not built. Whatever the fast route cannot vouch
+    /// for (platform clusters, errors, documents that do not generalize) goes through
+    /// [`Renderer::render`].
+    pub fn digest(&self, cluster: &Cluster) -> Result<(String, usize), Vec<Diagnostic>> {
+        match self.fast_digest(cluster) {
+            Some(digest) => Ok(digest),
+            None => self.render(cluster).map(|b| (b.digest, b.objects.len())),
+        }
+    }
+
+    /// [`Renderer::digest`] by canonical lines, or `None` where that route cannot vouch for
+    /// the result.
+    fn fast_digest(&self, cluster: &Cluster) -> Option<(String, usize)> {
+        if self.cache.no_generalizing {
+            return None;
+        }
+        let id = cluster.workspace.as_deref()?;
+        let generalizer = Generalizer::new(id)?;
+        let general_cluster = cluster.id.replace(id, &generalizer.placeholder);
+        let placeholder = generalizer.placeholder.as_str();
+        // Each document's line (shared with the cache) and, where its key holds the
+        // placeholder, the key with the id back.
+        let mut lines: Vec<(Arc<Line>, Option<ObjectKey>)> = Vec::new();
+        let mut sound = true;
+        self.outputs(cluster, None, |output| {
+            sound = output.is_ok_and(|out| {
+                split_documents(&out.text).into_iter().all(|(_, doc)| {
+                    let Some(at) = generalizer.occurrences(doc) else {
+                        return false;
+                    };
+                    let line = self.lines.get(
+                        doc,
+                        &at,
+                        placeholder,
+                        out.stack,
+                        &general_cluster,
+                        |text| {
+                            canonical_line(
+                                &self.cache,
+                                text,
+                                out.stack,
+                                &general_cluster,
+                                placeholder,
+                            )
+                        },
+                    );
+                    match line {
+                        Some(line) if !(line.needs_plain_id && could_be_non_string(id)) => {
+                            let key = line.key_has_placeholder.then(|| {
+                                let back = |s: &str| s.replace(placeholder, id);
+                                let (rank, kind, namespace, name, group) = &line.key;
+                                (*rank, back(kind), back(namespace), back(name), back(group))
+                            });
+                            lines.push((line, key));
+                            true
+                        }
+                        _ => false,
+                    }
+                })
+            });
+            sound
+        });
+        if !sound {
+            return None;
+        }
+        fn key_of((line, key): &(Arc<Line>, Option<ObjectKey>)) -> &ObjectKey {
+            key.as_ref().unwrap_or(&line.key)
+        }
+        lines.sort_unstable_by(|a, b| key_of(a).cmp(key_of(b)));
+        if lines
+            .windows(2)
+            .any(|pair| key_of(&pair[0]) == key_of(&pair[1]))
+        {
+            return None; // a duplicate object: the full route reports it
+        }
+        // The canonical bytes are each line with the id put back at its marks, hashed as they
+        // are streamed (SHA-256 does not care how its input is cut).
+        let mut hasher = Sha256::new();
+        for (line, _) in &lines {
+            let mut copied = 0;
+            for &mark in &line.marks {
+                hasher.update(&line.json.as_bytes()[copied..mark]);
+                hasher.update(id.as_bytes());
+                copied = mark + placeholder.len();
+            }
+            hasher.update(&line.json.as_bytes()[copied..]);
+            hasher.update(b"\n");
+        }
+        Some((
+            format!("sha256:{}", hex::encode(hasher.finalize())),
+            lines.len(),
+        ))
+    }
+
+    /// Renders every template of every stack enabled on `cluster` and hands each output (or
+    /// the template's error) to `each`, which returns whether to go on.
+    fn outputs(
+        &self,
+        cluster: &Cluster,
+        given: Option<&cplane_schema::load::Entity<cplane_schema::model::Workspace>>,
+        mut each: impl FnMut(Result<Output<'_>, Diagnostic>) -> bool,
+    ) {
+        let model = self.model;
+        let scope = match self
+            .scopes
+            .get(&(cluster.region.clone(), cluster.environment.clone()))
+        {
+            Some(scope) => std::borrow::Cow::Borrowed(scope),
+            None => {
+                std::borrow::Cow::Owned(Scope::new(model, &cluster.region, &cluster.environment))
+            }
+        };
+        let names = &scope.names;
+        let mut domains = scope.domains.clone();
+        let mut workspace = Value::UNDEFINED;
+        let mut enabled: BTreeMap<&str, Option<&BTreeMap<String, serde_json::Value>>> =
+            BTreeMap::new();
+        match (&cluster.kind, &cluster.workspace) {
+            (ClusterKind::Tenant, Some(id)) => {
+                let ws = match given {
+                    Some(w) => w,
+                    None => &model.workspaces[id],
+                };
+                domains.insert("zone", names.workspace_zone(id));
+                domains.insert("wildcard", names.workspace_wildcard(id));
+                domains.insert("bff", names.workspace_host(id, "bff"));
+                domains.insert("app", names.workspace_host(id, "app"));
+                workspace = context! {
+                    id => id,
+                    name => workspace_name(id),
+                    account => ws.doc.spec.account,
+                    awsAccountId => ws.doc.spec.aws.account_id,
+                };
+                for (name, stack) in &model.stacks {
+                    let spec = &stack.entity.doc.spec;
+                    if spec.target == StackTarget::Tenant && spec.required {
+                        enabled.insert(name, None);
+                    }
+                }
+                for sref in &ws.doc.spec.stacks {
+                    enabled.insert(&sref.name, Some(&sref.values));
+                }
+            }
+            _ => {
+                for (name, stack) in &model.stacks {
+                    if stack.entity.doc.spec.target == StackTarget::Platform {
+                        enabled.insert(name, None);
+                    }
+                }
+            }
+        }
+        let base = Arc::new(ClusterContext {
+            platform: scope.platform.clone(),
+            region: scope.region.clone(),
+            environment: scope.environment.clone(),
+            cluster: context! { id => cluster.id, kind => Value::from_serialize(cluster.kind) },
+            vars: scope.vars.clone(),
+            domains: Value::from_serialize(&domains),
+            workspace,
+        });
+
+        for (name, overrides) in enabled {
+            let Some(stack) = model.stacks.get(name) else {
+                continue; // reported by validation
+            };
+            let Some(env) = self.envs.get(name) else {
+                continue; // syntax errors, reported by Renderer::new
+            };
+            // Made from the same model's stacks, so it is there.
+            let prepared = &self.stacks[name];
+            let values = match overrides.filter(|o| !o.is_empty()) {
+                // Nothing to merge: the stack's defaults, made once.
+                None => prepared.defaults.clone(),
+                Some(overrides) => {
+                    let mut values = prepared.defaults_json.clone();
+                    let overrides = serde_json::to_value(overrides).expect("JSON values serialize");
+                    deep_merge(&mut values, &overrides);
+                    Value::from_serialize(&values)
+                }
+            };
+            let ctx = Value::from_object(TemplateContext {
+                cluster: base.clone(),
+                stack: prepared.stack.clone(),
+                values,
+            });
+            for path in prepared.templates.iter().copied() {
+                let tmpl = env
+                    .get_template(path)
+                    .expect("every template was added to its stack's environment");
+                let output = match tmpl.render(&ctx) {
+                    Ok(text) => Ok(Output {
+                        stack: name,
+                        path,
+                        source: &stack.templates[path],
+                        text,
+                    }),
+                    Err(err) => Err(template_diag(&err, path, &stack.templates)),
+                };
+                if !each(output) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Renders every cluster in parallel, in [`clusters`] order.
+    pub fn render_all(&self, clusters: &[Cluster]) -> Vec<Result<Bundle, Vec<Diagnostic>>> {
+        clusters
+            .par_iter()
+            .with_max_len(32)
+            .map(|c| self.render(c))
+            .collect()
+    }
+}
+
+/// Folds the same problem found in many clusters into one diagnostic, naming the clusters.
+pub fn group(errors: Vec<(String, Diagnostic)>) -> Vec<Diagnostic> {
+    let mut by_problem: BTreeMap<Diagnostic, Vec<String>> = BTreeMap::new();
+    for (cluster, diagnostic) in errors {
+        by_problem.entry(diagnostic).or_default().push(cluster);
+    }
+    by_problem
+        .into_iter()
+        .map(|(mut d, clusters)| {
+            let _ = match clusters.len() {
+                1 => write!(d.message, " [cluster {}]", clusters[0]),
+                n => write!(d.message, " [clusters {} and {} more]", clusters[0], n - 1),
+            };
+            d
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,698 @@
+//! Tests of the renderer: routes compared, caches, built-ins, the template context.
+use super::*;
+
+/// `doc` generalized for `id` (see [`Generalizer::of`]).
+fn generalized(doc: &str, id: &str) -> Option<String> {
+    Generalizer::new(id)?
+        .of(doc)
+        .map(std::borrow::Cow::into_owned)
+}
+
+/// The value parsed from generalized text, with `id` put back.
+fn specialized(value: &serde_json::Value, id: &str) -> Option<serde_json::Value> {
+    Generalizer::new(id).expect("an id").specialize(value)
+}
+
+/// Parses `doc` both ways and asserts the generalized route gives the exact result.
+fn assert_generalizes(doc: &str, id: &str) {
+    let general = generalized(doc, id).expect("generalizable");
+    assert_ne!(general, doc, "the id was abstracted");
+    assert!(!general.contains(id), "{general}");
+    let (ParsedDoc::Object(exact), ParsedDoc::Object(abstracted)) =
+        (parse_document(doc), parse_document(&general))
+    else {
+        panic!("both parse:\n{doc}");
+    };
+    assert_eq!(specialized(&abstracted, id), Some(exact), "{doc}");
+}
+
+/// Asserts the generalized route gives up on `doc` (at `of`, the parse or `specialize`).
+fn assert_not_generalized(doc: &str, id: &str) {
+    let Some(general) = generalized(doc, id) else {
+        return;
+    };
+    if let ParsedDoc::Object(abstracted) = parse_document(&general) {
+        assert_eq!(specialized(&abstracted, id), None, "{doc}");
+    }
+}
+
+const TRICKY: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: w-acme-config
+  namespace: acme
+  labels: {"w-acme": "w-acme", team: acme, acme2: x}
+data:
+  host: bff.w-acme.sgp-1.cogrion.com
+  quoted: "https://acme.example/x\n\"acme\"\u0027s\\acme"
+  single: 'it''s acme'
+  anchored: &acme acme.dev
+  alias: *acme
+  folded: >
+    line one w-acme
+    line two
+  literal: |
+    acme
+      indented acme
+  list: [acme, "w-acme", 'acme']
+  acme: key
+  ? acme-complex
+  : value
+  multi: plain acme
+    continued acme
+  number: 12
+  other: acmex-acme
+  repo: https://git.example.com/acme/dags.git
+"#;
+
+#[test]
+fn generalized_documents_parse_to_the_exact_value() {
+    assert_generalizes(TRICKY, "acme");
+    // Ids that are numbers or booleans on their own, inside longer strings.
+    for id in ["1e5", "123", "true", "no", "0x1f", "a-1", "inf"] {
+        assert_generalizes(
+                &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: w-{id}\n  labels: {{id: w-{id}, repo: \"git/{id}\"}}\n"),
+                id,
+            );
+    }
+}
+
+#[test]
+fn documents_that_cannot_be_generalized_safely_are_not() {
+    let doc = |extra: &str| {
+        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: w-acme\n  annotations:\n    {extra}\n")
+    };
+    assert!(generalized(&doc("a: b"), "acme").is_some());
+    // Escapes that could spell the placeholder; a placeholder already there.
+    for extra in [
+        r#"a: "\x5a""#,
+        r#"a: "\u005A""#,
+        r#"a: "\U0000005a""#,
+        "a: Zulu",
+    ] {
+        assert!(generalized(&doc(extra), "acme").is_none(), "{extra}");
+    }
+    // The id in a tag or a directive.
+    assert!(generalized(&doc("a: !!int 5"), "int").is_none());
+    assert!(generalized("%TAG !e! tag:acme.com,2000:\n---\na: !e!x acme\n", "acme").is_none());
+    // Not mentioned: the document is its own generalization. Not an id: no guarantee.
+    let own = doc("a: b");
+    assert_eq!(generalized(&own, "globex").expect("as it is"), own);
+    assert!(generalized("a: ACME\n", "ACME").is_none());
+    // With the id back, a scalar YAML reads as a number, boolean or null: not a string.
+    for (id, extra) in [
+        ("1234", "a: 1234"),
+        ("dead", "a: 0xdead"),
+        ("true", "a: true"),
+        ("inf", "a: .inf"),
+        ("30", "a: 1:30"),
+        ("123", "a: !!int 123"),
+        ("str", "a: !!str 5"),
+        ("int", "a: !!int 5"),
+        ("int", "a: [x, !!int 5]"),
+        ("in", "a: !<tag:yaml.org,2002:int> 5"),
+        ("2", "a: |2\n      text"),
+        ("1", "a: \"\\x31\""),
+    ] {
+        assert_not_generalized(&doc(extra), id);
+    }
+}
+
+/// Differential test: random documents built from fragments that put an id where YAML
+/// reads it as a value, a key, a tag, an anchor, a number, an escape or a header. Whenever
+/// the generalized route answers, it must be the exact parse.
+#[test]
+fn generalization_never_changes_a_parse() {
+    const FRAGMENTS: &[&str] = &[
+        "k{n}: {id}",
+        "k{n}: w-{id}.sgp-1.cogrion.com",
+        "k{n}: \"{id}\"",
+        "k{n}: '{id}'",
+        "k{n}: {id}{id}",
+        "k{n}: !!int {id}",
+        "k{n}: !!str {id}",
+        "k{n}: !{id} x",
+        "k{n}: 0x{id}",
+        "k{n}: 1{id}",
+        "k{n}: .{id}",
+        "k{n}: -{id}",
+        "{id}{n}: v",
+        "k{n}: [{id}, 1, \"{id}\"]",
+        "k{n}: {{a: {id}, {id}: b}}",
+        "k{n}: &{id}{n} {id}",
+        "k{n}: |\n    {id}\n    x {id}",
+        "k{n}: |{id}\n    text",
+        "k{n}: \"a\\n{id}\\\"\"",
+        "k{n}: \"\\x{id}\"",
+        "k{n}: \"\\u00{id}\"",
+        "k{n}: {id} # {id}",
+        "k{n}: plain {id}\n    folded {id}",
+        "k{n}: 1:{id}",
+        "k{n}: {id}e3",
+        "k{n}:\n    - {id}\n    - w-{id}",
+    ];
+    const IDS: &[&str] = &[
+        "acme", "123", "dead", "int", "str", "a-1", "e5", "true", "no", "ws00001", "1", "5a",
+        "inf", "nan", "null", "x", "0",
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let (mut answered, mut fell_back) = (0, 0);
+    for _ in 0..6000 {
+        let id = IDS[next(IDS.len())];
+        let mut doc =
+            String::from("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n");
+        for n in 0..1 + next(3) {
+            let fragment = FRAGMENTS[next(FRAGMENTS.len())]
+                .replace("{n}", &n.to_string())
+                .replace("{id}", id);
+            doc.push_str("  ");
+            doc.push_str(&fragment);
+            doc.push('\n');
+        }
+        let exact = match parse_document(&doc) {
+            ParsedDoc::Object(v) => Some(v),
+            ParsedDoc::Invalid(..) => None,
+        };
+        let general = generalized(&doc, id).and_then(|g| match parse_document(&g) {
+            ParsedDoc::Object(v) => specialized(&v, id),
+            ParsedDoc::Invalid(..) => None,
+        });
+        match general {
+            Some(v) => {
+                assert_eq!(
+                    Some(v),
+                    exact,
+                    "generalized parse differs for id {id}:\n{doc}"
+                );
+                answered += 1;
+            }
+            None => fell_back += 1,
+        }
+    }
+    // Both routes are exercised.
+    assert!(
+        answered > 500 && fell_back > 500,
+        "{answered} / {fell_back}"
+    );
+}
+
+/// The straightforward line-by-line splitter [`split_documents`] must agree with.
+fn split_documents_by_lines(text: &str) -> Vec<(usize, &str)> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if is_marker(line.trim_end_matches('\n')) && offset > start {
+            docs.push((start_line, &text[start..offset]));
+            start = offset;
+            start_line = i + 1;
+        }
+        if line.trim_end() == "..." {
+            // A document end marker belongs to no document.
+            docs.push((start_line, &text[start..offset]));
+            start = offset + line.len();
+            start_line = i + 2;
+        }
+        offset += line.len();
+    }
+    docs.push((start_line, &text[start..]));
+    without_blank_lead(docs)
+}
+
+#[test]
+fn documents_split_as_line_by_line() {
+    let mut cases: Vec<String> = [
+        "",
+        "\n",
+        "---",
+        "---\n",
+        "a: 1",
+        "a: 1\n---\nb: 2\n",
+        "---\na: 1\n---\nb: 2",
+        "# c\n---\na: 1\n...\n---\nb: 2\n",
+        "a: 1\n...\n",
+        "...\n",
+        "--- a\n--- b\n",
+        "---\t\n-x\n.y\n- z\n...  \n",
+        "a: |\n  ---\n---\r\nb: 1\r\n",
+        "\n\n---\n\n",
+        "- a\n- b\n---\n- c",
+        "....\n---x\n",
+        "a\n.\n-\n",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let pieces = [
+        "---", "...", "--- x", "a: 1", "- b", ".c", "# d", "", " ---", "\r",
+    ];
+    for _ in 0..3000 {
+        let mut text = String::new();
+        for _ in 0..(state % 7) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            text.push_str(pieces[(state % pieces.len() as u64) as usize]);
+            if !state.is_multiple_of(5) {
+                text.push('\n');
+            }
+        }
+        state = state.wrapping_add(0x9e37_79b9);
+        cases.push(text);
+    }
+    for text in &cases {
+        assert_eq!(
+            split_documents(text),
+            split_documents_by_lines(text),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn yaml_non_strings_are_recognized() {
+    for s in [
+        "12", "-1.5e3", "0x1F", "0o17", ".inf", "-.Inf", "NaN", "true", "False", "null", "~",
+        "yes", "off", "1_000", "1:30", "infinity",
+    ] {
+        assert!(could_be_non_string(s), "{s}");
+    }
+    // What the guard is for: these would not come back as strings.
+    for s in ["12", "-1.5e3", "0x1F", ".inf", "true", "null", "~"] {
+        let v: serde_json::Value = serde_yaml::from_str(s).expect("scalar");
+        assert!(!v.is_string(), "{s}: {v}");
+    }
+    for s in [
+        "acme",
+        "w-1234",
+        "git/123",
+        "1 2",
+        "sgp-1.cogrion.com",
+        "ZZZZ",
+    ] {
+        assert!(!could_be_non_string(s), "{s}");
+        assert!(serde_yaml::from_str::<serde_json::Value>(s).is_ok_and(|v| v.is_string()));
+    }
+}
+
+fn template_model() -> Model {
+    cplane_schema::load(crate::testdata::template_files())
+        .into_valid()
+        .expect("the template is valid")
+}
+
+#[test]
+fn templates_compiled_for_another_platform_name_are_compiled_again() {
+    let model = template_model();
+    let (renderer, _) = Renderer::new(&model);
+    let compiled = renderer.compiled();
+    let mut renamed = template_model();
+    renamed.platform.doc.metadata.name = "acmecorp".into();
+    let part_of = |model: &Model, renderer: &Renderer<'_>| {
+        let cluster = clusters(model)
+            .into_iter()
+            .find(|c| c.id == "w-acme")
+            .expect("acme");
+        let bundle = renderer.render(&cluster).expect("renders");
+        bundle
+            .objects
+            .iter()
+            .find_map(|o| {
+                o.value["metadata"]["labels"]["app.kubernetes.io/part-of"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .expect("a part-of label")
+    };
+    let same = Renderer::with_compiled(&model, &compiled);
+    assert_eq!(part_of(&model, &same), "cogrion");
+    let other = Renderer::with_compiled(&renamed, &compiled);
+    assert_eq!(part_of(&renamed, &other), "acmecorp");
+}
+
+#[test]
+fn template_context_is_the_documented_one() {
+    let mut model = template_model();
+    // A probe template in a platform stack and in a tenant stack.
+    let probe = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\ndata:\n  \
+                     workspace: \"{{ workspace is defined }}\"\n  region: {{ region.id }}\n  \
+                     production: \"{{ environment.production }}\"\n  \
+                     replicas: \"{{ values.replicas | default('none') }}\"\n";
+    for stack in ["control-plane", "bff"] {
+        model
+            .stacks
+            .get_mut(stack)
+            .expect("stack")
+            .templates
+            .insert(
+                format!("stacks/{stack}/templates/probe.yaml.j2"),
+                probe.into(),
+            );
+    }
+    let data = |model: &Model, cluster: &str| {
+        let (renderer, errors) = Renderer::new(model);
+        assert!(errors.is_empty(), "{errors:?}");
+        let cluster = clusters(model)
+            .into_iter()
+            .find(|c| c.id == cluster)
+            .expect("cluster");
+        let bundle = renderer.render(&cluster).expect("renders");
+        let digest = renderer.digest(&cluster).expect("digest").0;
+        assert_eq!(digest, bundle.digest);
+        let probe = bundle
+            .objects
+            .iter()
+            .find(|o| o.value["metadata"]["name"] == "probe")
+            .expect("probe")
+            .value["data"]
+            .clone();
+        (probe, digest)
+    };
+    let (platform, _) = data(&model, "prod-sgp-1");
+    assert_eq!(
+        platform["workspace"], "False",
+        "no workspace on a platform cluster"
+    );
+    assert_eq!(platform["region"], "sgp-1");
+    assert_eq!(platform["production"], "True");
+    let (tenant, listed) = data(&model, "w-acme");
+    assert_eq!(tenant["workspace"], "True");
+    assert_eq!(
+        tenant["replicas"], "3",
+        "the workspace's value over the default"
+    );
+    // A stack listed with no values renders with the defaults, as one not listed at all
+    // (bff is required).
+    model
+        .workspaces
+        .get_mut("acme")
+        .expect("acme")
+        .doc
+        .spec
+        .stacks
+        .iter_mut()
+        .find(|s| s.name == "bff")
+        .expect("bff listed")
+        .values
+        .clear();
+    let (empty, with_empty_values) = data(&model, "w-acme");
+    assert_ne!(empty["replicas"], "3");
+    assert_ne!(with_empty_values, listed);
+    model
+        .workspaces
+        .get_mut("acme")
+        .expect("acme")
+        .doc
+        .spec
+        .stacks
+        .retain(|s| s.name != "bff");
+    let (unlisted, not_listed) = data(&model, "w-acme");
+    assert_eq!(unlisted, empty);
+    assert_eq!(not_listed, with_empty_values);
+}
+
+#[test]
+fn every_template_document_generalizes_exactly() {
+    let model = template_model();
+    let (renderer, diags) = Renderer::new(&model);
+    assert!(diags.is_empty(), "{diags:?}");
+    let mut checked = 0;
+    for cluster in clusters(&model) {
+        if cluster.kind != ClusterKind::Tenant {
+            continue;
+        }
+        let bundle = renderer.render(&cluster).expect("renders");
+        let id = cluster.workspace.as_deref().expect("tenant");
+        for doc in bundle.to_yaml().split("---\n").filter(|d| !d.is_empty()) {
+            if generalized(doc, id).is_some() {
+                assert_generalizes(doc, id);
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} documents mention their cluster"
+    );
+}
+
+/// Synthetic workspaces' files (`workspaces` in one region), plus workspaces whose ids are
+/// numbers, hex or YAML words, or appear in a map key, to drive both digest routes.
+fn odd_files(workspaces: usize) -> Vec<cplane_schema::SourceFile> {
+    let mut files = crate::testdata::synthetic_files(workspaces);
+    for (n, id) in ["1234", "dead", "e5", "true", "keyed", "zz-top", "9"]
+        .into_iter()
+        .enumerate()
+    {
+        let extra = if id == "keyed" {
+            format!("        extraEnv: {{\"{id}\": \"x-{id}\"}}\n")
+        } else {
+            String::new()
+        };
+        let doc = format!(
+                "apiVersion: cplane/v1\nkind: Workspace\nmetadata:\n  name: \"{id}\"\nspec:\n  region: sgp-1\n  environment: prod\n  account: odd-{n}\n  aws:\n    accountId: \"90000000000{n}\"\n    roleArn: arn:aws:iam::90000000000{n}:role/p\n    externalId: odd-{n}\n  deletionPolicy: Retain\n  stacks:\n    - name: bff\n      values:\n        replicas: 2\n{extra}    - name: airflow\n      values:\n        dagsRepo: https://git.example.com/{id}/dags.git\n"
+            );
+        files.push(cplane_schema::SourceFile {
+            path: format!("workspaces/{id}.yaml"),
+            bytes: doc.into_bytes(),
+        });
+    }
+    files
+}
+
+#[test]
+fn the_fast_digest_is_the_bundles_digest() {
+    let model = cplane_schema::load(odd_files(40))
+        .into_valid()
+        .expect("valid");
+    let all = clusters(&model);
+    let (renderer, diags) = Renderer::new(&model);
+    assert!(diags.is_empty(), "{diags:?}");
+    // Three passes: first and second sightings fill the caches, the third hits them.
+    for pass in 0..3 {
+        for cluster in &all {
+            if cluster.id.starts_with("w-ws") {
+                assert!(renderer.fast_digest(cluster).is_some(), "{}", cluster.id);
+            }
+            let bundle = renderer.render(cluster).expect("renders");
+            let digest = renderer.digest(cluster).expect("digests");
+            assert_eq!(
+                digest,
+                (bundle.digest.clone(), bundle.objects.len()),
+                "pass {pass}, cluster {}",
+                cluster.id
+            );
+        }
+    }
+    // A fresh renderer agrees with one whose caches are warm.
+    let (fresh, _) = Renderer::new(&model);
+    for cluster in &all {
+        assert_eq!(fresh.digest(cluster), renderer.digest(cluster));
+    }
+    // Where the fast route cannot vouch, it says so: platform clusters, and an id in a key.
+    for id in ["prod-sgp-1", "w-keyed"] {
+        let cluster = all.iter().find(|c| c.id == id).expect(id);
+        assert_eq!(renderer.fast_digest(cluster), None, "{id}");
+    }
+    // The odd ids really are there, with their ids back in place.
+    let keyed = all.iter().find(|c| c.id == "w-keyed").expect("keyed");
+    let yaml = renderer.render(keyed).expect("renders").to_yaml();
+    assert!(yaml.contains("keyed: x-keyed"), "{yaml}");
+}
+
+#[test]
+fn the_fast_digest_reports_errors_like_render() {
+    let mut files = odd_files(4);
+    let bad = files
+        .iter_mut()
+        .find(|f| f.path == "stacks/bff/templates/service.yaml.j2")
+        .expect("service template");
+    bad.bytes
+        .extend_from_slice(b"---\nkind: Service\nmetadata: {name: {{ workspace.name }}}\n");
+    let model = cplane_schema::load(files).into_valid().expect("valid");
+    let (renderer, _) = Renderer::new(&model);
+    for cluster in clusters(&model).iter().filter(|c| c.workspace.is_some()) {
+        let errors = renderer.digest(cluster).expect_err("not an object");
+        assert_eq!(Err(errors), renderer.render(cluster).map(|b| b.digest));
+    }
+}
+
+#[test]
+fn tojson_is_the_builtins() {
+    let ours = {
+        let mut env = Environment::new();
+        env.add_filter("tojson", tojson);
+        env
+    };
+    let builtin = Environment::new();
+    // Strings of every kind of character JSON or HTML escapes, and random mixes of them.
+    let alphabet: Vec<char> = "aZ9-. <>&'\"\\/\u{0}\u{1f}\t\n\r\u{7f}é中😀\u{2028}\u{2029}"
+        .chars()
+        .collect();
+    let mut strings: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+    strings.extend(["", "sgp-1.cogrion.com", "</script>", "a<b>&'c\"d\\e"].map(String::from));
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..2_000 {
+        let len = (seed % 12) as usize;
+        strings.push(
+            (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect(),
+        );
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    }
+    let mut values: Vec<Value> = strings.iter().map(|s| Value::from(s.as_str())).collect();
+    values.extend(strings.iter().map(|s| Value::from_safe_string(s.clone())));
+    values.extend([
+        Value::from(1),
+        Value::from(true),
+        Value::from(()),
+        Value::from(vec!["<a>", "b"]),
+        Value::from_serialize(serde_json::json!({"cpu": "500m", "x": {"y": ["&", 1.5]}})),
+    ]);
+    for template in [
+        "{{ v | tojson }}",
+        "{{ v | tojson(2) }}",
+        "{{ v | tojson(indent=2) }}",
+        "{{ v | tojson(true) }}",
+        "{{ v | tojson(false) }}",
+        "{{ v | tojson(bogus=1) }}",
+    ] {
+        for v in &values {
+            let render = |env: &Environment| {
+                env.render_str(template, context! { v => v })
+                    .map_err(|e| e.to_string())
+            };
+            assert_eq!(render(&ours), render(&builtin), "{template} of {v:?}");
+        }
+    }
+}
+
+#[test]
+fn standard_labels_are_built_in() {
+    let mut files = crate::testdata::template_files();
+    let service = files
+        .iter_mut()
+        .find(|f| f.path == "stacks/bff/templates/service.yaml.j2")
+        .expect("service template");
+    service.bytes = b"apiVersion: v1\nkind: Service\nmetadata:\n  name: bff\n  labels: {{ labels(\"api\") }}\n  annotations: {s: {{ selector(\"api\") | tojson }}}\n".to_vec();
+    let model = cplane_schema::load(files.clone())
+        .into_valid()
+        .expect("valid");
+    let (renderer, _) = Renderer::new(&model);
+    let acme = clusters(&model)
+        .into_iter()
+        .find(|c| c.id == "w-acme")
+        .expect("acme");
+    let bundle = renderer.render(&acme).expect("renders");
+    let service = bundle
+        .objects
+        .iter()
+        .find(|o| o.value["kind"] == "Service")
+        .expect("service");
+    let labels = &service.value["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/name"], "bff");
+    assert_eq!(labels["app.kubernetes.io/component"], "api");
+    assert_eq!(labels["app.kubernetes.io/part-of"], "cogrion");
+    assert_eq!(
+        service.value["metadata"]["annotations"]["s"],
+        r#"{"app.kubernetes.io/component":"api","app.kubernetes.io/name":"bff"}"#
+    );
+    // A component must be a DNS label.
+    let bad = files
+        .iter_mut()
+        .find(|f| f.path == "stacks/bff/templates/service.yaml.j2")
+        .expect("service template");
+    bad.bytes = b"apiVersion: v1\nkind: Service\nmetadata:\n  name: bff\n  labels: {{ labels(\"Not A Label\") }}\n".to_vec();
+    let model = cplane_schema::load(files).into_valid().expect("valid");
+    let (renderer, _) = Renderer::new(&model);
+    let errors = renderer.render(&acme).expect_err("refused");
+    assert!(
+        errors[0]
+            .message
+            .contains("labels(): `Not A Label` is not a DNS label"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn tenant_documents_are_parsed_once_per_shape() {
+    // Synthetic workspaces 1, 13 and 31 have the same stacks, values, region and
+    // environment: only their names (of the same length) differ.
+    let model = cplane_schema::load(crate::testdata::synthetic_files(32))
+        .into_valid()
+        .expect("valid");
+    let (renderer, _) = Renderer::new(&model);
+    let all = clusters(&model);
+    let cluster = |id: &str| all.iter().find(|c| c.id == id).expect("cluster").clone();
+    let (a, b, c) = (
+        cluster("w-ws00001"),
+        cluster("w-ws00013"),
+        cluster("w-ws00031"),
+    );
+    let count = || {
+        renderer
+            .cache
+            .parses
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    let first = renderer.render(&a).expect("renders");
+    renderer.render(&b).expect("renders"); // the second sighting keeps them
+    let before = count();
+    let third = renderer.render(&c).expect("renders");
+    assert_eq!(
+        count(),
+        before,
+        "the third cluster's documents all come from the cache"
+    );
+    assert_ne!(first.digest, third.digest);
+    assert_eq!(
+        first.to_yaml().replace("ws00001", "ws00031"),
+        third.to_yaml(),
+        "the same bundle, with the other name"
+    );
+}
+
+#[test]
+fn generalizing_off_gives_the_same_bundles_by_parsing_every_document() {
+    let model = cplane_schema::load(odd_files(12))
+        .into_valid()
+        .expect("valid");
+    let all = clusters(&model);
+    let (fast, _) = Renderer::new(&model);
+    let (plain, _) = Renderer::new(&model);
+    let plain = plain.generalizing(false);
+    for cluster in &all {
+        let a = fast.render(cluster).expect("renders");
+        let b = plain.render(cluster).expect("renders");
+        assert_eq!(a.canonical(), b.canonical(), "{}", cluster.id);
+        assert_eq!(
+            fast.digest(cluster),
+            plain.digest(cluster),
+            "{}",
+            cluster.id
+        );
+        assert_eq!(plain.fast_digest(cluster), None, "off means off");
+    }
+    let parses = |r: &Renderer| r.cache.parses.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        parses(&plain) > parses(&fast),
+        "generalized parsing saves parses ({} vs {})",
+        parses(&plain),
+        parses(&fast)
+    );
+}
