@@ -309,19 +309,23 @@ async fn put_workspace(
             );
         }
     };
-    let accounts = document
-        .get("spec")
-        .and_then(|s| s.get("account"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .into_iter()
-        .collect();
+    let accounts = account_of(document.get("spec"));
     let w = Write {
         principal,
         change: Change::PutWorkspace { id, document },
         accounts,
     };
     run_write(&api, w, &headers, query).await
+}
+
+/// The account a Workspace document's (or patch's) `spec` names, if any: a write may need the
+/// caller to be its member too.
+fn account_of(spec: Option<&Value>) -> Vec<String> {
+    spec.and_then(|s| s.get("account"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .into_iter()
+        .collect()
 }
 
 /// The media types a `PATCH` body may have: a JSON merge patch (RFC 7396).
@@ -389,13 +393,7 @@ async fn patch_workspace(
         Ok(p) => p,
         Err(r) => return *r,
     };
-    let accounts = patch
-        .get("spec")
-        .and_then(|s| s.get("account"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .into_iter()
-        .collect();
+    let accounts = account_of(patch.get("spec"));
     let w = Write {
         principal,
         change: Change::PatchWorkspace { id, patch },
