@@ -156,18 +156,13 @@ pub fn log_filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
-/// `250ms`, `90s`, `3m`, `1h`, or plain seconds.
+/// A duration like `250ms`, `90s`, `5m`, `1h 30m` (humantime, as `cplane` reads them), or
+/// plain seconds.
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not an interval like 90s, 5m or 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("`{s}`: unit must be ms, s, m or h")),
+    match s.trim().parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("`{s}` is not a duration like 90s, 5m or 1h ({e})")),
     }
 }
 
@@ -358,6 +353,7 @@ mod tests {
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_interval("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_interval("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_interval("5d").is_err());
+        assert_eq!(parse_interval("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_interval("5x").is_err());
     }
 }
