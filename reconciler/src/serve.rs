@@ -76,6 +76,9 @@ pub struct Settings {
     pub tls: Option<crate::tls::Settings>,
     /// API authentication (OIDC issuers, primary region, inter-region token).
     pub auth: crate::auth::Config,
+    /// How long a client has to send a request's head, and to finish a TLS handshake, before
+    /// it is disconnected ([`crate::connections::DEFAULT_HEADER_READ_TIMEOUT`] by default).
+    pub header_read_timeout: Duration,
 }
 
 /// Errors starting the server.
@@ -463,7 +466,14 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     };
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
     let app = router(shared.clone());
-    let served = crate::connections::serve(listener, tls, app, shutdown_signal()).await;
+    let served = crate::connections::serve(
+        listener,
+        tls,
+        app,
+        shared.settings.header_read_timeout,
+        shutdown_signal(),
+    )
+    .await;
     // The HTTP side has stopped; let the loop finish the run in flight (it checks `stopped`
     // between runs), then stop watching.
     let _ = stop.send(true);
