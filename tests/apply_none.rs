@@ -233,3 +233,67 @@ async fn environment_scoped_control_plane() {
     );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM tenant_lookup").await, 2);
 }
+
+/// (status, reason, message) of one condition.
+async fn condition(url: &str, kind: &str, id: &str, name: &str) -> (String, String, String) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.expect("connect");
+    let row = sqlx::query(
+        "SELECT status, reason, message FROM entity_status WHERE kind = $1 AND id = $2 AND condition = $3",
+    )
+    .bind(kind)
+    .bind(id)
+    .bind(name)
+    .fetch_optional(&pool)
+    .await
+    .expect("query")
+    .unwrap_or_else(|| panic!("no {name} condition for {kind} {id}"));
+    (
+        row.try_get(0).expect("status"),
+        row.try_get(1).expect("reason"),
+        row.try_get(2).expect("message"),
+    )
+}
+
+/// A workspace whose change is refused (it moved region) is `Stalled`; once a later revision
+/// no longer refuses it (moved back), it is not.
+async fn stalled_clears_once_a_workspace_is_no_longer_refused(db: &str) {
+    let repo = support::template_repo();
+    let repo_path = repo.path().to_str().expect("utf-8");
+    let apply = || cplane(&["apply", "--repo", repo_path, "--database", db]);
+    let out = apply();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let acme = repo.path().join("workspaces/acme.yaml");
+    let original = std::fs::read_to_string(&acme).expect("read");
+    std::fs::write(&acme, original.replace("region: sgp-1", "region: fra-1")).expect("write");
+    support::commit_all(repo.path(), "move acme to Frankfurt");
+    let out = apply();
+    assert!(!out.status.success(), "{}", text(&out));
+    let (status, reason, message) = condition(db, "workspace", "acme", "Stalled").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Refused"));
+    assert!(
+        message.contains("moved from sgp-1/prod to fra-1/prod"),
+        "{message}"
+    );
+
+    std::fs::write(&acme, &original).expect("write");
+    let back = support::commit_all(repo.path(), "acme stays in Singapore");
+    let out = apply();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (status, reason, message) = condition(db, "workspace", "acme", "Stalled").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Accepted"));
+    assert!(message.contains(&back), "{message}");
+}
+
+#[tokio::test]
+async fn stalled_clears_once_a_workspace_is_no_longer_refused_on_sqlite() {
+    let (_dir, url) = sqlite_url();
+    stalled_clears_once_a_workspace_is_no_longer_refused(&url).await;
+}
+
+#[tokio::test]
+async fn stalled_clears_once_a_workspace_is_no_longer_refused_on_postgres() {
+    let pg = PgDatabase::create().await;
+    stalled_clears_once_a_workspace_is_no_longer_refused(&pg.url).await;
+}

@@ -5,7 +5,7 @@
 //! as named parameters, PostgreSQL natively), TEXT and BIGINT only, upserts with
 //! `ON CONFLICT … DO UPDATE`, which both engines support.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -547,6 +547,22 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Ids of the entities of `kind` whose `condition` is True (e.g. the stalled workspaces).
+    pub async fn entities_with(
+        &self,
+        kind: &str,
+        condition: &str,
+    ) -> Result<BTreeSet<String>, Error> {
+        let rows = sqlx::query(
+            "SELECT id FROM entity_status WHERE kind = $1 AND condition = $2 AND status = 'True'",
+        )
+        .bind(kind)
+        .bind(condition)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
     /// Conditions of an entity: condition → (status, reason, message).

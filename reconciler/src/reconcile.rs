@@ -273,6 +273,12 @@ pub async fn apply_and_record(
     } = run;
     let commit = commit.to_owned();
     let scope = scope.to_owned();
+    // Every workspace this run decides about: desired ones and those with steps (removals).
+    let decided: std::collections::BTreeSet<String> = desired
+        .keys()
+        .cloned()
+        .chain(plan.steps.iter().map(|s| s.workspace.clone()))
+        .collect();
     let ctx = Context::new(db.clone(), cloud, commit.clone(), desired, observed);
     let report = apply::apply(&ctx, plan, progress).await;
 
@@ -332,6 +338,23 @@ pub async fn apply_and_record(
             commit: &commit,
         })
         .await?;
+    }
+    // A workspace refused before that this run no longer refuses is not stalled any more.
+    let refused: std::collections::BTreeSet<&str> =
+        plan.refused.iter().map(|r| r.workspace.as_str()).collect();
+    for ws in db.entities_with("workspace", "Stalled").await? {
+        if decided.contains(&ws) && !refused.contains(ws.as_str()) {
+            db.set_condition(&Condition {
+                kind: "workspace",
+                id: &ws,
+                condition: "Stalled",
+                status: false,
+                reason: "Accepted",
+                message: &format!("{commit} is planned without refusal"),
+                commit: &commit,
+            })
+            .await?;
+        }
     }
     let outcome = crate::status::summarize(plan, &report);
     let errors = crate::status::errors(plan, &report);
