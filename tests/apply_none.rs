@@ -208,6 +208,11 @@ async fn environment_scoped_control_plane() {
         .await,
         1
     );
+    // The region's readiness counts the workspaces of the scope's environment only.
+    assert_eq!(
+        condition(&db, "region", "sgp-1", "Ready").await.2,
+        "2 of 2 workspaces ready"
+    );
 
     let acme = repo.path().join("workspaces/acme.yaml");
     let moved = std::fs::read_to_string(&acme)
@@ -232,4 +237,112 @@ async fn environment_scoped_control_plane() {
         "not deprovisioned"
     );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM tenant_lookup").await, 2);
+    assert_eq!(
+        condition(&db, "region", "sgp-1", "Ready").await,
+        (
+            "False".into(),
+            "WorkspacesNotReady".into(),
+            "1 of 2 workspaces ready; not ready: acme".into()
+        )
+    );
+}
+
+/// (status, reason, message) of one condition.
+async fn condition(url: &str, kind: &str, id: &str, name: &str) -> (String, String, String) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.expect("connect");
+    let row = sqlx::query(
+        "SELECT status, reason, message FROM entity_status WHERE kind = $1 AND id = $2 AND condition = $3",
+    )
+    .bind(kind)
+    .bind(id)
+    .bind(name)
+    .fetch_optional(&pool)
+    .await
+    .expect("query")
+    .unwrap_or_else(|| panic!("no {name} condition for {kind} {id}"));
+    (
+        row.try_get(0).expect("status"),
+        row.try_get(1).expect("reason"),
+        row.try_get(2).expect("message"),
+    )
+}
+
+/// A workspace whose change is refused (it moved region) is `Stalled`; once a later revision
+/// no longer refuses it (moved back), it is not. The region's `Ready` condition counts the
+/// workspaces ready there throughout.
+async fn stalled_clears_once_a_workspace_is_no_longer_refused(db: &str) {
+    let repo = support::template_repo();
+    let repo_path = repo.path().to_str().expect("utf-8");
+    let apply = || cplane(&["apply", "--repo", repo_path, "--database", db]);
+    let out = apply();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        condition(db, "region", "sgp-1", "Ready").await,
+        (
+            "True".into(),
+            "WorkspacesReady".into(),
+            "3 of 3 workspaces ready".into()
+        )
+    );
+
+    let acme = repo.path().join("workspaces/acme.yaml");
+    let original = std::fs::read_to_string(&acme).expect("read");
+    std::fs::write(&acme, original.replace("region: sgp-1", "region: fra-1")).expect("write");
+    support::commit_all(repo.path(), "move acme to Frankfurt");
+    let out = apply();
+    assert!(!out.status.success(), "{}", text(&out));
+    let (status, reason, message) = condition(db, "workspace", "acme", "Stalled").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Refused"));
+    assert!(
+        message.contains("moved from sgp-1/prod to fra-1/prod"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(db, "region", "sgp-1", "Ready").await,
+        (
+            "False".into(),
+            "WorkspacesNotReady".into(),
+            "2 of 3 workspaces ready; not ready: acme".into()
+        )
+    );
+
+    std::fs::write(&acme, &original).expect("write");
+    let back = support::commit_all(repo.path(), "acme stays in Singapore");
+    let out = apply();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (status, reason, message) = condition(db, "workspace", "acme", "Stalled").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Accepted"));
+    assert!(message.contains(&back), "{message}");
+    assert_eq!(
+        condition(db, "region", "sgp-1", "Ready").await,
+        (
+            "True".into(),
+            "WorkspacesReady".into(),
+            "3 of 3 workspaces ready".into()
+        )
+    );
+    // The region the workspace was refused into has no workspace of this control plane.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(db).await.expect("connect");
+    let fra: i64 =
+        sqlx::query("SELECT COUNT(*) FROM entity_status WHERE kind = 'region' AND id = 'fra-1'")
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+            .try_get(0)
+            .expect("count");
+    assert_eq!(fra, 0);
+}
+
+#[tokio::test]
+async fn stalled_clears_once_a_workspace_is_no_longer_refused_on_sqlite() {
+    let (_dir, url) = sqlite_url();
+    stalled_clears_once_a_workspace_is_no_longer_refused(&url).await;
+}
+
+#[tokio::test]
+async fn stalled_clears_once_a_workspace_is_no_longer_refused_on_postgres() {
+    let pg = PgDatabase::create().await;
+    stalled_clears_once_a_workspace_is_no_longer_refused(&pg.url).await;
 }

@@ -90,11 +90,7 @@ async fn zones_land_in_the_tenant_account_and_delegations_in_the_operator_accoun
         .await
         .expect("already gone is fine");
     // One AssumeRole for the whole sequence: credentials are cached.
-    assert_eq!(
-        aws.calls()
-            .get(&("sts:AssumeRole".to_owned(), "ok".to_owned())),
-        Some(&1)
-    );
+    assert_eq!(aws.calls("sts:AssumeRole", "ok"), 1);
 }
 
 #[tokio::test]

@@ -537,3 +537,206 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
         "within a second or so"
     );
 }
+
+/// One sample of an exposition: (series name, labels, value).
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// One family of a Prometheus text exposition: its type, help and samples.
+#[derive(Debug, Default)]
+struct Family {
+    kind: String,
+    help: String,
+    samples: Vec<Sample>,
+}
+
+/// Parses the Prometheus text format (version 0.0.4) strictly enough to catch a broken page:
+/// every family has exactly one `# HELP` then one `# TYPE`, every sample belongs to the family
+/// declared last under a name its type allows, labels are `name="value"` pairs and values
+/// numbers.
+fn parse_exposition(text: &str) -> std::collections::BTreeMap<String, Family> {
+    let mut families = std::collections::BTreeMap::<String, Family>::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect("HELP name text");
+            assert!(!help.trim().is_empty(), "empty help: {line}");
+            assert!(
+                !families.contains_key(name),
+                "family {name} declared twice:\n{text}"
+            );
+            families.insert(
+                name.to_owned(),
+                Family {
+                    help: help.to_owned(),
+                    ..Family::default()
+                },
+            );
+            current = Some(name.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name type");
+            assert_eq!(current.as_deref(), Some(name), "TYPE without HELP: {line}");
+            let family = families.get_mut(name).expect("declared");
+            assert!(family.kind.is_empty(), "two TYPE lines for {name}");
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "type {kind}: {line}"
+            );
+            family.kind = kind.to_owned();
+        } else if line.starts_with('#') || line.is_empty() {
+            panic!("unexpected line {line:?}");
+        } else {
+            let family_name = current.clone().expect("a sample before any family");
+            let family = families.get_mut(&family_name).expect("declared");
+            let (series, rest) = match line.find('{') {
+                Some(i) => (&line[..i], &line[i..]),
+                None => line.split_once(' ').map(|(n, _)| (n, "")).expect("sample"),
+            };
+            let (labels, value) = if let Some(rest) = rest.strip_prefix('{') {
+                let (labels, value) = rest.split_once("} ").expect("labels end");
+                let labels = labels
+                    .split(',')
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').expect("label k=v");
+                        let v = v
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .expect("quoted label value");
+                        (k.to_owned(), v.to_owned())
+                    })
+                    .collect();
+                (labels, value)
+            } else {
+                (Vec::new(), line.split_once(' ').expect("value").1)
+            };
+            let allowed: Vec<String> = match family.kind.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .map(|s| format!("{family_name}{s}"))
+                    .collect(),
+                _ => vec![family_name.clone()],
+            };
+            assert!(
+                allowed.iter().any(|a| a == series),
+                "sample {series} under family {family_name}:\n{text}"
+            );
+            let value: f64 = value.trim().parse().expect("numeric sample value");
+            family.samples.push((series.to_owned(), labels, value));
+        }
+    }
+    for (name, family) in &families {
+        assert!(!family.kind.is_empty(), "{name} has no TYPE");
+        if family.kind == "counter" {
+            assert!(name.ends_with("_total"), "counter {name} without _total");
+        }
+    }
+    families
+}
+
+#[test]
+fn metrics_page_is_one_exposition_of_typed_families_with_a_duration_histogram() {
+    let s = start();
+    let (port, work, branch) = (s.port, s.work.clone(), s.branch.clone());
+    // Several runs: the first (full) one and one per pushed commit.
+    let runs = |port: u16| -> f64 {
+        let (_, page) = http(port, "GET", "/metrics", &[], b"");
+        page.lines()
+            .filter(|l| l.starts_with("cplane_reconcile_runs_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    wait_for("the first run", || runs(port) >= 1.0);
+    for i in 0..3 {
+        std::fs::write(work.join(format!("note-{i}.txt")), "x\n").expect("write");
+        support::commit_all(&work, &format!("note {i}"));
+        push(&work, &branch);
+        assert_eq!(webhook(port, &branch, &format!("d-{i}")).0, 202);
+        wait_for("the pushed commit's run", || runs(port) >= f64::from(i + 2));
+    }
+    // One API write that is turned away (no token, or a broken body) is counted too.
+    let (status, _) = http(port, "PUT", "/v1/workspaces/acme", &[], b"{");
+    assert!(status == 400 || status == 401, "{status}");
+    let (head, page) = {
+        let (status, head, body) = http_full(port, "/metrics", &[]);
+        assert_eq!(status, 200, "{body}");
+        (head, body)
+    };
+    assert_eq!(
+        header_value(&head, "content-type").as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8"),
+        "{head}"
+    );
+    let families = parse_exposition(&page);
+    for (name, kind) in [
+        ("cplane_reconcile_runs_total", "counter"),
+        ("cplane_reconcile_duration_seconds", "histogram"),
+        ("cplane_state_fetches_total", "counter"),
+        ("cplane_reconcile_queue_depth", "gauge"),
+        ("cplane_reconcile_leader", "gauge"),
+        ("cplane_bundle_long_polls", "gauge"),
+        ("cplane_webhook_deliveries_total", "counter"),
+        ("cplane_api_commits_total", "counter"),
+    ] {
+        let family = families
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing:\n{page}"));
+        assert_eq!(family.kind, kind, "{name}");
+    }
+    let value = |name: &str| -> f64 {
+        let f = &families[name];
+        assert_eq!(f.samples.len(), 1, "{name}: {:?}", f.samples);
+        f.samples[0].2
+    };
+    assert_eq!(
+        families["cplane_reconcile_runs_total"].help,
+        "Reconcile runs by outcome."
+    );
+    assert_eq!(value("cplane_webhook_deliveries_total"), 3.0);
+    assert_eq!(value("cplane_reconcile_leader"), 1.0);
+    assert_eq!(value("cplane_bundle_long_polls"), 0.0);
+    assert!(value("cplane_state_fetches_total") >= 4.0, "{page}");
+    let runs: f64 = families["cplane_reconcile_runs_total"]
+        .samples
+        .iter()
+        .inspect(|(_, labels, _)| {
+            assert_eq!(labels.len(), 1);
+            assert_eq!(labels[0].0, "outcome");
+        })
+        .map(|(_, _, v)| v)
+        .sum();
+    assert_eq!(runs, 4.0, "{page}");
+    assert_eq!(
+        families["cplane_api_commits_total"].samples.len(),
+        1,
+        "{page}"
+    );
+
+    // The durations are a histogram of fixed buckets: cumulative, ending in +Inf = _count.
+    let histogram = &families["cplane_reconcile_duration_seconds"];
+    let buckets: Vec<(&str, f64)> = histogram
+        .samples
+        .iter()
+        .filter(|(n, _, _)| n.ends_with("_bucket"))
+        .map(|(_, labels, v)| {
+            assert_eq!(labels.len(), 1);
+            assert_eq!(labels[0].0, "le");
+            (labels[0].1.as_str(), *v)
+        })
+        .collect();
+    assert_eq!(
+        buckets.iter().map(|(le, _)| *le).collect::<Vec<_>>(),
+        ["0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "+Inf"],
+        "{page}"
+    );
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{page}");
+    let series = |suffix: &str| {
+        histogram
+            .samples
+            .iter()
+            .find(|(n, _, _)| n.ends_with(suffix))
+            .map(|(_, _, v)| *v)
+            .unwrap_or_else(|| panic!("no {suffix}:\n{page}"))
+    };
+    assert_eq!(series("_count"), 4.0, "{page}");
+    assert_eq!(buckets.last().map(|b| b.1), Some(4.0));
+    assert!(series("_sum") > 0.0, "{page}");
+}

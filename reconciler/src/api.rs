@@ -25,9 +25,9 @@
 //! - `GET /openapi.json`: every route of the server (a maintained document; a test checks that
 //!   every route registered in the code is described).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -35,6 +35,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 use crate::auth::Principal;
 use crate::db::Db;
@@ -67,8 +72,14 @@ pub struct Api {
     db: Db,
     writer: Writer,
     trigger: Trigger,
-    /// API writes by outcome.
-    outcomes: Mutex<BTreeMap<&'static str, u64>>,
+    /// API writes by outcome (`cplane_api_commits_total`).
+    commits: Family<OutcomeLabel, Counter>,
+}
+
+/// The label of `cplane_api_commits_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 impl Api {
@@ -89,29 +100,21 @@ impl Api {
             db,
             writer,
             trigger,
-            outcomes: Mutex::default(),
+            commits: Family::default(),
         })
     }
 
     fn count(&self, outcome: &'static str) {
-        if let Ok(mut map) = self.outcomes.lock() {
-            *map.entry(outcome).or_insert(0) += 1;
-        }
+        self.commits.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
-    /// Prometheus text for the API's counters.
-    pub fn metrics(&self) -> String {
-        let mut out = String::from(
-            "# HELP cplane_api_commits_total API writes by outcome.\n# TYPE cplane_api_commits_total counter\n",
+    /// Registers the API's series (`cplane_api_commits_total`) in the server's registry.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "cplane_api_commits",
+            "API writes by outcome",
+            self.commits.clone(),
         );
-        if let Ok(map) = self.outcomes.lock() {
-            for (outcome, n) in map.iter() {
-                out.push_str(&format!(
-                    "cplane_api_commits_total{{outcome=\"{outcome}\"}} {n}\n"
-                ));
-            }
-        }
-        out
     }
 }
 

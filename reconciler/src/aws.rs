@@ -10,7 +10,7 @@
 //! Names are compared lowercase without the trailing dot; ids are bare (`Z123`, not
 //! `/hostedzone/Z123`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,6 +24,10 @@ use aws_sdk_route53::error::ProvideErrorMetadata;
 use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 /// Which account a call acts in.
 #[derive(Debug, Clone, Copy)]
@@ -229,7 +233,17 @@ pub struct Aws {
     roles: Arc<tokio::sync::Mutex<HashMap<String, CachedRole>>>,
     pacing: Arc<Mutex<HashMap<String, Instant>>>,
     interval: Duration,
-    calls: Arc<Mutex<BTreeMap<(String, String), u64>>>,
+    /// Calls by operation and outcome (`cplane_aws_calls_total`).
+    calls: Family<CallLabels, Counter>,
+}
+
+/// The labels of `cplane_aws_calls_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    /// `service:Operation`, e.g. `route53:ChangeResourceRecordSets`.
+    operation: String,
+    /// `ok` or an error label.
+    outcome: String,
 }
 
 /// Default pace per account: 10 requests per second.
@@ -263,18 +277,28 @@ impl Aws {
             roles: Arc::default(),
             pacing: Arc::default(),
             interval: Duration::from_secs(1) / DEFAULT_RATE,
-            calls: Arc::default(),
+            calls: Family::default(),
         }
     }
 
-    /// Calls made so far: (operation, outcome) → count. Outcome is `ok` or an error label.
-    pub fn calls(&self) -> BTreeMap<(String, String), u64> {
-        self.calls.lock().expect("calls lock").clone()
+    /// Calls of `operation` (e.g. `sts:AssumeRole`) that ended with `outcome` (`ok` or an
+    /// error label) so far.
+    pub fn calls(&self, operation: &str, outcome: &str) -> u64 {
+        self.calls
+            .get(&CallLabels {
+                operation: operation.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .map_or(0, |c| c.get())
     }
 
-    /// Total calls made so far.
-    pub fn total_calls(&self) -> u64 {
-        self.calls.lock().expect("calls lock").values().sum()
+    /// Registers the adapter's series (`cplane_aws_calls_total`) in the server's registry.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "cplane_aws_calls",
+            "AWS calls by operation and outcome",
+            self.calls.clone(),
+        );
     }
 
     fn count<T>(&self, op: &str, result: &Result<T, Error>) {
@@ -282,12 +306,12 @@ impl Aws {
             Ok(_) => "ok".to_owned(),
             Err(e) => e.code().unwrap_or(e.label()).to_owned(),
         };
-        *self
-            .calls
-            .lock()
-            .expect("calls lock")
-            .entry((op.to_owned(), outcome))
-            .or_insert(0) += 1;
+        self.calls
+            .get_or_create(&CallLabels {
+                operation: op.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Waits for this account's turn (client-side pacing).

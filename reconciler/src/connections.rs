@@ -15,23 +15,34 @@
 //! - While a request is in flight, hyper keeps reading its connection (no half-close): a client
 //!   that goes away has its request dropped at once, a parked long-poll included.
 //! - On shutdown, no new connection is accepted and the requests in flight are finished.
+//! - A client that does not finish sending a request's head within the header-read timeout
+//!   (from the moment the server waits for it: a new connection, or a kept-alive one between
+//!   requests) is disconnected, and so is a TLS client that does not finish its handshake in
+//!   that time: a slow or silent client holds a connection for that long at most (slowloris).
+//!   A parked long-poll is not affected: its head was read, it waits for its answer.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 
 use crate::tls::ClientCluster;
 
+/// How long a client has to send a request's head, and to finish a TLS handshake, unless
+/// configured otherwise (`cplane serve --header-read-timeout`).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `app` on `listener` — over TLS with `tls` — until `shutdown` resolves, then lets the
-/// requests in flight finish.
+/// requests in flight finish. A client has `header_timeout` to finish its TLS handshake, and
+/// the same to send each request's head.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: axum::Router,
+    header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -58,15 +69,31 @@ pub async fn serve(
         // Two spawn sites, so that a plain connection's task is not sized for a TLS stream.
         match &acceptor {
             None => {
-                tokio::spawn(serve_connection(tcp, app, None, watcher, peer));
+                tokio::spawn(serve_connection(
+                    tcp,
+                    app,
+                    None,
+                    header_timeout,
+                    watcher,
+                    peer,
+                ));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(tls) => tls,
-                        Err(e) => {
+                    let tls = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
                             tracing::info!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(
+                                %peer,
+                                timeout_ms = header_timeout.as_millis(),
+                                "TLS handshake timed out"
+                            );
                             return;
                         }
                     };
@@ -77,7 +104,7 @@ pub async fn serve(
                         .and_then(|chain| chain.first())
                         .and_then(crate::tls::cluster_of)
                         .map(ClientCluster);
-                    serve_connection(tls, app, cluster, watcher, peer).await;
+                    serve_connection(tls, app, cluster, header_timeout, watcher, peer).await;
                 });
             }
         }
@@ -97,11 +124,13 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 /// Serves the requests of one connection with `app`; `cluster` is the connection's verified
-/// client certificate's cluster, added to every request.
+/// client certificate's cluster, added to every request. A request head not received within
+/// `header_timeout` closes the connection.
 async fn serve_connection<I>(
     io: I,
     app: axum::Router,
     cluster: Option<ClientCluster>,
+    header_timeout: Duration,
     watcher: Watcher,
     peer: std::net::SocketAddr,
 ) where
@@ -114,8 +143,10 @@ async fn serve_connection<I>(
         }
         tower::ServiceExt::oneshot(app.clone(), req)
     });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection");
     }

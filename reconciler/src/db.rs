@@ -5,7 +5,7 @@
 //! as named parameters, PostgreSQL natively), TEXT and BIGINT only, upserts with
 //! `ON CONFLICT … DO UPDATE`, which both engines support.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -99,7 +99,7 @@ fn empty_list() -> serde_json::Value {
 /// One status condition (Kubernetes style) of an entity.
 #[derive(Debug, Clone, Copy)]
 pub struct Condition<'a> {
-    /// `workspace`, `platform`, ...
+    /// `workspace`, `region`, `platform`.
     pub kind: &'a str,
     /// Entity id.
     pub id: &'a str,
@@ -113,6 +113,19 @@ pub struct Condition<'a> {
     pub message: &'a str,
     /// Commit the condition refers to.
     pub commit: &'a str,
+}
+
+/// One workspace's readiness, for its region's `Ready` condition ([`Db::workspace_readiness`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceReadiness {
+    /// Workspace id.
+    pub id: String,
+    /// Region it is provisioned in.
+    pub region: String,
+    /// Its environment.
+    pub environment: String,
+    /// `Ready` True and not `Stalled`.
+    pub ready: bool,
 }
 
 /// PostgreSQL channel announcing a cluster whose bundle was published (payload: cluster id).
@@ -541,6 +554,49 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Ids of the entities of `kind` whose `condition` is True (e.g. the stalled workspaces).
+    pub async fn entities_with(
+        &self,
+        kind: &str,
+        condition: &str,
+    ) -> Result<BTreeSet<String>, Error> {
+        let rows = sqlx::query(
+            "SELECT id FROM entity_status WHERE kind = $1 AND condition = $2 AND status = 'True'",
+        )
+        .bind(kind)
+        .bind(condition)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    /// Every workspace this control plane keeps (neither deleted nor retained), where it is
+    /// provisioned, and whether it is ready: its `Ready` condition True and its `Stalled`
+    /// condition not.
+    pub async fn workspace_readiness(&self) -> Result<Vec<WorkspaceReadiness>, Error> {
+        let rows = sqlx::query(
+            "SELECT w.id, w.region, w.environment,
+                    CAST(CASE WHEN r.status = 'True' AND (s.status IS NULL OR s.status <> 'True') THEN 1 ELSE 0 END AS BIGINT) AS ready
+             FROM workspaces w
+             LEFT JOIN entity_status r ON r.kind = 'workspace' AND r.id = w.id AND r.condition = 'Ready'
+             LEFT JOIN entity_status s ON s.kind = 'workspace' AND s.id = w.id AND s.condition = 'Stalled'
+             WHERE w.status NOT IN ('deleted', 'retained')
+             ORDER BY w.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WorkspaceReadiness {
+                    id: r.try_get("id")?,
+                    region: r.try_get("region")?,
+                    environment: r.try_get("environment")?,
+                    ready: r.try_get::<i64, _>("ready")? == 1,
+                })
+            })
+            .collect()
     }
 
     /// Conditions of an entity: condition → (status, reason, message).

@@ -487,6 +487,10 @@ enum Command {
         /// Most workspaces one revision may remove without confirmation.
         #[arg(long, env = "CPLANE_MAX_DELETIONS", default_value_t = 5)]
         max_deletions: usize,
+        /// How long a client has to send a request's head (and to finish the TLS handshake)
+        /// before it is disconnected.
+        #[arg(long, env = "CPLANE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+        header_read_timeout: std::time::Duration,
         #[command(flatten)]
         retention: RetentionArgs,
         #[command(flatten)]
@@ -676,6 +680,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             poll,
             webhook_secret,
             max_deletions,
+            header_read_timeout,
             retention,
             tls,
             auth,
@@ -696,6 +701,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 retention: retention.retention(),
                 tls: tls.settings(),
                 auth: auth.into_config()?,
+                header_read_timeout,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -1314,6 +1320,7 @@ fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
             dev_issuer: Some(dev),
             ..cplane_reconciler::auth::Config::default()
         },
+        header_read_timeout: cplane_reconciler::connections::DEFAULT_HEADER_READ_TIMEOUT,
     };
     let database = format!("sqlite://{}", dir.join("cplane.db").display());
     println!(

@@ -273,6 +273,12 @@ pub async fn apply_and_record(
     } = run;
     let commit = commit.to_owned();
     let scope = scope.to_owned();
+    // Every workspace this run decides about: desired ones and those with steps (removals).
+    let decided: std::collections::BTreeSet<String> = desired
+        .keys()
+        .cloned()
+        .chain(plan.steps.iter().map(|s| s.workspace.clone()))
+        .collect();
     let ctx = Context::new(db.clone(), cloud, commit.clone(), desired, observed);
     let report = apply::apply(&ctx, plan, progress).await;
 
@@ -333,6 +339,24 @@ pub async fn apply_and_record(
         })
         .await?;
     }
+    // A workspace refused before that this run no longer refuses is not stalled any more.
+    let refused: std::collections::BTreeSet<&str> =
+        plan.refused.iter().map(|r| r.workspace.as_str()).collect();
+    for ws in db.entities_with("workspace", "Stalled").await? {
+        if decided.contains(&ws) && !refused.contains(ws.as_str()) {
+            db.set_condition(&Condition {
+                kind: "workspace",
+                id: &ws,
+                condition: "Stalled",
+                status: false,
+                reason: "Accepted",
+                message: &format!("{commit} is planned without refusal"),
+                commit: &commit,
+            })
+            .await?;
+        }
+    }
+    record_regions(db, &scope, &commit).await?;
     let outcome = crate::status::summarize(plan, &report);
     let errors = crate::status::errors(plan, &report);
     let plan_json = serde_json::to_value(plan).expect("plans serialize");
@@ -369,6 +393,67 @@ pub async fn apply_and_record(
     })
     .await?;
     Ok((report, published))
+}
+
+/// How many not-ready workspaces a region's `Ready` message names.
+const NOT_READY_NAMED: usize = 10;
+
+/// Records the `Ready` condition of every region in `scope` (a [`plan::Scope::label`]): True
+/// when each workspace provisioned there (in the scope's environments) is ready — its own
+/// `Ready` True and not `Stalled` — with a message counting ready of total and naming the
+/// first workspaces that are not. Regions named by the scope get a condition even without
+/// workspaces; with every region in scope (`*`), the regions that have workspaces do.
+async fn record_regions(db: &Db, scope: &str, commit: &str) -> Result<(), crate::db::Error> {
+    let (regions, environments) = scope.split_once('/').unwrap_or((scope, ""));
+    let named: Vec<&str> = regions
+        .split(',')
+        .filter(|r| !r.is_empty() && *r != "*")
+        .collect();
+    let environments: Vec<&str> = environments.split(',').filter(|e| !e.is_empty()).collect();
+    // region → (ready, not ready ids)
+    let mut by_region: BTreeMap<String, (usize, Vec<String>)> = named
+        .iter()
+        .map(|r| ((*r).to_owned(), (0, Vec::new())))
+        .collect();
+    for w in db.workspace_readiness().await? {
+        let in_scope = (named.is_empty() || named.contains(&w.region.as_str()))
+            && (environments.is_empty() || environments.contains(&w.environment.as_str()));
+        if !in_scope {
+            continue;
+        }
+        let entry = by_region.entry(w.region).or_default();
+        if w.ready {
+            entry.0 += 1;
+        } else {
+            entry.1.push(w.id);
+        }
+    }
+    for (region, (ready, not_ready)) in by_region {
+        let total = ready + not_ready.len();
+        let mut message = format!("{ready} of {total} workspaces ready");
+        if !not_ready.is_empty() {
+            message.push_str("; not ready: ");
+            message.push_str(&not_ready[..not_ready.len().min(NOT_READY_NAMED)].join(", "));
+            if not_ready.len() > NOT_READY_NAMED {
+                message.push_str(&format!(" and {} more", not_ready.len() - NOT_READY_NAMED));
+            }
+        }
+        db.set_condition(&Condition {
+            kind: "region",
+            id: &region,
+            condition: "Ready",
+            status: not_ready.is_empty(),
+            reason: if not_ready.is_empty() {
+                "WorkspacesReady"
+            } else {
+                "WorkspacesNotReady"
+            },
+            message: &message,
+            commit,
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 fn elapsed(started: Instant) -> i64 {

@@ -17,10 +17,9 @@
 //! - **Auth** ([`crate::auth`]): OIDC bearer JWTs on the `/v1` API when issuers are configured,
 //!   `/internal/principals` for other regions, `/v1/me`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +28,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -70,6 +76,9 @@ pub struct Settings {
     pub tls: Option<crate::tls::Settings>,
     /// API authentication (OIDC issuers, primary region, inter-region token).
     pub auth: crate::auth::Config,
+    /// How long a client has to send a request's head, and to finish a TLS handshake, before
+    /// it is disconnected ([`crate::connections::DEFAULT_HEADER_READ_TIMEOUT`] by default).
+    pub header_read_timeout: Duration,
 }
 
 /// Errors starting the server.
@@ -125,33 +134,127 @@ fn listen_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Counters and the last run, shared by the loop and the HTTP handlers.
-#[derive(Default)]
+/// The upper bounds (seconds) of `cplane_reconcile_duration_seconds`' buckets.
+const DURATION_BUCKETS: [f64; 9] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The label of `cplane_reconcile_runs_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabel {
+    /// [`RunOutcome::label`].
+    outcome: &'static str,
+}
+
+/// The server's Prometheus series, shared by the loop and the HTTP handlers: typed families
+/// of constant size (a histogram, not a list of every run's duration), registered once in
+/// one [`Registry`] with the API's and the AWS adapter's series ([`Metrics::register`]).
 pub struct Metrics {
-    runs: Mutex<BTreeMap<String, u64>>,
-    durations_ms: Mutex<Vec<u64>>,
-    webhook_deliveries: AtomicU64,
-    /// Fetches of the state repo's remote by the reconcile loop.
-    fetches: AtomicU64,
-    pending: AtomicU64,
-    /// Long-polls waiting for a change right now (the `cplane_bundle_long_polls` gauge).
-    long_polls: AtomicU64,
+    /// Every series, rendered by `GET /metrics`; set once at server start.
+    registry: std::sync::OnceLock<Registry>,
+    /// `cplane_reconcile_runs_total{outcome}`.
+    runs: Family<RunLabel, Counter>,
+    /// `cplane_reconcile_duration_seconds`.
+    durations: Histogram,
+    /// `cplane_webhook_deliveries_total`.
+    webhook_deliveries: Counter,
+    /// `cplane_state_fetches_total`: fetches of the state repo's remote by the loop.
+    fetches: Counter,
+    /// `cplane_reconcile_queue_depth`: 1 while a trigger waits for the next run.
+    pending: Gauge,
+    /// `cplane_reconcile_leader`: mirrors [`Shared::leader`] when scraped.
+    leader: Gauge,
+    /// `cplane_bundle_long_polls`: long-polls waiting for a change right now.
+    long_polls: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            registry: std::sync::OnceLock::new(),
+            runs: Family::default(),
+            durations: Histogram::new(DURATION_BUCKETS),
+            webhook_deliveries: Counter::default(),
+            fetches: Counter::default(),
+            pending: Gauge::default(),
+            leader: Gauge::default(),
+            long_polls: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Builds the registry of every series: these, the API's and the AWS adapter's (when
+    /// configured). Called once at server start; later calls change nothing.
+    fn register(&self, api: Option<&crate::api::Api>, aws: Option<&Aws>) {
+        let mut registry = Registry::default();
+        registry.register(
+            "cplane_reconcile_runs",
+            "Reconcile runs by outcome",
+            self.runs.clone(),
+        );
+        registry.register(
+            "cplane_reconcile_duration_seconds",
+            "Duration of reconcile runs",
+            self.durations.clone(),
+        );
+        registry.register(
+            "cplane_state_fetches",
+            "Fetches of the state repo by the reconcile loop",
+            self.fetches.clone(),
+        );
+        registry.register(
+            "cplane_reconcile_queue_depth",
+            "Triggers waiting for the next run",
+            self.pending.clone(),
+        );
+        registry.register(
+            "cplane_reconcile_leader",
+            "Whether this replica holds the reconcile lease",
+            self.leader.clone(),
+        );
+        registry.register(
+            "cplane_bundle_long_polls",
+            "Agents' bundle long-polls waiting for a change",
+            self.long_polls.clone(),
+        );
+        registry.register(
+            "cplane_webhook_deliveries",
+            "Verified push deliveries that triggered a reconcile",
+            self.webhook_deliveries.clone(),
+        );
+        if let Some(api) = api {
+            api.register_metrics(&mut registry);
+        }
+        if let Some(aws) = aws {
+            aws.register_metrics(&mut registry);
+        }
+        let _ = self.registry.set(registry);
+    }
+
+    /// Records one finished run.
+    fn record_run(&self, outcome: RunOutcome, took: Duration) {
+        self.runs
+            .get_or_create(&RunLabel {
+                outcome: outcome.label(),
+            })
+            .inc();
+        self.durations.observe(took.as_secs_f64());
+    }
 }
 
 /// Counts one long-poll in [`Metrics`] for as long as it waits (dropped with the request,
 /// whether it is answered or the agent goes away).
-struct Waiting<'a>(&'a AtomicU64);
+struct Waiting<'a>(&'a Gauge);
 
 impl<'a> Waiting<'a> {
-    fn new(gauge: &'a AtomicU64) -> Self {
-        gauge.fetch_add(1, Ordering::Relaxed);
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
         Self(gauge)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
@@ -340,12 +443,15 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
             let weak = Arc::downgrade(&shared);
             Arc::new(move || {
                 if let Some(sh) = weak.upgrade() {
-                    sh.metrics.pending.store(1, Ordering::SeqCst);
+                    sh.metrics.pending.set(1);
                     sh.trigger.notify_one();
                 }
             })
         },
     ));
+    shared
+        .metrics
+        .register(shared.api.get().map(|a| &**a), shared.aws.as_ref());
     tracing::info!(addr = %shared.settings.listen, branch = %shared.branch, "listening");
     // A local repository (a path, not a URL) is watched: a plain `git commit` reconciles.
     let watcher = if Path::new(&shared.settings.repo_url).exists() {
@@ -361,7 +467,14 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     };
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
     let app = router(shared.clone());
-    let served = crate::connections::serve(listener, tls, app, shutdown_signal()).await;
+    let served = crate::connections::serve(
+        listener,
+        tls,
+        app,
+        shared.settings.header_read_timeout,
+        shutdown_signal(),
+    )
+    .await;
     // The HTTP side has stopped; let the loop finish the run in flight (it checks `stopped`
     // between runs), then stop watching.
     let _ = stop.send(true);
@@ -459,7 +572,7 @@ fn watch_local(
     // Ends when the watcher (and with it `tx`) is dropped.
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            shared.metrics.pending.store(1, Ordering::SeqCst);
+            shared.metrics.pending.set(1);
             loop {
                 tokio::select! {
                     more = rx.recv() => if more.is_none() { return },
@@ -563,23 +676,13 @@ async fn lead(shared: &Arc<Shared>, lease: &mut Lease) -> bool {
         if !lease.check().await {
             return true;
         }
-        shared.metrics.pending.store(0, Ordering::SeqCst);
+        shared.metrics.pending.set(0);
         let started = Instant::now();
         if let Some(outcome) = run_once(shared, wake == Wake::Full, settled.as_deref()).await {
             let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             shared
                 .metrics
-                .durations_ms
-                .lock()
-                .expect("metrics")
-                .push(ms);
-            *shared
-                .metrics
-                .runs
-                .lock()
-                .expect("metrics")
-                .entry(outcome.outcome.label().to_owned())
-                .or_insert(0) += 1;
+                .record_run(outcome.outcome, started.elapsed());
             match outcome.outcome {
                 RunOutcome::Refused => tracing::warn!(
                     commit = %outcome.commit,
@@ -756,7 +859,7 @@ async fn run_once(shared: &Shared, periodic: bool, settled: Option<&str>) -> Opt
     type Fetched = (String, Option<Prepared>, Option<source::Snapshot>);
     let fetched = tokio::task::block_in_place(|| -> Result<Fetched, String> {
         let repo = open_mirror(&s.mirror, &s.repo_url).map_err(|e| e.to_string())?;
-        shared.metrics.fetches.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.fetches.inc();
         let rev = fetch(&repo, &shared.branch)
             .map_err(|e| format!("fetching {}: {}", s.repo_url, e.message()))?;
         let commit = source::resolve(&repo, &rev)
@@ -921,8 +1024,8 @@ fn router(shared: Arc<Shared>) -> Router {
     {
         let sh = shared.clone();
         let trigger: cplane_webhook::Trigger = Arc::new(move |_push| {
-            sh.metrics.webhook_deliveries.fetch_add(1, Ordering::SeqCst);
-            sh.metrics.pending.store(1, Ordering::SeqCst);
+            sh.metrics.webhook_deliveries.inc();
+            sh.metrics.pending.set(1);
             sh.trigger.notify_one();
         });
         app = app.merge(cplane_webhook::router(
@@ -952,69 +1055,27 @@ async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn metrics(State(sh): State<Arc<Shared>>) -> String {
+/// `GET /metrics`: every series in the Prometheus text format (version 0.0.4).
+async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
+    sh.metrics
+        .leader
+        .set(i64::from(sh.leader.load(Ordering::SeqCst)));
     let mut out = String::new();
-    out.push_str("# HELP cplane_reconcile_runs_total Reconcile runs by outcome.\n# TYPE cplane_reconcile_runs_total counter\n");
-    for (outcome, n) in sh.metrics.runs.lock().expect("metrics").iter() {
-        out.push_str(&format!(
-            "cplane_reconcile_runs_total{{outcome=\"{outcome}\"}} {n}\n"
-        ));
-    }
-    let durations = sh.metrics.durations_ms.lock().expect("metrics").clone();
-    out.push_str("# HELP cplane_reconcile_duration_seconds Duration of reconcile runs.\n# TYPE cplane_reconcile_duration_seconds histogram\n");
-    for le in [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0] {
-        let n = durations
-            .iter()
-            .filter(|d| (**d as f64) / 1000.0 <= le)
-            .count();
-        out.push_str(&format!(
-            "cplane_reconcile_duration_seconds_bucket{{le=\"{le}\"}} {n}\n"
-        ));
-    }
-    out.push_str(&format!(
-        "cplane_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}\n",
-        durations.len()
-    ));
-    out.push_str(&format!(
-        "cplane_reconcile_duration_seconds_sum {}\n",
-        durations.iter().sum::<u64>() as f64 / 1000.0
-    ));
-    out.push_str(&format!(
-        "cplane_reconcile_duration_seconds_count {}\n",
-        durations.len()
-    ));
-    out.push_str(&format!(
-        "# HELP cplane_state_fetches_total Fetches of the state repo by the reconcile loop.\n# TYPE cplane_state_fetches_total counter\ncplane_state_fetches_total {}\n",
-        sh.metrics.fetches.load(Ordering::Relaxed)
-    ));
-    out.push_str(&format!(
-        "# HELP cplane_reconcile_queue_depth Triggers waiting for the next run.\n# TYPE cplane_reconcile_queue_depth gauge\ncplane_reconcile_queue_depth {}\n",
-        sh.metrics.pending.load(Ordering::SeqCst)
-    ));
-    out.push_str(&format!(
-        "# HELP cplane_reconcile_leader Whether this replica holds the reconcile lease.\n# TYPE cplane_reconcile_leader gauge\ncplane_reconcile_leader {}\n",
-        u8::from(sh.leader.load(Ordering::SeqCst))
-    ));
-    out.push_str(&format!(
-        "# HELP cplane_bundle_long_polls Agents' bundle long-polls waiting for a change.\n# TYPE cplane_bundle_long_polls gauge\ncplane_bundle_long_polls {}\n",
-        sh.metrics.long_polls.load(Ordering::Relaxed)
-    ));
-    out.push_str(&format!(
-        "# HELP cplane_webhook_deliveries_total Verified push deliveries that triggered a reconcile.\n# TYPE cplane_webhook_deliveries_total counter\ncplane_webhook_deliveries_total {}\n",
-        sh.metrics.webhook_deliveries.load(Ordering::SeqCst)
-    ));
-    if let Some(api) = sh.api.get() {
-        out.push_str(&api.metrics());
-    }
-    if let Some(aws) = &sh.aws {
-        out.push_str("# HELP cplane_aws_calls_total AWS calls by operation and outcome.\n# TYPE cplane_aws_calls_total counter\n");
-        for ((op, outcome), n) in aws.calls() {
-            out.push_str(&format!(
-                "cplane_aws_calls_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}\n"
-            ));
+    if let Some(registry) = sh.metrics.registry.get() {
+        if let Err(e) = prometheus_text::encode(&mut out, registry) {
+            // Writing to a String fails only if an encoder does; say so rather than half a page.
+            tracing::error!(error = %e, "encoding metrics");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     }
-    out
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            prometheus_text::CONTENT_TYPE,
+        )],
+        out,
+    )
+        .into_response()
 }
 
 async fn status(State(sh): State<Arc<Shared>>) -> Json<serde_json::Value> {
