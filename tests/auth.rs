@@ -51,16 +51,22 @@ async fn write(
     }
 }
 
-/// A server like `cplane serve`'s: a read route, a write route, the auth routes, and the
-/// middleware over all of them.
+/// A server like `cplane serve`'s: a read route, a write route and `/v1/me` behind the users'
+/// layer, and the open and inter-region routes beside them.
 fn app(auth: Arc<Auth>, db: Db) -> Router {
-    Router::new()
+    let users = Router::new()
         .route("/v1/workspaces", get(|| async { "[]" }))
-        .route("/healthz", get(|| async { "ok" }))
         .route("/v1/accounts/{account}/workspaces", post(write))
         .with_state(db)
-        .merge(auth::routes(auth.clone()))
-        .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
+        .merge(auth::user_routes(auth.clone()))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            auth::require_user,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(auth::routes(auth))
+        .merge(users)
 }
 
 struct Answer {
@@ -821,6 +827,12 @@ async fn serve_requires_a_token_on_the_user_api_only() {
     assert_eq!(http(port, "GET", "/healthz", None).0, 200);
     assert_eq!(http(port, "GET", "/metrics", None).0, 200);
     assert_eq!(http(port, "GET", "/lookup/w-acme", None).0, 200);
+    assert_eq!(http(port, "GET", "/openapi.json", None).0, 200);
+    assert_eq!(
+        http(port, "GET", "/v1/nonexistent", None).0,
+        404,
+        "an unknown path is not a user route"
+    );
     assert_eq!(
         http(port, "POST", "/v1/webhooks/git", None).0,
         404,

@@ -62,7 +62,7 @@ async fn main() {
         .route("/v1/me", handler)
         .layer(axum::middleware::from_fn_with_state(
             with_auth,
-            auth::middleware,
+            auth::require_user,
         ));
     let open = Router::new().route("/v1/me", get(|| async { "anonymous" }));
 

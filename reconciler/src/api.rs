@@ -118,7 +118,7 @@ impl Api {
     }
 }
 
-/// The routes of this module.
+/// The user routes of this module (mounted behind the users' authentication layer).
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route(
@@ -133,8 +133,12 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route("/v1/plan", get(plan))
         .route("/v1/reconcile", post(reconcile))
-        .route("/openapi.json", get(openapi))
         .with_state(api)
+}
+
+/// `GET /openapi.json`: open, like the health endpoints.
+pub fn open_router() -> Router {
+    Router::new().route("/openapi.json", get(openapi))
 }
 
 /// The extractor's outcome: a principal, or the response that refuses the request.

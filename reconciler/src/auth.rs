@@ -1,15 +1,16 @@
 //! Authentication and authorization of API users: OIDC bearer JWTs (Keycloak), principals and
 //! account memberships, and the inter-region principal lookup of reference doc 001.
 //!
-//! - [`middleware`] runs on every request of the server. On the user API (`/v1/*` except the
-//!   webhook and the agent endpoints, see [`needs_user_token`]) it requires a valid bearer JWT
-//!   when at least one issuer is configured, resolves the [`Principal`] and puts it in the
-//!   request's extensions; other paths keep their own authentication (cluster tokens, webhook
-//!   signatures, the inter-region token) and pass untouched.
+//! - [`require_user`] is the layer of the user API's router (`cplane serve` mounts the read
+//!   and write API and `/v1/me` behind it): it requires a valid bearer JWT when at least one
+//!   issuer is configured, resolves the [`Principal`] and puts it in the request's
+//!   extensions. The other surfaces (agents, the seed's endpoints, webhooks, health) are
+//!   routers of their own with their own authentication and never pass through it.
 //! - [`Principal`] is an axum extractor: handlers that write take `principal: Principal` and
 //!   ask [`Principal::can_write_account`].
-//! - [`routes`]: `GET /internal/principals?email=` (bearer `INTER_REGION_SERVICE_TOKEN`),
-//!   `GET /v1/me`, and the development issuer's JWKS when one is configured ([`dev`]).
+//! - [`routes`]: `GET /internal/principals?email=` (bearer `INTER_REGION_SERVICE_TOKEN`) and
+//!   the development issuer's JWKS when one is configured ([`dev`]); [`user_routes`]:
+//!   `GET /v1/me`.
 //!
 //! # Guarantees
 //! - A token is accepted only when: its `iss` is on the allow-list (checked before any network
@@ -39,7 +40,7 @@ use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -334,28 +335,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
-/// Whether a request needs a user's JWT: the `/v1/*` API, except the push webhook
-/// (`/v1/webhooks/*`, signed) and the agent protocol (`GET /v1/clusters/{id}/bundle`,
-/// `POST /v1/clusters/{id}/status`, cluster tokens). Everything outside `/v1/` (health,
-/// metrics, lookup, the BFF endpoints, `/internal/*`) has its own authentication or none.
-pub fn needs_user_token(method: &Method, path: &str) -> bool {
-    let Some(rest) = path.strip_prefix("/v1/") else {
-        return path == "/v1";
-    };
-    if rest.starts_with("webhooks/") {
-        return false;
-    }
-    if let Some(cluster) = rest.strip_prefix("clusters/") {
-        let parts: Vec<&str> = cluster.split('/').collect();
-        if let [_, leaf] = parts.as_slice() {
-            if *leaf == "bundle" || (*leaf == "status" && method == Method::POST) {
-                return false;
-            }
-        }
-    }
-    true
-}
-
 /// Where identities come from.
 enum Directory {
     /// This region's `principals` table (the primary region).
@@ -610,14 +589,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The auth middleware (see the module docs). Mount with
-/// `axum::middleware::from_fn_with_state(auth, middleware)` on the whole router.
-pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+/// The users' authentication layer (see the module docs): mount it with
+/// `axum::middleware::from_fn_with_state(auth, require_user)` on the router of the user API
+/// (the read API, the write API, `/v1/me`). Other surfaces are routers of their own with their
+/// own authentication (cluster tokens, webhook signatures, the inter-region token) and never
+/// pass through it: which routes need a user is said by where they are mounted.
+pub async fn require_user(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
     if auth.config.issuers.is_empty() {
         req.extensions_mut().insert(NoIssuer);
-        return next.run(req).await;
-    }
-    if !needs_user_token(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
     let Some(token) = bearer(req.headers()) else {
@@ -730,7 +709,6 @@ async fn me(State(auth): State<Arc<Auth>>, principal: Principal) -> Response {
 pub fn routes(auth: Arc<Auth>) -> Router {
     let mut app = Router::new()
         .route("/internal/principals", get(internal_principal))
-        .route("/v1/me", get(me))
         .with_state(auth.clone());
     if let Some(dev) = &auth.config.dev_issuer {
         app = app.merge(dev.router());
@@ -738,47 +716,14 @@ pub fn routes(auth: Arc<Auth>) -> Router {
     app
 }
 
+/// `GET /v1/me`: mounted with the user API, behind [`require_user`].
+pub fn user_routes(auth: Arc<Auth>) -> Router {
+    Router::new().route("/v1/me", get(me)).with_state(auth)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_token_paths() {
-        let get = Method::GET;
-        let post = Method::POST;
-        for p in [
-            "/v1/workspaces",
-            "/v1/workspaces/acme",
-            "/v1/regions",
-            "/v1/status",
-            "/v1/clusters",
-            "/v1/clusters/w-acme/status",
-            "/v1/me",
-            "/v1/plan",
-            "/v1",
-            "/v1/nonexistent",
-        ] {
-            assert!(needs_user_token(&get, p), "{p}");
-        }
-        assert!(needs_user_token(&Method::PUT, "/v1/workspaces/acme"));
-        assert!(needs_user_token(&post, "/v1/reconcile"));
-        for (m, p) in [
-            (&get, "/healthz"),
-            (&get, "/readyz"),
-            (&get, "/metrics"),
-            (&get, "/lookup/w-acme"),
-            (&post, "/v1/webhooks/git"),
-            (&get, "/v1/clusters/w-acme/bundle"),
-            (&post, "/v1/clusters/w-acme/status"),
-            (&get, "/api/workspaces/acme/config"),
-            (&post, "/api/workspaces/acme/register"),
-            (&get, "/internal/principals"),
-            (&get, "/dev-issuer/protocol/openid-connect/certs"),
-            (&get, "/v1x"),
-        ] {
-            assert!(!needs_user_token(m, p), "{m} {p}");
-        }
-    }
 
     #[test]
     fn service_token_comparison() {

@@ -1,0 +1,172 @@
+//! Health and metrics: `/healthz`, `/readyz` and `/metrics` (one prometheus-client registry
+//! of typed families, Prometheus text format 0.0.4).
+
+use super::*;
+
+/// `/healthz`, `/readyz`, `/metrics`: open to every caller.
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// The upper bounds (seconds) of `cplane_reconcile_duration_seconds`' buckets.
+pub(super) const DURATION_BUCKETS: [f64; 9] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The label of `cplane_reconcile_runs_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct RunLabel {
+    /// [`RunOutcome::label`].
+    pub(super) outcome: &'static str,
+}
+
+/// The server's Prometheus series, shared by the loop and the HTTP handlers: typed families
+/// of constant size (a histogram, not a list of every run's duration), registered once in
+/// one [`Registry`] with the API's and the AWS adapter's series ([`Metrics::register`]).
+pub struct Metrics {
+    /// Every series, rendered by `GET /metrics`; set once at server start.
+    pub(super) registry: std::sync::OnceLock<Registry>,
+    /// `cplane_reconcile_runs_total{outcome}`.
+    pub(super) runs: Family<RunLabel, Counter>,
+    /// `cplane_reconcile_duration_seconds`.
+    pub(super) durations: Histogram,
+    /// `cplane_webhook_deliveries_total`.
+    pub(super) webhook_deliveries: Counter,
+    /// `cplane_state_fetches_total`: fetches of the state repo's remote by the loop.
+    pub(super) fetches: Counter,
+    /// `cplane_reconcile_queue_depth`: 1 while a trigger waits for the next run.
+    pub(super) pending: Gauge,
+    /// `cplane_reconcile_leader`: mirrors [`Shared::leader`] when scraped.
+    pub(super) leader: Gauge,
+    /// `cplane_bundle_long_polls`: long-polls waiting for a change right now.
+    pub(super) long_polls: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            registry: std::sync::OnceLock::new(),
+            runs: Family::default(),
+            durations: Histogram::new(DURATION_BUCKETS),
+            webhook_deliveries: Counter::default(),
+            fetches: Counter::default(),
+            pending: Gauge::default(),
+            leader: Gauge::default(),
+            long_polls: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Builds the registry of every series: these, the API's and the AWS adapter's (when
+    /// configured). Called once at server start; later calls change nothing.
+    pub(super) fn register(&self, api: Option<&crate::api::Api>, aws: Option<&Aws>) {
+        let mut registry = Registry::default();
+        registry.register(
+            "cplane_reconcile_runs",
+            "Reconcile runs by outcome",
+            self.runs.clone(),
+        );
+        registry.register(
+            "cplane_reconcile_duration_seconds",
+            "Duration of reconcile runs",
+            self.durations.clone(),
+        );
+        registry.register(
+            "cplane_state_fetches",
+            "Fetches of the state repo by the reconcile loop",
+            self.fetches.clone(),
+        );
+        registry.register(
+            "cplane_reconcile_queue_depth",
+            "Triggers waiting for the next run",
+            self.pending.clone(),
+        );
+        registry.register(
+            "cplane_reconcile_leader",
+            "Whether this replica holds the reconcile lease",
+            self.leader.clone(),
+        );
+        registry.register(
+            "cplane_bundle_long_polls",
+            "Agents' bundle long-polls waiting for a change",
+            self.long_polls.clone(),
+        );
+        registry.register(
+            "cplane_webhook_deliveries",
+            "Verified push deliveries that triggered a reconcile",
+            self.webhook_deliveries.clone(),
+        );
+        if let Some(api) = api {
+            api.register_metrics(&mut registry);
+        }
+        if let Some(aws) = aws {
+            aws.register_metrics(&mut registry);
+        }
+        let _ = self.registry.set(registry);
+    }
+
+    /// Records one finished run.
+    pub(super) fn record_run(&self, outcome: RunOutcome, took: Duration) {
+        self.runs
+            .get_or_create(&RunLabel {
+                outcome: outcome.label(),
+            })
+            .inc();
+        self.durations.observe(took.as_secs_f64());
+    }
+}
+
+/// Counts one long-poll in [`Metrics`] for as long as it waits (dropped with the request,
+/// whether it is answered or the agent goes away).
+pub(super) struct Waiting<'a>(&'a Gauge);
+
+impl<'a> Waiting<'a> {
+    pub(super) fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub(super) async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
+    if sh.ready.load(Ordering::SeqCst) {
+        "ready\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no good revision loaded yet\n",
+        )
+            .into_response()
+    }
+}
+
+/// `GET /metrics`: every series in the Prometheus text format (version 0.0.4).
+pub(super) async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
+    sh.metrics
+        .leader
+        .set(i64::from(sh.leader.load(Ordering::SeqCst)));
+    let mut out = String::new();
+    if let Some(registry) = sh.metrics.registry.get() {
+        if let Err(e) = prometheus_text::encode(&mut out, registry) {
+            // Writing to a String fails only if an encoder does; say so rather than half a page.
+            tracing::error!(error = %e, "encoding metrics");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            prometheus_text::CONTENT_TYPE,
+        )],
+        out,
+    )
+        .into_response()
+}

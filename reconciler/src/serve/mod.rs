@@ -1,0 +1,369 @@
+//! `cplane serve`: the running control plane of one region.
+//!
+//! A reconcile loop and an HTTP server share one process:
+//! - **Loop**: waits for a trigger — a verified push webhook, the jittered poll (default 3 min)
+//!   — coalescing triggers that arrive while a run is in flight; fetches the state repo's remote
+//!   into a local bare mirror; runs one reconcile ([`crate::reconcile::run`]) of the mirrored
+//!   branch; records the outcome (status, metrics). A failed run never stops the loop.
+//! - **HTTP** (axum): `/healthz`, `/readyz` (after the first good load), `/metrics`
+//!   (Prometheus text), read API `GET /v1/regions`, `/v1/workspaces`, `/v1/workspaces/{id}`
+//!   (desired + status conditions), `/v1/stacks`, `/v1/clusters`, `/v1/status`, the tenant →
+//!   region lookup `GET /lookup/{workspace}`, and `POST /v1/webhooks/git` (cplane-webhook).
+//!
+//! - **Replicas**: several processes may share one PostgreSQL database; only the holder of the
+//!   reconcile lease ([`crate::lease`]) runs the loop, the others stand by (they follow the
+//!   applied revision for the read API) and take over when the holder dies. Agents' long-polls
+//!   are woken on every replica ([`crate::bundle_store`], `LISTEN/NOTIFY`).
+//! - **Auth** ([`crate::auth`]): OIDC bearer JWTs on the `/v1` API when issuers are configured,
+//!   `/internal/principals` for other regions, `/v1/me`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::apply::Sample;
+use crate::aws::Aws;
+use crate::bundle_store::BundleStore;
+use crate::db::Db;
+use crate::incremental::{Incremental, Prepared};
+use crate::lease::Lease;
+use crate::plan::Options;
+use crate::reconcile::{self, apply_and_record, record_refusal, Request, Run, RunResult};
+use crate::source;
+use crate::status::RunOutcome;
+use crate::tls::ClientCluster;
+
+/// What `cplane serve` is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Remote of the state repo (any URL libgit2 fetches: file://, git://, a path).
+    pub repo_url: String,
+    /// Branch to follow; `None` follows the remote's default branch (its `HEAD`).
+    pub branch: Option<String>,
+    /// Where the bare mirror lives.
+    pub mirror: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Regions and environments reconciled (reference doc 001: one control plane per region ×
+    /// environment).
+    pub scope: crate::plan::Scope,
+    /// Poll interval (jittered ±20 %).
+    pub poll: Duration,
+    /// Webhook secret; `None` disables the webhook endpoint (404).
+    pub webhook_secret: Option<String>,
+    /// Deletion threshold.
+    pub max_deletions: usize,
+    /// How many reconcile runs are kept in the database, and for how long.
+    pub retention: crate::db::Retention,
+    /// HTTPS (and agents' client certificates); plain HTTP when `None`.
+    pub tls: Option<crate::tls::Settings>,
+    /// API authentication (OIDC issuers, primary region, inter-region token).
+    pub auth: crate::auth::Config,
+    /// How long a client has to send a request's head, and to finish a TLS handshake, before
+    /// it is disconnected ([`crate::connections::DEFAULT_HEADER_READ_TIMEOUT`] by default).
+    pub header_read_timeout: Duration,
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The mirror could not be created.
+    #[error("state repo mirror {path}: {source}")]
+    Mirror {
+        /// Mirror path.
+        path: String,
+        /// libgit2's reason.
+        #[source]
+        source: git2::Error,
+    },
+    /// The TLS settings are unusable.
+    #[error("{source}")]
+    Tls {
+        /// What is wrong.
+        #[source]
+        source: crate::tls::Error,
+    },
+    /// The branch to follow could not be found on the remote.
+    #[error("{0}")]
+    Branch(String),
+    /// The published bundles could not be read.
+    #[error("reading published bundles: {source}")]
+    Store {
+        /// The database's reason.
+        #[source]
+        source: crate::db::Error,
+    },
+    /// Binding the listen address failed.
+    #[error(
+        "cannot listen on {addr}: {} (choose another address with --listen)",
+        listen_reason(source)
+    )]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a listen address cannot be bound, in words.
+fn listen_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "the port is in use by another process".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::AddrNotAvailable => "the address is not on this machine".into(),
+        _ => e.to_string(),
+    }
+}
+
+mod agent_api;
+mod metrics;
+mod reconcile_loop;
+mod seed;
+mod user_api;
+
+use agent_api::*;
+pub use metrics::Metrics;
+use metrics::*;
+pub use reconcile_loop::LastRun;
+use reconcile_loop::*;
+use user_api::*;
+
+struct Shared {
+    settings: Settings,
+    /// The branch followed ([`Settings::branch`], or the remote's default branch).
+    branch: String,
+    db: Db,
+    aws: Option<Aws>,
+    trigger: Notify,
+    /// Set when the server shuts down: the loop stops after the run in flight.
+    stopped: tokio::sync::watch::Receiver<bool>,
+    ready: AtomicBool,
+    /// Whether this replica holds the reconcile lease.
+    leader: AtomicBool,
+    metrics: Metrics,
+    /// The last run (`None` until the first one ends: `/v1/status` shows `null`).
+    last: Mutex<Option<LastRun>>,
+    /// Published bundles' heads (in memory) and verified cluster tokens: agents' polls.
+    store: Arc<BundleStore>,
+    /// The last commit applied (not refused): what the read API shows.
+    applied: Mutex<String>,
+    /// Digests of the bundles of the last full run: full runs (polls) render only clusters
+    /// whose inputs changed.
+    render_memo: Arc<Mutex<crate::check::RenderMemo>>,
+    /// The last valid model, for incremental runs (`None` until the first full run).
+    state: tokio::sync::Mutex<Option<Incremental>>,
+    /// The write API (set once the server starts).
+    api: std::sync::OnceLock<Arc<crate::api::Api>>,
+    /// Authentication of API users (the middleware on every route).
+    auth: Arc<crate::auth::Auth>,
+}
+
+/// Runs the server until Ctrl-C or SIGTERM, then stops gracefully: no new connections, HTTP
+/// requests in flight finish, the reconcile run in flight finishes (a step cut short anyway
+/// is journaled, so the next run resolves it).
+pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(), Error> {
+    let mirror =
+        open_mirror(&settings.mirror, &settings.repo_url).map_err(|source| Error::Mirror {
+            path: settings.mirror.display().to_string(),
+            source,
+        })?;
+    let branch = tokio::task::block_in_place(|| {
+        resolve_branch(&mirror, &settings.repo_url, settings.branch.as_deref())
+    })
+    .map_err(Error::Branch)?;
+    drop(mirror);
+    settings.branch = Some(branch.clone());
+    let db = db.with_retention(settings.retention);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    let tls = match &settings.tls {
+        Some(t) => Some(crate::tls::server_config(t).map_err(|source| Error::Tls { source })?),
+        None => None,
+    };
+    let store = BundleStore::load(db.clone())
+        .await
+        .map_err(|source| Error::Store { source })?;
+    let _listener = store.listen();
+    let auth = Arc::new(crate::auth::Auth::new(settings.auth.clone(), db.clone()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        settings,
+        branch,
+        db,
+        aws,
+        trigger: Notify::new(),
+        stopped,
+        ready: AtomicBool::new(false),
+        leader: AtomicBool::new(false),
+        metrics: Metrics::default(),
+        last: Mutex::default(),
+        applied: Mutex::default(),
+        store,
+        state: tokio::sync::Mutex::new(None),
+        api: std::sync::OnceLock::new(),
+        render_memo: Arc::default(),
+        auth,
+    });
+    let _ = shared.api.set(crate::api::Api::start(
+        crate::api::Settings {
+            repo_url: shared.settings.repo_url.clone(),
+            branch: shared.branch.clone(),
+            mirror: shared.settings.mirror.clone(),
+            scope: shared.settings.scope.clone(),
+            max_deletions: shared.settings.max_deletions,
+        },
+        shared.db.clone(),
+        {
+            let weak = Arc::downgrade(&shared);
+            Arc::new(move || {
+                if let Some(sh) = weak.upgrade() {
+                    sh.metrics.pending.set(1);
+                    sh.trigger.notify_one();
+                }
+            })
+        },
+    ));
+    shared
+        .metrics
+        .register(shared.api.get().map(|a| &**a), shared.aws.as_ref());
+    tracing::info!(addr = %shared.settings.listen, branch = %shared.branch, "listening");
+    // A local repository (a path, not a URL) is watched: a plain `git commit` reconciles.
+    let watcher = if Path::new(&shared.settings.repo_url).exists() {
+        match watch_local(Path::new(&shared.settings.repo_url), shared.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "file watch unavailable; relying on the poll");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
+    let app = router(shared.clone());
+    let served = crate::connections::serve(
+        listener,
+        tls,
+        app,
+        shared.settings.header_read_timeout,
+        shutdown_signal(),
+    )
+    .await;
+    // The HTTP side has stopped; let the loop finish the run in flight (it checks `stopped`
+    // between runs), then stop watching.
+    let _ = stop.send(true);
+    shared.trigger.notify_one();
+    match tokio::time::timeout(SHUTDOWN_GRACE, reconciler).await {
+        Ok(_) => tracing::info!("reconcile loop stopped"),
+        Err(_) => tracing::warn!(
+            "the run in flight did not finish within {}s; its journal lets the next run resolve it",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
+    drop(watcher);
+    served.map_err(|source| Error::Listen {
+        addr: shared.settings.listen,
+        source,
+    })
+}
+
+/// Resolves once the server is shutting down.
+async fn stop_requested(stopped: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here, not across an await.
+    let _ = stopped.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// How long shutdown waits for the reconcile run in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+    tracing::info!("shutting down: finishing requests and the run in flight");
+}
+
+/// The server's routes: one router per surface, each with its own authentication, so where a
+/// route is mounted says who may call it.
+fn router(shared: Arc<Shared>) -> Router {
+    let auth = shared.auth.clone();
+    // Users (OIDC bearer JWTs): the read API, the write API, `/v1/me`.
+    let mut users = user_api::router(shared.clone()).merge(crate::auth::user_routes(auth.clone()));
+    if let Some(api) = shared.api.get() {
+        users = users.merge(crate::api::router(api.clone()));
+    }
+    // `route_layer`: the layer guards these routes, not the fallback (an unknown path is a
+    // 404 for everyone, not a 401).
+    let users = users.route_layer(axum::middleware::from_fn_with_state(
+        auth.clone(),
+        crate::auth::require_user,
+    ));
+    let mut app = Router::new()
+        // Open: health, metrics, the API description.
+        .merge(metrics::router(shared.clone()))
+        .merge(crate::api::open_router())
+        // Agents (cluster tokens or client certificates) and the seed's endpoints (lookup,
+        // the BFF's cluster token).
+        .merge(agent_api::router(shared.clone()))
+        .merge(seed::router(shared.clone()))
+        // Other regions (`INTER_REGION_SERVICE_TOKEN`) and the development issuer's keys.
+        .merge(crate::auth::routes(auth))
+        .merge(users);
+    // Push webhooks (signed).
+    if let Some(webhooks) = webhooks(&shared) {
+        app = app.merge(webhooks);
+    }
+    app
+}
+
+/// `POST /v1/webhooks/git` when a secret is configured: each verified push triggers a run.
+fn webhooks(shared: &Arc<Shared>) -> Option<Router> {
+    let config = cplane_webhook::Config::new(
+        shared.settings.webhook_secret.as_deref()?.as_bytes(),
+        &shared.branch,
+    )?;
+    let sh = shared.clone();
+    let trigger: cplane_webhook::Trigger = Arc::new(move |_push| {
+        sh.metrics.webhook_deliveries.inc();
+        sh.metrics.pending.set(1);
+        sh.trigger.notify_one();
+    });
+    Some(cplane_webhook::router(
+        config,
+        trigger,
+        cplane_webhook::DEFAULT_MAX_BODY,
+    ))
+}
