@@ -298,8 +298,13 @@ fn offboarding() -> (Arc<tempfile::TempDir>, String, String) {
 }
 
 /// The template provisioned, ready to apply the offboarding commit.
-async fn provisioned(repo: &Arc<tempfile::TempDir>, first: &str, second: &str) -> Rig {
-    let mut rig = Rig::new(FakeCloud::new(), repo, first).await;
+async fn provisioned(
+    cloud: FakeCloud,
+    repo: &Arc<tempfile::TempDir>,
+    first: &str,
+    second: &str,
+) -> Rig {
+    let mut rig = Rig::new(cloud, repo, first).await;
     rig.converge(false).await;
     rig.rev = second.to_owned();
     rig.cloud.reset_counts();
@@ -310,7 +315,7 @@ async fn provisioned(repo: &Arc<tempfile::TempDir>, first: &str, second: &str) -
 async fn crash_after_every_deprovisioning_call_then_rerun_deletes_exactly_initech() {
     let (repo, first, second) = offboarding();
     let calls = {
-        let rig = provisioned(&repo, &first, &second).await;
+        let rig = provisioned(FakeCloud::new(), &repo, &first, &second).await;
         rig.converge(false).await;
         rig.cloud.mutation_log()
     };
@@ -318,7 +323,7 @@ async fn crash_after_every_deprovisioning_call_then_rerun_deletes_exactly_initec
     assert_eq!(calls.len(), 4, "{calls:#?}");
     for (k, call) in calls.iter().enumerate() {
         let what = format!("crash after call {} ({call})", k + 1);
-        let rig = provisioned(&repo, &first, &second).await;
+        let rig = provisioned(FakeCloud::new(), &repo, &first, &second).await;
         rig.cloud.crash_at(Trigger::Label(call.clone()));
         rig.run(false).await;
         assert!(rig.cloud.fault_fired(), "{what}");
@@ -482,4 +487,39 @@ async fn the_fake_keeps_the_route53_and_acm_rules_apply_relies_on() {
         .expect_err("lost");
     assert!(err.is_retryable() && fake.fault_fired(), "{err}");
     fake.delete_zone(tenant, &z.id).await.expect("now empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_recreated_after_deletion_converges_in_one_run() {
+    let (repo, first, second) = offboarding();
+    // Certificates issue at once, so the run re-creating initech goes all the way to `active`.
+    let cloud = FakeCloud::new().issue_after(0);
+    let mut rig = provisioned(cloud, &repo, &first, &second).await;
+    rig.converge(false).await;
+    rig.assert_gone(
+        "offboarded",
+        "333333333333",
+        "w-initech.dev.sgp-1.cogrion.com",
+    );
+    // Back again: generation 2, new keys; the journal of generation 1 is cleared once, and
+    // what this run journals stays.
+    rig.rev = first;
+    let (plan, report, outcome) = rig.run(false).await;
+    assert_eq!(
+        outcome,
+        RunOutcome::Converged,
+        "{:?}",
+        plan.steps
+            .iter()
+            .zip(&report.as_ref().expect("applied").outcomes)
+            .map(|(s, o)| format!("{} {}: {o:?}", s.workspace, s.action))
+            .collect::<Vec<_>>()
+    );
+    rig.assert_nothing_to_do("re-created").await;
+    rig.assert_provisioned_once(
+        "re-created",
+        "333333333333",
+        "w-initech.dev.sgp-1.cogrion.com",
+        2,
+    );
 }

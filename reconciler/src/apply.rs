@@ -44,6 +44,7 @@ pub struct Context {
     /// How many workspaces are worked on at once.
     pub concurrency: usize,
     parent_zones: Arc<Mutex<HashMap<String, String>>>,
+    journal_cleared: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Context {
@@ -63,6 +64,7 @@ impl Context {
             observed: Arc::new(observed),
             concurrency: 8,
             parent_zones: Arc::default(),
+            journal_cleared: Arc::default(),
         }
     }
 
@@ -209,8 +211,12 @@ async fn db_step(ctx: &Context, step: &Step) -> Result<Outcome, StepError> {
             let w = ctx
                 .workspace(id)
                 .ok_or_else(|| format!("workspace {id} is neither desired nor recorded"))?;
+            // A new generation starts with an empty journal: clear the old one once, at the
+            // first row write of this run (the last one, marking it active, must not clear what
+            // this run journaled).
             let old = ctx.observed.workspaces.get(id).map(|o| o.generation);
-            if old.is_some_and(|g| g != *generation) {
+            let first = ctx.journal_cleared.lock().expect("lock").insert(id.clone());
+            if first && old.is_some_and(|g| g != *generation) {
                 ctx.db.clear_journal(id).await?;
             }
             ctx.db
