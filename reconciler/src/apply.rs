@@ -532,6 +532,16 @@ pub async fn observe_validation(
 ) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, String> {
     let mut out = BTreeMap::new();
     for (id, w) in desired {
+        // A deleted workspace being re-created gets a new generation: its journal (and the zone
+        // it names, deleted) belongs to the old one. Reading that zone would fail the whole
+        // check.
+        if observed
+            .workspaces
+            .get(id)
+            .is_some_and(|o| o.status == crate::plan::Status::Deleted)
+        {
+            continue;
+        }
         let done = |k| {
             observed
                 .journal
