@@ -1,4 +1,5 @@
-//! Apply: execute a [`Plan`] through the journal against the database and (optionally) AWS.
+//! Apply: execute a [`Plan`] through the journal against the database and (optionally) the
+//! cloud ([`Cloud`]: AWS, or an in-memory fake in tests).
 //!
 //! Guarantees:
 //! - Before every mutating AWS call the journal holds the step's deterministic key (Route53
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use crate::aws::{Aws, RecordSet, Target};
+use crate::cloud::{Cloud, RecordSet, Target};
 use crate::db::Db;
 use crate::plan::{Action, DesiredWorkspace, Observed, Plan, Status, Step, StepKind};
 
@@ -32,8 +33,8 @@ pub type Progress = Arc<dyn Fn(&Step, &Outcome) + Send + Sync>;
 pub struct Context {
     /// Database.
     pub db: Db,
-    /// AWS, or `None` for `--cloud none`.
-    pub cloud: Option<Aws>,
+    /// The cloud (AWS, or a fake in tests), or `None` for `--cloud none`.
+    pub cloud: Option<Arc<dyn Cloud>>,
     /// Commit being applied.
     pub commit: String,
     /// Desired workspaces (for rows of new and changed workspaces).
@@ -43,13 +44,14 @@ pub struct Context {
     /// How many workspaces are worked on at once.
     pub concurrency: usize,
     parent_zones: Arc<Mutex<HashMap<String, String>>>,
+    journal_cleared: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Context {
     /// A context for one run.
     pub fn new(
         db: Db,
-        cloud: Option<Aws>,
+        cloud: Option<Arc<dyn Cloud>>,
         commit: String,
         desired: BTreeMap<String, DesiredWorkspace>,
         observed: Observed,
@@ -62,6 +64,7 @@ impl Context {
             observed: Arc::new(observed),
             concurrency: 8,
             parent_zones: Arc::default(),
+            journal_cleared: Arc::default(),
         }
     }
 
@@ -151,45 +154,89 @@ async fn run_step(ctx: &Context, step: &Step) -> Outcome {
     let result = if step.action.is_cloud() {
         match &ctx.cloud {
             None => return Outcome::Skipped("--cloud none: AWS not called".into()),
-            Some(aws) => cloud_step(ctx, aws, step).await,
+            Some(cloud) => cloud_step(ctx, cloud.as_ref(), step).await,
         }
     } else {
         db_step(ctx, step).await
     };
-    result.unwrap_or_else(Outcome::Failed)
+    result.unwrap_or_else(|e| {
+        tracing::debug!(workspace = %step.workspace, retryable = e.is_retryable(), "{}: {e}", step.action);
+        Outcome::Failed(e.to_string())
+    })
 }
 
-async fn db_step(ctx: &Context, step: &Step) -> Result<Outcome, String> {
+/// Why a step failed (it is retried on the next run either way; the journal makes that safe).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A cloud call failed.
+    #[error(transparent)]
+    Cloud(#[from] crate::cloud::Error),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] crate::db::Error),
+    /// What the step needs is not there (an earlier step not done, a parent zone missing or
+    /// ambiguous, a journal result without the expected field).
+    #[error("{0}")]
+    Precondition(String),
+}
+
+impl StepError {
+    /// Whether a later attempt may succeed without anyone changing anything (throttling, a
+    /// lost answer, the database unreachable).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StepError::Cloud(e) => e.is_retryable(),
+            StepError::Db(e) => e.is_retryable(),
+            StepError::Precondition(_) => false,
+        }
+    }
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> Self {
+        StepError::Precondition(message)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(message: &str) -> Self {
+        StepError::Precondition(message.to_owned())
+    }
+}
+
+async fn db_step(ctx: &Context, step: &Step) -> Result<Outcome, StepError> {
     let id = &step.workspace;
-    let e = |e: crate::db::Error| e.to_string();
     match &step.action {
         Action::WriteWorkspace { status, generation } => {
             let w = ctx
                 .workspace(id)
                 .ok_or_else(|| format!("workspace {id} is neither desired nor recorded"))?;
+            // A new generation starts with an empty journal: clear the old one once, at the
+            // first row write of this run (the last one, marking it active, must not clear what
+            // this run journaled).
             let old = ctx.observed.workspaces.get(id).map(|o| o.generation);
-            if old.is_some_and(|g| g != *generation) {
-                ctx.db.clear_journal(id).await.map_err(e)?;
+            let first = ctx.journal_cleared.lock().expect("lock").insert(id.clone());
+            if first && old.is_some_and(|g| g != *generation) {
+                ctx.db.clear_journal(id).await?;
             }
             ctx.db
                 .write_workspace(&w, *generation, *status, &ctx.commit)
-                .await
-                .map_err(e)?;
+                .await?;
             Ok(Outcome::Done(format!("status {}", status.as_str())))
         }
         Action::WriteTenant { row } => {
-            ctx.db.write_tenant(row).await.map_err(e)?;
+            ctx.db.write_tenant(row).await?;
             Ok(Outcome::Done(format!("status {}", row.status)))
         }
         Action::WriteLookup { row } => {
-            ctx.db.write_lookup(id, row).await.map_err(e)?;
+            ctx.db.write_lookup(id, row).await?;
             Ok(Outcome::Done(format!("w-{id} -> {}", row.region)))
         }
         Action::DeleteLookup => {
-            ctx.db.delete_lookup(id).await.map_err(e)?;
+            ctx.db.delete_lookup(id).await?;
             Ok(Outcome::Done("removed".into()))
         }
-        other => Err(format!("not a database step: {other}")),
+        other => Err(format!("not a database step: {other}").into()),
     }
 }
 
@@ -207,18 +254,15 @@ fn generation(ctx: &Context, id: &str) -> i64 {
     )
 }
 
-async fn parent_zone_id(ctx: &Context, aws: &Aws, name: &str) -> Result<String, String> {
+async fn parent_zone_id(ctx: &Context, aws: &dyn Cloud, name: &str) -> Result<String, StepError> {
     if let Some(id) = ctx.parent_zones.lock().expect("lock").get(name) {
         return Ok(id.clone());
     }
-    let zones = aws
-        .zones_by_name(Target::Operator, name)
-        .await
-        .map_err(|e| e.to_string())?;
+    let zones = aws.zones_by_name(Target::Operator, name).await?;
     let id = match zones.as_slice() {
         [one] => one.id.clone(),
-        [] => return Err(format!("parent zone {name} not found in the operator account")),
-        many => return Err(format!("parent zone {name} is ambiguous: {} hosted zones have that name in the operator account", many.len())),
+        [] => return Err(format!("parent zone {name} not found in the operator account").into()),
+        many => return Err(format!("parent zone {name} is ambiguous: {} hosted zones have that name in the operator account", many.len()).into()),
     };
     ctx.parent_zones
         .lock()
@@ -227,7 +271,7 @@ async fn parent_zone_id(ctx: &Context, aws: &Aws, name: &str) -> Result<String, 
     Ok(id)
 }
 
-async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, String> {
+async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outcome, StepError> {
     let id = step.workspace.as_str();
     let w = ctx
         .workspace(id)
@@ -241,37 +285,24 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
         .action
         .step_kind()
         .expect("cloud steps have a journal kind");
-    let dbe = |e: crate::db::Error| e.to_string();
-    let awse = |e: crate::aws::Error| e.to_string();
-    let zone_result = || async {
-        db.journal_result(id, StepKind::CreateZone)
-            .await
-            .map_err(dbe)
-    };
+    let zone_result = || async { db.journal_result(id, StepKind::CreateZone).await };
 
     let outcome = match &step.action {
         Action::CreateZone {
             zone,
             caller_reference,
         } => {
-            let attempt = db
-                .journal_begin(id, kind, caller_reference)
-                .await
-                .map_err(dbe)?;
+            let attempt = db.journal_begin(id, kind, caller_reference).await?;
             // A second attempt may follow a create whose answer was lost: look up first.
             let found = if attempt > 1 {
                 aws.zone_by_caller_reference(tenant, zone, caller_reference)
-                    .await
-                    .map_err(awse)?
+                    .await?
             } else {
                 None
             };
             let z = match found {
                 Some(z) => z,
-                None => aws
-                    .create_zone(tenant, zone, caller_reference)
-                    .await
-                    .map_err(awse)?,
+                None => aws.create_zone(tenant, zone, caller_reference).await?,
             };
             db.journal_done(
                 id,
@@ -279,8 +310,7 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
                 Some(&z.id),
                 &json!({"zone_id": z.id, "name_servers": z.name_servers}),
             )
-            .await
-            .map_err(dbe)?;
+            .await?;
             Outcome::Done(format!(
                 "zone {} ({})",
                 z.id,
@@ -293,7 +323,7 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
             let ns: Vec<String> =
                 serde_json::from_value(z["name_servers"].clone()).map_err(|e| e.to_string())?;
             let parent = parent_zone_id(ctx, aws, parent_zone).await?;
-            db.journal_begin(id, kind, zone).await.map_err(dbe)?;
+            db.journal_begin(id, kind, zone).await?;
             let record = RecordSet {
                 name: zone.clone(),
                 rtype: "NS".into(),
@@ -301,33 +331,30 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
                 values: ns,
             };
             aws.upsert_records(Target::Operator, &parent, std::slice::from_ref(&record))
-                .await
-                .map_err(awse)?;
+                .await?;
             db.journal_done(
                 id,
                 kind,
                 None,
                 &json!({"parent_zone_id": parent, "record": record}),
             )
-            .await
-            .map_err(dbe)?;
+            .await?;
             Outcome::Done(format!("NS in {parent_zone}"))
         }
         Action::RequestCertificate { domain, san, token } => {
             let tag = owner(ctx, id);
-            let attempt = db.journal_begin(id, kind, token).await.map_err(dbe)?;
+            let attempt = db.journal_begin(id, kind, token).await?;
             let found = if attempt > 1 {
                 aws.find_certificate(tenant, domain, (OWNER_TAG, &tag))
-                    .await
-                    .map_err(awse)?
+                    .await?
                     .map(|c| c.arn)
             } else {
                 None
             };
             let arn = match found {
                 Some(arn) => arn,
-                None => aws
-                    .request_certificate(
+                None => {
+                    aws.request_certificate(
                         tenant,
                         domain,
                         &[san.as_str()],
@@ -337,38 +364,34 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
                             ("cplane:region", w.region.as_str()),
                         ],
                     )
-                    .await
-                    .map_err(awse)?,
+                    .await?
+                }
             };
             db.journal_done(id, kind, Some(&arn), &json!({"arn": arn}))
-                .await
-                .map_err(dbe)?;
+                .await?;
             Outcome::Done(format!("certificate {arn}"))
         }
         Action::ValidationRecords { zone } | Action::RepairValidationRecords { zone } => {
             let z = zone_result().await?.ok_or("zone not created yet")?;
             let cert = db
                 .journal_result(id, StepKind::RequestCertificate)
-                .await
-                .map_err(dbe)?
+                .await?
                 .ok_or("certificate not requested yet")?;
             let arn = cert["arn"]
                 .as_str()
                 .ok_or("certificate result without arn")?;
-            let c = aws.describe_certificate(tenant, arn).await.map_err(awse)?;
+            let c = aws.describe_certificate(tenant, arn).await?;
             if c.validation_records.is_empty() {
                 return Ok(Outcome::Waiting(
                     "ACM has not published the validation records yet".into(),
                 ));
             }
             let zone_id = z["zone_id"].as_str().ok_or("zone result without id")?;
-            db.journal_begin(id, kind, zone).await.map_err(dbe)?;
+            db.journal_begin(id, kind, zone).await?;
             aws.upsert_records(tenant, zone_id, &c.validation_records)
-                .await
-                .map_err(awse)?;
+                .await?;
             db.journal_done(id, kind, None, &json!({"records": c.validation_records}))
-                .await
-                .map_err(dbe)?;
+                .await?;
             Outcome::Done(format!(
                 "{} validation record(s)",
                 c.validation_records.len()
@@ -377,19 +400,17 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
         Action::AwaitCertificate { .. } => {
             let cert = db
                 .journal_result(id, StepKind::RequestCertificate)
-                .await
-                .map_err(dbe)?
+                .await?
                 .ok_or("certificate not requested yet")?;
             let arn = cert["arn"]
                 .as_str()
                 .ok_or("certificate result without arn")?;
-            let c = aws.describe_certificate(tenant, arn).await.map_err(awse)?;
+            let c = aws.describe_certificate(tenant, arn).await?;
             match c.status.as_str() {
                 "ISSUED" => {
-                    db.journal_begin(id, kind, arn).await.map_err(dbe)?;
+                    db.journal_begin(id, kind, arn).await?;
                     db.journal_done(id, kind, Some(arn), &json!({"status": "ISSUED"}))
-                        .await
-                        .map_err(dbe)?;
+                        .await?;
                     Outcome::Done("ISSUED".into())
                 }
                 "PENDING_VALIDATION" => {
@@ -400,35 +421,27 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
         }
         Action::RemoveDelegation { parent_zone, zone } => {
             let parent = parent_zone_id(ctx, aws, parent_zone).await?;
-            db.journal_begin(id, kind, zone).await.map_err(dbe)?;
+            db.journal_begin(id, kind, zone).await?;
             let current: Vec<RecordSet> = aws
                 .list_records(Target::Operator, &parent)
-                .await
-                .map_err(awse)?
+                .await?
                 .into_iter()
                 .filter(|r| r.rtype == "NS" && r.name == *zone)
                 .collect();
             aws.delete_records(Target::Operator, &parent, &current)
-                .await
-                .map_err(awse)?;
+                .await?;
             db.journal_done(id, kind, None, &json!({"removed": current.len()}))
-                .await
-                .map_err(dbe)?;
+                .await?;
             Outcome::Done(format!("NS removed from {parent_zone}"))
         }
         Action::DeleteCertificate { domain } => {
             let tag = owner(ctx, id);
-            db.journal_begin(id, kind, domain).await.map_err(dbe)?;
-            let arn = match db
-                .journal_result(id, StepKind::RequestCertificate)
-                .await
-                .map_err(dbe)?
-            {
+            db.journal_begin(id, kind, domain).await?;
+            let arn = match db.journal_result(id, StepKind::RequestCertificate).await? {
                 Some(r) => r["arn"].as_str().map(str::to_owned),
                 None => aws
                     .find_certificate(tenant, domain, (OWNER_TAG, &tag))
-                    .await
-                    .map_err(awse)?
+                    .await?
                     .map(|c| c.arn),
             };
             if let Some(arn) = &arn {
@@ -437,12 +450,11 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
                     Err(e) if e.is_retryable() => {
                         return Ok(Outcome::Waiting(format!("certificate still in use: {e}")))
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
             }
             db.journal_done(id, kind, arn.as_deref(), &json!({"arn": arn}))
-                .await
-                .map_err(dbe)?;
+                .await?;
             Outcome::Done("certificate deleted".into())
         }
         Action::DeleteValidationRecords { zone } => {
@@ -452,41 +464,33 @@ async fn cloud_step(ctx: &Context, aws: &Aws, step: &Step) -> Result<Outcome, St
             let zone_id = z["zone_id"].as_str().ok_or("zone result without id")?;
             let records: Vec<RecordSet> = db
                 .journal_result(id, StepKind::ValidationRecords)
-                .await
-                .map_err(dbe)?
+                .await?
                 .and_then(|r| serde_json::from_value(r["records"].clone()).ok())
                 .unwrap_or_default();
-            db.journal_begin(id, kind, zone).await.map_err(dbe)?;
-            aws.delete_records(tenant, zone_id, &records)
-                .await
-                .map_err(awse)?;
+            db.journal_begin(id, kind, zone).await?;
+            aws.delete_records(tenant, zone_id, &records).await?;
             db.journal_done(id, kind, None, &json!({"removed": records.len()}))
-                .await
-                .map_err(dbe)?;
+                .await?;
             Outcome::Done(format!("{} record(s) deleted", records.len()))
         }
         Action::DeleteZone { zone } => {
             let caller_reference = crate::plan::caller_reference(&w, generation(ctx, id));
-            db.journal_begin(id, kind, &caller_reference)
-                .await
-                .map_err(dbe)?;
+            db.journal_begin(id, kind, &caller_reference).await?;
             let zone_id = match zone_result().await? {
                 Some(z) => z["zone_id"].as_str().map(str::to_owned),
                 None => aws
                     .zone_by_caller_reference(tenant, zone, &caller_reference)
-                    .await
-                    .map_err(awse)?
+                    .await?
                     .map(|z| z.id),
             };
             if let Some(zone_id) = &zone_id {
-                aws.delete_zone(tenant, zone_id).await.map_err(awse)?;
+                aws.delete_zone(tenant, zone_id).await?;
             }
             db.journal_done(id, kind, zone_id.as_deref(), &json!({"zone_id": zone_id}))
-                .await
-                .map_err(dbe)?;
+                .await?;
             Outcome::Done("zone deleted".into())
         }
-        other => return Err(format!("not a cloud step: {other}")),
+        other => return Err(format!("not a cloud step: {other}").into()),
     };
     Ok(outcome)
 }
@@ -520,7 +524,7 @@ impl Sample {
 /// Drift check of validation records: for the sampled workspaces whose records are journaled,
 /// the CNAMEs found in their tenant zone (one paged listing per sampled zone).
 pub async fn observe_validation(
-    aws: &Aws,
+    aws: &dyn Cloud,
     desired: &BTreeMap<String, DesiredWorkspace>,
     observed: &Observed,
     sample: Sample,
@@ -528,6 +532,16 @@ pub async fn observe_validation(
 ) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, String> {
     let mut out = BTreeMap::new();
     for (id, w) in desired {
+        // A deleted workspace being re-created gets a new generation: its journal (and the zone
+        // it names, deleted) belongs to the old one. Reading that zone would fail the whole
+        // check.
+        if observed
+            .workspaces
+            .get(id)
+            .is_some_and(|o| o.status == crate::plan::Status::Deleted)
+        {
+            continue;
+        }
         let done = |k| {
             observed
                 .journal
@@ -572,7 +586,7 @@ pub async fn observe_validation(
 /// Drift check, batched: the NS records of every parent zone, one paged listing per parent
 /// zone (not a call per workspace). Returns delegated zone → NS values.
 pub async fn observe_delegations(
-    aws: &Aws,
+    aws: &dyn Cloud,
     desired: &BTreeMap<String, DesiredWorkspace>,
 ) -> Result<BTreeMap<String, Vec<String>>, String> {
     let wanted: std::collections::BTreeSet<&str> =

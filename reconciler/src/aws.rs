@@ -8,7 +8,8 @@
 //! operation and outcome ([`Aws::calls`]).
 //!
 //! Names are compared lowercase without the trailing dot; ids are bare (`Z123`, not
-//! `/hostedzone/Z123`).
+//! `/hostedzone/Z123`). [`Aws`] implements the [`Cloud`] port; its data types and error live
+//! in [`crate::cloud`] and are re-exported here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,127 +30,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-/// Which account a call acts in.
-#[derive(Debug, Clone, Copy)]
-pub enum Target<'a> {
-    /// The operator (platform) account: the base credentials.
-    Operator,
-    /// A tenant account, through `sts:AssumeRole` with the role's ExternalId.
-    Tenant {
-        /// Role to assume.
-        role_arn: &'a str,
-        /// ExternalId agreed with the tenant.
-        external_id: &'a str,
-    },
-}
-
-/// A Route53 hosted zone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostedZone {
-    /// Bare id (`Z123`).
-    pub id: String,
-    /// Lowercase name without the trailing dot.
-    pub name: String,
-    /// The CallerReference it was created with.
-    pub caller_reference: String,
-    /// Name servers (sorted, no trailing dots); empty when not fetched.
-    pub name_servers: Vec<String>,
-}
-
-/// A record set (simple routing only).
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct RecordSet {
-    /// Lowercase name without the trailing dot.
-    pub name: String,
-    /// `NS`, `CNAME`, ….
-    pub rtype: String,
-    /// TTL in seconds.
-    pub ttl: i64,
-    /// Values, sorted; no trailing dots.
-    pub values: Vec<String>,
-}
-
-/// An ACM certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Certificate {
-    /// ARN.
-    pub arn: String,
-    /// Primary domain.
-    pub domain: String,
-    /// `PENDING_VALIDATION`, `ISSUED`, `FAILED`, ….
-    pub status: String,
-    /// DNS validation records, de-duplicated and sorted (wildcard and apex share one).
-    pub validation_records: Vec<RecordSet>,
-}
-
-/// Errors of AWS calls.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A call failed; `retryable` says whether a later attempt may succeed.
-    #[error("{op}: {code}: {message}")]
-    Call {
-        /// Operation, e.g. `route53:CreateHostedZone`.
-        op: &'static str,
-        /// AWS error code (or `transport`).
-        code: String,
-        /// AWS message.
-        message: String,
-        /// Throttling, 5xx, transport, or a resource still in use.
-        retryable: bool,
-    },
-    /// A service quota is exhausted (ACM `LimitExceededException`): not throttling, needs a
-    /// quota increase or cleanup.
-    #[error("{op}: quota exceeded: {message}")]
-    Quota {
-        /// Operation.
-        op: &'static str,
-        /// AWS message.
-        message: String,
-    },
-    /// The answer lacked something the API promises.
-    #[error("{op}: unexpected response: {message}")]
-    Unexpected {
-        /// Operation.
-        op: &'static str,
-        /// What was missing.
-        message: String,
-    },
-}
-
-impl Error {
-    /// Whether a later attempt may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Call {
-                retryable: true,
-                ..
-            }
-        )
-    }
-
-    /// Short label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Error::Call {
-                retryable: true, ..
-            } => "retryable",
-            Error::Call { .. } => "error",
-            Error::Quota { .. } => "quota",
-            Error::Unexpected { .. } => "unexpected",
-        }
-    }
-
-    /// The AWS error code, when there is one.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Error::Call { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
+pub use crate::cloud::{Certificate, Error, HostedZone, RecordSet, Target};
+use crate::cloud::{Cloud, CloudFuture};
 
 const THROTTLING: [&str; 3] = [
     "Throttling",
@@ -194,6 +76,7 @@ where
         code,
         message,
         retryable,
+        source: Some(Box::new(err)),
     }
 }
 
@@ -813,6 +696,109 @@ impl Aws {
             Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(()),
             other => other,
         }
+    }
+}
+
+/// Thin delegation to the inherent methods (which document each call's AWS specifics).
+impl Cloud for Aws {
+    fn zone_by_caller_reference<'a>(
+        &'a self,
+        t: Target<'a>,
+        name: &'a str,
+        caller_reference: &'a str,
+    ) -> CloudFuture<'a, Option<HostedZone>> {
+        Box::pin(Aws::zone_by_caller_reference(
+            self,
+            t,
+            name,
+            caller_reference,
+        ))
+    }
+
+    fn zones_by_name<'a>(
+        &'a self,
+        t: Target<'a>,
+        name: &'a str,
+    ) -> CloudFuture<'a, Vec<HostedZone>> {
+        Box::pin(Aws::zones_by_name(self, t, name))
+    }
+
+    fn create_zone<'a>(
+        &'a self,
+        t: Target<'a>,
+        name: &'a str,
+        caller_reference: &'a str,
+    ) -> CloudFuture<'a, HostedZone> {
+        Box::pin(Aws::create_zone(self, t, name, caller_reference))
+    }
+
+    fn delete_zone<'a>(&'a self, t: Target<'a>, zone_id: &'a str) -> CloudFuture<'a, ()> {
+        Box::pin(Aws::delete_zone(self, t, zone_id))
+    }
+
+    fn list_records<'a>(
+        &'a self,
+        t: Target<'a>,
+        zone_id: &'a str,
+    ) -> CloudFuture<'a, Vec<RecordSet>> {
+        Box::pin(Aws::list_records(self, t, zone_id))
+    }
+
+    fn upsert_records<'a>(
+        &'a self,
+        t: Target<'a>,
+        zone_id: &'a str,
+        records: &'a [RecordSet],
+    ) -> CloudFuture<'a, ()> {
+        Box::pin(Aws::upsert_records(self, t, zone_id, records))
+    }
+
+    fn delete_records<'a>(
+        &'a self,
+        t: Target<'a>,
+        zone_id: &'a str,
+        records: &'a [RecordSet],
+    ) -> CloudFuture<'a, ()> {
+        Box::pin(Aws::delete_records(self, t, zone_id, records))
+    }
+
+    fn find_certificate<'a>(
+        &'a self,
+        t: Target<'a>,
+        domain: &'a str,
+        tag: (&'a str, &'a str),
+    ) -> CloudFuture<'a, Option<Certificate>> {
+        Box::pin(Aws::find_certificate(self, t, domain, tag))
+    }
+
+    fn request_certificate<'a>(
+        &'a self,
+        t: Target<'a>,
+        domain: &'a str,
+        sans: &'a [&'a str],
+        idempotency_token: &'a str,
+        tags: &'a [(&'a str, &'a str)],
+    ) -> CloudFuture<'a, String> {
+        Box::pin(Aws::request_certificate(
+            self,
+            t,
+            domain,
+            sans,
+            idempotency_token,
+            tags,
+        ))
+    }
+
+    fn describe_certificate<'a>(
+        &'a self,
+        t: Target<'a>,
+        arn: &'a str,
+    ) -> CloudFuture<'a, Certificate> {
+        Box::pin(Aws::describe_certificate(self, t, arn))
+    }
+
+    fn delete_certificate<'a>(&'a self, t: Target<'a>, arn: &'a str) -> CloudFuture<'a, ()> {
+        Box::pin(Aws::delete_certificate(self, t, arn))
     }
 }
 

@@ -7,7 +7,7 @@
 //!   decide a run's outcome.
 //! - [`apply`]: executes plans through the journal; [`reconcile`]: one run (validate →
 //!   observe → plan → apply → status).
-//! - [`db`], [`aws`]: adapters; [`bundle_store`]: published bundles as agents poll them;
+//! - [`cloud`]: the port apply calls the cloud through; [`db`], [`aws`]: adapters; [`bundle_store`]: published bundles as agents poll them;
 //!   [`connections`]: the HTTP/1.1 connections of `cplane serve` ([`tls`]: HTTPS, mTLS).
 //! - [`auth`]: OIDC bearer JWTs, principals, account memberships, the development issuer.
 //! - [`init`]: `cplane init`; [`lease`]: one reconciling replica per scope.
@@ -25,6 +25,7 @@ pub mod apply;
 pub mod auth;
 pub mod aws;
 pub mod bundle_store;
+pub mod cloud;
 pub mod connections;
 pub mod db;
 pub mod incremental;

@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::apply::{self, Context, Outcome, Progress, Report};
 use crate::aws::Aws;
 use crate::check::{check_memo, Keep, RenderMemo};
+use crate::cloud::Cloud;
 use crate::db::{Condition, Db};
 use crate::plan::{self, Options, Plan, Step};
 use crate::render::Cluster;
@@ -60,11 +61,26 @@ pub fn confirmed_by_commit(message: &str) -> Option<usize> {
     })
 }
 
-/// Runs one reconcile of `snapshot`.
+/// Runs one reconcile of `snapshot` against AWS (or no cloud).
 pub async fn run(
     snapshot: Snapshot,
     db: &Db,
     cloud: Option<Aws>,
+    request: Request,
+    progress: Progress,
+) -> Result<RunResult, crate::db::Error> {
+    run_with(snapshot, db, port(cloud), request, progress).await
+}
+
+fn port(aws: Option<Aws>) -> Option<Arc<dyn Cloud>> {
+    aws.map(|a| Arc::new(a) as Arc<dyn Cloud>)
+}
+
+/// Runs one reconcile of `snapshot` against any [`Cloud`] (or no cloud).
+pub async fn run_with(
+    snapshot: Snapshot,
+    db: &Db,
+    cloud: Option<Arc<dyn Cloud>>,
     request: Request,
     progress: Progress,
 ) -> Result<RunResult, crate::db::Error> {
@@ -120,7 +136,8 @@ pub async fn run(
     plan::add_moved_out(model, &request.scope, &observed, &mut desired);
     let mut notes = Vec::new();
     match &cloud {
-        Some(aws) => {
+        Some(cloud) => {
+            let aws = cloud.as_ref();
             match apply::observe_delegations(aws, &desired).await {
                 Ok(found) => observed.delegations = Some(found),
                 Err(e) => notes.push(format!("drift check of NS delegations skipped: {e}")),
@@ -172,7 +189,7 @@ pub async fn run(
         started_at,
     };
     let (report, published) =
-        apply_and_record(run, cloud, &plan, desired, observed, bundles, progress).await?;
+        apply_and_record_with(run, cloud, &plan, desired, observed, bundles, progress).await?;
     let model = checked.model.expect("valid implies a model");
     Ok(RunResult::Planned {
         plan,
@@ -257,6 +274,19 @@ pub struct Run<'a> {
 pub async fn apply_and_record(
     run: Run<'_>,
     cloud: Option<Aws>,
+    plan: &Plan,
+    desired: BTreeMap<String, crate::plan::DesiredWorkspace>,
+    observed: crate::plan::Observed,
+    bundles: Vec<Publishable>,
+    progress: Progress,
+) -> Result<(Report, Vec<(String, String, i64)>), crate::db::Error> {
+    apply_and_record_with(run, port(cloud), plan, desired, observed, bundles, progress).await
+}
+
+/// [`apply_and_record`] against any [`Cloud`] (or no cloud).
+pub async fn apply_and_record_with(
+    run: Run<'_>,
+    cloud: Option<Arc<dyn Cloud>>,
     plan: &Plan,
     desired: BTreeMap<String, crate::plan::DesiredWorkspace>,
     observed: crate::plan::Observed,

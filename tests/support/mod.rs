@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: real git repositories in temporary directories.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod fake_cloud;
 pub mod fault_proxy;
 pub mod moto;
 pub mod oidc;
