@@ -28,9 +28,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc asks the kernel for huge pages (`madvise(MADV_HUGEPAGE)`) on its arenas, and the
 /// kernel then backs every 2 MiB region the heap touches with a whole huge page. For a batch
 /// command that is a speed-up; for `cplane serve`, whose heap is mostly many small, scattered
-/// allocations (one parked long-poll per agent), it made 394 of 505 MiB of anonymous memory
-/// huge pages in the `agent_polls` benchmark (10,000 long-polls held): the RSS measured
-/// memory the process never used. `PR_SET_THP_DISABLE` turns huge pages off for this process
+/// allocations (one parked long-poll per agent), it made most of its anonymous memory huge
+/// pages (figures in the `agent_polls` benchmark's docs): the RSS measured memory the process
+/// never used. `PR_SET_THP_DISABLE` turns huge pages off for this process
 /// (whatever the system setting), before the server allocates anything of note.
 fn disable_huge_pages() {
     #[cfg(target_os = "linux")]
