@@ -39,22 +39,6 @@ fn disable_huge_pages() {
     }
 }
 
-/// Sets up libgit2 for a command that only reads a local repository (`validate`, `render`,
-/// `clusters`); call it before anything touches git, while the process has one thread.
-///
-/// - libgit2 builds its TLS context when it starts, and OpenSSL then parses the whole system
-///   CA bundle (`SSL_CERT_FILE`): about 50 ms, a twentieth of `cplane validate` on 10,000
-///   workspaces, for connections these commands never open. Pointing `SSL_CERT_FILE` at an
-///   empty file for this process makes that load free; these commands make no network
-///   connection at all, so no trust decision depends on it.
-/// - libgit2 hashes every object it reads to check it against its id. `git cat-file` (the
-///   benchmark's reference) does not; zlib's checksum of each object's data still catches a
-///   corrupt pack or loose object. Off for these commands.
-fn local_reads_only() {
-    std::env::set_var("SSL_CERT_FILE", "/dev/null");
-    git2::opts::strict_hash_verification(false);
-}
-
 /// Exit code of an error: a failed run or step, an unreachable database, git or cloud.
 const EXIT_ERROR: u8 = 1;
 /// Exit code of refused or invalid input: an invalid revision, bad flags, no such repo,
@@ -622,23 +606,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("Next: cplane validate --repo {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { repo, format } => {
-            local_reads_only();
-            validate(&repo, format)
-        }
+        Command::Validate { repo, format } => validate(&repo, format),
         Command::Render {
             cluster,
             repo,
             out,
             format,
-        } => {
-            local_reads_only();
-            render(&repo, &cluster, out.as_deref(), format)
-        }
-        Command::Clusters { repo, format } => {
-            local_reads_only();
-            clusters(&repo, format)
-        }
+        } => render(&repo, &cluster, out.as_deref(), format),
+        Command::Clusters { repo, format } => clusters(&repo, format),
         Command::Plan { run, format } => reconcile(&run, Mode::Plan(format)),
         Command::Up { dir, listen } => {
             disable_huge_pages();
