@@ -260,3 +260,45 @@ fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+#[test]
+fn validate_refuses_an_object_whose_content_is_not_what_its_id_names() {
+    use std::io::Write as _;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("state");
+    init(&dir);
+    let repo = git2::Repository::open(&dir).expect("open");
+    let id = repo
+        .revparse_single("HEAD:workspaces/acme.yaml")
+        .expect("acme blob")
+        .id()
+        .to_string();
+    // Swap the loose object's content for a different, equally valid workspace: zlib's checksum
+    // still holds, only hashing the content against its id can tell.
+    let loose = dir.join(".git/objects").join(&id[..2]).join(&id[2..]);
+    assert!(loose.is_file(), "{} is not a loose object", loose.display());
+    let text = fs::read_to_string(dir.join("workspaces/acme.yaml")).expect("read acme");
+    let swapped = text.replace("replicas: 3", "replicas: 5");
+    assert_ne!(swapped, text);
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(format!("blob {}\0{swapped}", swapped.len()).as_bytes())
+        .expect("compress");
+    fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    fs::write(&loose, z.finish().expect("compress")).expect("write object");
+
+    let repo_arg = dir.to_str().expect("utf-8 path");
+    for args in [
+        vec!["validate", "--repo", repo_arg],
+        vec!["clusters", "--repo", repo_arg],
+        vec!["render", "--repo", repo_arg, "--cluster", "w-acme"],
+    ] {
+        let out = cplane(&args);
+        assert!(!out.status.success(), "{args:?}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains("hash mismatch"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}

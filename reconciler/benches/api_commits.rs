@@ -9,6 +9,19 @@
 //! Each API write enables or re-values a stack on its own workspace (a real change: read the
 //! file, edit it, validate the result against the head, commit, compare-and-swap the branch of
 //! a bare remote). Writers run as concurrent tasks; every write must land.
+//!
+//! Figures measured at 10,000 workspaces for the choices in `write/`, kept here rather than in
+//! the code they motivated:
+//! - libgit2's tree builder parses `workspaces/` (10,000 entries, 400 KB) into a hash map and
+//!   sorts it again for every commit: about 4.5 ms per commit (hence `write/tree.rs`).
+//! - libgit2's collision-detecting SHA-1 costs about 0.8 ms per 400 KB tree, most of a write; its
+//!   indexer would pay it again for every tree of a pack (hence `write/pack.rs` indexes packs
+//!   itself, and `FlatTree::id_of` hashes with the CPU's SHA instructions).
+//! - zlib level 1 on a pack's whole `workspaces/` tree saves about 40 % and costs about 2.5 ms
+//!   per pack; miniz_oxide's level 0 costs 1.5 ms per 400 KB (hence stored blocks, written by
+//!   `write/pack.rs`).
+//! - The first write loads the head cold, parsing every file once: about 125 ms (printed as
+//!   "first write (cold head load)").
 
 use std::path::Path;
 use std::process::Command;

@@ -5,9 +5,8 @@
 //! connection costs, times the number of agents, is most of the server's memory. Connections are
 //! therefore driven by hyper's HTTP/1 connection directly rather than by `axum::serve`: with the
 //! same router, `axum::serve` (hyper-util's protocol-sniffing `auto` builder with upgrade
-//! support, neither of which is needed here: only HTTP/1.1 is offered, as before) measured about
-//! 17 KiB more resident memory per parked long-poll in the `agent_polls` benchmark — 427 against
-//! 254 MiB with 10,000 held.
+//! support, neither of which is needed here: only HTTP/1.1 is offered, as before) holds more
+//! resident memory per parked long-poll (the figures are in the `agent_polls` benchmark's docs).
 //!
 //! # Guarantees
 //! - A verified client certificate's cluster is added to every request of its connection as a

@@ -28,31 +28,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc asks the kernel for huge pages (`madvise(MADV_HUGEPAGE)`) on its arenas, and the
 /// kernel then backs every 2 MiB region the heap touches with a whole huge page. For a batch
 /// command that is a speed-up; for `cplane serve`, whose heap is mostly many small, scattered
-/// allocations (one parked long-poll per agent), it made 394 of 505 MiB of anonymous memory
-/// huge pages in the `agent_polls` benchmark (10,000 long-polls held): the RSS measured
-/// memory the process never used. `PR_SET_THP_DISABLE` turns huge pages off for this process
+/// allocations (one parked long-poll per agent), it made most of its anonymous memory huge
+/// pages (figures in the `agent_polls` benchmark's docs): the RSS measured memory the process
+/// never used. `PR_SET_THP_DISABLE` turns huge pages off for this process
 /// (whatever the system setting), before the server allocates anything of note.
 fn disable_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::debug!(error = %e, "transparent huge pages stay enabled");
     }
-}
-
-/// Sets up libgit2 for a command that only reads a local repository (`validate`, `render`,
-/// `clusters`); call it before anything touches git, while the process has one thread.
-///
-/// - libgit2 builds its TLS context when it starts, and OpenSSL then parses the whole system
-///   CA bundle (`SSL_CERT_FILE`): about 50 ms, a twentieth of `cplane validate` on 10,000
-///   workspaces, for connections these commands never open. Pointing `SSL_CERT_FILE` at an
-///   empty file for this process makes that load free; these commands make no network
-///   connection at all, so no trust decision depends on it.
-/// - libgit2 hashes every object it reads to check it against its id. `git cat-file` (the
-///   benchmark's reference) does not; zlib's checksum of each object's data still catches a
-///   corrupt pack or loose object. Off for these commands.
-fn local_reads_only() {
-    std::env::set_var("SSL_CERT_FILE", "/dev/null");
-    git2::opts::strict_hash_verification(false);
 }
 
 /// Exit code of an error: a failed run or step, an unreachable database, git or cloud.
@@ -626,23 +610,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("Next: cplane validate --repo {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { repo, format } => {
-            local_reads_only();
-            validate(&repo, format)
-        }
+        Command::Validate { repo, format } => validate(&repo, format),
         Command::Render {
             cluster,
             repo,
             out,
             format,
-        } => {
-            local_reads_only();
-            render(&repo, &cluster, out.as_deref(), format)
-        }
-        Command::Clusters { repo, format } => {
-            local_reads_only();
-            clusters(&repo, format)
-        }
+        } => render(&repo, &cluster, out.as_deref(), format),
+        Command::Clusters { repo, format } => clusters(&repo, format),
         Command::Plan { run, format } => reconcile(&run, Mode::Plan(format)),
         Command::Up { dir, listen } => {
             disable_huge_pages();

@@ -10,7 +10,8 @@
 //! - the writer already knows every object's id: it computed each from the object's exact
 //!   content (libgit2 for blobs, small trees and commits; [`super::tree::FlatTree::id_of`] for
 //!   `workspaces/` trees). libgit2's indexer would rebuild every tree from its delta and hash
-//!   its 400 KB again with collision-detecting SHA-1 (about 0.8 ms per tree, most of a write).
+//!   its 400 KB again with collision-detecting SHA-1, most of the cost of a write (figures in
+//!   the `api_commits` benchmark's docs).
 //!
 //! **Guarantees of [`index`]** — nothing is indexed that the pack does not hold: the pack is
 //! parsed from its bytes as a reader parses it (header, per-object header, zlib streams inflated
@@ -52,8 +53,9 @@ pub struct Object<'a> {
 }
 
 /// Whole objects at least this large are stored without compression (zlib "stored" blocks):
-/// the one whole `workspaces/` tree of each pack is mostly SHA-1 ids, which do not compress
-/// (level 1 saves about 40 % and costs about 2.5 ms per pack; stored costs a copy).
+/// the one whole `workspaces/` tree of each pack is mostly SHA-1 ids, which compress poorly,
+/// and zlib's fastest level costs far more than the copy a stored block is (figures in the
+/// `api_commits` benchmark's docs).
 const STORE_FROM: usize = 64 * 1024;
 
 /// Why a pack was refused by [`index`].
@@ -104,8 +106,8 @@ fn deflate(out: &mut Vec<u8>, data: &[u8]) {
 }
 
 /// A zlib stream of stored (uncompressed) deflate blocks (RFC 1950/1951). Written here because
-/// miniz_oxide's level 0 still runs its compressor over the input (1.5 ms per 400 KB, against a
-/// copy and an Adler-32 here); [`index`] inflates it back with flate2 like any other stream.
+/// miniz_oxide's level 0 still runs its compressor over the input, where this is a copy and an
+/// Adler-32; [`index`] inflates it back with flate2 like any other stream.
 fn zlib_stored(out: &mut Vec<u8>, data: &[u8]) {
     // CMF: deflate, 32 KiB window; FLG: no dictionary, check bits making 0x7801 % 31 == 0.
     out.extend_from_slice(&[0x78, 0x01]);

@@ -15,9 +15,9 @@
 //! template errors of workspaces the write does not touch are only found by the reconciler's
 //! full check (rendering 10,000 clusters per write is what this module exists to avoid).
 //!
-//! Cost: a cold load parses every file once (about 125 ms at 10,000 workspaces); moving to a
-//! commit that changes only workspace files re-checks just those files; a commit the writer made
-//! itself costs nothing more (its file was checked before it was committed).
+//! Cost: a cold load parses every file once (timed by the `api_commits` benchmark); moving to a
+//! commit that changes only workspace files re-checks just those files; a commit the writer
+//! made itself costs nothing more (its file was checked before it was committed).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
