@@ -321,7 +321,7 @@ impl Copies {
             1 + n % 16,
             1 + n % 3,
             10_000 + n,
-            n % 2 == 0
+            n.is_multiple_of(2)
         );
         doc
     }
