@@ -1,0 +1,463 @@
+//! The command line: one clap tree for every subcommand, shared groups flattened.
+
+use super::*;
+
+#[derive(Parser)]
+#[command(
+    name = "cplane",
+    version,
+    about = "Declarative GitOps control plane for BYOC regions, workspaces and stacks",
+    after_help = EXIT_CODES
+)]
+pub(super) struct Cli {
+    /// Colour in logs: `auto` (only on a terminal, and not when NO_COLOR is set), `always`,
+    /// `never`.
+    #[arg(
+        long,
+        env = "CPLANE_COLOR",
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
+    pub(super) color: Color,
+    /// Log format on stderr: `text`, or `json` (one object per line, for machines).
+    #[arg(
+        long,
+        env = "CPLANE_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub(super) log_format: LogFormat,
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+/// `--color`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+impl Color {
+    /// Whether logs on stderr get ANSI colours.
+    pub(super) fn ansi(self) -> bool {
+        use std::io::IsTerminal as _;
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => {
+                std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                    && std::io::stderr().is_terminal()
+            }
+        }
+    }
+}
+
+/// The database of a repository when `--database` is not given: `REPO/.cplane/cplane.db`,
+/// the folder `cplane up` also uses (`.cplane/`, ignored by git). Every command reads the
+/// same default, so a token created here is the one `serve` checks.
+pub(super) fn default_database(repo: &Path) -> String {
+    format!(
+        "sqlite://{}",
+        repo.join(".cplane").join("cplane.db").display()
+    )
+}
+
+/// `--database`, or the default database of the current directory.
+pub(super) fn database_or_default(database: Option<&str>) -> String {
+    database.map_or_else(|| default_database(Path::new(".")), str::to_owned)
+}
+
+/// HTTPS and agents' client certificates (mTLS) for `serve`.
+#[derive(clap::Args)]
+pub(super) struct TlsArgs {
+    /// PEM certificate chain: serve HTTPS instead of HTTP.
+    #[arg(long, env = "CPLANE_TLS_CERT", requires = "tls_key")]
+    pub(super) tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "CPLANE_TLS_KEY", requires = "tls_cert")]
+    pub(super) tls_key: Option<PathBuf>,
+    /// PEM CA that agents' client certificates chain to; a verified certificate's URI SAN
+    /// `spiffe://cplane/cluster/<id>` authenticates as cluster `<id>` (instead of a token).
+    #[arg(long, env = "CPLANE_CLIENT_CA", requires = "tls_cert")]
+    pub(super) client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    pub(super) fn settings(self) -> Option<cplane_reconciler::tls::Settings> {
+        let Self {
+            tls_cert,
+            tls_key,
+            client_ca,
+        } = self;
+        Some(cplane_reconciler::tls::Settings {
+            cert: tls_cert?,
+            key: tls_key?,
+            client_ca,
+        })
+    }
+}
+
+/// How many reconcile runs the database keeps.
+#[derive(clap::Args, Clone, Copy)]
+pub(super) struct RetentionArgs {
+    /// Reconcile runs kept in the database per region × environment (the newest).
+    #[arg(long, env = "CPLANE_KEEP_RUNS", default_value_t = 1000)]
+    pub(super) keep_runs: u32,
+    /// Reconcile runs older than this are deleted (e.g. `30d`, `12h`).
+    #[arg(long, env = "CPLANE_KEEP_RUNS_FOR", default_value = "30d", value_parser = parse_interval)]
+    pub(super) keep_runs_for: std::time::Duration,
+}
+
+impl RetentionArgs {
+    pub(super) fn retention(self) -> cplane_reconciler::db::Retention {
+        let Self {
+            keep_runs,
+            keep_runs_for,
+        } = self;
+        cplane_reconciler::db::Retention {
+            keep: keep_runs,
+            max_age: keep_runs_for,
+        }
+    }
+}
+
+/// Where the desired state comes from.
+#[derive(clap::Args)]
+pub(super) struct RepoArgs {
+    /// State repo (a working copy or a bare repository).
+    #[arg(long, env = "CPLANE_REPO", default_value = ".")]
+    pub(super) repo: PathBuf,
+    /// Revision to read: a commit, branch, tag or expression like HEAD~1. The working tree is
+    /// never read.
+    #[arg(long, env = "CPLANE_REV", default_value = "HEAD")]
+    pub(super) rev: String,
+}
+
+/// Arguments shared by `plan` and `apply`.
+#[derive(clap::Args)]
+pub(super) struct RunArgs {
+    #[command(flatten)]
+    pub(super) repo: RepoArgs,
+    /// Database: `sqlite://PATH` (created when missing) or `postgres://…` (default: SQLite in
+    /// REPO/.cplane/cplane.db).
+    #[arg(long, env = "CPLANE_DATABASE_URL")]
+    pub(super) database: Option<String>,
+    /// `aws` calls AWS (standard credential chain; AWS_ENDPOINT_URL honoured); `none` touches
+    /// only the database.
+    #[arg(long, env = "CPLANE_CLOUD", value_enum, default_value = "none")]
+    pub(super) cloud: Cloud,
+    /// Regions to reconcile (repeatable); default: every live region.
+    #[arg(long = "region", env = "CPLANE_REGIONS", value_delimiter = ',')]
+    pub(super) regions: Vec<String>,
+    /// Environments to reconcile (repeatable); default: every environment.
+    #[arg(
+        long = "environment",
+        env = "CPLANE_ENVIRONMENTS",
+        value_delimiter = ','
+    )]
+    pub(super) environments: Vec<String>,
+    /// Most workspaces one revision may remove without confirmation.
+    #[arg(long, env = "CPLANE_MAX_DELETIONS", default_value_t = 5)]
+    pub(super) max_deletions: usize,
+    /// Confirm removing more workspaces than --max-deletions.
+    #[arg(long)]
+    pub(super) confirm_deletions: bool,
+    /// Drift check reads every tenant zone (default: a rotating 1-in-800 slice per run, so a
+    /// run stays within N/100 + 5 reads; the parent zones are always read in full).
+    #[arg(long)]
+    pub(super) deep_drift: bool,
+    /// apply only: run again every INTERVAL (e.g. `3m`, `90s`), jittered by ±20 %, until
+    /// interrupted — the periodic drift check of a one-shot installation.
+    #[arg(long, env = "CPLANE_EVERY", value_parser = parse_interval)]
+    pub(super) every: Option<std::time::Duration>,
+}
+
+/// A duration like `90s`, `3m`, `1h`, `30d` or `1h 30m` (humantime), or plain seconds.
+pub(super) fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("`{s}` is not a duration like 90s, 3m, 1h or 30d ({e})"))?,
+    };
+    if d.is_zero() {
+        return Err("the interval must be positive".into());
+    }
+    Ok(d)
+}
+
+#[derive(Subcommand)]
+pub(super) enum ClusterCommand {
+    /// Cluster tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum TokenCommand {
+    /// Create a token for cluster ID and print it once (only its hash is stored).
+    Create {
+        /// Cluster id, e.g. `w-acme` or `prod-sgp-1`: one that cplane has rendered and
+        /// published (`cplane clusters`).
+        id: String,
+        /// Database (default: SQLite in ./.cplane/cplane.db).
+        #[arg(long, env = "CPLANE_DATABASE_URL")]
+        database: Option<String>,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Revoke every token of cluster ID.
+    Revoke {
+        /// Cluster id.
+        id: String,
+        /// Database (default: SQLite in ./.cplane/cplane.db).
+        #[arg(long, env = "CPLANE_DATABASE_URL")]
+        database: Option<String>,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+/// The database and region of the principal commands.
+#[derive(clap::Args)]
+pub(super) struct PrincipalDb {
+    /// Database: `sqlite://PATH` or `postgres://…` (default: SQLite in ./.cplane/cplane.db).
+    #[arg(long, env = "CPLANE_DATABASE_URL")]
+    pub(super) database: Option<String>,
+    #[command(flatten)]
+    pub(super) region: cplane_reconciler::auth::RegionArgs,
+}
+
+#[derive(Subcommand)]
+pub(super) enum PrincipalCommand {
+    /// Give EMAIL the system role `admin` (writes everything); creates the principal when they
+    /// have not signed in yet.
+    GrantAdmin {
+        /// The principal's email.
+        email: String,
+        #[command(flatten)]
+        db: PrincipalDb,
+    },
+    /// Take the system role `admin` from EMAIL.
+    RevokeAdmin {
+        /// The principal's email.
+        email: String,
+        #[command(flatten)]
+        db: PrincipalDb,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum MembershipCommand {
+    /// Make EMAIL a member of ACCOUNT (a workspace's `spec.account`) in this region.
+    Add {
+        /// The principal's email.
+        email: String,
+        /// The account.
+        account: String,
+        /// `member` writes the account's workspaces; `viewer` only reads.
+        #[arg(long, default_value = "member")]
+        role: String,
+        #[command(flatten)]
+        db: PrincipalDb,
+    },
+    /// Remove EMAIL from ACCOUNT in this region.
+    Remove {
+        /// The principal's email.
+        email: String,
+        /// The account.
+        account: String,
+        #[command(flatten)]
+        db: PrincipalDb,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum Cloud {
+    None,
+    Aws,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(super) enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(super) enum RenderFormat {
+    Yaml,
+    Json,
+}
+
+#[derive(Subcommand)]
+// Parsed once per process and moved straight into `run`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Command {
+    /// Create a new state repo from the built-in template, with a first commit.
+    Init {
+        /// Directory to create (must be new or empty).
+        dir: PathBuf,
+    },
+    /// Validate a revision: schema, cross references, and rendering of every cluster.
+    /// Exit 0 valid, 2 invalid (or a usage error), 1 when the repository cannot be read.
+    Validate {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Render one cluster's bundle as multi-document YAML (stdout) or files (--out).
+    Render {
+        /// Cluster id: `{env}-{region}` (platform) or `w-{id}` (tenant).
+        #[arg(long)]
+        cluster: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Write one YAML file per object into this directory instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// stdout format: `yaml` (multi-document) or `json` (the canonical JSON Lines bundle
+        /// whose SHA-256 is the digest).
+        #[arg(long, value_enum, default_value = "yaml")]
+        format: RenderFormat,
+    },
+    /// Show what `apply` would do: workspaces against the database and (with --cloud aws) AWS.
+    Plan {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Reconcile once: provision, repair and deprovision workspaces, publish bundles.
+    /// Exit 0 converged, 4 converging (e.g. waiting for certificate validation), 3 held,
+    /// 2 refused, 1 failed.
+    Apply {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Output format: `json` prints one object with every step's outcome at the end.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The recorded state of the control plane in the database: the applied revision, the
+    /// last runs and the platform's conditions.
+    Status {
+        /// Database (default: SQLite in ./.cplane/cplane.db).
+        #[arg(long, env = "CPLANE_DATABASE_URL")]
+        database: Option<String>,
+        /// Regions (default: every region, the scope `serve` and `apply` use by default).
+        #[arg(long = "region", env = "CPLANE_REGIONS", value_delimiter = ',')]
+        regions: Vec<String>,
+        /// Environments (default: every environment).
+        #[arg(
+            long = "environment",
+            env = "CPLANE_ENVIRONMENTS",
+            value_delimiter = ','
+        )]
+        environments: Vec<String>,
+        /// How many runs to show.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Run the control plane of a region: follow the state repo's remote (webhook + jittered
+    /// poll), reconcile continuously, serve the read API, lookup and metrics.
+    Serve {
+        /// Remote of the state repo: any URL libgit2 fetches (file://, git://, a path).
+        #[arg(long, env = "CPLANE_REPO_URL")]
+        repo_url: String,
+        /// Branch to follow (default: the remote's default branch, its HEAD).
+        #[arg(long, env = "CPLANE_BRANCH")]
+        branch: Option<String>,
+        /// Local bare mirror of the remote.
+        #[arg(long, env = "CPLANE_MIRROR", default_value = ".cplane/mirror.git")]
+        mirror: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "CPLANE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Database: `sqlite://PATH` or `postgres://…` (default: SQLite in
+        /// ./.cplane/cplane.db).
+        #[arg(long, env = "CPLANE_DATABASE_URL")]
+        database: Option<String>,
+        /// `aws` or `none`.
+        #[arg(long, env = "CPLANE_CLOUD", value_enum, default_value = "none")]
+        cloud: Cloud,
+        /// Regions to reconcile (default: every live region); the reference docs' REGION works too.
+        #[arg(long = "region", env = "REGION", value_delimiter = ',')]
+        regions: Vec<String>,
+        /// Environments to reconcile (default: every environment); the reference docs'
+        /// ENVIRONMENT works too. One control plane per region × environment in production.
+        #[arg(long = "environment", env = "ENVIRONMENT", value_delimiter = ',')]
+        environments: Vec<String>,
+        /// Poll interval when no webhook arrives (jittered ±20 %).
+        #[arg(long, env = "CPLANE_POLL", default_value = "3m", value_parser = parse_interval)]
+        poll: std::time::Duration,
+        /// Secret for `POST /v1/webhooks/git`; without it the endpoint is not served.
+        #[arg(long, env = "CPLANE_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
+        /// Most workspaces one revision may remove without confirmation.
+        #[arg(long, env = "CPLANE_MAX_DELETIONS", default_value_t = 5)]
+        max_deletions: usize,
+        /// How long a client has to send a request's head (and to finish the TLS handshake)
+        /// before it is disconnected.
+        #[arg(long, env = "CPLANE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+        header_read_timeout: std::time::Duration,
+        #[command(flatten)]
+        retention: RetentionArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
+        auth: cplane_reconciler::auth::Args,
+    },
+    /// Try cplane locally in one command: a state repo in DIR/state (from the template when
+    /// absent), SQLite at DIR/cplane.db, `serve` on ADDR with the file watch on, `--cloud none`
+    /// unless AWS credentials are configured. Runs until interrupted.
+    Up {
+        /// Working directory.
+        #[arg(long, env = "CPLANE_DIR", default_value = ".cplane")]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "CPLANE_LISTEN", default_value = "127.0.0.1:3000")]
+        listen: std::net::SocketAddr,
+    },
+    /// Manage clusters' bearer tokens (agents and BFFs authenticate with them).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Principals (API users): system roles. Run against the primary region's database.
+    Principal {
+        #[command(subcommand)]
+        command: PrincipalCommand,
+    },
+    /// Account memberships: members write their account's workspaces.
+    Membership {
+        #[command(subcommand)]
+        command: MembershipCommand,
+    },
+    /// List every cluster with its bundle digest.
+    Clusters {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+}

@@ -1,0 +1,291 @@
+//! `plan`, `apply` and `status`: a run against the database (and the cloud), and what the
+//! database records of runs.
+
+use super::*;
+
+/// What [`reconcile`] does.
+#[derive(Clone, Copy)]
+pub(super) enum Mode {
+    /// `cplane plan`: observe and print the plan; writes nothing.
+    Plan(Format),
+    /// `cplane apply`.
+    Apply(Format),
+}
+
+/// `plan` or `apply`. With `--format json`, stdout holds exactly one JSON object, also when
+/// the revision cannot be read or is invalid (`{"error": …, "errors": […]}`).
+pub(super) fn reconcile(args: &RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+    let json = matches!(mode, Mode::Plan(Format::Json) | Mode::Apply(Format::Json));
+    match reconcile_inner(args, mode) {
+        Err(err) if json => {
+            let out = serde_json::json!({ "error": describe(&err), "errors": [] });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::from(exit_code_of(&err)))
+        }
+        other => other,
+    }
+}
+
+pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+    let RunArgs {
+        repo,
+        database,
+        cloud,
+        regions,
+        environments,
+        max_deletions,
+        confirm_deletions,
+        deep_drift,
+        every: _,
+    } = args;
+    let (dry_run, format) = match mode {
+        Mode::Plan(f) => (true, f),
+        Mode::Apply(f) => (false, f),
+    };
+    let json = matches!(format, Format::Json);
+    let git = source::open(&repo.repo)?;
+    let database = database
+        .clone()
+        .unwrap_or_else(|| default_database(git.workdir().unwrap_or_else(|| git.path())));
+    let snapshot = source::read(&git, &repo.rev)?;
+    let commit = snapshot.commit.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let db = Db::connect(&database).await?;
+        let aws = match cloud {
+            Cloud::Aws => Some(cplane_reconciler::aws::Aws::from_env().await),
+            Cloud::None => None,
+        };
+        let request = Request {
+            scope: cplane_reconciler::plan::Scope {
+                regions: regions.clone(),
+                environments: environments.clone(),
+            },
+            options: Options {
+                max_deletions: *max_deletions,
+                confirmed: *confirm_deletions,
+            },
+            dry_run,
+            drift: if *deep_drift {
+                cplane_reconciler::apply::Sample::All
+            } else {
+                cplane_reconciler::apply::Sample::OneIn(800)
+            },
+            memo: None,
+        };
+        let progress: cplane_reconciler::apply::Progress = Arc::new(move |step: &Step, outcome: &Outcome| {
+            if json {
+                return;
+            }
+            let detail = match outcome {
+                Outcome::Done(d) | Outcome::Skipped(d) | Outcome::Waiting(d) | Outcome::Failed(d) => d,
+            };
+            println!("  {}: {} {} ... {} ({detail})", step.workspace, step.action.symbol(), step.action, outcome.label());
+        });
+        if !dry_run && !json {
+            println!("cplane apply: commit {} ({})", &commit[..12], cplane_reconciler::db::redact(&database));
+        }
+        let result = cplane_reconciler::reconcile::run(snapshot, &db, aws, request, progress).await?;
+        let code = match result {
+            RunResult::Refused(errors) => {
+                let message = format!("commit {} is invalid ({} errors); nothing was {}", &commit[..12], errors.len(), if dry_run { "planned" } else { "applied" });
+                if json {
+                    let out = serde_json::json!({ "commit": commit, "outcome": RunOutcome::Refused, "error": message, "errors": errors });
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    eprintln!("error: {message}");
+                }
+                ExitCode::from(EXIT_INVALID)
+            }
+            RunResult::Planned {
+                plan,
+                report,
+                published,
+                notes,
+                ..
+            } => {
+                if !json {
+                    for n in &notes {
+                        eprintln!("note: {n}");
+                    }
+                }
+                if dry_run {
+                    if json {
+                        let skipped = skipped_steps(&plan, *cloud == Cloud::Aws);
+                        let skipped: Vec<usize> = (0..plan.steps.len()).filter(|i| skipped[*i]).collect();
+                        let out = serde_json::json!({ "commit": commit, "plan": plan, "skipped": skipped, "notes": notes });
+                        println!("{}", serde_json::to_string_pretty(&out)?);
+                    } else {
+                        print_plan(&commit, &plan, *cloud == Cloud::Aws);
+                    }
+                    return Ok(ExitCode::from(if plan.held.is_some() { EXIT_HELD } else { 0 }));
+                }
+                let report = report.expect("applied");
+                let outcome = cplane_reconciler::status::summarize(&plan, &report);
+                if json {
+                    let steps: Vec<_> = plan.steps.iter().zip(&report.outcomes).map(|(step, o)| {
+                        let detail = match o {
+                            Outcome::Done(d) | Outcome::Skipped(d) | Outcome::Waiting(d) | Outcome::Failed(d) => d,
+                        };
+                        serde_json::json!({
+                            "workspace": step.workspace, "action": step.action.to_string(),
+                            "symbol": step.action.symbol().to_string(), "outcome": o.label(), "detail": detail,
+                        })
+                    }).collect();
+                    let bundles: Vec<_> = published.iter().map(|(cluster, digest, generation)| {
+                        serde_json::json!({ "cluster": cluster, "digest": digest, "generation": generation })
+                    }).collect();
+                    let out = serde_json::json!({
+                        "commit": commit, "outcome": outcome, "steps": steps, "published": bundles,
+                        "errors": cplane_reconciler::status::errors(&plan, &report), "notes": notes,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    for (cluster, digest, generation) in &published {
+                        println!("  bundle {cluster}: {digest} (generation {generation})");
+                    }
+                    for r in &plan.refused {
+                        eprintln!("refused: {}", r.message);
+                    }
+                    if let Some(h) = &plan.held {
+                        eprintln!("held: {h}");
+                    }
+                    let (add, change, destroy) = plan.counts();
+                    println!("Apply: {outcome} ({} steps: {add} to add, {change} to change, {destroy} to destroy; {} bundles published).", plan.steps.len(), published.len());
+                }
+                ExitCode::from(match outcome {
+                    RunOutcome::Converged => 0,
+                    RunOutcome::Converging => EXIT_CONVERGING,
+                    RunOutcome::Held => EXIT_HELD,
+                    RunOutcome::Refused => EXIT_INVALID,
+                    RunOutcome::Failed | RunOutcome::Error => EXIT_ERROR,
+                })
+            }
+        };
+        Ok(code)
+    })
+}
+
+/// `cplane status`: what the database records of the control plane of `scope`.
+pub(super) async fn status_command(
+    database: &str,
+    scope: cplane_reconciler::plan::Scope,
+    runs: u32,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let db = Db::connect(database).await?;
+    let label = scope.label();
+    let applied = db.applied_revision(&label).await?;
+    let runs = db.runs(&label, runs).await?;
+    let conditions = db.conditions("platform", &label).await?;
+    match format {
+        Format::Json => {
+            let out = serde_json::json!({
+                "scope": label,
+                "applied": applied,
+                "runs": runs.iter().map(|(id, commit, outcome, errors)| serde_json::json!({
+                    "id": id, "commit": commit, "outcome": outcome, "errors": errors,
+                })).collect::<Vec<_>>(),
+                "conditions": conditions.iter().map(|(name, (status, reason, message))| serde_json::json!({
+                    "type": name, "status": if *status { "True" } else { "False" }, "reason": reason, "message": message,
+                })).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Text => {
+            println!(
+                "scope {label}: applied {}",
+                applied.as_deref().unwrap_or("nothing yet")
+            );
+            for (name, (status, reason, message)) in &conditions {
+                println!(
+                    "  {name}={} ({reason}): {message}",
+                    if *status { "True" } else { "False" }
+                );
+            }
+            for (id, commit, outcome, errors) in &runs {
+                println!(
+                    "  run {id}: {outcome} at {}",
+                    &commit[..12.min(commit.len())]
+                );
+                for e in errors {
+                    println!("      {e}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Which steps of `plan` a run without a cloud (`--cloud none`) skips: every cloud step, and
+/// every step after a skipped one. They stay in the journal for a run with a cloud.
+pub(super) fn skipped_steps(plan: &Plan, cloud: bool) -> Vec<bool> {
+    let mut skipped = vec![false; plan.steps.len()];
+    if !cloud {
+        for (i, step) in plan.steps.iter().enumerate() {
+            skipped[i] = step.action.is_cloud() || step.after.iter().any(|a| skipped[*a]);
+        }
+    }
+    skipped
+}
+
+/// Terraform-like plan output: `+` create, `~` change, `-` destroy, grouped by workspace.
+/// Without a cloud, the steps it would skip are listed apart and not counted as changes.
+pub(super) fn print_plan(commit: &str, plan: &Plan, cloud: bool) {
+    println!("cplane plan: commit {}", &commit[..12.min(commit.len())]);
+    let skipped = skipped_steps(plan, cloud);
+    let pending = skipped.iter().filter(|s| !**s).count();
+    let mut current = "";
+    for (step, _) in plan.steps.iter().zip(&skipped).filter(|(_, s)| !**s) {
+        if step.workspace != current {
+            current = &step.workspace;
+            println!("\n  workspace {current} ({})", step.reason);
+        }
+        println!("    {} {}", step.action.symbol(), step.action);
+    }
+    for r in &plan.refused {
+        println!("\n  ! workspace {}: refused: {}", r.workspace, r.message);
+    }
+    if let Some(h) = &plan.held {
+        println!("\n  ! held: {h}");
+    }
+    let not_done = plan.steps.len() - pending;
+    if not_done > 0 {
+        let workspaces: std::collections::BTreeSet<&str> = plan
+            .steps
+            .iter()
+            .zip(&skipped)
+            .filter(|(_, s)| **s)
+            .map(|(step, _)| step.workspace.as_str())
+            .collect();
+        println!(
+            "\n  {not_done} cloud step(s) of {} workspace(s) skipped: --cloud none (run with --cloud aws to apply them)",
+            workspaces.len()
+        );
+    }
+    if pending == 0 && plan.refused.is_empty() && plan.held.is_none() {
+        println!(
+            "\nNo changes. The database{} matches the revision.",
+            if cloud { " and cloud" } else { "" }
+        );
+        return;
+    }
+    let count = |c| {
+        plan.steps
+            .iter()
+            .zip(&skipped)
+            .filter(|(step, s)| !**s && step.action.symbol() == c)
+            .count()
+    };
+    println!(
+        "\nPlan: {} to add, {} to change, {} to destroy.",
+        count('+'),
+        count('~'),
+        count('-')
+    );
+}
