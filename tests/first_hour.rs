@@ -484,3 +484,34 @@ fn colour_only_when_asked_or_on_a_terminal_and_json_logs_for_machines() {
         assert!(help.contains(code), "{help}");
     }
 }
+
+#[test]
+fn apply_every_counts_failed_runs_and_exits_with_the_last_ones_code() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = cplane_in(tmp.path(), &["init", "state"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let state = tmp.path().join("state");
+    // A database that refuses connections: every run fails before it starts.
+    let log = tmp.path().join("every.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+        .args([
+            "apply",
+            "--every",
+            "1s",
+            "--database",
+            "postgres://127.0.0.1:1/none",
+        ])
+        .current_dir(&state)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start cplane apply --every");
+    wait_for("two runs", || {
+        fs::read_to_string(&log).is_ok_and(|l| l.contains("run 2: exit 1 (2 of 2 runs failed)"))
+    });
+    sigterm(&child);
+    let code = exit_within(&mut child, Duration::from_secs(30));
+    let logged = fs::read_to_string(&log).expect("log");
+    assert_eq!(code, Some(1), "{logged}");
+    assert!(logged.contains("failed); the last exited 1"), "{logged}");
+}

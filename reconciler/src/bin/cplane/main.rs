@@ -154,7 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
         } => render(&repo, &cluster, out.as_deref(), format),
         Command::Clusters { repo, format } => clusters(&repo, format),
-        Command::Plan { run, format } => reconcile(&run, Mode::Plan(format)),
+        Command::Plan { run, format } => reconcile(&run, Mode::Plan(format)).map(ExitCode::from),
         Command::Up { dir, listen } => {
             disable_huge_pages();
             up(&dir, listen)
@@ -229,19 +229,63 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Apply { run, format } => match run.every {
-            None => reconcile(&run, Mode::Apply(format)),
-            Some(every) => loop {
-                let code = reconcile(&run, Mode::Apply(format))?;
-                let jitter = rand::random_range(0.8..1.2);
-                let pause = every.mul_f64(jitter);
-                eprintln!(
-                    "next run in {:.0}s (--every {}s ± 20%)",
-                    pause.as_secs_f64(),
-                    every.as_secs()
-                );
-                let _ = code;
-                std::thread::sleep(pause);
-            },
+            None => reconcile(&run, Mode::Apply(format)).map(ExitCode::from),
+            Some(every) => Ok(ExitCode::from(apply_every(&run, format, every))),
         },
+    }
+}
+
+/// `cplane apply --every`: runs until Ctrl-C or SIGTERM, pausing `every` (±20 %) between runs.
+/// Every run's exit code is logged with the count of failed runs so far, a run that cannot
+/// even start (the database down, say) counts as failed instead of ending the loop, and the
+/// process exits with the last run's code: a supervisor sees a failure that was not repaired.
+fn apply_every(run: &RunArgs, format: Format, every: std::time::Duration) -> u8 {
+    let stop = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let (mut runs, mut failed) = (0u64, 0u64);
+    loop {
+        let code = match reconcile(run, Mode::Apply(format)) {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("error: {}", describe(&err));
+                exit_code_of(&err)
+            }
+        };
+        runs += 1;
+        if !matches!(code, 0 | EXIT_CONVERGING) {
+            failed += 1;
+        }
+        let pause = every.mul_f64(rand::random_range(0.8..1.2));
+        eprintln!(
+            "run {runs}: exit {code} ({failed} of {runs} runs failed); next run in {:.0}s (--every {} ± 20%)",
+            pause.as_secs_f64(),
+            humantime::format_duration(every)
+        );
+        let interrupted = stop.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                () = tokio::time::sleep(pause) => false,
+                _ = tokio::signal::ctrl_c() => true,
+                Some(()) = async {
+                    match term.as_mut() {
+                        Some(t) => t.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            }
+        });
+        if interrupted {
+            eprintln!("stopping after {runs} runs ({failed} failed); the last exited {code}");
+            return code;
+        }
     }
 }

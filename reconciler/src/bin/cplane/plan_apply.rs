@@ -14,19 +14,19 @@ pub(super) enum Mode {
 
 /// `plan` or `apply`. With `--format json`, stdout holds exactly one JSON object, also when
 /// the revision cannot be read or is invalid (`{"error": …, "errors": […]}`).
-pub(super) fn reconcile(args: &RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+pub(super) fn reconcile(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> {
     let json = matches!(mode, Mode::Plan(Format::Json) | Mode::Apply(Format::Json));
     match reconcile_inner(args, mode) {
         Err(err) if json => {
             let out = serde_json::json!({ "error": describe(&err), "errors": [] });
             println!("{}", serde_json::to_string_pretty(&out)?);
-            Ok(ExitCode::from(exit_code_of(&err)))
+            Ok(exit_code_of(&err))
         }
         other => other,
     }
 }
 
-pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> {
     let RunArgs {
         repo,
         database,
@@ -100,7 +100,7 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<Exit
                     }
                     eprintln!("error: {message}");
                 }
-                ExitCode::from(EXIT_INVALID)
+                EXIT_INVALID
             }
             RunResult::Planned {
                 plan,
@@ -123,7 +123,7 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<Exit
                     } else {
                         print_plan(&commit, &plan, *cloud == Cloud::Aws);
                     }
-                    return Ok(ExitCode::from(if plan.held.is_some() { EXIT_HELD } else { 0 }));
+                    return Ok(if plan.held.is_some() { EXIT_HELD } else { 0 });
                 }
                 let report = report.expect("applied");
                 let outcome = cplane_reconciler::status::summarize(&plan, &report);
@@ -158,13 +158,13 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<Exit
                     let (add, change, destroy) = plan.counts();
                     println!("Apply: {outcome} ({} steps: {add} to add, {change} to change, {destroy} to destroy; {} bundles published).", plan.steps.len(), published.len());
                 }
-                ExitCode::from(match outcome {
+                match outcome {
                     RunOutcome::Converged => 0,
                     RunOutcome::Converging => EXIT_CONVERGING,
                     RunOutcome::Held => EXIT_HELD,
                     RunOutcome::Refused => EXIT_INVALID,
                     RunOutcome::Failed | RunOutcome::Error => EXIT_ERROR,
-                })
+                }
             }
         };
         Ok(code)
