@@ -1,0 +1,12 @@
+//! The adapters: where cplane meets the outside world. Each turns I/O into the plain values
+//! of `cplane-core` and steps into calls; the crate root re-exports them at their old paths.
+//!
+//! - [`aws`]: STS, Route53 and ACM through the AWS SDK, behind the [`crate::cloud::Cloud`]
+//!   port.
+//! - [`db`]: the database (sqlx; SQLite embedded, PostgreSQL in production), split by table
+//!   family.
+//! - [`git`]: reading revisions, remote credentials.
+
+pub mod aws;
+pub mod db;
+pub mod git;
