@@ -94,7 +94,7 @@ impl Rig {
             RunResult::Planned { plan, report, .. } => {
                 let outcome = report
                     .as_ref()
-                    .map_or(RunOutcome::Converging, |r| status::summarize(&plan, r));
+                    .map_or(RunOutcome::Converging, |r| status::outcome(&plan, r));
                 (plan, report, outcome)
             }
         }

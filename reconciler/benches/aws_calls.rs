@@ -88,8 +88,8 @@ async fn main() {
         .expect("run") else {
             panic!("refused");
         };
-        use cplane_reconciler::status::{summarize, RunOutcome};
-        match summarize(&plan, &report.expect("applied")) {
+        use cplane_reconciler::status::{outcome, RunOutcome};
+        match outcome(&plan, &report.expect("applied")) {
             RunOutcome::Converged => break,
             RunOutcome::Converging => {
                 tokio::time::sleep(std::time::Duration::from_millis(700)).await

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::apply::{self, Context, Outcome, Progress, Report};
+use crate::apply::{self, Context, Progress, Report};
 use crate::aws::Aws;
 use crate::check::{check_memo, Keep, RenderMemo};
 use crate::cloud::Cloud;
-use crate::db::{Condition, Db};
-use crate::plan::{self, Options, Plan, Step};
+use crate::db::Db;
+use crate::plan::{self, Options, Plan};
 use crate::render::Cluster;
 use crate::source::Snapshot;
 
@@ -211,45 +211,20 @@ pub async fn record_refusal(run: Run<'_>, errors: &[String]) -> Result<(), crate
         started,
         started_at,
     } = run;
+    let last = db.applied_revision(scope).await?;
+    let (outcome, conditions) = crate::status::refused(errors, commit, last.as_deref());
     db.record_run(
         run_id,
         commit,
         scope,
         &serde_json::json!(null),
-        crate::status::RunOutcome::Refused.label(),
+        outcome.label(),
         errors,
         started_at,
         elapsed(started),
     )
     .await?;
-    let last = db
-        .applied_revision(scope)
-        .await?
-        .unwrap_or_else(|| "none".into());
-    db.set_condition(&Condition {
-        kind: "platform",
-        id: scope,
-        condition: "Stalled",
-        status: true,
-        reason: "InvalidRevision",
-        message: &format!(
-            "{} error(s) in {commit}; still applying {last}: {}",
-            errors.len(),
-            errors.join("; ")
-        ),
-        commit,
-    })
-    .await?;
-    db.set_condition(&Condition {
-        kind: "platform",
-        id: scope,
-        condition: "Ready",
-        status: false,
-        reason: "InvalidRevision",
-        message: "the latest revision is invalid",
-        commit,
-    })
-    .await
+    db.set_conditions(scope, commit, &conditions).await
 }
 
 /// Identity of one run, for recording it.
@@ -321,73 +296,18 @@ pub async fn apply_and_record_with(
             published.push((cluster.id.clone(), digest.clone(), generation));
         }
     }
-    // Status: per workspace and for the run.
-    let mut per_ws: BTreeMap<&str, Vec<(&Step, &Outcome)>> = BTreeMap::new();
-    for (s, o) in plan.steps.iter().zip(&report.outcomes) {
-        per_ws.entry(&s.workspace).or_default().push((s, o));
-    }
-    for (ws, list) in per_ws {
-        let waiting = list.iter().find(|(_, o)| matches!(o, Outcome::Waiting(_)));
-        let failed = list.iter().find(|(_, o)| matches!(o, Outcome::Failed(_)));
-        let (ready, reason, msg) = match (failed, waiting) {
-            (Some((s, Outcome::Failed(e))), _) => {
-                (false, "StepFailed", format!("{}: {e}", s.action))
-            }
-            (_, Some((s, Outcome::Waiting(e)))) => (false, "Waiting", format!("{}: {e}", s.action)),
-            _ => (true, "Reconciled", format!("applied {commit}")),
-        };
-        db.set_condition(&Condition {
-            kind: "workspace",
-            id: ws,
-            condition: "Ready",
-            status: ready,
-            reason,
-            message: &msg,
-            commit: &commit,
-        })
-        .await?;
-        db.set_condition(&Condition {
-            kind: "workspace",
-            id: ws,
-            condition: "Reconciling",
-            status: !ready,
-            reason,
-            message: &msg,
-            commit: &commit,
-        })
-        .await?;
-    }
-    for refusal in &plan.refused {
-        db.set_condition(&Condition {
-            kind: "workspace",
-            id: &refusal.workspace,
-            condition: "Stalled",
-            status: true,
-            reason: "Refused",
-            message: &refusal.message,
-            commit: &commit,
-        })
-        .await?;
-    }
-    // A workspace refused before that this run no longer refuses is not stalled any more.
-    let refused: std::collections::BTreeSet<&str> =
-        plan.refused.iter().map(|r| r.workspace.as_str()).collect();
-    for ws in db.entities_with("workspace", "Stalled").await? {
-        if decided.contains(&ws) && !refused.contains(ws.as_str()) {
-            db.set_condition(&Condition {
-                kind: "workspace",
-                id: &ws,
-                condition: "Stalled",
-                status: false,
-                reason: "Accepted",
-                message: &format!("{commit} is planned without refusal"),
-                commit: &commit,
-            })
-            .await?;
-        }
-    }
-    record_regions(db, &scope, &commit).await?;
-    let outcome = crate::status::summarize(plan, &report);
+    // Status: the outcome and conditions of the run, decided by the pure core; written with
+    // the stalled workspaces this run clears and the regions' readiness after it.
+    let (outcome, mut conditions) = crate::status::summarize(plan, &report);
+    let stalled = db.entities_with("workspace", "Stalled").await?;
+    conditions.extend(crate::status::unstalled(
+        plan,
+        stalled.iter().map(String::as_str),
+        |ws| decided.contains(ws),
+    ));
+    db.set_conditions(&scope, &commit, &conditions).await?;
+    let regions = crate::status::regions(&scope, &db.workspace_readiness().await?);
+    db.set_conditions(&scope, &commit, &regions).await?;
     let errors = crate::status::errors(plan, &report);
     let plan_json = serde_json::to_value(plan).expect("plans serialize");
     db.record_run(
@@ -402,88 +322,7 @@ pub async fn apply_and_record_with(
     )
     .await?;
     db.set_applied_revision(&scope, &commit).await?;
-    db.set_condition(&Condition {
-        kind: "platform",
-        id: &scope,
-        condition: "Stalled",
-        status: false,
-        reason: "ValidRevision",
-        message: &format!("applying {commit}"),
-        commit: &commit,
-    })
-    .await?;
-    db.set_condition(&Condition {
-        kind: "platform",
-        id: &scope,
-        condition: "Ready",
-        status: outcome == crate::status::RunOutcome::Converged,
-        reason: outcome.label(),
-        message: &format!("run {run_id}: {outcome}"),
-        commit: &commit,
-    })
-    .await?;
     Ok((report, published))
-}
-
-/// How many not-ready workspaces a region's `Ready` message names.
-const NOT_READY_NAMED: usize = 10;
-
-/// Records the `Ready` condition of every region in `scope` (a [`plan::Scope::label`]): True
-/// when each workspace provisioned there (in the scope's environments) is ready — its own
-/// `Ready` True and not `Stalled` — with a message counting ready of total and naming the
-/// first workspaces that are not. Regions named by the scope get a condition even without
-/// workspaces; with every region in scope (`*`), the regions that have workspaces do.
-async fn record_regions(db: &Db, scope: &str, commit: &str) -> Result<(), crate::db::Error> {
-    let (regions, environments) = scope.split_once('/').unwrap_or((scope, ""));
-    let named: Vec<&str> = regions
-        .split(',')
-        .filter(|r| !r.is_empty() && *r != "*")
-        .collect();
-    let environments: Vec<&str> = environments.split(',').filter(|e| !e.is_empty()).collect();
-    // region → (ready, not ready ids)
-    let mut by_region: BTreeMap<String, (usize, Vec<String>)> = named
-        .iter()
-        .map(|r| ((*r).to_owned(), (0, Vec::new())))
-        .collect();
-    for w in db.workspace_readiness().await? {
-        let in_scope = (named.is_empty() || named.contains(&w.region.as_str()))
-            && (environments.is_empty() || environments.contains(&w.environment.as_str()));
-        if !in_scope {
-            continue;
-        }
-        let entry = by_region.entry(w.region).or_default();
-        if w.ready {
-            entry.0 += 1;
-        } else {
-            entry.1.push(w.id);
-        }
-    }
-    for (region, (ready, not_ready)) in by_region {
-        let total = ready + not_ready.len();
-        let mut message = format!("{ready} of {total} workspaces ready");
-        if !not_ready.is_empty() {
-            message.push_str("; not ready: ");
-            message.push_str(&not_ready[..not_ready.len().min(NOT_READY_NAMED)].join(", "));
-            if not_ready.len() > NOT_READY_NAMED {
-                message.push_str(&format!(" and {} more", not_ready.len() - NOT_READY_NAMED));
-            }
-        }
-        db.set_condition(&Condition {
-            kind: "region",
-            id: &region,
-            condition: "Ready",
-            status: not_ready.is_empty(),
-            reason: if not_ready.is_empty() {
-                "WorkspacesReady"
-            } else {
-                "WorkspacesNotReady"
-            },
-            message: &message,
-            commit,
-        })
-        .await?;
-    }
-    Ok(())
 }
 
 fn elapsed(started: Instant) -> i64 {

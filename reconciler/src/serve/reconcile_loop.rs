@@ -400,7 +400,7 @@ pub(super) fn summary(
 ) -> LastRun {
     LastRun {
         commit,
-        outcome: crate::status::summarize(plan, report),
+        outcome: crate::status::outcome(plan, report),
         errors: crate::status::errors(plan, report),
         steps: plan.steps.len(),
         finished_at: crate::db::now_ms(),

@@ -6,7 +6,9 @@ use sqlx::Row;
 
 use super::*;
 
-/// One status condition (Kubernetes style) of an entity.
+pub use crate::status::WorkspaceReadiness;
+
+/// One status condition (Kubernetes style) of an entity, as stored.
 #[derive(Debug, Clone, Copy)]
 pub struct Condition<'a> {
     /// `workspace`, `region`, `platform`.
@@ -25,27 +27,14 @@ pub struct Condition<'a> {
     pub commit: &'a str,
 }
 
-/// One workspace's readiness, for its region's `Ready` condition ([`Db::workspace_readiness`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkspaceReadiness {
-    /// Workspace id.
-    pub id: String,
-    /// Region it is provisioned in.
-    pub region: String,
-    /// Its environment.
-    pub environment: String,
-    /// `Ready` True and not `Stalled`.
-    pub ready: bool,
-}
+const UPSERT_CONDITION: &str = "INSERT INTO entity_status (kind, id, condition, status, reason, message, commit_id, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (kind, id, condition) DO UPDATE SET status = excluded.status, reason = excluded.reason, message = excluded.message,
+       commit_id = excluded.commit_id, updated_at = excluded.updated_at";
 
 impl Db {
     /// Sets one status condition of an entity.
     pub async fn set_condition(&self, c: &Condition<'_>) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO entity_status (kind, id, condition, status, reason, message, commit_id, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (kind, id, condition) DO UPDATE SET status = excluded.status, reason = excluded.reason, message = excluded.message,
-               commit_id = excluded.commit_id, updated_at = excluded.updated_at",
-        )
+        sqlx::query(UPSERT_CONDITION)
         .bind(c.kind)
         .bind(c.id)
         .bind(c.condition)
@@ -56,6 +45,37 @@ impl Db {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Writes the conditions a run decided ([`crate::status`]), in one transaction, for the
+    /// run of `scope` at `commit` (a platform condition's entity is `scope`).
+    pub async fn set_conditions(
+        &self,
+        scope: &str,
+        commit: &str,
+        conditions: &[crate::status::Condition],
+    ) -> Result<(), Error> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        for c in conditions {
+            let id = match c.entity {
+                crate::status::Entity::Platform => scope,
+                _ => &c.id,
+            };
+            sqlx::query(UPSERT_CONDITION)
+                .bind(c.entity.label())
+                .bind(id)
+                .bind(c.kind.label())
+                .bind(if c.status { "True" } else { "False" })
+                .bind(&c.reason)
+                .bind(&c.message)
+                .bind(commit)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -126,7 +126,7 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
                     return Ok(if plan.held.is_some() { EXIT_HELD } else { 0 });
                 }
                 let report = report.expect("applied");
-                let outcome = cplane_reconciler::status::summarize(&plan, &report);
+                let outcome = cplane_reconciler::status::outcome(&plan, &report);
                 if json {
                     let steps: Vec<_> = plan.steps.iter().zip(&report.outcomes).map(|(step, o)| {
                         let detail = match o {
