@@ -370,6 +370,31 @@ fn init_makes_main_and_every_command_shares_the_repos_database() {
     assert!(out.status.success(), "{}", text(&out));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(status["runs"][0]["outcome"], "converged", "{status}");
+    // With the region's Ready condition: every workspace provisioned in sgp-1 is ready.
+    let sgp = status["regions"]
+        .as_array()
+        .expect("regions")
+        .iter()
+        .find(|r| r["id"] == "sgp-1")
+        .unwrap_or_else(|| panic!("sgp-1 in {status}"));
+    let ready = &sgp["conditions"][0];
+    assert_eq!(
+        (&ready["type"], &ready["status"], &ready["reason"]),
+        (&"Ready".into(), &"True".into(), &"WorkspacesReady".into()),
+        "{status}"
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("workspaces ready") && !m.starts_with("0 of")),
+        "{status}"
+    );
+    let out = cplane_in(&state, &["status"]);
+    assert!(
+        text(&out).contains("region sgp-1: Ready=True (WorkspacesReady)"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

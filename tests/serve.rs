@@ -42,6 +42,21 @@ fn push_and_webhook_are_reconciled_and_bad_commits_refused() {
             .any(|c| c["type"] == "Ready"),
         "{v}"
     );
+    // Regions carry their Ready condition: all of sgp-1's workspaces are ready.
+    let (_, body) = http(port, "GET", "/v1/regions", &[], b"");
+    let regions: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let sgp = regions
+        .as_array()
+        .expect("regions")
+        .iter()
+        .find(|r| r["id"] == "sgp-1")
+        .unwrap_or_else(|| panic!("sgp-1 in {regions}"));
+    let ready = &sgp["status"]["conditions"][0];
+    assert_eq!(
+        (&ready["type"], &ready["status"]),
+        (&"Ready".into(), &"True".into()),
+        "{regions}"
+    );
     assert_eq!(http(port, "GET", "/lookup/w-umbrella", &[], b"").0, 404);
     let (_, body) = http(port, "GET", "/v1/clusters", &[], b"");
     let clusters: serde_json::Value = serde_json::from_str(&body).expect("json");

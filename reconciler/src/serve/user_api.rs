@@ -68,17 +68,33 @@ pub(super) fn applied_model(sh: &Shared) -> Result<(String, cplane_schema::Model
     Ok((commit, model))
 }
 
+/// Every region of the applied revision, with its conditions (`Ready`: every workspace
+/// provisioned there is ready).
 pub(super) async fn regions(State(sh): State<Arc<Shared>>) -> Response {
-    match model_of(&sh) {
-        Err(r) => r.into_response(),
-        Ok(m) => Json(
-            m.regions
-                .values()
-                .map(|r| json!({ "id": r.doc.metadata.name, "spec": r.doc.spec }))
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
+    let m = match model_of(&sh) {
+        Err(r) => return r.into_response(),
+        Ok(m) => m,
+    };
+    let mut out = Vec::with_capacity(m.regions.len());
+    for r in m.regions.values() {
+        let id = &r.doc.metadata.name;
+        let conditions = match sh.db.conditions("region", id).await {
+            Ok(c) => conditions_json(c),
+            Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        };
+        out.push(json!({ "id": id, "spec": r.doc.spec, "status": { "conditions": conditions } }));
     }
+    Json(out).into_response()
+}
+
+/// Conditions as the API shows them (`type`, `status` `True`/`False`, `reason`, `message`).
+fn conditions_json(
+    conditions: std::collections::BTreeMap<String, (bool, String, String)>,
+) -> Vec<serde_json::Value> {
+    conditions
+        .into_iter()
+        .map(|(c, (status, reason, message))| json!({ "type": c, "status": if status { "True" } else { "False" }, "reason": reason, "message": message }))
+        .collect()
 }
 
 pub(super) async fn stacks(State(sh): State<Arc<Shared>>) -> Response {
@@ -127,10 +143,7 @@ pub(super) async fn workspace_json(
         .conditions("workspace", id)
         .await
         .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    let conditions: Vec<_> = conditions
-        .into_iter()
-        .map(|(c, (status, reason, message))| json!({ "type": c, "status": if status { "True" } else { "False" }, "reason": reason, "message": message }))
-        .collect();
+    let conditions = conditions_json(conditions);
     Ok(
         json!({ "id": id, "file": ws.file, "commit": commit, "spec": ws.doc.spec, "status": { "conditions": conditions } }),
     )

@@ -122,6 +122,28 @@ impl Db {
             .collect()
     }
 
+    /// Conditions of every entity of `kind`: id → condition → (status, reason, message).
+    pub async fn conditions_of_kind(
+        &self,
+        kind: &str,
+    ) -> Result<BTreeMap<String, BTreeMap<String, (bool, String, String)>>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, condition, status, reason, message FROM entity_status WHERE kind = $1",
+        )
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: BTreeMap<String, BTreeMap<String, (bool, String, String)>> = BTreeMap::new();
+        for r in &rows {
+            let status: String = r.try_get("status")?;
+            out.entry(r.try_get("id")?).or_default().insert(
+                r.try_get("condition")?,
+                (status == "True", r.try_get("reason")?, r.try_get("message")?),
+            );
+        }
+        Ok(out)
+    }
+
     /// Conditions of an entity: condition → (status, reason, message).
     pub async fn conditions(
         &self,

@@ -183,6 +183,12 @@ pub(super) async fn status_command(
     let applied = db.applied_revision(&label).await?;
     let runs = db.runs(&label, runs).await?;
     let conditions = db.conditions("platform", &label).await?;
+    let regions = db.conditions_of_kind("region").await?;
+    let condition_json = |(name, (status, reason, message)): (&String, &(bool, String, String))| {
+        serde_json::json!({
+            "type": name, "status": if *status { "True" } else { "False" }, "reason": reason, "message": message,
+        })
+    };
     match format {
         Format::Json => {
             let out = serde_json::json!({
@@ -191,8 +197,9 @@ pub(super) async fn status_command(
                 "runs": runs.iter().map(|(id, commit, outcome, errors)| serde_json::json!({
                     "id": id, "commit": commit, "outcome": outcome, "errors": errors,
                 })).collect::<Vec<_>>(),
-                "conditions": conditions.iter().map(|(name, (status, reason, message))| serde_json::json!({
-                    "type": name, "status": if *status { "True" } else { "False" }, "reason": reason, "message": message,
+                "conditions": conditions.iter().map(condition_json).collect::<Vec<_>>(),
+                "regions": regions.iter().map(|(id, cs)| serde_json::json!({
+                    "id": id, "conditions": cs.iter().map(condition_json).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -207,6 +214,14 @@ pub(super) async fn status_command(
                     "  {name}={} ({reason}): {message}",
                     if *status { "True" } else { "False" }
                 );
+            }
+            for (region, cs) in &regions {
+                for (name, (status, reason, message)) in cs {
+                    println!(
+                        "  region {region}: {name}={} ({reason}): {message}",
+                        if *status { "True" } else { "False" }
+                    );
+                }
             }
             for (id, commit, outcome, errors) in &runs {
                 println!(
