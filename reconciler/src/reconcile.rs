@@ -302,6 +302,7 @@ pub async fn apply_and_record_with(
     let stalled = db.entities_with("workspace", "Stalled").await?;
     conditions.extend(crate::status::unstalled(
         plan,
+        &commit,
         stalled.iter().map(String::as_str),
         |ws| decided.contains(ws),
     ));

@@ -224,9 +224,10 @@ pub fn refused(
 }
 
 /// `Stalled=False` for every workspace that was stalled (`stalled`), that this run decided
-/// about (`decided`: desired or with steps) and that `plan` no longer refuses.
+/// about (`decided`: desired or with steps) and that `plan` (of `commit`) no longer refuses.
 pub fn unstalled<'a>(
     plan: &Plan,
+    commit: &str,
     stalled: impl IntoIterator<Item = &'a str>,
     decided: impl Fn(&str) -> bool,
 ) -> Vec<Condition> {
@@ -241,7 +242,7 @@ pub fn unstalled<'a>(
                 Kind::Stalled,
                 false,
                 "Accepted",
-                "planned without refusal",
+                &format!("{commit} is planned without refusal"),
             )
         })
         .collect()
@@ -570,11 +571,12 @@ mod tests {
             }],
             ..Plan::default()
         };
-        let cs = unstalled(&plan, ["w-fixed", "w-still", "w-elsewhere"], |ws| {
+        let cs = unstalled(&plan, "c9", ["w-fixed", "w-still", "w-elsewhere"], |ws| {
             ws != "w-elsewhere"
         });
         assert_eq!(cs.len(), 1, "{cs:#?}");
         assert_eq!((cs[0].id.as_str(), cs[0].status), ("w-fixed", false));
+        assert_eq!(cs[0].message, "c9 is planned without refusal");
     }
 
     #[test]

@@ -35,16 +35,16 @@ impl Db {
     /// Sets one status condition of an entity.
     pub async fn set_condition(&self, c: &Condition<'_>) -> Result<(), Error> {
         sqlx::query(UPSERT_CONDITION)
-        .bind(c.kind)
-        .bind(c.id)
-        .bind(c.condition)
-        .bind(if c.status { "True" } else { "False" })
-        .bind(c.reason)
-        .bind(c.message)
-        .bind(c.commit)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+            .bind(c.kind)
+            .bind(c.id)
+            .bind(c.condition)
+            .bind(if c.status { "True" } else { "False" })
+            .bind(c.reason)
+            .bind(c.message)
+            .bind(c.commit)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -138,7 +138,11 @@ impl Db {
             let status: String = r.try_get("status")?;
             out.entry(r.try_get("id")?).or_default().insert(
                 r.try_get("condition")?,
-                (status == "True", r.try_get("reason")?, r.try_get("message")?),
+                (
+                    status == "True",
+                    r.try_get("reason")?,
+                    r.try_get("message")?,
+                ),
             );
         }
         Ok(out)
