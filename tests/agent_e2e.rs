@@ -62,6 +62,7 @@ fn serve(repo: &Path, dir: &Path, db: &str, port: u16) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
         .args([
             "serve",
+            "--insecure-open-read",
             "--repo-url",
             repo.to_str().expect("utf-8"),
             "--branch",

@@ -85,6 +85,7 @@ fn start_with(issuer: Option<&str>) -> Setup {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
     cmd.args([
         "serve",
+        "--insecure-open-read",
         "--repo-url",
         &format!("file://{}", remote.display()),
     ])

@@ -464,9 +464,20 @@ async fn admins_and_members_write_others_read_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_an_issuer_reads_are_open_and_writes_refused() {
+async fn without_an_issuer_the_api_is_closed_unless_open_read_and_writes_refused() {
     let (_dir, db) = sqlite().await;
-    let app = app(Arc::new(Auth::new(Config::default(), db.clone())), db);
+    let closed = app(
+        Arc::new(Auth::new(Config::default(), db.clone())),
+        db.clone(),
+    );
+    let r = call(&closed, "GET", "/v1/workspaces", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body.contains("--insecure-open-read"), "{}", r.body);
+    let open_read = Config {
+        insecure_open_read: true,
+        ..Config::default()
+    };
+    let app = app(Arc::new(Auth::new(open_read, db.clone())), db);
     assert_eq!(
         call(&app, "GET", "/v1/workspaces", None).await.status,
         StatusCode::OK
@@ -815,11 +826,13 @@ async fn serve_requires_a_token_on_the_user_api_only() {
             401,
             "{path} without a token"
         );
+        // Signed in without memberships: the platform's reads, none of a tenant's.
+        let expected = if path.contains("acme") { 404 } else { 200 };
         let (status, body) = http(port, "GET", path, Some(&token));
-        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(status, expected, "{path}: {body}");
     }
-    let (_, body) = http(port, "GET", "/v1/workspaces/acme", Some(&token));
-    assert!(body.contains("\"account\":\"acme-corp\""), "{body}");
+    let (_, body) = http(port, "GET", "/v1/workspaces", Some(&token));
+    assert_eq!(body, "[]");
     let wrong = key.token(&claims(&issuer.url, "other-client", "ops@example.com", 300));
     assert_eq!(http(port, "GET", "/v1/workspaces", Some(&wrong)).0, 401);
 
@@ -884,6 +897,182 @@ async fn serve_requires_a_token_on_the_user_api_only() {
         )
         .0,
         401
+    );
+}
+
+/// Reads scoped by role, through `serve`: an admin sees everything; a member their account's
+/// workspaces with the tenant's AWS identifiers; a viewer the same without them, and writes
+/// nothing; another user none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_scoped_by_account_and_role() {
+    let key = TestKey::rsa("k1");
+    let issuer = TestIssuer::start("/realms/cogrion", &[&key]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = remote(tmp.path());
+    let (_server, port, db) = serve(tmp.path(), "sgp-1", &repo, &issuer.url, &[]);
+    let token = |email: &str| key.token(&claims(&issuer.url, AUD, email, 300));
+    let grant = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--database", db.as_str()]);
+        let (ok, out) = cplane(&all, &[]);
+        assert!(ok, "{out}");
+    };
+    for email in [
+        "root@example.com",
+        "mia@example.com",
+        "vic@example.com",
+        "eve@example.com",
+    ] {
+        assert_eq!(http(port, "GET", "/v1/me", Some(&token(email))).0, 200);
+    }
+    grant(&["principal", "grant-admin", "root@example.com"]);
+    grant(&[
+        "membership",
+        "add",
+        "mia@example.com",
+        "acme-corp",
+        "--role",
+        "member",
+    ]);
+    grant(&[
+        "membership",
+        "add",
+        "vic@example.com",
+        "acme-corp",
+        "--role",
+        "viewer",
+    ]);
+    // Wait for the first run, so clusters and rows exist.
+    wait_for("published clusters", || {
+        http(
+            port,
+            "GET",
+            "/v1/clusters",
+            Some(&token("root@example.com")),
+        )
+        .1
+        .contains("w-acme")
+    });
+
+    let ids = |email: &str, path: &str| -> Vec<String> {
+        let (status, body) = http(port, "GET", path, Some(&token(email)));
+        assert_eq!(status, 200, "{email} {path}: {body}");
+        serde_json::from_str::<Vec<Value>>(&body)
+            .expect("a JSON list")
+            .iter()
+            .map(|v| v["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let all = ids("root@example.com", "/v1/workspaces");
+    assert!(
+        all.len() >= 3 && all.contains(&"globex".to_owned()),
+        "{all:?}"
+    );
+    assert_eq!(ids("mia@example.com", "/v1/workspaces"), ["acme"]);
+    assert_eq!(ids("vic@example.com", "/v1/workspaces"), ["acme"]);
+    assert!(ids("eve@example.com", "/v1/workspaces").is_empty());
+    assert!(
+        ids("root@example.com", "/v1/clusters").len() > all.len(),
+        "platform clusters too"
+    );
+    assert_eq!(ids("mia@example.com", "/v1/clusters"), ["w-acme"]);
+    assert_eq!(ids("vic@example.com", "/v1/clusters"), ["w-acme"]);
+    assert!(ids("eve@example.com", "/v1/clusters").is_empty());
+
+    // The tenant's AWS identifiers: admins and members only.
+    let aws = |email: &str| {
+        let (status, body) = http(port, "GET", "/v1/workspaces/acme", Some(&token(email)));
+        assert_eq!(status, 200, "{email}: {body}");
+        serde_json::from_str::<Value>(&body).expect("json")["spec"]["aws"].clone()
+    };
+    for email in ["root@example.com", "mia@example.com"] {
+        let aws = aws(email);
+        assert!(
+            aws["roleArn"].is_string() && aws["externalId"].is_string(),
+            "{email}: {aws}"
+        );
+    }
+    let hidden = aws("vic@example.com");
+    for key in ["accountId", "roleArn", "externalId"] {
+        assert!(hidden.get(key).is_none(), "viewer sees {key}: {hidden}");
+    }
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            "/v1/workspaces/globex",
+            Some(&token("mia@example.com"))
+        )
+        .0,
+        404,
+        "another account's workspace is not found"
+    );
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            "/v1/clusters/w-globex/status",
+            Some(&token("vic@example.com"))
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            "/v1/clusters/w-acme/status",
+            Some(&token("vic@example.com"))
+        )
+        .0,
+        200
+    );
+
+    // The plan: only the steps of readable workspaces; run errors only for admins.
+    for email in ["mia@example.com", "eve@example.com"] {
+        let (status, body) = http(port, "GET", "/v1/plan", Some(&token(email)));
+        assert_eq!(status, 200, "{body}");
+        let plan: Value = serde_json::from_str(&body).expect("json");
+        let steps = plan["plan"]["steps"].as_array().expect("steps");
+        assert!(
+            steps
+                .iter()
+                .all(|s| email.starts_with("mia") && s["workspace"] == "acme"),
+            "{email}: {plan}"
+        );
+        let (_, body) = http(port, "GET", "/v1/status", Some(&token(email)));
+        let status: Value = serde_json::from_str(&body).expect("json");
+        assert!(status["last_run"].get("errors").is_none(), "{status}");
+    }
+    let (_, body) = http(port, "GET", "/v1/status", Some(&token("root@example.com")));
+    let status: Value = serde_json::from_str(&body).expect("json");
+    assert!(status["last_run"]["errors"].is_array(), "{status}");
+
+    // A viewer changes nothing; nor does a member of another account.
+    let body = br#"{"values":{}}"#;
+    for email in ["vic@example.com", "eve@example.com"] {
+        let (status, out) = support::serve::http(
+            port,
+            "PUT",
+            "/v1/workspaces/acme/stacks/trino",
+            &[
+                ("Authorization", format!("Bearer {}", token(email))),
+                ("Content-Type", "application/json".into()),
+            ],
+            body,
+        );
+        assert_eq!(status, 403, "{email}: {out}");
+    }
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/v1/reconcile",
+            Some(&token("mia@example.com"))
+        )
+        .0,
+        403,
+        "only admins start a reconcile"
     );
 }
 

@@ -222,7 +222,14 @@ fn serve_follows_the_remotes_default_branch_and_names_a_missing_one() {
     let url = format!("file://{}", remote.display());
     let serve = |extra: &[&str], port: u16| {
         Command::new(env!("CARGO_BIN_EXE_cplane"))
-            .args(["serve", "--repo-url", &url, "--poll", "1h"])
+            .args([
+                "serve",
+                "--insecure-open-read",
+                "--repo-url",
+                &url,
+                "--poll",
+                "1h",
+            ])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args([
                 "--mirror",

@@ -116,6 +116,7 @@ fn agents_authenticate_with_client_certificates_naming_their_cluster() {
         Command::new(env!("CARGO_BIN_EXE_cplane"))
             .args([
                 "serve",
+                "--insecure-open-read",
                 "--repo-url",
                 &format!("file://{}", remote.display()),
             ])

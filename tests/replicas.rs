@@ -27,6 +27,7 @@ fn replica(dir: &Path, name: &str, remote: &Path, branch: &str, db: &str) -> Rep
     let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
         .args([
             "serve",
+            "--insecure-open-read",
             "--repo-url",
             &format!("file://{}", remote.display()),
         ])

@@ -219,6 +219,7 @@ fn start() -> Setup {
     let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
         .args([
             "serve",
+            "--insecure-open-read",
             "--repo-url",
             &format!("file://{}", remote.display()),
             "--branch",

@@ -33,6 +33,7 @@ fn start(dir: &Path, tls: Option<(&Path, &Path)>) -> (Server, u16) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
     cmd.args([
         "serve",
+        "--insecure-open-read",
         "--repo-url",
         &format!("file://{}", remote.display()),
     ])

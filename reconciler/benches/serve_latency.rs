@@ -106,6 +106,7 @@ fn main() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cplane"))
         .args([
             "serve",
+            "--insecure-open-read",
             "--repo-url",
             repo.to_str().expect("utf-8"),
             "--branch",

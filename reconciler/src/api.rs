@@ -41,6 +41,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::auth::authz::{self, Grants};
 use crate::auth::Principal;
 use crate::db::Db;
 use crate::write::{self, Access, Change, Mode, Request, User, Writer};
@@ -183,8 +184,15 @@ async fn run_write(api: &Api, w: Write, headers: &HeaderMap, query: ModeQuery) -
         .get(axum::http::header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().trim_matches('"').to_owned());
-    // Authorize: admins write everything; others must belong to every account involved.
-    let access = if principal.admin {
+    // Authorize: admins write everything; others must be members of every account involved.
+    let grants = match principal.grants(&api.db).await {
+        Ok(g) => g,
+        Err(e) => {
+            api.count("error");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+    };
+    let access = if grants.admin {
         Access::Any
     } else {
         if let Some(current) = current_account(api, change.workspace()).await {
@@ -192,22 +200,14 @@ async fn run_write(api: &Api, w: Write, headers: &HeaderMap, query: ModeQuery) -
         }
         let mut allowed = BTreeSet::new();
         for account in accounts {
-            match principal.can_write_account(&api.db, &account).await {
-                Ok(true) => {
-                    allowed.insert(account);
-                }
-                Ok(false) => {
-                    api.count("forbidden");
-                    return error(
-                        StatusCode::FORBIDDEN,
-                        format!("you may not write workspaces of account {account}"),
-                    );
-                }
-                Err(e) => {
-                    api.count("error");
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, e);
-                }
+            if !authz::allows(&grants, authz::Action::Write(&account)) {
+                api.count("forbidden");
+                return error(
+                    StatusCode::FORBIDDEN,
+                    format!("you may not write workspaces of account {account}"),
+                );
             }
+            allowed.insert(account);
         }
         Access::Accounts(allowed)
     };
@@ -547,7 +547,11 @@ async fn reconcile(State(api): State<Arc<Api>>, principal: Authenticated) -> Res
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    if !principal.admin {
+    let grants = match principal.grants(&api.db).await {
+        Ok(g) => g,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if !authz::may_trigger(&grants) {
         return error(StatusCode::FORBIDDEN, "only admins start a reconcile");
     }
     (api.trigger)();
@@ -564,7 +568,10 @@ async fn openapi() -> Response {
 
 /// `GET /v1/plan`: the plan of the remote head against the database, as `cplane plan --format
 /// json` prints it.
-async fn plan(State(api): State<Arc<Api>>) -> Response {
+async fn plan(
+    State(api): State<Arc<Api>>,
+    axum::Extension(grants): axum::Extension<Grants>,
+) -> Response {
     let settings = api.settings.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         let (repo, rev) = head_repo(&settings).map_err(|e| e.to_string())?;
@@ -581,9 +588,26 @@ async fn plan(State(api): State<Arc<Api>>) -> Response {
     };
     let model = match loaded.into_valid() {
         Ok(m) => m,
-        Err(errors) => {
-            return Json(json!({ "commit": commit, "valid": false, "errors": errors }))
-                .into_response()
+        Err(mut errors) => {
+            // Errors quote files: others' workspaces only for operators.
+            let total = errors.len();
+            if !authz::allows(&grants, authz::Action::Operate) {
+                let accounts = match api.db.workspace_accounts().await {
+                    Ok(a) => a,
+                    Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                };
+                errors.retain(|d| {
+                    let id = d
+                        .file
+                        .strip_prefix("workspaces/")
+                        .and_then(|f| f.strip_suffix(".yaml"));
+                    id.and_then(|id| accounts.get(id))
+                        .is_some_and(|a| authz::allows(&grants, authz::Action::Read(a)))
+                });
+            }
+            let hidden = total - errors.len();
+            return Json(json!({ "commit": commit, "valid": false, "errors": errors, "errors_hidden": hidden }))
+                .into_response();
         }
     };
     let scope = &api.settings.scope;
@@ -604,11 +628,56 @@ async fn plan(State(api): State<Arc<Api>>) -> Response {
             .count();
         options.confirmed = n >= removing;
     }
-    let plan = crate::plan::plan(&desired, &observed, options);
+    let mut plan = crate::plan::plan(&desired, &observed, options);
+    if !authz::allows(&grants, authz::Action::Operate) {
+        // The steps and refusals of the workspaces they may read (desired ones by the state
+        // repo's account, removed ones by the recorded one).
+        let account_of = |id: &str| {
+            model
+                .workspaces
+                .get(id)
+                .map(|w| w.doc.spec.account.clone())
+                .or_else(|| {
+                    observed
+                        .workspaces
+                        .get(id)
+                        .map(|w| w.applied.account.clone())
+                })
+        };
+        let readable = |id: &str| {
+            account_of(id).is_some_and(|a| authz::allows(&grants, authz::Action::Read(&a)))
+        };
+        plan = filtered(plan, readable);
+    }
     Json(json!({
         "commit": commit,
         "plan": plan,
         "notes": ["cloud drift is not read by the API's plan; `cplane plan --cloud aws` reads it"],
     }))
     .into_response()
+}
+
+/// `plan` with only the steps and refusals of the workspaces `keep` accepts; a kept step's
+/// `after` indexes are renumbered (a step only ever waits on steps of its own workspace).
+fn filtered(plan: crate::plan::Plan, keep: impl Fn(&str) -> bool) -> crate::plan::Plan {
+    let mut index = vec![None; plan.steps.len()];
+    let mut steps = Vec::new();
+    for (i, step) in plan.steps.into_iter().enumerate() {
+        if keep(&step.workspace) {
+            index[i] = Some(steps.len());
+            steps.push(step);
+        }
+    }
+    for step in &mut steps {
+        step.after = step.after.iter().filter_map(|a| index[*a]).collect();
+    }
+    crate::plan::Plan {
+        steps,
+        refused: plan
+            .refused
+            .into_iter()
+            .filter(|r| keep(&r.workspace))
+            .collect(),
+        held: plan.held,
+    }
 }

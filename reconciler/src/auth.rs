@@ -7,7 +7,8 @@
 //!   extensions. The other surfaces (agents, the seed's endpoints, webhooks, health) are
 //!   routers of their own with their own authentication and never pass through it.
 //! - [`Principal`] is an axum extractor: handlers that write take `principal: Principal` and
-//!   ask [`Principal::can_write_account`].
+//!   ask [`Principal::can_write_account`]; readers take the request's [`authz::Grants`]. Every
+//!   decision is [`authz::allows`].
 //! - [`routes`]: `GET /internal/principals?email=` (bearer `INTER_REGION_SERVICE_TOKEN`) and
 //!   the development issuer's JWKS when one is configured ([`dev`]); [`user_routes`]:
 //!   `GET /v1/me`.
@@ -23,13 +24,16 @@
 //!   (created on first encounter: kind `user`, no roles) in the primary region, or from the
 //!   primary (`PRIMARY_CPLANE_API_URL`, cached 60 s) elsewhere; memberships always come from the
 //!   local database. An unreachable issuer or primary answers 503, never a weaker identity.
-//! - Without any issuer configured, the read API is open (a warning is logged at start) and
-//!   every [`Principal`] extraction — so every write — is refused with 401.
+//! - Without any issuer configured, the user API is refused with 401, unless the server was
+//!   started with `--insecure-open-read`: then reads are open (a warning is logged at start;
+//!   the tenants' AWS identifiers stay hidden) and every [`Principal`] extraction — so every
+//!   write — is refused with 401.
 //!
 //! # Errors
 //! Refusals are JSON `{"error": "..."}` with `WWW-Authenticate: Bearer …` on 401. Messages say
 //! why (expired, wrong audience, unknown key, …) and never echo the token.
 
+pub mod authz;
 pub mod dev;
 pub mod jwks;
 pub mod principals;
@@ -84,7 +88,7 @@ pub enum Error {
 pub struct Args {
     /// Allowed OIDC issuer URL, e.g. `https://auth.sgp-1.cogrion.com/realms/cogrion`
     /// (repeatable; the environment variable takes a comma-separated list). With none, the
-    /// read API is unauthenticated and API writes are refused.
+    /// user API is refused (unless `--insecure-open-read`).
     #[arg(
         long = "oidc-issuer",
         env = "CPLANE_OIDC_ISSUERS",
@@ -94,6 +98,10 @@ pub struct Args {
     /// Audience a token must carry (`aud`); required with `--oidc-issuer`.
     #[arg(long, env = "CPLANE_OIDC_AUDIENCE")]
     pub oidc_audience: Option<String>,
+    /// Without an issuer, serve the read API to anyone (every workspace, without the tenants'
+    /// AWS identifiers); writes stay refused. For trying cplane out on a private machine only.
+    #[arg(long, env = "CPLANE_INSECURE_OPEN_READ")]
+    pub insecure_open_read: bool,
     /// Where identities live.
     #[command(flatten)]
     pub region: RegionArgs,
@@ -118,6 +126,7 @@ impl Args {
         let Self {
             oidc_issuers,
             oidc_audience,
+            insecure_open_read,
             region:
                 RegionArgs {
                     primary_cplane_api_url,
@@ -163,6 +172,7 @@ impl Args {
             audience,
             primary,
             service_token,
+            insecure_open_read,
             ..Config::default()
         })
     }
@@ -189,6 +199,8 @@ pub struct Config {
     pub principal_cache_ttl: Duration,
     /// A development issuer served by this server (`cplane up`).
     pub dev_issuer: Option<dev::DevIssuer>,
+    /// Without issuers, serve reads to anyone ([`authz::Grants::open_read`]).
+    pub insecure_open_read: bool,
 }
 
 impl Default for Config {
@@ -203,6 +215,7 @@ impl Default for Config {
             jwks_max_age: Duration::from_secs(600),
             principal_cache_ttl: Duration::from_secs(60),
             dev_issuer: None,
+            insecure_open_read: false,
         }
     }
 }
@@ -222,6 +235,7 @@ impl std::fmt::Debug for Config {
             .field("jwks_max_age", &self.jwks_max_age)
             .field("principal_cache_ttl", &self.principal_cache_ttl)
             .field("dev_issuer", &self.dev_issuer)
+            .field("insecure_open_read", &self.insecure_open_read)
             .finish()
     }
 }
@@ -249,23 +263,23 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// Whether this principal may write `account`'s workspaces: admins always; otherwise a
-    /// `member` of the account (memberships in this region's database).
-    pub async fn can_write_account(
-        &self,
-        db: &Db,
-        account: &str,
-    ) -> Result<bool, crate::db::Error> {
-        if self.admin {
-            return Ok(true);
-        }
-        if self.uid.is_empty() {
-            return Ok(false);
-        }
-        Ok(principals::membership_role(db, &self.uid, account)
-            .await?
-            .as_deref()
-            == Some(principals::ROLE_MEMBER))
+    /// What this principal may do ([`authz::Grants`]): the system role and the memberships in
+    /// this region's database.
+    pub async fn grants(&self, db: &Db) -> Result<authz::Grants, Error> {
+        let memberships = if self.admin || self.uid.is_empty() {
+            Vec::new()
+        } else {
+            principals::memberships(db, &self.uid).await?
+        };
+        Ok(authz::Grants::from_memberships(self.admin, &memberships))
+    }
+
+    /// Whether this principal may write `account`'s workspaces ([`authz::Action::Write`]).
+    pub async fn can_write_account(&self, db: &Db, account: &str) -> Result<bool, Error> {
+        Ok(authz::allows(
+            &self.grants(db).await?,
+            authz::Action::Write(account),
+        ))
     }
 }
 
@@ -372,8 +386,10 @@ impl Auth {
     /// An authenticator over `db` for the server: logs how users authenticate (a warning when
     /// no issuer is configured).
     pub fn new(config: Config, db: Db) -> Self {
-        if config.issuers.is_empty() {
-            tracing::warn!("no OIDC issuer configured: the read API is unauthenticated and every API write is refused (set --oidc-issuer and --oidc-audience)");
+        if config.issuers.is_empty() && config.insecure_open_read {
+            tracing::warn!("no OIDC issuer configured and --insecure-open-read: anyone reaching this server reads every workspace (without the tenants' AWS identifiers); every API write is refused");
+        } else if config.issuers.is_empty() {
+            tracing::warn!("no OIDC issuer configured: the user API is closed (set --oidc-issuer and --oidc-audience, or --insecure-open-read)");
         } else {
             tracing::info!(issuers = ?config.issuers, "API users authenticate with OIDC bearer tokens");
         }
@@ -596,7 +612,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// pass through it: which routes need a user is said by where they are mounted.
 pub async fn require_user(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
     if auth.config.issuers.is_empty() {
+        if !auth.config.insecure_open_read {
+            return Rejection::unauthorized(
+                "no OIDC issuer configured: the API is closed (start with --oidc-issuer, or --insecure-open-read to serve reads to anyone)",
+            )
+            .into_response();
+        }
         req.extensions_mut().insert(NoIssuer);
+        req.extensions_mut().insert(authz::Grants::open_read());
         return next.run(req).await;
     }
     let Some(token) = bearer(req.headers()) else {
@@ -604,6 +627,18 @@ pub async fn require_user(State(auth): State<Arc<Auth>>, mut req: Request, next:
     };
     match auth.authenticate(token).await {
         Ok(principal) => {
+            let grants = match principal.grants(&auth.db).await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading memberships");
+                    return Rejection {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        message: "could not read memberships".into(),
+                    }
+                    .into_response();
+                }
+            };
+            req.extensions_mut().insert(grants);
             req.extensions_mut().insert(principal);
             next.run(req).await
         }

@@ -1,8 +1,11 @@
 //! The read API for users (`/v1/status`, `/v1/regions`, `/v1/stacks`, `/v1/clusters`,
 //! `/v1/workspaces[/{id}]`, `GET /v1/clusters/{id}/status`): what the applied revision says.
-//! Behind the user authentication layer ([`crate::auth::require_user`]).
+//! Behind the user authentication layer ([`crate::auth::require_user`]), which resolves the
+//! request's [`Grants`]; every handler shows only what [`authz::allows`] lets them see.
 
 use super::*;
+use crate::auth::authz::{self, Action, Grants};
+use axum::Extension;
 
 /// The read API (mounted behind the users' authentication layer).
 pub(super) fn router(shared: Arc<Shared>) -> Router {
@@ -17,8 +20,23 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-pub(super) async fn status(State(sh): State<Arc<Shared>>) -> Json<serde_json::Value> {
+/// The control plane's state. Run errors can name any tenant's workspace: only operators see
+/// them; others see how many there are.
+pub(super) async fn status(
+    State(sh): State<Arc<Shared>>,
+    Extension(grants): Extension<Grants>,
+) -> Json<serde_json::Value> {
     let last = sh.last.lock().expect("last").clone();
+    let mut last = serde_json::to_value(last).expect("runs serialize");
+    if !authz::allows(&grants, Action::Operate) {
+        if let Some(run) = last.as_object_mut() {
+            let hidden = run
+                .remove("errors")
+                .and_then(|e| e.as_array().map(Vec::len))
+                .unwrap_or(0);
+            run.insert("errors_hidden".into(), json!(hidden));
+        }
+    }
     Json(json!({
         "ready": sh.ready.load(Ordering::SeqCst),
         "leader": sh.leader.load(Ordering::SeqCst),
@@ -112,10 +130,20 @@ pub(super) async fn stacks(State(sh): State<Arc<Shared>>) -> Response {
 
 /// Every cluster with the digest and generation of its published bundle (from the database:
 /// no rendering per request).
-pub(super) async fn clusters(State(sh): State<Arc<Shared>>) -> Response {
+/// Platform clusters are shown to operators; a tenant cluster to whoever may read its
+/// workspace.
+pub(super) async fn clusters(
+    State(sh): State<Arc<Shared>>,
+    Extension(grants): Extension<Grants>,
+) -> Response {
+    let accounts = match sh.db.workspace_accounts().await {
+        Ok(a) => a,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
     match sh.db.clusters().await {
         Ok(rows) => Json(
             rows.into_iter()
+                .filter(|(id, ..)| may_read_cluster(&grants, &accounts, id))
                 .map(|(id, kind, region, environment, digest, generation)| {
                     json!({ "id": id, "kind": kind, "region": region, "environment": environment, "digest": digest, "generation": generation })
                 })
@@ -126,10 +154,28 @@ pub(super) async fn clusters(State(sh): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// One workspace of the model read at `commit`: its desired state, the commit (what a write's
-/// `If-Match` names) and its conditions.
+/// Whether `grants` may read the cluster `id`: a tenant cluster (`w-{workspace}`) with its
+/// workspace's account, any other as an operator.
+fn may_read_cluster(
+    grants: &Grants,
+    accounts: &std::collections::BTreeMap<String, String>,
+    id: &str,
+) -> bool {
+    match id.strip_prefix("w-").and_then(|ws| accounts.get(ws)) {
+        Some(account) => authz::allows(grants, Action::Read(account)),
+        None => authz::allows(grants, Action::Operate),
+    }
+}
+
+/// The tenant's AWS identifiers in a workspace's spec, hidden from who may not see them.
+const IDENTIFIERS: [&str; 3] = ["accountId", "roleArn", "externalId"];
+
+/// One workspace of the model read at `commit`, if `grants` may read it: its desired state
+/// (the tenant's AWS identifiers only for who may see them), the commit (what a write's
+/// `If-Match` names) and its conditions. One they may not read is not found.
 pub(super) async fn workspace_json(
     sh: &Shared,
+    grants: &Grants,
     m: &cplane_schema::Model,
     commit: &str,
     id: &str,
@@ -137,7 +183,16 @@ pub(super) async fn workspace_json(
     let ws = m
         .workspaces
         .get(id)
+        .filter(|ws| authz::allows(grants, Action::Read(&ws.doc.spec.account)))
         .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no workspace {id}")))?;
+    let mut spec = serde_json::to_value(&ws.doc.spec).expect("specs serialize");
+    if !authz::allows(grants, Action::ReadIdentifiers(&ws.doc.spec.account)) {
+        if let Some(aws) = spec.get_mut("aws").and_then(|a| a.as_object_mut()) {
+            for key in IDENTIFIERS {
+                aws.remove(key);
+            }
+        }
+    }
     let conditions = sh
         .db
         .conditions("workspace", id)
@@ -145,7 +200,7 @@ pub(super) async fn workspace_json(
         .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let conditions = conditions_json(conditions);
     Ok(
-        json!({ "id": id, "file": ws.file, "commit": commit, "spec": ws.doc.spec, "status": { "conditions": conditions } }),
+        json!({ "id": id, "file": ws.file, "commit": commit, "spec": spec, "status": { "conditions": conditions } }),
     )
 }
 
@@ -155,14 +210,22 @@ pub(super) fn commit_etag(commit: &str) -> [(axum::http::HeaderName, String); 1]
     [(axum::http::header::ETAG, format!("\"{commit}\""))]
 }
 
-pub(super) async fn workspaces(State(sh): State<Arc<Shared>>) -> Response {
+/// The workspaces `grants` may read.
+pub(super) async fn workspaces(
+    State(sh): State<Arc<Shared>>,
+    Extension(grants): Extension<Grants>,
+) -> Response {
     let (commit, m) = match applied_model(&sh) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
     let mut out = Vec::new();
-    for id in m.workspaces.keys() {
-        match workspace_json(&sh, &m, &commit, id).await {
+    let readable = m
+        .workspaces
+        .iter()
+        .filter(|(_, ws)| authz::allows(&grants, Action::Read(&ws.doc.spec.account)));
+    for (id, _) in readable {
+        match workspace_json(&sh, &grants, &m, &commit, id).await {
             Ok(v) => out.push(v),
             Err(r) => return r.into_response(),
         }
@@ -172,13 +235,14 @@ pub(super) async fn workspaces(State(sh): State<Arc<Shared>>) -> Response {
 
 pub(super) async fn workspace(
     State(sh): State<Arc<Shared>>,
+    Extension(grants): Extension<Grants>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     let (commit, m) = match applied_model(&sh) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    match workspace_json(&sh, &m, &commit, &id).await {
+    match workspace_json(&sh, &grants, &m, &commit, &id).await {
         Ok(v) => (commit_etag(&commit), Json(v)).into_response(),
         Err(r) => r.into_response(),
     }
@@ -188,8 +252,16 @@ pub(super) async fn workspace(
 /// current bundle.
 pub(super) async fn cluster_status(
     State(sh): State<Arc<Shared>>,
+    Extension(grants): Extension<Grants>,
     UrlPath(cluster): UrlPath<String>,
 ) -> Response {
+    let accounts = match sh.db.workspace_accounts().await {
+        Ok(a) => a,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    if !may_read_cluster(&grants, &accounts, &cluster) {
+        return api_error(StatusCode::NOT_FOUND, format!("no cluster {cluster}")).into_response();
+    }
     let current = sh
         .store
         .head(&cluster)

@@ -122,6 +122,17 @@ impl Db {
             .collect()
     }
 
+    /// The account of every workspace this control plane records (by id), for deciding who
+    /// may read a cluster or a plan step ([`crate::auth::authz`]).
+    pub async fn workspace_accounts(&self) -> Result<BTreeMap<String, String>, Error> {
+        let rows = sqlx::query("SELECT id, account FROM workspaces")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("account")?)))
+            .collect()
+    }
+
     /// Conditions of every entity of `kind`: id → condition → (status, reason, message).
     pub async fn conditions_of_kind(
         &self,
