@@ -14,6 +14,8 @@
 //! - `client.rs`: SDK clients, STS AssumeRole and its credential cache, pacing, call metrics,
 //!   SDK errors mapped to [`Error`].
 //! - `route53.rs`: hosted zones and record sets. `acm.rs`: certificates.
+//! - [`observe`]: the drift check's reads of the cloud (written against the [`Cloud`] port, so
+//!   they run against the fake cloud of the tests too).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,7 @@ use crate::cloud::{Cloud, CloudFuture};
 
 mod acm;
 mod client;
+pub mod observe;
 mod route53;
 
 use client::{CachedRole, CallLabels, Clients};
