@@ -17,11 +17,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use serde_json::json;
-
 use crate::cloud::{Cloud, RecordSet, Target};
 use crate::db::Db;
-use crate::plan::{Action, DesiredWorkspace, Observed, Plan, Status, Step, StepKind};
+use crate::plan::{Action, DesiredWorkspace, Observed, Plan, Status, Step, StepKind, StepResult};
 
 pub use cplane_core::status::{Outcome, Report};
 
@@ -271,6 +269,48 @@ async fn parent_zone_id(ctx: &Context, aws: &dyn Cloud, name: &str) -> Result<St
     Ok(id)
 }
 
+/// The zone a workspace's `create_zone` step recorded: (zone id, name servers).
+async fn created_zone(db: &Db, id: &str) -> Result<Option<(String, Vec<String>)>, StepError> {
+    match db.journal_result(id, StepKind::CreateZone).await? {
+        Some(StepResult::CreateZone {
+            zone_id,
+            name_servers,
+        }) => Ok(Some((zone_id, name_servers))),
+        other => other.map_or(Ok(None), |r| Err(misfiled(StepKind::CreateZone, &r))),
+    }
+}
+
+/// The certificate ARN a workspace's `request_certificate` step recorded.
+async fn requested_certificate(db: &Db, id: &str) -> Result<Option<String>, StepError> {
+    match db.journal_result(id, StepKind::RequestCertificate).await? {
+        Some(StepResult::RequestCertificate { arn }) => Ok(Some(arn)),
+        other => other.map_or(Ok(None), |r| {
+            Err(misfiled(StepKind::RequestCertificate, &r))
+        }),
+    }
+}
+
+/// The validation records a workspace's `validation_records` step wrote.
+async fn written_validation_records(
+    db: &Db,
+    id: &str,
+) -> Result<Option<Vec<RecordSet>>, StepError> {
+    match db.journal_result(id, StepKind::ValidationRecords).await? {
+        Some(StepResult::ValidationRecords { records }) => Ok(Some(records)),
+        other => other.map_or(Ok(None), |r| Err(misfiled(StepKind::ValidationRecords, &r))),
+    }
+}
+
+/// A result in another step's row. The journal checks the tag when it loads a row, so this
+/// takes a bug, not bad data; it fails the step rather than the worker.
+fn misfiled(row: StepKind, result: &StepResult) -> StepError {
+    StepError::Precondition(format!(
+        "journal row {} holds a {} result",
+        row.as_str(),
+        result.kind().as_str()
+    ))
+}
+
 async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outcome, StepError> {
     let id = step.workspace.as_str();
     let w = ctx
@@ -285,7 +325,6 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
         .action
         .step_kind()
         .expect("cloud steps have a journal kind");
-    let zone_result = || async { db.journal_result(id, StepKind::CreateZone).await };
 
     let outcome = match &step.action {
         Action::CreateZone {
@@ -306,9 +345,10 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
             };
             db.journal_done(
                 id,
-                kind,
-                Some(&z.id),
-                &json!({"zone_id": z.id, "name_servers": z.name_servers}),
+                &StepResult::CreateZone {
+                    zone_id: z.id.clone(),
+                    name_servers: z.name_servers,
+                },
             )
             .await?;
             Outcome::Done(format!(
@@ -319,9 +359,7 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
         }
         Action::DelegateZone { parent_zone, zone }
         | Action::RepairDelegation { parent_zone, zone } => {
-            let z = zone_result().await?.ok_or("zone not created yet")?;
-            let ns: Vec<String> =
-                serde_json::from_value(z["name_servers"].clone()).map_err(|e| e.to_string())?;
+            let (_, ns) = created_zone(db, id).await?.ok_or("zone not created yet")?;
             let parent = parent_zone_id(ctx, aws, parent_zone).await?;
             db.journal_begin(id, kind, zone).await?;
             let record = RecordSet {
@@ -334,9 +372,10 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                 .await?;
             db.journal_done(
                 id,
-                kind,
-                None,
-                &json!({"parent_zone_id": parent, "record": record}),
+                &StepResult::DelegateZone {
+                    parent_zone_id: parent,
+                    record,
+                },
             )
             .await?;
             Outcome::Done(format!("NS in {parent_zone}"))
@@ -367,50 +406,51 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                     .await?
                 }
             };
-            db.journal_done(id, kind, Some(&arn), &json!({"arn": arn}))
+            let done = format!("certificate {arn}");
+            db.journal_done(id, &StepResult::RequestCertificate { arn })
                 .await?;
-            Outcome::Done(format!("certificate {arn}"))
+            Outcome::Done(done)
         }
         Action::ValidationRecords { zone } | Action::RepairValidationRecords { zone } => {
-            let z = zone_result().await?.ok_or("zone not created yet")?;
-            let cert = db
-                .journal_result(id, StepKind::RequestCertificate)
+            let (zone_id, _) = created_zone(db, id).await?.ok_or("zone not created yet")?;
+            let arn = requested_certificate(db, id)
                 .await?
                 .ok_or("certificate not requested yet")?;
-            let arn = cert["arn"]
-                .as_str()
-                .ok_or("certificate result without arn")?;
-            let c = aws.describe_certificate(tenant, arn).await?;
+            let c = aws.describe_certificate(tenant, &arn).await?;
             if c.validation_records.is_empty() {
                 return Ok(Outcome::Waiting(
                     "ACM has not published the validation records yet".into(),
                 ));
             }
-            let zone_id = z["zone_id"].as_str().ok_or("zone result without id")?;
             db.journal_begin(id, kind, zone).await?;
-            aws.upsert_records(tenant, zone_id, &c.validation_records)
+            aws.upsert_records(tenant, &zone_id, &c.validation_records)
                 .await?;
-            db.journal_done(id, kind, None, &json!({"records": c.validation_records}))
-                .await?;
-            Outcome::Done(format!(
-                "{} validation record(s)",
-                c.validation_records.len()
-            ))
+            let done = format!("{} validation record(s)", c.validation_records.len());
+            db.journal_done(
+                id,
+                &StepResult::ValidationRecords {
+                    records: c.validation_records,
+                },
+            )
+            .await?;
+            Outcome::Done(done)
         }
         Action::AwaitCertificate { .. } => {
-            let cert = db
-                .journal_result(id, StepKind::RequestCertificate)
+            let arn = requested_certificate(db, id)
                 .await?
                 .ok_or("certificate not requested yet")?;
-            let arn = cert["arn"]
-                .as_str()
-                .ok_or("certificate result without arn")?;
-            let c = aws.describe_certificate(tenant, arn).await?;
+            let c = aws.describe_certificate(tenant, &arn).await?;
             match c.status.as_str() {
                 "ISSUED" => {
-                    db.journal_begin(id, kind, arn).await?;
-                    db.journal_done(id, kind, Some(arn), &json!({"status": "ISSUED"}))
-                        .await?;
+                    db.journal_begin(id, kind, &arn).await?;
+                    db.journal_done(
+                        id,
+                        &StepResult::AwaitCertificate {
+                            arn: Some(arn),
+                            status: c.status,
+                        },
+                    )
+                    .await?;
                     Outcome::Done("ISSUED".into())
                 }
                 "PENDING_VALIDATION" => {
@@ -430,15 +470,20 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                 .collect();
             aws.delete_records(Target::Operator, &parent, &current)
                 .await?;
-            db.journal_done(id, kind, None, &json!({"removed": current.len()}))
-                .await?;
+            db.journal_done(
+                id,
+                &StepResult::RemoveDelegation {
+                    removed: current.len(),
+                },
+            )
+            .await?;
             Outcome::Done(format!("NS removed from {parent_zone}"))
         }
         Action::DeleteCertificate { domain } => {
             let tag = owner(ctx, id);
             db.journal_begin(id, kind, domain).await?;
-            let arn = match db.journal_result(id, StepKind::RequestCertificate).await? {
-                Some(r) => r["arn"].as_str().map(str::to_owned),
+            let arn = match requested_certificate(db, id).await? {
+                Some(arn) => Some(arn),
                 None => aws
                     .find_certificate(tenant, domain, (OWNER_TAG, &tag))
                     .await?
@@ -453,31 +498,33 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                     Err(e) => return Err(e.into()),
                 }
             }
-            db.journal_done(id, kind, arn.as_deref(), &json!({"arn": arn}))
+            db.journal_done(id, &StepResult::DeleteCertificate { arn })
                 .await?;
             Outcome::Done("certificate deleted".into())
         }
         Action::DeleteValidationRecords { zone } => {
-            let Some(z) = zone_result().await? else {
+            let Some((zone_id, _)) = created_zone(db, id).await? else {
                 return Ok(Outcome::Done("no zone, no records".into()));
             };
-            let zone_id = z["zone_id"].as_str().ok_or("zone result without id")?;
-            let records: Vec<RecordSet> = db
-                .journal_result(id, StepKind::ValidationRecords)
+            let records = written_validation_records(db, id)
                 .await?
-                .and_then(|r| serde_json::from_value(r["records"].clone()).ok())
                 .unwrap_or_default();
             db.journal_begin(id, kind, zone).await?;
-            aws.delete_records(tenant, zone_id, &records).await?;
-            db.journal_done(id, kind, None, &json!({"removed": records.len()}))
-                .await?;
+            aws.delete_records(tenant, &zone_id, &records).await?;
+            db.journal_done(
+                id,
+                &StepResult::DeleteValidationRecords {
+                    removed: records.len(),
+                },
+            )
+            .await?;
             Outcome::Done(format!("{} record(s) deleted", records.len()))
         }
         Action::DeleteZone { zone } => {
             let caller_reference = crate::plan::caller_reference(&w, generation(ctx, id));
             db.journal_begin(id, kind, &caller_reference).await?;
-            let zone_id = match zone_result().await? {
-                Some(z) => z["zone_id"].as_str().map(str::to_owned),
+            let zone_id = match created_zone(db, id).await? {
+                Some((zone_id, _)) => Some(zone_id),
                 None => aws
                     .zone_by_caller_reference(tenant, zone, &caller_reference)
                     .await?
@@ -486,7 +533,7 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
             if let Some(zone_id) = &zone_id {
                 aws.delete_zone(tenant, zone_id).await?;
             }
-            db.journal_done(id, kind, zone_id.as_deref(), &json!({"zone_id": zone_id}))
+            db.journal_done(id, &StepResult::DeleteZone { zone_id })
                 .await?;
             Outcome::Done("zone deleted".into())
         }

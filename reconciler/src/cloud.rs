@@ -47,20 +47,9 @@ pub struct HostedZone {
     pub name_servers: Vec<String>,
 }
 
-/// A record set (simple routing only).
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct RecordSet {
-    /// Lowercase name without the trailing dot.
-    pub name: String,
-    /// `NS`, `CNAME`, ….
-    pub rtype: String,
-    /// TTL in seconds.
-    pub ttl: i64,
-    /// Values, sorted; no trailing dots.
-    pub values: Vec<String>,
-}
+/// A record set (simple routing only). Defined in the core, since the journal records them
+/// ([`crate::plan::StepResult`]) and the planner compares them.
+pub use crate::plan::RecordSet;
 
 /// An ACM certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cloud::{Cloud, Target};
-use crate::plan::{DesiredWorkspace, JournalState, Observed, Status, StepKind};
+use crate::plan::{DesiredWorkspace, JournalState, Observed, Status, StepKind, StepResult};
 
 /// Why a drift check could not read the cloud (the run goes on without it, and says so).
 #[derive(Debug, thiserror::Error)]
@@ -91,25 +91,22 @@ pub async fn validation(
                 .journal
                 .get(&(id.clone(), k))
                 .filter(|j| j.state == JournalState::Done)
-                .and_then(|j| j.result.as_deref())
-                .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+                .and_then(|j| j.result.as_ref())
         };
-        let (Some(zone), Some(records)) = (
+        let (
+            Some(StepResult::CreateZone { zone_id, .. }),
+            Some(StepResult::ValidationRecords { records }),
+        ) = (
             done(StepKind::CreateZone),
             done(StepKind::ValidationRecords),
-        ) else {
+        )
+        else {
             continue;
         };
         if !sample.includes(id, epoch) {
             continue;
         }
-        let Some(zone_id) = zone["zone_id"].as_str() else {
-            continue;
-        };
-        let names: Vec<&str> = records["records"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|r| r["name"].as_str()).collect())
-            .unwrap_or_default();
+        let names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
         let tenant = Target::Tenant {
             role_arn: &w.role_arn,
             external_id: &w.external_id,
