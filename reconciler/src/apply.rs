@@ -158,9 +158,25 @@ async fn run_step(ctx: &Context, step: &Step) -> Outcome {
         db_step(ctx, step).await
     };
     result.unwrap_or_else(|e| {
-        tracing::debug!(workspace = %step.workspace, retryable = e.is_retryable(), "{}: {e}", step.action);
+        tracing::debug!(workspace = %step.workspace, retryable = e.is_retryable(), "{}: {}", step.action, chain(&e));
         Outcome::Failed(e.to_string())
     })
+}
+
+/// An error with its causes, `outer: cause: root`, for logs (the step's outcome shows only
+/// the outer message).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// Why a step failed (it is retried on the next run either way; the journal makes that safe).
@@ -172,33 +188,62 @@ pub enum StepError {
     /// The database failed.
     #[error(transparent)]
     Db(#[from] crate::db::Error),
-    /// What the step needs is not there (an earlier step not done, a parent zone missing or
-    /// ambiguous, a journal result without the expected field).
-    #[error("{0}")]
-    Precondition(String),
+    /// The step's workspace is neither desired nor recorded (the plan is not this run's).
+    #[error("workspace {0} is neither desired nor recorded")]
+    UnknownWorkspace(String),
+    /// An earlier step whose result this one needs is not done: `create_zone` or
+    /// `request_certificate`.
+    #[error("{}", match .0 {
+        StepKind::CreateZone => "zone not created yet",
+        StepKind::RequestCertificate => "certificate not requested yet",
+        other => other.as_str(),
+    })]
+    NotDoneYet(StepKind),
+    /// The region's parent zone is not in the operator account.
+    #[error("parent zone {0} not found in the operator account")]
+    ParentZoneMissing(String),
+    /// Several hosted zones of the operator account have the parent zone's name.
+    #[error("parent zone {name} is ambiguous: {found} hosted zones have that name in the operator account")]
+    ParentZoneAmbiguous {
+        /// The parent zone's name.
+        name: String,
+        /// How many hosted zones have it.
+        found: usize,
+    },
+    /// A journal row holds another step's result. The journal checks the tag when it loads a
+    /// row, so this takes a bug, not bad data; it fails the step rather than the worker.
+    #[error("journal row {} holds a {} result", .row.as_str(), .found.as_str())]
+    Misfiled {
+        /// The row's step.
+        row: StepKind,
+        /// The step of the result found in it.
+        found: StepKind,
+    },
+    /// A step given to the wrong executor (a bug): `kind` is `cloud` or `database`.
+    #[error("not a {kind} step: {action}")]
+    WrongExecutor {
+        /// The executor: `cloud` or `database`.
+        kind: &'static str,
+        /// The action, as displayed.
+        action: String,
+    },
 }
 
 impl StepError {
     /// Whether a later attempt may succeed without anyone changing anything (throttling, a
-    /// lost answer, the database unreachable).
+    /// lost answer, the database unreachable). A missing earlier step or parent zone needs
+    /// another step or a person first.
     pub fn is_retryable(&self) -> bool {
         match self {
             StepError::Cloud(e) => e.is_retryable(),
             StepError::Db(e) => e.is_retryable(),
-            StepError::Precondition(_) => false,
+            StepError::UnknownWorkspace(_)
+            | StepError::NotDoneYet(_)
+            | StepError::ParentZoneMissing(_)
+            | StepError::ParentZoneAmbiguous { .. }
+            | StepError::Misfiled { .. }
+            | StepError::WrongExecutor { .. } => false,
         }
-    }
-}
-
-impl From<String> for StepError {
-    fn from(message: String) -> Self {
-        StepError::Precondition(message)
-    }
-}
-
-impl From<&str> for StepError {
-    fn from(message: &str) -> Self {
-        StepError::Precondition(message.to_owned())
     }
 }
 
@@ -208,7 +253,7 @@ async fn db_step(ctx: &Context, step: &Step) -> Result<Outcome, StepError> {
         Action::WriteWorkspace { status, generation } => {
             let w = ctx
                 .workspace(id)
-                .ok_or_else(|| format!("workspace {id} is neither desired nor recorded"))?;
+                .ok_or_else(|| StepError::UnknownWorkspace(id.clone()))?;
             // A new generation starts with an empty journal: clear the old one once, at the
             // first row write of this run (the last one, marking it active, must not clear what
             // this run journaled).
@@ -234,7 +279,10 @@ async fn db_step(ctx: &Context, step: &Step) -> Result<Outcome, StepError> {
             ctx.db.delete_lookup(id).await?;
             Ok(Outcome::Done("removed".into()))
         }
-        other => Err(format!("not a database step: {other}").into()),
+        other => Err(StepError::WrongExecutor {
+            kind: "database",
+            action: other.to_string(),
+        }),
     }
 }
 
@@ -259,8 +307,13 @@ async fn parent_zone_id(ctx: &Context, aws: &dyn Cloud, name: &str) -> Result<St
     let zones = aws.zones_by_name(Target::Operator, name).await?;
     let id = match zones.as_slice() {
         [one] => one.id.clone(),
-        [] => return Err(format!("parent zone {name} not found in the operator account").into()),
-        many => return Err(format!("parent zone {name} is ambiguous: {} hosted zones have that name in the operator account", many.len()).into()),
+        [] => return Err(StepError::ParentZoneMissing(name.to_owned())),
+        many => {
+            return Err(StepError::ParentZoneAmbiguous {
+                name: name.to_owned(),
+                found: many.len(),
+            })
+        }
     };
     ctx.parent_zones
         .lock()
@@ -301,21 +354,18 @@ async fn written_validation_records(
     }
 }
 
-/// A result in another step's row. The journal checks the tag when it loads a row, so this
-/// takes a bug, not bad data; it fails the step rather than the worker.
 fn misfiled(row: StepKind, result: &StepResult) -> StepError {
-    StepError::Precondition(format!(
-        "journal row {} holds a {} result",
-        row.as_str(),
-        result.kind().as_str()
-    ))
+    StepError::Misfiled {
+        row,
+        found: result.kind(),
+    }
 }
 
 async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outcome, StepError> {
     let id = step.workspace.as_str();
     let w = ctx
         .workspace(id)
-        .ok_or_else(|| format!("workspace {id} is neither desired nor recorded"))?;
+        .ok_or_else(|| StepError::UnknownWorkspace(id.to_owned()))?;
     let tenant = Target::Tenant {
         role_arn: &w.role_arn,
         external_id: &w.external_id,
@@ -359,7 +409,9 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
         }
         Action::DelegateZone { parent_zone, zone }
         | Action::RepairDelegation { parent_zone, zone } => {
-            let (_, ns) = created_zone(db, id).await?.ok_or("zone not created yet")?;
+            let (_, ns) = created_zone(db, id)
+                .await?
+                .ok_or(StepError::NotDoneYet(StepKind::CreateZone))?;
             let parent = parent_zone_id(ctx, aws, parent_zone).await?;
             db.journal_begin(id, kind, zone).await?;
             let record = RecordSet {
@@ -412,10 +464,12 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
             Outcome::Done(done)
         }
         Action::ValidationRecords { zone } | Action::RepairValidationRecords { zone } => {
-            let (zone_id, _) = created_zone(db, id).await?.ok_or("zone not created yet")?;
+            let (zone_id, _) = created_zone(db, id)
+                .await?
+                .ok_or(StepError::NotDoneYet(StepKind::CreateZone))?;
             let arn = requested_certificate(db, id)
                 .await?
-                .ok_or("certificate not requested yet")?;
+                .ok_or(StepError::NotDoneYet(StepKind::RequestCertificate))?;
             let c = aws.describe_certificate(tenant, &arn).await?;
             if c.validation_records.is_empty() {
                 return Ok(Outcome::Waiting(
@@ -438,7 +492,7 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
         Action::AwaitCertificate { .. } => {
             let arn = requested_certificate(db, id)
                 .await?
-                .ok_or("certificate not requested yet")?;
+                .ok_or(StepError::NotDoneYet(StepKind::RequestCertificate))?;
             let c = aws.describe_certificate(tenant, &arn).await?;
             match c.status.as_str() {
                 "ISSUED" => {
@@ -537,7 +591,83 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                 .await?;
             Outcome::Done("zone deleted".into())
         }
-        other => return Err(format!("not a cloud step: {other}").into()),
+        other => {
+            return Err(StepError::WrongExecutor {
+                kind: "cloud",
+                action: other.to_string(),
+            })
+        }
     };
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("dispatch failure")]
+    struct Transport;
+
+    #[test]
+    fn step_errors_keep_their_messages_and_causes() {
+        let cloud = StepError::from(crate::cloud::Error::Call {
+            op: "route53:CreateHostedZone",
+            code: "transport".into(),
+            message: "connection reset".into(),
+            retryable: true,
+            source: Some(Box::new(Transport)),
+        });
+        assert!(cloud.is_retryable());
+        assert_eq!(
+            cloud.to_string(),
+            "route53:CreateHostedZone: transport: connection reset"
+        );
+        assert_eq!(
+            chain(&cloud),
+            "route53:CreateHostedZone: transport: connection reset: dispatch failure"
+        );
+        let quota = StepError::from(crate::cloud::Error::Quota {
+            op: "acm:RequestCertificate",
+            message: "too many".into(),
+        });
+        assert!(!quota.is_retryable());
+
+        // The messages of the string errors they replace, unchanged.
+        for (e, text) in [
+            (
+                StepError::NotDoneYet(StepKind::CreateZone),
+                "zone not created yet",
+            ),
+            (
+                StepError::NotDoneYet(StepKind::RequestCertificate),
+                "certificate not requested yet",
+            ),
+            (
+                StepError::ParentZoneMissing("sgp-1.cogrion.com".into()),
+                "parent zone sgp-1.cogrion.com not found in the operator account",
+            ),
+            (
+                StepError::ParentZoneAmbiguous {
+                    name: "sgp-1.cogrion.com".into(),
+                    found: 2,
+                },
+                "parent zone sgp-1.cogrion.com is ambiguous: 2 hosted zones have that name in the operator account",
+            ),
+            (
+                StepError::UnknownWorkspace("acme".into()),
+                "workspace acme is neither desired nor recorded",
+            ),
+            (
+                StepError::Misfiled {
+                    row: StepKind::CreateZone,
+                    found: StepKind::DeleteZone,
+                },
+                "journal row create_zone holds a delete_zone result",
+            ),
+        ] {
+            assert_eq!(e.to_string(), text);
+            assert!(!e.is_retryable(), "{e}");
+        }
+    }
 }
