@@ -94,6 +94,16 @@ pub enum Error {
         /// AWS message.
         message: String,
     },
+    /// The request could not be built from these arguments (the SDK's builder refused it); no
+    /// call was made.
+    #[error("{op}: invalid request: {source}")]
+    InvalidRequest {
+        /// Operation.
+        op: &'static str,
+        /// The builder's error.
+        #[source]
+        source: Cause,
+    },
     /// The answer lacked something the API promises.
     #[error("{op}: unexpected response: {message}")]
     Unexpected {
@@ -135,6 +145,7 @@ impl Error {
             } => "retryable",
             Error::Call { .. } => "error",
             Error::Quota { .. } => "quota",
+            Error::InvalidRequest { .. } => "invalid_request",
             Error::Unexpected { .. } => "unexpected",
         }
     }

@@ -2,7 +2,7 @@
 
 use aws_sdk_acm::types::{CertificateStatus, Tag, ValidationMethod};
 
-use super::client::{call_error, unexpected};
+use super::client::{call_error, invalid_request, unexpected};
 use super::{norm, Aws, Certificate, Error, RecordSet, Target};
 
 impl Aws {
@@ -91,7 +91,7 @@ impl Aws {
                     .key(*k)
                     .value(*v)
                     .build()
-                    .map_err(|e| unexpected(op, &e.to_string()))?,
+                    .map_err(invalid_request(op))?,
             );
         }
         let result = req.send().await.map_err(|e| call_error(op, e));

@@ -67,6 +67,17 @@ where
     }
 }
 
+/// Maps an SDK builder's error (a request that cannot be built) to [`Error::InvalidRequest`].
+pub(super) fn invalid_request<E>(op: &'static str) -> impl FnOnce(E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| Error::InvalidRequest {
+        op,
+        source: Box::new(e),
+    }
+}
+
 pub(super) fn unexpected(op: &'static str, message: &str) -> Error {
     Error::Unexpected {
         op,
@@ -276,5 +287,25 @@ fn clients(base: &SdkConfig, creds: Option<Credentials>) -> Clients {
     Clients {
         route53: aws_sdk_route53::Client::from_conf(r53.build()),
         acm: aws_sdk_acm::Client::from_conf(acm.build()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_the_sdk_cannot_build_keeps_the_builders_error() {
+        let err = aws_sdk_route53::types::ResourceRecord::builder()
+            .build()
+            .map_err(invalid_request("route53:ChangeResourceRecordSets"))
+            .expect_err("a record without a value");
+        assert!(err
+            .to_string()
+            .starts_with("route53:ChangeResourceRecordSets: invalid request: "));
+        let source = std::error::Error::source(&err).expect("the builder's error is kept");
+        assert!(source.to_string().contains("value"), "{source}");
+        assert!(!err.is_retryable());
+        assert_eq!(err.label(), "invalid_request");
     }
 }

@@ -5,7 +5,7 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 
-use super::client::{call_error, unexpected};
+use super::client::{call_error, invalid_request, unexpected};
 use super::{norm, Aws, Error, HostedZone, RecordSet, Target};
 
 impl Aws {
@@ -228,14 +228,14 @@ impl Aws {
                     ResourceRecord::builder()
                         .value(v)
                         .build()
-                        .map_err(|e| unexpected(op, &e.to_string()))?,
+                        .map_err(invalid_request(op))?,
                 );
             }
             let change = Change::builder()
                 .action(action.clone())
-                .resource_record_set(set.build().map_err(|e| unexpected(op, &e.to_string()))?)
+                .resource_record_set(set.build().map_err(invalid_request(op))?)
                 .build()
-                .map_err(|e| unexpected(op, &e.to_string()))?;
+                .map_err(invalid_request(op))?;
             batch = batch.changes(change);
         }
         let c = self.clients(t).await?;
@@ -243,7 +243,7 @@ impl Aws {
             .route53
             .change_resource_record_sets()
             .hosted_zone_id(zone_id)
-            .change_batch(batch.build().map_err(|e| unexpected(op, &e.to_string()))?)
+            .change_batch(batch.build().map_err(invalid_request(op))?)
             .send()
             .await
             .map(|_| ())
