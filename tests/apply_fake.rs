@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use cplane_reconciler::apply::{Report, Sample};
+use cplane_reconciler::apply::Report;
+use cplane_reconciler::aws::observe::Sample;
 use cplane_reconciler::check::RenderMemo;
 use cplane_reconciler::cloud::{Cloud, Target};
 use cplane_reconciler::db::Db;

@@ -5,7 +5,8 @@ mod support;
 
 use cplane_reconciler::db::{Condition, Db};
 use cplane_reconciler::plan::{
-    DesiredWorkspace, JournalState, LookupRow, Policy, Scope, Status, StepKind, TenantRow,
+    DesiredWorkspace, JournalState, LookupRow, Policy, Scope, Status, StepKind, StepResult,
+    TenantRow,
 };
 use cplane_reconciler::render::{Cluster, ClusterKind};
 use support::pg::{sqlite_url, PgDatabase};
@@ -71,14 +72,11 @@ async fn round_trip(url: &str) {
             .expect("begin"),
         2
     );
-    db.journal_done(
-        "acme",
-        StepKind::CreateZone,
-        Some("Z1"),
-        &serde_json::json!({"zone_id": "Z1", "name_servers": ["a", "b"]}),
-    )
-    .await
-    .expect("done");
+    let zone = StepResult::CreateZone {
+        zone_id: "Z1".into(),
+        name_servers: vec!["a".into(), "b".into()],
+    };
+    db.journal_done("acme", &zone).await.expect("done");
     db.journal_begin("acme", StepKind::RequestCertificate, "tok")
         .await
         .expect("begin");
@@ -105,7 +103,11 @@ async fn round_trip(url: &str) {
         db.journal_result("acme", StepKind::CreateZone)
             .await
             .expect("result"),
-        Some(serde_json::json!({"zone_id": "Z1", "name_servers": ["a", "b"]}))
+        Some(zone.clone())
+    );
+    assert_eq!(
+        observed.journal[&("acme".to_owned(), StepKind::CreateZone)].result,
+        Some(zone)
     );
     // Scoped observation: by region, and by environment (with everything that hangs off the
     // workspace: tenants row, lookup, journal).

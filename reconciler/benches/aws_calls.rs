@@ -17,7 +17,7 @@ mod venv;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cplane_reconciler::apply::observe_delegations;
+use cplane_reconciler::aws::observe;
 use cplane_reconciler::aws::{Aws, RecordSet, Target};
 use cplane_reconciler::db::Db;
 use cplane_reconciler::plan::{self, Options};
@@ -74,7 +74,7 @@ async fn main() {
             scope: plan::Scope::all(),
             options: Options::default(),
             dry_run: false,
-            drift: cplane_reconciler::apply::Sample::OneIn(800),
+            drift: cplane_reconciler::aws::observe::Sample::OneIn(800),
             memo: None,
         };
         let RunResult::Planned { plan, report, .. } = reconcile::run(
@@ -138,7 +138,7 @@ async fn main() {
     }
     proxy.reset_counts();
     let before = proxy.mutations();
-    let found = observe_delegations(&aws, &desired)
+    let found = observe::delegations(&aws, &desired)
         .await
         .expect("drift check");
     assert_eq!(found.len(), drift);

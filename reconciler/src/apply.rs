@@ -17,11 +17,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use serde_json::json;
-
 use crate::cloud::{Cloud, RecordSet, Target};
 use crate::db::Db;
-use crate::plan::{Action, DesiredWorkspace, Observed, Plan, Status, Step, StepKind};
+use crate::plan::{Action, DesiredWorkspace, Observed, Plan, Status, Step, StepKind, StepResult};
 
 pub use cplane_core::status::{Outcome, Report};
 
@@ -160,9 +158,25 @@ async fn run_step(ctx: &Context, step: &Step) -> Outcome {
         db_step(ctx, step).await
     };
     result.unwrap_or_else(|e| {
-        tracing::debug!(workspace = %step.workspace, retryable = e.is_retryable(), "{}: {e}", step.action);
+        tracing::debug!(workspace = %step.workspace, retryable = e.is_retryable(), "{}: {}", step.action, chain(&e));
         Outcome::Failed(e.to_string())
     })
+}
+
+/// An error with its causes, `outer: cause: root`, for logs (the step's outcome shows only
+/// the outer message).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// Why a step failed (it is retried on the next run either way; the journal makes that safe).
@@ -174,33 +188,62 @@ pub enum StepError {
     /// The database failed.
     #[error(transparent)]
     Db(#[from] crate::db::Error),
-    /// What the step needs is not there (an earlier step not done, a parent zone missing or
-    /// ambiguous, a journal result without the expected field).
-    #[error("{0}")]
-    Precondition(String),
+    /// The step's workspace is neither desired nor recorded (the plan is not this run's).
+    #[error("workspace {0} is neither desired nor recorded")]
+    UnknownWorkspace(String),
+    /// An earlier step whose result this one needs is not done: `create_zone` or
+    /// `request_certificate`.
+    #[error("{}", match .0 {
+        StepKind::CreateZone => "zone not created yet",
+        StepKind::RequestCertificate => "certificate not requested yet",
+        other => other.as_str(),
+    })]
+    NotDoneYet(StepKind),
+    /// The region's parent zone is not in the operator account.
+    #[error("parent zone {0} not found in the operator account")]
+    ParentZoneMissing(String),
+    /// Several hosted zones of the operator account have the parent zone's name.
+    #[error("parent zone {name} is ambiguous: {found} hosted zones have that name in the operator account")]
+    ParentZoneAmbiguous {
+        /// The parent zone's name.
+        name: String,
+        /// How many hosted zones have it.
+        found: usize,
+    },
+    /// A journal row holds another step's result. The journal checks the tag when it loads a
+    /// row, so this takes a bug, not bad data; it fails the step rather than the worker.
+    #[error("journal row {} holds a {} result", .row.as_str(), .found.as_str())]
+    Misfiled {
+        /// The row's step.
+        row: StepKind,
+        /// The step of the result found in it.
+        found: StepKind,
+    },
+    /// A step given to the wrong executor (a bug): `kind` is `cloud` or `database`.
+    #[error("not a {kind} step: {action}")]
+    WrongExecutor {
+        /// The executor: `cloud` or `database`.
+        kind: &'static str,
+        /// The action, as displayed.
+        action: String,
+    },
 }
 
 impl StepError {
     /// Whether a later attempt may succeed without anyone changing anything (throttling, a
-    /// lost answer, the database unreachable).
+    /// lost answer, the database unreachable). A missing earlier step or parent zone needs
+    /// another step or a person first.
     pub fn is_retryable(&self) -> bool {
         match self {
             StepError::Cloud(e) => e.is_retryable(),
             StepError::Db(e) => e.is_retryable(),
-            StepError::Precondition(_) => false,
+            StepError::UnknownWorkspace(_)
+            | StepError::NotDoneYet(_)
+            | StepError::ParentZoneMissing(_)
+            | StepError::ParentZoneAmbiguous { .. }
+            | StepError::Misfiled { .. }
+            | StepError::WrongExecutor { .. } => false,
         }
-    }
-}
-
-impl From<String> for StepError {
-    fn from(message: String) -> Self {
-        StepError::Precondition(message)
-    }
-}
-
-impl From<&str> for StepError {
-    fn from(message: &str) -> Self {
-        StepError::Precondition(message.to_owned())
     }
 }
 
@@ -210,7 +253,7 @@ async fn db_step(ctx: &Context, step: &Step) -> Result<Outcome, StepError> {
         Action::WriteWorkspace { status, generation } => {
             let w = ctx
                 .workspace(id)
-                .ok_or_else(|| format!("workspace {id} is neither desired nor recorded"))?;
+                .ok_or_else(|| StepError::UnknownWorkspace(id.clone()))?;
             // A new generation starts with an empty journal: clear the old one once, at the
             // first row write of this run (the last one, marking it active, must not clear what
             // this run journaled).
@@ -236,7 +279,10 @@ async fn db_step(ctx: &Context, step: &Step) -> Result<Outcome, StepError> {
             ctx.db.delete_lookup(id).await?;
             Ok(Outcome::Done("removed".into()))
         }
-        other => Err(format!("not a database step: {other}").into()),
+        other => Err(StepError::WrongExecutor {
+            kind: "database",
+            action: other.to_string(),
+        }),
     }
 }
 
@@ -261,8 +307,13 @@ async fn parent_zone_id(ctx: &Context, aws: &dyn Cloud, name: &str) -> Result<St
     let zones = aws.zones_by_name(Target::Operator, name).await?;
     let id = match zones.as_slice() {
         [one] => one.id.clone(),
-        [] => return Err(format!("parent zone {name} not found in the operator account").into()),
-        many => return Err(format!("parent zone {name} is ambiguous: {} hosted zones have that name in the operator account", many.len()).into()),
+        [] => return Err(StepError::ParentZoneMissing(name.to_owned())),
+        many => {
+            return Err(StepError::ParentZoneAmbiguous {
+                name: name.to_owned(),
+                found: many.len(),
+            })
+        }
     };
     ctx.parent_zones
         .lock()
@@ -271,11 +322,50 @@ async fn parent_zone_id(ctx: &Context, aws: &dyn Cloud, name: &str) -> Result<St
     Ok(id)
 }
 
+/// The zone a workspace's `create_zone` step recorded: (zone id, name servers).
+async fn created_zone(db: &Db, id: &str) -> Result<Option<(String, Vec<String>)>, StepError> {
+    match db.journal_result(id, StepKind::CreateZone).await? {
+        Some(StepResult::CreateZone {
+            zone_id,
+            name_servers,
+        }) => Ok(Some((zone_id, name_servers))),
+        other => other.map_or(Ok(None), |r| Err(misfiled(StepKind::CreateZone, &r))),
+    }
+}
+
+/// The certificate ARN a workspace's `request_certificate` step recorded.
+async fn requested_certificate(db: &Db, id: &str) -> Result<Option<String>, StepError> {
+    match db.journal_result(id, StepKind::RequestCertificate).await? {
+        Some(StepResult::RequestCertificate { arn }) => Ok(Some(arn)),
+        other => other.map_or(Ok(None), |r| {
+            Err(misfiled(StepKind::RequestCertificate, &r))
+        }),
+    }
+}
+
+/// The validation records a workspace's `validation_records` step wrote.
+async fn written_validation_records(
+    db: &Db,
+    id: &str,
+) -> Result<Option<Vec<RecordSet>>, StepError> {
+    match db.journal_result(id, StepKind::ValidationRecords).await? {
+        Some(StepResult::ValidationRecords { records }) => Ok(Some(records)),
+        other => other.map_or(Ok(None), |r| Err(misfiled(StepKind::ValidationRecords, &r))),
+    }
+}
+
+fn misfiled(row: StepKind, result: &StepResult) -> StepError {
+    StepError::Misfiled {
+        row,
+        found: result.kind(),
+    }
+}
+
 async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outcome, StepError> {
     let id = step.workspace.as_str();
     let w = ctx
         .workspace(id)
-        .ok_or_else(|| format!("workspace {id} is neither desired nor recorded"))?;
+        .ok_or_else(|| StepError::UnknownWorkspace(id.to_owned()))?;
     let tenant = Target::Tenant {
         role_arn: &w.role_arn,
         external_id: &w.external_id,
@@ -285,7 +375,6 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
         .action
         .step_kind()
         .expect("cloud steps have a journal kind");
-    let zone_result = || async { db.journal_result(id, StepKind::CreateZone).await };
 
     let outcome = match &step.action {
         Action::CreateZone {
@@ -306,9 +395,10 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
             };
             db.journal_done(
                 id,
-                kind,
-                Some(&z.id),
-                &json!({"zone_id": z.id, "name_servers": z.name_servers}),
+                &StepResult::CreateZone {
+                    zone_id: z.id.clone(),
+                    name_servers: z.name_servers,
+                },
             )
             .await?;
             Outcome::Done(format!(
@@ -319,9 +409,9 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
         }
         Action::DelegateZone { parent_zone, zone }
         | Action::RepairDelegation { parent_zone, zone } => {
-            let z = zone_result().await?.ok_or("zone not created yet")?;
-            let ns: Vec<String> =
-                serde_json::from_value(z["name_servers"].clone()).map_err(|e| e.to_string())?;
+            let (_, ns) = created_zone(db, id)
+                .await?
+                .ok_or(StepError::NotDoneYet(StepKind::CreateZone))?;
             let parent = parent_zone_id(ctx, aws, parent_zone).await?;
             db.journal_begin(id, kind, zone).await?;
             let record = RecordSet {
@@ -334,9 +424,10 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                 .await?;
             db.journal_done(
                 id,
-                kind,
-                None,
-                &json!({"parent_zone_id": parent, "record": record}),
+                &StepResult::DelegateZone {
+                    parent_zone_id: parent,
+                    record,
+                },
             )
             .await?;
             Outcome::Done(format!("NS in {parent_zone}"))
@@ -367,50 +458,53 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                     .await?
                 }
             };
-            db.journal_done(id, kind, Some(&arn), &json!({"arn": arn}))
+            let done = format!("certificate {arn}");
+            db.journal_done(id, &StepResult::RequestCertificate { arn })
                 .await?;
-            Outcome::Done(format!("certificate {arn}"))
+            Outcome::Done(done)
         }
         Action::ValidationRecords { zone } | Action::RepairValidationRecords { zone } => {
-            let z = zone_result().await?.ok_or("zone not created yet")?;
-            let cert = db
-                .journal_result(id, StepKind::RequestCertificate)
+            let (zone_id, _) = created_zone(db, id)
                 .await?
-                .ok_or("certificate not requested yet")?;
-            let arn = cert["arn"]
-                .as_str()
-                .ok_or("certificate result without arn")?;
-            let c = aws.describe_certificate(tenant, arn).await?;
+                .ok_or(StepError::NotDoneYet(StepKind::CreateZone))?;
+            let arn = requested_certificate(db, id)
+                .await?
+                .ok_or(StepError::NotDoneYet(StepKind::RequestCertificate))?;
+            let c = aws.describe_certificate(tenant, &arn).await?;
             if c.validation_records.is_empty() {
                 return Ok(Outcome::Waiting(
                     "ACM has not published the validation records yet".into(),
                 ));
             }
-            let zone_id = z["zone_id"].as_str().ok_or("zone result without id")?;
             db.journal_begin(id, kind, zone).await?;
-            aws.upsert_records(tenant, zone_id, &c.validation_records)
+            aws.upsert_records(tenant, &zone_id, &c.validation_records)
                 .await?;
-            db.journal_done(id, kind, None, &json!({"records": c.validation_records}))
-                .await?;
-            Outcome::Done(format!(
-                "{} validation record(s)",
-                c.validation_records.len()
-            ))
+            let done = format!("{} validation record(s)", c.validation_records.len());
+            db.journal_done(
+                id,
+                &StepResult::ValidationRecords {
+                    records: c.validation_records,
+                },
+            )
+            .await?;
+            Outcome::Done(done)
         }
         Action::AwaitCertificate { .. } => {
-            let cert = db
-                .journal_result(id, StepKind::RequestCertificate)
+            let arn = requested_certificate(db, id)
                 .await?
-                .ok_or("certificate not requested yet")?;
-            let arn = cert["arn"]
-                .as_str()
-                .ok_or("certificate result without arn")?;
-            let c = aws.describe_certificate(tenant, arn).await?;
+                .ok_or(StepError::NotDoneYet(StepKind::RequestCertificate))?;
+            let c = aws.describe_certificate(tenant, &arn).await?;
             match c.status.as_str() {
                 "ISSUED" => {
-                    db.journal_begin(id, kind, arn).await?;
-                    db.journal_done(id, kind, Some(arn), &json!({"status": "ISSUED"}))
-                        .await?;
+                    db.journal_begin(id, kind, &arn).await?;
+                    db.journal_done(
+                        id,
+                        &StepResult::AwaitCertificate {
+                            arn: Some(arn),
+                            status: c.status,
+                        },
+                    )
+                    .await?;
                     Outcome::Done("ISSUED".into())
                 }
                 "PENDING_VALIDATION" => {
@@ -430,15 +524,20 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                 .collect();
             aws.delete_records(Target::Operator, &parent, &current)
                 .await?;
-            db.journal_done(id, kind, None, &json!({"removed": current.len()}))
-                .await?;
+            db.journal_done(
+                id,
+                &StepResult::RemoveDelegation {
+                    removed: current.len(),
+                },
+            )
+            .await?;
             Outcome::Done(format!("NS removed from {parent_zone}"))
         }
         Action::DeleteCertificate { domain } => {
             let tag = owner(ctx, id);
             db.journal_begin(id, kind, domain).await?;
-            let arn = match db.journal_result(id, StepKind::RequestCertificate).await? {
-                Some(r) => r["arn"].as_str().map(str::to_owned),
+            let arn = match requested_certificate(db, id).await? {
+                Some(arn) => Some(arn),
                 None => aws
                     .find_certificate(tenant, domain, (OWNER_TAG, &tag))
                     .await?
@@ -453,31 +552,33 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                     Err(e) => return Err(e.into()),
                 }
             }
-            db.journal_done(id, kind, arn.as_deref(), &json!({"arn": arn}))
+            db.journal_done(id, &StepResult::DeleteCertificate { arn })
                 .await?;
             Outcome::Done("certificate deleted".into())
         }
         Action::DeleteValidationRecords { zone } => {
-            let Some(z) = zone_result().await? else {
+            let Some((zone_id, _)) = created_zone(db, id).await? else {
                 return Ok(Outcome::Done("no zone, no records".into()));
             };
-            let zone_id = z["zone_id"].as_str().ok_or("zone result without id")?;
-            let records: Vec<RecordSet> = db
-                .journal_result(id, StepKind::ValidationRecords)
+            let records = written_validation_records(db, id)
                 .await?
-                .and_then(|r| serde_json::from_value(r["records"].clone()).ok())
                 .unwrap_or_default();
             db.journal_begin(id, kind, zone).await?;
-            aws.delete_records(tenant, zone_id, &records).await?;
-            db.journal_done(id, kind, None, &json!({"removed": records.len()}))
-                .await?;
+            aws.delete_records(tenant, &zone_id, &records).await?;
+            db.journal_done(
+                id,
+                &StepResult::DeleteValidationRecords {
+                    removed: records.len(),
+                },
+            )
+            .await?;
             Outcome::Done(format!("{} record(s) deleted", records.len()))
         }
         Action::DeleteZone { zone } => {
             let caller_reference = crate::plan::caller_reference(&w, generation(ctx, id));
             db.journal_begin(id, kind, &caller_reference).await?;
-            let zone_id = match zone_result().await? {
-                Some(z) => z["zone_id"].as_str().map(str::to_owned),
+            let zone_id = match created_zone(db, id).await? {
+                Some((zone_id, _)) => Some(zone_id),
                 None => aws
                     .zone_by_caller_reference(tenant, zone, &caller_reference)
                     .await?
@@ -486,162 +587,87 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
             if let Some(zone_id) = &zone_id {
                 aws.delete_zone(tenant, zone_id).await?;
             }
-            db.journal_done(id, kind, zone_id.as_deref(), &json!({"zone_id": zone_id}))
+            db.journal_done(id, &StepResult::DeleteZone { zone_id })
                 .await?;
             Outcome::Done("zone deleted".into())
         }
-        other => return Err(format!("not a cloud step: {other}").into()),
+        other => {
+            return Err(StepError::WrongExecutor {
+                kind: "cloud",
+                action: other.to_string(),
+            })
+        }
     };
     Ok(outcome)
 }
 
-/// How many tenant zones a drift check reads: all, or the rotating 1-in-`n` slice of this
-/// check (so every zone is read once every `n` checks and a check stays within its read
-/// budget of N/100 + 5 calls for N workspaces).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sample {
-    /// Every workspace.
-    All,
-    /// The workspaces whose id hashes to this check's slot of `n`.
-    OneIn(u64),
-}
-
-impl Sample {
-    /// Whether workspace `id` is read in the check numbered `epoch`.
-    pub fn includes(self, id: &str, epoch: u64) -> bool {
-        match self {
-            Sample::All => true,
-            Sample::OneIn(n) => {
-                let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-                });
-                h % n.max(1) == epoch % n.max(1)
-            }
-        }
-    }
-}
-
-/// Drift check of validation records: for the sampled workspaces whose records are journaled,
-/// the CNAMEs found in their tenant zone (one paged listing per sampled zone).
-pub async fn observe_validation(
-    aws: &dyn Cloud,
-    desired: &BTreeMap<String, DesiredWorkspace>,
-    observed: &Observed,
-    sample: Sample,
-    epoch: u64,
-) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, String> {
-    let mut out = BTreeMap::new();
-    for (id, w) in desired {
-        // A deleted workspace being re-created gets a new generation: its journal (and the zone
-        // it names, deleted) belongs to the old one. Reading that zone would fail the whole
-        // check.
-        if observed
-            .workspaces
-            .get(id)
-            .is_some_and(|o| o.status == crate::plan::Status::Deleted)
-        {
-            continue;
-        }
-        let done = |k| {
-            observed
-                .journal
-                .get(&(id.clone(), k))
-                .filter(|j| j.state == crate::plan::JournalState::Done)
-                .and_then(|j| j.result.as_deref())
-                .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-        };
-        let (Some(zone), Some(records)) = (
-            done(StepKind::CreateZone),
-            done(StepKind::ValidationRecords),
-        ) else {
-            continue;
-        };
-        if !sample.includes(id, epoch) {
-            continue;
-        }
-        let Some(zone_id) = zone["zone_id"].as_str() else {
-            continue;
-        };
-        let names: Vec<&str> = records["records"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|r| r["name"].as_str()).collect())
-            .unwrap_or_default();
-        let tenant = Target::Tenant {
-            role_arn: &w.role_arn,
-            external_id: &w.external_id,
-        };
-        let found: BTreeMap<String, Vec<String>> = aws
-            .list_records(tenant, zone_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|r| r.rtype == "CNAME" && names.contains(&r.name.as_str()))
-            .map(|r| (r.name, r.values))
-            .collect();
-        out.insert(id.clone(), found);
-    }
-    Ok(out)
-}
-
-/// Drift check, batched: the NS records of every parent zone, one paged listing per parent
-/// zone (not a call per workspace). Returns delegated zone → NS values.
-pub async fn observe_delegations(
-    aws: &dyn Cloud,
-    desired: &BTreeMap<String, DesiredWorkspace>,
-) -> Result<BTreeMap<String, Vec<String>>, String> {
-    let wanted: std::collections::BTreeSet<&str> =
-        desired.values().map(|w| w.zone_name.as_str()).collect();
-    let parents: std::collections::BTreeSet<&str> =
-        desired.values().map(|w| w.parent_zone.as_str()).collect();
-    let mut found = BTreeMap::new();
-    for parent in parents {
-        let zones = aws
-            .zones_by_name(Target::Operator, parent)
-            .await
-            .map_err(|e| e.to_string())?;
-        let [zone] = zones.as_slice() else {
-            return Err(format!(
-                "parent zone {parent}: expected one hosted zone in the operator account, found {}",
-                zones.len()
-            ));
-        };
-        for r in aws
-            .list_records(Target::Operator, &zone.id)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            if r.rtype == "NS" && wanted.contains(r.name.as_str()) {
-                found.insert(r.name, r.values);
-            }
-        }
-    }
-    Ok(found)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::Sample;
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("dispatch failure")]
+    struct Transport;
 
     #[test]
-    fn a_rotating_sample_reads_every_zone_once_per_cycle() {
-        let ids: Vec<String> = (0..10_000).map(|i| format!("ws{i:05}")).collect();
-        let per_epoch: Vec<usize> = (0..400)
-            .map(|e| {
-                ids.iter()
-                    .filter(|id| Sample::OneIn(400).includes(id, e))
-                    .count()
-            })
-            .collect();
+    fn step_errors_keep_their_messages_and_causes() {
+        let cloud = StepError::from(crate::cloud::Error::Call {
+            op: "route53:CreateHostedZone",
+            code: "transport".into(),
+            message: "connection reset".into(),
+            retryable: true,
+            source: Some(Box::new(Transport)),
+        });
+        assert!(cloud.is_retryable());
         assert_eq!(
-            per_epoch.iter().sum::<usize>(),
-            ids.len(),
-            "each workspace in exactly one epoch of the cycle"
+            cloud.to_string(),
+            "route53:CreateHostedZone: transport: connection reset"
         );
-        assert!(
-            per_epoch.iter().all(|n| *n < 60),
-            "slices stay small: max {:?}",
-            per_epoch.iter().max()
+        assert_eq!(
+            chain(&cloud),
+            "route53:CreateHostedZone: transport: connection reset: dispatch failure"
         );
-        assert!(ids.iter().all(|id| Sample::All.includes(id, 7)));
+        let quota = StepError::from(crate::cloud::Error::Quota {
+            op: "acm:RequestCertificate",
+            message: "too many".into(),
+        });
+        assert!(!quota.is_retryable());
+
+        // The messages of the string errors they replace, unchanged.
+        for (e, text) in [
+            (
+                StepError::NotDoneYet(StepKind::CreateZone),
+                "zone not created yet",
+            ),
+            (
+                StepError::NotDoneYet(StepKind::RequestCertificate),
+                "certificate not requested yet",
+            ),
+            (
+                StepError::ParentZoneMissing("sgp-1.cogrion.com".into()),
+                "parent zone sgp-1.cogrion.com not found in the operator account",
+            ),
+            (
+                StepError::ParentZoneAmbiguous {
+                    name: "sgp-1.cogrion.com".into(),
+                    found: 2,
+                },
+                "parent zone sgp-1.cogrion.com is ambiguous: 2 hosted zones have that name in the operator account",
+            ),
+            (
+                StepError::UnknownWorkspace("acme".into()),
+                "workspace acme is neither desired nor recorded",
+            ),
+            (
+                StepError::Misfiled {
+                    row: StepKind::CreateZone,
+                    found: StepKind::DeleteZone,
+                },
+                "journal row create_zone holds a delete_zone result",
+            ),
+        ] {
+            assert_eq!(e.to_string(), text);
+            assert!(!e.is_retryable(), "{e}");
+        }
     }
 }

@@ -47,20 +47,9 @@ pub struct HostedZone {
     pub name_servers: Vec<String>,
 }
 
-/// A record set (simple routing only).
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct RecordSet {
-    /// Lowercase name without the trailing dot.
-    pub name: String,
-    /// `NS`, `CNAME`, ….
-    pub rtype: String,
-    /// TTL in seconds.
-    pub ttl: i64,
-    /// Values, sorted; no trailing dots.
-    pub values: Vec<String>,
-}
+/// A record set (simple routing only). Defined in the core, since the journal records them
+/// ([`crate::plan::StepResult`]) and the planner compares them.
+pub use crate::plan::RecordSet;
 
 /// An ACM certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +94,16 @@ pub enum Error {
         /// AWS message.
         message: String,
     },
+    /// The request could not be built from these arguments (the SDK's builder refused it); no
+    /// call was made.
+    #[error("{op}: invalid request: {source}")]
+    InvalidRequest {
+        /// Operation.
+        op: &'static str,
+        /// The builder's error.
+        #[source]
+        source: Cause,
+    },
     /// The answer lacked something the API promises.
     #[error("{op}: unexpected response: {message}")]
     Unexpected {
@@ -146,6 +145,7 @@ impl Error {
             } => "retryable",
             Error::Call { .. } => "error",
             Error::Quota { .. } => "quota",
+            Error::InvalidRequest { .. } => "invalid_request",
             Error::Unexpected { .. } => "unexpected",
         }
     }

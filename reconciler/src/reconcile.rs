@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::apply::{self, Context, Progress, Report};
+use crate::aws::observe::{self, Sample};
 use crate::aws::Aws;
 use crate::check::{check_memo, Keep, RenderMemo};
 use crate::cloud::Cloud;
@@ -27,7 +28,7 @@ pub struct Request {
     /// Only plan.
     pub dry_run: bool,
     /// Which tenant zones the drift check reads (parent zones are always read in full).
-    pub drift: apply::Sample,
+    pub drift: Sample,
     /// Digests of earlier runs' bundles: clusters whose inputs did not change are not rendered
     /// again (a long-running server keeps one; one-shot runs pass `None`).
     pub memo: Option<Arc<Mutex<RenderMemo>>>,
@@ -138,13 +139,13 @@ pub async fn run_with(
     match &cloud {
         Some(cloud) => {
             let aws = cloud.as_ref();
-            match apply::observe_delegations(aws, &desired).await {
+            match observe::delegations(aws, &desired).await {
                 Ok(found) => observed.delegations = Some(found),
                 Err(e) => notes.push(format!("drift check of NS delegations skipped: {e}")),
             }
             // A new slice of tenant zones every drift period (3 minutes).
             let epoch = u64::try_from(started_at / 180_000).unwrap_or(0);
-            match apply::observe_validation(aws, &desired, &observed, request.drift, epoch).await {
+            match observe::validation(aws, &desired, &observed, request.drift, epoch).await {
                 Ok(found) => observed.validation = found,
                 Err(e) => notes.push(format!("drift check of validation records skipped: {e}")),
             }

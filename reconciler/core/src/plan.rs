@@ -24,6 +24,9 @@ use cplane_schema::Model;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+mod step_result;
+pub use step_result::{RecordSet, StepResult, StepResultError};
+
 /// What one workspace should be, derived from the model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredWorkspace {
@@ -351,8 +354,8 @@ pub enum JournalState {
 pub struct JournalEntry {
     /// State.
     pub state: JournalState,
-    /// Result of the step (JSON), e.g. the zone's name servers.
-    pub result: Option<String>,
+    /// Result of the step, e.g. the zone's name servers (absent until first done).
+    pub result: Option<StepResult>,
 }
 
 /// Everything observed before planning.
@@ -807,9 +810,10 @@ fn provision(
         let expected = o
             .journal
             .get(&(want.id.clone(), StepKind::CreateZone))
-            .and_then(|j| j.result.as_deref())
-            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-            .and_then(|v| serde_json::from_value::<Vec<String>>(v["name_servers"].clone()).ok());
+            .and_then(|j| match &j.result {
+                Some(StepResult::CreateZone { name_servers, .. }) => Some(name_servers.clone()),
+                _ => None,
+            });
         match (&o.delegations, expected) {
             (Some(found), Some(mut ns)) => {
                 ns.sort();
@@ -864,16 +868,13 @@ fn provision(
         let expected: Vec<(String, Vec<String>)> = o
             .journal
             .get(&(want.id.clone(), StepKind::ValidationRecords))
-            .and_then(|j| j.result.as_deref())
-            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-            .and_then(|v| v["records"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|r| {
-                let name = r["name"].as_str()?.to_owned();
-                let values = serde_json::from_value::<Vec<String>>(r["values"].clone()).ok()?;
-                Some((name, values))
+            .and_then(|j| match &j.result {
+                Some(StepResult::ValidationRecords { records }) => Some(records),
+                _ => None,
             })
+            .into_iter()
+            .flatten()
+            .map(|r| (r.name.clone(), r.values.clone()))
             .collect();
         match o.validation.get(&want.id) {
             Some(found)

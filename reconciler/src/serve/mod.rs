@@ -38,7 +38,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::apply::Sample;
+use crate::aws::observe::Sample;
 use crate::aws::Aws;
 use crate::bundle_store::BundleStore;
 use crate::db::Db;

@@ -40,8 +40,9 @@ fn provisioned(observed: &mut Observed, w: &DesiredWorkspace) {
         StepKind::ValidationRecords,
         StepKind::AwaitCertificate,
     ] {
-        let result = (kind == StepKind::CreateZone).then(|| {
-            r#"{"zone_id":"Z1","name_servers":["ns-1.example","ns-2.example"]}"#.to_owned()
+        let result = (kind == StepKind::CreateZone).then(|| StepResult::CreateZone {
+            zone_id: "Z1".into(),
+            name_servers: vec!["ns-1.example".into(), "ns-2.example".into()],
         });
         observed.journal.insert(
             (w.id.clone(), kind),
@@ -402,12 +403,19 @@ fn drift_missing_or_altered_validation_record_is_restored_only_when_checked() {
     let acme = ws("acme");
     let mut observed = Observed::default();
     provisioned(&mut observed, &acme);
-    let record = r#"{"records":[{"name":"_x1.w-acme.sgp-1.cogrion.com","rtype":"CNAME","ttl":300,"values":["_y1.acm-validations.aws"]}]}"#;
+    let record = StepResult::ValidationRecords {
+        records: vec![RecordSet {
+            name: "_x1.w-acme.sgp-1.cogrion.com".into(),
+            rtype: "CNAME".into(),
+            ttl: 300,
+            values: vec!["_y1.acm-validations.aws".into()],
+        }],
+    };
     observed.journal.insert(
         ("acme".into(), StepKind::ValidationRecords),
         JournalEntry {
             state: JournalState::Done,
-            result: Some(record.into()),
+            result: Some(record),
         },
     );
     // Not in this check's sample: nothing.

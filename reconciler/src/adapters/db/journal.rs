@@ -1,5 +1,9 @@
 //! The journal: a row with each cloud call's deterministic key before the call, its result
 //! after (see `crate::apply`).
+//!
+//! Results are [`StepResult`]s, stored as tagged JSON in the `result` column; rows written
+//! before the tag existed load by the row's `step` (see [`StepResult::from_stored`]). A result
+//! that does not load is an error ([`Error::JournalResult`]), never taken for "no result".
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -44,20 +48,15 @@ impl Db {
         Ok(row.try_get("attempts")?)
     }
 
-    /// Journal: records the result after the call.
-    pub async fn journal_done(
-        &self,
-        workspace: &str,
-        step: StepKind,
-        external_id: Option<&str>,
-        result: &serde_json::Value,
-    ) -> Result<(), Error> {
+    /// Journal: records the result after the call, in the row of its step
+    /// ([`StepResult::kind`]), with the resource it names as `external_id`.
+    pub async fn journal_done(&self, workspace: &str, result: &StepResult) -> Result<(), Error> {
         sqlx::query("UPDATE journal SET state = 'done', external_id = $1, result = $2, last_error = NULL, updated_at = $3 WHERE workspace_id = $4 AND step = $5")
-            .bind(external_id)
-            .bind(result.to_string())
+            .bind(result.external_id())
+            .bind(result.to_stored())
             .bind(now_ms())
             .bind(workspace)
-            .bind(step.as_str())
+            .bind(result.kind().as_str())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -85,7 +84,7 @@ impl Db {
         &self,
         workspace: &str,
         step: StepKind,
-    ) -> Result<Option<serde_json::Value>, Error> {
+    ) -> Result<Option<StepResult>, Error> {
         let row = sqlx::query(
             "SELECT result FROM journal WHERE workspace_id = $1 AND step = $2 AND state = 'done'",
         )
@@ -95,7 +94,7 @@ impl Db {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let text: Option<String> = row.try_get("result")?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        text.map(|t| decode(workspace, step, &t)).transpose()
     }
 }
 
@@ -111,11 +110,294 @@ pub(super) fn journal_row(row: &AnyRow) -> Result<((String, StepKind), JournalEn
         "failed" => JournalState::Failed,
         other => return Err(Error::Corrupt(format!("journal state `{other}`"))),
     };
-    Ok((
-        (id, kind),
-        JournalEntry {
-            state,
-            result: row.try_get("result")?,
-        },
-    ))
+    let result = row
+        .try_get::<Option<String>, _>("result")?
+        .map(|t| decode(&id, kind, &t))
+        .transpose()?;
+    Ok(((id, kind), JournalEntry { state, result }))
+}
+
+fn decode(workspace: &str, step: StepKind, stored: &str) -> Result<StepResult, Error> {
+    StepResult::from_stored(step, stored).map_err(|source| Error::JournalResult {
+        workspace: workspace.to_owned(),
+        step: step.as_str(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The journal's results on both engines: SQLite in a temporary file, PostgreSQL in a fresh
+    //! database on the server of `CPLANE_TEST_PG` (default: the local one at 127.0.0.1:5432).
+
+    use super::*;
+    use crate::plan::RecordSet;
+
+    fn results() -> Vec<StepResult> {
+        let cname = RecordSet {
+            name: "_x1.w-acme.sgp-1.cogrion.com".into(),
+            rtype: "CNAME".into(),
+            ttl: 300,
+            values: vec!["_y1.acm-validations.aws".into()],
+        };
+        vec![
+            StepResult::CreateZone {
+                zone_id: "Z1".into(),
+                name_servers: vec!["ns-1.example".into(), "ns-2.example".into()],
+            },
+            StepResult::DelegateZone {
+                parent_zone_id: "ZP".into(),
+                record: RecordSet {
+                    name: "w-acme.sgp-1.cogrion.com".into(),
+                    rtype: "NS".into(),
+                    ttl: 300,
+                    values: vec!["ns-1.example".into(), "ns-2.example".into()],
+                },
+            },
+            StepResult::RequestCertificate {
+                arn: "arn:aws:acm:us-east-1:111111111111:certificate/a".into(),
+            },
+            StepResult::ValidationRecords {
+                records: vec![cname],
+            },
+            StepResult::AwaitCertificate {
+                arn: Some("arn:aws:acm:us-east-1:111111111111:certificate/a".into()),
+                status: "ISSUED".into(),
+            },
+            StepResult::RemoveDelegation { removed: 1 },
+            StepResult::DeleteCertificate { arn: None },
+            StepResult::DeleteValidationRecords { removed: 1 },
+            StepResult::DeleteZone {
+                zone_id: Some("Z1".into()),
+            },
+        ]
+    }
+
+    fn acme() -> DesiredWorkspace {
+        DesiredWorkspace {
+            id: "acme".into(),
+            region: "sgp-1".into(),
+            environment: "prod".into(),
+            account: "acme-corp".into(),
+            aws_account_id: "111111111111".into(),
+            role_arn: "arn:aws:iam::111111111111:role/p".into(),
+            external_id: "ext-1".into(),
+            zone_name: "w-acme.sgp-1.cogrion.com".into(),
+            parent_zone: "sgp-1.cogrion.com".into(),
+            bff_url: "https://bff.w-acme.sgp-1.cogrion.com".into(),
+            deletion_policy: Policy::Delete,
+        }
+    }
+
+    /// Every variant written by `journal_done` comes back from `journal_result` and `observe`,
+    /// with its resource in `external_id`.
+    async fn results_round_trip(db: &Db) {
+        db.write_workspace(&acme(), 1, Status::Provisioning, "c1")
+            .await
+            .expect("workspace");
+        for r in results() {
+            db.journal_begin("acme", r.kind(), "key")
+                .await
+                .expect("begin");
+            assert_eq!(
+                db.journal_result("acme", r.kind()).await.expect("open"),
+                None
+            );
+            db.journal_done("acme", &r).await.expect("done");
+            assert_eq!(
+                db.journal_result("acme", r.kind()).await.expect("result"),
+                Some(r.clone())
+            );
+            let row = sqlx::query("SELECT external_id FROM journal WHERE step = $1")
+                .bind(r.kind().as_str())
+                .fetch_one(db.pool())
+                .await
+                .expect("row");
+            let external: Option<String> = row.try_get("external_id").expect("external_id");
+            assert_eq!(external.as_deref(), r.external_id(), "{r:?}");
+        }
+        let observed = db
+            .observe(&crate::plan::Scope::all())
+            .await
+            .expect("observe");
+        for r in results() {
+            let entry = &observed.journal[&("acme".to_owned(), r.kind())];
+            assert_eq!(entry.state, JournalState::Done);
+            assert_eq!(entry.result, Some(r));
+        }
+    }
+
+    /// Rows as the code before `StepResult` wrote them (untagged `json!` objects) load, through
+    /// both readers.
+    async fn old_rows_load(db: &Db) {
+        db.write_workspace(&acme(), 1, Status::Active, "c1")
+            .await
+            .expect("workspace");
+        let old = [
+            (
+                "create_zone",
+                Some("Z1"),
+                r#"{"name_servers":["ns-1.example","ns-2.example"],"zone_id":"Z1"}"#,
+            ),
+            (
+                "delegate_zone",
+                None,
+                r#"{"parent_zone_id":"ZP","record":{"name":"w-acme.sgp-1.cogrion.com","rtype":"NS","ttl":300,"values":["ns-1.example","ns-2.example"]}}"#,
+            ),
+            (
+                "request_certificate",
+                Some("arn:aws:acm:us-east-1:111111111111:certificate/a"),
+                r#"{"arn":"arn:aws:acm:us-east-1:111111111111:certificate/a"}"#,
+            ),
+            (
+                "validation_records",
+                None,
+                r#"{"records":[{"name":"_x1.w-acme.sgp-1.cogrion.com","rtype":"CNAME","ttl":300,"values":["_y1.acm-validations.aws"]}]}"#,
+            ),
+            (
+                "await_certificate",
+                Some("arn:aws:acm:us-east-1:111111111111:certificate/a"),
+                r#"{"status":"ISSUED"}"#,
+            ),
+            ("remove_delegation", None, r#"{"removed":1}"#),
+            ("delete_certificate", None, r#"{"arn":null}"#),
+            ("delete_validation_records", None, r#"{"removed":1}"#),
+            ("delete_zone", Some("Z1"), r#"{"zone_id":"Z1"}"#),
+        ];
+        for (step, external, result) in old {
+            sqlx::query("INSERT INTO journal (workspace_id, step, idempotency_key, state, external_id, result, attempts, created_at, updated_at) VALUES ('acme', $1, 'key', 'done', $2, $3, 1, 0, 0)")
+                .bind(step)
+                .bind(external)
+                .bind(result)
+                .execute(db.pool())
+                .await
+                .expect("old row");
+        }
+        let mut want = results();
+        // The old code did not record the ARN of an issued certificate.
+        want[4] = StepResult::AwaitCertificate {
+            arn: None,
+            status: "ISSUED".into(),
+        };
+        let observed = db
+            .observe(&crate::plan::Scope::all())
+            .await
+            .expect("observe");
+        for r in want {
+            assert_eq!(
+                db.journal_result("acme", r.kind()).await.expect("result"),
+                Some(r.clone())
+            );
+            assert_eq!(
+                observed.journal[&("acme".to_owned(), r.kind())].result,
+                Some(r)
+            );
+        }
+    }
+
+    /// A result cplane does not write is an error naming the row, not "no result".
+    async fn unreadable_results_are_errors(db: &Db) {
+        db.write_workspace(&acme(), 1, Status::Active, "c1")
+            .await
+            .expect("workspace");
+        sqlx::query("INSERT INTO journal (workspace_id, step, idempotency_key, state, result, attempts, created_at, updated_at) VALUES ('acme', 'create_zone', 'key', 'done', $1, 1, 0, 0)")
+            .bind(r#"{"zone_id":"Z1"}"#)
+            .execute(db.pool())
+            .await
+            .expect("row");
+        let err = db
+            .journal_result("acme", StepKind::CreateZone)
+            .await
+            .expect_err("a zone without name servers");
+        assert_eq!(
+            err.to_string(),
+            "journal of workspace acme, step create_zone: unreadable result: missing field `name_servers`"
+        );
+        assert!(matches!(err, Error::JournalResult { .. }));
+        assert!(!err.is_retryable());
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the serde error is kept"
+        );
+        let err = db
+            .observe(&crate::plan::Scope::all())
+            .await
+            .expect_err("observe reads the same row");
+        assert!(matches!(err, Error::JournalResult { .. }), "{err}");
+    }
+
+    async fn sqlite() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("cplane.db").display());
+        let db = Db::connect(&url).await.expect("sqlite");
+        (dir, db)
+    }
+
+    /// A fresh PostgreSQL database, dropped at the end of `f`.
+    async fn with_postgres<F, Fut>(f: F)
+    where
+        F: FnOnce(Db) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        use sqlx::Connection;
+        let admin = std::env::var("CPLANE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!(
+            "cplane_unit_journal_{}_{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL at {} (set CPLANE_TEST_PG): {e}", redact(&admin))
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let db = Db::connect(&format!("{base}/{name}"))
+            .await
+            .expect("postgres");
+        f(db.clone()).await;
+        db.pool().close().await;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .expect("drop database");
+    }
+
+    #[tokio::test]
+    async fn sqlite_results_round_trip() {
+        let (_dir, db) = sqlite().await;
+        results_round_trip(&db).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_loads_rows_of_the_old_format() {
+        let (_dir, db) = sqlite().await;
+        old_rows_load(&db).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_refuses_unreadable_results() {
+        let (_dir, db) = sqlite().await;
+        unreadable_results_are_errors(&db).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_results_round_trip() {
+        with_postgres(|db| async move { results_round_trip(&db).await }).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_loads_rows_of_the_old_format() {
+        with_postgres(|db| async move { old_rows_load(&db).await }).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_refuses_unreadable_results() {
+        with_postgres(|db| async move { unreadable_results_are_errors(&db).await }).await;
+    }
 }

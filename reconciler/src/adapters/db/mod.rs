@@ -12,7 +12,7 @@ use sqlx::AnyPool;
 
 use crate::plan::{
     DesiredWorkspace, JournalEntry, JournalState, LookupRow, Observed, ObservedWorkspace, Policy,
-    Status, StepKind, TenantRow,
+    Status, StepKind, StepResult, TenantRow,
 };
 
 mod bundles;
@@ -46,6 +46,17 @@ pub enum Error {
     /// A stored value is not one cplane writes.
     #[error("database holds an unexpected value: {0}")]
     Corrupt(String),
+    /// A journal row's result is not one cplane writes.
+    #[error("journal of workspace {workspace}, step {step}: unreadable result: {source}")]
+    JournalResult {
+        /// The workspace.
+        workspace: String,
+        /// The row's step.
+        step: &'static str,
+        /// Why it does not load.
+        #[source]
+        source: crate::plan::StepResultError,
+    },
 }
 
 impl Error {

@@ -69,9 +69,9 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
             },
             dry_run,
             drift: if *deep_drift {
-                cplane_reconciler::apply::Sample::All
+                cplane_reconciler::aws::observe::Sample::All
             } else {
-                cplane_reconciler::apply::Sample::OneIn(800)
+                cplane_reconciler::aws::observe::Sample::OneIn(800)
             },
             memo: None,
         };
