@@ -197,6 +197,11 @@ pub enum ValueType {
     Object,
     /// A list.
     Array,
+    /// A reference to a key of a Kubernetes Secret, `{secretRef: {name, key}}`: how a stack
+    /// takes a secret without the secret entering git (templates render it with the
+    /// `secret_key_ref` filter as a `valueFrom.secretKeyRef`).
+    #[serde(rename = "secretRef")]
+    SecretRef,
 }
 
 impl ValueType {
@@ -210,6 +215,7 @@ impl ValueType {
             ValueType::Boolean => value.is_boolean(),
             ValueType::Object => matches!(value, V::Object(_)),
             ValueType::Array => value.is_array(),
+            ValueType::SecretRef => value.get("secretRef").is_some(),
         }
     }
 
@@ -222,6 +228,7 @@ impl ValueType {
             ValueType::Boolean => "boolean",
             ValueType::Object => "object",
             ValueType::Array => "array",
+            ValueType::SecretRef => "secretRef",
         }
     }
 }

@@ -239,6 +239,9 @@ fn stack(entry: &crate::load::StackEntry, out: &mut Vec<Diagnostic>) {
     for (key, decl) in &spec.values {
         let path = format!("spec.values.{key}");
         if let Some(default) = &decl.default {
+            for (at, message) in secret_problems(key, default, &format!("{path}.default")) {
+                out.push(s.diag(&at, message));
+            }
             if !decl.ty.admits(default) {
                 out.push(s.diag(
                     &format!("{path}.default"),
@@ -482,6 +485,9 @@ pub fn workspace(
                 }
                 Some(_) => {}
             }
+            for (at, message) in secret_problems(key, value, &vpath) {
+                out.push(w.diag(&at, message));
+            }
         }
         missing_values(w, &path, &sref.name, &sspec.values, Some(&sref.values), out);
     }
@@ -494,6 +500,115 @@ pub fn workspace(
             missing_values(w, "spec.stacks", name, &sspec.values, None, out);
         }
     }
+}
+
+/// Words that make a value's key name a secret (split at `_`, `-`, `.` and camelCase humps,
+/// compared lower-case): `password`, `adminPassword`, `api_key`, `clientSecret`, `token`.
+const SECRET_WORDS: [&str; 6] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "key",
+    "credentials",
+];
+
+/// Whether a value key is named like a secret (see [`SECRET_WORDS`]).
+pub fn is_secret_name(key: &str) -> bool {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut prev_lower = false;
+    for c in key.chars() {
+        if matches!(c, '_' | '-' | '.') || (c.is_uppercase() && prev_lower) {
+            words.push(std::mem::take(&mut word));
+        }
+        if c.is_alphanumeric() {
+            word.push(c.to_ascii_lowercase());
+        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+    }
+    words.push(word);
+    words
+        .iter()
+        .any(|w| SECRET_WORDS.contains(&w.as_str()) || w == "apikey")
+}
+
+/// What is wrong with the secrets in a stack value, as (path, message) pairs:
+/// - a literal secret: a non-empty string under a key named like a secret
+///   ([`is_secret_name`]), at any depth;
+/// - a malformed reference: a `secretRef` that is not `{name, key}` with `name` a Kubernetes
+///   object name (DNS-1123 subdomain) and `key` a Secret data key (`[-._a-zA-Z0-9]+`).
+///
+/// A well-formed `secretRef` is the way to pass a secret and is not looked into further.
+/// Messages never quote the value: an error must not carry the secret it refuses.
+fn secret_problems(key: &str, value: &serde_json::Value, path: &str) -> Vec<(String, String)> {
+    fn walk(key: &str, v: &serde_json::Value, path: &str, found: &mut Vec<(String, String)>) {
+        if key == "secretRef" {
+            if let Some(message) = secret_ref_problem(v) {
+                found.push((path.to_owned(), message));
+            }
+            return;
+        }
+        match v {
+            serde_json::Value::String(s) if !s.is_empty() && is_secret_name(key) => {
+                found.push((path.to_owned(), secret_literal_message(key)));
+            }
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    walk(k, v, &format!("{path}.{k}"), found);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(key, v, &format!("{path}[{i}]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(key, value, path, &mut found);
+    found
+}
+
+/// Why `v` (the value of a `secretRef` key) is not a reference to a Secret's key, if it is not.
+fn secret_ref_problem(v: &serde_json::Value) -> Option<String> {
+    let shape = "a secretRef is `{name, key}`: the name of a Kubernetes Secret and one of its keys";
+    let Some(map) = v.as_object() else {
+        return Some(format!("expected a map, found {}; {shape}", json_type(v)));
+    };
+    if let Some(other) = map.keys().find(|k| !matches!(k.as_str(), "name" | "key")) {
+        return Some(format!("unknown field `{other}`; {shape}"));
+    }
+    let name = map.get("name").and_then(|n| n.as_str());
+    let key = map.get("key").and_then(|k| k.as_str());
+    match (name, key) {
+        (None, _) => Some(format!("`name` is missing or not a string; {shape}")),
+        (_, None) => Some(format!("`key` is missing or not a string; {shape}")),
+        (Some(name), _) if !crate::domain::is_dns_name(name) => {
+            Some(format!(
+                "`name` `{name}` is not a Kubernetes object name (lower-case DNS labels joined by dots)"
+            ))
+        }
+        (_, Some(key))
+            if key.is_empty()
+                || key.len() > 253
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) =>
+        {
+            Some(format!(
+                "`key` `{key}` is not a Secret data key (letters, digits, `-`, `_` and `.`)"
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn secret_literal_message(key: &str) -> String {
+    format!(
+        "`{key}` looks like a secret (a string under a key named like password, token, secret or key), and secrets never go into git: keep it in a Kubernetes Secret (or an ExternalSecret) and pass `{{secretRef: {{name, key}}}}` instead, which templates render as a `secretKeyRef` with the `secret_key_ref` filter"
+    )
 }
 
 fn missing_values(
@@ -543,6 +658,97 @@ fn json_type(v: &serde_json::Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_names_are_told_by_their_words() {
+        for key in [
+            "password",
+            "adminPassword",
+            "api_key",
+            "apiKey",
+            "clientSecret",
+            "token",
+            "s3.aws-secret-key",
+            "DB_PASSWD",
+        ] {
+            assert!(is_secret_name(key), "{key}");
+        }
+        for key in [
+            "keycloak",
+            "monkey",
+            "tokens_per_minute_",
+            "replicas",
+            "accessTokenLifespanSeconds",
+        ] {
+            // `accessTokenLifespanSeconds` has the word `token`: only string values count.
+            assert_eq!(
+                is_secret_name(key),
+                key == "accessTokenLifespanSeconds",
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_literals_are_found_at_any_depth_but_not_in_references() {
+        let v = serde_json::json!({
+            "lake": {"s3.secret-key": "abc", "region": "x", "empty_token": ""},
+            "admin": {"password": {"secretRef": {"name": "db", "key": "password"}}},
+            "list": [{"apiKey": "k1"}],
+            "timeoutSecondsToken": 30,
+        });
+        let found: Vec<_> = secret_problems("catalogs", &v, "spec.values.catalogs")
+            .into_iter()
+            .map(|(path, message)| {
+                assert!(
+                    !message.contains("abc") && !message.contains("k1"),
+                    "{message}"
+                );
+                path
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "spec.values.catalogs.lake.s3.secret-key",
+                "spec.values.catalogs.list[0].apiKey"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_secret_ref_must_name_a_secret_and_a_key() {
+        let problem = |v: serde_json::Value| {
+            secret_problems("password", &serde_json::json!({ "secretRef": v }), "p")
+                .into_iter()
+                .map(|(_, m)| m)
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            problem(serde_json::json!({"name": "db.main", "key": "pass_word-1.txt"})).is_empty()
+        );
+        for (v, says) in [
+            (serde_json::json!("db"), "expected a map, found string"),
+            (serde_json::json!({"key": "k"}), "`name` is missing"),
+            (serde_json::json!({"name": "db"}), "`key` is missing"),
+            (
+                serde_json::json!({"name": "Db", "key": "k"}),
+                "not a Kubernetes object name",
+            ),
+            (
+                serde_json::json!({"name": "db", "key": "a/b"}),
+                "not a Secret data key",
+            ),
+            (
+                serde_json::json!({"name": "db", "key": "k", "value": "x"}),
+                "unknown field `value`",
+            ),
+        ] {
+            let found = problem(v.clone());
+            assert_eq!(found.len(), 1, "{v}");
+            assert!(found[0].contains(says), "{v}: {}", found[0]);
+        }
+    }
+
     use super::*;
 
     #[test]
