@@ -189,6 +189,32 @@ pub(super) fn host(state: &State, service: &str) -> Result<String, minijinja::Er
 /// the generic value serializer and then copies the text a character at a time to escape what
 /// HTML would read (`<`, `>`, `&`, `'`). Anything else (maps, lists, an indent) goes to the
 /// built-in itself.
+/// `{{ values.x | secret_key_ref }}`: a stack value of type `secretRef` (`{secretRef: {name,
+/// key}}`, or the inner `{name, key}`) as the flow map `{"secretKeyRef":{"key":…,"name":…}}`,
+/// to stand after `valueFrom:`. The Secret's value itself never passes through cplane.
+pub(super) fn secret_key_ref(value: &Value) -> Result<Value, minijinja::Error> {
+    let invalid = |why: &str| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("secret_key_ref: {why}; expected {{secretRef: {{name, key}}}}"),
+        )
+    };
+    let inner = match value.get_attr("secretRef") {
+        Ok(inner) if !inner.is_undefined() => inner,
+        _ => value.clone(),
+    };
+    let field = |name: &str| -> Result<String, minijinja::Error> {
+        inner
+            .get_attr(name)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .ok_or_else(|| invalid(&format!("no string `{name}`")))
+    };
+    let (name, key) = (field("name")?, field("key")?);
+    let json = serde_json::json!({"secretKeyRef": {"name": name, "key": key}});
+    Ok(Value::from_safe_string(json.to_string()))
+}
+
 pub(super) fn tojson(
     value: &Value,
     indent: Option<Value>,

@@ -71,6 +71,22 @@ pub(super) fn without_blank_lead(mut docs: Vec<(usize, &str)>) -> Vec<(usize, &s
     docs
 }
 
+/// The field by which a rendered core/v1 `Secret` carries a value (`data` or `stringData`, not
+/// empty), if it does. A Secret without one (e.g. only `type` and labels, filled in by a
+/// controller) is allowed.
+fn secret_payload(value: &serde_json::Value) -> Option<&'static str> {
+    if value["kind"] != "Secret" || value["apiVersion"] != "v1" {
+        return None;
+    }
+    ["data", "stringData"].into_iter().find(|field| {
+        value.get(field).is_some_and(|v| match v {
+            serde_json::Value::Object(m) => !m.is_empty(),
+            serde_json::Value::Null => false,
+            _ => true,
+        })
+    })
+}
+
 pub(super) fn parse_document(doc: &str) -> ParsedDoc {
     // Deeply nested flow collections would exhaust the parser's stack.
     if let Err(d) = cplane_schema::load::refuse_deep_flow_nesting("", doc) {
@@ -119,6 +135,14 @@ pub(super) fn parse_document(doc: &str) -> ParsedDoc {
         if value["metadata"].get(field).is_some_and(|v| !v.is_object()) {
             return ParsedDoc::Invalid(format!("metadata.{field} must be a map"), 0);
         }
+    }
+    if let Some(field) = secret_payload(&value) {
+        return ParsedDoc::Invalid(
+            format!(
+                "a Secret with `{field}`: secrets never go into git or bundles; create the Secret out of band (or render an ExternalSecret) and reference it with `secretKeyRef` (the `secret_key_ref` filter of a `secretRef` value)"
+            ),
+            0,
+        );
     }
     ParsedDoc::Object(value)
 }

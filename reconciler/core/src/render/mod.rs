@@ -131,6 +131,7 @@ impl<'m> Renderer<'m> {
             let join_dir = dir.clone();
             env.set_path_join_callback(move |name, _parent| format!("{join_dir}{name}").into());
             env.add_filter("tojson", tojson);
+            env.add_filter("secret_key_ref", secret_key_ref);
             env.add_function("host", host);
             env.add_function("bucket", bucket);
             let standard = Arc::new(StandardLabels::new(name, &model.platform.doc.metadata.name));

@@ -696,3 +696,102 @@ fn generalizing_off_gives_the_same_bundles_by_parsing_every_document() {
         parses(&fast)
     );
 }
+
+#[test]
+fn secret_refs_render_as_secret_key_refs_and_never_a_value() {
+    // acme's superset takes its Flask key from a Secret of acme's own.
+    let mut files = crate::testdata::template_files();
+    let acme = files
+        .iter_mut()
+        .find(|f| f.path == "workspaces/acme.yaml")
+        .expect("acme");
+    let text = String::from_utf8(acme.bytes.clone()).expect("utf-8");
+    let text = text.replace(
+        "    - name: superset\n      values:\n",
+        "    - name: superset\n      values:\n        secretKey: {secretRef: {name: acme-flask, key: k1}}\n",
+    );
+    acme.bytes = text.into_bytes();
+    let model = cplane_schema::load(files).into_valid().expect("valid");
+    let (renderer, diags) = Renderer::new(&model);
+    assert!(diags.is_empty(), "{diags:?}");
+    let acme = clusters(&model)
+        .into_iter()
+        .find(|c| c.id == "w-acme")
+        .expect("acme");
+    let bundle = renderer.render(&acme).expect("renders");
+    let superset = bundle
+        .objects
+        .iter()
+        .find(|o| o.value["kind"] == "Deployment" && o.stack == "superset")
+        .expect("superset's Deployment");
+    let env = &superset.value["spec"]["template"]["spec"]["containers"][0]["env"];
+    let key = env
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "SUPERSET_SECRET_KEY")
+        .expect("SUPERSET_SECRET_KEY");
+    assert_eq!(
+        key["valueFrom"],
+        serde_json::json!({"secretKeyRef": {"name": "acme-flask", "key": "k1"}})
+    );
+    // The defaults name the stack's own Secret.
+    let uri = env
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "SUPERSET_DATABASE_URI")
+        .expect("SUPERSET_DATABASE_URI");
+    assert_eq!(
+        uri["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "superset", "key": "database-uri"})
+    );
+}
+
+#[test]
+fn a_secret_with_data_is_refused_whatever_the_route() {
+    for doc in [
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {password: hunter2}\n",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {password: aHVudGVyMg==}\n",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: aHVudGVyMg==\n",
+    ] {
+        let ParsedDoc::Invalid(message, _) = parse_document(doc) else {
+            panic!("accepted:\n{doc}");
+        };
+        assert!(message.contains("a Secret with"), "{message}");
+        assert!(
+            !message.contains("hunter2") && !message.contains("aHVu"),
+            "{message}"
+        );
+    }
+    for doc in [
+        // No payload: a Secret a controller fills in, or a namesake of another group.
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ntype: Opaque\ndata: {}\n",
+        "apiVersion: example.com/v1\nkind: Secret\nmetadata: {name: s}\ndata: {a: b}\n",
+        "apiVersion: external-secrets.io/v1beta1\nkind: ExternalSecret\nmetadata: {name: s}\nspec: {data: [{secretKey: k}]}\n",
+    ] {
+        assert!(matches!(parse_document(doc), ParsedDoc::Object(_)), "{doc}");
+    }
+}
+
+#[test]
+fn secret_key_ref_needs_a_name_and_a_key() {
+    let mut env = Environment::new();
+    env.add_filter("secret_key_ref", secret_key_ref);
+    let render = |v: serde_json::Value| {
+        env.render_str("{{ v | secret_key_ref }}", context! { v => v })
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        render(serde_json::json!({"secretRef": {"name": "a", "key": "b"}})).as_deref(),
+        Ok(r#"{"secretKeyRef":{"key":"b","name":"a"}}"#)
+    );
+    assert_eq!(
+        render(serde_json::json!({"name": "a", "key": "b"})).as_deref(),
+        Ok(r#"{"secretKeyRef":{"key":"b","name":"a"}}"#)
+    );
+    let err = render(serde_json::json!({"secretRef": {"name": "a"}})).expect_err("no key");
+    assert!(err.contains("no string `key`"), "{err}");
+    let err = render(serde_json::json!("hunter2")).expect_err("a string");
+    assert!(err.contains("no string `name`"), "{err}");
+}
