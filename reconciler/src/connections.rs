@@ -137,6 +137,9 @@ async fn serve_connection<I>(
 {
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let mut req = req.map(axum::body::Body::new);
+        // The TCP peer, for handlers that limit by source address (`ConnectInfo`).
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         if let Some(c) = &cluster {
             req.extensions_mut().insert(c.clone());
         }
