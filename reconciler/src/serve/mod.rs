@@ -79,6 +79,8 @@ pub struct Settings {
     /// How long a client has to send a request's head, and to finish a TLS handshake, before
     /// it is disconnected ([`crate::connections::DEFAULT_HEADER_READ_TIMEOUT`] by default).
     pub header_read_timeout: Duration,
+    /// The edge front door's routes and TLS authorization ([`edge`]).
+    pub edge: edge::Settings,
 }
 
 /// Errors starting the server.
@@ -135,6 +137,7 @@ fn listen_reason(e: &std::io::Error) -> String {
 }
 
 mod agent_api;
+pub mod edge;
 mod metrics;
 mod reconcile_loop;
 mod seed;
@@ -175,6 +178,8 @@ struct Shared {
     api: std::sync::OnceLock<Arc<crate::api::Api>>,
     /// Authentication of API users (the middleware on every route).
     auth: Arc<crate::auth::Auth>,
+    /// The edge front door's limiter and index.
+    edge: edge::Edge,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then stops gracefully: no new connections, HTTP
@@ -209,6 +214,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     let _listener = store.listen();
     let auth = Arc::new(crate::auth::Auth::new(settings.auth.clone(), db.clone()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let edge = edge::Edge::new(settings.edge.clone());
     let shared = Arc::new(Shared {
         settings,
         branch,
@@ -226,6 +232,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         api: std::sync::OnceLock::new(),
         render_memo: Arc::default(),
         auth,
+        edge,
     });
     let _ = shared.api.set(crate::api::Api::start(
         crate::api::Settings {
@@ -339,6 +346,8 @@ fn router(shared: Arc<Shared>) -> Router {
         // the BFF's cluster token).
         .merge(agent_api::router(shared.clone()))
         .merge(seed::router(shared.clone()))
+        // The edge front door (open, rate-limited per source address).
+        .merge(edge::router(shared.clone()))
         // Other regions (`INTER_REGION_SERVICE_TOKEN`) and the development issuer's keys.
         .merge(crate::auth::routes(auth))
         .merge(users);

@@ -101,6 +101,32 @@ impl TlsArgs {
     }
 }
 
+/// The edge front door's endpoints (`/v1/public/route`, `/v1/public/tls-authorize`).
+#[derive(clap::Args)]
+pub(super) struct EdgeArgs {
+    /// Upstream of a workspace's public hosts, for the edge proxy: `{workspace}` (`w-acme`),
+    /// `{zone}` and `{bff}` (the workspace's BFF host) are replaced.
+    #[arg(long, env = "CPLANE_EDGE_UPSTREAM", default_value = cplane_reconciler::serve::edge::DEFAULT_UPSTREAM)]
+    pub(super) edge_upstream: String,
+    /// Requests per second one source address may make to the front door's endpoints (a
+    /// burst of twice as many; `429` beyond).
+    #[arg(long, env = "CPLANE_EDGE_RATE_LIMIT", default_value_t = std::num::NonZeroU32::new(cplane_reconciler::serve::edge::DEFAULT_RATE).expect("not zero"))]
+    pub(super) edge_rate_limit: std::num::NonZeroU32,
+}
+
+impl EdgeArgs {
+    pub(super) fn settings(self) -> cplane_reconciler::serve::edge::Settings {
+        let Self {
+            edge_upstream,
+            edge_rate_limit,
+        } = self;
+        cplane_reconciler::serve::edge::Settings {
+            upstream: edge_upstream,
+            rate_per_second: edge_rate_limit,
+        }
+    }
+}
+
 /// How many reconcile runs the database keeps.
 #[derive(clap::Args, Clone, Copy)]
 pub(super) struct RetentionArgs {
@@ -423,6 +449,8 @@ pub(super) enum Command {
         retention: RetentionArgs,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        edge: EdgeArgs,
         #[command(flatten)]
         auth: cplane_reconciler::auth::Args,
     },

@@ -194,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             header_read_timeout,
             retention,
             tls,
+            edge,
             auth,
         } => {
             disable_huge_pages();
@@ -213,6 +214,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tls: tls.settings(),
                 auth: auth.into_config()?,
                 header_read_timeout,
+                edge: edge.settings(),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -83,6 +83,7 @@ pub(super) fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Exi
             ..cplane_reconciler::auth::Config::default()
         },
         header_read_timeout: cplane_reconciler::connections::DEFAULT_HEADER_READ_TIMEOUT,
+        edge: cplane_reconciler::serve::edge::Settings::default(),
     };
     let database = format!("sqlite://{}", dir.join("cplane.db").display());
     println!(
