@@ -10,7 +10,8 @@
 //!
 //! # Guarantees
 //! - A verified client certificate's cluster is added to every request of its connection as a
-//!   [`ClientCluster`] extension; nothing a client sends can set it.
+//!   [`ClientCluster`] extension; nothing a client sends can set it, except a certificate
+//!   forwarded by a trusted load balancer ([`ForwardedCerts`]), which is verified alike.
 //! - While a request is in flight, hyper keeps reading its connection (no half-close): a client
 //!   that goes away has its request dropped at once, a parked long-poll included.
 //! - On shutdown, no new connection is accepted and the requests in flight are finished.
@@ -28,7 +29,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 
-use crate::tls::ClientCluster;
+use crate::tls::{ClientCluster, ForwardedCerts};
 
 /// How long a client has to send a request's head, and to finish a TLS handshake, unless
 /// configured otherwise (`cplane serve --header-read-timeout`).
@@ -36,10 +37,12 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` — over TLS with `tls` — until `shutdown` resolves, then lets the
 /// requests in flight finish. A client has `header_timeout` to finish its TLS handshake, and
-/// the same to send each request's head.
+/// the same to send each request's head. With `forwarded`, a trusted proxy's forwarded client
+/// certificate authenticates the request like a direct one.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    forwarded: Option<Arc<ForwardedCerts>>,
     app: axum::Router,
     header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
@@ -64,6 +67,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let app = app.clone();
+        let forwarded = forwarded.clone();
         let watcher = graceful.watcher();
         // Two spawn sites, so that a plain connection's task is not sized for a TLS stream.
         match &acceptor {
@@ -71,10 +75,13 @@ pub async fn serve(
                 tokio::spawn(serve_connection(
                     tcp,
                     app,
-                    None,
+                    Peer {
+                        addr: peer,
+                        cluster: None,
+                        forwarded,
+                    },
                     header_timeout,
                     watcher,
-                    peer,
                 ));
             }
             Some(acceptor) => {
@@ -103,7 +110,12 @@ pub async fn serve(
                         .and_then(|chain| chain.first())
                         .and_then(crate::tls::cluster_of)
                         .map(ClientCluster);
-                    serve_connection(tls, app, cluster, header_timeout, watcher, peer).await;
+                    let peer = Peer {
+                        addr: peer,
+                        cluster,
+                        forwarded,
+                    };
+                    serve_connection(tls, app, peer, header_timeout, watcher).await;
                 });
             }
         }
@@ -122,26 +134,39 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// Serves the requests of one connection with `app`; `cluster` is the connection's verified
-/// client certificate's cluster, added to every request. A request head not received within
-/// `header_timeout` closes the connection.
+/// Who is at the other end of a connection.
+struct Peer {
+    addr: std::net::SocketAddr,
+    /// The cluster of the connection's verified client certificate.
+    cluster: Option<ClientCluster>,
+    /// Certificates forwarded by trusted proxies, when configured.
+    forwarded: Option<Arc<ForwardedCerts>>,
+}
+
+/// Serves the requests of one connection with `app`; the connection's verified client
+/// certificate's cluster (or, per request, a trusted proxy's forwarded one) is added to every
+/// request. A request head not received within `header_timeout` closes the connection.
 async fn serve_connection<I>(
     io: I,
     app: axum::Router,
-    cluster: Option<ClientCluster>,
+    peer: Peer,
     header_timeout: Duration,
     watcher: Watcher,
-    peer: std::net::SocketAddr,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let addr = peer.addr;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let mut req = req.map(axum::body::Body::new);
         // The TCP peer, for handlers that limit by source address (`ConnectInfo`).
         req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
-        if let Some(c) = &cluster {
-            req.extensions_mut().insert(c.clone());
+            .insert(axum::extract::ConnectInfo(peer.addr));
+        let forwarded = peer
+            .forwarded
+            .as_ref()
+            .and_then(|f| f.take(peer.addr.ip(), req.headers_mut()));
+        if let Some(c) = peer.cluster.clone().or(forwarded) {
+            req.extensions_mut().insert(c);
         }
         tower::ServiceExt::oneshot(app.clone(), req)
     });
@@ -150,6 +175,6 @@ async fn serve_connection<I>(
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "connection");
+        tracing::debug!(peer = %addr, error = %e, "connection");
     }
 }

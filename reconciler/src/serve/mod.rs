@@ -74,6 +74,8 @@ pub struct Settings {
     pub retention: crate::db::Retention,
     /// HTTPS (and agents' client certificates); plain HTTP when `None`.
     pub tls: Option<crate::tls::Settings>,
+    /// Agents' client certificates forwarded by a load balancer that terminates TLS.
+    pub forwarded_certs: Option<crate::tls::ForwardedSettings>,
     /// API authentication (OIDC issuers, primary region, inter-region token).
     pub auth: crate::auth::Config,
     /// How long a client has to send a request's head, and to finish a TLS handshake, before
@@ -208,6 +210,12 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         Some(t) => Some(crate::tls::server_config(t).map_err(|source| Error::Tls { source })?),
         None => None,
     };
+    let forwarded = match &settings.forwarded_certs {
+        Some(f) => Some(Arc::new(
+            crate::tls::ForwardedCerts::new(f).map_err(|source| Error::Tls { source })?,
+        )),
+        None => None,
+    };
     let store = BundleStore::load(db.clone())
         .await
         .map_err(|source| Error::Store { source })?;
@@ -274,6 +282,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     let served = crate::connections::serve(
         listener,
         tls,
+        forwarded,
         app,
         shared.settings.header_read_timeout,
         shutdown_signal(),

@@ -82,22 +82,76 @@ pub(super) struct TlsArgs {
     pub(super) tls_key: Option<PathBuf>,
     /// PEM CA that agents' client certificates chain to; a verified certificate's URI SAN
     /// `spiffe://cplane/cluster/<id>` authenticates as cluster `<id>` (instead of a token).
-    #[arg(long, env = "CPLANE_CLIENT_CA", requires = "tls_cert")]
+    /// Needs `--tls-cert` (direct mTLS) or `--client-cert-header` (behind a load balancer).
+    #[arg(long, env = "CPLANE_CLIENT_CA")]
     pub(super) client_ca: Option<PathBuf>,
+    /// CRL of the client CA (PEM or DER; repeatable): certificates it revokes authenticate
+    /// nothing. Read at start.
+    #[arg(
+        long = "client-crl",
+        env = "CPLANE_CLIENT_CRLS",
+        value_delimiter = ',',
+        requires = "client_ca"
+    )]
+    pub(super) client_crls: Vec<PathBuf>,
+    /// Header in which a load balancer that terminates TLS forwards the client's certificate
+    /// (URL-encoded PEM, leaf first), e.g. `X-Amzn-Mtls-Clientcert` (AWS ALB mTLS). Verified
+    /// against `--client-ca` like a direct one, and believed only from `--trusted-proxy`.
+    #[arg(long, env = "CPLANE_CLIENT_CERT_HEADER", requires_all = ["client_ca", "trusted_proxies"])]
+    pub(super) client_cert_header: Option<String>,
+    /// Address or network (CIDR) of a proxy whose `--client-cert-header` is believed
+    /// (repeatable); the header from any other peer is ignored.
+    #[arg(long = "trusted-proxy", env = "CPLANE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
+    pub(super) trusted_proxies: Vec<ipnet::IpNet>,
 }
 
+/// An address (a network of one) or a CIDR network.
+fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{s}` is neither an IP address nor a CIDR network"))
+}
+
+/// What `TlsArgs` configure: HTTPS, and client certificates forwarded by a load balancer.
+pub(super) type TlsSettings = (
+    Option<cplane_reconciler::tls::Settings>,
+    Option<cplane_reconciler::tls::ForwardedSettings>,
+);
+
 impl TlsArgs {
-    pub(super) fn settings(self) -> Option<cplane_reconciler::tls::Settings> {
+    pub(super) fn settings(self) -> anyhow::Result<TlsSettings> {
         let Self {
             tls_cert,
             tls_key,
             client_ca,
+            client_crls,
+            client_cert_header,
+            trusted_proxies,
         } = self;
-        Some(cplane_reconciler::tls::Settings {
-            cert: tls_cert?,
-            key: tls_key?,
-            client_ca,
-        })
+        if client_ca.is_some() && tls_cert.is_none() && client_cert_header.is_none() {
+            anyhow::bail!(
+                "--client-ca needs --tls-cert (agents' mTLS to this server) or --client-cert-header (mTLS ended by a load balancer)"
+            );
+        }
+        let forwarded = match (client_cert_header, &client_ca) {
+            (Some(header), Some(ca)) => Some(cplane_reconciler::tls::ForwardedSettings {
+                header,
+                trusted_proxies,
+                client_ca: ca.clone(),
+                client_crls: client_crls.clone(),
+            }),
+            _ => None,
+        };
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(cplane_reconciler::tls::Settings {
+                cert,
+                key,
+                client_ca,
+                client_crls,
+            }),
+            _ => None,
+        };
+        Ok((tls, forwarded))
     }
 }
 

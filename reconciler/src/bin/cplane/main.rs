@@ -198,6 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             auth,
         } => {
             disable_huge_pages();
+            let (tls, forwarded_certs) = tls.settings()?;
             let settings = cplane_reconciler::serve::Settings {
                 repo_url,
                 branch,
@@ -211,7 +212,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 webhook_secret,
                 max_deletions,
                 retention: retention.retention(),
-                tls: tls.settings(),
+                tls,
+                forwarded_certs,
                 auth: auth.into_config()?,
                 header_read_timeout,
                 edge: edge.settings(),

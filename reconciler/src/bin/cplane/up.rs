@@ -76,6 +76,7 @@ pub(super) fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Exi
         max_deletions: 5,
         retention: cplane_reconciler::db::Retention::default(),
         tls: None,
+        forwarded_certs: None,
         auth: cplane_reconciler::auth::Config {
             issuers: vec![issuer_url.clone()],
             audience: Some(UP_AUDIENCE.to_owned()),
