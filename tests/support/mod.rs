@@ -6,6 +6,7 @@ pub mod fault_proxy;
 pub mod moto;
 pub mod oidc;
 pub mod pg;
+pub mod pki;
 pub mod serve;
 pub mod venv;
 
