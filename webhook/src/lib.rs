@@ -10,7 +10,8 @@
 //!   `{"ref": "refs/heads/main", "after": "<sha>"}`)
 //!
 //! Guarantees: a secret is required (there is no unauthenticated mode); signatures and tokens
-//! are compared in constant time; bodies over the limit are refused before parsing; a delivery
+//! are compared in constant time (GitLab's token by its SHA-256, so that not even its length
+//! shows); bodies over the limit are refused before parsing; a delivery
 //! id seen before is acknowledged and ignored; pushes to other branches and non-push events are
 //! acknowledged and ignored. A valid push calls the trigger, which the server coalesces with a
 //! reconcile already in flight.
@@ -133,11 +134,19 @@ fn hmac_matches(secret: &[u8], body: &[u8], given_hex: &str) -> bool {
     mac.verify_slice(&given).is_ok()
 }
 
+/// Constant-time check of a shared token (GitLab's `X-Gitlab-Token`) against the secret that
+/// does not leak the secret's length either: comparing the bytes directly would stop at the
+/// first length mismatch, so the SHA-256 digests of both (always 32 bytes) are compared.
+fn token_matches(secret: &[u8], given: &[u8]) -> bool {
+    use sha2::Digest as _;
+    Sha256::digest(secret).ct_eq(&Sha256::digest(given)).into()
+}
+
 /// Verifies and interprets one delivery. Pure: no I/O, no state.
 pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdict, Error> {
     let secret = &config.secret[..];
     let (sender, event, delivery) = if let Some(token) = header(headers, "x-gitlab-token") {
-        if !bool::from(token.as_bytes().ct_eq(secret)) {
+        if !token_matches(secret, token.as_bytes()) {
             return Err(Error::BadSignature);
         }
         let event = header(headers, "x-gitlab-event").unwrap_or("");
