@@ -10,7 +10,8 @@
 //!
 //! # Guarantees
 //! - A verified client certificate's cluster is added to every request of its connection as a
-//!   [`ClientCluster`] extension; nothing a client sends can set it.
+//!   [`ClientCluster`] extension; nothing a client sends can set it. So is the peer's address,
+//!   as axum's `ConnectInfo<SocketAddr>` (the webhook's per-source rate limit keys on it).
 //! - While a request is in flight, hyper keeps reading its connection (no half-close): a client
 //!   that goes away has its request dropped at once, a parked long-poll included.
 //! - On shutdown, no new connection is accepted and the requests in flight are finished.
@@ -137,6 +138,8 @@ async fn serve_connection<I>(
 {
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         if let Some(c) = &cluster {
             req.extensions_mut().insert(c.clone());
         }

@@ -68,6 +68,8 @@ pub struct Settings {
     pub poll: Duration,
     /// Webhook secret; `None` disables the webhook endpoint (404).
     pub webhook_secret: Option<String>,
+    /// Webhook deliveries per source address; `None`: unlimited.
+    pub webhook_rate: Option<cplane_webhook::RateLimit>,
     /// Deletion threshold.
     pub max_deletions: usize,
     /// How many reconcile runs are kept in the database, and for how long.
@@ -350,6 +352,7 @@ fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// `POST /v1/webhooks/git` when a secret is configured: each verified push triggers a run.
+/// Each source address gets [`Settings::webhook_rate`] (`429` above it).
 fn webhooks(shared: &Arc<Shared>) -> Option<Router> {
     let config = cplane_webhook::Config::new(
         shared.settings.webhook_secret.as_deref()?.as_bytes(),
@@ -361,9 +364,12 @@ fn webhooks(shared: &Arc<Shared>) -> Option<Router> {
         sh.metrics.pending.set(1);
         sh.trigger.notify_one();
     });
-    Some(cplane_webhook::router(
+    Some(cplane_webhook::router_with_limits(
         config,
         trigger,
-        cplane_webhook::DEFAULT_MAX_BODY,
+        cplane_webhook::Limits {
+            rate: shared.settings.webhook_rate,
+            ..cplane_webhook::Limits::default()
+        },
     ))
 }

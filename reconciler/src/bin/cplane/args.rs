@@ -101,6 +101,31 @@ impl TlsArgs {
     }
 }
 
+/// The per-source rate limit of `POST /v1/webhooks/git` (a token bucket per source address).
+#[derive(clap::Args, Clone, Copy)]
+pub(super) struct WebhookLimitArgs {
+    /// Webhook deliveries one source address may send at once (`429` with `Retry-After` above).
+    #[arg(long, env = "CPLANE_WEBHOOK_BURST", default_value_t = 30)]
+    pub(super) webhook_burst: u32,
+    /// Webhook deliveries per minute one source address may send after its burst; `0` turns
+    /// the limit off.
+    #[arg(long, env = "CPLANE_WEBHOOK_RATE", default_value_t = 60)]
+    pub(super) webhook_rate: u32,
+}
+
+impl WebhookLimitArgs {
+    pub(super) fn rate(self) -> Option<cplane_webhook::RateLimit> {
+        let Self {
+            webhook_burst,
+            webhook_rate,
+        } = self;
+        (webhook_rate > 0).then_some(cplane_webhook::RateLimit {
+            burst: webhook_burst.max(1),
+            per_minute: webhook_rate,
+        })
+    }
+}
+
 /// How many reconcile runs the database keeps.
 #[derive(clap::Args, Clone, Copy)]
 pub(super) struct RetentionArgs {
@@ -484,6 +509,8 @@ pub(super) enum Command {
         /// Secret for `POST /v1/webhooks/git`; without it the endpoint is not served.
         #[arg(long, env = "CPLANE_WEBHOOK_SECRET", hide_env_values = true)]
         webhook_secret: Option<String>,
+        #[command(flatten)]
+        webhook_limit: WebhookLimitArgs,
         /// Most workspaces one revision may remove without confirmation.
         #[arg(long, env = "CPLANE_MAX_DELETIONS", default_value_t = 5)]
         max_deletions: usize,
