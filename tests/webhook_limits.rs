@@ -113,3 +113,88 @@ fn a_burst_from_one_source_is_limited_and_another_source_is_not() {
     // Everything else on the server is not limited.
     assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
 }
+
+/// `cplane_webhook_deliveries_total` of the server on `port`: deliveries acted on.
+fn acted_on(port: u16) -> u64 {
+    http(port, "GET", "/metrics", &[], b"")
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix("cplane_webhook_deliveries_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn a_replayed_delivery_is_acted_on_once_across_replicas() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pg = rt.block_on(support::pg::PgDatabase::create());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (remote, _work, branch) = remote_and_work(tmp.path());
+    let (_a, a) = serve(tmp.path(), "a", &remote, &branch, &pg.url, &[]);
+    let (_b, b) = serve(tmp.path(), "b", &remote, &branch, &pg.url, &[]);
+
+    // One after the other: the second replica finds the id recorded by the first.
+    let (status, body) = support::serve::webhook(a, &branch, "r-1");
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = support::serve::webhook(b, &branch, "r-1");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("duplicate delivery r-1"), "{body}");
+    assert_eq!(support::serve::webhook(a, &branch, "r-1").0, 200);
+
+    // At the same moment, to both: exactly one acts on it.
+    for round in 0..5 {
+        let id = format!("r-race-{round}");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let sends: Vec<_> = [a, b]
+            .into_iter()
+            .map(|port| {
+                let (barrier, branch, id) = (barrier.clone(), branch.clone(), id.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    support::serve::webhook(port, &branch, &id).0
+                })
+            })
+            .collect();
+        let mut statuses: Vec<u16> = sends.into_iter().map(|t| t.join().expect("send")).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 202], "{id}");
+    }
+    assert_eq!(
+        acted_on(a) + acted_on(b),
+        6,
+        "r-1 and five races, once each"
+    );
+}
+
+/// The delivery table itself: a unique insert, and pruning by age.
+async fn deliveries_are_recorded_once_and_pruned(url: &str) {
+    let db = cplane_reconciler::db::Db::connect(url).await.expect("db");
+    assert!(db.record_delivery("github:d-1").await.expect("record"));
+    assert!(!db.record_delivery("github:d-1").await.expect("record"));
+    assert!(
+        db.record_delivery("gitea:d-1").await.expect("record"),
+        "per sender"
+    );
+    let recorded = cplane_reconciler::db::now_ms();
+    assert_eq!(
+        db.prune_deliveries(recorded - 60_000).await.expect("prune"),
+        0
+    );
+    assert_eq!(db.prune_deliveries(recorded + 1).await.expect("prune"), 2);
+    assert!(
+        db.record_delivery("github:d-1").await.expect("record"),
+        "forgotten"
+    );
+}
+
+#[tokio::test]
+async fn deliveries_are_recorded_once_and_pruned_sqlite() {
+    let (_dir, url) = support::pg::sqlite_url();
+    deliveries_are_recorded_once_and_pruned(&url).await;
+}
+
+#[tokio::test]
+async fn deliveries_are_recorded_once_and_pruned_postgres() {
+    let pg = support::pg::PgDatabase::create().await;
+    deliveries_are_recorded_once_and_pruned(&pg.url).await;
+}

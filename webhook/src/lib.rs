@@ -11,10 +11,12 @@
 //!
 //! Guarantees: a secret is required (there is no unauthenticated mode); signatures and tokens
 //! are compared in constant time (GitLab's token by its SHA-256, so that not even its length
-//! shows); bodies over the limit are refused before parsing; a delivery
-//! id seen before is acknowledged and ignored; pushes to other branches and non-push events are
-//! acknowledged and ignored. A valid push calls the trigger, which the server coalesces with a
-//! reconcile already in flight.
+//! shows); a source address over its rate is answered `429` before its body is read
+//! ([`RateLimit`]); bodies over the limit are refused before parsing; a delivery id recorded
+//! before — in memory, or in a store the server's replicas share ([`Deliveries`]) — is
+//! acknowledged and ignored; pushes to other branches and non-push events are acknowledged and
+//! ignored. A valid push calls the trigger, which the server coalesces with a reconcile already
+//! in flight.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

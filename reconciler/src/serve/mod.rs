@@ -141,6 +141,7 @@ mod metrics;
 mod reconcile_loop;
 mod seed;
 mod user_api;
+mod webhooks;
 
 use agent_api::*;
 pub use metrics::Metrics;
@@ -345,31 +346,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(crate::auth::routes(auth))
         .merge(users);
     // Push webhooks (signed).
-    if let Some(webhooks) = webhooks(&shared) {
+    if let Some(webhooks) = webhooks::router(&shared) {
         app = app.merge(webhooks);
     }
     app
-}
-
-/// `POST /v1/webhooks/git` when a secret is configured: each verified push triggers a run.
-/// Each source address gets [`Settings::webhook_rate`] (`429` above it).
-fn webhooks(shared: &Arc<Shared>) -> Option<Router> {
-    let config = cplane_webhook::Config::new(
-        shared.settings.webhook_secret.as_deref()?.as_bytes(),
-        &shared.branch,
-    )?;
-    let sh = shared.clone();
-    let trigger: cplane_webhook::Trigger = Arc::new(move |_push| {
-        sh.metrics.webhook_deliveries.inc();
-        sh.metrics.pending.set(1);
-        sh.trigger.notify_one();
-    });
-    Some(cplane_webhook::router_with_limits(
-        config,
-        trigger,
-        cplane_webhook::Limits {
-            rate: shared.settings.webhook_rate,
-            ..cplane_webhook::Limits::default()
-        },
-    ))
 }

@@ -21,6 +21,7 @@ mod observe;
 mod seed;
 mod status;
 mod tokens;
+mod webhooks;
 
 pub use bundles::ClusterReport;
 pub use status::{Condition, WorkspaceReadiness};
