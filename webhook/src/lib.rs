@@ -5,7 +5,8 @@
 //! - **GitHub** (`X-GitHub-Event`, `X-GitHub-Delivery`, `X-Hub-Signature-256: sha256=<hex>`)
 //! - **Gitea** (`X-Gitea-Event`, `X-Gitea-Delivery`, `X-Gitea-Signature: <hex>` or
 //!   `X-Hub-Signature-256`)
-//! - **GitLab** (`X-Gitlab-Event`, `X-Gitlab-Event-UUID`, `X-Gitlab-Token: <secret>`)
+//! - **GitLab** (`X-Gitlab-Event`, `Idempotency-Key` or else `X-Gitlab-Event-UUID`,
+//!   `X-Gitlab-Token: <secret>`)
 //! - **generic** (`X-Cplane-Signature-256: sha256=<hex>`, optional `X-Cplane-Delivery`; body
 //!   `{"ref": "refs/heads/main", "after": "<sha>"}`)
 //!
@@ -162,7 +163,9 @@ pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdi
         (
             Sender::GitLab,
             push,
-            header(headers, "x-gitlab-event-uuid").or(header(headers, "idempotency-key")),
+            // GitLab keeps `Idempotency-Key` across retries of one event (since 17.4);
+            // `X-Gitlab-Event-UUID` is the fallback of older versions.
+            header(headers, "idempotency-key").or(header(headers, "x-gitlab-event-uuid")),
         )
     } else if let Some(sig) = header(headers, "x-gitea-signature") {
         if !hmac_matches(secret, body, sig) {

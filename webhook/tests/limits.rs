@@ -202,3 +202,29 @@ async fn a_delivery_store_shared_by_routers_acts_on_each_delivery_once() {
         StatusCode::ACCEPTED
     );
 }
+
+#[tokio::test]
+async fn gitlab_retries_are_recognised_by_their_idempotency_key() {
+    let pushes: Pushes = Arc::default();
+    let sink = pushes.clone();
+    let app = router(
+        Config::new(SECRET.as_bytes(), "main").expect("secret"),
+        Arc::new(move |p: Push| sink.lock().expect("lock").push(p)),
+        DEFAULT_MAX_BODY,
+    );
+    let attempt = |uuid: &'static str| {
+        [
+            ("x-gitlab-event", "Push Hook"),
+            ("x-gitlab-token", SECRET),
+            ("x-gitlab-event-uuid", uuid),
+            ("idempotency-key", "908a6d9e-45fd-46c8-97e6-c4f350f219dd"),
+        ]
+    };
+    assert_eq!(
+        send(&app, &attempt("e-1"), &gitlab_push()).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (status, _, json) = send(&app, &attempt("e-2"), &gitlab_push()).await;
+    assert_eq!(status, StatusCode::OK, "a retry: {json}");
+    assert_eq!(pushes.lock().expect("lock").len(), 1);
+}
