@@ -886,7 +886,8 @@ async fn serve_requires_a_token_on_the_user_api_only() {
             Some(&cluster_token)
         )
         .0,
-        200
+        403,
+        "an agent token is not the BFF's (tests/credentials.rs)"
     );
     assert_eq!(
         http(

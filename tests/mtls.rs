@@ -156,6 +156,11 @@ fn agents_authenticate_with_client_certificates_naming_their_cluster() {
         403,
         "another cluster"
     );
+    assert_eq!(
+        curl(dir, port, "/api/workspaces/acme/config", Some("acme"), None),
+        401,
+        "the agent's certificate is no BFF credential"
+    );
     assert_eq!(curl(dir, port, bundle, None, None), 401, "no credential");
     assert_eq!(
         curl(dir, port, bundle, Some("nameless"), None),

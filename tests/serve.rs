@@ -259,8 +259,13 @@ fn start() -> Setup {
 }
 
 fn token(db: &str, cluster: &str) -> String {
+    token_with(db, cluster, &[])
+}
+
+fn token_with(db: &str, cluster: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
         .args(["cluster", "token", "create", cluster, "--database", db])
+        .args(args)
         .output()
         .expect("token create");
     assert!(
@@ -428,12 +433,24 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
     assert!(body.contains("\"replicas\":4"), "the new bundle");
     assert_eq!(long_polls(s.port), 0, "answered polls are not counted");
 
-    // BFF endpoints, with the workspace's own token.
+    // BFF endpoints, with the workspace BFF's own token (an agent token gets 403 there).
+    let acme_bff = token_with(&s.db, "w-acme", &["--scope", "bff"]);
+    assert_eq!(
+        http(
+            s.port,
+            "GET",
+            "/api/workspaces/acme/config",
+            &[bearer(&acme)],
+            b""
+        )
+        .0,
+        403
+    );
     let (status, body) = http(
         s.port,
         "GET",
         "/api/workspaces/acme/config",
-        &[bearer(&acme)],
+        &[bearer(&acme_bff)],
         b"",
     );
     assert_eq!(status, 200, "{body}");
@@ -461,7 +478,7 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
             s.port,
             "POST",
             "/api/workspaces/acme/register",
-            &[bearer(&acme), json.clone()],
+            &[bearer(&acme_bff), json.clone()],
             reg
         )
         .0,
@@ -472,7 +489,7 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
             s.port,
             "POST",
             "/api/workspaces/acme/register",
-            &[bearer(&acme), json.clone()],
+            &[bearer(&acme_bff), json.clone()],
             br#"{"url":"http://x"}"#
         )
         .0,
@@ -482,7 +499,7 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
         s.port,
         "GET",
         "/api/workspaces/w-acme/config",
-        &[bearer(&acme)],
+        &[bearer(&acme_bff)],
         b"",
     );
     assert!(
@@ -543,7 +560,8 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
         .args(["cluster", "token", "revoke", "w-acme", "--database", &s.db])
         .output()
         .expect("revoke");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 1 token(s)"));
+    // Every scope's: the agent's token and the BFF's.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 2 token(s)"));
     let revoked = Instant::now();
     wait_for("the revoked token to be refused", || {
         http_full(s.port, "/v1/clusters/w-acme/bundle", &[bearer(&acme)]).0 == 401

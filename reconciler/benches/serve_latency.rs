@@ -127,6 +127,9 @@ fn main() {
             "1h",
             "--webhook-secret",
             secret,
+            // The throughput below is one client's flood: no per-source limit.
+            "--webhook-rate",
+            "0",
         ])
         .env("CPLANE_LOG", "warn")
         .stdout(Stdio::null())

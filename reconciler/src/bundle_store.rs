@@ -17,7 +17,10 @@
 //!   notification sent while it was gone is not lost, only late).
 //! - A revoked token stops working on PostgreSQL at once (`NOTIFY cplane_tokens` clears the
 //!   cache), on SQLite within [`REVOCATION_CHECK`] (the CLI that revokes is another process, so
-//!   the last revocation time is read that often), and everywhere within [`TOKEN_TTL`].
+//!   the last change to the tokens is read that often), and everywhere within [`TOKEN_TTL`].
+//!   The same holds for the new end of a token that a rotation cut short.
+//! - An expired token stops working at its expiry to the millisecond: the cache keeps each
+//!   token's expiry and the caller checks it on every request ([`db::TokenGrant::is_expired`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -30,7 +33,7 @@ use crate::db::{self, Db};
 /// How long a verified token's cluster is trusted without asking the database again.
 pub const TOKEN_TTL: Duration = Duration::from_secs(10);
 
-/// How often SQLite deployments look for revoked tokens.
+/// How often SQLite deployments look for revoked (or rotated) tokens.
 pub const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 
 /// The published bundle a cluster currently points at.
@@ -125,11 +128,11 @@ impl<V: Clone + Send + 'static> Loader<V> {
 pub struct BundleStore {
     db: Db,
     bodies: Loader<Vec<u8>>,
-    owners: Loader<String>,
+    owners: Loader<db::TokenGrant>,
     heads: RwLock<HashMap<String, Head>>,
     changes: watch::Sender<u64>,
-    /// SHA-256 of a token → (cluster, verified at).
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// SHA-256 of a token → (what it grants, verified at).
+    tokens: Mutex<HashMap<String, (db::TokenGrant, Instant)>>,
 }
 
 impl BundleStore {
@@ -146,7 +149,7 @@ impl BundleStore {
             let db = db.clone();
             Loader::spawn("cluster tokens", move |hashes| {
                 let db = db.clone();
-                async move { db.token_clusters(&hashes).await }
+                async move { db.token_grants(&hashes).await }
             })
         };
         let store = Arc::new(Self {
@@ -213,36 +216,38 @@ impl BundleStore {
         Ok(body.map(|b| (head.digest.to_string(), head.generation, b)))
     }
 
-    /// The cluster an unrevoked token belongs to (cached for [`TOKEN_TTL`]; unknown tokens are
-    /// not cached, so a token created a moment ago works at once).
-    pub async fn token_cluster(&self, token: &str) -> Result<Option<String>, Error> {
+    /// What an unrevoked token grants — its cluster, scope and expiry (cached for
+    /// [`TOKEN_TTL`]; unknown tokens are not cached, so a token created a moment ago works at
+    /// once). An expired token is answered too: the caller checks the expiry.
+    pub async fn token_grant(&self, token: &str) -> Result<Option<db::TokenGrant>, Error> {
         let hash = db::token_hash(token);
-        if let Some((cluster, at)) = self.tokens.lock().expect("tokens lock").get(&hash) {
+        if let Some((grant, at)) = self.tokens.lock().expect("tokens lock").get(&hash) {
             if at.elapsed() < TOKEN_TTL {
-                return Ok(Some(cluster.clone()));
+                return Ok(Some(grant.clone()));
             }
         }
-        let cluster = self.owners.get(hash.clone()).await?;
+        let grant = self.owners.get(hash.clone()).await?;
         let mut tokens = self.tokens.lock().expect("tokens lock");
-        match &cluster {
-            Some(c) => {
-                tokens.insert(hash, (c.clone(), Instant::now()));
+        match &grant {
+            Some(g) => {
+                tokens.insert(hash, (g.clone(), Instant::now()));
             }
             None => {
                 tokens.remove(&hash);
             }
         }
-        Ok(cluster)
+        Ok(grant)
     }
 
-    /// Forgets every cached token (a token was revoked somewhere).
+    /// Forgets every cached token (a token was revoked or rotated somewhere).
     pub fn forget_tokens(&self) {
         self.tokens.lock().expect("tokens lock").clear();
     }
 
     /// Keeps the store current until the process ends. On PostgreSQL: follows `cplane_bundles`
     /// and `cplane_tokens` notifications from every replica (and `cplane cluster token revoke`).
-    /// On SQLite (one server process): looks for new revocations every [`REVOCATION_CHECK`].
+    /// On SQLite (one server process): looks for revoked or rotated tokens every
+    /// [`REVOCATION_CHECK`].
     pub fn listen(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
         if !self.db.is_postgres() {
@@ -250,13 +255,13 @@ impl BundleStore {
                 let mut seen = None;
                 loop {
                     tokio::time::sleep(REVOCATION_CHECK).await;
-                    match store.db.last_revocation().await {
+                    match store.db.last_token_change().await {
                         Ok(last) if last != seen => {
                             seen = last;
                             store.forget_tokens();
                         }
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "checking token revocations"),
+                        Err(e) => tracing::warn!(error = %e, "checking token changes"),
                     }
                 }
             });

@@ -11,7 +11,9 @@
 //! # Guarantees
 //! - A verified client certificate's cluster is added to every request of its connection as a
 //!   [`ClientCluster`] extension; nothing a client sends can set it, except a certificate
-//!   forwarded by a trusted load balancer ([`ForwardedCerts`]), which is verified alike.
+//!   forwarded by a trusted load balancer ([`ForwardedCerts`]), which is verified alike. So is
+//!   the peer's address, as axum's `ConnectInfo<SocketAddr>` (the per-source rate limits of
+//!   the webhook and the edge endpoints key on it).
 //! - While a request is in flight, hyper keeps reading its connection (no half-close): a client
 //!   that goes away has its request dropped at once, a parked long-poll included.
 //! - On shutdown, no new connection is accepted and the requests in flight are finished.

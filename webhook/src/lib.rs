@@ -5,15 +5,19 @@
 //! - **GitHub** (`X-GitHub-Event`, `X-GitHub-Delivery`, `X-Hub-Signature-256: sha256=<hex>`)
 //! - **Gitea** (`X-Gitea-Event`, `X-Gitea-Delivery`, `X-Gitea-Signature: <hex>` or
 //!   `X-Hub-Signature-256`)
-//! - **GitLab** (`X-Gitlab-Event`, `X-Gitlab-Event-UUID`, `X-Gitlab-Token: <secret>`)
+//! - **GitLab** (`X-Gitlab-Event`, `Idempotency-Key` or else `X-Gitlab-Event-UUID`,
+//!   `X-Gitlab-Token: <secret>`)
 //! - **generic** (`X-Cplane-Signature-256: sha256=<hex>`, optional `X-Cplane-Delivery`; body
 //!   `{"ref": "refs/heads/main", "after": "<sha>"}`)
 //!
 //! Guarantees: a secret is required (there is no unauthenticated mode); signatures and tokens
-//! are compared in constant time; bodies over the limit are refused before parsing; a delivery
-//! id seen before is acknowledged and ignored; pushes to other branches and non-push events are
-//! acknowledged and ignored. A valid push calls the trigger, which the server coalesces with a
-//! reconcile already in flight.
+//! are compared in constant time (GitLab's token by its SHA-256, so that not even its length
+//! shows); a source address over its rate is answered `429` before its body is read
+//! ([`RateLimit`]); bodies over the limit are refused before parsing; a delivery id recorded
+//! before — in memory, or in a store the server's replicas share ([`Deliveries`]) — is
+//! acknowledged and ignored; pushes to other branches and non-push events are acknowledged and
+//! ignored. A valid push calls the trigger, which the server coalesces with a reconcile already
+//! in flight.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -21,13 +25,19 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+
+mod limit;
+
+pub use limit::{RateLimit, MAX_SOURCES};
 
 /// Default largest body accepted: GitHub caps payloads at 25 MB, but a push to a state repo is
 /// small; 1 MiB keeps a flood cheap.
@@ -133,11 +143,19 @@ fn hmac_matches(secret: &[u8], body: &[u8], given_hex: &str) -> bool {
     mac.verify_slice(&given).is_ok()
 }
 
+/// Constant-time check of a shared token (GitLab's `X-Gitlab-Token`) against the secret that
+/// does not leak the secret's length either: comparing the bytes directly would stop at the
+/// first length mismatch, so the SHA-256 digests of both (always 32 bytes) are compared.
+fn token_matches(secret: &[u8], given: &[u8]) -> bool {
+    use sha2::Digest as _;
+    Sha256::digest(secret).ct_eq(&Sha256::digest(given)).into()
+}
+
 /// Verifies and interprets one delivery. Pure: no I/O, no state.
 pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdict, Error> {
     let secret = &config.secret[..];
     let (sender, event, delivery) = if let Some(token) = header(headers, "x-gitlab-token") {
-        if !bool::from(token.as_bytes().ct_eq(secret)) {
+        if !token_matches(secret, token.as_bytes()) {
             return Err(Error::BadSignature);
         }
         let event = header(headers, "x-gitlab-event").unwrap_or("");
@@ -145,7 +163,9 @@ pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdi
         (
             Sender::GitLab,
             push,
-            header(headers, "x-gitlab-event-uuid").or(header(headers, "idempotency-key")),
+            // GitLab keeps `Idempotency-Key` across retries of one event (since 17.4);
+            // `X-Gitlab-Event-UUID` is the fallback of older versions.
+            header(headers, "idempotency-key").or(header(headers, "x-gitlab-event-uuid")),
         )
     } else if let Some(sig) = header(headers, "x-gitea-signature") {
         if !hmac_matches(secret, body, sig) {
@@ -226,6 +246,41 @@ pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdi
     }))
 }
 
+/// A boxed future of [`Deliveries::first_seen`].
+pub type FirstSeen<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + 'a>>;
+
+/// Where delivery ids are recorded, so that each delivery is acted on once — by one process
+/// ([`RecentDeliveries`]) or by every replica sharing a database (the server's).
+pub trait Deliveries: Send + Sync {
+    /// Records `key` (`<sender>:<delivery id>`): `Ok(true)` the first time, `Ok(false)` when it
+    /// was recorded before. `Err` when it cannot tell (the delivery is then acted on: running
+    /// a reconcile twice is harmless, missing a push is not).
+    fn first_seen<'a>(&'a self, key: &'a str) -> FirstSeen<'a>;
+}
+
+/// The last `capacity` delivery ids, in memory: de-duplication within one process.
+#[derive(Debug)]
+pub struct RecentDeliveries(Mutex<Seen>);
+
+impl RecentDeliveries {
+    /// Remembers the last `capacity` ids.
+    pub fn new(capacity: usize) -> Self {
+        Self(Mutex::new(Seen {
+            order: VecDeque::new(),
+            set: HashSet::new(),
+            capacity: capacity.max(1),
+        }))
+    }
+}
+
+impl Deliveries for RecentDeliveries {
+    fn first_seen<'a>(&'a self, key: &'a str) -> FirstSeen<'a> {
+        let first = self.0.lock().expect("seen lock").insert(key);
+        Box::pin(std::future::ready(Ok(first)))
+    }
+}
+
 /// Delivery ids seen recently (bounded), for de-duplication of redeliveries.
 #[derive(Debug)]
 struct Seen {
@@ -254,31 +309,129 @@ impl Seen {
 /// Called for every verified push to the watched branch.
 pub type Trigger = Arc<dyn Fn(Push) + Send + Sync>;
 
+/// What the router accepts: body size, rate per source, and where delivery ids are recorded.
+#[derive(Clone)]
+pub struct Limits {
+    /// Largest body accepted (`413` above).
+    pub max_body: usize,
+    /// Deliveries per source address (`429` above); `None`: unlimited.
+    pub rate: Option<RateLimit>,
+    /// Where delivery ids are recorded.
+    pub deliveries: Arc<dyn Deliveries>,
+}
+
+impl Default for Limits {
+    /// [`DEFAULT_MAX_BODY`], [`RateLimit::default`], the last 4096 ids in memory.
+    fn default() -> Self {
+        Self {
+            max_body: DEFAULT_MAX_BODY,
+            rate: Some(RateLimit::default()),
+            deliveries: Arc::new(RecentDeliveries::new(4096)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("max_body", &self.max_body)
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone)]
 struct Hook {
     config: Config,
     trigger: Trigger,
-    seen: Arc<Mutex<Seen>>,
+    deliveries: Arc<dyn Deliveries>,
+}
+
+/// The router with [`Limits::default`] but for `max_body`: see [`router_with_limits`].
+pub fn router(config: Config, trigger: Trigger, max_body: usize) -> Router {
+    router_with_limits(
+        config,
+        trigger,
+        Limits {
+            max_body,
+            ..Limits::default()
+        },
+    )
 }
 
 /// The router: `POST /v1/webhooks/git`. Answers `202` with `{"triggered": true, …}` for a push
 /// to the watched branch, `200` with `{"ignored": reason}` for an authentic delivery with nothing
-/// to do (including a duplicate delivery id), `401` for a missing or wrong signature, `400` for
-/// a malformed payload and `413` above `max_body` bytes.
-pub fn router(config: Config, trigger: Trigger, max_body: usize) -> Router {
+/// to do (including a delivery id recorded before), `401` for a missing or wrong signature,
+/// `400` for a malformed payload, `413` above `max_body` bytes, and `429` with `Retry-After`
+/// (seconds) when the source address has sent more than its rate — checked first, before the
+/// body is read. The source is the request's `ConnectInfo<SocketAddr>` extension; requests
+/// without one share a bucket.
+pub fn router_with_limits(config: Config, trigger: Trigger, limits: Limits) -> Router {
+    let Limits {
+        max_body,
+        rate,
+        deliveries,
+    } = limits;
     let hook = Hook {
         config,
         trigger,
-        seen: Arc::new(Mutex::new(Seen {
-            order: VecDeque::new(),
-            set: HashSet::new(),
-            capacity: 4096,
-        })),
+        deliveries,
     };
+    let mut route = post(deliver).layer(DefaultBodyLimit::max(max_body));
+    if let Some(rate) = rate {
+        let limiter = Arc::new(limit::Limiter::new(rate));
+        route = route.layer(axum::middleware::from_fn_with_state(limiter, rate_limit));
+    }
     Router::new()
-        .route("/v1/webhooks/git", post(deliver))
-        .layer(DefaultBodyLimit::max(max_body))
+        .route("/v1/webhooks/git", route)
         .with_state(hook)
+}
+
+/// `429` with `Retry-After` when the request's source is over its rate.
+async fn rate_limit(
+    State(limiter): State<Arc<limit::Limiter>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    match limiter.check(source, std::time::Instant::now()) {
+        Ok(()) => next.run(request).await,
+        Err(wait) => {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            tracing::debug!(source = ?source, retry_after = secs, "webhook rate limited");
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(axum::http::header::RETRY_AFTER, secs.to_string())],
+                Json(serde_json::json!({
+                    "error": format!("too many deliveries from this source; retry in {secs} s")
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The key a delivery is recorded under: `<sender>:<id>`, the id replaced by its SHA-256 when
+/// it is long or not printable ASCII (it comes from the sender, and is stored).
+fn delivery_key(sender: Sender, id: &str) -> String {
+    let sender = match sender {
+        Sender::GitHub => "github",
+        Sender::Gitea => "gitea",
+        Sender::GitLab => "gitlab",
+        Sender::Generic => "generic",
+    };
+    if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
+        format!("{sender}:{id}")
+    } else {
+        use sha2::Digest as _;
+        format!(
+            "{sender}:sha256:{}",
+            hex::encode(Sha256::digest(id.as_bytes()))
+        )
+    }
 }
 
 async fn deliver(
@@ -300,11 +453,23 @@ async fn deliver(
         ),
         Ok(Verdict::Trigger(push)) => {
             if let Some(id) = &push.delivery {
-                if !hook.seen.lock().expect("seen lock").insert(id) {
-                    return (
-                        StatusCode::OK,
-                        Json(serde_json::json!({ "ignored": format!("duplicate delivery {id}") })),
-                    );
+                match hook
+                    .deliveries
+                    .first_seen(&delivery_key(push.sender, id))
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return (
+                            StatusCode::OK,
+                            Json(
+                                serde_json::json!({ "ignored": format!("duplicate delivery {id}") }),
+                            ),
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, delivery = %id, "recording the delivery failed; acting on it")
+                    }
                 }
             }
             tracing::info!(sender = ?push.sender, branch = %push.branch, after = ?push.after, "push: reconcile");

@@ -1,8 +1,9 @@
 //! The agent protocol: `GET /v1/clusters/{id}/bundle` (long-poll, ETag) and
-//! `POST /v1/clusters/{id}/status`, authenticated by the cluster's token or client
-//! certificate, never by a user's.
+//! `POST /v1/clusters/{id}/status`, authenticated by the cluster's `agent` token or client
+//! certificate, never by a user's nor by the workspace BFF's `bff` token.
 
 use super::*;
+use crate::db::TokenScope;
 
 /// The agent protocol's routes: each handler checks the cluster's credential itself.
 pub(super) fn router(shared: Arc<Shared>) -> Router {
@@ -15,18 +16,22 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// The cluster a request's `Authorization: Bearer <cluster token>` belongs to.
-pub(super) async fn token_cluster(
+/// What a request's `Authorization: Bearer <cluster token>` grants: `401` when it is missing,
+/// unknown, revoked or expired.
+pub(super) async fn bearer_grant(
     sh: &Shared,
     headers: &axum::http::HeaderMap,
-) -> Result<String, ApiError> {
+) -> Result<crate::db::TokenGrant, ApiError> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-    match sh.store.token_cluster(token.trim()).await {
-        Ok(Some(cluster)) => Ok(cluster),
+    match sh.store.token_grant(token.trim()).await {
+        Ok(Some(grant)) if grant.is_expired(crate::db::now_ms()) => {
+            Err(api_error(StatusCode::UNAUTHORIZED, "expired token"))
+        }
+        Ok(Some(grant)) => Ok(grant),
         Ok(None) => Err(api_error(
             StatusCode::UNAUTHORIZED,
             "unknown or revoked token",
@@ -38,17 +43,37 @@ pub(super) async fn token_cluster(
 /// The verified client certificate's cluster, when the connection is mTLS ([`crate::tls`]).
 pub(super) type ClientCert = Option<axum::Extension<ClientCluster>>;
 
-/// Passes when the caller acts for `cluster` — by its verified client certificate, else by its
-/// cluster token: 401 without either, 403 for another cluster's.
-pub(super) async fn require_cluster(
+/// Passes when the caller acts for `cluster` with a credential of `scope`.
+///
+/// - [`TokenScope::Agent`]: the cluster's verified client certificate (an agent's identity),
+///   else a bearer token of scope `agent` for that cluster.
+/// - [`TokenScope::Bff`]: a bearer token of scope `bff` for that cluster only; a client
+///   certificate is ignored (it identifies the cluster's agent, not its BFF).
+///
+/// `401` without a credential or with an unknown, revoked or expired token; `403` for another
+/// cluster's credential or a token of the other scope.
+pub(super) async fn require_credential(
     sh: &Shared,
     headers: &axum::http::HeaderMap,
     cert: &ClientCert,
     cluster: &str,
+    scope: TokenScope,
 ) -> Result<(), ApiError> {
-    let owner = match cert {
-        Some(axum::Extension(ClientCluster(c))) => c.clone(),
-        None => token_cluster(sh, headers).await?,
+    let owner = match (scope, cert) {
+        (TokenScope::Agent, Some(axum::Extension(ClientCluster(c)))) => c.clone(),
+        _ => {
+            let grant = bearer_grant(sh, headers).await?;
+            if grant.scope != scope {
+                return Err(api_error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "this is a {} token; this endpoint takes a {scope} token",
+                        grant.scope
+                    ),
+                ));
+            }
+            grant.cluster
+        }
     };
     if owner == cluster {
         Ok(())
@@ -72,7 +97,7 @@ pub(super) const MAX_WAIT: Duration = Duration::from_secs(300);
 /// `GET /v1/clusters/{cluster}/bundle` (agent protocol): the cluster's canonical bundle with
 /// `ETag: "<digest>"` and `X-Cplane-Generation`, or `304` when `If-None-Match` names the current
 /// digest — after waiting up to `?wait=` seconds for a change. A token for one cluster gets `403`
-/// for every other. A `304` is answered from memory (no database read); a `200` is gzip-encoded
+/// for every other, and so does a `bff` token. A `304` is answered from memory (no database read); a `200` is gzip-encoded
 /// when the agent accepts it (the stored bytes, as they are) and inflated otherwise.
 pub(super) async fn bundle(
     State(sh): State<Arc<Shared>>,
@@ -81,7 +106,7 @@ pub(super) async fn bundle(
     headers: axum::http::HeaderMap,
     cert: ClientCert,
 ) -> Response {
-    if let Err(e) = require_cluster(&sh, &headers, &cert, &cluster).await {
+    if let Err(e) = require_credential(&sh, &headers, &cert, &cluster, TokenScope::Agent).await {
         return e.into_response();
     }
     let known = headers
@@ -196,7 +221,7 @@ pub(super) fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
 }
 
 /// `POST /v1/clusters/{cluster}/status` (agent protocol): the applied digest, generation,
-/// per-object results and health, with the cluster's own token.
+/// per-object results and health, with the cluster's own `agent` token (or certificate).
 pub(super) async fn report_status(
     State(sh): State<Arc<Shared>>,
     UrlPath(cluster): UrlPath<String>,
@@ -204,7 +229,7 @@ pub(super) async fn report_status(
     cert: ClientCert,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(e) = require_cluster(&sh, &headers, &cert, &cluster).await {
+    if let Err(e) = require_credential(&sh, &headers, &cert, &cluster, TokenScope::Agent).await {
         return e.into_response();
     }
     let report: crate::db::ClusterReport = match serde_json::from_slice(&body) {

@@ -68,6 +68,8 @@ pub struct Settings {
     pub poll: Duration,
     /// Webhook secret; `None` disables the webhook endpoint (404).
     pub webhook_secret: Option<String>,
+    /// Webhook deliveries per source address; `None`: unlimited.
+    pub webhook_rate: Option<cplane_webhook::RateLimit>,
     /// Deletion threshold.
     pub max_deletions: usize,
     /// How many reconcile runs are kept in the database, and for how long.
@@ -144,6 +146,7 @@ mod metrics;
 mod reconcile_loop;
 mod seed;
 mod user_api;
+mod webhooks;
 
 use agent_api::*;
 pub use metrics::Metrics;
@@ -361,27 +364,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(crate::auth::routes(auth))
         .merge(users);
     // Push webhooks (signed).
-    if let Some(webhooks) = webhooks(&shared) {
+    if let Some(webhooks) = webhooks::router(&shared) {
         app = app.merge(webhooks);
     }
     app
-}
-
-/// `POST /v1/webhooks/git` when a secret is configured: each verified push triggers a run.
-fn webhooks(shared: &Arc<Shared>) -> Option<Router> {
-    let config = cplane_webhook::Config::new(
-        shared.settings.webhook_secret.as_deref()?.as_bytes(),
-        &shared.branch,
-    )?;
-    let sh = shared.clone();
-    let trigger: cplane_webhook::Trigger = Arc::new(move |_push| {
-        sh.metrics.webhook_deliveries.inc();
-        sh.metrics.pending.set(1);
-        sh.trigger.notify_one();
-    });
-    Some(cplane_webhook::router(
-        config,
-        trigger,
-        cplane_webhook::DEFAULT_MAX_BODY,
-    ))
 }

@@ -1,9 +1,11 @@
 //! The seed's endpoints (reference doc 001): the tenant → region lookup, and the BFF's
-//! config and registration, which take the workspace's cluster token.
+//! config and registration, which take the workspace's `bff` token (not its agent's token,
+//! nor its agent's client certificate).
 
 use super::*;
+use crate::db::TokenScope;
 
-/// The lookup (open) and the BFF's endpoints (the workspace's cluster token).
+/// The lookup (open) and the BFF's endpoints (the workspace's `bff` token).
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/lookup/{workspace}", get(lookup))
@@ -37,16 +39,15 @@ pub(super) fn workspace_of(id: &str) -> String {
 }
 
 /// `GET /api/workspaces/{id}/config`: the BFF's startup configuration (reference doc 001),
-/// for the workspace's own cluster token only.
+/// for the workspace's own `bff` token only.
 pub(super) async fn bff_config(
     State(sh): State<Arc<Shared>>,
     UrlPath(id): UrlPath<String>,
     headers: axum::http::HeaderMap,
-    cert: ClientCert,
 ) -> Response {
     let id = workspace_of(&id);
     let name = cplane_schema::domain::workspace_name(&id);
-    if let Err(e) = require_cluster(&sh, &headers, &cert, &name).await {
+    if let Err(e) = require_credential(&sh, &headers, &None, &name, TokenScope::Bff).await {
         return e.into_response();
     }
     let m = match model_of(&sh) {
@@ -92,11 +93,10 @@ pub(super) async fn bff_register(
     State(sh): State<Arc<Shared>>,
     UrlPath(id): UrlPath<String>,
     headers: axum::http::HeaderMap,
-    cert: ClientCert,
     Json(reg): Json<Registration>,
 ) -> Response {
     let name = cplane_schema::domain::workspace_name(&workspace_of(&id));
-    if let Err(e) = require_cluster(&sh, &headers, &cert, &name).await {
+    if let Err(e) = require_credential(&sh, &headers, &None, &name, TokenScope::Bff).await {
         return e.into_response();
     }
     if !reg.url.starts_with("https://") || reg.url.len() > 2048 {

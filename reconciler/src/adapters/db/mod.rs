@@ -21,9 +21,11 @@ mod observe;
 mod seed;
 mod status;
 mod tokens;
+mod webhooks;
 
 pub use bundles::ClusterReport;
 pub use status::{Condition, WorkspaceReadiness};
+pub use tokens::{TokenGrant, TokenInfo, TokenScope};
 
 /// Errors of the database adapter.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +98,7 @@ pub fn redact(url: &str) -> String {
 
 /// PostgreSQL channel announcing a cluster whose bundle was published (payload: cluster id).
 pub const BUNDLES_CHANNEL: &str = "cplane_bundles";
-/// PostgreSQL channel announcing revoked cluster tokens (payload: cluster id).
+/// PostgreSQL channel announcing revoked or rotated cluster tokens (payload: cluster id).
 pub const TOKENS_CHANNEL: &str = "cplane_tokens";
 
 /// The file of a `sqlite:` URL (`None` for other databases and in-memory SQLite).

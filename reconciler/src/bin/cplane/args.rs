@@ -181,6 +181,31 @@ impl EdgeArgs {
     }
 }
 
+/// The per-source rate limit of `POST /v1/webhooks/git` (a token bucket per source address).
+#[derive(clap::Args, Clone, Copy)]
+pub(super) struct WebhookLimitArgs {
+    /// Webhook deliveries one source address may send at once (`429` with `Retry-After` above).
+    #[arg(long, env = "CPLANE_WEBHOOK_BURST", default_value_t = 30)]
+    pub(super) webhook_burst: u32,
+    /// Webhook deliveries per minute one source address may send after its burst; `0` turns
+    /// the limit off.
+    #[arg(long, env = "CPLANE_WEBHOOK_RATE", default_value_t = 60)]
+    pub(super) webhook_rate: u32,
+}
+
+impl WebhookLimitArgs {
+    pub(super) fn rate(self) -> Option<cplane_webhook::RateLimit> {
+        let Self {
+            webhook_burst,
+            webhook_rate,
+        } = self;
+        (webhook_rate > 0).then_some(cplane_webhook::RateLimit {
+            burst: webhook_burst.max(1),
+            per_minute: webhook_rate,
+        })
+    }
+}
+
 /// How many reconcile runs the database keeps.
 #[derive(clap::Args, Clone, Copy)]
 pub(super) struct RetentionArgs {
@@ -285,6 +310,8 @@ pub(super) enum TokenCommand {
         /// Cluster id, e.g. `w-acme` or `prod-sgp-1`: one that cplane has rendered and
         /// published (`cplane clusters`).
         id: String,
+        #[command(flatten)]
+        token: NewTokenArgs,
         /// Database (default: SQLite in ./.cplane/cplane.db).
         #[arg(long, env = "CPLANE_DATABASE_URL")]
         database: Option<String>,
@@ -292,8 +319,40 @@ pub(super) enum TokenCommand {
         #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
         format: Format,
     },
-    /// Revoke every token of cluster ID.
+    /// Create a new token for cluster ID and scope, print it once, and end the cluster's other
+    /// tokens of that scope when the overlap is over (time to hand the new one out).
+    Rotate {
+        /// Cluster id (one that cplane has published).
+        id: String,
+        #[command(flatten)]
+        token: NewTokenArgs,
+        /// How long the old tokens keep working (e.g. `24h`, `30m`; `0` ends them at once).
+        #[arg(long, env = "CPLANE_TOKEN_OVERLAP", default_value = "24h", value_parser = parse_overlap)]
+        overlap: std::time::Duration,
+        /// Database (default: SQLite in ./.cplane/cplane.db).
+        #[arg(long, env = "CPLANE_DATABASE_URL")]
+        database: Option<String>,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Revoke the tokens of cluster ID (of every scope, unless `--scope` names one).
     Revoke {
+        /// Cluster id.
+        id: String,
+        /// Only the tokens of this scope.
+        #[arg(long, env = "CPLANE_TOKEN_SCOPE", value_enum)]
+        scope: Option<Scope>,
+        /// Database (default: SQLite in ./.cplane/cplane.db).
+        #[arg(long, env = "CPLANE_DATABASE_URL")]
+        database: Option<String>,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// List the tokens of cluster ID: id (a prefix of the token's hash), scope, state, when
+    /// created, when it expires or was revoked. Never the token.
+    List {
         /// Cluster id.
         id: String,
         /// Database (default: SQLite in ./.cplane/cplane.db).
@@ -303,6 +362,44 @@ pub(super) enum TokenCommand {
         #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
         format: Format,
     },
+}
+
+/// The scope and lifetime of a new token (`create`, `rotate`).
+#[derive(clap::Args)]
+pub(super) struct NewTokenArgs {
+    /// What the token may do: `agent` (the cluster's bundle and status) or `bff` (the
+    /// workspace's config and register).
+    #[arg(long, env = "CPLANE_TOKEN_SCOPE", value_enum, default_value = "agent")]
+    pub(super) scope: Scope,
+    /// The token is refused after this long (e.g. `90d`, `12h`); without it, it never expires.
+    #[arg(long, env = "CPLANE_TOKEN_EXPIRES_IN", value_parser = parse_interval)]
+    pub(super) expires_in: Option<std::time::Duration>,
+}
+
+/// `--scope` of the token commands.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum Scope {
+    /// The cluster's agent: its bundle and its status.
+    Agent,
+    /// The workspace's BFF: its config and its registration.
+    Bff,
+}
+
+impl From<Scope> for cplane_reconciler::db::TokenScope {
+    fn from(s: Scope) -> Self {
+        match s {
+            Scope::Agent => Self::Agent,
+            Scope::Bff => Self::Bff,
+        }
+    }
+}
+
+/// A duration that may be zero (`--overlap 0`).
+pub(super) fn parse_overlap(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    parse_interval(s)
 }
 
 /// The database and region of the principal commands.
@@ -492,6 +589,8 @@ pub(super) enum Command {
         /// Secret for `POST /v1/webhooks/git`; without it the endpoint is not served.
         #[arg(long, env = "CPLANE_WEBHOOK_SECRET", hide_env_values = true)]
         webhook_secret: Option<String>,
+        #[command(flatten)]
+        webhook_limit: WebhookLimitArgs,
         /// Most workspaces one revision may remove without confirmation.
         #[arg(long, env = "CPLANE_MAX_DELETIONS", default_value_t = 5)]
         max_deletions: usize,
@@ -519,7 +618,8 @@ pub(super) enum Command {
         #[arg(long, env = "CPLANE_LISTEN", default_value = "127.0.0.1:3000")]
         listen: std::net::SocketAddr,
     },
-    /// Manage clusters' bearer tokens (agents and BFFs authenticate with them).
+    /// Manage clusters' bearer tokens: an `agent` token per cluster, a `bff` token per
+    /// workspace's BFF.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,

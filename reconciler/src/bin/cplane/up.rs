@@ -73,6 +73,7 @@ pub(super) fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Exi
         scope: cplane_reconciler::plan::Scope::all(),
         poll: std::time::Duration::from_secs(180),
         webhook_secret: None,
+        webhook_rate: Some(cplane_webhook::RateLimit::default()),
         max_deletions: 5,
         retention: cplane_reconciler::db::Retention::default(),
         tls: None,
