@@ -37,7 +37,7 @@ use subtle::ConstantTimeEq;
 
 mod limit;
 
-pub use limit::{RateLimit, MAX_SOURCES};
+pub use limit::{Limiter, RateLimit, MAX_SOURCES};
 
 /// Default largest body accepted: GitHub caps payloads at 25 MB, but a push to a state repo is
 /// small; 1 MiB keeps a flood cheap.
@@ -397,7 +397,7 @@ async fn rate_limit(
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    match limiter.check(source, std::time::Instant::now()) {
+    match limiter.check(source) {
         Ok(()) => next.run(request).await,
         Err(wait) => {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

@@ -6,17 +6,24 @@
 //!   signature checked, so a flood costs a hash-map lookup per request.
 //! - Sources are keyed by address: IPv4 addresses one by one, IPv6 by their /64 (one host
 //!   usually holds a whole /64, so keying by address would let it rotate freely).
-//! - Memory is bounded: at most [`MAX_SOURCES`] buckets. When the map is full, buckets that have
-//!   refilled (idle sources) are dropped; if none has, new sources share one overflow bucket.
+//! - Memory is bounded: at most [`MAX_SOURCES`] buckets (and one shared). When the map is
+//!   full, buckets that have refilled (idle sources) are dropped; if none has, every source
+//!   shares one overflow bucket until some have.
+//! - The buckets are governor's (GCRA, the same as a token bucket of `burst` refilled at
+//!   `per_minute`); this module only chooses the key.
 //!
 //! # Assumptions
 //! - The peer address is the sender's. Behind a reverse proxy every delivery comes from the
 //!   proxy and shares its bucket: set the limit for the proxy's total, or limit at the proxy.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
 
 /// Most sources tracked at once.
 pub const MAX_SOURCES: usize = 16_384;
@@ -44,64 +51,57 @@ impl Default for RateLimit {
 /// The key of a source that gave no address, or that overflowed the map.
 const SHARED: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+/// Token buckets by source (governor's GCRA, one cell per request): the webhook's, and the
+/// edge front door's in `cplane serve`.
+pub struct Limiter<C: Clock = DefaultClock> {
+    buckets: RateLimiter<IpAddr, HashMapStateStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
 }
 
-/// Token buckets by source.
-#[derive(Debug)]
-pub(crate) struct Limiter {
-    burst: f64,
-    /// Tokens per second.
-    rate: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+impl<C: Clock> std::fmt::Debug for Limiter<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("sources", &self.buckets.len())
+            .finish()
+    }
 }
 
 impl Limiter {
-    pub(crate) fn new(limit: RateLimit) -> Self {
-        Self {
-            burst: f64::from(limit.burst.max(1)),
-            rate: f64::from(limit.per_minute.max(1)) / 60.0,
-            buckets: Mutex::default(),
-        }
-    }
-
-    /// Takes one token of `source`'s bucket at `now`: `Err(wait)` when it is empty, `wait` being
-    /// how long until it holds one again.
-    pub(crate) fn check(&self, source: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
-        let mut key = source.map_or(SHARED, source_key);
-        let mut buckets = self.buckets.lock().expect("rate limit lock");
-        if !buckets.contains_key(&key) && buckets.len() >= MAX_SOURCES {
-            let (burst, rate) = (self.burst, self.rate);
-            buckets.retain(|k, b| *k == SHARED || refill(b, now, burst, rate) < burst);
-            if buckets.len() >= MAX_SOURCES {
-                key = SHARED;
-            }
-        }
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        let tokens = refill(bucket, now, self.burst, self.rate);
-        if tokens >= 1.0 {
-            *bucket = Bucket {
-                tokens: tokens - 1.0,
-                at: now,
-            };
-            Ok(())
-        } else {
-            *bucket = Bucket { tokens, at: now };
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
-        }
+    /// A limiter of `limit` per source, on the system's monotonic clock.
+    pub fn new(limit: RateLimit) -> Self {
+        Self::with_clock(limit, DefaultClock::default())
     }
 }
 
-/// The tokens of `b` at `now`.
-fn refill(b: &Bucket, now: Instant, burst: f64, rate: f64) -> f64 {
-    let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-    (b.tokens + elapsed * rate).min(burst)
+impl<C: Clock + Clone> Limiter<C> {
+    /// A limiter of `limit` per source, on `clock` (tests use governor's fake clock).
+    pub fn with_clock(limit: RateLimit, clock: C) -> Self {
+        let at_least_one = |n: u32| NonZeroU32::new(n.max(1)).expect("at least 1");
+        let quota = Quota::per_minute(at_least_one(limit.per_minute))
+            .allow_burst(at_least_one(limit.burst));
+        Self {
+            buckets: RateLimiter::new(quota, HashMapStateStore::default(), clock.clone()),
+            clock,
+        }
+    }
+
+    /// Takes one delivery of `source`'s allowance: `Err(wait)` when it has none left, `wait`
+    /// being how long until it has one again.
+    pub fn check(&self, source: Option<IpAddr>) -> Result<(), Duration> {
+        let mut key = source.map_or(SHARED, source_key);
+        if self.buckets.len() >= MAX_SOURCES {
+            // Forget the sources that have refilled (idle); if the map is still full, every
+            // source shares one allowance until some have (a flood from that many addresses
+            // is throttled as one).
+            self.buckets.retain_recent();
+            if self.buckets.len() >= MAX_SOURCES {
+                key = SHARED;
+            }
+        }
+        self.buckets
+            .check_key(&key)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
 }
 
 /// The bucket key of an address: itself for IPv4 (and IPv4-mapped IPv6), its /64 for IPv6.
@@ -118,78 +118,68 @@ fn source_key(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
 
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().expect("address"))
     }
 
+    fn limiter(burst: u32, per_minute: u32) -> (Limiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::with_clock(RateLimit { burst, per_minute }, clock.clone());
+        (l, clock)
+    }
+
     #[test]
     fn a_burst_then_the_rate_and_other_sources_are_unaffected() {
-        let l = Limiter::new(RateLimit {
-            burst: 3,
-            per_minute: 60,
-        });
-        let t0 = Instant::now();
+        let (l, clock) = limiter(3, 60);
         for _ in 0..3 {
-            assert_eq!(l.check(ip("192.0.2.1"), t0), Ok(()));
+            assert_eq!(l.check(ip("192.0.2.1")), Ok(()));
         }
-        let wait = l.check(ip("192.0.2.1"), t0).expect_err("limited");
+        let wait = l.check(ip("192.0.2.1")).expect_err("limited");
         assert_eq!(wait, Duration::from_secs(1));
-        assert_eq!(l.check(ip("192.0.2.2"), t0), Ok(()), "another source");
-        // One token a second comes back.
-        assert!(l
-            .check(ip("192.0.2.1"), t0 + Duration::from_millis(500))
-            .is_err());
-        assert_eq!(
-            l.check(ip("192.0.2.1"), t0 + Duration::from_millis(1000)),
-            Ok(())
-        );
-        assert!(l
-            .check(ip("192.0.2.1"), t0 + Duration::from_millis(1000))
-            .is_err());
+        assert_eq!(l.check(ip("192.0.2.2")), Ok(()), "another source");
+        // One delivery a second comes back.
+        clock.advance(Duration::from_millis(500));
+        assert!(l.check(ip("192.0.2.1")).is_err());
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(l.check(ip("192.0.2.1")), Ok(()));
+        assert!(l.check(ip("192.0.2.1")).is_err());
         // Idle for long: a full burst again, not more.
-        let later = t0 + Duration::from_secs(3600);
+        clock.advance(Duration::from_secs(3600));
         for _ in 0..3 {
-            assert_eq!(l.check(ip("192.0.2.1"), later), Ok(()));
+            assert_eq!(l.check(ip("192.0.2.1")), Ok(()));
         }
-        assert!(l.check(ip("192.0.2.1"), later).is_err());
+        assert!(l.check(ip("192.0.2.1")).is_err());
     }
 
     #[test]
     fn ipv6_sources_are_keyed_by_their_slash_64() {
-        let l = Limiter::new(RateLimit {
-            burst: 1,
-            per_minute: 1,
-        });
-        let t0 = Instant::now();
-        assert_eq!(l.check(ip("2001:db8:1:2::1"), t0), Ok(()));
-        assert!(l.check(ip("2001:db8:1:2:ffff::9"), t0).is_err(), "same /64");
-        assert_eq!(l.check(ip("2001:db8:1:3::1"), t0), Ok(()), "another /64");
-        assert_eq!(l.check(ip("::ffff:192.0.2.7"), t0), Ok(()));
-        assert!(l.check(ip("192.0.2.7"), t0).is_err(), "IPv4-mapped is IPv4");
-        let wait = l.check(ip("192.0.2.7"), t0).expect_err("limited");
+        let (l, _clock) = limiter(1, 1);
+        assert_eq!(l.check(ip("2001:db8:1:2::1")), Ok(()));
+        assert!(l.check(ip("2001:db8:1:2:ffff::9")).is_err(), "same /64");
+        assert_eq!(l.check(ip("2001:db8:1:3::1")), Ok(()), "another /64");
+        assert_eq!(l.check(ip("::ffff:192.0.2.7")), Ok(()));
+        assert!(l.check(ip("192.0.2.7")).is_err(), "IPv4-mapped is IPv4");
+        let wait = l.check(ip("192.0.2.7")).expect_err("limited");
         assert_eq!(wait, Duration::from_secs(60));
     }
 
     #[test]
     fn the_map_is_bounded_and_overflow_shares_a_bucket() {
-        let l = Limiter::new(RateLimit {
-            burst: 2,
-            per_minute: 60,
-        });
-        let t0 = Instant::now();
+        let (l, clock) = limiter(2, 60);
         for i in 0..MAX_SOURCES {
             let a = Ipv4Addr::from(0x0a00_0000 + u32::try_from(i).expect("small"));
-            assert_eq!(l.check(Some(IpAddr::V4(a)), t0), Ok(()));
+            assert_eq!(l.check(Some(IpAddr::V4(a))), Ok(()));
         }
-        // Full, and nobody has refilled: new sources share one bucket of 2.
-        assert_eq!(l.check(ip("198.51.100.1"), t0), Ok(()));
-        assert_eq!(l.check(ip("198.51.100.2"), t0), Ok(()));
-        assert!(l.check(ip("198.51.100.3"), t0).is_err());
-        assert!(l.buckets.lock().expect("lock").len() <= MAX_SOURCES + 1);
+        // Full, and nobody has refilled: sources share one bucket of 2.
+        assert_eq!(l.check(ip("198.51.100.1")), Ok(()));
+        assert_eq!(l.check(ip("198.51.100.2")), Ok(()));
+        assert!(l.check(ip("198.51.100.3")).is_err());
+        assert!(l.buckets.len() <= MAX_SOURCES + 1);
         // Once the others have refilled, they make room.
-        let later = t0 + Duration::from_secs(5);
-        assert_eq!(l.check(ip("198.51.100.3"), later), Ok(()));
-        assert!(l.buckets.lock().expect("lock").len() < 10);
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(l.check(ip("198.51.100.3")), Ok(()));
+        assert!(l.buckets.len() < 10, "{}", l.buckets.len());
     }
 }

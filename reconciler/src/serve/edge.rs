@@ -24,7 +24,8 @@
 //! Both endpoints are open (the edge holds no credential and the answers are public facts:
 //! which names exist), answered from an index of the applied revision built once per commit,
 //! and rate-limited per source address (`--edge-rate-limit` requests per second, a burst of
-//! twice that; `429` with `Retry-After` beyond it). The peer address is the TCP peer: put no
+//! twice that; `429` with `Retry-After` beyond it; the webhook's limiter, so IPv6 sources are
+//! keyed by their /64 and memory is bounded). The peer address is the TCP peer: put no
 //! proxy between the edge and cplane that hides it.
 
 use std::collections::HashMap;
@@ -33,7 +34,6 @@ use std::num::NonZeroU32;
 
 use axum::extract::{ConnectInfo, Query};
 use axum::http::HeaderValue;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::*;
 
@@ -60,9 +60,6 @@ pub const DEFAULT_UPSTREAM: &str = "{bff}:443";
 
 /// The default rate limit, requests per second per source address.
 pub const DEFAULT_RATE: u32 = 50;
-
-/// Source addresses remembered by the limiter before idle ones are forgotten.
-const MAX_TRACKED_SOURCES: usize = 10_000;
 
 /// One workspace as the front door sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,16 +117,18 @@ impl Index {
 /// The front door's state: settings, the limiter, the index of the applied revision.
 pub(super) struct Edge {
     settings: Settings,
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: cplane_webhook::Limiter,
     index: tokio::sync::Mutex<Arc<Index>>,
 }
 
 impl Edge {
     pub(super) fn new(settings: Settings) -> Self {
-        let rate = settings.rate_per_second;
-        let burst = rate.saturating_mul(NonZeroU32::new(2).expect("not zero"));
+        let rate = settings.rate_per_second.get();
         Self {
-            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            limiter: cplane_webhook::Limiter::new(cplane_webhook::RateLimit {
+                burst: rate.saturating_mul(2),
+                per_minute: rate.saturating_mul(60),
+            }),
             settings,
             index: tokio::sync::Mutex::new(Arc::default()),
         }
@@ -137,14 +136,7 @@ impl Edge {
 
     /// `Err(how long to wait)` when `peer` is over its rate.
     fn admit(&self, peer: IpAddr) -> Result<(), std::time::Duration> {
-        if self.limiter.len() > MAX_TRACKED_SOURCES {
-            self.limiter.retain_recent();
-        }
-        self.limiter.check_key(&peer).map_err(|not_until| {
-            not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ))
-        })
+        self.limiter.check(Some(peer))
     }
 
     /// The `429` of a source over its rate, with `Retry-After` in whole seconds.
