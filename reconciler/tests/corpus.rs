@@ -39,7 +39,7 @@ fn run_case(case: &Path) -> Vec<String> {
 
 #[test]
 fn every_broken_repo_reports_exact_errors() {
-    let corpus = support::root().join("tests/corpus");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
     let bless = std::env::var_os("CPLANE_BLESS").is_some();
     let mut cases: Vec<_> = fs::read_dir(&corpus)
         .expect("corpus dir")

@@ -1,0 +1,8 @@
+//! Helpers of the reconciler's library-level tests: the git repository helpers of the
+//! end-to-end tests, included from there so that there is one copy of them.
+
+#[path = "../../../tests/support/repo.rs"]
+#[allow(dead_code)] // each test binary uses a different subset
+mod repo;
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use repo::{commit_all, copy_dir, root, template_repo};
