@@ -2,13 +2,11 @@
 //! the reconcile lease reconciles, both serve the read API, and when the holder is killed
 //! (SIGKILL: no goodbye) the standby takes over and reconciles what was pushed meanwhile.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use support::serve::{get_json, http, push, remote_and_work, wait_for, webhook, SECRET};
+use cplane_e2e::serve::{get_json, http, push, remote_and_work, wait_for, webhook, SECRET};
 
 struct Replica {
     child: Child,
@@ -23,8 +21,8 @@ impl Drop for Replica {
 }
 
 fn replica(dir: &Path, name: &str, remote: &Path, branch: &str, db: &str) -> Replica {
-    let port = support::moto::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let port = cplane_e2e::moto::free_port();
+    let child = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args([
             "serve",
             "--insecure-open-read",
@@ -72,13 +70,13 @@ fn add_workspace(work: &Path, id: &str) {
         .replace("name: acme\n", &format!("name: {id}\n"))
         .replace("account: acme-corp", &format!("account: {id}"));
     std::fs::write(work.join(format!("workspaces/{id}.yaml")), text).expect("write");
-    support::commit_all(work, &format!("add {id}"));
+    cplane_e2e::commit_all(work, &format!("add {id}"));
 }
 
 #[test]
 fn one_replica_reconciles_and_a_standby_takes_over_when_it_dies() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let pg = rt.block_on(support::pg::PgDatabase::create());
+    let pg = rt.block_on(cplane_e2e::pg::PgDatabase::create());
     let tmp = tempfile::tempdir().expect("tempdir");
     let (remote, work, branch) = remote_and_work(tmp.path());
 
@@ -107,7 +105,7 @@ fn one_replica_reconciles_and_a_standby_takes_over_when_it_dies() {
 
     // An agent long-polling the standby is woken when the holder publishes its cluster's new
     // bundle (PostgreSQL NOTIFY), and revoking its token (another process) takes effect there.
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args([
             "cluster",
             "token",
@@ -142,14 +140,14 @@ fn one_replica_reconciles_and_a_standby_takes_over_when_it_dies() {
     let file = work.join("workspaces/acme.yaml");
     let text = std::fs::read_to_string(&file).expect("read");
     std::fs::write(&file, text.replace("replicas: 3", "replicas: 5")).expect("write");
-    support::commit_all(&work, "acme: 5 bff replicas");
+    cplane_e2e::commit_all(&work, "acme: 5 bff replicas");
     push(&work, &branch);
     assert_eq!(webhook(a.port, &branch, "d-2").0, 202);
     let (status, waited) = poll.join().expect("poll");
     assert_eq!(status, 200, "the standby answered with the new bundle");
     assert!(waited < std::time::Duration::from_secs(30), "{waited:?}");
     assert_ne!(get_etag(b.port, &bearer), etag);
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args([
             "cluster",
             "token",

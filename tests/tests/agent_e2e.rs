@@ -7,8 +7,6 @@
 //! from the bundle on disk; a tampered bundle (digest mismatch) is refused, and reported as a
 //! failed status.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -39,7 +37,7 @@ fn get(port: u16, path: &str) -> (u16, String) {
 }
 
 fn wait_for(what: &str, f: impl FnMut() -> bool) {
-    support::serve::wait_up_to(what, Duration::from_secs(60), f);
+    cplane_e2e::serve::wait_up_to(what, Duration::from_secs(60), f);
 }
 
 struct Server(Child);
@@ -59,7 +57,7 @@ fn serve(repo: &Path, dir: &Path, db: &str, port: u16) -> Server {
         .shorthand()
         .expect("branch")
         .to_owned();
-    let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let child = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args([
             "serve",
             "--insecure-open-read",
@@ -87,7 +85,7 @@ fn serve(repo: &Path, dir: &Path, db: &str, port: u16) -> Server {
 }
 
 fn token(db: &str, cluster: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(["cluster", "token", "create", cluster, "--database", db])
         .output()
         .expect("token create");
@@ -116,9 +114,9 @@ fn serve_and_agent_end_to_end() {
         .build()
         .expect("runtime");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let work = support::template_repo();
+    let work = cplane_e2e::template_repo();
     let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
-    let port = support::moto::free_port();
+    let port = cplane_e2e::moto::free_port();
     let server = serve(work.path(), tmp.path(), &db, port);
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, token(&db, "w-initech")).expect("token");
@@ -192,7 +190,7 @@ fn serve_and_agent_end_to_end() {
         format!("{original}    - name: superset\n      values:\n        replicas: 1\n"),
     )
     .expect("write");
-    support::commit_all(work.path(), "initech: enable superset");
+    cplane_e2e::commit_all(work.path(), "initech: enable superset");
     wait_for("superset applied", || {
         kube.object("v1", "Namespace", None, "superset").is_some()
     });
@@ -214,7 +212,7 @@ fn serve_and_agent_end_to_end() {
 
     // 3. A commit disabling it: pruned; the rest stays.
     std::fs::write(&file, &original).expect("write");
-    support::commit_all(work.path(), "initech: disable superset");
+    cplane_e2e::commit_all(work.path(), "initech: disable superset");
     wait_for("superset pruned", || {
         !kube.inventory().iter().any(|o| o.contains("superset"))
     });
@@ -422,9 +420,9 @@ fn a_tampered_bundle_is_refused_and_a_gzipped_one_applied() {
         .build()
         .expect("runtime");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let work = support::template_repo();
+    let work = cplane_e2e::template_repo();
     let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
-    let port = support::moto::free_port();
+    let port = cplane_e2e::moto::free_port();
     let _server = serve(work.path(), tmp.path(), &db, port);
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, token(&db, "w-globex")).expect("token");

@@ -2,16 +2,14 @@
 //! bounds how long a client may take to send a request's head, and, over TLS, to finish its
 //! handshake. Driven with raw sockets against the real binary.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cplane_e2e::serve::{http, remote_and_work, wait_for};
 use rcgen::{CertificateParams, KeyPair, SanType};
-use support::serve::{http, remote_and_work, wait_for};
 
 /// The timeout the tests configure.
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -29,8 +27,8 @@ impl Drop for Server {
 /// paths); returns it and its port.
 fn start(dir: &Path, tls: Option<(&Path, &Path)>) -> (Server, u16) {
     let (remote, _work, branch) = remote_and_work(dir);
-    let port = support::moto::free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
+    let port = cplane_e2e::moto::free_port();
+    let mut cmd = Command::new(cplane_e2e::cargo_bin("cplane"));
     cmd.args([
         "serve",
         "--insecure-open-read",
@@ -130,7 +128,7 @@ fn a_client_that_sends_half_a_request_line_is_disconnected() {
 
 /// A cluster token for `cluster`, from the server's database.
 fn token(dir: &Path, cluster: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(["cluster", "token", "create", cluster, "--database"])
         .arg(format!("sqlite://{}", dir.join("cplane.db").display()))
         .output()

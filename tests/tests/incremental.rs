@@ -1,15 +1,13 @@
 //! Incremental re-planning from the git tree diff.
 
-mod support;
-
+use cplane_e2e::pg::sqlite_url;
 use cplane_reconciler::db::Db;
 use cplane_reconciler::incremental::Incremental;
 use cplane_reconciler::plan::{Action, Options};
-use support::pg::sqlite_url;
 
 #[tokio::test]
 async fn one_workspace_commit_replans_only_that_workspace_and_bad_ones_are_refused() {
-    let repo_dir = support::template_repo();
+    let repo_dir = cplane_e2e::template_repo();
     let repo = git2::Repository::open(repo_dir.path()).expect("open");
     let (_db_dir, url) = sqlite_url();
     let db = Db::connect(&url).await.expect("db");
@@ -26,7 +24,7 @@ async fn one_workspace_commit_replans_only_that_workspace_and_bad_ones_are_refus
         text.replace("externalId: acme-7f3c2a9e", "externalId: acme-rotated"),
     )
     .expect("write");
-    support::commit_all(repo_dir.path(), "rotate acme's external id");
+    cplane_e2e::commit_all(repo_dir.path(), "rotate acme's external id");
     let r = state
         .replan(&repo, "HEAD", &db, Options::default())
         .await
@@ -44,7 +42,7 @@ async fn one_workspace_commit_replans_only_that_workspace_and_bad_ones_are_refus
     let good = state.commit().to_owned();
     let text = std::fs::read_to_string(&acme).expect("read");
     std::fs::write(&acme, text.replace("region: sgp-1", "region: sgp-9")).expect("write");
-    support::commit_all(repo_dir.path(), "break acme");
+    cplane_e2e::commit_all(repo_dir.path(), "break acme");
     let r = state
         .replan(&repo, "HEAD", &db, Options::default())
         .await
@@ -72,7 +70,7 @@ async fn one_workspace_commit_replans_only_that_workspace_and_bad_ones_are_refus
             .replace("region: sgp-9", "region: sgp-1"),
     )
     .expect("write");
-    support::commit_all(repo_dir.path(), "bff: 3 replicas by default");
+    cplane_e2e::commit_all(repo_dir.path(), "bff: 3 replicas by default");
     let r = state
         .replan(&repo, "HEAD", &db, Options::default())
         .await
@@ -83,7 +81,7 @@ async fn one_workspace_commit_replans_only_that_workspace_and_bad_ones_are_refus
 
 #[tokio::test]
 async fn an_incremental_refusal_reports_every_shape_error_of_the_file() {
-    let repo_dir = support::template_repo();
+    let repo_dir = cplane_e2e::template_repo();
     let repo = git2::Repository::open(repo_dir.path()).expect("open");
     let (_db_dir, url) = sqlite_url();
     let db = Db::connect(&url).await.expect("db");
@@ -100,7 +98,7 @@ async fn an_incremental_refusal_reports_every_shape_error_of_the_file() {
         ),
     )
     .expect("write");
-    support::commit_all(repo_dir.path(), "two mistakes in acme");
+    cplane_e2e::commit_all(repo_dir.path(), "two mistakes in acme");
     let r = state
         .replan(&repo, "HEAD", &db, Options::default())
         .await

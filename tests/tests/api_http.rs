@@ -1,9 +1,7 @@
 //! The write API over HTTP, on the real `cplane serve` binary with a bare remote: routes,
 //! authentication, `/v1/plan`, `/openapi.json`, metrics.
 
-mod support;
-
-use support::serve::wait_for;
+use cplane_e2e::serve::wait_for;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -67,7 +65,7 @@ fn start() -> Setup {
 /// tokens (audience `cplane`).
 fn start_with(issuer: Option<&str>) -> Setup {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let seed = support::template_repo();
+    let seed = cplane_e2e::template_repo();
     let remote = tmp.path().join("remote.git");
     git2::build::RepoBuilder::new()
         .bare(true)
@@ -80,9 +78,9 @@ fn start_with(issuer: Option<&str>) -> Setup {
         .shorthand()
         .expect("branch")
         .to_owned();
-    let port = support::moto::free_port();
+    let port = cplane_e2e::moto::free_port();
     let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
+    let mut cmd = Command::new(cplane_e2e::cargo_bin("cplane"));
     cmd.args([
         "serve",
         "--insecure-open-read",
@@ -185,7 +183,7 @@ fn writes_need_a_bearer_token_and_plan_and_openapi_are_served() {
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["commit"], before.as_str());
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(["plan", "--format", "json", "--repo"])
         .arg(&s.remote)
         .args(["--rev", &s.branch, "--database", &s.db])
@@ -214,8 +212,8 @@ fn writes_need_a_bearer_token_and_plan_and_openapi_are_served() {
 fn routes_in_code() -> Vec<String> {
     let mut files = Vec::new();
     let mut dirs = vec![
-        support::root().join("reconciler/src"),
-        support::root().join("webhook/src"),
+        cplane_e2e::root().join("reconciler/src"),
+        cplane_e2e::root().join("webhook/src"),
     ];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).expect("read dir") {
@@ -275,7 +273,7 @@ fn openapi_describes_every_route_of_the_server() {
 }
 
 fn cplane(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(args)
         .env_remove("PRIMARY_CPLANE_API_URL")
         .env_remove("INTER_REGION_SERVICE_TOKEN")
@@ -413,8 +411,10 @@ async fn members_write_their_accounts_workspaces_with_real_tokens() {
         .as_str()
         .is_some_and(|e| e.contains("account globex")));
     let acme: serde_json::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(support::root().join("state-repo-template/workspaces/acme.yaml"))
-            .expect("acme"),
+        &std::fs::read_to_string(
+            cplane_e2e::root().join("state-repo-template/workspaces/acme.yaml"),
+        )
+        .expect("acme"),
     )
     .expect("yaml");
     let mut moved = acme.clone();

@@ -3,16 +3,14 @@
 //! Certificates are issued in the test (rcgen): a cluster CA, a server certificate for
 //! 127.0.0.1, agent certificates naming their cluster in the URI SAN, and a rogue CA.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use cplane_e2e::serve::{remote_and_work, wait_for};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, SanType,
 };
-use support::serve::{remote_and_work, wait_for};
 
 struct Server(Child);
 
@@ -111,9 +109,9 @@ fn agents_authenticate_with_client_certificates_naming_their_cluster() {
 
     let (remote, _work, branch) = remote_and_work(dir);
     let db = format!("sqlite://{}", dir.join("cplane.db").display());
-    let port = support::moto::free_port();
+    let port = cplane_e2e::moto::free_port();
     let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_cplane"))
+        Command::new(cplane_e2e::cargo_bin("cplane"))
             .args([
                 "serve",
                 "--insecure-open-read",
@@ -168,7 +166,7 @@ fn agents_authenticate_with_client_certificates_naming_their_cluster() {
         "a certificate from another CA fails the handshake"
     );
     // Cluster tokens keep working over TLS, without a client certificate.
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(["cluster", "token", "create", "w-acme", "--database", &db])
         .output()
         .expect("token");

@@ -1,7 +1,8 @@
 //! Real git repositories in temporary directories: the state repo template, committed.
 //!
 //! Self-contained (git2 and tempfile only), so that the library-level tests next to their crate
-//! include this same file (`reconciler/tests/support/mod.rs`) instead of a copy of it.
+//! include this same file (`reconciler/tests/support/mod.rs`) instead of a copy of it: they
+//! cannot depend on `cplane-e2e`, which depends on the reconciler.
 
 use std::fs;
 use std::path::{Path, PathBuf};

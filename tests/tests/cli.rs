@@ -1,13 +1,11 @@
 //! End-to-end tests of the `cplane` binary on real git repositories.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn cplane(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cplane"))
+    Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(args)
         .env_remove("CPLANE_REPO")
         .env_remove("CPLANE_REV")
@@ -76,7 +74,7 @@ fn rev_reads_the_commit_never_the_dirty_working_tree() {
     );
 
     // Committed: invalid, with the exact error; the previous commit is still valid.
-    support::commit_all(&state, "break acme");
+    cplane_e2e::commit_all(&state, "break acme");
     let out = cplane(&["validate", "--repo", repo]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
@@ -103,7 +101,7 @@ fn json_output_follows_the_contract() {
         .replace("  region: sgp-1", "  regoin: sgp-1")
         .replace("replicas: 3", "replicas: three");
     fs::write(&acme, text).expect("write");
-    let commit = support::commit_all(&state, "break");
+    let commit = cplane_e2e::commit_all(&state, "break");
 
     let out = cplane(&[
         "validate",

@@ -3,8 +3,6 @@
 //! PostgreSQL for principals and memberships; the real middleware and `Principal` extractor
 //! (in-process), and the real `cplane` binary end to end (`serve`, `up`, two regions).
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +11,10 @@ use axum::extract::{Path, State};
 use axum::http::{Request, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
+use cplane_e2e::oidc::{b64, claims, hs256, now, TestIssuer, TestKey};
 use cplane_reconciler::auth::{self, principals, Auth, Config, Principal};
 use cplane_reconciler::db::Db;
 use serde_json::{json, Value};
-use support::oidc::{b64, claims, hs256, now, TestIssuer, TestKey};
 use tower::ServiceExt as _;
 
 const AUD: &str = "cplane";
@@ -31,7 +29,7 @@ fn config(issuers: &[&str]) -> Config {
 }
 
 async fn sqlite() -> (tempfile::TempDir, Db) {
-    let (dir, url) = support::pg::sqlite_url();
+    let (dir, url) = cplane_e2e::pg::sqlite_url();
     (dir, Db::connect(&url).await.expect("sqlite"))
 }
 
@@ -310,7 +308,7 @@ async fn unknown_kid_refetches_keys_at_most_once_per_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_issuer_is_unavailable_not_unauthorized() {
-    let port = support::moto::free_port();
+    let port = cplane_e2e::moto::free_port();
     let url = format!("http://127.0.0.1:{port}/realms/down");
     let key = TestKey::ec("k");
     let (_dir, db) = sqlite().await;
@@ -459,7 +457,7 @@ async fn admins_and_members_write_others_read_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_and_members_write_others_read_postgres() {
-    let pg = support::pg::PgDatabase::create().await;
+    let pg = cplane_e2e::pg::PgDatabase::create().await;
     authorization_on(Db::connect(&pg.url).await.expect("pg")).await;
 }
 
@@ -708,7 +706,7 @@ fn http(port: u16, method: &str, path: &str, bearer: Option<&str>) -> (u16, Stri
 }
 
 fn wait_for(what: &str, f: impl FnMut() -> bool) {
-    support::serve::wait_up_to(what, Duration::from_secs(60), f);
+    cplane_e2e::serve::wait_up_to(what, Duration::from_secs(60), f);
 }
 
 fn ready(port: u16) -> bool {
@@ -727,7 +725,7 @@ impl Drop for Server {
 
 /// A bare remote seeded with the template; returns its file:// URL and branch.
 fn remote(dir: &std::path::Path) -> (String, String) {
-    let seed = support::template_repo();
+    let seed = cplane_e2e::template_repo();
     let remote = dir.join("remote.git");
     let repo = git2::build::RepoBuilder::new()
         .bare(true)
@@ -750,9 +748,9 @@ fn serve(
     issuer: &str,
     env: &[(&str, &str)],
 ) -> (Server, u16, String) {
-    let port = support::moto::free_port();
+    let port = cplane_e2e::moto::free_port();
     let db = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
+    let mut cmd = Command::new(cplane_e2e::cargo_bin("cplane"));
     cmd.args([
         "serve",
         "--repo-url",
@@ -784,7 +782,7 @@ fn serve(
 
 /// Runs `cplane ARGS` with extra environment: (success, stdout + stderr).
 fn cplane(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
+    let mut cmd = Command::new(cplane_e2e::cargo_bin("cplane"));
     cmd.args(args)
         .env_remove("PRIMARY_CPLANE_API_URL")
         .env_remove("INTER_REGION_SERVICE_TOKEN");
@@ -1051,7 +1049,7 @@ async fn reads_are_scoped_by_account_and_role() {
     // A viewer changes nothing; nor does a member of another account.
     let body = br#"{"values":{}}"#;
     for email in ["vic@example.com", "eve@example.com"] {
-        let (status, out) = support::serve::http(
+        let (status, out) = cplane_e2e::serve::http(
             port,
             "PUT",
             "/v1/workspaces/acme/stacks/trino",
@@ -1195,8 +1193,8 @@ async fn two_regions_share_identity_through_the_primary() {
 fn up_prints_an_admin_token_that_the_api_accepts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("try");
-    let port = support::moto::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let port = cplane_e2e::moto::free_port();
+    let mut child = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args([
             "up",
             "--dir",

@@ -1,16 +1,15 @@
-//! Apply against the in-memory cloud (`support::fake_cloud`): the real reconcile run
+//! Apply against the in-memory cloud (`cplane_e2e::fake_cloud`): the real reconcile run
 //! (`reconcile::run_with`: git snapshot → validate → observe database and cloud → plan → apply →
 //! status) on SQLite, with the cloud's answers lost at every mutating call, and a property test:
 //! over generated workspace histories with drift, after each apply, observing and planning again
 //! finds nothing to do. Milliseconds per run, where the moto tests (`apply_moto.rs`) take seconds.
-
-mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use cplane_e2e::fake_cloud::{FakeCloud, Trigger, OPERATOR};
 use cplane_reconciler::apply::Report;
 use cplane_reconciler::aws::observe::Sample;
 use cplane_reconciler::check::RenderMemo;
@@ -20,7 +19,6 @@ use cplane_reconciler::plan::{Options, Plan, Scope, Status};
 use cplane_reconciler::reconcile::{self, Request, RunResult};
 use cplane_reconciler::status::{self, RunOutcome};
 use proptest::prelude::*;
-use support::fake_cloud::{FakeCloud, Trigger, OPERATOR};
 
 const PARENT: &str = "sgp-1.cogrion.com";
 
@@ -243,7 +241,7 @@ impl Rig {
 }
 
 fn template() -> Arc<tempfile::TempDir> {
-    Arc::new(support::template_repo())
+    Arc::new(cplane_e2e::template_repo())
 }
 
 /// The mutating calls of provisioning the template from scratch, in order.
@@ -293,13 +291,13 @@ async fn a_lost_answer_at_every_mutating_call_is_resolved_without_duplicates() {
 /// The template, then a commit removing initech (deletionPolicy Delete) and acme (Retain):
 /// (repo, template commit, offboarding commit).
 fn offboarding() -> (Arc<tempfile::TempDir>, String, String) {
-    let repo = support::template_repo();
+    let repo = cplane_e2e::template_repo();
     let first = git2::Repository::open(repo.path())
         .and_then(|r| r.head()?.peel_to_commit().map(|c| c.id().to_string()))
         .expect("head");
     std::fs::remove_file(repo.path().join("workspaces/initech.yaml")).expect("rm");
     std::fs::remove_file(repo.path().join("workspaces/acme.yaml")).expect("rm");
-    let second = support::commit_all(repo.path(), "offboard initech and acme");
+    let second = cplane_e2e::commit_all(repo.path(), "offboard initech and acme");
     (Arc::new(repo), first, second)
 }
 
@@ -621,7 +619,7 @@ async fn check_history(workspaces: Vec<Generated>) {
         .collect();
     for g in 0..GENERATIONS {
         write_generation(&dir, &workspaces, g);
-        support::commit_all(repo.path(), &format!("generation {g}"));
+        cplane_e2e::commit_all(repo.path(), &format!("generation {g}"));
         let what = format!("generation {g} of {workspaces:#?}");
         let (plan, report, outcome) = rig.run(false).await;
         assert_eq!(

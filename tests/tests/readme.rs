@@ -6,8 +6,6 @@
 //! first on `PATH` (in place of `cargo install`), and the port 3000 becomes a free one so that
 //! parallel test runs do not collide. Anything the blocks leave running is killed at the end.
 
-mod support;
-
 use std::process::Command;
 
 /// The ```sh blocks of the section headed `## Quick start`, in order.
@@ -47,10 +45,10 @@ fn the_quick_start_blocks_are_found_in_order() {
 
 #[test]
 fn every_quick_start_block_runs_as_written() {
-    let readme = std::fs::read_to_string(support::root().join("README.md")).expect("README.md");
+    let readme = std::fs::read_to_string(cplane_e2e::root().join("README.md")).expect("README.md");
     let blocks = quick_start_blocks(&readme);
     assert!(blocks.len() >= 4, "the quick start lost its blocks");
-    let port = support::moto::free_port().to_string();
+    let port = cplane_e2e::moto::free_port().to_string();
     let mut script =
         String::from("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n");
     for (i, block) in blocks.iter().enumerate() {
@@ -58,7 +56,7 @@ fn every_quick_start_block_runs_as_written() {
         script.push_str(&block.replace("3000", &port));
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_cplane"))
+    let bin = cplane_e2e::cargo_bin("cplane")
         .parent()
         .expect("binary directory")
         .to_owned();

@@ -8,14 +8,14 @@ use cplane_agent::apiserver::ApiServer;
 
 #[test]
 fn credentials_are_required() {
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane-agent"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane-agent"))
         .args(["--server", "http://127.0.0.1:1", "--cluster", "w-acme"])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--token-file"), "{err}");
-    let help = Command::new(env!("CARGO_BIN_EXE_cplane-agent"))
+    let help = Command::new(cplane_e2e::cargo_bin("cplane-agent"))
         .arg("--help")
         .output()
         .expect("run");
@@ -59,7 +59,7 @@ fn stops_cleanly_on_sigterm_and_never_logs_the_token() {
     std::fs::write(&kubeconfig, served.kubeconfig()).expect("write");
     let token = "cpt_do_not_log_me_0123456789";
     std::fs::write(dir.path().join("token"), token).expect("write");
-    let child = Command::new(env!("CARGO_BIN_EXE_cplane-agent"))
+    let child = Command::new(cplane_e2e::cargo_bin("cplane-agent"))
         .env("CPLANE_AGENT_SERVER", "http://127.0.0.1:1")
         .env("CPLANE_AGENT_CLUSTER", "w-acme")
         .env("CPLANE_AGENT_TOKEN_FILE", dir.path().join("token"))

@@ -1,14 +1,12 @@
 //! `cplane serve` end to end, as users drive it: `git push` to a bare remote, a signed
 //! webhook, and the change reconciled into the database, lookup and status.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::serve::{http, push, remote_and_work, wait_for, webhook, SECRET};
+use cplane_e2e::serve::{http, push, remote_and_work, wait_for, webhook, SECRET};
 
 struct Server(Child);
 
@@ -74,7 +72,7 @@ fn push_and_webhook_are_reconciled_and_bad_commits_refused() {
         .replace("name: acme\n", "name: umbrella\n")
         .replace("account: acme-corp", "account: umbrella");
     std::fs::write(work.join("workspaces/umbrella.yaml"), umbrella).expect("write");
-    support::commit_all(&work, "add umbrella");
+    cplane_e2e::commit_all(&work, "add umbrella");
     push(&work, &branch);
     let (status, body) = webhook(port, &branch, "delivery-1");
     assert_eq!(status, 202, "{body}");
@@ -90,7 +88,7 @@ fn push_and_webhook_are_reconciled_and_bad_commits_refused() {
     )
     .expect("write");
     std::fs::remove_file(work.join("workspaces/globex.yaml")).expect("rm");
-    let bad = support::commit_all(&work, "break umbrella");
+    let bad = cplane_e2e::commit_all(&work, "break umbrella");
     push(&work, &branch);
     assert_eq!(webhook(port, &branch, "delivery-2").0, 202);
     wait_for("the refusal", || {
@@ -162,8 +160,8 @@ fn push_and_webhook_are_reconciled_and_bad_commits_refused() {
 fn up_creates_a_state_repo_and_reconciles_plain_commits_by_file_watch() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("try");
-    let port = support::moto::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let port = cplane_e2e::moto::free_port();
+    let child = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args([
             "up",
             "--dir",
@@ -195,7 +193,7 @@ fn up_creates_a_state_repo_and_reconciles_plain_commits_by_file_watch() {
         acme.replace("name: acme\n", "name: hooli\n"),
     )
     .expect("write");
-    support::commit_all(&state, "add hooli");
+    cplane_e2e::commit_all(&state, "add hooli");
     wait_for("w-hooli reconciled after a local commit", || {
         http(port, "GET", "/lookup/w-hooli", &[], b"").0 == 200
     });
@@ -214,9 +212,9 @@ struct Setup {
 fn start() -> Setup {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (remote, work, branch) = remote_and_work(tmp.path());
-    let port = support::moto::free_port();
+    let port = cplane_e2e::moto::free_port();
     let db = format!("sqlite://{}", tmp.path().join("cplane.db").display());
-    let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let child = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args([
             "serve",
             "--insecure-open-read",
@@ -259,7 +257,7 @@ fn start() -> Setup {
 }
 
 fn token(db: &str, cluster: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(["cluster", "token", "create", cluster, "--database", db])
         .output()
         .expect("token create");
@@ -411,7 +409,7 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
     let file = s.work.join("workspaces/acme.yaml");
     let text = std::fs::read_to_string(&file).expect("read");
     std::fs::write(&file, text.replace("replicas: 3", "replicas: 4")).expect("write");
-    support::commit_all(&s.work, "acme: 4 bff replicas");
+    cplane_e2e::commit_all(&s.work, "acme: 4 bff replicas");
     push(&s.work, &s.branch);
     assert_eq!(webhook(s.port, &s.branch, "bundle-1").0, 202);
     let ((status, head, body), waited) = poll.join().expect("poll");
@@ -539,7 +537,7 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
 
     // Revoked tokens stop working (SQLite: within a second; the server caches verified tokens
     // and looks for revocations every second).
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(["cluster", "token", "revoke", "w-acme", "--database", &s.db])
         .output()
         .expect("revoke");
@@ -663,7 +661,7 @@ fn metrics_page_is_one_exposition_of_typed_families_with_a_duration_histogram() 
     wait_for("the first run", || runs(port) >= 1.0);
     for i in 0..3 {
         std::fs::write(work.join(format!("note-{i}.txt")), "x\n").expect("write");
-        support::commit_all(&work, &format!("note {i}"));
+        cplane_e2e::commit_all(&work, &format!("note {i}"));
         push(&work, &branch);
         assert_eq!(webhook(port, &branch, &format!("d-{i}")).0, 202);
         wait_for("the pushed commit's run", || runs(port) >= f64::from(i + 2));

@@ -2,16 +2,14 @@
 //! PostgreSQL (a database per test) or SQLite. Provisioning, idempotence, drift repair, and
 //! crash safety (SIGKILL at every mutating AWS call in turn).
 
-mod support;
-
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cplane_e2e::fault_proxy::FaultProxy;
+use cplane_e2e::moto::Moto;
+use cplane_e2e::pg::{sqlite_url, PgDatabase};
 use cplane_reconciler::aws::{Aws, Target};
 use sqlx::Row;
-use support::fault_proxy::FaultProxy;
-use support::moto::Moto;
-use support::pg::{sqlite_url, PgDatabase};
 
 /// The template's workspaces and their tenant accounts.
 const WORKSPACES: [(&str, &str, &str); 3] = [
@@ -28,7 +26,7 @@ fn tenant(account: &str) -> (String, &'static str) {
 }
 
 fn apply_cmd(repo: &str, db: &str, endpoint: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cplane"));
+    let mut cmd = Command::new(cplane_e2e::cargo_bin("cplane"));
     cmd.args(["apply", "--repo", repo, "--database", db, "--cloud", "aws"]);
     for (k, v) in Moto::env(endpoint) {
         cmd.env(k, v);
@@ -152,7 +150,7 @@ async fn apply_provisions_every_workspace_then_changes_nothing_and_repairs_drift
     let aws = Aws::from_sdk_config(Moto::sdk_config(&moto.endpoint).await);
     let parent = parent_zone(&aws).await;
     let pg = PgDatabase::create().await;
-    let repo = support::template_repo();
+    let repo = cplane_e2e::template_repo();
     let repo_path = repo.path().to_str().expect("utf-8");
 
     let runs = apply_until_converged(repo_path, &pg.url, &proxy.url);
@@ -264,7 +262,7 @@ async fn sigkill_at_every_mutating_call_never_duplicates_or_loses_anything() {
         let aws = Aws::from_sdk_config(Moto::sdk_config(&moto.endpoint).await);
         let parent = parent_zone(&aws).await;
         let (_dir, db) = sqlite_url();
-        let repo = support::template_repo();
+        let repo = cplane_e2e::template_repo();
         let repo_path = repo.path().to_str().expect("utf-8");
 
         // The n-th mutating call is executed by moto, then its answer is swallowed and the
@@ -309,14 +307,14 @@ async fn removing_workspaces_deprovisions_delete_and_keeps_retain() {
     let aws = Aws::from_sdk_config(Moto::sdk_config(&moto.endpoint).await);
     let parent = parent_zone(&aws).await;
     let (_dir, db) = sqlite_url();
-    let repo = support::template_repo();
+    let repo = cplane_e2e::template_repo();
     let repo_path = repo.path().to_str().expect("utf-8");
     apply_until_converged(repo_path, &db, &moto.endpoint);
 
     // initech has deletionPolicy: Delete, acme Retain.
     std::fs::remove_file(repo.path().join("workspaces/initech.yaml")).expect("rm");
     std::fs::remove_file(repo.path().join("workspaces/acme.yaml")).expect("rm");
-    support::commit_all(repo.path(), "offboard initech and acme");
+    cplane_e2e::commit_all(repo.path(), "offboard initech and acme");
     let runs = apply_until_converged(repo_path, &db, &moto.endpoint);
     let out = text(&runs[0]);
     let order: Vec<usize> = [

@@ -1,8 +1,6 @@
 //! The first hour with cplane (issue 20): the faults a new user met, each driven through the
 //! real binary on real git repositories, SQLite and HTTP on 127.0.0.1.
 
-mod support;
-
 use std::fs;
 use std::io::Read as _;
 use std::net::TcpStream;
@@ -10,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::serve::{http, wait_for};
+use cplane_e2e::serve::{http, wait_for};
 
 /// A `cplane` child process, killed when dropped.
 struct Server(Child);
@@ -23,7 +21,7 @@ impl Drop for Server {
 }
 
 fn cplane_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cplane"))
+    Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(args)
         .current_dir(dir)
         .env_remove("CPLANE_DATABASE_URL")
@@ -53,7 +51,7 @@ fn metric(port: u16, series: &str) -> Option<f64> {
 
 /// `cplane up` on a fresh directory, stderr kept in `log`, until `/readyz` answers.
 fn up(dir: &Path, port: u16, log: &Path) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let child = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(["up", "--dir", dir.to_str().expect("utf-8")])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env_remove("AWS_ACCESS_KEY_ID")
@@ -97,7 +95,7 @@ fn up_sits_idle_refuses_a_bad_commit_once_and_stops_cleanly() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("try");
     let log = tmp.path().join("up.log");
-    let port = support::moto::free_port();
+    let port = cplane_e2e::moto::free_port();
     let mut server = up(&dir, port, &log);
     let token = fs::read_to_string(dir.join("admin.token")).expect("admin token");
     let auth = [("Authorization", format!("Bearer {}", token.trim()))];
@@ -123,7 +121,7 @@ fn up_sits_idle_refuses_a_bad_commit_once_and_stops_cleanly() {
         .expect("read")
         .replace("region: sgp-1", "region: sgp-9");
     fs::write(&acme, broken).expect("write");
-    let bad = support::commit_all(&state, "break acme");
+    let bad = cplane_e2e::commit_all(&state, "break acme");
     wait_for("the refusal", || {
         let (_, body) = http(port, "GET", "/v1/status", &auth, b"");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -178,7 +176,7 @@ fn up_sits_idle_refuses_a_bad_commit_once_and_stops_cleanly() {
         .expect("read")
         .replace("region: sgp-9", "region: sgp-1");
     fs::write(&acme, fixed).expect("write");
-    let good = support::commit_all(&state, "fix acme");
+    let good = cplane_e2e::commit_all(&state, "fix acme");
     wait_for("the fixed commit", || {
         let (_, body) = http(port, "GET", "/v1/status", &auth, b"");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -196,7 +194,7 @@ fn up_sits_idle_refuses_a_bad_commit_once_and_stops_cleanly() {
 #[test]
 fn serve_follows_the_remotes_default_branch_and_names_a_missing_one() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let seed = support::template_repo();
+    let seed = cplane_e2e::template_repo();
     // A bare remote whose default branch (HEAD) is `trunk`.
     let remote = tmp.path().join("remote.git");
     let git = |args: &[&str]| {
@@ -221,7 +219,7 @@ fn serve_follows_the_remotes_default_branch_and_names_a_missing_one() {
     ]);
     let url = format!("file://{}", remote.display());
     let serve = |extra: &[&str], port: u16| {
-        Command::new(env!("CARGO_BIN_EXE_cplane"))
+        Command::new(cplane_e2e::cargo_bin("cplane"))
             .args([
                 "serve",
                 "--insecure-open-read",
@@ -253,7 +251,7 @@ fn serve_follows_the_remotes_default_branch_and_names_a_missing_one() {
             .expect("start cplane serve")
     };
 
-    let port = support::moto::free_port();
+    let port = cplane_e2e::moto::free_port();
     let _server = Server(serve(&[], port));
     wait_for("/readyz", || {
         http(port, "GET", "/readyz", &[], b"").0 == 200
@@ -264,7 +262,7 @@ fn serve_follows_the_remotes_default_branch_and_names_a_missing_one() {
     assert_eq!(v["last_run"]["outcome"], "converged", "{v}");
 
     // A branch the remote does not have: one clear error at start, not a loop of errors.
-    let mut missing = serve(&["--branch", "main"], support::moto::free_port());
+    let mut missing = serve(&["--branch", "main"], cplane_e2e::moto::free_port());
     let code = exit_within(&mut missing, Duration::from_secs(30));
     let mut err = String::new();
     missing
@@ -287,7 +285,7 @@ fn a_busy_port_is_one_line_naming_it_and_listen() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = busy.local_addr().expect("addr").port();
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args([
             "up",
             "--dir",
@@ -432,7 +430,7 @@ fn plan_errors_are_json_said_once_and_skipped_cloud_steps_are_not_pending() {
         .expect("read")
         .replace("region: sgp-1", "region: sgp-9");
     fs::write(&acme, broken).expect("write");
-    support::commit_all(&state, "break");
+    cplane_e2e::commit_all(&state, "break");
     let out = cplane_in(&state, &["plan", "--format", "json"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -477,7 +475,7 @@ fn colour_only_when_asked_or_on_a_terminal_and_json_logs_for_machines() {
     assert!(out.status.success(), "{}", text(&out));
     let state = tmp.path().join("state");
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cplane"));
+        let mut c = Command::new(cplane_e2e::cargo_bin("cplane"));
         c.args(args)
             .current_dir(&state)
             .env("CPLANE_LOG", "debug")
@@ -525,7 +523,7 @@ fn apply_every_counts_failed_runs_and_exits_with_the_last_ones_code() {
     let state = tmp.path().join("state");
     // A database that refuses connections: every run fails before it starts.
     let log = tmp.path().join("every.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cplane"))
+    let mut child = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args([
             "apply",
             "--every",

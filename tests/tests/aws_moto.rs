@@ -1,11 +1,9 @@
 //! The AWS adapter against moto's server (through our fault proxy where faults are needed).
 //! Moto keeps accounts apart by the assumed role's account id, so placement is asserted.
 
-mod support;
-
+use cplane_e2e::fault_proxy::{Fault, FaultProxy};
+use cplane_e2e::moto::Moto;
 use cplane_reconciler::aws::{Aws, Error, RecordSet, Target};
-use support::fault_proxy::{Fault, FaultProxy};
-use support::moto::Moto;
 
 const ROLE: &str = "arn:aws:iam::111111111111:role/cogrion-provisioner";
 const TENANT: Target<'static> = Target::Tenant {

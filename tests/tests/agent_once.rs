@@ -218,7 +218,7 @@ impl World {
 
     /// Runs `cplane-agent` with `flags`, against `kubeconfig`.
     fn agent_with(&self, kubeconfig: &Path, flags: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_cplane-agent"))
+        let out = Command::new(cplane_e2e::cargo_bin("cplane-agent"))
             .args(flags)
             .env("CPLANE_AGENT_SERVER", &self.server_url)
             .env("CPLANE_AGENT_CLUSTER", CLUSTER)
@@ -264,7 +264,7 @@ fn cm(ns: &str, name: &str, value: &str) -> Value {
 fn once_applies_reports_and_exits_0() {
     let w = World::new();
     let digest = w.bundles.publish(&[ns("shop"), cm("shop", "cfg", "1")], 3);
-    let out = Command::new(env!("CARGO_BIN_EXE_cplane-agent"))
+    let out = Command::new(cplane_e2e::cargo_bin("cplane-agent"))
         .args(["--once"])
         .env("CPLANE_AGENT_SERVER", &w.server_url)
         .env("CPLANE_AGENT_CLUSTER", CLUSTER)

@@ -1,15 +1,13 @@
 //! The database adapter on both engines: SQLite (embedded default) and PostgreSQL (a fresh
 //! database per test).
 
-mod support;
-
+use cplane_e2e::pg::{sqlite_url, PgDatabase};
 use cplane_reconciler::db::{Condition, Db};
 use cplane_reconciler::plan::{
     DesiredWorkspace, JournalState, LookupRow, Policy, Scope, Status, StepKind, StepResult,
     TenantRow,
 };
 use cplane_reconciler::render::{Cluster, ClusterKind};
-use support::pg::{sqlite_url, PgDatabase};
 
 fn acme() -> DesiredWorkspace {
     DesiredWorkspace {

@@ -2,8 +2,6 @@
 //! real Kubernetes OpenAPI schemas (PyPI `kubernetes-validate`, strict: unknown fields are
 //! errors). The validator is installed into a venv under `~/.cache` on first use.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,7 +13,7 @@ const KUBERNETES_VERSION: &str = "1.33.0";
 
 /// Installs `kubernetes-validate` once.
 fn validator() -> PathBuf {
-    support::venv::ensure(
+    cplane_e2e::venv::ensure(
         "cplane-kubeval-venv",
         "kubernetes-validate",
         "kubernetes-validate",
@@ -39,7 +37,7 @@ fn validate(files: &[PathBuf]) -> (bool, String) {
 
 #[test]
 fn every_rendered_template_manifest_matches_the_kubernetes_schemas() {
-    let repo = support::template_repo();
+    let repo = cplane_e2e::template_repo();
     let git = source::open(repo.path()).expect("open");
     let checked = check_keeping(source::read(&git, "HEAD").expect("read").files, |_, _| true);
     assert!(checked.is_valid(), "{:?}", checked.diagnostics);

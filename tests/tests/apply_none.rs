@@ -1,15 +1,13 @@
 //! `cplane plan` / `cplane apply` with `--cloud none` (database only) on SQLite and PostgreSQL:
 //! rows, bundles, refusal of invalid revisions, and the plan's JSON form.
 
-mod support;
-
 use std::process::{Command, Output};
 
+use cplane_e2e::pg::{sqlite_url, PgDatabase};
 use sqlx::Row;
-use support::pg::{sqlite_url, PgDatabase};
 
 fn cplane(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cplane"))
+    Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(args)
         .env_remove("CPLANE_DATABASE_URL")
         .env_remove("CPLANE_CLOUD")
@@ -33,7 +31,7 @@ async fn count(url: &str, sql: &str) -> i64 {
 }
 
 async fn database_only_apply(db: &str) {
-    let repo = support::template_repo();
+    let repo = cplane_e2e::template_repo();
     let repo_path = repo.path().to_str().expect("utf-8");
 
     let plan = cplane(&[
@@ -109,7 +107,7 @@ async fn database_only_apply(db: &str) {
         .replace("region: sgp-1", "region: sgp-9");
     std::fs::write(&acme, broken).expect("write");
     std::fs::remove_file(repo.path().join("workspaces/globex.yaml")).expect("rm");
-    support::commit_all(repo.path(), "broken");
+    cplane_e2e::commit_all(repo.path(), "broken");
     let refused = cplane(&["apply", "--repo", repo_path, "--database", db]);
     assert_eq!(refused.status.code(), Some(2));
     let all = text(&refused);
@@ -161,7 +159,7 @@ async fn database_only_apply_on_postgres() {
 #[tokio::test]
 async fn environment_scoped_control_plane() {
     let (_dir, db) = sqlite_url();
-    let repo = support::template_repo();
+    let repo = cplane_e2e::template_repo();
     let repo_path = repo.path().to_str().expect("utf-8");
     let prod = |db: &str| {
         cplane(&[
@@ -219,7 +217,7 @@ async fn environment_scoped_control_plane() {
         .expect("read")
         .replace("environment: prod", "environment: dev");
     std::fs::write(&acme, moved).expect("write");
-    support::commit_all(repo.path(), "acme to dev");
+    cplane_e2e::commit_all(repo.path(), "acme to dev");
     let out = prod(&db);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
@@ -272,7 +270,7 @@ async fn condition(url: &str, kind: &str, id: &str, name: &str) -> (String, Stri
 /// no longer refuses it (moved back), it is not. The region's `Ready` condition counts the
 /// workspaces ready there throughout.
 async fn stalled_clears_once_a_workspace_is_no_longer_refused(db: &str) {
-    let repo = support::template_repo();
+    let repo = cplane_e2e::template_repo();
     let repo_path = repo.path().to_str().expect("utf-8");
     let apply = || cplane(&["apply", "--repo", repo_path, "--database", db]);
     let out = apply();
@@ -289,7 +287,7 @@ async fn stalled_clears_once_a_workspace_is_no_longer_refused(db: &str) {
     let acme = repo.path().join("workspaces/acme.yaml");
     let original = std::fs::read_to_string(&acme).expect("read");
     std::fs::write(&acme, original.replace("region: sgp-1", "region: fra-1")).expect("write");
-    support::commit_all(repo.path(), "move acme to Frankfurt");
+    cplane_e2e::commit_all(repo.path(), "move acme to Frankfurt");
     let out = apply();
     assert!(!out.status.success(), "{}", text(&out));
     let (status, reason, message) = condition(db, "workspace", "acme", "Stalled").await;
@@ -308,7 +306,7 @@ async fn stalled_clears_once_a_workspace_is_no_longer_refused(db: &str) {
     );
 
     std::fs::write(&acme, &original).expect("write");
-    let back = support::commit_all(repo.path(), "acme stays in Singapore");
+    let back = cplane_e2e::commit_all(repo.path(), "acme stays in Singapore");
     let out = apply();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let (status, reason, message) = condition(db, "workspace", "acme", "Stalled").await;
