@@ -6,7 +6,8 @@
 //!   temporary directories.
 //! - [`serve`]: driving `cplane serve` (HTTP, signed push webhooks, git pushes, waiting).
 //! - [`pg`]: a fresh PostgreSQL database per test, or a SQLite URL.
-//! - Fakes of outside systems: [`moto`] (AWS, moto's server in a venv of its own),
+//! - Fakes of outside systems: [`kube_apiserver`] (a Kubernetes API server in memory, also served
+//!   by the `kube-fake` example), [`moto`] (AWS, moto's server in a venv of its own),
 //!   [`fault_proxy`] (faults injected in front of moto), [`fake_cloud`] (an in-memory `Cloud`),
 //!   [`oidc`] (a local OIDC issuer), [`venv`] (Python tools in venvs under `~/.cache`).
 //!
@@ -17,6 +18,7 @@
 mod cargo_bin;
 pub mod fake_cloud;
 pub mod fault_proxy;
+pub mod kube_apiserver;
 pub mod moto;
 pub mod oidc;
 pub mod pg;

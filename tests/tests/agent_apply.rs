@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use cplane_agent::apiserver::ApiServer;
 use cplane_agent::apply::{self, Action, Options, Target};
 use cplane_agent::bundle::{digest_of, Bundle};
+use cplane_e2e::kube_apiserver::ApiServer;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cplane_agent::apiserver::ApiServer;
+use cplane_e2e::kube_apiserver::ApiServer;
 
 #[test]
 fn credentials_are_required() {

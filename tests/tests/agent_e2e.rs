@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clap::Parser as _;
-use cplane_agent::apiserver::ApiServer;
+use cplane_e2e::kube_apiserver::ApiServer;
 
 /// One HTTP/1.1 GET: (status, body).
 fn get(port: u16, path: &str) -> (u16, String) {

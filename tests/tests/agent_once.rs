@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-use cplane_agent::apiserver::{ApiServer, Served};
 use cplane_agent::bundle::digest_of;
+use cplane_e2e::kube_apiserver::{ApiServer, Served};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::{json, Value};

@@ -1,5 +1,6 @@
-//! **A fake Kubernetes API server, for tests only** (cargo feature `test-apiserver`; production
-//! builds do not contain it).
+//! **A fake Kubernetes API server, for tests only**: it lives in the test crate `cplane-e2e`, so
+//! no build of the agent contains it. The `kube-fake` example serves it
+//! (`cargo run -p cplane-e2e --example kube-fake`) to try the agent without a cluster.
 //!
 //! No real API server runs on the test machines (no Docker, no kind/k3s), so this module
 //! emulates, in memory, the part of the Kubernetes API the agent uses — faithfully enough that

@@ -1,14 +1,14 @@
-//! `kube-fake`: the agent's test Kubernetes API server (`cplane_agent::apiserver`) as a
-//! program, to see `cplane-agent` work without a cluster.
+//! `kube-fake`: the test Kubernetes API server the agent's tests run against
+//! (`cplane_e2e::kube_apiserver`) as a program, to see `cplane-agent` work without a cluster.
 //!
 //! ```text
-//! cargo run -p cplane-agent --example kube-fake --features test-apiserver -- \
+//! cargo run -p cplane-e2e --example kube-fake -- \
 //!     --listen 127.0.0.1:6443 --kubeconfig-out /tmp/kube-fake.yaml
 //! ```
 //!
 //! It is NOT a real API server: objects live in memory (gone when it stops), there are no
 //! controllers (a Deployment never gets Pods, so it never becomes healthy), no watch, no
-//! authentication. See the `apiserver` module docs for what it emulates and what not. It
+//! authentication. See the `kube_apiserver` module docs for what it emulates and what not. It
 //! listens on loopback only, and prints the objects it holds whenever they change.
 #![forbid(unsafe_code)]
 
@@ -36,7 +36,7 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let server = cplane_agent::apiserver::ApiServer::new()
+    let server = cplane_e2e::kube_apiserver::ApiServer::new()
         .with_crd_delay(Duration::from_secs(args.crd_delay));
     let served = match server.serve_on(args.listen).await {
         Ok(s) => s,
