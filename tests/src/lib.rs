@@ -4,6 +4,7 @@
 //! - [`cargo_bin`]: the workspace's binaries, built fresh.
 //! - [`template_repo`], [`commit_all`], [`copy_dir`], [`root`]: real git repositories in
 //!   temporary directories.
+//! - [`http`]: the HTTP client (one request over a fresh connection, blocking).
 //! - [`serve`]: driving `cplane serve` (HTTP, signed push webhooks, git pushes, waiting).
 //! - [`pg`]: a fresh PostgreSQL database per test, or a SQLite URL.
 //! - Fakes of outside systems: [`kube_apiserver`] (a Kubernetes API server in memory, also served
@@ -18,6 +19,7 @@
 mod cargo_bin;
 pub mod fake_cloud;
 pub mod fault_proxy;
+pub mod http;
 pub mod kube_apiserver;
 pub mod moto;
 pub mod oidc;

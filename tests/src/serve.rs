@@ -1,18 +1,19 @@
-//! Driving `cplane serve` from tests: raw HTTP/1.1 on 127.0.0.1, signed push webhooks, git pushes
-//! to a bare remote, waiting for a condition.
+//! Driving `cplane serve` from tests: HTTP on 127.0.0.1, signed push webhooks, git pushes to a
+//! bare remote, waiting for a condition.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::http::Request;
+
 /// The webhook secret the tests configure.
 pub const SECRET: &str = "hook-secret-for-tests";
 
-/// One HTTP/1.1 request over a fresh connection: (status, body). Status 0 when nothing answers.
+/// One request over a fresh connection ([`crate::http`]): (status, body). Status 0 when nothing
+/// answers (the body then says why).
 pub fn http(
     port: u16,
     method: &str,
@@ -20,25 +21,14 @@ pub fn http(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+    match Request::new(port, method, path)
+        .headers(headers)
+        .body(body)
+        .send()
+    {
+        Ok(r) => (r.status, r.text()),
+        Err(e) => (0, e.to_string()),
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    s.write_all(body).expect("write body");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
 }
 
 /// `GET path` parsed as JSON (`Null` when it is not JSON).

@@ -7,8 +7,6 @@
 //! from the bundle on disk; a tampered bundle (digest mismatch) is refused, and reported as a
 //! failed status.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,24 +14,9 @@ use std::time::Duration;
 use clap::Parser as _;
 use cplane_e2e::kube_apiserver::ApiServer;
 
-/// One HTTP/1.1 GET: (status, body).
+/// One GET: (status, body). Status 0 when nothing answers.
 fn get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
+    cplane_e2e::serve::http(port, "GET", path, &[], b"")
 }
 
 fn wait_for(what: &str, f: impl FnMut() -> bool) {

@@ -1,15 +1,16 @@
 //! The write API over HTTP, on the real `cplane serve` binary with a bare remote: routes,
 //! authentication, `/v1/plan`, `/openapi.json`, metrics.
 
+use cplane_e2e::http::Request;
 use cplane_e2e::serve::wait_for;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// One HTTP/1.1 request over a fresh connection: (status, headers, body).
+/// One request over a fresh connection: (status, head, body); the head is the status line and
+/// the headers as text. Status 0 when nothing answers (the body then says why).
 fn http(
     port: u16,
     method: &str,
@@ -17,26 +18,14 @@ fn http(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+    match Request::new(port, method, path)
+        .headers(headers)
+        .body(body)
+        .send()
+    {
+        Ok(r) => (r.status, r.head(), r.text()),
+        Err(e) => (0, String::new(), e.to_string()),
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    s.write_all(body).expect("write body");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (status, head.to_owned(), body.to_owned())
 }
 
 struct Server(Child);

@@ -680,29 +680,20 @@ async fn a_secondary_region_takes_identity_from_the_primary_and_memberships_loca
 // ---------------------------------------------------------------------------------------------
 // End to end with the `cplane` binary.
 
-use std::io::{BufRead as _, Read as _, Write as _};
+use std::io::BufRead as _;
 use std::process::{Child, Command, Stdio};
 
-/// One blocking HTTP/1.1 request: (status, body).
+/// One blocking request, with a bearer token if given: (status, body). Status 0 when nothing
+/// answers (the body then says why).
 fn http(port: u16, method: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n"
-    );
+    let mut request = cplane_e2e::http::Request::new(port, method, path);
     if let Some(t) = bearer {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        request = request.bearer(t);
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
+    match request.send() {
+        Ok(r) => (r.status, r.text()),
+        Err(e) => (0, e.to_string()),
+    }
 }
 
 fn wait_for(what: &str, f: impl FnMut() -> bool) {

@@ -2,10 +2,10 @@
 //! the reconcile lease reconciles, both serve the read API, and when the holder is killed
 //! (SIGKILL: no goodbye) the standby takes over and reconciles what was pushed meanwhile.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use cplane_e2e::http::Request;
 use cplane_e2e::serve::{get_json, http, push, remote_and_work, wait_for, webhook, SECRET};
 
 struct Replica {
@@ -43,21 +43,13 @@ fn replica(dir: &Path, name: &str, remote: &Path, branch: &str, db: &str) -> Rep
 
 /// The ETag of the cluster's current bundle, as the replica on `port` serves it.
 fn get_etag(port: u16, bearer: &(&str, String)) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "HEAD /v1/clusters/w-acme/bundle HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}: {}\r\n\r\n",
-        bearer.0, bearer.1
-    )
-    .expect("write");
-    let mut head = String::new();
-    s.read_to_string(&mut head).expect("read");
-    head.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("etag").then(|| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| panic!("no ETag in {head}"))
+    let r = Request::new(port, "HEAD", "/v1/clusters/w-acme/bundle")
+        .header(bearer.0, bearer.1.clone())
+        .send()
+        .expect("HEAD bundle");
+    r.header("etag")
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("no ETag in {r:?}"))
 }
 
 fn leader(port: u16) -> bool {

@@ -1,11 +1,12 @@
 //! `cplane serve` end to end, as users drive it: `git push` to a bare remote, a signed
 //! webhook, and the change reconciled into the database, lookup and status.
 
-use std::io::{Read, Write};
+use std::io::Read as _;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cplane_e2e::http::Request;
 use cplane_e2e::serve::{http, push, remote_and_work, wait_for, webhook, SECRET};
 
 struct Server(Child);
@@ -281,24 +282,13 @@ fn header_value(raw_headers: &str, name: &str) -> Option<String> {
     })
 }
 
-/// Like `http`, returning the raw head too.
+/// `GET path` like `http`, returning the head (status line and headers, as text) too.
 fn http_full(port: u16, path: &str, headers: &[(&str, String)]) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (status, head.to_owned(), body.to_owned())
+    let r = Request::get(port, path)
+        .headers(headers)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    (r.status, r.head(), r.text())
 }
 
 #[test]
@@ -343,21 +333,14 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
         Some("1")
     );
     // Agents that accept gzip get the stored compressed bytes; they inflate to the same body.
-    let gz = {
-        let mut c = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
-        write!(c, "GET /v1/clusters/w-acme/bundle HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {acme}\r\nAccept-Encoding: br, gzip;q=0.8\r\n\r\n").expect("write");
-        let mut raw = Vec::new();
-        c.read_to_end(&mut raw).expect("read");
-        raw
-    };
-    let split = gz.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
-    let gz_head = String::from_utf8_lossy(&gz[..split]).to_string();
-    assert_eq!(
-        header_value(&gz_head, "content-encoding").as_deref(),
-        Some("gzip")
-    );
+    let gz = Request::get(s.port, "/v1/clusters/w-acme/bundle")
+        .bearer(&acme)
+        .header("Accept-Encoding", "br, gzip;q=0.8")
+        .send()
+        .expect("GET bundle, gzip");
+    assert_eq!(gz.header("content-encoding"), Some("gzip"), "{gz:?}");
     let mut inflated = String::new();
-    flate2::read::GzDecoder::new(&gz[split..])
+    flate2::read::GzDecoder::new(&gz.body[..])
         .read_to_string(&mut inflated)
         .expect("gzip body");
     assert_eq!(inflated, body);
@@ -382,10 +365,12 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
             .expect("cplane_bundle_long_polls gauge")
     };
     assert_eq!(long_polls(s.port), 0);
-    let mut gone = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
-    write!(gone, "GET /v1/clusters/w-acme/bundle?wait=30 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {acme}\r\nIf-None-Match: {etag}\r\n\r\n").expect("write");
+    let gone = Request::get(s.port, "/v1/clusters/w-acme/bundle?wait=30")
+        .bearer(&acme)
+        .header("If-None-Match", etag.clone())
+        .start();
     wait_for("the long-poll to be parked", || long_polls(s.port) == 1);
-    drop(gone);
+    drop(gone); // closes the connection with the request in flight
     wait_for("the abandoned long-poll to be let go", || {
         long_polls(s.port) == 0
     });

@@ -1,6 +1,10 @@
 //! Slow and silent clients (slowloris) are disconnected: `cplane serve --header-read-timeout`
 //! bounds how long a client may take to send a request's head, and, over TLS, to finish its
 //! handshake. Driven with raw sockets against the real binary.
+//!
+//! Raw `TcpStream`s on purpose: these tests are about the bytes on the wire (half a request
+//! line, nothing at all, half a TLS record header), which no HTTP client sends. Ordinary
+//! requests go through `cplane_e2e::http`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -8,6 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cplane_e2e::http::Request;
 use cplane_e2e::serve::{http, remote_and_work, wait_for};
 use rcgen::{CertificateParams, KeyPair, SanType};
 
@@ -146,25 +151,12 @@ fn token(dir: &Path, cluster: &str) -> String {
 
 /// `GET path` with a bearer token (and `If-None-Match`): (status, response head).
 fn get(port: u16, path: &str, token: &str, if_none_match: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n"
-    );
+    let mut request = Request::get(port, path).bearer(token);
     if let Some(etag) = if_none_match {
-        req.push_str(&format!("If-None-Match: {etag}\r\n"));
+        request = request.header("If-None-Match", etag);
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read");
-    let out = String::from_utf8_lossy(&out);
-    let head = out.split("\r\n\r\n").next().unwrap_or_default().to_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head)
+    let r = request.send().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    (r.status, r.head())
 }
 
 #[test]
