@@ -10,8 +10,9 @@
 //! - [`store`]: the last applied bundle on disk (atomic writes).
 //! - [`run`]: the loop (poll, drift timer, backoff, clean shutdown), and `--once`.
 //! - [`dry_run`]: `--dry-run` (server-side dry run of a bundle; writes nothing).
-//! - `apiserver` (feature `test-apiserver`): a fake Kubernetes API server for tests, also served
-//!   by the `kube-fake` example to try the agent without a cluster (see the README).
+//!
+//! The fake Kubernetes API server its tests run against is in the test crate `cplane-e2e`
+//! (`tests/src/kube_apiserver.rs`), not here.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -23,9 +24,6 @@ pub mod health;
 pub mod inventory;
 pub mod run;
 pub mod store;
-
-#[cfg(feature = "test-apiserver")]
-pub mod apiserver;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! 127.0.0.1) and the principal resolved by email in SQLite (PostgreSQL with `CPLANE_BENCH_PG`),
 //! for RS256 (RSA-2048) and ES256 (P-256) tokens, against the same route with no auth.
 
-#[path = "../../tests/support/oidc.rs"]
+#[path = "../../tests/src/oidc.rs"]
 #[allow(dead_code)] // the bench uses part of the test helpers
 mod oidc;
 

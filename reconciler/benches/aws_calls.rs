@@ -6,12 +6,12 @@
 
 // The tests' harness, shared; the bench uses only part of it.
 #[allow(dead_code)]
-#[path = "../../tests/support/fault_proxy.rs"]
+#[path = "../../tests/src/fault_proxy.rs"]
 mod fault_proxy;
 #[allow(dead_code)]
-#[path = "../../tests/support/moto.rs"]
+#[path = "../../tests/src/moto.rs"]
 mod moto;
-#[path = "../../tests/support/venv.rs"]
+#[path = "../../tests/src/venv.rs"]
 mod venv;
 
 use std::collections::BTreeMap;

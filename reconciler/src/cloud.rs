@@ -2,7 +2,7 @@
 //! plain data they exchange.
 //!
 //! [`crate::aws::Aws`] implements it against Route53, ACM and STS; the tests implement it in
-//! memory (`tests/support/fake_cloud.rs`), so crash and property tests of apply run without
+//! memory (`tests/src/fake_cloud.rs`), so crash and property tests of apply run without
 //! moto. Apply holds it as `Arc<dyn Cloud>`.
 //!
 //! Contract every implementation keeps (apply relies on it):

@@ -1,0 +1,34 @@
+//! `cplane-e2e`: cplane's end-to-end tests (`tests/*.rs`, each driving the `cplane` and
+//! `cplane-agent` binaries or their servers) and the code they share:
+//!
+//! - [`cargo_bin`]: the workspace's binaries, built fresh.
+//! - [`template_repo`], [`commit_all`], [`copy_dir`], [`root`]: real git repositories in
+//!   temporary directories.
+//! - [`http`]: the HTTP client (one request over a fresh connection, blocking).
+//! - [`serve`]: driving `cplane serve` (HTTP, signed push webhooks, git pushes, waiting).
+//! - [`pg`]: a fresh PostgreSQL database per test, or a SQLite URL.
+//! - [`pki`]: certificates and CRLs for TLS tests (rcgen).
+//! - Fakes of outside systems: [`kube_apiserver`] (a Kubernetes API server in memory, also served
+//!   by the `kube-fake` example), [`moto`] (AWS, moto's server in a venv of its own),
+//!   [`fault_proxy`] (faults injected in front of moto), [`fake_cloud`] (an in-memory `Cloud`),
+//!   [`oidc`] (a local OIDC issuer), [`venv`] (Python tools in venvs under `~/.cache`).
+//!
+//! Library-level tests, which need none of this, live next to their crates
+//! (`reconciler/tests/`, `agent/tests/`, …). This crate is never published.
+#![forbid(unsafe_code)]
+
+mod cargo_bin;
+pub mod fake_cloud;
+pub mod fault_proxy;
+pub mod http;
+pub mod kube_apiserver;
+pub mod moto;
+pub mod oidc;
+pub mod pg;
+pub mod pki;
+mod repo;
+pub mod serve;
+pub mod venv;
+
+pub use cargo_bin::cargo_bin;
+pub use repo::{commit_all, copy_dir, root, template_repo};
