@@ -98,3 +98,74 @@ pub fn remote_and_work(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, S
         .to_owned();
     (remote, work, branch)
 }
+
+/// A `cplane serve` child process on 127.0.0.1, killed when dropped.
+pub struct Served {
+    /// The port it listens on.
+    pub port: u16,
+    /// The work tree cloned from its remote (commit and [`push`] here).
+    pub work: std::path::PathBuf,
+    /// The branch it follows.
+    pub branch: String,
+    /// Its database URL (SQLite in the test's directory).
+    pub db: String,
+    child: std::process::Child,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cplane serve` in `dir` on a bare remote seeded with the template
+/// ([`remote_and_work`]), SQLite at `dir/cplane.db`, open reads, a poll of an hour, the test
+/// webhook [`SECRET`], plus `extra` flags; `configure` may set the environment or stderr
+/// (stdout and stderr are discarded unless it says otherwise). Returns once the port accepts
+/// connections: [`Served::ready`] waits for `/readyz` over plain HTTP.
+pub fn start(
+    dir: &Path,
+    extra: &[&std::ffi::OsStr],
+    configure: impl FnOnce(&mut std::process::Command),
+) -> Served {
+    let (remote, work, branch) = remote_and_work(dir);
+    let db = format!("sqlite://{}", dir.join("cplane.db").display());
+    let port = crate::moto::free_port();
+    let mut command = std::process::Command::new(crate::cargo_bin("cplane"));
+    command
+        .args(["serve", "--insecure-open-read", "--branch", &branch])
+        .arg("--repo-url")
+        .arg(format!("file://{}", remote.display()))
+        .arg("--mirror")
+        .arg(dir.join("mirror.git"))
+        .args(["--database", &db])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--poll", "1h"])
+        .args(["--webhook-secret", SECRET])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    configure(&mut command);
+    let child = command.spawn().expect("start cplane serve");
+    let served = Served {
+        port,
+        work,
+        branch,
+        db,
+        child,
+    };
+    wait_for("cplane serve's port", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    served
+}
+
+impl Served {
+    /// Waits until `/readyz` answers `200` over plain HTTP (a good revision is loaded).
+    pub fn ready(self) -> Self {
+        wait_for("/readyz", || {
+            http(self.port, "GET", "/readyz", &[], b"").0 == 200
+        });
+        self
+    }
+}

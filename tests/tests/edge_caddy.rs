@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use cplane_e2e::serve::{http, push, remote_and_work, wait_for, webhook, SECRET};
+use cplane_e2e::serve::{http, push, wait_for, webhook};
 
 /// A child process, killed when dropped.
 struct Process(Child);
@@ -80,34 +80,20 @@ fn through_caddy(port: u16, host: &str) -> (i32, String) {
 fn caddy_asks_cplane_before_a_certificate_and_routes_where_it_says() {
     let caddy = caddy_binary();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (remote, work, branch) = remote_and_work(tmp.path());
     let upstream_port = upstream();
-    let port = cplane_e2e::moto::free_port();
-    let _cplane = Process(
-        Command::new(cplane_e2e::cargo_bin("cplane"))
-            .args(["serve", "--insecure-open-read", "--branch", &branch])
-            .arg("--repo-url")
-            .arg(format!("file://{}", remote.display()))
-            .arg("--mirror")
-            .arg(tmp.path().join("mirror.git"))
-            .arg("--database")
-            .arg(format!(
-                "sqlite://{}",
-                tmp.path().join("cplane.db").display()
-            ))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--poll", "1h"])
-            .args(["--webhook-secret", SECRET])
-            .args(["--edge-upstream", &format!("127.0.0.1:{upstream_port}")])
-            .args(["--edge-rate-limit", "1000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cplane serve"),
-    );
-    wait_for("cplane's /readyz", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && http(port, "GET", "/readyz", &[], b"").0 == 200
-    });
+    let upstream_flag = format!("127.0.0.1:{upstream_port}");
+    let cplane = cplane_e2e::serve::start(
+        tmp.path(),
+        &[
+            "--edge-upstream".as_ref(),
+            upstream_flag.as_ref(),
+            "--edge-rate-limit".as_ref(),
+            "1000".as_ref(),
+        ],
+        |_| {},
+    )
+    .ready();
+    let (port, work, branch) = (cplane.port, &cplane.work, &cplane.branch);
 
     // cplane's answers, asked directly.
     let (status, body) = http(
@@ -203,9 +189,9 @@ https:// {{
     // The state repo decides: remove globex, and once the commit is applied its hosts are
     // neither authorized nor routed.
     fs::remove_file(work.join("workspaces/globex.yaml")).expect("remove globex");
-    let commit = cplane_e2e::commit_all(&work, "remove globex");
-    push(&work, &branch);
-    assert_eq!(webhook(port, &branch, "d-1").0, 202);
+    let commit = cplane_e2e::commit_all(work, "remove globex");
+    push(work, branch);
+    assert_eq!(webhook(port, branch, "d-1").0, 202);
     wait_for("the removal to be applied", || {
         let status = cplane_e2e::serve::get_json(port, "/v1/status");
         status["last_run"]["commit"] == commit.as_str()
@@ -229,31 +215,13 @@ https:// {{
 #[test]
 fn the_front_door_is_rate_limited_per_source() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (remote, _work, branch) = remote_and_work(tmp.path());
-    let port = cplane_e2e::moto::free_port();
-    let _cplane = Process(
-        Command::new(cplane_e2e::cargo_bin("cplane"))
-            .args(["serve", "--insecure-open-read", "--branch", &branch])
-            .arg("--repo-url")
-            .arg(format!("file://{}", remote.display()))
-            .arg("--mirror")
-            .arg(tmp.path().join("mirror.git"))
-            .arg("--database")
-            .arg(format!(
-                "sqlite://{}",
-                tmp.path().join("cplane.db").display()
-            ))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--poll", "1h"])
-            .args(["--edge-rate-limit", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cplane serve"),
-    );
-    wait_for("cplane's /readyz", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && http(port, "GET", "/readyz", &[], b"").0 == 200
-    });
+    let cplane = cplane_e2e::serve::start(
+        tmp.path(),
+        &["--edge-rate-limit".as_ref(), "2".as_ref()],
+        |_| {},
+    )
+    .ready();
+    let port = cplane.port;
     let ask = "/v1/public/tls-authorize?domain=w-acme.sgp-1.cogrion.com";
     // A burst of twice the rate passes; the next request is refused with a Retry-After. Other
     // endpoints are not limited by it.

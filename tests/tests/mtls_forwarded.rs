@@ -6,42 +6,12 @@
 //! loopback also answers, to play an untrusted peer).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use cplane_e2e::pki::{agent_cert, ca, crl, leaf};
-use cplane_e2e::serve::{remote_and_work, wait_for};
+use cplane_e2e::serve::wait_for;
 
 const HEADER: &str = "X-Amzn-Mtls-Clientcert";
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `cplane serve` on `port` with `extra` flags; the template repo, SQLite.
-fn serve(dir: &Path, port: u16, extra: &[&std::ffi::OsStr]) -> Server {
-    let (remote, _work, branch) = remote_and_work(dir);
-    let db = format!("sqlite://{}", dir.join("cplane.db").display());
-    Server(
-        Command::new(cplane_e2e::cargo_bin("cplane"))
-            .args(["serve", "--insecure-open-read", "--branch", &branch])
-            .arg("--repo-url")
-            .arg(format!("file://{}", remote.display()))
-            .args(["--database", &db, "--poll", "1h"])
-            .arg("--mirror")
-            .arg(dir.join("mirror.git"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cplane serve"),
-    )
-}
 
 /// `curl` of `url` (from `source`, with `args`): the HTTP status, or 0 when it failed (e.g. the
 /// TLS handshake).
@@ -89,10 +59,8 @@ fn a_trusted_proxys_forwarded_certificate_is_verified_like_a_direct_one() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     pki(dir);
-    let port = cplane_e2e::moto::free_port();
-    let _server = serve(
+    let server = cplane_e2e::serve::start(
         dir,
-        port,
         &[
             "--client-ca".as_ref(),
             dir.join("cluster-ca.pem").as_os_str(),
@@ -103,7 +71,9 @@ fn a_trusted_proxys_forwarded_certificate_is_verified_like_a_direct_one() {
             "--trusted-proxy".as_ref(),
             "127.0.0.1/32".as_ref(),
         ],
+        |_| {},
     );
+    let port = server.port;
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     wait_for("/readyz", || curl(&url("/readyz"), "127.0.0.1", &[]) == 200);
     let bundle = url("/v1/clusters/w-acme/bundle");
@@ -153,10 +123,8 @@ fn a_revoked_certificate_fails_a_direct_handshake() {
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         1,
     );
-    let port = cplane_e2e::moto::free_port();
-    let _server = serve(
+    let server = cplane_e2e::serve::start(
         dir,
-        port,
         &[
             "--tls-cert".as_ref(),
             dir.join("server.pem").as_os_str(),
@@ -167,7 +135,9 @@ fn a_revoked_certificate_fails_a_direct_handshake() {
             "--client-crl".as_ref(),
             dir.join("cluster.crl").as_os_str(),
         ],
+        |_| {},
     );
+    let port = server.port;
     let ca_file = dir.join("server-ca.pem");
     let tls = |name: Option<&str>| {
         let mut args = vec!["--cacert".to_owned(), ca_file.display().to_string()];

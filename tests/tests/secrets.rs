@@ -4,23 +4,13 @@
 //! (at debug level), its database, its API answers or the bundle an agent pulls.
 
 use std::fs;
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use cplane_e2e::serve::{get_json, http, push, remote_and_work, wait_for, webhook, SECRET};
+use cplane_e2e::serve::{get_json, http, push, wait_for, webhook};
 
 /// Marks every literal secret of this test, to look for afterwards.
 const MARK: &str = "hunter2-never-in-output";
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn commit_and_wait(port: u16, work: &Path, branch: &str, message: &str, outcome: &str) {
     let commit = cplane_e2e::commit_all(work, message);
@@ -32,47 +22,33 @@ fn commit_and_wait(port: u16, work: &Path, branch: &str, message: &str, outcome:
     });
 }
 
-/// Every file under `dir`, as bytes (the database and its journal files).
-fn bytes_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+/// The database's files (`cplane.db` and its journal files) in `dir`, as bytes.
+fn database_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).expect("read dir") {
         let path = entry.expect("entry").path();
-        if path.is_file() {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if path.is_file() && name.starts_with("cplane.db") {
             out.push((path.display().to_string(), fs::read(&path).expect("read")));
         }
     }
+    assert!(!out.is_empty(), "no database in {}", dir.display());
     out
 }
 
 #[test]
 fn secret_values_reach_no_log_database_answer_or_bundle() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (remote, work, branch) = remote_and_work(tmp.path());
-    let data = tmp.path().join("data");
-    fs::create_dir_all(&data).expect("mkdir");
-    let db = format!("sqlite://{}", data.join("cplane.db").display());
     let log = tmp.path().join("serve.log");
-    let port = cplane_e2e::moto::free_port();
-    let _server = Process(
-        Command::new(cplane_e2e::cargo_bin("cplane"))
-            .args(["serve", "--insecure-open-read", "--branch", &branch])
-            .arg("--repo-url")
-            .arg(format!("file://{}", remote.display()))
-            .arg("--mirror")
-            .arg(tmp.path().join("mirror.git"))
-            .args(["--database", &db])
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--poll", "1h"])
-            .args(["--webhook-secret", SECRET])
-            .env("CPLANE_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start cplane serve"),
-    );
-    wait_for("/readyz", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && http(port, "GET", "/readyz", &[], b"").0 == 200
-    });
+    let stderr = fs::File::create(&log).expect("log");
+    let cplane = cplane_e2e::serve::start(tmp.path(), &[], |command| {
+        command.env("CPLANE_LOG", "debug").stderr(stderr);
+    })
+    .ready();
+    let (port, work, branch, db) = (cplane.port, &cplane.work, &cplane.branch, &cplane.db);
 
     // A reference: accepted, and rendered as one.
     let acme = work.join("workspaces/acme.yaml");
@@ -85,13 +61,13 @@ fn secret_values_reach_no_log_database_answer_or_bundle() {
     fs::write(&acme, &with_ref).expect("write");
     commit_and_wait(
         port,
-        &work,
-        &branch,
+        work,
+        branch,
         "acme: superset key from a Secret",
         "converged",
     );
     let out = Command::new(cplane_e2e::cargo_bin("cplane"))
-        .args(["cluster", "token", "create", "w-acme", "--database", &db])
+        .args(["cluster", "token", "create", "w-acme", "--database", db])
         .output()
         .expect("token create");
     assert!(out.status.success(), "{out:?}");
@@ -113,14 +89,14 @@ fn secret_values_reach_no_log_database_answer_or_bundle() {
         &format!("        secretKey: {{secretRef: {{name: acme-flask, key: k1}}}}\n        oidcClientSecret: {MARK}-1\n"),
     );
     fs::write(&acme, with_literal).expect("write");
-    commit_and_wait(port, &work, &branch, "acme: a literal secret", "refused");
+    commit_and_wait(port, work, branch, "acme: a literal secret", "refused");
     fs::write(&acme, &with_ref).expect("write");
     fs::write(
         work.join("stacks/bff/templates/credentials.yaml.j2"),
         format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: bff-db\n  namespace: bff\nstringData:\n  password: {MARK}-2\n"),
     )
     .expect("write template");
-    commit_and_wait(port, &work, &branch, "bff: a Secret with data", "refused");
+    commit_and_wait(port, work, branch, "bff: a Secret with data", "refused");
     let (_, refusal) = http(port, "GET", "/v1/status", &[], b"");
     assert!(refusal.contains("a Secret with `stringData`"), "{refusal}");
 
@@ -134,14 +110,14 @@ fn secret_values_reach_no_log_database_answer_or_bundle() {
     let logged = fs::read_to_string(&log).expect("log");
     assert!(logged.contains("refused"), "the refusals are logged");
     assert!(!logged.contains(MARK), "the log holds a secret:\n{logged}");
-    for (file, bytes) in bytes_under(&data) {
+    for (file, bytes) in database_files(tmp.path()) {
         let found = bytes.windows(MARK.len()).any(|w| w == MARK.as_bytes());
         assert!(!found, "{file} holds a secret");
     }
     // `cplane validate` of the same commit names the field, never the value.
     let out = Command::new(cplane_e2e::cargo_bin("cplane"))
         .args(["validate", "--repo"])
-        .arg(&work)
+        .arg(work)
         .output()
         .expect("validate");
     let said = format!(
