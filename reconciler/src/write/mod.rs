@@ -41,6 +41,7 @@
 //! contents.
 
 pub mod edit;
+pub mod git;
 pub mod pack;
 pub mod store;
 pub mod tree;
@@ -583,9 +584,7 @@ impl From<store::PublishError> for Error {
         match e {
             store::PublishError::Git(e) => e.into(),
             store::PublishError::Dirty(message) => Error::Conflict(message),
-            e @ (store::PublishError::Pack(_) | store::PublishError::Io(_)) => {
-                Error::Repository(e.to_string())
-            }
+            e @ store::PublishError::Pack(_) => Error::Repository(e.to_string()),
         }
     }
 }
@@ -1240,12 +1239,12 @@ impl Session<'_> {
                     s.apply(&old),
                     Some((
                         id,
-                        pack::splice_delta(old.len(), s.offset, s.removed, &s.inserted),
+                        git::splice_delta(old.len(), s.offset, s.removed, &s.inserted),
                     )),
                 ),
                 (Some((id, old)), None) => {
                     let bytes = folder.to_bytes();
-                    let delta = pack::delta(&old, &bytes);
+                    let delta = git::delta(&old, &bytes);
                     (bytes, Some((id, delta)))
                 }
                 (None, _) => (folder.to_bytes(), None),
