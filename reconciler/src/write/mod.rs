@@ -34,13 +34,13 @@
 //! ([`Writer::write`], on a blocking thread) against the last published head, in parallel with
 //! the writer; the writer reuses that draft when the file's blob and the base's checker are
 //! still the same, else it redoes them. The writer itself only builds and publishes commits:
-//! `workspaces/` (10,000 entries, 400 KB) is edited as a sorted entry list ([`tree`]), its new
-//! content spliced from the previous one, and sent as a delta of the previous tree in one pack
-//! per chain ([`pack`]), indexed from the ids computed while building (each 400 KB tree is
-//! hashed once, not again by an indexer) after the pack is checked to hold exactly those
-//! contents.
+//! `workspaces/` (10,000 entries, 400 KB) is held decoded in gix-object's tree editor between
+//! commits ([`tree`]) and sent as a delta of the previous tree ([`git`]) in one pack per chain,
+//! made and indexed by gix-pack ([`pack`]), which hashes every object again before anything is
+//! published.
 
 pub mod edit;
+pub mod git;
 pub mod pack;
 pub mod store;
 pub mod tree;
@@ -331,7 +331,7 @@ pub struct Prepared {
 /// `workspaces/` entries.
 pub struct Snapshot {
     checker: Arc<verify::Checker>,
-    folder: Option<tree::FlatTree>,
+    folder: Option<tree::Entries>,
 }
 
 type SharedSnapshot = Arc<std::sync::RwLock<Option<Arc<Snapshot>>>>;
@@ -583,10 +583,14 @@ impl From<store::PublishError> for Error {
         match e {
             store::PublishError::Git(e) => e.into(),
             store::PublishError::Dirty(message) => Error::Conflict(message),
-            e @ (store::PublishError::Pack(_) | store::PublishError::Io(_)) => {
-                Error::Repository(e.to_string())
-            }
+            e @ store::PublishError::Pack(_) => Error::Repository(e.to_string()),
         }
+    }
+}
+
+impl From<tree::Error> for Error {
+    fn from(e: tree::Error) -> Self {
+        Error::Repository(e.to_string())
     }
 }
 
@@ -803,11 +807,11 @@ struct Session<'c> {
     state: Option<HeadState>,
     /// Workspace → account of the head, shared with the handlers.
     accounts: Accounts,
-    /// The last `workspaces/` tree written or read: id, entries, content (saves re-reading
-    /// 10,000 entries, and is the base of the next tree's delta).
-    folder: Option<(Oid, tree::FlatTree, Arc<Vec<u8>>)>,
+    /// The last `workspaces/` tree written or read, held for editing (saves decoding 10,000
+    /// entries again; its content is the base of the next tree's delta).
+    folder: Option<tree::Edited>,
     /// The head's `workspaces/` entries, by tree id.
-    head_folder: Option<(Oid, tree::FlatTree)>,
+    head_folder: Option<(Oid, tree::Entries)>,
     /// Shared with handlers: the published head to prepare against.
     snapshot: SharedSnapshot,
     /// `workspaces/` trees are hashed here and only sent (a local remote): never stored in
@@ -860,12 +864,14 @@ impl Session<'_> {
                 .get_name("workspaces")
                 .map(|e| e.id());
             let folder = match (&self.folder, folder_id) {
-                (Some((id, flat, _)), Some(want)) if *id == want => Some(flat.clone()),
+                (Some(edited), Some(want)) if edited.id() == want => {
+                    tree::Entries::decode(&edited.content()).ok()
+                }
                 (_, Some(want)) => match &self.head_folder {
-                    Some((id, flat)) if *id == want => Some(flat.clone()),
-                    _ => Some(tree::FlatTree::read(&repo.find_tree(want).ok()?)),
+                    Some((id, entries)) if *id == want => Some(entries.clone()),
+                    _ => tree::Entries::read(repo, want).ok(),
                 },
-                (_, None) => Some(tree::FlatTree::default()),
+                (_, None) => Some(tree::Entries::default()),
             };
             Some(Arc::new(Snapshot {
                 checker: state.checker(),
@@ -974,9 +980,9 @@ impl Session<'_> {
     /// The blob at `path` in `tip`, from the cached `workspaces/` entries when they are that
     /// tree's (no 10,000-entry tree parsed per change).
     fn blob_at_tip(&self, tip: &git2::Tree<'_>, path: &str) -> Option<Oid> {
-        if let (Some((dir, file)), Some((id, flat, _))) = (path.split_once('/'), &self.folder) {
-            if tip.get_name(dir).map(|e| e.id()) == Some(*id) {
-                return flat.blob(file);
+        if let (Some((dir, file)), Some(edited)) = (path.split_once('/'), &self.folder) {
+            if tip.get_name(dir).map(|e| e.id()) == Some(edited.id()) {
+                return edited.blob(file);
             }
         }
         blob_at(tip, path)
@@ -995,10 +1001,10 @@ impl Session<'_> {
         for job in jobs.iter_mut() {
             let path = workspace_path(job.request.change.workspace());
             let blob = match (path.split_once('/'), &self.folder) {
-                (Some((dir, file)), Some((id, flat, _)))
-                    if root.get_name(dir).map(|e| e.id()) == Some(*id) =>
+                (Some((dir, file)), Some(edited))
+                    if root.get_name(dir).map(|e| e.id()) == Some(edited.id()) =>
                 {
-                    flat.blob(file)
+                    edited.blob(file)
                 }
                 _ => self.blob_at_head(repo, head, &path)?,
             };
@@ -1022,8 +1028,8 @@ impl Session<'_> {
             return Ok(None);
         };
         if self.head_folder.as_ref().map(|(i, _)| *i) != Some(id) {
-            let flat = tree::FlatTree::read(&repo.find_tree(id)?);
-            self.head_folder = Some((id, flat));
+            let entries = tree::Entries::read(repo, id)?;
+            self.head_folder = Some((id, entries));
         }
         Ok(self.head_folder.as_ref().and_then(|(_, f)| f.blob(file)))
     }
@@ -1205,15 +1211,12 @@ impl Session<'_> {
             .get_name(dir)
             .filter(|e| e.kind() == Some(git2::ObjectType::Tree))
             .map(|e| e.id());
-        let (mut folder, base) = match (self.folder.take(), current) {
-            (Some((id, flat, bytes)), Some(cur)) if id == cur => (flat, Some((cur, bytes))),
-            (_, Some(cur)) => {
-                let flat = tree::FlatTree::read(&repo.find_tree(cur)?);
-                let bytes = Arc::new(flat.to_bytes());
-                (flat, Some((cur, bytes)))
-            }
-            (_, None) => (tree::FlatTree::default(), None),
+        let mut folder = match (self.folder.take(), current) {
+            (Some(edited), Some(cur)) if edited.id() == cur => edited,
+            (_, Some(cur)) => tree::Edited::read(repo, cur)?,
+            (_, None) => tree::Edited::empty(),
         };
+        let base = current.map(|id| (id, folder.content()));
         let blob = match text {
             Some(text) => {
                 let blob = repo.blob(text.as_bytes())?;
@@ -1226,53 +1229,37 @@ impl Session<'_> {
             }
             None => None,
         };
-        // The new content is the old one with one entry spliced in or out, and its delta says
-        // just that (index() checks it rebuilds the content before anything is published).
-        let splice = folder.set_blob(file, blob);
-        // The root is small: edited as entries too, so the new `workspaces/` tree need not be
-        // in the object database (on a local remote it is only ever sent, as a delta).
-        let mut root_entries = tree::FlatTree::read(&root);
-        if folder.is_empty() {
-            root_entries.remove_tree(dir);
+        folder.set_blob(file, blob)?;
+        let (dir_tree, bytes) = folder.write()?;
+        // The root is small: edited here too, so the new `workspaces/` tree need not be in the
+        // object database (on a local remote it is only ever sent, as a delta).
+        let mut root_tree = tree::Edited::read(repo, root.id())?;
+        if bytes.is_empty() {
+            root_tree.set_tree(dir, None)?;
         } else {
-            let (bytes, delta) = match (base, splice) {
-                (Some((id, old)), Some(s)) => (
-                    s.apply(&old),
-                    Some((
-                        id,
-                        pack::splice_delta(old.len(), s.offset, s.removed, &s.inserted),
-                    )),
-                ),
-                (Some((id, old)), None) => {
-                    let bytes = folder.to_bytes();
-                    let delta = pack::delta(&old, &bytes);
-                    (bytes, Some((id, delta)))
-                }
-                (None, _) => (folder.to_bytes(), None),
-            };
-            let bytes = Arc::new(bytes);
-            let delta = delta.map(|(id, d)| (id, Arc::new(d)));
-            let dir_tree = if self.fast_trees {
-                tree::FlatTree::id_of(&bytes)
-            } else {
-                repo.odb()?.write(git2::ObjectType::Tree, &bytes)?
-            };
+            // The new content is the old one with one entry set or removed: its delta is a
+            // few dozen bytes (checked when the pack is indexed, before anything is published).
+            let delta = base.map(|(id, old)| (id, Arc::new(git::delta(&old, &bytes))));
+            if !self.fast_trees {
+                repo.odb()?.write(git2::ObjectType::Tree, &bytes)?;
+            }
             objects.push(Outgoing {
                 id: dir_tree,
                 kind: git2::ObjectType::Tree,
-                data: bytes.clone(),
+                data: bytes,
                 delta,
             });
-            root_entries.upsert_tree(dir, dir_tree);
-            self.folder = Some((dir_tree, folder, bytes));
+            root_tree.set_tree(dir, Some(dir_tree))?;
+            self.folder = Some(folder);
         }
-        let root_bytes = root_entries.to_bytes();
+        let (_, root_bytes) = root_tree.write()?;
         let root_tree = repo.odb()?.write(git2::ObjectType::Tree, &root_bytes)?;
-        objects.push(Outgoing::whole(
-            root_tree,
-            git2::ObjectType::Tree,
-            root_bytes,
-        ));
+        objects.push(Outgoing {
+            id: root_tree,
+            kind: git2::ObjectType::Tree,
+            data: root_bytes,
+            delta: None,
+        });
         let tree = repo.find_tree(root_tree)?;
         let clean = |s: &str| -> String {
             let s: String = s

@@ -22,8 +22,8 @@
 //!
 //! Objects are created in an in-memory object database (libgit2's mempack) stacked on the
 //! repository's, so a change that is refused or rebuilt leaves nothing behind. They reach the
-//! repository as one pack per publish, with an index made from the ids already computed and
-//! checked against the pack ([`pack::index`]).
+//! repository as one pack per publish, made and indexed by gix-pack, and installed only when
+//! its objects are exactly the ones the commits were built with ([`pack`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ pub struct Outgoing {
     pub kind: ObjectType,
     /// Its content.
     pub data: Arc<Vec<u8>>,
-    /// A delta (see [`pack::delta`]) of this base that rebuilds `data`: the object is stored
+    /// A delta (see [`super::git::delta`]) of this base that rebuilds `data`: the object is stored
     /// so when the base is sent earlier in the same pack, else whole.
     pub delta: Option<(Oid, Arc<Vec<u8>>)>,
 }
@@ -232,7 +232,9 @@ impl Store {
                 if let (Some(dir), Some(old)) = (worktree, expected) {
                     self.check_clean(dir, old, files)?;
                 }
-                write_pack(&self.repo, objects)?;
+                // Kept from `git gc` until the branch names its objects (or does not: then they
+                // are garbage like any unreachable object).
+                let _pack = write_pack(&self.repo, objects)?;
                 let message = "cplane: API write";
                 let updated = match expected {
                     Some(old) => self
@@ -359,7 +361,7 @@ impl Store {
             return Ok(Published::Moved);
         }
         // Keep the objects in the mirror: the in-memory ones are dropped after each batch.
-        write_pack(&self.repo, objects)?;
+        drop(write_pack(&self.repo, objects)?);
         if name == self.branch_ref() {
             self.repo
                 .reference(&self.tracking_ref(), new, true, "cplane: API write")?;
@@ -378,12 +380,10 @@ pub enum PublishError {
     /// The checked-out working copy has uncommitted changes to a file the publish changes.
     #[error("{0}")]
     Dirty(String),
-    /// The pack made for the publish failed its check: nothing was written.
+    /// The pack made for the publish was not installed (it failed its check: nothing is
+    /// published).
     #[error(transparent)]
-    Pack(#[from] pack::Corrupt),
-    /// Writing the pack's files.
-    #[error("writing a pack: {0}")]
-    Io(#[from] std::io::Error),
+    Pack(#[from] pack::Error),
 }
 
 /// The commit a ref points at (`None`: no such ref).
@@ -412,18 +412,17 @@ fn advertised(
     Ok(found)
 }
 
-/// Writes `objects` into the repository's object database as one pack and its index (see
-/// [`pack`]). The pack is checked against the objects before anything is written. Readers (git,
-/// libgit2) find packs through their index only, so the pack is written straight under its
-/// name (nothing can have it open yet: it has no index) and the index last, through a
-/// temporary file renamed into place: no reader ever sees a partial pack or index. (A crash
-/// in between leaves a `.pack` without index, which nothing reads and a later identical pack
-/// replaces.)
-fn write_pack(repo: &Repository, objects: &[Outgoing]) -> Result<(), PublishError> {
+/// Writes `objects` into the repository's object database as one pack and its index, made,
+/// indexed and checked by gix-pack (see [`pack`]); the pack is kept from `git gc` until the
+/// returned value is dropped. On-disk packs are never thin: a delta whose base is not sent
+/// before it is sent whole.
+fn write_pack(
+    repo: &Repository,
+    objects: &[Outgoing],
+) -> Result<Option<pack::Installed>, PublishError> {
     let mut sent = HashSet::with_capacity(objects.len());
     let mut items = Vec::with_capacity(objects.len());
     for o in objects {
-        // On-disk packs are never thin: a delta whose base is not sent before it goes whole.
         let delta = o
             .delta
             .as_ref()
@@ -439,42 +438,10 @@ fn write_pack(repo: &Repository, objects: &[Outgoing]) -> Result<(), PublishErro
         }
     }
     if items.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let bytes = pack::build(&items);
-    let index = pack::index(&bytes, &items)?;
-    let dir = repo.commondir().join("objects").join("pack");
-    let name = format!("pack-{}", hex::encode(&bytes[bytes.len() - 20..]));
-    let idx = dir.join(format!("{name}.idx"));
-    if idx.exists() {
-        return Ok(()); // the same pack (named by its checksum) is there already
-    }
-    write_read_only(&dir.join(format!("{name}.pack")), &bytes, false)?;
-    let tmp = dir.join(format!("tmp_idx_cplane_{}_{name}", std::process::id()));
-    let installed = write_read_only(&tmp, &index, true).and_then(|()| std::fs::rename(&tmp, &idx));
-    if installed.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    Ok(installed?)
-}
-
-/// Writes `bytes` to `path`, read-only like git's pack files; `new`: the file must not exist.
-fn write_read_only(path: &Path, bytes: &[u8], new: bool) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if !new {
-        // A read-only leftover cannot be opened for writing (by anyone but root).
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .create_new(new)
-        .truncate(true)
-        .mode(0o444)
-        .open(path)?;
-    file.write_all(bytes)
+    Ok(Some(pack::install(
+        &repo.commondir().join("objects"),
+        &items,
+    )?))
 }

@@ -1,269 +1,204 @@
-//! One git tree held as a sorted list of entries, edited in place and serialized straight to
-//! the tree object format.
+//! The trees a write changes, decoded, edited and encoded by gix-object.
 //!
-//! Why not libgit2's tree builder: `workspaces/` of a 10,000-workspace repo is one tree of
-//! 10,000 entries (400 KB). The builder parses it into a hash map and sorts it again for every
-//! commit; here a change is a binary search, and the new content is the old one with one entry
-//! spliced in, out or over ([`FlatTree::set_blob`]) — the SHA-1 of the 400 KB is the only cost
-//! that remains (figures in the `api_commits` benchmark's docs). The format — `<octal mode> <name>\0<20-byte id>` per entry, entries
-//! ordered by name with trees compared as if their name ended in `/` — is checked against the
-//! builder's output by the tests below.
+//! `workspaces/` of a 10,000-workspace repo is one tree of 10,000 entries (400 KB). It is held
+//! decoded in a gix-object tree editor between commits ([`Edited`]): a change is a binary
+//! search and one entry set or removed, then the tree is encoded and hashed again (the cost of
+//! a commit's tree, figures in the `api_commits` benchmark's docs). The previous content is
+//! kept too, as the base of the next tree's delta. Handlers look files up in a decoded copy
+//! ([`Entries`]).
 
-use std::cmp::Ordering;
+use std::sync::Arc;
 
-use git2::{Oid, Tree};
+use git2::Oid;
+use gix_object::tree::{Editor, EntryKind};
+use gix_object::WriteTo as _;
 
-/// Mode of a regular file.
-pub const BLOB: i32 = 0o100644;
+/// The object database of trees edited here: none. Every tree the editor holds is given to
+/// it whole, and it never looks one up.
+static NO_ODB: gix_object::find::Never = gix_object::find::Never;
 
-/// Mode of a subtree.
-const TREE: i32 = 0o040000;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    name: Vec<u8>,
-    mode: i32,
-    id: Oid,
+/// A libgit2 id as a gix one.
+pub fn to_gix(id: Oid) -> gix_hash::ObjectId {
+    gix_hash::ObjectId::from_bytes_or_panic(id.as_bytes())
 }
 
-impl Entry {
-    /// The mode as a tree entry spells it (octal, no leading zero).
-    fn mode_text(&self) -> std::borrow::Cow<'static, [u8]> {
-        match self.mode {
-            BLOB => b"100644".as_slice().into(),
-            TREE => b"40000".as_slice().into(),
-            mode => format!("{mode:o}").into_bytes().into(),
-        }
-    }
-
-    /// `<mode> <name>\0<20-byte id>`.
-    fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.mode_text());
-        out.push(b' ');
-        out.extend_from_slice(&self.name);
-        out.push(0);
-        out.extend_from_slice(self.id.as_bytes());
-    }
-
-    /// How many bytes [`Entry::write`] writes.
-    fn len(&self) -> usize {
-        self.mode_text().len() + 1 + self.name.len() + 1 + 20
-    }
+/// A gix id as a libgit2 one.
+pub fn from_gix(id: &gix_hash::oid) -> Oid {
+    Oid::from_bytes(id.as_bytes()).expect("a SHA-1 is 20 bytes")
 }
 
-/// Where an edit changed a tree's content: `removed` bytes at `offset` replaced by `inserted`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Splice {
-    /// Where the change starts.
-    pub offset: usize,
-    /// How many bytes of the old content it replaces.
-    pub removed: usize,
-    /// What it puts there.
-    pub inserted: Vec<u8>,
+/// Why a tree could not be read or edited.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the tree object.
+    #[error("reading tree {id}: {source}")]
+    Read {
+        /// The tree.
+        id: Oid,
+        /// libgit2's reason.
+        #[source]
+        source: git2::Error,
+    },
+    /// gix-object refused the tree or the edit.
+    #[error("tree: {0}")]
+    Gix(#[from] gix_error::Error),
+    /// Encoding the tree.
+    #[error("encoding a tree: {0}")]
+    Encode(#[from] std::io::Error),
 }
 
-impl Splice {
-    /// The new content, from the old one.
-    pub fn apply(&self, old: &[u8]) -> Vec<u8> {
-        let tail = &old[self.offset + self.removed..];
-        let mut out = Vec::with_capacity(self.offset + self.inserted.len() + tail.len());
-        out.extend_from_slice(&old[..self.offset]);
-        out.extend_from_slice(&self.inserted);
-        out.extend_from_slice(tail);
-        out
-    }
-}
-
-/// git's order of tree entries.
-fn order(a_name: &[u8], a_mode: i32, b_name: &[u8], b_mode: i32) -> Ordering {
-    let len = a_name.len().min(b_name.len());
-    match a_name[..len].cmp(&b_name[..len]) {
-        Ordering::Equal => {}
-        other => return other,
-    }
-    let next = |name: &[u8], mode: i32| -> u8 {
-        match name.get(len) {
-            Some(b) => *b,
-            None if mode == TREE => b'/',
-            None => 0,
-        }
-    };
-    next(a_name, a_mode).cmp(&next(b_name, b_mode))
-}
-
-/// A tree's entries in git order; see the module docs.
+/// A tree's entries, for lookups.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlatTree {
-    entries: Vec<Entry>,
-}
+pub struct Entries(gix_object::Tree);
 
-impl FlatTree {
-    /// The entries of `tree`.
-    pub fn read(tree: &Tree<'_>) -> Self {
-        let entries = tree
-            .iter()
-            .map(|e| Entry {
-                name: e.name_bytes().to_vec(),
-                mode: e.filemode(),
-                id: e.id(),
-            })
-            .collect();
-        Self { entries }
+impl Entries {
+    /// Decodes a tree object's content.
+    pub fn decode(content: &[u8]) -> Result<Self, Error> {
+        let tree = gix_object::TreeRef::from_bytes(content, gix_hash::Kind::Sha1)?;
+        Ok(Self(tree.into_owned()))
     }
 
-    fn find(&self, name: &[u8], mode: i32) -> Result<usize, usize> {
-        self.entries
-            .binary_search_by(|e| order(&e.name, e.mode, name, mode))
-    }
-
-    /// Adds or replaces the file `name` (a blob entry, mode `100644`).
-    pub fn upsert_blob(&mut self, name: &str, id: Oid) {
-        let name = name.as_bytes();
-        // A subtree of the same name is replaced (names are unique in a tree).
-        if let Ok(i) = self.find(name, TREE) {
-            self.entries.remove(i);
-        }
-        match self.find(name, BLOB) {
-            Ok(i) => {
-                self.entries[i].id = id;
-                self.entries[i].mode = BLOB;
-            }
-            Err(i) => self.entries.insert(
-                i,
-                Entry {
-                    name: name.to_vec(),
-                    mode: BLOB,
-                    id,
-                },
-            ),
-        }
+    /// The tree `id` of `repo`.
+    pub fn read(repo: &git2::Repository, id: Oid) -> Result<Self, Error> {
+        let read = |source| Error::Read { id, source };
+        let odb = repo.odb().map_err(read)?;
+        let object = odb.read(id).map_err(read)?;
+        Self::decode(object.data())
     }
 
     /// The blob of the file `name`, if there is one.
     pub fn blob(&self, name: &str) -> Option<Oid> {
-        self.find(name.as_bytes(), BLOB)
-            .ok()
-            .map(|i| self.entries[i].id)
-    }
-
-    /// Removes the file `name`; false when there was none.
-    pub fn remove_blob(&mut self, name: &str) -> bool {
-        match self.find(name.as_bytes(), BLOB) {
-            Ok(i) => {
-                self.entries.remove(i);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Adds or replaces the subtree `name`.
-    pub fn upsert_tree(&mut self, name: &str, id: Oid) {
         let name = name.as_bytes();
-        if let Ok(i) = self.find(name, BLOB) {
-            self.entries.remove(i);
-        }
-        match self.find(name, TREE) {
-            Ok(i) => self.entries[i].id = id,
-            Err(i) => self.entries.insert(
-                i,
-                Entry {
-                    name: name.to_vec(),
-                    mode: TREE,
-                    id,
-                },
-            ),
-        }
+        let at = self
+            .0
+            .entries
+            .binary_search_by(|e| {
+                gix_object::tree::name_order(&e.filename, e.mode.is_tree(), name, false)
+            })
+            .ok()?;
+        Some(from_gix(&self.0.entries[at].oid))
     }
+}
 
-    /// Removes the subtree `name`.
-    pub fn remove_tree(&mut self, name: &str) {
-        if let Ok(i) = self.find(name.as_bytes(), TREE) {
-            self.entries.remove(i);
-        }
+/// A tree edited in memory, with the id and content of its last version.
+pub struct Edited {
+    editor: Editor<'static>,
+    id: Oid,
+    content: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Edited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edited")
+            .field("id", &self.id)
+            .field("len", &self.content.len())
+            .finish_non_exhaustive()
     }
+}
 
-    /// Sets (`Some`) or removes (`None`) the file `name`, like [`FlatTree::upsert_blob`] and
-    /// [`FlatTree::remove_blob`], and says where that changed the content [`FlatTree::to_bytes`]
-    /// gives: one entry's bytes replaced, added or removed — so the new content is the old one
-    /// spliced ([`Splice::apply`]) rather than 10,000 entries serialized again. `None` when the
-    /// change is not one splice (a subtree of that name is replaced): serialize again.
-    pub fn set_blob(&mut self, name: &str, id: Option<Oid>) -> Option<Splice> {
-        let key = name.as_bytes();
-        if let Some(id) = id.filter(|_| self.find(key, TREE).is_ok()) {
-            self.upsert_blob(name, id);
-            return None;
-        }
-        let (at, found) = match self.find(key, BLOB) {
-            Ok(i) => (i, true),
-            Err(i) => (i, false),
-        };
-        let offset = self.entries[..at].iter().map(Entry::len).sum();
-        let removed = if found { self.entries[at].len() } else { 0 };
-        let mut inserted = Vec::new();
-        match id {
-            Some(id) => {
-                let entry = Entry {
-                    name: key.to_vec(),
-                    mode: BLOB,
-                    id,
-                };
-                entry.write(&mut inserted);
-                if found {
-                    self.entries[at] = entry;
-                } else {
-                    self.entries.insert(at, entry);
-                }
-            }
-            None if found => {
-                self.entries.remove(at);
-            }
-            None => {}
-        }
-        Some(Splice {
-            offset,
-            removed,
-            inserted,
+impl Edited {
+    /// The tree `id` with this content.
+    pub fn new(id: Oid, content: Arc<Vec<u8>>) -> Result<Self, Error> {
+        let Entries(tree) = Entries::decode(&content)?;
+        Ok(Self {
+            editor: Editor::new(tree, &NO_ODB, gix_hash::Kind::Sha1),
+            id,
+            content,
         })
     }
 
-    /// Whether the tree has no entry.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The tree object's content.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.entries.len() * 40);
-        for e in &self.entries {
-            e.write(&mut out);
+    /// An empty tree.
+    pub fn empty() -> Self {
+        let empty = gix_object::Tree::empty();
+        let content = Vec::new();
+        Self {
+            id: id_of(&content),
+            editor: Editor::new(empty, &NO_ODB, gix_hash::Kind::Sha1),
+            content: Arc::new(content),
         }
-        out
     }
 
-    /// The id of a tree object with this content, computed here (SHA-1 with the CPU's SHA
-    /// instructions where there are some) rather than by libgit2's collision-detecting SHA-1,
-    /// which is several times slower.
-    pub fn id_of(content: &[u8]) -> Oid {
-        use sha1::{Digest, Sha1};
-        let mut hasher = Sha1::new();
-        hasher.update(format!("tree {}\0", content.len()).as_bytes());
-        hasher.update(content);
-        Oid::from_bytes(&hasher.finalize()).expect("a SHA-1 is 20 bytes")
+    /// The tree `id` of `repo`.
+    pub fn read(repo: &git2::Repository, id: Oid) -> Result<Self, Error> {
+        let read = |source| Error::Read { id, source };
+        let odb = repo.odb().map_err(read)?;
+        let object = odb.read(id).map_err(read)?;
+        Self::new(id, Arc::new(object.data().to_vec()))
     }
 
-    /// Stores the tree in `repo`'s object database; returns its id.
-    pub fn write(&self, repo: &git2::Repository) -> Result<Oid, git2::Error> {
-        repo.odb()?.write(git2::ObjectType::Tree, &self.to_bytes())
+    /// The id of the last version written (or given).
+    pub fn id(&self) -> Oid {
+        self.id
     }
+
+    /// The content of the last version written (or given).
+    pub fn content(&self) -> Arc<Vec<u8>> {
+        self.content.clone()
+    }
+
+    /// The blob of the file `name` as edited, if there is one.
+    pub fn blob(&self, name: &str) -> Option<Oid> {
+        self.editor
+            .get([name])
+            .filter(|e| !e.mode.is_tree())
+            .map(|e| from_gix(&e.oid))
+    }
+
+    /// Sets (`Some`: a regular file) or removes (`None`) the file `name`. A subtree of that
+    /// name is replaced.
+    pub fn set_blob(&mut self, name: &str, id: Option<Oid>) -> Result<(), Error> {
+        match id {
+            Some(id) => self.editor.upsert([name], EntryKind::Blob, to_gix(id))?,
+            None => self.editor.remove_if_leaf([name])?,
+        };
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) the subtree `name`.
+    pub fn set_tree(&mut self, name: &str, id: Option<Oid>) -> Result<(), Error> {
+        match id {
+            Some(id) => self.editor.upsert([name], EntryKind::Tree, to_gix(id))?,
+            None => self.editor.remove([name])?,
+        };
+        Ok(())
+    }
+
+    /// Encodes the tree as edited and hashes it: the new version's id and content (empty: no
+    /// entries). It is not stored anywhere.
+    pub fn write(&mut self) -> Result<(Oid, Arc<Vec<u8>>), Error> {
+        let mut content = Vec::with_capacity(self.content.len() + 64);
+        // Called for each changed tree, the root last: here the root is the only one.
+        let id = self.editor.write(|tree| -> Result<_, Error> {
+            content.clear();
+            tree.write_to(&mut content)?;
+            Ok(gix_object::compute_hash(
+                gix_hash::Kind::Sha1,
+                gix_object::Kind::Tree,
+                &content,
+            )?)
+        })?;
+        self.id = from_gix(&id);
+        self.content = Arc::new(content);
+        Ok((self.id, self.content.clone()))
+    }
+}
+
+/// The id of a tree with this content.
+fn id_of(content: &[u8]) -> Oid {
+    let id = gix_object::compute_hash(gix_hash::Kind::Sha1, gix_object::Kind::Tree, content)
+        .expect("no SHA-1 collision in a tree made here");
+    from_gix(&id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const BLOB: i32 = 0o100644;
+    const TREE: i32 = 0o040000;
+
     #[test]
-    fn writes_exactly_what_libgit2_writes() {
+    fn edits_give_the_trees_libgit2_gives() {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = git2::Repository::init_bare(dir.path()).expect("repo");
         let blob = |s: &str| repo.blob(s.as_bytes()).expect("blob");
@@ -282,15 +217,19 @@ mod tests {
         builder
             .insert("run.sh", blob("#!"), 0o100755)
             .expect("insert");
-        let base = repo
-            .find_tree(builder.write().expect("write"))
-            .expect("tree");
+        let base = builder.write().expect("write");
 
-        let mut flat = FlatTree::read(&base);
-        assert_eq!(flat.write(&repo).expect("write"), base.id());
+        // Unedited, a tree encodes to what it was.
+        let mut edited = Edited::read(&repo, base).expect("read");
+        let odb = repo.odb().expect("odb");
+        let stored = odb.read(base).expect("read");
+        assert_eq!(edited.write().expect("write").1.as_slice(), stored.data());
+        assert_eq!(edited.id(), base);
 
-        // The same edits through libgit2's builder and through FlatTree give the same tree.
-        let mut builder = repo.treebuilder(Some(&base)).expect("builder");
+        // The same edits through libgit2's builder and through the editor give the same tree.
+        let mut builder = repo
+            .treebuilder(Some(&repo.find_tree(base).expect("tree")))
+            .expect("builder");
         for (name, text) in [
             ("globex.yaml", "g"),
             ("foo.baq", "q"),
@@ -299,62 +238,73 @@ mod tests {
         ] {
             let id = blob(text);
             builder.insert(name, id, BLOB).expect("insert");
-            flat.upsert_blob(name, id);
+            edited.set_blob(name, Some(id)).expect("edit");
         }
         builder.remove("ab").expect("remove");
-        assert!(flat.remove_blob("ab"));
-        assert!(!flat.remove_blob("nope.yaml"));
-        assert_eq!(flat.blob("ab"), None);
-        assert_eq!(flat.blob("foo"), None, "a tree is not a blob");
-        assert!(flat.blob("globex.yaml").is_some());
-        assert!(!flat.remove_blob("foo"), "a tree is not a blob");
+        edited.set_blob("ab", None).expect("edit");
+        edited
+            .set_blob("nope.yaml", None)
+            .expect("nothing to remove");
+        edited
+            .set_blob("foo", None)
+            .expect("a tree is not a blob: kept");
+        assert_eq!(edited.blob("ab"), None);
+        assert_eq!(edited.blob("foo"), None, "a tree is not a blob");
+        assert_eq!(edited.blob("globex.yaml"), Some(blob("g")));
+        let (id, content) = edited.write().expect("write");
+        assert_eq!(id, builder.write().expect("write"));
         assert_eq!(
-            flat.write(&repo).expect("write"),
-            builder.write().expect("write")
+            id,
+            Oid::hash_object(git2::ObjectType::Tree, &content).expect("hash")
         );
-        assert!(!flat.is_empty());
-        let bytes = flat.to_bytes();
-        assert_eq!(
-            FlatTree::id_of(&bytes),
-            git2::Oid::hash_object(git2::ObjectType::Tree, &bytes).expect("hash")
-        );
-        // Splices give what serializing again gives.
-        let mut spliced = flat.clone();
-        let mut content = spliced.to_bytes();
-        let edits: [(&str, Option<Oid>); 7] = [
-            ("acme.yaml", Some(blob("a3"))),   // replaced
-            ("aaa.yaml", Some(blob("first"))), // added first
-            ("zzz.yaml", Some(blob("last"))),  // added last
-            ("foo.baq", None),                 // removed
-            ("nope.yaml", None),               // absent: nothing changes
-            ("zzz.yaml", None),                // the last removed
-            ("foo", Some(blob("f"))),          // a subtree replaced: no splice
-        ];
-        for (name, id) in edits {
-            match spliced.set_blob(name, id) {
-                Some(splice) => content = splice.apply(&content),
-                None => {
-                    assert_eq!(name, "foo");
-                    content = spliced.to_bytes();
-                }
-            }
-            assert_eq!(content, spliced.to_bytes(), "after {name}");
+        // Lookups in a decoded copy see the same.
+        let entries = Entries::decode(&content).expect("decode");
+        for name in [
+            "globex.yaml",
+            "acme.yaml",
+            "run.sh",
+            "ab",
+            "foo",
+            "b",
+            "nope",
+        ] {
+            assert_eq!(entries.blob(name), edited.blob(name), "{name}");
         }
-        assert_eq!(spliced.blob("foo"), Some(blob("f")));
-        assert_eq!(spliced.blob("acme.yaml"), Some(blob("a3")));
-        assert_eq!(spliced.blob("foo.baq"), None);
-        // Subtrees: replacing and removing one gives what the builder gives.
-        let mut root = FlatTree::read(&base);
-        let mut builder = repo.treebuilder(Some(&base)).expect("builder");
-        root.upsert_tree("b", base.id());
-        builder.insert("b", base.id(), TREE).expect("insert");
-        root.remove_tree("foo");
+
+        // Subtrees: replaced, removed, added; a blob over a subtree.
+        edited.set_tree("b", Some(base)).expect("edit");
+        builder.insert("b", base, TREE).expect("insert");
+        edited.set_tree("foo", None).expect("edit");
         builder.remove("foo").expect("remove");
-        root.upsert_tree("new", sub);
+        edited.set_tree("new", Some(sub)).expect("edit");
         builder.insert("new", sub, TREE).expect("insert");
         assert_eq!(
-            root.write(&repo).expect("write"),
+            edited.write().expect("write").0,
             builder.write().expect("write")
         );
+        edited.set_blob("new", Some(blob("n"))).expect("edit");
+        builder.insert("new", blob("n"), BLOB).expect("insert");
+        assert_eq!(
+            edited.write().expect("write").0,
+            builder.write().expect("write")
+        );
+
+        // From nothing, and back to nothing.
+        let mut new = Edited::empty();
+        assert_eq!(
+            new.id(),
+            Oid::hash_object(git2::ObjectType::Tree, b"").expect("hash")
+        );
+        new.set_blob("acme.yaml", Some(blob("a"))).expect("edit");
+        let mut builder = repo.treebuilder(None).expect("builder");
+        builder
+            .insert("acme.yaml", blob("a"), BLOB)
+            .expect("insert");
+        assert_eq!(
+            new.write().expect("write").0,
+            builder.write().expect("write")
+        );
+        new.set_blob("acme.yaml", None).expect("edit");
+        assert!(new.write().expect("write").1.is_empty());
     }
 }
