@@ -98,3 +98,161 @@ pub fn remote_and_work(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, S
         .to_owned();
     (remote, work, branch)
 }
+
+/// How to start a `cplane serve` for a test: its own state repo (a bare remote seeded with the
+/// template, see [`remote_and_work`]), SQLite database and mirror under `dir`, a free port on
+/// 127.0.0.1, `--poll 1h`, and the flags added with [`Serve::args`].
+///
+/// ```no_run
+/// # let dir = std::path::Path::new("/tmp/x");
+/// use cplane_e2e::serve::Serve;
+/// let server = Serve::new(dir).args(["--webhook-secret", cplane_e2e::serve::SECRET]).start();
+/// let agent = server.cplane(&["cluster", "token", "create", "w-acme"]);
+/// ```
+#[derive(Debug)]
+pub struct Serve {
+    dir: std::path::PathBuf,
+    database: Option<String>,
+    args: Vec<std::ffi::OsString>,
+}
+
+impl Serve {
+    /// A server whose files live under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            database: None,
+            args: Vec::new(),
+        }
+    }
+
+    /// Another database (a PostgreSQL URL) instead of SQLite under the directory.
+    pub fn database(mut self, url: &str) -> Self {
+        self.database = Some(url.to_owned());
+        self
+    }
+
+    /// Adds flags.
+    pub fn args<S: AsRef<std::ffi::OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Starts the server in `dir/cwd` (an empty working directory) and waits until it is ready
+    /// and its first run has published `w-acme`.
+    ///
+    /// # Panics
+    /// When the server does not start, or is not ready within 60 s.
+    pub fn start(self) -> Server {
+        let Self {
+            dir,
+            database,
+            args,
+        } = self;
+        let (remote, work, branch) = remote_and_work(&dir);
+        let database =
+            database.unwrap_or_else(|| format!("sqlite://{}", dir.join("cplane.db").display()));
+        let cwd = dir.join("cwd");
+        std::fs::create_dir_all(&cwd).expect("the server's working directory");
+        let port = crate::moto::free_port();
+        let child = std::process::Command::new(crate::cargo_bin("cplane"))
+            .arg("serve")
+            .arg("--repo-url")
+            .arg(format!("file://{}", remote.display()))
+            .args(["--branch", &branch, "--poll", "1h", "--database", &database])
+            .arg("--mirror")
+            .arg(dir.join("mirror.git"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(&args)
+            .current_dir(&cwd)
+            .env_remove("PRIMARY_CPLANE_API_URL")
+            .env_remove("INTER_REGION_SERVICE_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start cplane serve");
+        let mut server = Server {
+            child,
+            port,
+            database,
+            remote,
+            work,
+            branch,
+            cwd,
+        };
+        wait_up_to(
+            "the first run to publish w-acme",
+            Duration::from_secs(60),
+            || {
+                assert!(
+                    server.child.try_wait().expect("wait").is_none(),
+                    "cplane serve exited"
+                );
+                http(port, "GET", "/readyz", &[], b"").0 == 200
+                    && http(port, "GET", "/lookup/w-acme", &[], b"").0 == 200
+            },
+        );
+        server
+    }
+}
+
+/// A running `cplane serve` ([`Serve::start`]), killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its database URL.
+    pub database: String,
+    /// The state repo's bare remote.
+    pub remote: std::path::PathBuf,
+    /// A clone of the remote.
+    pub work: std::path::PathBuf,
+    /// The branch followed.
+    pub branch: String,
+    /// Its working directory (empty when it starts).
+    pub cwd: std::path::PathBuf,
+}
+
+impl Server {
+    /// Runs `cplane ARGS --database <its database>` and returns the standard output.
+    ///
+    /// # Panics
+    /// When the command fails.
+    pub fn cplane(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(crate::cargo_bin("cplane"))
+            .args(args)
+            .args(["--database", &self.database])
+            .env_remove("PRIMARY_CPLANE_API_URL")
+            .env_remove("INTER_REGION_SERVICE_TOKEN")
+            .output()
+            .expect("run cplane");
+        assert!(
+            out.status.success(),
+            "cplane {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every ref of the state repo's remote with the commit it names: what a write moves.
+    pub fn remote_refs(&self) -> Vec<(String, String)> {
+        let repo = git2::Repository::open_bare(&self.remote).expect("open the remote");
+        let mut refs: Vec<(String, String)> = repo
+            .references()
+            .expect("refs")
+            .filter_map(Result::ok)
+            .filter_map(|r| Some((r.name().ok()?.to_owned(), r.target()?.to_string())))
+            .collect();
+        refs.sort();
+        refs
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
