@@ -259,7 +259,7 @@ pub(super) async fn cluster_status(
         Ok(a) => a,
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     };
-    if !may_read_cluster(&grants, &accounts, &cluster) {
+    if !possible_id(&cluster) || !may_read_cluster(&grants, &accounts, &cluster) {
         return api_error(StatusCode::NOT_FOUND, format!("no cluster {cluster}")).into_response();
     }
     let current = sh
