@@ -59,12 +59,28 @@ pub fn push(work: &Path, branch: &str) {
         .expect("push");
 }
 
+/// `hex(HMAC-SHA256(secret, body))`: how forges sign webhook bodies.
+pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The value of the Prometheus counter or gauge `name` (no labels) on the server at `port`'s
+/// `/metrics`, 0 when it is not there.
+pub fn metric(port: u16, name: &str) -> f64 {
+    http(port, "GET", "/metrics", &[], b"")
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Sends a generic-HMAC signed push webhook for `branch`: (status, body).
 pub fn webhook(port: u16, branch: &str, delivery: &str) -> (u16, String) {
     let body = format!(r#"{{"ref":"refs/heads/{branch}","after":"x"}}"#);
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
-    mac.update(body.as_bytes());
-    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let sig = format!("sha256={}", hmac_hex(SECRET.as_bytes(), body.as_bytes()));
     http(
         port,
         "POST",
