@@ -14,7 +14,7 @@
 //! | JWT with a wrong or missing `aud` | [`jwt_with_a_wrong_audience_is_refused`] |
 //! | JWT with a wrong `iss` | [`jwt_with_a_wrong_issuer_is_refused`] |
 //! | An issuer not on the allow-list is never fetched (zero requests on any path) | [`an_issuer_not_on_the_allow_list_is_never_fetched`] |
-//! | JWT signed by an unknown key (kid not in the JWKS; the key embedded in the header, `jku`) | [`jwt_signed_by_an_unknown_key_is_refused`] |
+//! | JWT signed by an unknown key (kid not in the JWKS, a path or a URL as kid; the key embedded in the header, `jku`, `x5u`) | [`jwt_signed_by_an_unknown_key_is_refused`] |
 //! | Tampered signatures and claims, identity claims, JWKS refetch flood, unreachable issuer | `auth.rs` `tokens_are_verified_against_the_issuers_jwks`, `unknown_kid_refetches_keys_at_most_once_per_interval`, `an_unreachable_issuer_is_unavailable_not_unauthorized` (in-process) |
 //! | Cross-tenant reads: a member of account A sees nothing of B (workspace, lists, cluster status, plan) | [`a_member_reads_nothing_of_another_account`]; viewers, AWS identifiers: `auth.rs` `reads_are_scoped_by_account_and_role` |
 //! | Cross-tenant writes: a member of A writes nothing of B, nor moves a workspace between accounts, nor opens a PR branch | [`a_member_writes_nothing_of_another_account`] |
@@ -478,6 +478,11 @@ async fn jwt_signed_by_an_unknown_key_is_refused() {
     // Its own kid, which the issuer does not publish.
     let unknown = TestKey::rsa("k-unknown");
     f.refused(&unknown.token(&c), "publishes no signing key k-unknown");
+    // A kid that is a path, or a URL of the attacker's, is only a name that is not published.
+    for kid in ["../../../../etc/passwd", "/dev/zero", &stranger.url] {
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
+        f.refused(&unknown.sign(&header, &c), "publishes no signing key");
+    }
     // The published kid, another key.
     f.refused(&attacker.token(&c), "bad signature");
     // The attacker's key embedded in the header (`jwk`) or pointed at (`jku`, `x5u`).
