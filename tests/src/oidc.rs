@@ -1,6 +1,6 @@
 //! A real local OIDC issuer for tests: RSA and EC keys generated here (aws-lc-rs), a JWKS
 //! served on 127.0.0.1 at Keycloak's path `{issuer}/protocol/openid-connect/certs` (keys can be
-//! swapped to simulate rotation; fetches are counted), and JWTs signed here byte by byte, so
+//! swapped to simulate rotation; JWKS fetches and all requests are counted), and JWTs signed here byte by byte, so
 //! tests can also build the hostile ones (`alg: none`, HMAC with the public key, tampering).
 //!
 //! For plain valid tokens, `cplane_reconciler::auth::dev::DevIssuer` does the same with less.
@@ -150,6 +150,7 @@ pub struct TestIssuer {
     pub url: String,
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -165,7 +166,8 @@ impl TestIssuer {
         );
         let published = Arc::new(Mutex::new(keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()));
         let fetches = Arc::new(AtomicUsize::new(0));
-        let (p, f) = (published.clone(), fetches.clone());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (p, f, r) = (published.clone(), fetches.clone(), requests.clone());
         let app = axum::Router::new().route(
             &format!("{realm}/protocol/openid-connect/certs"),
             axum::routing::get(move || {
@@ -177,6 +179,13 @@ impl TestIssuer {
                 }
             }),
         );
+        // Every request on any path (discovery, a JWKS at another path…) is counted.
+        let app = app.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                r.fetch_add(1, Ordering::SeqCst);
+                next.run(request)
+            },
+        ));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -184,6 +193,7 @@ impl TestIssuer {
             url,
             keys: published,
             fetches,
+            requests,
             task,
         }
     }
@@ -196,6 +206,11 @@ impl TestIssuer {
     /// JWKS fetches served so far.
     pub fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far, on any path (an unknown path is answered `404`).
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 }
 

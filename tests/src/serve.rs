@@ -59,12 +59,28 @@ pub fn push(work: &Path, branch: &str) {
         .expect("push");
 }
 
+/// `hex(HMAC-SHA256(secret, body))`: how forges sign webhook bodies.
+pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The value of the Prometheus counter or gauge `name` (no labels) on the server at `port`'s
+/// `/metrics`, 0 when it is not there.
+pub fn metric(port: u16, name: &str) -> f64 {
+    http(port, "GET", "/metrics", &[], b"")
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Sends a generic-HMAC signed push webhook for `branch`: (status, body).
 pub fn webhook(port: u16, branch: &str, delivery: &str) -> (u16, String) {
     let body = format!(r#"{{"ref":"refs/heads/{branch}","after":"x"}}"#);
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
-    mac.update(body.as_bytes());
-    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let sig = format!("sha256={}", hmac_hex(SECRET.as_bytes(), body.as_bytes()));
     http(
         port,
         "POST",
@@ -99,73 +115,203 @@ pub fn remote_and_work(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, S
     (remote, work, branch)
 }
 
-/// A `cplane serve` child process on 127.0.0.1, killed when dropped.
-pub struct Served {
-    /// The port it listens on.
-    pub port: u16,
-    /// The work tree cloned from its remote (commit and [`push`] here).
-    pub work: std::path::PathBuf,
-    /// The branch it follows.
-    pub branch: String,
-    /// Its database URL (SQLite in the test's directory).
-    pub db: String,
-    child: std::process::Child,
+/// How to start a `cplane serve` for a test: its own state repo (a bare remote seeded with the
+/// template, see [`remote_and_work`]), SQLite database and mirror under `dir`, a free port on
+/// 127.0.0.1, `--poll 1h`, and the flags added with [`Serve::args`].
+///
+/// ```no_run
+/// # let dir = std::path::Path::new("/tmp/x");
+/// use cplane_e2e::serve::Serve;
+/// let server = Serve::new(dir).args(["--webhook-secret", cplane_e2e::serve::SECRET]).start();
+/// let agent = server.cplane(&["cluster", "token", "create", "w-acme"]);
+/// ```
+#[derive(Debug)]
+pub struct Serve {
+    dir: std::path::PathBuf,
+    database: Option<String>,
+    args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
+    stderr: Option<std::path::PathBuf>,
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Serve {
+    /// A server whose files live under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            database: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            stderr: None,
+        }
+    }
+
+    /// Sets an environment variable of the server.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Writes the server's standard error (its logs) to `path` instead of discarding it.
+    pub fn stderr_to(mut self, path: &Path) -> Self {
+        self.stderr = Some(path.to_owned());
+        self
+    }
+
+    /// Another database (a PostgreSQL URL) instead of SQLite under the directory.
+    pub fn database(mut self, url: &str) -> Self {
+        self.database = Some(url.to_owned());
+        self
+    }
+
+    /// Adds flags.
+    pub fn args<S: AsRef<std::ffi::OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Starts the server in `dir/cwd` (an empty working directory) and waits until it is ready
+    /// and its first run has published `w-acme`.
+    ///
+    /// # Panics
+    /// When the server does not start, or is not ready within 60 s.
+    pub fn start(self) -> Server {
+        let mut server = self.spawn();
+        let port = server.port;
+        wait_up_to(
+            "the first run to publish w-acme",
+            Duration::from_secs(60),
+            || {
+                assert!(
+                    server.child.try_wait().expect("wait").is_none(),
+                    "cplane serve exited"
+                );
+                http(port, "GET", "/readyz", &[], b"").0 == 200
+                    && http(port, "GET", "/lookup/w-acme", &[], b"").0 == 200
+            },
+        );
+        server
+    }
+
+    /// Starts the server and returns once its port accepts connections, without waiting for
+    /// it to be ready over plain HTTP (a server with `--tls-cert` answers only TLS).
+    ///
+    /// # Panics
+    /// When the server does not start.
+    pub fn spawn(self) -> Server {
+        let Self {
+            dir,
+            database,
+            args,
+            env,
+            stderr,
+        } = self;
+        let (remote, work, branch) = remote_and_work(&dir);
+        let database =
+            database.unwrap_or_else(|| format!("sqlite://{}", dir.join("cplane.db").display()));
+        let cwd = dir.join("cwd");
+        std::fs::create_dir_all(&cwd).expect("the server's working directory");
+        let port = crate::moto::free_port();
+        let stderr = match stderr {
+            Some(path) => std::fs::File::create(path)
+                .expect("the server's log")
+                .into(),
+            None => std::process::Stdio::null(),
+        };
+        let child = std::process::Command::new(crate::cargo_bin("cplane"))
+            .arg("serve")
+            .arg("--repo-url")
+            .arg(format!("file://{}", remote.display()))
+            .args(["--branch", &branch, "--poll", "1h", "--database", &database])
+            .arg("--mirror")
+            .arg(dir.join("mirror.git"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(&args)
+            .current_dir(&cwd)
+            .env_remove("PRIMARY_CPLANE_API_URL")
+            .env_remove("INTER_REGION_SERVICE_TOKEN")
+            .envs(env)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start cplane serve");
+        let mut server = Server {
+            child,
+            port,
+            database,
+            remote,
+            work,
+            branch,
+            cwd,
+        };
+        wait_for("cplane serve's port", || {
+            assert!(
+                server.child.try_wait().expect("wait").is_none(),
+                "cplane serve exited"
+            );
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        server
     }
 }
 
-/// Starts `cplane serve` in `dir` on a bare remote seeded with the template
-/// ([`remote_and_work`]), SQLite at `dir/cplane.db`, open reads, a poll of an hour, the test
-/// webhook [`SECRET`], plus `extra` flags; `configure` may set the environment or stderr
-/// (stdout and stderr are discarded unless it says otherwise). Returns once the port accepts
-/// connections: [`Served::ready`] waits for `/readyz` over plain HTTP.
-pub fn start(
-    dir: &Path,
-    extra: &[&std::ffi::OsStr],
-    configure: impl FnOnce(&mut std::process::Command),
-) -> Served {
-    let (remote, work, branch) = remote_and_work(dir);
-    let db = format!("sqlite://{}", dir.join("cplane.db").display());
-    let port = crate::moto::free_port();
-    let mut command = std::process::Command::new(crate::cargo_bin("cplane"));
-    command
-        .args(["serve", "--insecure-open-read", "--branch", &branch])
-        .arg("--repo-url")
-        .arg(format!("file://{}", remote.display()))
-        .arg("--mirror")
-        .arg(dir.join("mirror.git"))
-        .args(["--database", &db])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--poll", "1h"])
-        .args(["--webhook-secret", SECRET])
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    configure(&mut command);
-    let child = command.spawn().expect("start cplane serve");
-    let served = Served {
-        port,
-        work,
-        branch,
-        db,
-        child,
-    };
-    wait_for("cplane serve's port", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    served
+/// A running `cplane serve` ([`Serve::start`]), killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its database URL.
+    pub database: String,
+    /// The state repo's bare remote.
+    pub remote: std::path::PathBuf,
+    /// A clone of the remote.
+    pub work: std::path::PathBuf,
+    /// The branch followed.
+    pub branch: String,
+    /// Its working directory (empty when it starts).
+    pub cwd: std::path::PathBuf,
 }
 
-impl Served {
-    /// Waits until `/readyz` answers `200` over plain HTTP (a good revision is loaded).
-    pub fn ready(self) -> Self {
-        wait_for("/readyz", || {
-            http(self.port, "GET", "/readyz", &[], b"").0 == 200
-        });
-        self
+impl Server {
+    /// Runs `cplane ARGS --database <its database>` and returns the standard output.
+    ///
+    /// # Panics
+    /// When the command fails.
+    pub fn cplane(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(crate::cargo_bin("cplane"))
+            .args(args)
+            .args(["--database", &self.database])
+            .env_remove("PRIMARY_CPLANE_API_URL")
+            .env_remove("INTER_REGION_SERVICE_TOKEN")
+            .output()
+            .expect("run cplane");
+        assert!(
+            out.status.success(),
+            "cplane {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every ref of the state repo's remote with the commit it names: what a write moves.
+    pub fn remote_refs(&self) -> Vec<(String, String)> {
+        let repo = git2::Repository::open_bare(&self.remote).expect("open the remote");
+        let mut refs: Vec<(String, String)> = repo
+            .references()
+            .expect("refs")
+            .filter_map(Result::ok)
+            .filter_map(|r| Some((r.name().ok()?.to_owned(), r.target()?.to_string())))
+            .collect();
+        refs.sort();
+        refs
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

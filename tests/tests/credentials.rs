@@ -7,41 +7,18 @@
 //! - `--expires-in` tokens are refused (401) once expired, even though never revoked.
 //! - `cplane cluster token list` shows ids, scopes and states, never a token.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cplane_e2e::serve::{http, remote_and_work, wait_for};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use cplane_e2e::serve::{http, wait_for, Serve, Server};
 
 /// `cplane serve` on a free port against `db`, with the template's clusters published.
-fn serve(dir: &Path, db: &str) -> (Server, u16) {
-    let (remote, _work, branch) = remote_and_work(dir);
-    let port = cplane_e2e::moto::free_port();
-    let child = Command::new(cplane_e2e::cargo_bin("cplane"))
-        .args(["serve", "--insecure-open-read", "--repo-url"])
-        .arg(format!("file://{}", remote.display()))
-        .args(["--branch", &branch, "--database", db, "--poll", "1h"])
-        .arg("--mirror")
-        .arg(dir.join("mirror.git"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start cplane serve");
-    let server = Server(child);
-    wait_for("the first run to publish w-acme", || {
-        http(port, "GET", "/readyz", &[], b"").0 == 200
-            && http(port, "GET", "/lookup/w-acme", &[], b"").0 == 200
-    });
+fn serve(dir: &std::path::Path, db: &str) -> (Server, u16) {
+    let server = Serve::new(dir)
+        .database(db)
+        .args(["--insecure-open-read"])
+        .start();
+    let port = server.port;
     (server, port)
 }
 

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use cplane_e2e::serve::{http, push, wait_for, webhook};
+use cplane_e2e::serve::{http, push, wait_for, webhook, Serve, SECRET};
 
 /// A child process, killed when dropped.
 struct Process(Child);
@@ -82,17 +82,15 @@ fn caddy_asks_cplane_before_a_certificate_and_routes_where_it_says() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let upstream_port = upstream();
     let upstream_flag = format!("127.0.0.1:{upstream_port}");
-    let cplane = cplane_e2e::serve::start(
-        tmp.path(),
-        &[
-            "--edge-upstream".as_ref(),
-            upstream_flag.as_ref(),
-            "--edge-rate-limit".as_ref(),
-            "1000".as_ref(),
-        ],
-        |_| {},
-    )
-    .ready();
+    let cplane = Serve::new(tmp.path())
+        .args(["--insecure-open-read", "--webhook-secret", SECRET])
+        .args([
+            "--edge-upstream",
+            &upstream_flag,
+            "--edge-rate-limit",
+            "1000",
+        ])
+        .start();
     let (port, work, branch) = (cplane.port, &cplane.work, &cplane.branch);
 
     // cplane's answers, asked directly.
@@ -215,12 +213,9 @@ https:// {{
 #[test]
 fn the_front_door_is_rate_limited_per_source() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let cplane = cplane_e2e::serve::start(
-        tmp.path(),
-        &["--edge-rate-limit".as_ref(), "2".as_ref()],
-        |_| {},
-    )
-    .ready();
+    let cplane = Serve::new(tmp.path())
+        .args(["--edge-rate-limit", "2"])
+        .start();
     let port = cplane.port;
     let ask = "/v1/public/tls-authorize?domain=w-acme.sgp-1.cogrion.com";
     // A burst of twice the rate passes; the next request is refused with a Retry-After. Other

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use cplane_e2e::pki::{agent_cert, ca, crl, leaf};
-use cplane_e2e::serve::wait_for;
+use cplane_e2e::serve::{wait_for, Serve};
 
 const HEADER: &str = "X-Amzn-Mtls-Clientcert";
 
@@ -59,9 +59,8 @@ fn a_trusted_proxys_forwarded_certificate_is_verified_like_a_direct_one() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     pki(dir);
-    let server = cplane_e2e::serve::start(
-        dir,
-        &[
+    let server = Serve::new(dir)
+        .args([
             "--client-ca".as_ref(),
             dir.join("cluster-ca.pem").as_os_str(),
             "--client-crl".as_ref(),
@@ -70,9 +69,8 @@ fn a_trusted_proxys_forwarded_certificate_is_verified_like_a_direct_one() {
             HEADER.as_ref(),
             "--trusted-proxy".as_ref(),
             "127.0.0.1/32".as_ref(),
-        ],
-        |_| {},
-    );
+        ])
+        .spawn();
     let port = server.port;
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     wait_for("/readyz", || curl(&url("/readyz"), "127.0.0.1", &[]) == 200);
@@ -123,9 +121,8 @@ fn a_revoked_certificate_fails_a_direct_handshake() {
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         1,
     );
-    let server = cplane_e2e::serve::start(
-        dir,
-        &[
+    let server = Serve::new(dir)
+        .args([
             "--tls-cert".as_ref(),
             dir.join("server.pem").as_os_str(),
             "--tls-key".as_ref(),
@@ -134,9 +131,8 @@ fn a_revoked_certificate_fails_a_direct_handshake() {
             dir.join("cluster-ca.pem").as_os_str(),
             "--client-crl".as_ref(),
             dir.join("cluster.crl").as_os_str(),
-        ],
-        |_| {},
-    );
+        ])
+        .spawn();
     let port = server.port;
     let ca_file = dir.join("server-ca.pem");
     let tls = |name: Option<&str>| {

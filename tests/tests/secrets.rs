@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use cplane_e2e::serve::{get_json, http, push, wait_for, webhook};
+use cplane_e2e::serve::{get_json, http, push, wait_for, webhook, Serve, SECRET};
 
 /// Marks every literal secret of this test, to look for afterwards.
 const MARK: &str = "hunter2-never-in-output";
@@ -43,12 +43,12 @@ fn database_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 fn secret_values_reach_no_log_database_answer_or_bundle() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let log = tmp.path().join("serve.log");
-    let stderr = fs::File::create(&log).expect("log");
-    let cplane = cplane_e2e::serve::start(tmp.path(), &[], |command| {
-        command.env("CPLANE_LOG", "debug").stderr(stderr);
-    })
-    .ready();
-    let (port, work, branch, db) = (cplane.port, &cplane.work, &cplane.branch, &cplane.db);
+    let cplane = Serve::new(tmp.path())
+        .args(["--insecure-open-read", "--webhook-secret", SECRET])
+        .env("CPLANE_LOG", "debug")
+        .stderr_to(&log)
+        .start();
+    let (port, work, branch, db) = (cplane.port, &cplane.work, &cplane.branch, &cplane.database);
 
     // A reference: accepted, and rendered as one.
     let acme = work.join("workspaces/acme.yaml");

@@ -114,12 +114,7 @@ fn a_burst_from_one_source_is_limited_and_another_source_is_not() {
 
 /// `cplane_webhook_deliveries_total` of the server on `port`: deliveries acted on.
 fn acted_on(port: u16) -> u64 {
-    http(port, "GET", "/metrics", &[], b"")
-        .1
-        .lines()
-        .find_map(|l| l.strip_prefix("cplane_webhook_deliveries_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    cplane_e2e::serve::metric(port, "cplane_webhook_deliveries_total") as u64
 }
 
 #[test]

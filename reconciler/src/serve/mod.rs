@@ -309,6 +309,14 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     })
 }
 
+/// Whether a path segment could be the id of something stored, so that it may be looked up.
+/// Ids are names (DNS labels, at most 253 bytes): one with a control character names nothing,
+/// and is not sent to the database either, where PostgreSQL refuses a NUL in text with an error
+/// (a `500` for what is simply not found).
+pub(super) fn possible_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 253 && !id.chars().any(char::is_control)
+}
+
 /// Resolves once the server is shutting down.
 async fn stop_requested(stopped: &mut tokio::sync::watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send: drop it here, not across an await.

@@ -22,6 +22,9 @@ pub(super) async fn lookup(
     State(sh): State<Arc<Shared>>,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
+    if !possible_id(&name) {
+        return api_error(StatusCode::NOT_FOUND, "no such workspace").into_response();
+    }
     match sh.db.lookup_entry(&name).await {
         Ok(Some(row)) => {
             Json(json!({ "region": row.region, "bff_url": row.bff_url })).into_response()

@@ -249,7 +249,7 @@ pub(super) async fn workspace(
 }
 
 /// `GET /v1/clusters/{cluster}/status`: the agent's last report, and whether it applied the
-/// current bundle.
+/// current bundle; `404` for a cluster with neither a published bundle nor a report.
 pub(super) async fn cluster_status(
     State(sh): State<Arc<Shared>>,
     Extension(grants): Extension<Grants>,
@@ -259,7 +259,7 @@ pub(super) async fn cluster_status(
         Ok(a) => a,
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     };
-    if !may_read_cluster(&grants, &accounts, &cluster) {
+    if !possible_id(&cluster) || !may_read_cluster(&grants, &accounts, &cluster) {
         return api_error(StatusCode::NOT_FOUND, format!("no cluster {cluster}")).into_response();
     }
     let current = sh
@@ -267,6 +267,11 @@ pub(super) async fn cluster_status(
         .head(&cluster)
         .map(|h| (h.digest.to_string(), h.generation));
     match sh.db.cluster_status(&cluster).await {
+        // Neither published nor ever reported: no such cluster, for admins as for everyone
+        // (not an empty status for any string put in the path).
+        Ok(None) if current.is_none() => {
+            api_error(StatusCode::NOT_FOUND, format!("no cluster {cluster}")).into_response()
+        }
         Ok(report) => {
             let in_sync = match (&current, &report) {
                 (Some((digest, _)), Some((r, _))) => r.digest == *digest,
