@@ -44,6 +44,25 @@
 //!   The in-process pipeline, which the hacks never touched, moved by as much between runs:
 //!   the spread is the shared machine's. Reading is not the cost (`source::read` 21-61 ms, below
 //!   `git cat-file`); rendering is. The realistic shapes miss the 1 s goal.
+//! - 2026-12-06, a quiet machine (load under 2, nothing else running), median of 7, the tree
+//!   at 78ab27a ("before") and after the session that moved tests to `cplane-e2e`, writes to
+//!   gix and added secret and edge checks, each bench on the repos its own tree generates:
+//!
+//!   | shape           | before   | after    | `git cat-file` |
+//!   |-----------------|----------|----------|----------------|
+//!   | mixed           |   479 ms |   508 ms |       71-72 ms |
+//!   | acme-copies     |   832 ms |   807 ms |       57 ms    |
+//!   | every-stack     |  1317 ms |  1321 ms |       63-64 ms |
+//!   | distinct-values |  1397 ms |  1630 ms |       69-75 ms |
+//!
+//!   Both binaries on the very same repos, runs interleaved: every-stack 1.26-1.46 s before,
+//!   1.25-1.30 s after; distinct-values 1.40-1.52 s before, 1.42-1.46 s after (and on a second
+//!   generated repo 2.03-2.35 s before, 1.77-1.97 s after). The code did not get slower; this
+//!   machine is slower than the one of the figures above, and two shapes miss the 1 s goal by
+//!   30-60 %. Profile of distinct-values (perf, self time): YAML parsing of rendered documents
+//!   that differ per workspace ~25 %, the kernel zeroing pages for the allocator ~9 % (mimalloc
+//!   purging and re-faulting; `MIMALLOC_PURGE_DELAY=-1` cuts system time from 0.15-0.2 s to
+//!   0.01-0.05 s), SHA-256 of the canonical bundles ~4.5 %, minijinja ~5 %.
 //! - libgit2 builds its TLS context when it starts, and OpenSSL then parses the system CA bundle
 //!   (144 certificates here): 30-45 ms, for HTTPS connections these commands never open.
 //!   libgit2 offers no option to defer it, and the environment is the user's: it stays.
