@@ -542,32 +542,46 @@ pub fn is_secret_name(key: &str) -> bool {
 /// A well-formed `secretRef` is the way to pass a secret and is not looked into further.
 /// Messages never quote the value: an error must not carry the secret it refuses.
 fn secret_problems(key: &str, value: &serde_json::Value, path: &str) -> Vec<(String, String)> {
-    fn walk(key: &str, v: &serde_json::Value, path: &str, found: &mut Vec<(String, String)>) {
+    /// `path` is one buffer, extended and cut back while walking: this runs for every value of
+    /// every workspace, and almost always finds nothing.
+    fn walk(
+        key: &str,
+        v: &serde_json::Value,
+        path: &mut String,
+        found: &mut Vec<(String, String)>,
+    ) {
         if key == "secretRef" {
             if let Some(message) = secret_ref_problem(v) {
-                found.push((path.to_owned(), message));
+                found.push((path.clone(), message));
             }
             return;
         }
+        let len = path.len();
         match v {
             serde_json::Value::String(s) if !s.is_empty() && is_secret_name(key) => {
-                found.push((path.to_owned(), secret_literal_message(key)));
+                found.push((path.clone(), secret_literal_message(key)));
             }
             serde_json::Value::Object(map) => {
                 for (k, v) in map {
-                    walk(k, v, &format!("{path}.{k}"), found);
+                    path.push('.');
+                    path.push_str(k);
+                    walk(k, v, path, found);
+                    path.truncate(len);
                 }
             }
             serde_json::Value::Array(items) => {
                 for (i, v) in items.iter().enumerate() {
-                    walk(key, v, &format!("{path}[{i}]"), found);
+                    use std::fmt::Write as _;
+                    let _ = write!(path, "[{i}]");
+                    walk(key, v, path, found);
+                    path.truncate(len);
                 }
             }
             _ => {}
         }
     }
     let mut found = Vec::new();
-    walk(key, value, path, &mut found);
+    walk(key, value, &mut path.to_owned(), &mut found);
     found
 }
 
