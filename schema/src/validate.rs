@@ -515,22 +515,22 @@ const SECRET_WORDS: [&str; 6] = [
 
 /// Whether a value key is named like a secret (see [`SECRET_WORDS`]).
 pub fn is_secret_name(key: &str) -> bool {
-    let mut words = Vec::new();
+    let is_secret = |w: &str| SECRET_WORDS.contains(&w) || w == "apikey";
     let mut word = String::new();
     let mut prev_lower = false;
     for c in key.chars() {
         if matches!(c, '_' | '-' | '.') || (c.is_uppercase() && prev_lower) {
-            words.push(std::mem::take(&mut word));
+            if is_secret(&word) {
+                return true;
+            }
+            word.clear();
         }
         if c.is_alphanumeric() {
             word.push(c.to_ascii_lowercase());
         }
         prev_lower = c.is_lowercase() || c.is_ascii_digit();
     }
-    words.push(word);
-    words
-        .iter()
-        .any(|w| SECRET_WORDS.contains(&w.as_str()) || w == "apikey")
+    is_secret(&word)
 }
 
 /// What is wrong with the secrets in a stack value, as (path, message) pairs:
