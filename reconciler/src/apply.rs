@@ -369,6 +369,7 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
     let tenant = Target::Tenant {
         role_arn: &w.role_arn,
         external_id: &w.external_id,
+        aws_region: &w.aws_region,
     };
     let db = &ctx.db;
     let kind = step

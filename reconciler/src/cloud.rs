@@ -31,6 +31,10 @@ pub enum Target<'a> {
         role_arn: &'a str,
         /// ExternalId agreed with the tenant.
         external_id: &'a str,
+        /// The AWS region of the tenant's regional resources: ACM certificates are requested
+        /// and looked up there (calls on a certificate ARN use the ARN's region). Route53 is
+        /// a global service and ignores it.
+        aws_region: &'a str,
     },
 }
 

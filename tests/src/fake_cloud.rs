@@ -15,8 +15,10 @@
 //!   not retryable). A DELETE of a record not there makes AWS reject the whole batch with "not
 //!   found", which the adapter treats as success: nothing of that batch is deleted. Records
 //!   outside the zone are `InvalidChangeBatch`; an unknown zone is `NoSuchHostedZone`.
-//! - Certificates: `RequestCertificate` with the same IdempotencyToken, domain, SANs and tags
-//!   returns the same ARN (for as long as that certificate exists). One validation CNAME per
+//! - Certificates are regional: requested in, and listed from, the target's `aws_region`
+//!   ([`DEFAULT_REGION`] when empty); their ARN names that region, and calls on an ARN reach
+//!   it wherever it lives. `RequestCertificate` with the same IdempotencyToken, domain, SANs and
+//!   tags in the same region returns the same ARN (for as long as that certificate exists). One validation CNAME per
 //!   base domain (the wildcard and the apex share it), published at once. A certificate is
 //!   ISSUED on the (N+1)-th describe that finds its validation record resolvable, N set by
 //!   [`FakeCloud::issue_after`] (default 2) — resolvable meaning present in a zone that is
@@ -51,6 +53,8 @@ pub const OPERATOR: &str = "123456789012";
 pub struct CertificateInfo {
     /// ARN.
     pub arn: String,
+    /// The AWS region it lives in (ACM is regional).
+    pub region: String,
     /// Primary domain.
     pub domain: String,
     /// `PENDING_VALIDATION` or `ISSUED`.
@@ -145,6 +149,19 @@ fn hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The region ACM calls of `t` go to: the tenant's, or [`DEFAULT_REGION`] when empty (as the
+/// adapter falls back to its configuration's region).
+fn acm_region(t: Target<'_>) -> &str {
+    match t {
+        Target::Tenant { aws_region, .. } if !aws_region.is_empty() => aws_region,
+        _ => DEFAULT_REGION,
+    }
+}
+
+fn region_of_arn(arn: &str) -> &str {
+    arn.split(':').nth(3).unwrap_or("")
 }
 
 fn account_of(t: Target<'_>) -> Result<String, Error> {
@@ -302,6 +319,7 @@ impl FakeCloud {
                     .iter()
                     .map(|(arn, c)| CertificateInfo {
                         arn: arn.clone(),
+                        region: region_of_arn(arn).to_owned(),
                         domain: c.domain.clone(),
                         status: c.status.clone(),
                         tags: c.tags.clone(),
@@ -718,7 +736,9 @@ impl Cloud for FakeCloud {
                     .map(|a| {
                         a.certificates
                             .iter()
-                            .filter(|(_, c)| c.domain == norm(domain))
+                            .filter(|(arn, c)| {
+                                c.domain == norm(domain) && region_of_arn(arn) == acm_region(t)
+                            })
                             .map(|(arn, c)| {
                                 let tagged = c.tags.iter().any(|(k, v)| k == tag.0 && v == tag.1);
                                 (arn.clone(), tagged)
@@ -773,7 +793,8 @@ impl Cloud for FakeCloud {
                 let names: BTreeSet<String> = std::iter::once(norm(domain))
                     .chain(sans.iter().map(|s| norm(s)))
                     .collect();
-                let key = format!("{idempotency_token}|{names:?}|{tag_list:?}");
+                let region = acm_region(t);
+                let key = format!("{region}|{idempotency_token}|{names:?}|{tag_list:?}");
                 let a = w.accounts.entry(account.clone()).or_default();
                 if let Some(arn) = a.tokens.get(&key) {
                     if a.certificates.contains_key(arn) {
@@ -783,7 +804,7 @@ impl Cloud for FakeCloud {
                 w.next += 1;
                 let n = w.next;
                 let arn = format!(
-                    "arn:aws:acm:us-east-1:{account}:certificate/{:016x}-{n:04}",
+                    "arn:aws:acm:{region}:{account}:certificate/{:016x}-{n:04}",
                     hash(&key)
                 );
                 let base = norm(domain).trim_start_matches("*.").to_owned();

@@ -355,6 +355,7 @@ async fn the_fake_keeps_the_route53_and_acm_rules_apply_relies_on() {
     let tenant = Target::Tenant {
         role_arn: "arn:aws:iam::444444444444:role/p",
         external_id: "x",
+        aws_region: "ap-southeast-1",
     };
     let parent = fake
         .create_zone(Target::Operator, "example.com", "p")

@@ -86,6 +86,7 @@ async fn assert_provisioned_once(aws: &Aws, parent: &str) {
         let t = Target::Tenant {
             role_arn: &role,
             external_id: ext,
+            aws_region: "ap-southeast-1",
         };
         let zones = aws.zones_by_name(t, zone).await.expect("zones");
         assert_eq!(
@@ -125,6 +126,11 @@ async fn assert_provisioned_once(aws: &Aws, parent: &str) {
             .expect("find")
             .expect("certificate");
         assert_eq!(cert.status, "ISSUED");
+        assert!(
+            cert.arn.starts_with(&format!("arn:aws:acm:ap-southeast-1:{account}:")),
+            "{id}: certificate in the tenant account and in sgp-1's AWS region, never the process's us-east-1: {}",
+            cert.arn
+        );
         assert!(
             cert.arn.contains(account),
             "{id}: certificate in the tenant account"
@@ -335,6 +341,7 @@ async fn removing_workspaces_deprovisions_delete_and_keeps_retain() {
     let initech = Target::Tenant {
         role_arn: &role,
         external_id: ext,
+        aws_region: "ap-southeast-1",
     };
     assert!(aws
         .zones_by_name(initech, "w-initech.dev.sgp-1.cogrion.com")

@@ -40,6 +40,9 @@ pub struct DesiredWorkspace {
     pub account: String,
     /// Tenant AWS account id.
     pub aws_account_id: String,
+    /// The AWS region of the tenant's regional resources (the ACM certificate): the Region
+    /// document's `spec.awsRegion`. Empty in rows written before it was recorded.
+    pub aws_region: String,
     /// Role cplane assumes in the tenant account.
     pub role_arn: String,
     /// ExternalId for that role.
@@ -186,6 +189,7 @@ pub fn desired_workspace(model: &Model, id: &str, scope: &Scope) -> Option<Desir
         environment: spec.environment.clone(),
         account: spec.account.clone(),
         aws_account_id: spec.aws.account_id.clone(),
+        aws_region: region.doc.spec.aws_region.clone(),
         role_arn: spec.aws.role_arn.clone(),
         external_id: spec.aws.external_id.clone(),
         zone_name: names.workspace_zone(id),
@@ -744,6 +748,16 @@ pub fn plan(
                         message: format!(
                             "workspace {id} moved from {}/{} to {}/{}: its zone, certificate and records belong to the old region; remove it and add it under a new id",
                             have.applied.region, have.applied.environment, want.region, want.environment
+                        ),
+                    });
+                } else if !have.applied.aws_region.is_empty()
+                    && have.applied.aws_region != want.aws_region
+                {
+                    b.plan.refused.push(Refusal {
+                        workspace: id.clone(),
+                        message: format!(
+                            "workspace {id} moved from AWS region {} to {} (its Region's spec.awsRegion changed): its certificate lives in {}; remove it and add it under a new id, or restore spec.awsRegion",
+                            have.applied.aws_region, want.aws_region, have.applied.aws_region
                         ),
                     });
                 } else {

@@ -10,6 +10,7 @@ fn ws(id: &str) -> DesiredWorkspace {
         environment: "prod".into(),
         account: format!("{id}-corp"),
         aws_account_id: "111111111111".into(),
+        aws_region: "ap-southeast-1".into(),
         role_arn: "arn:aws:iam::111111111111:role/cogrion-provisioner".into(),
         external_id: format!("{id}-ext"),
         zone_name: format!("w-{id}.sgp-1.cogrion.com"),
