@@ -354,6 +354,24 @@ async fn written_validation_records(
     }
 }
 
+/// Why a zone deletion waits: the records in it that cplane did not create, listed (up to ten).
+fn foreign_records_message(foreign: &[RecordSet]) -> String {
+    const SHOWN: usize = 10;
+    let mut list: Vec<String> = foreign
+        .iter()
+        .take(SHOWN)
+        .map(|r| format!("{} {}", r.name, r.rtype))
+        .collect();
+    if foreign.len() > SHOWN {
+        list.push(format!("and {} more", foreign.len() - SHOWN));
+    }
+    format!(
+        "zone holds {} record set(s) cplane did not create: {}; delete them, or run with --delete-foreign-records to delete them with the zone",
+        foreign.len(),
+        list.join(", ")
+    )
+}
+
 fn misfiled(row: StepKind, result: &StepResult) -> StepError {
     StepError::Misfiled {
         row,
@@ -575,7 +593,10 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
             .await?;
             Outcome::Done(format!("{} record(s) deleted", records.len()))
         }
-        Action::DeleteZone { zone } => {
+        Action::DeleteZone {
+            zone,
+            delete_foreign_records,
+        } => {
             let caller_reference = crate::plan::caller_reference(&w, generation(ctx, id));
             db.journal_begin(id, kind, &caller_reference).await?;
             let zone_id = match created_zone(db, id).await? {
@@ -586,7 +607,27 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                     .map(|z| z.id),
             };
             if let Some(zone_id) = &zone_id {
-                aws.delete_zone(tenant, zone_id).await?;
+                // Route53 refuses to delete a zone holding more than its apex records. What is
+                // left after cplane deleted its own records was written by someone else
+                // (external-dns, a person): never deleted silently.
+                match aws.list_records(tenant, zone_id).await {
+                    Ok(records) => {
+                        let foreign: Vec<RecordSet> = records
+                            .into_iter()
+                            .filter(|r| !(r.name == *zone && (r.rtype == "SOA" || r.rtype == "NS")))
+                            .collect();
+                        if !foreign.is_empty() {
+                            if !delete_foreign_records {
+                                return Ok(Outcome::Waiting(foreign_records_message(&foreign)));
+                            }
+                            aws.delete_records(tenant, zone_id, &foreign).await?;
+                        }
+                        aws.delete_zone(tenant, zone_id).await?;
+                    }
+                    // Deleted already (an earlier attempt whose answer was lost).
+                    Err(e) if e.code() == Some("NoSuchHostedZone") => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             db.journal_done(id, &StepResult::DeleteZone { zone_id })
                 .await?;

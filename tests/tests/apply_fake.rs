@@ -37,6 +37,8 @@ struct Rig {
     rev: String,
     parent: String,
     memo: Arc<Mutex<RenderMemo>>,
+    /// Planning options of every run (deletions confirmed).
+    options: Options,
 }
 
 impl Rig {
@@ -58,6 +60,10 @@ impl Rig {
             rev: rev.to_owned(),
             parent,
             memo: Arc::default(),
+            options: Options {
+                confirmed: true,
+                ..Options::default()
+            },
         }
     }
 
@@ -201,6 +207,26 @@ impl Rig {
         );
     }
 
+    /// A workspace removed with `Retain`: its zone and certificate stay in the tenant account,
+    /// its delegation in the operator's parent zone is gone.
+    fn assert_retained(&self, what: &str, account: &str, zone: &str) {
+        assert_eq!(
+            self.zones(account, zone).len(),
+            1,
+            "{what}: zone {zone} kept"
+        );
+        assert_eq!(
+            self.certificates(account, zone).len(),
+            1,
+            "{what}: certificate of {zone} kept"
+        );
+        assert_eq!(
+            self.delegation(zone),
+            None,
+            "{what}: no dangling delegation of retained {zone}"
+        );
+    }
+
     /// The template's three workspaces, provisioned once, with their rows.
     async fn assert_template_provisioned(&self, what: &str) {
         for (id, account, zone) in TEMPLATE {
@@ -323,8 +349,8 @@ async fn crash_after_every_deprovisioning_call_then_rerun_deletes_exactly_initec
         rig.converge(false).await;
         rig.cloud.mutation_log()
     };
-    // initech: delegation, certificate, validation record, zone.
-    assert_eq!(calls.len(), 4, "{calls:#?}");
+    // acme (Retain): its delegation. initech: delegation, certificate, validation record, zone.
+    assert_eq!(calls.len(), 5, "{calls:#?}");
     for (k, call) in calls.iter().enumerate() {
         let what = format!("crash after call {} ({call})", k + 1);
         let rig = provisioned(FakeCloud::new(), &repo, &first, &second).await;
@@ -334,7 +360,7 @@ async fn crash_after_every_deprovisioning_call_then_rerun_deletes_exactly_initec
         rig.cloud.heal();
         rig.converge(false).await;
         rig.assert_gone(&what, "333333333333", "w-initech.dev.sgp-1.cogrion.com");
-        rig.assert_provisioned_once(&what, "111111111111", "w-acme.sgp-1.cogrion.com", 1);
+        rig.assert_retained(&what, "111111111111", "w-acme.sgp-1.cogrion.com");
         rig.assert_provisioned_once(&what, "222222222222", "w-globex.sgp-1.cogrion.com", 1);
         let observed = rig.db.observe(&Scope::all()).await.expect("observe");
         let status = |id: &str| observed.tenants.get(id).map(|t| t.status.clone());
@@ -602,6 +628,8 @@ struct Expect {
     deleted: bool,
     /// Drift was applied and not repaired since (it was removed with Retain: kept as it is).
     drifted: bool,
+    /// Removed with Retain: zone and certificate kept, delegation removed.
+    retained: bool,
 }
 
 async fn check_history(workspaces: Vec<Generated>) {
@@ -643,10 +671,13 @@ async fn check_history(workspaces: Vec<Generated>) {
                 }
                 e.provisioned = Some(e.generation);
                 e.drifted = false;
+                e.retained = false;
             } else if e.provisioned.is_some() && w.delete[last_present(w, g)] {
                 e.provisioned = None;
                 e.deleted = true;
                 e.drifted = false;
+            } else if e.provisioned.is_some() {
+                e.retained = true;
             }
         }
         for (id, w) in IDS.iter().zip(&workspaces) {
@@ -655,6 +686,7 @@ async fn check_history(workspaces: Vec<Generated>) {
             let e = expect[id];
             match e.provisioned {
                 None => rig.assert_gone(&what, &account, &zone),
+                Some(_) if e.retained => rig.assert_retained(&what, &account, &zone),
                 Some(generation) if e.drifted => {
                     assert_eq!(
                         rig.zones(&account, &zone).len(),

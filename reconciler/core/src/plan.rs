@@ -389,6 +389,9 @@ pub struct Options {
     pub max_deletions: usize,
     /// Deletions above the threshold were confirmed (flag or commit trailer).
     pub confirmed: bool,
+    /// Deleting a removed workspace's zone also deletes the records cplane did not create
+    /// (e.g. external-dns's); without it, the deletion waits and lists them.
+    pub delete_foreign_records: bool,
 }
 
 impl Default for Options {
@@ -396,6 +399,7 @@ impl Default for Options {
         Self {
             max_deletions: 5,
             confirmed: false,
+            delete_foreign_records: false,
         }
     }
 }
@@ -473,10 +477,14 @@ pub enum Action {
         /// Zone.
         zone: String,
     },
-    /// Delete the delegated zone.
+    /// Delete the delegated zone. Records in it that cplane did not create (e.g. external-dns's)
+    /// make the step wait and list them, unless `delete_foreign_records`.
     DeleteZone {
         /// Zone.
         zone: String,
+        /// Also delete the records cplane did not create ([`Options::delete_foreign_records`]).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        delete_foreign_records: bool,
     },
     /// Restore a deleted or altered NS delegation (drift).
     RepairDelegation {
@@ -573,7 +581,16 @@ impl fmt::Display for Action {
             Action::DeleteValidationRecords { zone } => {
                 write!(f, "route53 validation CNAMEs in {zone}")
             }
-            Action::DeleteZone { zone } => write!(f, "route53 hosted zone {zone} (tenant account)"),
+            Action::DeleteZone {
+                zone,
+                delete_foreign_records,
+            } => {
+                write!(f, "route53 hosted zone {zone} (tenant account)")?;
+                if *delete_foreign_records {
+                    f.write_str(" with the records cplane did not create")?;
+                }
+                Ok(())
+            }
             Action::RepairDelegation { parent_zone, zone } => {
                 write!(f, "route53 NS {zone} in {parent_zone} (drift: restore)")
             }
@@ -735,6 +752,7 @@ pub fn plan(
             plan,
             workspace: id,
             observed,
+            options,
         };
         match (desired.get(id), observed.workspaces.get(id)) {
             (Some(want), Some(have))
@@ -927,7 +945,8 @@ fn provision(
     let tenant_step = match o.tenants.get(&want.id) {
         Some(row) if *row == tenant => None,
         found => {
-            let why = match (found, fresh || issued.is_some()) {
+            let re_added = have.is_some_and(|h| h.status == Status::Retained);
+            let why = match (found, fresh || re_added || issued.is_some()) {
                 (Some(_), false) => "drift: tenants row differs",
                 _ => reason,
             };
@@ -989,23 +1008,26 @@ fn deprovision(b: &mut Builder<'_>, have: &ObservedWorkspace) {
         None
     };
     let mut last = lookup.or(mark);
+    let zone = w.zone_name.clone();
+    // The delegation lives in the operator's parent zone: it goes whatever the policy, first,
+    // since a delegation to a zone nobody watches is a subdomain-takeover risk.
+    if b.touched(StepKind::DelegateZone) {
+        last = b
+            .cloud(
+                StepKind::RemoveDelegation,
+                Action::RemoveDelegation {
+                    parent_zone: w.parent_zone.clone(),
+                    zone: zone.clone(),
+                },
+                &[last],
+                "removed, any deletionPolicy",
+            )
+            .or(last);
+    }
+    // `Retain` keeps what lives in the tenant's account: certificate, records, zone.
     if w.deletion_policy == Policy::Delete {
-        let zone = w.zone_name.clone();
         let domain = format!("*.{zone}");
         let reason = "removed, deletionPolicy: Delete";
-        if b.touched(StepKind::DelegateZone) {
-            last = b
-                .cloud(
-                    StepKind::RemoveDelegation,
-                    Action::RemoveDelegation {
-                        parent_zone: w.parent_zone.clone(),
-                        zone: zone.clone(),
-                    },
-                    &[last],
-                    reason,
-                )
-                .or(last);
-        }
         if b.touched(StepKind::RequestCertificate) {
             last = b
                 .cloud(
@@ -1030,7 +1052,10 @@ fn deprovision(b: &mut Builder<'_>, have: &ObservedWorkspace) {
             last = b
                 .cloud(
                     StepKind::DeleteZone,
-                    Action::DeleteZone { zone },
+                    Action::DeleteZone {
+                        zone,
+                        delete_foreign_records: b.options.delete_foreign_records,
+                    },
                     &[last],
                     reason,
                 )

@@ -433,6 +433,7 @@ pub(super) async fn run_once(
     let options = Options {
         max_deletions: s.max_deletions,
         confirmed: false,
+        delete_foreign_records: s.delete_foreign_records,
     };
     let scope = s.scope.label();
     let started = Instant::now();

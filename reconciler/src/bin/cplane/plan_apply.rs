@@ -35,6 +35,7 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
         environments,
         max_deletions,
         confirm_deletions,
+        delete_foreign_records,
         deep_drift,
         every: _,
     } = args;
@@ -66,6 +67,7 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
             options: Options {
                 max_deletions: *max_deletions,
                 confirmed: *confirm_deletions,
+                delete_foreign_records: *delete_foreign_records,
             },
             dry_run,
             drift: if *deep_drift {
