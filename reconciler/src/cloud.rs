@@ -66,6 +66,8 @@ pub struct Certificate {
     pub status: String,
     /// DNS validation records, de-duplicated and sorted (wildcard and apex share one).
     pub validation_records: Vec<RecordSet>,
+    /// When it expires (issued certificates).
+    pub not_after: Option<std::time::SystemTime>,
 }
 
 /// The underlying cause of a failed call (an SDK error), kept for error chains.

@@ -40,6 +40,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use cplane_reconciler::cloud::{
     Certificate, Cloud, CloudFuture, Error, HostedZone, RecordSet, Target,
@@ -47,6 +48,12 @@ use cplane_reconciler::cloud::{
 
 /// The operator account's id.
 pub const OPERATOR: &str = "123456789012";
+
+/// How long an issued certificate is valid (ACM's 395 days).
+pub const CERTIFICATE_LIFETIME: Duration = Duration::from_secs(395 * 24 * 3600);
+
+/// The region of ACM calls whose target names none (the adapter's configured region).
+pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// A certificate as [`FakeCloud::certificates`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +101,7 @@ struct Cert {
     status: String,
     seen_valid: u32,
     in_use: bool,
+    not_after: Option<SystemTime>,
 }
 
 #[derive(Debug, Default)]
@@ -329,6 +337,31 @@ impl FakeCloud {
             .unwrap_or_default()
     }
 
+    /// Drift: sets a certificate's status and expiry (any account), as time or a revocation
+    /// would. Returns whether it exists.
+    pub fn set_certificate(&self, arn: &str, status: &str, not_after: Option<SystemTime>) -> bool {
+        let mut w = self.world();
+        let Some(c) = w
+            .accounts
+            .values_mut()
+            .find_map(|a| a.certificates.get_mut(arn))
+        else {
+            return false;
+        };
+        c.status = status.to_owned();
+        c.not_after = not_after;
+        true
+    }
+
+    /// Drift: deletes a hosted zone with whatever records it holds (any account), as someone
+    /// emptying and deleting it in the console would. Returns whether it was there.
+    pub fn drop_zone(&self, zone_id: &str) -> bool {
+        let mut w = self.world();
+        w.accounts
+            .values_mut()
+            .any(|a| a.zones.remove(zone_id).is_some())
+    }
+
     /// Drift: removes the record set `(name, rtype)` from a zone (any account), as a hand edit
     /// in the console would. Returns whether it was there.
     pub fn remove_record(&self, zone_id: &str, name: &str, rtype: &str) -> bool {
@@ -511,6 +544,7 @@ impl FakeCloud {
             c.seen_valid += 1;
             if c.seen_valid > issue_after {
                 c.status = "ISSUED".into();
+                c.not_after = Some(SystemTime::now() + CERTIFICATE_LIFETIME);
             }
         }
         Ok(Certificate {
@@ -518,6 +552,7 @@ impl FakeCloud {
             domain: c.domain.clone(),
             status: c.status.clone(),
             validation_records: vec![c.validation.clone()],
+            not_after: c.not_after,
         })
     }
 }
@@ -831,6 +866,7 @@ impl Cloud for FakeCloud {
                         status: "PENDING_VALIDATION".into(),
                         seen_valid: 0,
                         in_use: false,
+                        not_after: None,
                     },
                 );
                 Ok(arn)

@@ -380,6 +380,82 @@ pub struct Observed {
     /// time (a rotating sample: each check reads only a slice of tenant zones), as
     /// workspace → record name → values. Workspaces absent from the map were not checked.
     pub validation: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// Drift check: what else was wrong in the tenant accounts of the workspaces checked this
+    /// time (only workspaces with something wrong are present).
+    pub tenant_drift: BTreeMap<String, TenantDrift>,
+}
+
+/// What a drift check found wrong in a workspace's tenant account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantDrift {
+    /// The journaled hosted zone is gone.
+    pub zone: Option<ZoneDrift>,
+    /// The journaled certificate can no longer serve.
+    pub certificate: Option<CertificateDrift>,
+}
+
+/// A tenant zone found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneDrift {
+    /// Deleted, and no zone of that name is in the account: created again.
+    Deleted {
+        /// The deleted zone's id.
+        zone_id: String,
+    },
+    /// Deleted, and other zones of that name are in the account (not cplane's): reported,
+    /// never guessed at.
+    Replaced {
+        /// The deleted zone's id.
+        zone_id: String,
+        /// The zones of that name found instead.
+        found: Vec<String>,
+    },
+}
+
+/// A certificate found unable to serve: it is replaced by a new request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateDrift {
+    /// Deleted.
+    Deleted {
+        /// Its ARN.
+        arn: String,
+    },
+    /// `FAILED`, `EXPIRED`, `REVOKED`, `VALIDATION_TIMED_OUT` or `INACTIVE`.
+    Unusable {
+        /// Its ARN.
+        arn: String,
+        /// Its status.
+        status: String,
+    },
+    /// `ISSUED`, but expiring within the renewal window and not renewed by ACM.
+    Expiring {
+        /// Its ARN.
+        arn: String,
+        /// When it expires (RFC 3339, UTC).
+        not_after: String,
+    },
+}
+
+impl CertificateDrift {
+    /// The ARN of the certificate being replaced.
+    pub fn arn(&self) -> &str {
+        match self {
+            CertificateDrift::Deleted { arn }
+            | CertificateDrift::Unusable { arn, .. }
+            | CertificateDrift::Expiring { arn, .. } => arn,
+        }
+    }
+
+    /// Why it is replaced (a plan step's reason).
+    pub fn reason(&self) -> String {
+        match self {
+            CertificateDrift::Deleted { .. } => "drift: certificate deleted".into(),
+            CertificateDrift::Unusable { status, .. } => format!("drift: certificate {status}"),
+            CertificateDrift::Expiring { not_after, .. } => {
+                format!("drift: certificate expires {not_after}, not renewed")
+            }
+        }
+    }
 }
 
 /// Knobs of one planning run.
@@ -673,10 +749,30 @@ pub fn certificate_token(w: &DesiredWorkspace, generation: i64) -> String {
     hex::encode(digest)[..32].to_owned()
 }
 
+/// The CallerReference of a zone created again after `deleted_zone_id` was deleted by hand:
+/// deterministic (a retry finds it), and new (a CallerReference is used once, forever).
+pub fn recreate_caller_reference(
+    w: &DesiredWorkspace,
+    generation: i64,
+    deleted_zone_id: &str,
+) -> String {
+    format!("{}/z{deleted_zone_id}", caller_reference(w, generation))
+}
+
+/// The IdempotencyToken of the certificate replacing `replaced_arn`.
+pub fn replacement_token(w: &DesiredWorkspace, generation: i64, replaced_arn: &str) -> String {
+    let key = format!(
+        "{}/replaces/{replaced_arn}",
+        caller_reference(w, generation)
+    );
+    hex::encode(Sha256::digest(key.as_bytes()))[..32].to_owned()
+}
+
 struct Builder<'a> {
     plan: Plan,
     workspace: &'a str,
     observed: &'a Observed,
+    options: Options,
 }
 
 impl Builder<'_> {
@@ -803,6 +899,30 @@ fn provision(
     let o = b.observed;
     // A fresh generation starts with an empty journal (apply clears the old one first).
     let done = |b: &Builder<'_>, k| !fresh && b.done(k);
+    let drift = if fresh {
+        None
+    } else {
+        o.tenant_drift.get(&want.id)
+    };
+    if let Some(ZoneDrift::Replaced { zone_id, found }) = drift.and_then(|d| d.zone.as_ref()) {
+        b.plan.refused.push(Refusal {
+            workspace: want.id.clone(),
+            message: format!(
+                "drift: hosted zone {zone_id} ({}) was deleted from the tenant account, which now holds other zones of that name ({}) that cplane did not create: delete them, and cplane creates the zone again",
+                want.zone_name,
+                found.join(", ")
+            ),
+        });
+        return;
+    }
+    // A zone deleted by hand is created again (a new CallerReference), then delegated and
+    // given its validation records again.
+    let recreate = match drift.and_then(|d| d.zone.as_ref()) {
+        Some(ZoneDrift::Deleted { zone_id }) => Some(zone_id.as_str()),
+        _ => None,
+    };
+    // A deleted, failed or expiring certificate is replaced by a new request.
+    let replace = drift.and_then(|d| d.certificate.as_ref());
 
     let mut row = None;
     let row_differs = have.is_none_or(|h| h.applied != *want || h.status == Status::Retained);
@@ -825,7 +945,16 @@ fn provision(
         );
     }
     let zone = want.zone_name.clone();
-    let create = if done(b, StepKind::CreateZone) {
+    let create = if let Some(deleted) = recreate {
+        b.push(
+            Action::CreateZone {
+                zone: zone.clone(),
+                caller_reference: recreate_caller_reference(want, generation, deleted),
+            },
+            &[row],
+            "drift: tenant zone deleted",
+        )
+    } else if done(b, StepKind::CreateZone) {
         None
     } else {
         b.push(
@@ -837,7 +966,18 @@ fn provision(
             reason,
         )
     };
-    let delegate = if done(b, StepKind::DelegateZone) {
+    // A workspace re-added after a `Retain` removal had its delegation removed: delegate again.
+    let undelegated = done(b, StepKind::RemoveDelegation);
+    let delegate = if recreate.is_some() && done(b, StepKind::DelegateZone) {
+        b.push(
+            Action::RepairDelegation {
+                parent_zone: want.parent_zone.clone(),
+                zone: zone.clone(),
+            },
+            &[create],
+            "drift: tenant zone created again",
+        )
+    } else if done(b, StepKind::DelegateZone) && !undelegated {
         // Drift: the delegation was observed missing or altered.
         let expected = o
             .journal
@@ -878,11 +1018,26 @@ fn provision(
                 zone: zone.clone(),
             },
             &[create],
-            reason,
+            if undelegated {
+                "re-added: its delegation was removed"
+            } else {
+                reason
+            },
         )
     };
     let domain = format!("*.{zone}");
-    let request = if done(b, StepKind::RequestCertificate) {
+    let replacement_reason = replace.map(CertificateDrift::reason);
+    let request = if let Some(old) = replace {
+        b.push(
+            Action::RequestCertificate {
+                domain: domain.clone(),
+                san: zone.clone(),
+                token: replacement_token(want, generation, old.arn()),
+            },
+            &[row],
+            replacement_reason.as_deref().unwrap_or(reason),
+        )
+    } else if done(b, StepKind::RequestCertificate) {
         None
     } else {
         b.push(
@@ -895,41 +1050,64 @@ fn provision(
             reason,
         )
     };
-    let records = if done(b, StepKind::ValidationRecords) {
-        // Drift: compare the recorded validation CNAMEs with what a sampled check found.
-        let expected: Vec<(String, Vec<String>)> = o
-            .journal
-            .get(&(want.id.clone(), StepKind::ValidationRecords))
-            .and_then(|j| match &j.result {
-                Some(StepResult::ValidationRecords { records }) => Some(records),
+    // A certificate (being) requested again needs its records and its wait again, whatever
+    // the journal says of the one before (apply forgets them once the new request is done).
+    let records =
+        if recreate.is_some() || (request.is_some() && done(b, StepKind::ValidationRecords)) {
+            let why = if recreate.is_some() {
+                "drift: tenant zone created again"
+            } else if replace.is_some() {
+                "drift: certificate replaced"
+            } else {
+                reason
+            };
+            b.push(
+                Action::RepairValidationRecords { zone: zone.clone() },
+                &[create, request],
+                why,
+            )
+        } else if done(b, StepKind::ValidationRecords) {
+            // Drift: compare the recorded validation CNAMEs with what a sampled check found.
+            let expected: Vec<(String, Vec<String>)> = o
+                .journal
+                .get(&(want.id.clone(), StepKind::ValidationRecords))
+                .and_then(|j| match &j.result {
+                    Some(StepResult::ValidationRecords { records }) => Some(records),
+                    _ => None,
+                })
+                .into_iter()
+                .flatten()
+                .map(|r| (r.name.clone(), r.values.clone()))
+                .collect();
+            match o.validation.get(&want.id) {
+                Some(found)
+                    if expected
+                        .iter()
+                        .any(|(name, values)| found.get(name) != Some(values)) =>
+                {
+                    b.push(
+                        Action::RepairValidationRecords { zone: zone.clone() },
+                        &[],
+                        "drift: validation record missing or altered",
+                    )
+                }
                 _ => None,
-            })
-            .into_iter()
-            .flatten()
-            .map(|r| (r.name.clone(), r.values.clone()))
-            .collect();
-        match o.validation.get(&want.id) {
-            Some(found)
-                if expected
-                    .iter()
-                    .any(|(name, values)| found.get(name) != Some(values)) =>
-            {
-                b.push(
-                    Action::RepairValidationRecords { zone: zone.clone() },
-                    &[],
-                    "drift: validation record missing or altered",
-                )
             }
-            _ => None,
-        }
-    } else {
-        b.push(
-            Action::ValidationRecords { zone: zone.clone() },
-            &[create, request],
-            reason,
-        )
-    };
-    let issued = if done(b, StepKind::AwaitCertificate) {
+        } else {
+            b.push(
+                Action::ValidationRecords { zone: zone.clone() },
+                &[create, request],
+                reason,
+            )
+        };
+    let issued = if request.is_some() && done(b, StepKind::AwaitCertificate) {
+        let why = if replace.is_some() {
+            "drift: certificate replaced"
+        } else {
+            reason
+        };
+        b.push(Action::AwaitCertificate { domain }, &[records], why)
+    } else if done(b, StepKind::AwaitCertificate) {
         None
     } else {
         b.push(Action::AwaitCertificate { domain }, &[records], reason)

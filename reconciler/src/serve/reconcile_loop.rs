@@ -533,7 +533,7 @@ pub(super) async fn run_once(
         scope: s.scope.clone(),
         options,
         dry_run: false,
-        drift: Sample::OneIn(800),
+        drift: Sample::HOURLY,
         memo: Some(shared.render_memo.clone()),
     };
     Some(

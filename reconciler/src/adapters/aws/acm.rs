@@ -147,6 +147,9 @@ impl Aws {
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_default(),
             validation_records: records,
+            not_after: cert
+                .not_after()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
         })
     }
 

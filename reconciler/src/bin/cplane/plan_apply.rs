@@ -73,7 +73,7 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
             drift: if *deep_drift {
                 cplane_reconciler::aws::observe::Sample::All
             } else {
-                cplane_reconciler::aws::observe::Sample::OneIn(800)
+                cplane_reconciler::aws::observe::Sample::HOURLY
             },
             memo: None,
         };
