@@ -74,7 +74,7 @@ async fn main() {
             scope: plan::Scope::all(),
             options: Options::default(),
             dry_run: false,
-            drift: cplane_reconciler::aws::observe::Sample::OneIn(800),
+            drift: cplane_reconciler::aws::observe::Sample::HOURLY,
             memo: None,
         };
         let RunResult::Planned { plan, report, .. } = reconcile::run(

@@ -62,6 +62,8 @@ pub struct Settings {
     pub scope: crate::plan::Scope,
     /// Deletion threshold (for `GET /v1/plan`).
     pub max_deletions: usize,
+    /// Whether zone deletions also delete records cplane did not create (for `GET /v1/plan`).
+    pub delete_foreign_records: bool,
 }
 
 /// A function that starts a reconcile.
@@ -619,6 +621,7 @@ async fn plan(
     let mut options = crate::plan::Options {
         max_deletions: api.settings.max_deletions,
         confirmed: false,
+        delete_foreign_records: api.settings.delete_foreign_records,
     };
     if let Some(n) = confirmed {
         let removing = observed

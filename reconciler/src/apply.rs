@@ -289,6 +289,31 @@ async fn db_step(ctx: &Context, step: &Step) -> Result<Outcome, StepError> {
 /// Ownership tag on certificates: `cplane:workspace` = `w-{id}/g{generation}`.
 pub const OWNER_TAG: &str = "cplane:workspace";
 
+/// The IdempotencyToken a certificate was requested with, as a tag: a retry whose answer was
+/// lost finds exactly that request's certificate (a replacement shares the owner tag with the
+/// certificate it replaces).
+pub const TOKEN_TAG: &str = "cplane:token";
+
+/// After a replacement: a certificate that can no longer serve (failed, expired, revoked,
+/// timed out, inactive) is deleted; an `ISSUED` one (expiring, perhaps still attached to a
+/// load balancer) is left for ACM to expire. Returns what the step's output adds.
+async fn retire_certificate(
+    aws: &dyn Cloud,
+    tenant: Target<'_>,
+    old: &str,
+) -> Result<String, StepError> {
+    let status = match aws.describe_certificate(tenant, old).await {
+        Ok(c) => c.status,
+        Err(e) if e.code() == Some("ResourceNotFoundException") => return Ok(String::new()),
+        Err(e) => return Err(e.into()),
+    };
+    if matches!(status.as_str(), "ISSUED" | "PENDING_VALIDATION") {
+        return Ok(format!(", replacing {old} ({status}, left to expire)"));
+    }
+    aws.delete_certificate(tenant, old).await?;
+    Ok(format!(", replacing {old} ({status}, deleted)"))
+}
+
 fn owner(ctx: &Context, id: &str) -> String {
     format!("w-{id}/g{}", generation(ctx, id))
 }
@@ -354,6 +379,24 @@ async fn written_validation_records(
     }
 }
 
+/// Why a zone deletion waits: the records in it that cplane did not create, listed (up to ten).
+fn foreign_records_message(foreign: &[RecordSet]) -> String {
+    const SHOWN: usize = 10;
+    let mut list: Vec<String> = foreign
+        .iter()
+        .take(SHOWN)
+        .map(|r| format!("{} {}", r.name, r.rtype))
+        .collect();
+    if foreign.len() > SHOWN {
+        list.push(format!("and {} more", foreign.len() - SHOWN));
+    }
+    format!(
+        "zone holds {} record set(s) cplane did not create: {}; delete them, or run with --delete-foreign-records to delete them with the zone",
+        foreign.len(),
+        list.join(", ")
+    )
+}
+
 fn misfiled(row: StepKind, result: &StepResult) -> StepError {
     StepError::Misfiled {
         row,
@@ -369,6 +412,7 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
     let tenant = Target::Tenant {
         role_arn: &w.role_arn,
         external_id: &w.external_id,
+        aws_region: &w.aws_region,
     };
     let db = &ctx.db;
     let kind = step
@@ -381,6 +425,13 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
             zone,
             caller_reference,
         } => {
+            // A zone created again after a deletion (drift) has a CallerReference of its own;
+            // a create begun and not done is resumed with the one it was begun with.
+            let caller_reference = match db.journal_pending(id, kind).await? {
+                Some((begun, _)) => begun,
+                None => caller_reference.clone(),
+            };
+            let caller_reference = &caller_reference;
             let attempt = db.journal_begin(id, kind, caller_reference).await?;
             // A second attempt may follow a create whose answer was lost: look up first.
             let found = if attempt > 1 {
@@ -430,15 +481,35 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                 },
             )
             .await?;
+            // Delegated again after a `Retain` removal: the removal no longer holds.
+            db.journal_forget(id, StepKind::RemoveDelegation).await?;
             Outcome::Done(format!("NS in {parent_zone}"))
         }
         Action::RequestCertificate { domain, san, token } => {
             let tag = owner(ctx, id);
+            // A replacement (drift: the recorded certificate was deleted, failed or expires)
+            // has a token of its own and replaces the recorded certificate. A request begun
+            // and not done is resumed with the token it was begun with, whatever was planned.
+            let (token, replaced) = match db.journal_pending(id, kind).await? {
+                Some((begun, previous)) => (begun, previous),
+                None => (token.clone(), requested_certificate(db, id).await?),
+            };
+            let token = &token;
             let attempt = db.journal_begin(id, kind, token).await?;
             let found = if attempt > 1 {
-                aws.find_certificate(tenant, domain, (OWNER_TAG, &tag))
-                    .await?
-                    .map(|c| c.arn)
+                // By the request's own token tag; certificates requested before that tag
+                // existed are found by the owner tag (only the generation's first request).
+                let mut found = aws
+                    .find_certificate(tenant, domain, (TOKEN_TAG, token))
+                    .await?;
+                if found.is_none()
+                    && *token == crate::plan::certificate_token(&w, generation(ctx, id))
+                {
+                    found = aws
+                        .find_certificate(tenant, domain, (OWNER_TAG, &tag))
+                        .await?;
+                }
+                found.map(|c| c.arn)
             } else {
                 None
             };
@@ -452,15 +523,22 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                         token,
                         &[
                             (OWNER_TAG, tag.as_str()),
+                            (TOKEN_TAG, token.as_str()),
                             ("cplane:region", w.region.as_str()),
                         ],
                     )
                     .await?
                 }
             };
-            let done = format!("certificate {arn}");
-            db.journal_done(id, &StepResult::RequestCertificate { arn })
+            let mut done = format!("certificate {arn}");
+            db.journal_done(id, &StepResult::RequestCertificate { arn: arn.clone() })
                 .await?;
+            if let Some(old) = replaced.filter(|old| *old != arn) {
+                // The new certificate needs its validation records and its wait again.
+                db.journal_forget(id, StepKind::ValidationRecords).await?;
+                db.journal_forget(id, StepKind::AwaitCertificate).await?;
+                done.push_str(&retire_certificate(aws, tenant, &old).await?);
+            }
             Outcome::Done(done)
         }
         Action::ValidationRecords { zone } | Action::RepairValidationRecords { zone } => {
@@ -574,7 +652,10 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
             .await?;
             Outcome::Done(format!("{} record(s) deleted", records.len()))
         }
-        Action::DeleteZone { zone } => {
+        Action::DeleteZone {
+            zone,
+            delete_foreign_records,
+        } => {
             let caller_reference = crate::plan::caller_reference(&w, generation(ctx, id));
             db.journal_begin(id, kind, &caller_reference).await?;
             let zone_id = match created_zone(db, id).await? {
@@ -585,7 +666,27 @@ async fn cloud_step(ctx: &Context, aws: &dyn Cloud, step: &Step) -> Result<Outco
                     .map(|z| z.id),
             };
             if let Some(zone_id) = &zone_id {
-                aws.delete_zone(tenant, zone_id).await?;
+                // Route53 refuses to delete a zone holding more than its apex records. What is
+                // left after cplane deleted its own records was written by someone else
+                // (external-dns, a person): never deleted silently.
+                match aws.list_records(tenant, zone_id).await {
+                    Ok(records) => {
+                        let foreign: Vec<RecordSet> = records
+                            .into_iter()
+                            .filter(|r| !(r.name == *zone && (r.rtype == "SOA" || r.rtype == "NS")))
+                            .collect();
+                        if !foreign.is_empty() {
+                            if !delete_foreign_records {
+                                return Ok(Outcome::Waiting(foreign_records_message(&foreign)));
+                            }
+                            aws.delete_records(tenant, zone_id, &foreign).await?;
+                        }
+                        aws.delete_zone(tenant, zone_id).await?;
+                    }
+                    // Deleted already (an earlier attempt whose answer was lost).
+                    Err(e) if e.code() == Some("NoSuchHostedZone") => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             db.journal_done(id, &StepResult::DeleteZone { zone_id })
                 .await?;

@@ -31,6 +31,10 @@ pub enum Target<'a> {
         role_arn: &'a str,
         /// ExternalId agreed with the tenant.
         external_id: &'a str,
+        /// The AWS region of the tenant's regional resources: ACM certificates are requested
+        /// and looked up there (calls on a certificate ARN use the ARN's region). Route53 is
+        /// a global service and ignores it.
+        aws_region: &'a str,
     },
 }
 
@@ -62,6 +66,8 @@ pub struct Certificate {
     pub status: String,
     /// DNS validation records, de-duplicated and sorted (wildcard and apex share one).
     pub validation_records: Vec<RecordSet>,
+    /// When it expires (issued certificates).
+    pub not_after: Option<std::time::SystemTime>,
 }
 
 /// The underlying cause of a failed call (an SDK error), kept for error chains.

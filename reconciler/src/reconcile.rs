@@ -27,7 +27,8 @@ pub struct Request {
     pub options: Options,
     /// Only plan.
     pub dry_run: bool,
-    /// Which tenant zones the drift check reads (parent zones are always read in full).
+    /// Which tenant zones the drift check reads (parent zones are always read in full):
+    /// [`Sample::HOURLY`] by default.
     pub drift: Sample,
     /// Digests of earlier runs' bundles: clusters whose inputs did not change are not rendered
     /// again (a long-running server keeps one; one-shot runs pass `None`).
@@ -143,10 +144,26 @@ pub async fn run_with(
                 Ok(found) => observed.delegations = Some(found),
                 Err(e) => notes.push(format!("drift check of NS delegations skipped: {e}")),
             }
-            // A new slice of tenant zones every drift period (3 minutes).
-            let epoch = u64::try_from(started_at / 180_000).unwrap_or(0);
-            match observe::validation(aws, &desired, &observed, request.drift, epoch).await {
-                Ok(found) => observed.validation = found,
+            // The tenant zones whose slot fell since the previous check (each at least once
+            // per period); a dry run reads the same window and records nothing.
+            let previous = db.drift_checked_until(&scope).await?;
+            let window = request.drift.window(previous, started_at);
+            match observe::tenants(
+                aws,
+                &desired,
+                &observed,
+                window,
+                std::time::SystemTime::now(),
+            )
+            .await
+            {
+                Ok(found) => {
+                    observed.validation = found.validation;
+                    observed.tenant_drift = found.drift;
+                    if !request.dry_run {
+                        db.set_drift_checked_until(&scope, started_at).await?;
+                    }
+                }
                 Err(e) => notes.push(format!("drift check of validation records skipped: {e}")),
             }
         }

@@ -15,8 +15,10 @@
 //!   not retryable). A DELETE of a record not there makes AWS reject the whole batch with "not
 //!   found", which the adapter treats as success: nothing of that batch is deleted. Records
 //!   outside the zone are `InvalidChangeBatch`; an unknown zone is `NoSuchHostedZone`.
-//! - Certificates: `RequestCertificate` with the same IdempotencyToken, domain, SANs and tags
-//!   returns the same ARN (for as long as that certificate exists). One validation CNAME per
+//! - Certificates are regional: requested in, and listed from, the target's `aws_region`
+//!   ([`DEFAULT_REGION`] when empty); their ARN names that region, and calls on an ARN reach
+//!   it wherever it lives. `RequestCertificate` with the same IdempotencyToken, domain, SANs and
+//!   tags in the same region returns the same ARN (for as long as that certificate exists). One validation CNAME per
 //!   base domain (the wildcard and the apex share it), published at once. A certificate is
 //!   ISSUED on the (N+1)-th describe that finds its validation record resolvable, N set by
 //!   [`FakeCloud::issue_after`] (default 2) — resolvable meaning present in a zone that is
@@ -38,6 +40,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use cplane_reconciler::cloud::{
     Certificate, Cloud, CloudFuture, Error, HostedZone, RecordSet, Target,
@@ -46,11 +49,19 @@ use cplane_reconciler::cloud::{
 /// The operator account's id.
 pub const OPERATOR: &str = "123456789012";
 
+/// How long an issued certificate is valid (ACM's 395 days).
+pub const CERTIFICATE_LIFETIME: Duration = Duration::from_secs(395 * 24 * 3600);
+
+/// The region of ACM calls whose target names none (the adapter's configured region).
+pub const DEFAULT_REGION: &str = "us-east-1";
+
 /// A certificate as [`FakeCloud::certificates`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateInfo {
     /// ARN.
     pub arn: String,
+    /// The AWS region it lives in (ACM is regional).
+    pub region: String,
     /// Primary domain.
     pub domain: String,
     /// `PENDING_VALIDATION` or `ISSUED`.
@@ -90,6 +101,7 @@ struct Cert {
     status: String,
     seen_valid: u32,
     in_use: bool,
+    not_after: Option<SystemTime>,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +157,19 @@ fn hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The region ACM calls of `t` go to: the tenant's, or [`DEFAULT_REGION`] when empty (as the
+/// adapter falls back to its configuration's region).
+fn acm_region(t: Target<'_>) -> &str {
+    match t {
+        Target::Tenant { aws_region, .. } if !aws_region.is_empty() => aws_region,
+        _ => DEFAULT_REGION,
+    }
+}
+
+fn region_of_arn(arn: &str) -> &str {
+    arn.split(':').nth(3).unwrap_or("")
 }
 
 fn account_of(t: Target<'_>) -> Result<String, Error> {
@@ -302,6 +327,7 @@ impl FakeCloud {
                     .iter()
                     .map(|(arn, c)| CertificateInfo {
                         arn: arn.clone(),
+                        region: region_of_arn(arn).to_owned(),
                         domain: c.domain.clone(),
                         status: c.status.clone(),
                         tags: c.tags.clone(),
@@ -309,6 +335,31 @@ impl FakeCloud {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Drift: sets a certificate's status and expiry (any account), as time or a revocation
+    /// would. Returns whether it exists.
+    pub fn set_certificate(&self, arn: &str, status: &str, not_after: Option<SystemTime>) -> bool {
+        let mut w = self.world();
+        let Some(c) = w
+            .accounts
+            .values_mut()
+            .find_map(|a| a.certificates.get_mut(arn))
+        else {
+            return false;
+        };
+        c.status = status.to_owned();
+        c.not_after = not_after;
+        true
+    }
+
+    /// Drift: deletes a hosted zone with whatever records it holds (any account), as someone
+    /// emptying and deleting it in the console would. Returns whether it was there.
+    pub fn drop_zone(&self, zone_id: &str) -> bool {
+        let mut w = self.world();
+        w.accounts
+            .values_mut()
+            .any(|a| a.zones.remove(zone_id).is_some())
     }
 
     /// Drift: removes the record set `(name, rtype)` from a zone (any account), as a hand edit
@@ -493,6 +544,7 @@ impl FakeCloud {
             c.seen_valid += 1;
             if c.seen_valid > issue_after {
                 c.status = "ISSUED".into();
+                c.not_after = Some(SystemTime::now() + CERTIFICATE_LIFETIME);
             }
         }
         Ok(Certificate {
@@ -500,6 +552,7 @@ impl FakeCloud {
             domain: c.domain.clone(),
             status: c.status.clone(),
             validation_records: vec![c.validation.clone()],
+            not_after: c.not_after,
         })
     }
 }
@@ -718,7 +771,9 @@ impl Cloud for FakeCloud {
                     .map(|a| {
                         a.certificates
                             .iter()
-                            .filter(|(_, c)| c.domain == norm(domain))
+                            .filter(|(arn, c)| {
+                                c.domain == norm(domain) && region_of_arn(arn) == acm_region(t)
+                            })
                             .map(|(arn, c)| {
                                 let tagged = c.tags.iter().any(|(k, v)| k == tag.0 && v == tag.1);
                                 (arn.clone(), tagged)
@@ -773,7 +828,8 @@ impl Cloud for FakeCloud {
                 let names: BTreeSet<String> = std::iter::once(norm(domain))
                     .chain(sans.iter().map(|s| norm(s)))
                     .collect();
-                let key = format!("{idempotency_token}|{names:?}|{tag_list:?}");
+                let region = acm_region(t);
+                let key = format!("{region}|{idempotency_token}|{names:?}|{tag_list:?}");
                 let a = w.accounts.entry(account.clone()).or_default();
                 if let Some(arn) = a.tokens.get(&key) {
                     if a.certificates.contains_key(arn) {
@@ -783,7 +839,7 @@ impl Cloud for FakeCloud {
                 w.next += 1;
                 let n = w.next;
                 let arn = format!(
-                    "arn:aws:acm:us-east-1:{account}:certificate/{:016x}-{n:04}",
+                    "arn:aws:acm:{region}:{account}:certificate/{:016x}-{n:04}",
                     hash(&key)
                 );
                 let base = norm(domain).trim_start_matches("*.").to_owned();
@@ -810,6 +866,7 @@ impl Cloud for FakeCloud {
                         status: "PENDING_VALIDATION".into(),
                         seen_valid: 0,
                         in_use: false,
+                        not_after: None,
                     },
                 );
                 Ok(arn)

@@ -37,6 +37,8 @@ struct Rig {
     rev: String,
     parent: String,
     memo: Arc<Mutex<RenderMemo>>,
+    /// Planning options of every run (deletions confirmed).
+    options: Options,
 }
 
 impl Rig {
@@ -58,6 +60,10 @@ impl Rig {
             rev: rev.to_owned(),
             parent,
             memo: Arc::default(),
+            options: Options {
+                confirmed: true,
+                ..Options::default()
+            },
         }
     }
 
@@ -69,10 +75,7 @@ impl Rig {
         };
         let request = Request {
             scope: Scope::all(),
-            options: Options {
-                confirmed: true,
-                ..Options::default()
-            },
+            options: self.options,
             dry_run,
             drift: Sample::All,
             // Clusters whose inputs did not change are not rendered again (as in `serve`).
@@ -201,6 +204,26 @@ impl Rig {
         );
     }
 
+    /// A workspace removed with `Retain`: its zone and certificate stay in the tenant account,
+    /// its delegation in the operator's parent zone is gone.
+    fn assert_retained(&self, what: &str, account: &str, zone: &str) {
+        assert_eq!(
+            self.zones(account, zone).len(),
+            1,
+            "{what}: zone {zone} kept"
+        );
+        assert_eq!(
+            self.certificates(account, zone).len(),
+            1,
+            "{what}: certificate of {zone} kept"
+        );
+        assert_eq!(
+            self.delegation(zone),
+            None,
+            "{what}: no dangling delegation of retained {zone}"
+        );
+    }
+
     /// The template's three workspaces, provisioned once, with their rows.
     async fn assert_template_provisioned(&self, what: &str) {
         for (id, account, zone) in TEMPLATE {
@@ -323,8 +346,8 @@ async fn crash_after_every_deprovisioning_call_then_rerun_deletes_exactly_initec
         rig.converge(false).await;
         rig.cloud.mutation_log()
     };
-    // initech: delegation, certificate, validation record, zone.
-    assert_eq!(calls.len(), 4, "{calls:#?}");
+    // acme (Retain): its delegation. initech: delegation, certificate, validation record, zone.
+    assert_eq!(calls.len(), 5, "{calls:#?}");
     for (k, call) in calls.iter().enumerate() {
         let what = format!("crash after call {} ({call})", k + 1);
         let rig = provisioned(FakeCloud::new(), &repo, &first, &second).await;
@@ -334,7 +357,7 @@ async fn crash_after_every_deprovisioning_call_then_rerun_deletes_exactly_initec
         rig.cloud.heal();
         rig.converge(false).await;
         rig.assert_gone(&what, "333333333333", "w-initech.dev.sgp-1.cogrion.com");
-        rig.assert_provisioned_once(&what, "111111111111", "w-acme.sgp-1.cogrion.com", 1);
+        rig.assert_retained(&what, "111111111111", "w-acme.sgp-1.cogrion.com");
         rig.assert_provisioned_once(&what, "222222222222", "w-globex.sgp-1.cogrion.com", 1);
         let observed = rig.db.observe(&Scope::all()).await.expect("observe");
         let status = |id: &str| observed.tenants.get(id).map(|t| t.status.clone());
@@ -355,6 +378,7 @@ async fn the_fake_keeps_the_route53_and_acm_rules_apply_relies_on() {
     let tenant = Target::Tenant {
         role_arn: "arn:aws:iam::444444444444:role/p",
         external_id: "x",
+        aws_region: "ap-southeast-1",
     };
     let parent = fake
         .create_zone(Target::Operator, "example.com", "p")
@@ -526,6 +550,83 @@ async fn a_workspace_recreated_after_deletion_converges_in_one_run() {
         "w-initech.dev.sgp-1.cogrion.com",
         2,
     );
+    // acme was retained: same generation, same zone and certificate, delegated again.
+    rig.assert_provisioned_once("re-added", "111111111111", "w-acme.sgp-1.cogrion.com", 1);
+}
+
+/// A zone that still holds records cplane did not create (external-dns's) is not deleted and
+/// not retried into `HostedZoneNotEmpty`: the step waits and names them; with
+/// `delete_foreign_records` they go with the zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_with_foreign_records_waits_and_lists_them_until_told_to_delete_them() {
+    let (repo, first, second) = offboarding();
+    let mut rig = provisioned(FakeCloud::new(), &repo, &first, &second).await;
+    let zone = "w-initech.dev.sgp-1.cogrion.com";
+    let account = "333333333333";
+    let zone_id = rig.zones(account, zone)[0].id.clone();
+    let tenant = Target::Tenant {
+        role_arn: "arn:aws:iam::333333333333:role/cogrion-provisioner",
+        external_id: "initech-0d5e8a17",
+        aws_region: "ap-southeast-1",
+    };
+    let foreign = [
+        ("trino.w-initech.dev.sgp-1.cogrion.com", "A", "203.0.113.7"),
+        (
+            "superset.w-initech.dev.sgp-1.cogrion.com",
+            "A",
+            "203.0.113.8",
+        ),
+    ]
+    .map(|(name, rtype, value)| cplane_reconciler::cloud::RecordSet {
+        name: name.into(),
+        rtype: rtype.into(),
+        ttl: 60,
+        values: vec![value.into()],
+    });
+    rig.cloud
+        .upsert_records(tenant, &zone_id, &foreign)
+        .await
+        .expect("external-dns writes");
+    for run in 1..=3 {
+        let (plan, report, outcome) = rig.run(false).await;
+        assert_eq!(outcome, RunOutcome::Converging, "run {run}");
+        let report = report.expect("applied");
+        let waiting: Vec<String> = plan
+            .steps
+            .iter()
+            .zip(&report.outcomes)
+            .filter_map(|(s, o)| match o {
+                cplane_reconciler::apply::Outcome::Waiting(why) => {
+                    Some(format!("{}: {why}", s.workspace))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            waiting,
+            ["initech: zone holds 2 record set(s) cplane did not create: superset.w-initech.dev.sgp-1.cogrion.com A, trino.w-initech.dev.sgp-1.cogrion.com A; delete them, or run with --delete-foreign-records to delete them with the zone"],
+            "run {run}"
+        );
+    }
+    assert_eq!(rig.zones(account, zone).len(), 1, "not deleted");
+    assert_eq!(rig.delegation(zone), None, "but no longer delegated");
+    assert_eq!(
+        rig.cloud.calls().get(&(
+            "route53:DeleteHostedZone".into(),
+            "HostedZoneNotEmpty".into()
+        )),
+        None,
+        "never tried into HostedZoneNotEmpty"
+    );
+    assert!(
+        rig.cloud.records(&zone_id).len() >= 4,
+        "the foreign records are untouched"
+    );
+
+    rig.options.delete_foreign_records = true;
+    rig.converge(false).await;
+    rig.assert_gone("forced", account, zone);
+    rig.assert_nothing_to_do("forced").await;
 }
 
 // The property: plan(apply(plan(desired, observed))) is empty, over generated histories.
@@ -601,6 +702,8 @@ struct Expect {
     deleted: bool,
     /// Drift was applied and not repaired since (it was removed with Retain: kept as it is).
     drifted: bool,
+    /// Removed with Retain: zone and certificate kept, delegation removed.
+    retained: bool,
 }
 
 async fn check_history(workspaces: Vec<Generated>) {
@@ -642,10 +745,13 @@ async fn check_history(workspaces: Vec<Generated>) {
                 }
                 e.provisioned = Some(e.generation);
                 e.drifted = false;
+                e.retained = false;
             } else if e.provisioned.is_some() && w.delete[last_present(w, g)] {
                 e.provisioned = None;
                 e.deleted = true;
                 e.drifted = false;
+            } else if e.provisioned.is_some() {
+                e.retained = true;
             }
         }
         for (id, w) in IDS.iter().zip(&workspaces) {
@@ -654,6 +760,7 @@ async fn check_history(workspaces: Vec<Generated>) {
             let e = expect[id];
             match e.provisioned {
                 None => rig.assert_gone(&what, &account, &zone),
+                Some(_) if e.retained => rig.assert_retained(&what, &account, &zone),
                 Some(generation) if e.drifted => {
                     assert_eq!(
                         rig.zones(&account, &zone).len(),
@@ -726,4 +833,321 @@ proptest! {
             .expect("runtime");
         runtime.block_on(check_history(workspaces));
     }
+}
+
+// Drift in tenant accounts (issue 14, item 6): zones and certificates found wrong are repaired
+// or reported, once each, and every zone is read at least once an hour.
+
+/// The template provisioned; acme's zone id and certificate ARN.
+async fn provisioned_template() -> (Rig, String, String) {
+    let rig = Rig::new(FakeCloud::new().issue_after(0), &template(), "HEAD").await;
+    rig.converge(false).await;
+    let zone_id = rig.zones("111111111111", "w-acme.sgp-1.cogrion.com")[0]
+        .id
+        .clone();
+    let arn = rig.cloud.certificates("111111111111")[0].arn.clone();
+    rig.cloud.reset_counts();
+    (rig, zone_id, arn)
+}
+
+/// One run's steps with their reasons: `workspace action (reason)`.
+fn planned(plan: &Plan) -> Vec<String> {
+    plan.steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} ({})",
+                s.workspace,
+                s.action.symbol(),
+                s.action,
+                s.reason
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_zone_deleted_by_hand_is_created_again_delegated_and_validated() {
+    let (rig, zone_id, _) = provisioned_template().await;
+    assert!(rig.cloud.drop_zone(&zone_id));
+    let (plan, _, outcome) = rig.run(false).await;
+    assert_eq!(outcome, RunOutcome::Converged, "{:#?}", planned(&plan));
+    assert_eq!(
+        planned(&plan),
+        [
+            "acme + route53 hosted zone w-acme.sgp-1.cogrion.com (tenant account) (drift: tenant zone deleted)",
+            "acme ~ route53 NS w-acme.sgp-1.cogrion.com in sgp-1.cogrion.com (drift: restore) (drift: tenant zone created again)",
+            "acme ~ route53 validation CNAMEs in w-acme.sgp-1.cogrion.com (drift: restore) (drift: tenant zone created again)",
+        ]
+    );
+    let zones = rig.zones("111111111111", "w-acme.sgp-1.cogrion.com");
+    assert_eq!(zones.len(), 1, "{zones:?}");
+    assert_ne!(zones[0].id, zone_id, "a new zone");
+    rig.assert_provisioned_once(
+        "re-created zone",
+        "111111111111",
+        "w-acme.sgp-1.cogrion.com",
+        1,
+    );
+    let cert = &rig.cloud.certificates("111111111111")[0];
+    let cname = rig
+        .cloud
+        .records(&zones[0].id)
+        .into_iter()
+        .filter(|r| r.rtype == "CNAME")
+        .count();
+    assert_eq!(
+        cname, 1,
+        "the validation record is in the new zone ({cert:?})"
+    );
+    rig.assert_nothing_to_do("re-created zone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_of_the_same_name_made_by_someone_else_is_reported_not_guessed_at() {
+    let (rig, zone_id, _) = provisioned_template().await;
+    assert!(rig.cloud.drop_zone(&zone_id));
+    let tenant = Target::Tenant {
+        role_arn: "arn:aws:iam::111111111111:role/cogrion-provisioner",
+        external_id: "acme-7f3c2a9e",
+        aws_region: "ap-southeast-1",
+    };
+    let theirs = rig
+        .cloud
+        .create_zone(tenant, "w-acme.sgp-1.cogrion.com", "someone-else")
+        .await
+        .expect("their zone");
+    let (plan, _, outcome) = rig.run(false).await;
+    assert_eq!(outcome, RunOutcome::Failed);
+    assert!(
+        plan.steps.iter().all(|s| s.workspace != "acme"),
+        "{:#?}",
+        planned(&plan)
+    );
+    assert_eq!(plan.refused.len(), 1);
+    assert_eq!(
+        plan.refused[0].message,
+        format!("drift: hosted zone {zone_id} (w-acme.sgp-1.cogrion.com) was deleted from the tenant account, which now holds other zones of that name ({}) that cplane did not create: delete them, and cplane creates the zone again", theirs.id)
+    );
+    assert_eq!(
+        rig.zones("111111111111", "w-acme.sgp-1.cogrion.com").len(),
+        1,
+        "no zone added"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_failed_and_expiring_certificates_are_replaced_once() {
+    let domain = "*.w-acme.sgp-1.cogrion.com";
+    // (what happens to the certificate, the step's reason, whether the old one is kept)
+    let soon = std::time::SystemTime::now() + std::time::Duration::from_secs(10 * 24 * 3600);
+    for (case, reason, old_kept) in [
+        ("deleted", "drift: certificate deleted".to_owned(), false),
+        ("failed", "drift: certificate FAILED".to_owned(), false),
+        (
+            "expiring",
+            format!(
+                "drift: certificate expires {}, not renewed",
+                humantime::format_rfc3339_seconds(soon)
+            ),
+            true,
+        ),
+    ] {
+        let (rig, _, arn) = provisioned_template().await;
+        let tenant = Target::Tenant {
+            role_arn: "arn:aws:iam::111111111111:role/cogrion-provisioner",
+            external_id: "acme-7f3c2a9e",
+            aws_region: "ap-southeast-1",
+        };
+        match case {
+            "deleted" => rig
+                .cloud
+                .delete_certificate(tenant, &arn)
+                .await
+                .expect("delete"),
+            "failed" => assert!(rig.cloud.set_certificate(&arn, "FAILED", None)),
+            _ => assert!(rig.cloud.set_certificate(&arn, "ISSUED", Some(soon))),
+        }
+        let (plan, _, outcome) = rig.run(false).await;
+        assert_eq!(
+            outcome,
+            RunOutcome::Converged,
+            "{case}: {:#?}",
+            planned(&plan)
+        );
+        assert_eq!(
+            planned(&plan),
+            [
+                format!("acme + acm certificate {domain} + w-acme.sgp-1.cogrion.com (tenant account) ({reason})"),
+                "acme ~ route53 validation CNAMEs in w-acme.sgp-1.cogrion.com (drift: restore) (drift: certificate replaced)".to_owned(),
+                format!("acme ~ wait for acm certificate {domain} to be ISSUED (drift: certificate replaced)"),
+            ],
+            "{case}"
+        );
+        let certs = rig.cloud.certificates("111111111111");
+        let new: Vec<_> = certs.iter().filter(|c| c.arn != arn).collect();
+        assert_eq!(new.len(), 1, "{case}: one replacement: {certs:#?}");
+        assert_eq!(new[0].status, "ISSUED", "{case}");
+        assert_eq!(new[0].region, "ap-southeast-1", "{case}");
+        assert_eq!(
+            certs.iter().any(|c| c.arn == arn),
+            old_kept,
+            "{case}: the old certificate kept only while it can still serve"
+        );
+        rig.assert_nothing_to_do(case).await;
+        let (again, _, _) = rig.run(false).await;
+        assert!(again.is_empty(), "{case}: {:#?}", planned(&again));
+    }
+}
+
+/// Crash after every call of a certificate replacement and of a zone re-creation: resumed
+/// with the key it was begun with, never a second certificate or zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_every_drift_repair_call_never_duplicates() {
+    let calls = {
+        let (rig, zone_id, arn) = provisioned_template().await;
+        assert!(rig.cloud.drop_zone(&zone_id));
+        assert!(rig.cloud.set_certificate(&arn, "FAILED", None));
+        rig.converge(false).await;
+        rig.cloud.mutation_log()
+    };
+    // zone, delegation, certificate, the failed one deleted, validation record.
+    assert_eq!(calls.len(), 5, "{calls:#?}");
+    for (k, call) in calls.iter().enumerate() {
+        let what = format!("crash after repair call {} ({call})", k + 1);
+        let (rig, zone_id, arn) = provisioned_template().await;
+        assert!(rig.cloud.drop_zone(&zone_id));
+        assert!(rig.cloud.set_certificate(&arn, "FAILED", None));
+        rig.cloud.crash_at(Trigger::Label(call.clone()));
+        rig.run(false).await;
+        assert!(rig.cloud.fault_fired(), "{what}");
+        rig.cloud.heal();
+        rig.converge(false).await;
+        assert_eq!(
+            rig.zones("111111111111", "w-acme.sgp-1.cogrion.com").len(),
+            1,
+            "{what}: one zone"
+        );
+        let certs = rig.cloud.certificates("111111111111");
+        assert_eq!(certs.len(), 1, "{what}: one certificate: {certs:#?}");
+        assert_eq!(certs[0].status, "ISSUED", "{what}");
+        rig.assert_provisioned_once(&what, "111111111111", "w-acme.sgp-1.cogrion.com", 1);
+        rig.assert_nothing_to_do(&what).await;
+    }
+}
+
+/// An hour of drift checks every 3 minutes over 10,000 provisioned workspaces: every tenant
+/// zone and certificate is read at least once, and the calls of that hour are counted (the
+/// figure the README gives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tenant_zone_is_checked_once_an_hour_at_ten_thousand_workspaces() {
+    use cplane_reconciler::aws::observe;
+    use cplane_reconciler::plan::{
+        DesiredWorkspace, JournalEntry, JournalState, ObservedWorkspace, Policy, StepResult,
+    };
+    const N: usize = 10_000;
+    let cloud = FakeCloud::new();
+    let mut desired = BTreeMap::new();
+    let mut observed = cplane_reconciler::plan::Observed::default();
+    for i in 0..N {
+        let id = format!("t{i:05}");
+        let account = format!("{:012}", 100_000_000_000u64 + i as u64);
+        let w = DesiredWorkspace {
+            id: id.clone(),
+            region: "sgp-1".into(),
+            environment: "prod".into(),
+            account: id.clone(),
+            aws_account_id: account.clone(),
+            aws_region: "ap-southeast-1".into(),
+            role_arn: format!("arn:aws:iam::{account}:role/p"),
+            external_id: format!("x-{id}"),
+            zone_name: format!("w-{id}.sgp-1.cogrion.com"),
+            parent_zone: PARENT.into(),
+            bff_url: format!("https://bff.w-{id}.sgp-1.cogrion.com"),
+            deletion_policy: Policy::Retain,
+        };
+        let tenant = Target::Tenant {
+            role_arn: &w.role_arn,
+            external_id: &w.external_id,
+            aws_region: &w.aws_region,
+        };
+        let zone = cloud
+            .create_zone(tenant, &w.zone_name, &id)
+            .await
+            .expect("zone");
+        let domain = format!("*.{}", w.zone_name);
+        let arn = cloud
+            .request_certificate(tenant, &domain, &[], &format!("tok{i}"), &[])
+            .await
+            .expect("certificate");
+        let valid_for_a_year =
+            std::time::SystemTime::now() + std::time::Duration::from_secs(365 * 86_400);
+        assert!(cloud.set_certificate(&arn, "ISSUED", Some(valid_for_a_year)));
+        let done = |result| JournalEntry {
+            state: JournalState::Done,
+            result: Some(result),
+        };
+        for entry in [
+            done(StepResult::CreateZone {
+                zone_id: zone.id,
+                name_servers: zone.name_servers,
+            }),
+            done(StepResult::ValidationRecords { records: vec![] }),
+            done(StepResult::RequestCertificate { arn: arn.clone() }),
+            done(StepResult::AwaitCertificate {
+                arn: Some(arn),
+                status: "ISSUED".into(),
+            }),
+        ] {
+            let kind = entry.result.as_ref().expect("result").kind();
+            observed.journal.insert((id.clone(), kind), entry);
+        }
+        observed.workspaces.insert(
+            id.clone(),
+            ObservedWorkspace {
+                applied: w.clone(),
+                generation: 1,
+                status: Status::Active,
+            },
+        );
+        desired.insert(id, w);
+    }
+    cloud.reset_counts();
+    let mut reads: BTreeMap<String, usize> = BTreeMap::new();
+    let start = 1_700_000_000_000i64;
+    let mut previous = Some(start - 3 * 60_000);
+    let mut now = start;
+    let mut checks = 0;
+    while now <= start + 3_600_000 - 3 * 60_000 {
+        let window = observe::Sample::HOURLY.window(previous, now);
+        let found = observe::tenants(
+            &cloud,
+            &desired,
+            &observed,
+            window,
+            std::time::SystemTime::now(),
+        )
+        .await
+        .expect("check");
+        for id in found.validation.keys() {
+            *reads.entry(id.clone()).or_default() += 1;
+        }
+        checks += 1;
+        previous = Some(now);
+        now += 3 * 60_000;
+    }
+    assert_eq!(checks, 20);
+    assert_eq!(reads.len(), N, "every zone read within the hour");
+    assert!(reads.values().all(|n| *n == 1), "each exactly once");
+    let calls = cloud.calls();
+    let total: u64 = calls.values().sum();
+    eprintln!("an hour of drift checks (20, every 3 minutes) over {N} tenant zones: {total} calls: {calls:?}");
+    for op in ["route53:ListResourceRecordSets", "acm:DescribeCertificate"] {
+        assert_eq!(
+            calls.get(&(op.into(), "ok".into())),
+            Some(&(N as u64)),
+            "{op}"
+        );
+    }
+    assert_eq!(total, 2 * N as u64, "nothing else: {calls:?}");
 }

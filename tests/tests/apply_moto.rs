@@ -86,6 +86,7 @@ async fn assert_provisioned_once(aws: &Aws, parent: &str) {
         let t = Target::Tenant {
             role_arn: &role,
             external_id: ext,
+            aws_region: "ap-southeast-1",
         };
         let zones = aws.zones_by_name(t, zone).await.expect("zones");
         assert_eq!(
@@ -125,6 +126,11 @@ async fn assert_provisioned_once(aws: &Aws, parent: &str) {
             .expect("find")
             .expect("certificate");
         assert_eq!(cert.status, "ISSUED");
+        assert!(
+            cert.arn.starts_with(&format!("arn:aws:acm:ap-southeast-1:{account}:")),
+            "{id}: certificate in the tenant account and in sgp-1's AWS region, never the process's us-east-1: {}",
+            cert.arn
+        );
         assert!(
             cert.arn.contains(account),
             "{id}: certificate in the tenant account"
@@ -302,7 +308,7 @@ async fn sigkill_at_every_mutating_call_never_duplicates_or_loses_anything() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_workspaces_deprovisions_delete_and_keeps_retain() {
+async fn removing_workspaces_deprovisions_delete_and_keeps_retain_without_its_delegation() {
     let moto = Moto::start();
     let aws = Aws::from_sdk_config(Moto::sdk_config(&moto.endpoint).await);
     let parent = parent_zone(&aws).await;
@@ -335,6 +341,7 @@ async fn removing_workspaces_deprovisions_delete_and_keeps_retain() {
     let initech = Target::Tenant {
         role_arn: &role,
         external_id: ext,
+        aws_region: "ap-southeast-1",
     };
     assert!(aws
         .zones_by_name(initech, "w-initech.dev.sgp-1.cogrion.com")
@@ -361,11 +368,13 @@ async fn removing_workspaces_deprovisions_delete_and_keeps_retain() {
             .any(|r| r.name == "w-initech.dev.sgp-1.cogrion.com"),
         "no dangling delegation"
     );
-    // Retain: acme's zone, certificate and delegation stay.
+    // Retain: acme's zone and certificate stay in its account; its delegation in the operator's
+    // parent zone goes whatever the policy (a dangling delegation is a takeover risk).
     let (role, ext) = tenant("111111111111");
     let acme = Target::Tenant {
         role_arn: &role,
         external_id: ext,
+        aws_region: "ap-southeast-1",
     };
     assert_eq!(
         aws.zones_by_name(acme, "w-acme.sgp-1.cogrion.com")
@@ -374,7 +383,27 @@ async fn removing_workspaces_deprovisions_delete_and_keeps_retain() {
             .len(),
         1
     );
-    assert!(records.iter().any(|r| r.name == "w-acme.sgp-1.cogrion.com"));
+    assert!(
+        !records.iter().any(|r| r.name == "w-acme.sgp-1.cogrion.com"),
+        "no delegation of the retained workspace"
+    );
+    assert!(
+        out.contains("acme: - route53 NS w-acme.sgp-1.cogrion.com in sgp-1.cogrion.com (operator account) ... done"),
+        "{out}"
+    );
+    assert_eq!(
+        aws.find_certificate(
+            acme,
+            "*.w-acme.sgp-1.cogrion.com",
+            ("cplane:workspace", "w-acme/g1")
+        )
+        .await
+        .expect("find")
+        .map(|c| c.status)
+        .as_deref(),
+        Some("ISSUED"),
+        "the retained certificate stays"
+    );
     assert_eq!(
         count(
             &db,

@@ -9,6 +9,7 @@ const ROLE: &str = "arn:aws:iam::111111111111:role/cogrion-provisioner";
 const TENANT: Target<'static> = Target::Tenant {
     role_arn: ROLE,
     external_id: "acme-ext",
+    aws_region: "ap-southeast-1",
 };
 
 async fn aws(endpoint: &str) -> Aws {
@@ -191,6 +192,60 @@ async fn certificates_are_idempotent_tagged_deduplicated_and_issue() {
     aws.delete_certificate(TENANT, &arn)
         .await
         .expect("already gone is fine");
+}
+
+/// ACM is regional (issue 14, item 4): a certificate lives in the target's AWS region, never
+/// in the process's default region (`us-east-1` here), and calls on its ARN reach it there.
+#[tokio::test]
+async fn certificates_live_in_the_targets_aws_region() {
+    let moto = Moto::start();
+    let aws = aws(&moto.endpoint).await;
+    let in_region = |aws_region| Target::Tenant {
+        role_arn: ROLE,
+        external_id: "acme-ext",
+        aws_region,
+    };
+    let tag = ("cplane:workspace", "w-acme/g1");
+    let domain = "*.w-acme.fra-1.cogrion.com";
+    let arn = aws
+        .request_certificate(in_region("eu-central-1"), domain, &[], "tokfra", &[tag])
+        .await
+        .expect("request");
+    assert!(
+        arn.starts_with("arn:aws:acm:eu-central-1:111111111111:"),
+        "{arn}"
+    );
+    for elsewhere in ["us-east-1", "ap-southeast-1", ""] {
+        assert_eq!(
+            aws.find_certificate(in_region(elsewhere), domain, tag)
+                .await
+                .expect("find"),
+            None,
+            "not in `{elsewhere}`"
+        );
+    }
+    let found = aws
+        .find_certificate(in_region("eu-central-1"), domain, tag)
+        .await
+        .expect("find")
+        .expect("found in eu-central-1");
+    assert_eq!(found.arn, arn);
+    // By ARN: the ARN's region, whatever the target says.
+    let described = aws
+        .describe_certificate(in_region("us-east-1"), &arn)
+        .await
+        .expect("describe by ARN");
+    assert_eq!(described.domain, "*.w-acme.fra-1.cogrion.com");
+    aws.delete_certificate(in_region(""), &arn)
+        .await
+        .expect("delete by ARN");
+    assert_eq!(
+        aws.find_certificate(in_region("eu-central-1"), domain, tag)
+            .await
+            .expect("find"),
+        None,
+        "deleted where it lived"
+    );
 }
 
 #[tokio::test]

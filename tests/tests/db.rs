@@ -16,6 +16,7 @@ fn acme() -> DesiredWorkspace {
         environment: "prod".into(),
         account: "acme-corp".into(),
         aws_account_id: "111111111111".into(),
+        aws_region: "ap-southeast-1".into(),
         role_arn: "arn:aws:iam::111111111111:role/p".into(),
         external_id: "ext-1".into(),
         zone_name: "w-acme.sgp-1.cogrion.com".into(),

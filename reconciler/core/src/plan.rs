@@ -40,6 +40,9 @@ pub struct DesiredWorkspace {
     pub account: String,
     /// Tenant AWS account id.
     pub aws_account_id: String,
+    /// The AWS region of the tenant's regional resources (the ACM certificate): the Region
+    /// document's `spec.awsRegion`. Empty in rows written before it was recorded.
+    pub aws_region: String,
     /// Role cplane assumes in the tenant account.
     pub role_arn: String,
     /// ExternalId for that role.
@@ -186,6 +189,7 @@ pub fn desired_workspace(model: &Model, id: &str, scope: &Scope) -> Option<Desir
         environment: spec.environment.clone(),
         account: spec.account.clone(),
         aws_account_id: spec.aws.account_id.clone(),
+        aws_region: region.doc.spec.aws_region.clone(),
         role_arn: spec.aws.role_arn.clone(),
         external_id: spec.aws.external_id.clone(),
         zone_name: names.workspace_zone(id),
@@ -376,6 +380,82 @@ pub struct Observed {
     /// time (a rotating sample: each check reads only a slice of tenant zones), as
     /// workspace → record name → values. Workspaces absent from the map were not checked.
     pub validation: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// Drift check: what else was wrong in the tenant accounts of the workspaces checked this
+    /// time (only workspaces with something wrong are present).
+    pub tenant_drift: BTreeMap<String, TenantDrift>,
+}
+
+/// What a drift check found wrong in a workspace's tenant account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantDrift {
+    /// The journaled hosted zone is gone.
+    pub zone: Option<ZoneDrift>,
+    /// The journaled certificate can no longer serve.
+    pub certificate: Option<CertificateDrift>,
+}
+
+/// A tenant zone found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneDrift {
+    /// Deleted, and no zone of that name is in the account: created again.
+    Deleted {
+        /// The deleted zone's id.
+        zone_id: String,
+    },
+    /// Deleted, and other zones of that name are in the account (not cplane's): reported,
+    /// never guessed at.
+    Replaced {
+        /// The deleted zone's id.
+        zone_id: String,
+        /// The zones of that name found instead.
+        found: Vec<String>,
+    },
+}
+
+/// A certificate found unable to serve: it is replaced by a new request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateDrift {
+    /// Deleted.
+    Deleted {
+        /// Its ARN.
+        arn: String,
+    },
+    /// `FAILED`, `EXPIRED`, `REVOKED`, `VALIDATION_TIMED_OUT` or `INACTIVE`.
+    Unusable {
+        /// Its ARN.
+        arn: String,
+        /// Its status.
+        status: String,
+    },
+    /// `ISSUED`, but expiring within the renewal window and not renewed by ACM.
+    Expiring {
+        /// Its ARN.
+        arn: String,
+        /// When it expires (RFC 3339, UTC).
+        not_after: String,
+    },
+}
+
+impl CertificateDrift {
+    /// The ARN of the certificate being replaced.
+    pub fn arn(&self) -> &str {
+        match self {
+            CertificateDrift::Deleted { arn }
+            | CertificateDrift::Unusable { arn, .. }
+            | CertificateDrift::Expiring { arn, .. } => arn,
+        }
+    }
+
+    /// Why it is replaced (a plan step's reason).
+    pub fn reason(&self) -> String {
+        match self {
+            CertificateDrift::Deleted { .. } => "drift: certificate deleted".into(),
+            CertificateDrift::Unusable { status, .. } => format!("drift: certificate {status}"),
+            CertificateDrift::Expiring { not_after, .. } => {
+                format!("drift: certificate expires {not_after}, not renewed")
+            }
+        }
+    }
 }
 
 /// Knobs of one planning run.
@@ -385,6 +465,9 @@ pub struct Options {
     pub max_deletions: usize,
     /// Deletions above the threshold were confirmed (flag or commit trailer).
     pub confirmed: bool,
+    /// Deleting a removed workspace's zone also deletes the records cplane did not create
+    /// (e.g. external-dns's); without it, the deletion waits and lists them.
+    pub delete_foreign_records: bool,
 }
 
 impl Default for Options {
@@ -392,6 +475,7 @@ impl Default for Options {
         Self {
             max_deletions: 5,
             confirmed: false,
+            delete_foreign_records: false,
         }
     }
 }
@@ -469,10 +553,14 @@ pub enum Action {
         /// Zone.
         zone: String,
     },
-    /// Delete the delegated zone.
+    /// Delete the delegated zone. Records in it that cplane did not create (e.g. external-dns's)
+    /// make the step wait and list them, unless `delete_foreign_records`.
     DeleteZone {
         /// Zone.
         zone: String,
+        /// Also delete the records cplane did not create ([`Options::delete_foreign_records`]).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        delete_foreign_records: bool,
     },
     /// Restore a deleted or altered NS delegation (drift).
     RepairDelegation {
@@ -569,7 +657,16 @@ impl fmt::Display for Action {
             Action::DeleteValidationRecords { zone } => {
                 write!(f, "route53 validation CNAMEs in {zone}")
             }
-            Action::DeleteZone { zone } => write!(f, "route53 hosted zone {zone} (tenant account)"),
+            Action::DeleteZone {
+                zone,
+                delete_foreign_records,
+            } => {
+                write!(f, "route53 hosted zone {zone} (tenant account)")?;
+                if *delete_foreign_records {
+                    f.write_str(" with the records cplane did not create")?;
+                }
+                Ok(())
+            }
             Action::RepairDelegation { parent_zone, zone } => {
                 write!(f, "route53 NS {zone} in {parent_zone} (drift: restore)")
             }
@@ -652,10 +749,30 @@ pub fn certificate_token(w: &DesiredWorkspace, generation: i64) -> String {
     hex::encode(digest)[..32].to_owned()
 }
 
+/// The CallerReference of a zone created again after `deleted_zone_id` was deleted by hand:
+/// deterministic (a retry finds it), and new (a CallerReference is used once, forever).
+pub fn recreate_caller_reference(
+    w: &DesiredWorkspace,
+    generation: i64,
+    deleted_zone_id: &str,
+) -> String {
+    format!("{}/z{deleted_zone_id}", caller_reference(w, generation))
+}
+
+/// The IdempotencyToken of the certificate replacing `replaced_arn`.
+pub fn replacement_token(w: &DesiredWorkspace, generation: i64, replaced_arn: &str) -> String {
+    let key = format!(
+        "{}/replaces/{replaced_arn}",
+        caller_reference(w, generation)
+    );
+    hex::encode(Sha256::digest(key.as_bytes()))[..32].to_owned()
+}
+
 struct Builder<'a> {
     plan: Plan,
     workspace: &'a str,
     observed: &'a Observed,
+    options: Options,
 }
 
 impl Builder<'_> {
@@ -731,6 +848,7 @@ pub fn plan(
             plan,
             workspace: id,
             observed,
+            options,
         };
         match (desired.get(id), observed.workspaces.get(id)) {
             (Some(want), Some(have))
@@ -744,6 +862,16 @@ pub fn plan(
                         message: format!(
                             "workspace {id} moved from {}/{} to {}/{}: its zone, certificate and records belong to the old region; remove it and add it under a new id",
                             have.applied.region, have.applied.environment, want.region, want.environment
+                        ),
+                    });
+                } else if !have.applied.aws_region.is_empty()
+                    && have.applied.aws_region != want.aws_region
+                {
+                    b.plan.refused.push(Refusal {
+                        workspace: id.clone(),
+                        message: format!(
+                            "workspace {id} moved from AWS region {} to {} (its Region's spec.awsRegion changed): its certificate lives in {}; remove it and add it under a new id, or restore spec.awsRegion",
+                            have.applied.aws_region, want.aws_region, have.applied.aws_region
                         ),
                     });
                 } else {
@@ -771,6 +899,30 @@ fn provision(
     let o = b.observed;
     // A fresh generation starts with an empty journal (apply clears the old one first).
     let done = |b: &Builder<'_>, k| !fresh && b.done(k);
+    let drift = if fresh {
+        None
+    } else {
+        o.tenant_drift.get(&want.id)
+    };
+    if let Some(ZoneDrift::Replaced { zone_id, found }) = drift.and_then(|d| d.zone.as_ref()) {
+        b.plan.refused.push(Refusal {
+            workspace: want.id.clone(),
+            message: format!(
+                "drift: hosted zone {zone_id} ({}) was deleted from the tenant account, which now holds other zones of that name ({}) that cplane did not create: delete them, and cplane creates the zone again",
+                want.zone_name,
+                found.join(", ")
+            ),
+        });
+        return;
+    }
+    // A zone deleted by hand is created again (a new CallerReference), then delegated and
+    // given its validation records again.
+    let recreate = match drift.and_then(|d| d.zone.as_ref()) {
+        Some(ZoneDrift::Deleted { zone_id }) => Some(zone_id.as_str()),
+        _ => None,
+    };
+    // A deleted, failed or expiring certificate is replaced by a new request.
+    let replace = drift.and_then(|d| d.certificate.as_ref());
 
     let mut row = None;
     let row_differs = have.is_none_or(|h| h.applied != *want || h.status == Status::Retained);
@@ -793,7 +945,16 @@ fn provision(
         );
     }
     let zone = want.zone_name.clone();
-    let create = if done(b, StepKind::CreateZone) {
+    let create = if let Some(deleted) = recreate {
+        b.push(
+            Action::CreateZone {
+                zone: zone.clone(),
+                caller_reference: recreate_caller_reference(want, generation, deleted),
+            },
+            &[row],
+            "drift: tenant zone deleted",
+        )
+    } else if done(b, StepKind::CreateZone) {
         None
     } else {
         b.push(
@@ -805,7 +966,18 @@ fn provision(
             reason,
         )
     };
-    let delegate = if done(b, StepKind::DelegateZone) {
+    // A workspace re-added after a `Retain` removal had its delegation removed: delegate again.
+    let undelegated = done(b, StepKind::RemoveDelegation);
+    let delegate = if recreate.is_some() && done(b, StepKind::DelegateZone) {
+        b.push(
+            Action::RepairDelegation {
+                parent_zone: want.parent_zone.clone(),
+                zone: zone.clone(),
+            },
+            &[create],
+            "drift: tenant zone created again",
+        )
+    } else if done(b, StepKind::DelegateZone) && !undelegated {
         // Drift: the delegation was observed missing or altered.
         let expected = o
             .journal
@@ -846,11 +1018,26 @@ fn provision(
                 zone: zone.clone(),
             },
             &[create],
-            reason,
+            if undelegated {
+                "re-added: its delegation was removed"
+            } else {
+                reason
+            },
         )
     };
     let domain = format!("*.{zone}");
-    let request = if done(b, StepKind::RequestCertificate) {
+    let replacement_reason = replace.map(CertificateDrift::reason);
+    let request = if let Some(old) = replace {
+        b.push(
+            Action::RequestCertificate {
+                domain: domain.clone(),
+                san: zone.clone(),
+                token: replacement_token(want, generation, old.arn()),
+            },
+            &[row],
+            replacement_reason.as_deref().unwrap_or(reason),
+        )
+    } else if done(b, StepKind::RequestCertificate) {
         None
     } else {
         b.push(
@@ -863,41 +1050,64 @@ fn provision(
             reason,
         )
     };
-    let records = if done(b, StepKind::ValidationRecords) {
-        // Drift: compare the recorded validation CNAMEs with what a sampled check found.
-        let expected: Vec<(String, Vec<String>)> = o
-            .journal
-            .get(&(want.id.clone(), StepKind::ValidationRecords))
-            .and_then(|j| match &j.result {
-                Some(StepResult::ValidationRecords { records }) => Some(records),
+    // A certificate (being) requested again needs its records and its wait again, whatever
+    // the journal says of the one before (apply forgets them once the new request is done).
+    let records =
+        if recreate.is_some() || (request.is_some() && done(b, StepKind::ValidationRecords)) {
+            let why = if recreate.is_some() {
+                "drift: tenant zone created again"
+            } else if replace.is_some() {
+                "drift: certificate replaced"
+            } else {
+                reason
+            };
+            b.push(
+                Action::RepairValidationRecords { zone: zone.clone() },
+                &[create, request],
+                why,
+            )
+        } else if done(b, StepKind::ValidationRecords) {
+            // Drift: compare the recorded validation CNAMEs with what a sampled check found.
+            let expected: Vec<(String, Vec<String>)> = o
+                .journal
+                .get(&(want.id.clone(), StepKind::ValidationRecords))
+                .and_then(|j| match &j.result {
+                    Some(StepResult::ValidationRecords { records }) => Some(records),
+                    _ => None,
+                })
+                .into_iter()
+                .flatten()
+                .map(|r| (r.name.clone(), r.values.clone()))
+                .collect();
+            match o.validation.get(&want.id) {
+                Some(found)
+                    if expected
+                        .iter()
+                        .any(|(name, values)| found.get(name) != Some(values)) =>
+                {
+                    b.push(
+                        Action::RepairValidationRecords { zone: zone.clone() },
+                        &[],
+                        "drift: validation record missing or altered",
+                    )
+                }
                 _ => None,
-            })
-            .into_iter()
-            .flatten()
-            .map(|r| (r.name.clone(), r.values.clone()))
-            .collect();
-        match o.validation.get(&want.id) {
-            Some(found)
-                if expected
-                    .iter()
-                    .any(|(name, values)| found.get(name) != Some(values)) =>
-            {
-                b.push(
-                    Action::RepairValidationRecords { zone: zone.clone() },
-                    &[],
-                    "drift: validation record missing or altered",
-                )
             }
-            _ => None,
-        }
-    } else {
-        b.push(
-            Action::ValidationRecords { zone: zone.clone() },
-            &[create, request],
-            reason,
-        )
-    };
-    let issued = if done(b, StepKind::AwaitCertificate) {
+        } else {
+            b.push(
+                Action::ValidationRecords { zone: zone.clone() },
+                &[create, request],
+                reason,
+            )
+        };
+    let issued = if request.is_some() && done(b, StepKind::AwaitCertificate) {
+        let why = if replace.is_some() {
+            "drift: certificate replaced"
+        } else {
+            reason
+        };
+        b.push(Action::AwaitCertificate { domain }, &[records], why)
+    } else if done(b, StepKind::AwaitCertificate) {
         None
     } else {
         b.push(Action::AwaitCertificate { domain }, &[records], reason)
@@ -913,7 +1123,8 @@ fn provision(
     let tenant_step = match o.tenants.get(&want.id) {
         Some(row) if *row == tenant => None,
         found => {
-            let why = match (found, fresh || issued.is_some()) {
+            let re_added = have.is_some_and(|h| h.status == Status::Retained);
+            let why = match (found, fresh || re_added || issued.is_some()) {
                 (Some(_), false) => "drift: tenants row differs",
                 _ => reason,
             };
@@ -975,23 +1186,26 @@ fn deprovision(b: &mut Builder<'_>, have: &ObservedWorkspace) {
         None
     };
     let mut last = lookup.or(mark);
+    let zone = w.zone_name.clone();
+    // The delegation lives in the operator's parent zone: it goes whatever the policy, first,
+    // since a delegation to a zone nobody watches is a subdomain-takeover risk.
+    if b.touched(StepKind::DelegateZone) {
+        last = b
+            .cloud(
+                StepKind::RemoveDelegation,
+                Action::RemoveDelegation {
+                    parent_zone: w.parent_zone.clone(),
+                    zone: zone.clone(),
+                },
+                &[last],
+                "removed, any deletionPolicy",
+            )
+            .or(last);
+    }
+    // `Retain` keeps what lives in the tenant's account: certificate, records, zone.
     if w.deletion_policy == Policy::Delete {
-        let zone = w.zone_name.clone();
         let domain = format!("*.{zone}");
         let reason = "removed, deletionPolicy: Delete";
-        if b.touched(StepKind::DelegateZone) {
-            last = b
-                .cloud(
-                    StepKind::RemoveDelegation,
-                    Action::RemoveDelegation {
-                        parent_zone: w.parent_zone.clone(),
-                        zone: zone.clone(),
-                    },
-                    &[last],
-                    reason,
-                )
-                .or(last);
-        }
         if b.touched(StepKind::RequestCertificate) {
             last = b
                 .cloud(
@@ -1016,7 +1230,10 @@ fn deprovision(b: &mut Builder<'_>, have: &ObservedWorkspace) {
             last = b
                 .cloud(
                     StepKind::DeleteZone,
-                    Action::DeleteZone { zone },
+                    Action::DeleteZone {
+                        zone,
+                        delete_foreign_records: b.options.delete_foreign_records,
+                    },
                     &[last],
                     reason,
                 )

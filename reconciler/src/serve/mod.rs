@@ -72,6 +72,8 @@ pub struct Settings {
     pub webhook_rate: Option<cplane_webhook::RateLimit>,
     /// Deletion threshold.
     pub max_deletions: usize,
+    /// Deleting a removed workspace's zone also deletes records cplane did not create.
+    pub delete_foreign_records: bool,
     /// How many reconcile runs are kept in the database, and for how long.
     pub retention: crate::db::Retention,
     /// HTTPS (and agents' client certificates); plain HTTP when `None`.
@@ -252,6 +254,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
             mirror: shared.settings.mirror.clone(),
             scope: shared.settings.scope.clone(),
             max_deletions: shared.settings.max_deletions,
+            delete_foreign_records: shared.settings.delete_foreign_records,
         },
         shared.db.clone(),
         {

@@ -433,6 +433,7 @@ pub(super) async fn run_once(
     let options = Options {
         max_deletions: s.max_deletions,
         confirmed: false,
+        delete_foreign_records: s.delete_foreign_records,
     };
     let scope = s.scope.label();
     let started = Instant::now();
@@ -532,7 +533,7 @@ pub(super) async fn run_once(
         scope: s.scope.clone(),
         options,
         dry_run: false,
-        drift: Sample::OneIn(800),
+        drift: Sample::HOURLY,
         memo: Some(shared.render_memo.clone()),
     };
     Some(

@@ -10,6 +10,7 @@ fn ws(id: &str) -> DesiredWorkspace {
         environment: "prod".into(),
         account: format!("{id}-corp"),
         aws_account_id: "111111111111".into(),
+        aws_region: "ap-southeast-1".into(),
         role_arn: "arn:aws:iam::111111111111:role/cogrion-provisioner".into(),
         external_id: format!("{id}-ext"),
         zone_name: format!("w-{id}.sgp-1.cogrion.com"),
@@ -223,7 +224,7 @@ fn moving_a_workspace_to_another_region_is_refused() {
 }
 
 #[test]
-fn removed_workspace_with_retain_keeps_cloud_resources() {
+fn removed_workspace_with_retain_keeps_tenant_resources_but_not_the_delegation() {
     let acme = ws("acme");
     let mut observed = Observed::default();
     provisioned(&mut observed, &acme);
@@ -233,11 +234,74 @@ fn removed_workspace_with_retain_keeps_cloud_resources() {
         [
             "acme ~ db workspaces row (status deprovisioning) after [] (removed from the state repo)",
             "acme - db lookup entry after [0] (removed from the state repo)",
-            "acme ~ db tenants row w-acme (status retained) after [1] (removed from the state repo)",
-            "acme ~ db workspaces row (status retained) after [2] (removed from the state repo)",
+            "acme - route53 NS w-acme.sgp-1.cogrion.com in sgp-1.cogrion.com (operator account) after [1] (removed, any deletionPolicy)",
+            "acme ~ db tenants row w-acme (status retained) after [2] (removed from the state repo)",
+            "acme ~ db workspaces row (status retained) after [3] (removed from the state repo)",
         ]
     );
-    assert!(plan.steps.iter().all(|s| !s.action.is_cloud()));
+    // Only the operator-account delegation: certificate, records and zone stay.
+    let cloud: Vec<_> = plan.steps.iter().filter(|s| s.action.is_cloud()).collect();
+    assert_eq!(cloud.len(), 1);
+    assert!(matches!(cloud[0].action, Action::RemoveDelegation { .. }));
+}
+
+#[test]
+fn a_workspace_re_added_after_a_retain_removal_is_delegated_again() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    let w = observed.workspaces.get_mut("acme").expect("acme");
+    w.status = Status::Retained;
+    observed.journal.insert(
+        ("acme".into(), StepKind::RemoveDelegation),
+        JournalEntry {
+            state: JournalState::Done,
+            result: None,
+        },
+    );
+    observed.tenants.get_mut("acme").expect("row").status = "retained".into();
+    observed.lookup.clear();
+    let plan = plan(&desired(&[acme]), &observed, Options::default());
+    assert_eq!(
+        steps(&plan),
+        [
+            "acme ~ db workspaces row (status provisioning) after [] (workspace changed)",
+            "acme + route53 NS w-acme.sgp-1.cogrion.com in sgp-1.cogrion.com (operator account) after [] (re-added: its delegation was removed)",
+            "acme ~ db tenants row w-acme (status active) after [1] (converge)",
+            "acme ~ db lookup entry -> sgp-1 https://bff.w-acme.sgp-1.cogrion.com after [2] (converge)",
+            "acme ~ db workspaces row (status active) after [3] (provisioned)",
+        ]
+    );
+}
+
+#[test]
+fn a_changed_aws_region_is_refused_a_first_recorded_one_is_not() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    let mut moved = acme.clone();
+    moved.aws_region = "ap-southeast-2".into();
+    let plan1 = plan(&desired(&[moved]), &observed, Options::default());
+    assert!(plan1.steps.is_empty());
+    assert_eq!(
+        plan1.refused,
+        [Refusal {
+            workspace: "acme".into(),
+            message: "workspace acme moved from AWS region ap-southeast-1 to ap-southeast-2 (its Region's spec.awsRegion changed): its certificate lives in ap-southeast-1; remove it and add it under a new id, or restore spec.awsRegion".into()
+        }]
+    );
+    // A row written before the region was recorded: recorded now, nothing else.
+    observed
+        .workspaces
+        .get_mut("acme")
+        .expect("acme")
+        .applied
+        .aws_region = String::new();
+    let plan2 = plan(&desired(&[acme]), &observed, Options::default());
+    assert_eq!(
+        steps(&plan2),
+        ["acme ~ db workspaces row (status active) after [] (workspace changed)"]
+    );
 }
 
 #[test]
@@ -252,13 +316,25 @@ fn removed_workspace_with_delete_removes_the_delegation_first() {
         [
             "acme ~ db workspaces row (status deprovisioning) after [] (removed from the state repo)",
             "acme - db lookup entry after [0] (removed from the state repo)",
-            "acme - route53 NS w-acme.sgp-1.cogrion.com in sgp-1.cogrion.com (operator account) after [1] (removed, deletionPolicy: Delete)",
+            "acme - route53 NS w-acme.sgp-1.cogrion.com in sgp-1.cogrion.com (operator account) after [1] (removed, any deletionPolicy)",
             "acme - acm certificate *.w-acme.sgp-1.cogrion.com (tenant account) after [2] (removed, deletionPolicy: Delete)",
             "acme - route53 validation CNAMEs in w-acme.sgp-1.cogrion.com after [3] (removed, deletionPolicy: Delete)",
             "acme - route53 hosted zone w-acme.sgp-1.cogrion.com (tenant account) after [4] (removed, deletionPolicy: Delete)",
             "acme ~ db tenants row w-acme (status deleted) after [5] (removed from the state repo)",
             "acme ~ db workspaces row (status deleted) after [6] (removed from the state repo)",
         ]
+    );
+    let forced = super::plan(
+        &desired(&[]),
+        &observed,
+        Options {
+            delete_foreign_records: true,
+            ..Options::default()
+        },
+    );
+    assert_eq!(
+        forced.steps[5].action.to_string(),
+        "route53 hosted zone w-acme.sgp-1.cogrion.com (tenant account) with the records cplane did not create"
     );
 }
 
@@ -276,6 +352,7 @@ fn mass_removal_is_held_until_confirmed() {
         Options {
             max_deletions: 5,
             confirmed: false,
+            ..Options::default()
         },
     );
     assert!(held.steps.is_empty());
@@ -289,10 +366,12 @@ fn mass_removal_is_held_until_confirmed() {
         Options {
             max_deletions: 5,
             confirmed: true,
+            ..Options::default()
         },
     );
     assert!(confirmed.held.is_none());
-    assert_eq!(confirmed.steps.len(), 6 * 4);
+    // Each: marked, lookup entry, delegation, tenants row, marked retained.
+    assert_eq!(confirmed.steps.len(), 6 * 5);
     // At the limit, no hold.
     let five = plan(
         &desired(&all[..2]),
@@ -300,6 +379,7 @@ fn mass_removal_is_held_until_confirmed() {
         Options {
             max_deletions: 5,
             confirmed: false,
+            ..Options::default()
         },
     );
     assert!(five.held.is_none());

@@ -1,8 +1,12 @@
 //! ACM: DNS-validated certificates (find by ownership tag, request, describe, delete).
+//!
+//! ACM is regional: certificates are requested and found in the target's AWS region (the
+//! workspace's Region document says which), and calls on an ARN go to the ARN's region, so a
+//! certificate is always deleted where it lives.
 
 use aws_sdk_acm::types::{CertificateStatus, Tag, ValidationMethod};
 
-use super::client::{call_error, invalid_request, unexpected};
+use super::client::{call_error, invalid_request, region_of_arn, unexpected};
 use super::{norm, Aws, Certificate, Error, RecordSet, Target};
 
 impl Aws {
@@ -109,7 +113,7 @@ impl Aws {
         arn: &str,
     ) -> Result<Certificate, Error> {
         let op = "acm:DescribeCertificate";
-        let c = self.clients(t).await?;
+        let c = self.clients_in(t, region_of_arn(arn)).await?;
         let result = c
             .acm
             .describe_certificate()
@@ -143,13 +147,16 @@ impl Aws {
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_default(),
             validation_records: records,
+            not_after: cert
+                .not_after()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
         })
     }
 
     /// Deletes a certificate (already gone is fine; `ResourceInUseException` is retryable:
     /// the load balancer has not let go of it yet).
     pub async fn delete_certificate(&self, t: Target<'_>, arn: &str) -> Result<(), Error> {
-        let c = self.clients(t).await?;
+        let c = self.clients_in(t, region_of_arn(arn)).await?;
         let result = c
             .acm
             .delete_certificate()

@@ -2,6 +2,7 @@
 //! classifier), STS AssumeRole into tenant accounts with a credential cache, per-account pacing,
 //! call metrics, and SDK errors mapped to [`Error`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -92,8 +93,11 @@ pub(super) struct Clients {
     pub(super) acm: aws_sdk_acm::Client,
 }
 
+/// An assumed role: its credentials, its Route53 client and its ACM clients by region.
 pub(super) struct CachedRole {
-    clients: Clients,
+    creds: Credentials,
+    route53: aws_sdk_route53::Client,
+    acm: HashMap<String, aws_sdk_acm::Client>,
     expires: Option<SystemTime>,
 }
 
@@ -190,59 +194,92 @@ impl Aws {
     }
 
     /// Clients for the target account (assuming the tenant role when needed; credentials are
-    /// cached and refreshed five minutes before they expire).
+    /// cached and refreshed five minutes before they expire), ACM in the target's AWS region.
     pub(super) async fn clients(&self, target: Target<'_>) -> Result<Clients, Error> {
+        let region = match target {
+            Target::Tenant { aws_region, .. } => aws_region,
+            Target::Operator => "",
+        };
+        self.clients_in(target, region).await
+    }
+
+    /// Like [`Aws::clients`], with ACM in `region` (calls on a certificate ARN use the ARN's
+    /// region, [`region_of_arn`]). An empty region means the base configuration's region: rows
+    /// written before workspaces recorded theirs.
+    pub(super) async fn clients_in(
+        &self,
+        target: Target<'_>,
+        region: &str,
+    ) -> Result<Clients, Error> {
         let Target::Tenant {
             role_arn,
             external_id,
+            ..
         } = target
         else {
             self.pace("operator").await;
             return Ok(self.operator.clone());
         };
         let account = role_arn.split(':').nth(4).unwrap_or("tenant").to_owned();
-        {
-            let mut roles = self.roles.lock().await;
-            let fresh = roles.get(role_arn).is_some_and(|c| {
-                c.expires
-                    .is_none_or(|e| e > SystemTime::now() + Duration::from_secs(300))
-            });
-            if !fresh {
-                self.pace(&account).await;
-                let result = self
-                    .sts
-                    .assume_role()
-                    .role_arn(role_arn)
-                    .role_session_name("cplane")
-                    .external_id(external_id)
-                    .send()
-                    .await
-                    .map_err(|e| call_error("sts:AssumeRole", e));
-                self.count("sts:AssumeRole", &result);
-                let out = result?;
-                let c = out
-                    .credentials()
-                    .ok_or_else(|| unexpected("sts:AssumeRole", "no credentials"))?;
-                let expires = SystemTime::try_from(*c.expiration()).ok();
-                let creds = Credentials::new(
-                    c.access_key_id(),
-                    c.secret_access_key(),
-                    Some(c.session_token().to_owned()),
+        let mut roles = self.roles.lock().await;
+        let fresh = roles.get(role_arn).is_some_and(|c| {
+            c.expires
+                .is_none_or(|e| e > SystemTime::now() + Duration::from_secs(300))
+        });
+        if !fresh {
+            self.pace(&account).await;
+            let result = self
+                .sts
+                .assume_role()
+                .role_arn(role_arn)
+                .role_session_name("cplane")
+                .external_id(external_id)
+                .send()
+                .await
+                .map_err(|e| call_error("sts:AssumeRole", e));
+            self.count("sts:AssumeRole", &result);
+            let out = result?;
+            let c = out
+                .credentials()
+                .ok_or_else(|| unexpected("sts:AssumeRole", "no credentials"))?;
+            let expires = SystemTime::try_from(*c.expiration()).ok();
+            let creds = Credentials::new(
+                c.access_key_id(),
+                c.secret_access_key(),
+                Some(c.session_token().to_owned()),
+                expires,
+                "cplane-assume-role",
+            );
+            roles.insert(
+                role_arn.to_owned(),
+                CachedRole {
+                    route53: route53_client(&self.base, Some(&creds)),
+                    acm: HashMap::new(),
+                    creds,
                     expires,
-                    "cplane-assume-role",
-                );
-                roles.insert(
-                    role_arn.to_owned(),
-                    CachedRole {
-                        clients: clients(&self.base, Some(creds)),
-                        expires,
-                    },
-                );
-            }
+                },
+            );
         }
+        let role = roles.get_mut(role_arn).expect("inserted above");
+        let acm = role
+            .acm
+            .entry(region.to_owned())
+            .or_insert_with(|| acm_client(&self.base, Some(&role.creds), region))
+            .clone();
+        let clients = Clients {
+            route53: role.route53.clone(),
+            acm,
+        };
+        drop(roles);
         self.pace(&account).await;
-        Ok(self.roles.lock().await[role_arn].clients.clone())
+        Ok(clients)
     }
+}
+
+/// The region of an ARN (`arn:aws:acm:ap-southeast-1:…` → `ap-southeast-1`); empty when the
+/// ARN has none.
+pub(super) fn region_of_arn(arn: &str) -> &str {
+    arn.split(':').nth(3).unwrap_or("")
 }
 
 /// The SDK's standard classifier counts ACM's `LimitExceededException` as throttling and
@@ -277,17 +314,32 @@ impl aws_sdk_acm::config::retry::ClassifyRetry for QuotaIsNotThrottling {
     }
 }
 
-fn clients(base: &SdkConfig, creds: Option<Credentials>) -> Clients {
-    let mut r53 = aws_sdk_route53::config::Builder::from(base).region(Region::new("us-east-1"));
-    let mut acm = aws_sdk_acm::config::Builder::from(base).retry_classifier(QuotaIsNotThrottling);
-    if let Some(creds) = creds {
-        r53 = r53.credentials_provider(SharedCredentialsProvider::new(creds.clone()));
-        acm = acm.credentials_provider(SharedCredentialsProvider::new(creds));
-    }
+fn clients(base: &SdkConfig, creds: Option<&Credentials>) -> Clients {
     Clients {
-        route53: aws_sdk_route53::Client::from_conf(r53.build()),
-        acm: aws_sdk_acm::Client::from_conf(acm.build()),
+        route53: route53_client(base, creds),
+        acm: acm_client(base, creds, ""),
     }
+}
+
+/// Route53 is a global service: its endpoint is in `us-east-1` whatever the caller's region.
+fn route53_client(base: &SdkConfig, creds: Option<&Credentials>) -> aws_sdk_route53::Client {
+    let mut conf = aws_sdk_route53::config::Builder::from(base).region(Region::new("us-east-1"));
+    if let Some(creds) = creds {
+        conf = conf.credentials_provider(SharedCredentialsProvider::new(creds.clone()));
+    }
+    aws_sdk_route53::Client::from_conf(conf.build())
+}
+
+/// ACM in `region` (empty: the base configuration's region).
+fn acm_client(base: &SdkConfig, creds: Option<&Credentials>, region: &str) -> aws_sdk_acm::Client {
+    let mut conf = aws_sdk_acm::config::Builder::from(base).retry_classifier(QuotaIsNotThrottling);
+    if !region.is_empty() {
+        conf = conf.region(Region::new(region.to_owned()));
+    }
+    if let Some(creds) = creds {
+        conf = conf.credentials_provider(SharedCredentialsProvider::new(creds.clone()));
+    }
+    aws_sdk_acm::Client::from_conf(conf.build())
 }
 
 #[cfg(test)]

@@ -20,6 +20,35 @@ impl Db {
         Ok(())
     }
 
+    /// A step begun and not done (`started`, or `failed`: its outcome may be unknown): the key
+    /// it was begun with, and the resource its last done result named (`external_id` is kept
+    /// until the step is done again), so a retry resumes exactly the call that was begun.
+    pub async fn journal_pending(
+        &self,
+        workspace: &str,
+        step: StepKind,
+    ) -> Result<Option<(String, Option<String>)>, Error> {
+        let row = sqlx::query(
+            "SELECT idempotency_key, external_id FROM journal WHERE workspace_id = $1 AND step = $2 AND state <> 'done'",
+        )
+        .bind(workspace)
+        .bind(step.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get("idempotency_key")?, r.try_get("external_id")?)))
+            .transpose()
+    }
+
+    /// Removes one step's journal entry (a delegation made again after its removal).
+    pub async fn journal_forget(&self, workspace: &str, step: StepKind) -> Result<(), Error> {
+        sqlx::query("DELETE FROM journal WHERE workspace_id = $1 AND step = $2")
+            .bind(workspace)
+            .bind(step.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Journal: records the deterministic key *before* the call it guards. Returns the attempt
     /// number (1 on the first try; more means an earlier attempt's outcome is unknown).
     pub async fn journal_begin(
@@ -180,6 +209,7 @@ mod tests {
             environment: "prod".into(),
             account: "acme-corp".into(),
             aws_account_id: "111111111111".into(),
+            aws_region: "ap-southeast-1".into(),
             role_arn: "arn:aws:iam::111111111111:role/p".into(),
             external_id: "ext-1".into(),
             zone_name: "w-acme.sgp-1.cogrion.com".into(),

@@ -34,7 +34,7 @@ impl Db {
                 q.fetch_all(&self.pool).await
             }
         };
-        for row in fetch(format!("SELECT id, region, environment, account, aws_account_id, role_arn, external_id, zone_name, parent_zone, bff_url, deletion_policy, generation, status FROM workspaces WHERE id IN ({list})"), ids).await? {
+        for row in fetch(format!("SELECT id, region, environment, account, aws_account_id, aws_region, role_arn, external_id, zone_name, parent_zone, bff_url, deletion_policy, generation, status FROM workspaces WHERE id IN ({list})"), ids).await? {
             let w = workspace_row(&row)?;
             observed.workspaces.insert(w.applied.id.clone(), w);
         }
@@ -59,7 +59,7 @@ impl Db {
         let in_scope = |r: &str| scope.regions.is_empty() || scope.regions.iter().any(|x| x == r);
         let mut observed = Observed::default();
         let rows = sqlx::query(
-            "SELECT id, region, environment, account, aws_account_id, role_arn, external_id, zone_name, parent_zone, bff_url, deletion_policy, generation, status FROM workspaces",
+            "SELECT id, region, environment, account, aws_account_id, aws_region, role_arn, external_id, zone_name, parent_zone, bff_url, deletion_policy, generation, status FROM workspaces",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -119,10 +119,10 @@ impl Db {
         commit: &str,
     ) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO workspaces (id, region, environment, account, aws_account_id, role_arn, external_id, zone_name, parent_zone, bff_url, deletion_policy, generation, status, commit_id, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            "INSERT INTO workspaces (id, region, environment, account, aws_account_id, aws_region, role_arn, external_id, zone_name, parent_zone, bff_url, deletion_policy, generation, status, commit_id, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              ON CONFLICT (id) DO UPDATE SET region = excluded.region, environment = excluded.environment, account = excluded.account,
-               aws_account_id = excluded.aws_account_id, role_arn = excluded.role_arn, external_id = excluded.external_id,
+               aws_account_id = excluded.aws_account_id, aws_region = excluded.aws_region, role_arn = excluded.role_arn, external_id = excluded.external_id,
                zone_name = excluded.zone_name, parent_zone = excluded.parent_zone, bff_url = excluded.bff_url, deletion_policy = excluded.deletion_policy,
                generation = excluded.generation, status = excluded.status, commit_id = excluded.commit_id, updated_at = excluded.updated_at",
         )
@@ -131,6 +131,7 @@ impl Db {
         .bind(&w.environment)
         .bind(&w.account)
         .bind(&w.aws_account_id)
+        .bind(&w.aws_region)
         .bind(&w.role_arn)
         .bind(&w.external_id)
         .bind(&w.zone_name)
@@ -185,6 +186,7 @@ pub(super) fn workspace_row(row: &AnyRow) -> Result<ObservedWorkspace, Error> {
             environment: row.try_get("environment")?,
             account: row.try_get("account")?,
             aws_account_id: row.try_get("aws_account_id")?,
+            aws_region: row.try_get("aws_region")?,
             role_arn: row.try_get("role_arn")?,
             external_id: row.try_get("external_id")?,
             zone_name: row.try_get("zone_name")?,

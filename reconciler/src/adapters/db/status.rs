@@ -252,6 +252,28 @@ impl Db {
         .collect()
     }
 
+    /// When the last drift check of tenant zones in `scope` read up to (unix millis).
+    pub async fn drift_checked_until(&self, scope: &str) -> Result<Option<i64>, Error> {
+        let row = sqlx::query("SELECT checked_until FROM drift_checks WHERE scope = $1")
+            .bind(scope)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("checked_until")).transpose()?)
+    }
+
+    /// Records that the drift check of `scope` read up to `until` (unix millis).
+    pub async fn set_drift_checked_until(&self, scope: &str, until: i64) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO drift_checks (scope, checked_until) VALUES ($1, $2)
+             ON CONFLICT (scope) DO UPDATE SET checked_until = excluded.checked_until",
+        )
+        .bind(scope)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The last revision applied for `scope` (a refused revision never replaces it).
     pub async fn applied_revision(&self, scope: &str) -> Result<Option<String>, Error> {
         let row = sqlx::query("SELECT commit_id FROM applied_revisions WHERE scope = $1")

@@ -271,8 +271,13 @@ pub(super) struct RunArgs {
     /// Confirm removing more workspaces than --max-deletions.
     #[arg(long)]
     pub(super) confirm_deletions: bool,
-    /// Drift check reads every tenant zone (default: a rotating 1-in-800 slice per run, so a
-    /// run stays within N/100 + 5 reads; the parent zones are always read in full).
+    /// Deleting a removed workspace's hosted zone also deletes records cplane did not create
+    /// (e.g. external-dns's); without it the deletion waits and lists them.
+    #[arg(long, env = "CPLANE_DELETE_FOREIGN_RECORDS")]
+    pub(super) delete_foreign_records: bool,
+    /// Drift check reads every tenant zone (default: each run reads the tenant zones whose
+    /// slot fell since the previous check, so each is read at least once an hour; the parent
+    /// zones are always read in full).
     #[arg(long)]
     pub(super) deep_drift: bool,
     /// apply only: run again every INTERVAL (e.g. `3m`, `90s`), jittered by ±20 %, until
@@ -594,6 +599,10 @@ pub(super) enum Command {
         /// Most workspaces one revision may remove without confirmation.
         #[arg(long, env = "CPLANE_MAX_DELETIONS", default_value_t = 5)]
         max_deletions: usize,
+        /// Deleting a removed workspace's hosted zone also deletes records cplane did not
+        /// create (e.g. external-dns's); without it the deletion waits and lists them.
+        #[arg(long, env = "CPLANE_DELETE_FOREIGN_RECORDS")]
+        delete_foreign_records: bool,
         /// How long a client has to send a request's head (and to finish the TLS handshake)
         /// before it is disconnected.
         #[arg(long, env = "CPLANE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_interval)]

@@ -35,6 +35,7 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
         environments,
         max_deletions,
         confirm_deletions,
+        delete_foreign_records,
         deep_drift,
         every: _,
     } = args;
@@ -66,12 +67,13 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
             options: Options {
                 max_deletions: *max_deletions,
                 confirmed: *confirm_deletions,
+                delete_foreign_records: *delete_foreign_records,
             },
             dry_run,
             drift: if *deep_drift {
                 cplane_reconciler::aws::observe::Sample::All
             } else {
-                cplane_reconciler::aws::observe::Sample::OneIn(800)
+                cplane_reconciler::aws::observe::Sample::HOURLY
             },
             memo: None,
         };

@@ -75,6 +75,7 @@ pub(super) fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Exi
         webhook_secret: None,
         webhook_rate: Some(cplane_webhook::RateLimit::default()),
         max_deletions: 5,
+        delete_foreign_records: false,
         retention: cplane_reconciler::db::Retention::default(),
         tls: None,
         forwarded_certs: None,
