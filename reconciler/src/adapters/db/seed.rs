@@ -1,29 +1,11 @@
-//! The seed's tables (reference doc 001): `tenants`, the tenant → region lookup, BFF
-//! registrations.
+//! The seed's tables (reference doc 001): the tenant → region lookup, BFF registrations
+//! (`tenants`: [`super::tenants`]).
 
 use sqlx::Row;
 
 use super::*;
 
 impl Db {
-    /// Upserts the `tenants` row.
-    pub async fn write_tenant(&self, t: &TenantRow) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO tenants (workspace_id, region, delegated_zone, status, bff_url, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (workspace_id) DO UPDATE SET region = excluded.region, delegated_zone = excluded.delegated_zone,
-               status = excluded.status, bff_url = excluded.bff_url, updated_at = excluded.updated_at",
-        )
-        .bind(&t.workspace_id)
-        .bind(&t.region)
-        .bind(&t.delegated_zone)
-        .bind(&t.status)
-        .bind(&t.bff_url)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Upserts the lookup entry of `w-{workspace}`.
     pub async fn write_lookup(&self, workspace: &str, l: &LookupRow) -> Result<(), Error> {
         sqlx::query(

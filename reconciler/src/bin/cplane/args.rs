@@ -279,6 +279,9 @@ pub(super) struct RunArgs {
     /// interrupted — the periodic drift check of a one-shot installation.
     #[arg(long, env = "CPLANE_EVERY", value_parser = parse_interval)]
     pub(super) every: Option<std::time::Duration>,
+    /// The primary region (outside it, the `tenants` rows are read and written there).
+    #[command(flatten)]
+    pub(super) primary: cplane_reconciler::auth::RegionArgs,
 }
 
 /// A duration like `90s`, `3m`, `1h`, `30d` or `1h 30m` (humantime), or plain seconds.
