@@ -88,7 +88,13 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// The edge front door's routes and TLS authorization ([`edge`]).
     pub edge: edge::Settings,
+    /// How long a BFF's registration keeps its workspace's `BffHealthy` condition `True`
+    /// ([`DEFAULT_BFF_REGISTER_TTL`] by default).
+    pub bff_register_ttl: Duration,
 }
+
+/// How long a BFF's registration counts when no other follows: 5 minutes.
+pub const DEFAULT_BFF_REGISTER_TTL: Duration = Duration::from_secs(300);
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -303,6 +309,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         None
     };
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
+    let expiry = tokio::spawn(seed::expire_registrations(shared.clone()));
     let app = router(shared.clone());
     let served = crate::connections::serve(
         listener,
@@ -324,6 +331,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
             SHUTDOWN_GRACE.as_secs()
         ),
     }
+    expiry.abort();
     drop(watcher);
     served.map_err(|source| Error::Listen {
         addr: shared.settings.listen,

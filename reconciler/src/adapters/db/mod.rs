@@ -25,6 +25,7 @@ mod tokens;
 mod webhooks;
 
 pub use bundles::ClusterReport;
+pub use seed::BFF_HEALTHY;
 pub use status::{Condition, WorkspaceReadiness};
 pub use tenants::LocalTenants;
 pub use tokens::{TokenGrant, TokenInfo, TokenScope};

@@ -601,6 +601,10 @@ pub(super) enum Command {
         /// before it is disconnected.
         #[arg(long, env = "CPLANE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
         header_read_timeout: std::time::Duration,
+        /// How long a BFF's registration keeps its workspace's `BffHealthy` condition `True`:
+        /// a BFF that does not register again within it turns `False` (`RegistrationExpired`).
+        #[arg(long, env = "CPLANE_BFF_REGISTER_TTL", default_value = "5m", value_parser = parse_interval)]
+        bff_register_ttl: std::time::Duration,
         #[command(flatten)]
         retention: RetentionArgs,
         #[command(flatten)]

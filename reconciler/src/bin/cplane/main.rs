@@ -193,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             webhook_limit,
             max_deletions,
             header_read_timeout,
+            bff_register_ttl,
             retention,
             tls,
             edge,
@@ -219,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 auth: auth.into_config()?,
                 header_read_timeout,
                 edge: edge.settings(),
+                bff_register_ttl,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
