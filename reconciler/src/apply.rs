@@ -188,6 +188,9 @@ pub enum StepError {
     /// The database failed.
     #[error(transparent)]
     Db(#[from] crate::db::Error),
+    /// The `tenants` rows' store (the primary region's, outside it) refused.
+    #[error(transparent)]
+    Tenants(#[from] crate::tenants::Error),
     /// The step's workspace is neither desired nor recorded (the plan is not this run's).
     #[error("workspace {0} is neither desired nor recorded")]
     UnknownWorkspace(String),
@@ -237,6 +240,7 @@ impl StepError {
         match self {
             StepError::Cloud(e) => e.is_retryable(),
             StepError::Db(e) => e.is_retryable(),
+            StepError::Tenants(e) => e.is_retryable(),
             StepError::UnknownWorkspace(_)
             | StepError::NotDoneYet(_)
             | StepError::ParentZoneMissing(_)
@@ -267,10 +271,15 @@ async fn db_step(ctx: &Context, step: &Step) -> Result<Outcome, StepError> {
                 .await?;
             Ok(Outcome::Done(format!("status {}", status.as_str())))
         }
-        Action::WriteTenant { row } => {
-            ctx.db.write_tenant(row).await?;
-            Ok(Outcome::Done(format!("status {}", row.status)))
-        }
+        Action::WriteTenant { row } => match ctx.db.tenant_store().put(row).await {
+            Ok(()) => Ok(Outcome::Done(format!("status {}", row.status))),
+            // The primary region away (or this database): the step waits for the next run,
+            // which writes the row again (an upsert), so it is never lost.
+            Err(e) if e.is_retryable() => Ok(Outcome::Waiting(format!(
+                "tenants row not written: {e}; retried on the next run"
+            ))),
+            Err(e) => Err(e.into()),
+        },
         Action::WriteLookup { row } => {
             ctx.db.write_lookup(id, row).await?;
             Ok(Outcome::Done(format!("w-{id} -> {}", row.region)))

@@ -115,9 +115,38 @@ pub struct RegionArgs {
     /// resolved there.
     #[arg(long, env = "PRIMARY_CPLANE_API_URL")]
     pub primary_cplane_api_url: Option<String>,
-    /// Shared secret of `/internal/principals` between regions (prefer the environment).
+    /// Shared secret of the `/internal/` endpoints between regions (prefer the environment or
+    /// `--inter-region-service-token-file`).
     #[arg(long, env = "INTER_REGION_SERVICE_TOKEN", hide_env_values = true)]
     pub inter_region_service_token: Option<String>,
+    /// File holding the inter-region shared secret (a mounted secret; surrounding whitespace
+    /// is ignored), instead of `INTER_REGION_SERVICE_TOKEN`.
+    #[arg(
+        long,
+        env = "INTER_REGION_SERVICE_TOKEN_FILE",
+        conflicts_with = "inter_region_service_token"
+    )]
+    pub inter_region_service_token_file: Option<std::path::PathBuf>,
+}
+
+impl RegionArgs {
+    /// The inter-region token, from the flag or environment variable, or read from its file.
+    pub fn service_token(&self) -> Result<Option<String>, Error> {
+        let token = match (
+            &self.inter_region_service_token,
+            &self.inter_region_service_token_file,
+        ) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(path)) => {
+                Some(std::fs::read_to_string(path).map_err(|e| Error::Config {
+                    flag: "--inter-region-service-token-file (INTER_REGION_SERVICE_TOKEN_FILE)",
+                    reason: format!("{}: {e}", path.display()),
+                })?)
+            }
+            (None, None) => None,
+        };
+        Ok(token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()))
+    }
 }
 
 impl Args {
@@ -127,12 +156,14 @@ impl Args {
             oidc_issuers,
             oidc_audience,
             insecure_open_read,
-            region:
-                RegionArgs {
-                    primary_cplane_api_url,
-                    inter_region_service_token,
-                },
+            region,
         } = self;
+        let service_token = region.service_token()?;
+        let RegionArgs {
+            primary_cplane_api_url,
+            inter_region_service_token: _,
+            inter_region_service_token_file: _,
+        } = region;
         let non_empty =
             |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
         let issuers: Vec<String> = oidc_issuers
@@ -154,7 +185,6 @@ impl Args {
             });
         }
         let primary = non_empty(primary_cplane_api_url);
-        let service_token = non_empty(inter_region_service_token);
         if let Some(p) = &primary {
             jwks::checked_uri(p).map_err(|e| Error::Config {
                 flag: "--primary-cplane-api-url (PRIMARY_CPLANE_API_URL)",
@@ -665,32 +695,53 @@ fn service_token_matches(presented: &str, expected: &str) -> bool {
     a.ct_eq(&b).into()
 }
 
+/// Another region's control plane: the request carries `Authorization: Bearer
+/// <INTER_REGION_SERVICE_TOKEN>` (compared in constant time). The extractor of every
+/// `/internal/` route; it refuses with 401 when the token is missing, wrong, or not configured
+/// here, and with 421 when this control plane is not the primary region's (it has
+/// `PRIMARY_CPLANE_API_URL`): the primary's data is not here.
+pub struct InterRegion;
+
+impl<S: Send + Sync> FromRequestParts<S> for InterRegion
+where
+    Arc<Auth>: axum::extract::FromRef<S>,
+{
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let auth = <Arc<Auth> as axum::extract::FromRef<S>>::from_ref(state);
+        let Some(expected) = auth.config.service_token.as_deref() else {
+            return Err(Rejection::unauthorized(
+                "INTER_REGION_SERVICE_TOKEN is not configured here",
+            ));
+        };
+        match bearer(&parts.headers) {
+            Some(t) if service_token_matches(t, expected) => {}
+            _ => {
+                return Err(Rejection::unauthorized(
+                    "the inter-region service token is required",
+                ))
+            }
+        }
+        if let Directory::Primary(p) = &auth.directory {
+            return Err(Rejection {
+                status: StatusCode::MISDIRECTED_REQUEST,
+                message: format!(
+                    "this is not the primary region: its data lives at {}",
+                    p.base()
+                ),
+            });
+        }
+        Ok(InterRegion)
+    }
+}
+
 /// `GET /internal/principals?email=` (reference doc 001): identity only, for other regions.
 async fn internal_principal(
     State(auth): State<Arc<Auth>>,
-    headers: HeaderMap,
+    _caller: InterRegion,
     Query(q): Query<EmailQuery>,
 ) -> Response {
-    let Some(expected) = auth.config.service_token.as_deref() else {
-        return Rejection::unauthorized("INTER_REGION_SERVICE_TOKEN is not configured here")
-            .into_response();
-    };
-    match bearer(&headers) {
-        Some(t) if service_token_matches(t, expected) => {}
-        _ => {
-            return Rejection::unauthorized("the inter-region service token is required")
-                .into_response()
-        }
-    }
-    if let Directory::Primary(p) = &auth.directory {
-        return (
-            StatusCode::MISDIRECTED_REQUEST,
-            Json(
-                json!({ "error": format!("principals live in the primary region ({})", p.base()) }),
-            ),
-        )
-            .into_response();
-    }
     match principals::find(&auth.db, &q.email).await {
         Ok(Some(p)) => Json(json!({
             "uid": p.uid,
@@ -798,7 +849,7 @@ mod tests {
         let no_token = Args {
             region: RegionArgs {
                 primary_cplane_api_url: Some("https://cplane.sgp-1.cogrion.com".into()),
-                inter_region_service_token: None,
+                ..RegionArgs::default()
             },
             ..Args::default()
         }
@@ -811,7 +862,7 @@ mod tests {
         let empty = Args {
             region: RegionArgs {
                 primary_cplane_api_url: Some(String::new()),
-                inter_region_service_token: None,
+                ..RegionArgs::default()
             },
             oidc_issuers: vec![String::new()],
             ..Args::default()
@@ -819,5 +870,36 @@ mod tests {
         .into_config()
         .expect("empty values are unset");
         assert!(empty.primary.is_none() && empty.issuers.is_empty());
+    }
+
+    #[test]
+    fn the_inter_region_token_may_come_from_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret-from-a-mounted-secret\n").expect("write");
+        let from_file = |path: std::path::PathBuf| {
+            Args {
+                region: RegionArgs {
+                    primary_cplane_api_url: Some("https://cplane.sgp-1.cogrion.com".into()),
+                    inter_region_service_token_file: Some(path),
+                    ..RegionArgs::default()
+                },
+                ..Args::default()
+            }
+            .into_config()
+        };
+        let config = from_file(file).expect("token file");
+        assert_eq!(
+            config.service_token.as_deref(),
+            Some("s3cret-from-a-mounted-secret")
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let missing = from_file(dir.path().join("nope")).expect_err("missing file");
+        assert!(
+            missing.to_string().starts_with(
+                "--inter-region-service-token-file (INTER_REGION_SERVICE_TOKEN_FILE): "
+            ),
+            "{missing}"
+        );
     }
 }

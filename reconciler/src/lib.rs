@@ -11,7 +11,8 @@
 //! - [`serve`]: `cplane serve` (the loop and a router per surface); [`bundle_store`]:
 //!   published bundles as agents poll them; [`connections`]: its HTTP/1.1 connections
 //!   ([`tls`]: HTTPS, mTLS); [`lease`]: one reconciling replica per scope.
-//! - [`auth`]: OIDC bearer JWTs, principals, account memberships, the development issuer.
+//! - [`auth`]: OIDC bearer JWTs, principals, account memberships, the development issuer;
+//!   [`tenants`]: where the `tenants` rows live (the primary region owns them).
 //! - [`api`] and [`write`]: the write API, committing to the state repo on a user's behalf.
 //! - [`init`]: `cplane init`; [`synthetic`]: generated state repos for benchmarks.
 #![forbid(unsafe_code)]
@@ -36,5 +37,6 @@ pub mod lease;
 pub mod reconcile;
 pub mod serve;
 pub mod synthetic;
+pub mod tenants;
 pub mod tls;
 pub mod write;

@@ -103,6 +103,12 @@ pub fn remote_and_work(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, S
         .bare(true)
         .clone(&format!("file://{}", seed.path().display()), &remote)
         .expect("bare remote");
+    let (work, branch) = work_of(dir, &remote);
+    (remote, work, branch)
+}
+
+/// A work tree at `dir/work` cloned from the bare `remote`: (work tree path, branch).
+fn work_of(dir: &Path, remote: &Path) -> (std::path::PathBuf, String) {
     let work = dir.join("work");
     let repo =
         git2::Repository::clone(&format!("file://{}", remote.display()), &work).expect("clone");
@@ -112,7 +118,7 @@ pub fn remote_and_work(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, S
         .shorthand()
         .expect("branch")
         .to_owned();
-    (remote, work, branch)
+    (work, branch)
 }
 
 /// How to start a `cplane serve` for a test: its own state repo (a bare remote seeded with the
@@ -128,6 +134,8 @@ pub fn remote_and_work(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, S
 #[derive(Debug)]
 pub struct Serve {
     dir: std::path::PathBuf,
+    remote: Option<std::path::PathBuf>,
+    port: Option<u16>,
     database: Option<String>,
     args: Vec<std::ffi::OsString>,
     env: Vec<(String, String)>,
@@ -139,6 +147,8 @@ impl Serve {
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
+            remote: None,
+            port: None,
             database: None,
             args: Vec::new(),
             env: Vec::new(),
@@ -155,6 +165,20 @@ impl Serve {
     /// Writes the server's standard error (its logs) to `path` instead of discarding it.
     pub fn stderr_to(mut self, path: &Path) -> Self {
         self.stderr = Some(path.to_owned());
+        self
+    }
+
+    /// Follows the bare state repo `remote` (another server's [`Server::remote`]: two regions'
+    /// control planes of one platform) instead of a new one seeded with the template.
+    pub fn state_repo(mut self, remote: &Path) -> Self {
+        self.remote = Some(remote.to_owned());
+        self
+    }
+
+    /// Listens on `port` (a server started again where an earlier one listened) instead of a
+    /// free one.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -202,17 +226,25 @@ impl Serve {
     pub fn spawn(self) -> Server {
         let Self {
             dir,
+            remote,
+            port,
             database,
             args,
             env,
             stderr,
         } = self;
-        let (remote, work, branch) = remote_and_work(&dir);
+        let (remote, work, branch) = match remote {
+            Some(remote) => {
+                let (work, branch) = work_of(&dir, &remote);
+                (remote, work, branch)
+            }
+            None => remote_and_work(&dir),
+        };
         let database =
             database.unwrap_or_else(|| format!("sqlite://{}", dir.join("cplane.db").display()));
         let cwd = dir.join("cwd");
         std::fs::create_dir_all(&cwd).expect("the server's working directory");
-        let port = crate::moto::free_port();
+        let port = port.unwrap_or_else(crate::moto::free_port);
         let stderr = match stderr {
             Some(path) => std::fs::File::create(path)
                 .expect("the server's log")

@@ -82,7 +82,10 @@ fn register(port: u16, id: &str, token: &str) -> u16 {
             bearer(token),
             ("Content-Type", "application/json".to_owned()),
         ],
-        format!(r#"{{"url":"https://bff.w-{id}.sgp-1.cogrion.com"}}"#).as_bytes(),
+        format!(
+            r#"{{"bff_url":"https://bff.w-{id}.sgp-1.cogrion.com","public_ip":"203.0.113.7"}}"#
+        )
+        .as_bytes(),
     )
     .0
 }

@@ -674,7 +674,7 @@ async fn a_cluster_credential_opens_nothing_of_another_cluster() {
     let agent = f.cluster_token("w-acme", "agent");
     let bff = f.cluster_token("w-acme", "bff");
     let report = status_report();
-    let registration = r#"{"url":"https://evil.example.com"}"#;
+    let registration = r#"{"bff_url":"https://evil.example.com","public_ip":"198.51.100.9"}"#;
     let before = f.server.remote_refs();
     for token in [&agent, &bff] {
         for (method, path, body, expected) in [
@@ -999,7 +999,7 @@ async fn traversal_ids_write_nothing() {
             (
                 "POST",
                 format!("/api/workspaces/{id}/register"),
-                r#"{"url":"https://bff.example.com"}"#,
+                r#"{"bff_url":"https://bff.example.com","public_ip":"198.51.100.9"}"#,
                 &bff,
             ),
         ];
@@ -1041,7 +1041,10 @@ async fn oversized_bodies_are_refused_on_every_route() {
         ),
         "}",
     );
-    let registration = big(r#"{"url":"https://x.example.com","junk":"#, "}");
+    let registration = big(
+        r#"{"bff_url":"https://x.example.com","public_ip":"198.51.100.9","junk":"#,
+        "}",
+    );
     let push = big(
         &format!(r#"{{"ref":"refs/heads/{}","junk":"#, f.server.branch),
         "}",

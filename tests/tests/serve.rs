@@ -454,7 +454,7 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
         .0,
         403
     );
-    let reg = br#"{"url":"https://bff.w-acme.sgp-1.cogrion.com"}"#;
+    let reg = br#"{"bff_url":"https://bff.w-acme.sgp-1.cogrion.com","public_ip":"203.0.113.7"}"#;
     let json = ("Content-Type", "application/json".to_owned());
     assert_eq!(
         http(
@@ -473,10 +473,10 @@ fn agent_bundle_protocol_with_cluster_tokens_and_bff_endpoints() {
             "POST",
             "/api/workspaces/acme/register",
             &[bearer(&acme_bff), json.clone()],
-            br#"{"url":"http://x"}"#
+            br#"{"bff_url":"http://x","public_ip":"203.0.113.7"}"#
         )
         .0,
-        422
+        400
     );
     let (_, body) = http(
         s.port,

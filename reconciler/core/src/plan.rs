@@ -369,6 +369,10 @@ pub struct Observed {
     pub workspaces: BTreeMap<String, ObservedWorkspace>,
     /// `tenants` rows by workspace id (no `w-`).
     pub tenants: BTreeMap<String, TenantRow>,
+    /// Why the `tenants` rows could not be read (the primary region unreachable), when they
+    /// could not: then every workspace's row is written again (an idempotent upsert), so none
+    /// is lost while the primary is away.
+    pub tenants_unobserved: Option<String>,
     /// Lookup entries by workspace id (no `w-`).
     pub lookup: BTreeMap<String, LookupRow>,
     /// Journal by (workspace id, step).
@@ -1126,6 +1130,9 @@ fn provision(
             let re_added = have.is_some_and(|h| h.status == Status::Retained);
             let why = match (found, fresh || re_added || issued.is_some()) {
                 (Some(_), false) => "drift: tenants row differs",
+                (None, false) if o.tenants_unobserved.is_some() => {
+                    "tenants rows not observed (primary region unreachable)"
+                }
                 _ => reason,
             };
             b.push(
@@ -1244,9 +1251,19 @@ fn deprovision(b: &mut Builder<'_>, have: &ObservedWorkspace) {
         Policy::Delete => (Status::Deleted, "deleted"),
         Policy::Retain => (Status::Retained, "retained"),
     };
-    if let Some(row) = b.observed.tenants.get(&w.id) {
+    // The row as observed; unobserved (the primary region unreachable), the one this control
+    // plane wrote, so the removal is still recorded once the primary answers.
+    let row = b.observed.tenants.get(&w.id).cloned().or_else(|| {
+        b.observed.tenants_unobserved.as_ref().map(|_| TenantRow {
+            workspace_id: workspace_name(&w.id),
+            region: w.region.clone(),
+            delegated_zone: w.zone_name.clone(),
+            status: String::new(),
+            bff_url: w.bff_url.clone(),
+        })
+    });
+    if let Some(mut row) = row {
         if row.status != tenant_status {
-            let mut row = row.clone();
             row.status = tenant_status.into();
             last = b
                 .push(

@@ -6,7 +6,10 @@
 //! - [`db`]: the database (sqlx; SQLite embedded, PostgreSQL in production), split by table
 //!   family.
 //! - [`git`]: reading revisions, remote credentials.
+//! - [`primary`]: the primary region's internal API (the `tenants` rows of other regions),
+//!   behind the [`crate::tenants::TenantStore`] port.
 
 pub mod aws;
 pub mod db;
 pub mod git;
+pub mod primary;

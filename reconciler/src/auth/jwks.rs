@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::http::{header, Request, StatusCode, Uri};
-use http_body_util::{BodyExt as _, Empty, Limited};
+use axum::http::{header, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
@@ -125,11 +125,11 @@ fn is_loopback(host: &str) -> bool {
 
 type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
-/// An HTTP/1.1 client for issuers and the primary region: https with the system's roots
+/// An HTTP/1.1 client for issuers and the primary region (principals, tenants rows): https with the system's roots
 /// (rustls on aws-lc-rs), plain http only to loopback addresses (tests, `cplane up`).
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: hyper_util::client::legacy::Client<Connector, Empty<Bytes>>,
+    inner: hyper_util::client::legacy::Client<Connector, Full<Bytes>>,
 }
 
 impl Default for HttpClient {
@@ -170,13 +170,31 @@ impl HttpClient {
         url: &str,
         bearer: Option<&str>,
     ) -> Result<(StatusCode, Bytes), FetchError> {
+        self.send(Method::GET, url, bearer, None).await
+    }
+
+    /// `method url` (https, or http to loopback) with an optional bearer token and JSON body:
+    /// status and body (at most 1 MiB, within 5 s).
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        bearer: Option<&str>,
+        json: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), FetchError> {
         let uri = checked_uri(url)?;
-        let mut req = Request::get(uri).header(header::ACCEPT, "application/json");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::ACCEPT, "application/json");
         if let Some(token) = bearer {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
+        if json.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
         let req = req
-            .body(Empty::new())
+            .body(Full::new(Bytes::from(json.unwrap_or_default())))
             .map_err(|source| FetchError::Request {
                 url: url.to_owned(),
                 source,

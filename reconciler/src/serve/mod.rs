@@ -15,7 +15,10 @@
 //!   applied revision for the read API) and take over when the holder dies. Agents' long-polls
 //!   are woken on every replica ([`crate::bundle_store`], `LISTEN/NOTIFY`).
 //! - **Auth** ([`crate::auth`]): OIDC bearer JWTs on the `/v1` API when issuers are configured,
-//!   `/internal/principals` for other regions, `/v1/me`.
+//!   `/internal/principals` and `/internal/tenants` for other regions, `/v1/me`.
+//! - **Primary region** ([`crate::tenants`]): with `PRIMARY_CPLANE_API_URL` set, the `tenants`
+//!   rows are read and written through the primary's `/internal/tenants`, never this
+//!   database's table.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -87,7 +90,13 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// The edge front door's routes and TLS authorization ([`edge`]).
     pub edge: edge::Settings,
+    /// How long a BFF's registration keeps its workspace's `BffHealthy` condition `True`
+    /// ([`DEFAULT_BFF_REGISTER_TTL`] by default).
+    pub bff_register_ttl: Duration,
 }
+
+/// How long a BFF's registration counts when no other follows: 5 minutes.
+pub const DEFAULT_BFF_REGISTER_TTL: Duration = Duration::from_secs(300);
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +120,13 @@ pub enum Error {
     /// The branch to follow could not be found on the remote.
     #[error("{0}")]
     Branch(String),
+    /// The primary region's internal API is not usable (`PRIMARY_CPLANE_API_URL`).
+    #[error("{source}")]
+    Primary {
+        /// What is wrong.
+        #[source]
+        source: crate::tenants::Error,
+    },
     /// The published bundles could not be read.
     #[error("reading published bundles: {source}")]
     Store {
@@ -144,6 +160,7 @@ fn listen_reason(e: &std::io::Error) -> String {
 
 mod agent_api;
 pub mod edge;
+mod internal;
 mod metrics;
 mod reconcile_loop;
 mod seed;
@@ -204,7 +221,18 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     .map_err(Error::Branch)?;
     drop(mirror);
     settings.branch = Some(branch.clone());
-    let db = db.with_retention(settings.retention);
+    let mut db = db.with_retention(settings.retention);
+    // A region other than the primary reads and writes the primary's `tenants` rows.
+    if let (Some(primary), Some(token)) = (&settings.auth.primary, &settings.auth.service_token) {
+        let remote = crate::adapters::primary::RemoteTenants::new(
+            primary,
+            token,
+            crate::auth::jwks::HttpClient::new(),
+        )
+        .map_err(|source| Error::Primary { source })?;
+        tracing::info!(primary = %primary, "tenants rows live in the primary region");
+        db = db.with_tenant_store(Arc::new(remote));
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| Error::Listen {
@@ -284,6 +312,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         None
     };
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
+    let expiry = tokio::spawn(seed::expire_registrations(shared.clone()));
     let app = router(shared.clone());
     let served = crate::connections::serve(
         listener,
@@ -305,6 +334,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
             SHUTDOWN_GRACE.as_secs()
         ),
     }
+    expiry.abort();
     drop(watcher);
     served.map_err(|source| Error::Listen {
         addr: shared.settings.listen,
@@ -372,6 +402,7 @@ fn router(shared: Arc<Shared>) -> Router {
         // The edge front door (open, rate-limited per source address).
         .merge(edge::router(shared.clone()))
         // Other regions (`INTER_REGION_SERVICE_TOKEN`) and the development issuer's keys.
+        .merge(internal::router(&shared))
         .merge(crate::auth::routes(auth))
         .merge(users);
     // Push webhooks (signed).

@@ -440,6 +440,44 @@ fn drift_hand_edited_tenant_row_and_lookup_are_restored() {
 }
 
 #[test]
+fn unobserved_tenant_rows_are_written_again_and_removals_still_recorded() {
+    // The primary region is unreachable: its rows are unknown, not absent.
+    let (acme, mut globex) = (ws("acme"), ws("globex"));
+    globex.deletion_policy = Policy::Delete;
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    provisioned(&mut observed, &globex);
+    observed.tenants.clear();
+    observed.tenants_unobserved = Some("the primary region is unreachable".into());
+    observed.delegations = None;
+    let plan = plan(&desired(&[acme]), &observed, Options::default());
+    let s = steps(&plan);
+    assert_eq!(
+        s[0],
+        "acme ~ db tenants row w-acme (status active) after [] (tenants rows not observed (primary region unreachable))"
+    );
+    assert!(
+        s.contains(
+            &"globex ~ db tenants row w-globex (status deleted) after [6] (removed from the state repo)"
+                .to_owned()
+        ),
+        "{s:#?}"
+    );
+    let row = plan
+        .steps
+        .iter()
+        .find_map(|st| match &st.action {
+            Action::WriteTenant { row } if st.workspace == "globex" => Some(row.clone()),
+            _ => None,
+        })
+        .expect("globex's row");
+    assert_eq!(
+        (row.region.as_str(), row.delegated_zone.as_str()),
+        ("sgp-1", "w-globex.sgp-1.cogrion.com")
+    );
+}
+
+#[test]
 fn re_adding_a_deleted_workspace_starts_a_new_generation() {
     let acme = ws("acme");
     let mut observed = Observed::default();

@@ -20,11 +20,14 @@ mod journal;
 mod observe;
 mod seed;
 mod status;
+mod tenants;
 mod tokens;
 mod webhooks;
 
 pub use bundles::ClusterReport;
+pub use seed::BFF_HEALTHY;
 pub use status::{Condition, WorkspaceReadiness};
+pub use tenants::LocalTenants;
 pub use tokens::{TokenGrant, TokenInfo, TokenScope};
 
 /// Errors of the database adapter.
@@ -117,6 +120,9 @@ pub struct Db {
     pool: AnyPool,
     url: std::sync::Arc<str>,
     retention: Retention,
+    /// Where the `tenants` rows live ([`crate::tenants`]): this pool's table unless
+    /// [`Db::with_tenant_store`] says otherwise.
+    tenants: std::sync::Arc<dyn crate::tenants::TenantStore>,
 }
 
 /// How many reconcile runs are kept per scope, and for how long: older runs are deleted as
@@ -190,6 +196,7 @@ impl Db {
             })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self {
+            tenants: std::sync::Arc::new(LocalTenants::new(pool.clone())),
             pool,
             url: url.into(),
             retention: Retention::default(),

@@ -6,6 +6,7 @@ use sqlx::Row;
 
 use super::journal::journal_row;
 use super::*;
+use crate::tenants::Filter;
 
 impl Db {
     /// What the planner needs about just these workspaces (incremental re-plans), leaving out
@@ -38,10 +39,8 @@ impl Db {
             let w = workspace_row(&row)?;
             observed.workspaces.insert(w.applied.id.clone(), w);
         }
-        for row in fetch(format!("SELECT workspace_id, region, delegated_zone, status, bff_url FROM tenants WHERE workspace_id IN ({list})"), &names).await? {
-            let t = tenant_row(&row)?;
-            observed.tenants.insert(t.workspace_id.trim_start_matches("w-").to_owned(), t);
-        }
+        self.observe_tenants(&Filter::Workspaces(names.clone()), &mut observed, |_| true)
+            .await?;
         for row in fetch(format!("SELECT workspace_name, region, bff_url FROM tenant_lookup WHERE workspace_name IN ({list})"), &names).await? {
             let name: String = row.try_get("workspace_name")?;
             observed.lookup.insert(name.trim_start_matches("w-").to_owned(), LookupRow { region: row.try_get("region")?, bff_url: row.try_get("bff_url")? });
@@ -69,17 +68,12 @@ impl Db {
                 observed.workspaces.insert(w.applied.id.clone(), w);
             }
         }
-        for row in
-            sqlx::query("SELECT workspace_id, region, delegated_zone, status, bff_url FROM tenants")
-                .fetch_all(&self.pool)
-                .await?
-        {
-            let t = tenant_row(&row)?;
-            if in_scope(&t.region) {
-                let id = t.workspace_id.trim_start_matches("w-").to_owned();
-                observed.tenants.insert(id, t);
-            }
-        }
+        self.observe_tenants(
+            &Filter::Regions(scope.regions.clone()),
+            &mut observed,
+            |t| in_scope(&t.region),
+        )
+        .await?;
         for row in sqlx::query("SELECT workspace_name, region, bff_url FROM tenant_lookup")
             .fetch_all(&self.pool)
             .await?
@@ -108,6 +102,33 @@ impl Db {
         }
         restrict(&mut observed, scope);
         Ok(observed)
+    }
+
+    /// Reads the `tenants` rows of `filter` that `keep` accepts into `observed`, from this
+    /// region's [`crate::tenants::TenantStore`]. When the primary region cannot be asked, the
+    /// rows are left unobserved ([`Observed::tenants_unobserved`] says why) instead of failing
+    /// the run: the planner then writes them again, and those steps wait for the primary.
+    async fn observe_tenants(
+        &self,
+        filter: &Filter,
+        observed: &mut Observed,
+        keep: impl Fn(&TenantRow) -> bool,
+    ) -> Result<(), Error> {
+        match self.tenant_store().list(filter).await {
+            Ok(rows) => {
+                for t in rows.into_iter().filter(|t| keep(t)) {
+                    let id = t.workspace_id.trim_start_matches("w-").to_owned();
+                    observed.tenants.insert(id, t);
+                }
+                Ok(())
+            }
+            Err(crate::tenants::Error::Db(e)) => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "tenants rows not observed");
+                observed.tenants_unobserved = Some(e.to_string());
+                Ok(())
+            }
+        }
     }
 
     /// Upserts the `workspaces` row.

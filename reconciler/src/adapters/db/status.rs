@@ -27,7 +27,7 @@ pub struct Condition<'a> {
     pub commit: &'a str,
 }
 
-const UPSERT_CONDITION: &str = "INSERT INTO entity_status (kind, id, condition, status, reason, message, commit_id, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+pub(super) const UPSERT_CONDITION: &str = "INSERT INTO entity_status (kind, id, condition, status, reason, message, commit_id, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
      ON CONFLICT (kind, id, condition) DO UPDATE SET status = excluded.status, reason = excluded.reason, message = excluded.message,
        commit_id = excluded.commit_id, updated_at = excluded.updated_at";
 

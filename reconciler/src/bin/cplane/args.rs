@@ -284,6 +284,9 @@ pub(super) struct RunArgs {
     /// interrupted — the periodic drift check of a one-shot installation.
     #[arg(long, env = "CPLANE_EVERY", value_parser = parse_interval)]
     pub(super) every: Option<std::time::Duration>,
+    /// The primary region (outside it, the `tenants` rows are read and written there).
+    #[command(flatten)]
+    pub(super) primary: cplane_reconciler::auth::RegionArgs,
 }
 
 /// A duration like `90s`, `3m`, `1h`, `30d` or `1h 30m` (humantime), or plain seconds.
@@ -607,6 +610,10 @@ pub(super) enum Command {
         /// before it is disconnected.
         #[arg(long, env = "CPLANE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
         header_read_timeout: std::time::Duration,
+        /// How long a BFF's registration keeps its workspace's `BffHealthy` condition `True`:
+        /// a BFF that does not register again within it turns `False` (`RegistrationExpired`).
+        #[arg(long, env = "CPLANE_BFF_REGISTER_TTL", default_value = "5m", value_parser = parse_interval)]
+        bff_register_ttl: std::time::Duration,
         #[command(flatten)]
         retention: RetentionArgs,
         #[command(flatten)]

@@ -194,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_deletions,
             delete_foreign_records,
             header_read_timeout,
+            bff_register_ttl,
             retention,
             tls,
             edge,
@@ -221,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 auth: auth.into_config()?,
                 header_read_timeout,
                 edge: edge.settings(),
+                bff_register_ttl,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

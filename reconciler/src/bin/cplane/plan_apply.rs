@@ -26,6 +26,29 @@ pub(super) fn reconcile(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> {
     }
 }
 
+/// `db`, with the `tenants` rows read and written at the primary region when
+/// `PRIMARY_CPLANE_API_URL` is set (this is another region's control plane).
+fn with_primary(db: Db, primary: &cplane_reconciler::auth::RegionArgs) -> anyhow::Result<Db> {
+    let token = primary.service_token()?;
+    let url = primary
+        .primary_cplane_api_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
+    let Some(url) = url else { return Ok(db) };
+    let Some(token) = token else {
+        anyhow::bail!(InvalidInput(
+            "--inter-region-service-token (INTER_REGION_SERVICE_TOKEN): required with PRIMARY_CPLANE_API_URL".into()
+        ));
+    };
+    let remote = cplane_reconciler::adapters::primary::RemoteTenants::new(
+        url,
+        &token,
+        cplane_reconciler::auth::jwks::HttpClient::new(),
+    )?;
+    Ok(db.with_tenant_store(std::sync::Arc::new(remote)))
+}
+
 pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> {
     let RunArgs {
         repo,
@@ -38,6 +61,7 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
         delete_foreign_records,
         deep_drift,
         every: _,
+        primary,
     } = args;
     let (dry_run, format) = match mode {
         Mode::Plan(f) => (true, f),
@@ -54,7 +78,7 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let db = Db::connect(&database).await?;
+        let db = with_primary(Db::connect(&database).await?, primary)?;
         let aws = match cloud {
             Cloud::Aws => Some(cplane_reconciler::aws::Aws::from_env().await),
             Cloud::None => None,
