@@ -6,7 +6,12 @@
 //! - [`db`]: the database (sqlx; SQLite embedded, PostgreSQL in production), split by table
 //!   family.
 //! - [`git`]: reading revisions, remote credentials.
+//! - [`keycloak`] (step 9) and [`lookup`] (step 8: Workers KV, DynamoDB), behind the
+//!   [`crate::global`] ports; [`http`]: the HTTP client of the REST adapters.
 
 pub mod aws;
 pub mod db;
 pub mod git;
+pub mod http;
+pub mod keycloak;
+pub mod lookup;
