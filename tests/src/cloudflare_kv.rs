@@ -64,7 +64,7 @@ impl KvServer {
             values: BTreeMap::new(),
             log: Vec::new(),
         }));
-        let faults: Arc<Faults> = Arc::default();
+        let faults = Arc::new(Faults::seeded(2));
         let shared: Shared = (world.clone(), faults.clone());
         let base = "/client/v4/accounts/{account}/storage/kv/namespaces/{ns}";
         let app = Router::new()

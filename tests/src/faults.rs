@@ -15,6 +15,7 @@ pub struct Faults {
 struct State {
     percent: u32,
     seed: u64,
+    count: u64,
     injected: u64,
 }
 
@@ -29,17 +30,31 @@ pub enum Fault {
 
 impl Default for Faults {
     fn default() -> Self {
+        Self::seeded(1)
+    }
+}
+
+/// splitmix64: a well-mixed value for each request number.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Faults {
+    /// No faults yet; the requests that will fail are decided by `seed`.
+    pub fn seeded(seed: u64) -> Self {
         Self {
             state: Mutex::new(State {
                 percent: 0,
-                seed: 0x9e37_79b9_7f4a_7c15,
+                seed,
+                count: 0,
                 injected: 0,
             }),
         }
     }
-}
 
-impl Faults {
     /// From now on, `percent` % of requests fail (two thirds throttled, a third `503`).
     pub fn set_percent(&self, percent: u32) {
         self.state.lock().expect("faults").percent = percent.min(100);
@@ -56,16 +71,13 @@ impl Faults {
         if s.percent == 0 {
             return None;
         }
-        // xorshift64*: deterministic from the seed.
-        s.seed ^= s.seed >> 12;
-        s.seed ^= s.seed << 25;
-        s.seed ^= s.seed >> 27;
-        let r = s.seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        if (r >> 33) % 100 >= u64::from(s.percent) {
+        s.count += 1;
+        let r = mix(s.seed.wrapping_mul(1_000_003).wrapping_add(s.count - 1));
+        if r % 100 >= u64::from(s.percent) {
             return None;
         }
         s.injected += 1;
-        Some(if (r >> 20) % 3 == 0 {
+        Some(if (r >> 32) % 3 == 0 {
             Fault::Unavailable
         } else {
             Fault::Throttle
@@ -91,4 +103,19 @@ pub fn serve_in_background(app: axum::Router) -> String {
         });
     });
     url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn about_the_share_asked_for_fails() {
+        let f = Faults::default();
+        assert_eq!((0..1000).filter(|_| f.next().is_some()).count(), 0);
+        f.set_percent(30);
+        let failed = (0..1000).filter(|_| f.next().is_some()).count();
+        assert!((250..350).contains(&failed), "{failed}");
+        assert_eq!(f.injected(), failed as u64);
+    }
 }
