@@ -506,6 +506,41 @@ mod tests {
     }
 
     #[test]
+    fn realms_features_and_temporal_are_derived_per_region_and_environment() {
+        use cplane_schema::validate::integrations::{features, temporal_address};
+        let model = model_with(
+            "  keycloak:
+    realm: \"{region}-{environment}\"
+    adminClientId: cplane
+    adminClientSecret:
+      file: /run/secrets/keycloak
+  features:
+    notebooks: true
+    agents: false
+",
+        )
+        .expect("valid");
+        let realm = keycloak_realm(&model, "sgp-1", "dev").expect("configured");
+        assert_eq!(realm.url, "https://auth.dev.sgp-1.cogrion.com");
+        assert_eq!(
+            realm.issuer(),
+            "https://auth.dev.sgp-1.cogrion.com/realms/sgp-1-dev"
+        );
+        assert_eq!(
+            keycloak_realm(&model, "sgp-1", "prod").expect("configured").issuer(),
+            "https://auth.sgp-1.cogrion.com/realms/sgp-1-prod"
+        );
+        assert_eq!(
+            features(&model, "sgp-1"),
+            BTreeMap::from([("agents".into(), false), ("notebooks".into(), true)])
+        );
+        assert_eq!(
+            temporal_address(&model, "sgp-1", "dev"),
+            "temporal.dev.sgp-1.cogrion.com:7233"
+        );
+    }
+
+    #[test]
     fn bad_configuration_is_reported_with_file_line_and_field() {
         let errors = model_with(
             "  keycloak:
