@@ -164,9 +164,8 @@ pub trait Identity: Send + Sync {
 /// errors, which never include the secret.
 pub fn read_secret(what: &str, r: &cplane_schema::model::SecretRef) -> Result<String, Error> {
     let value = match (&r.env, &r.file) {
-        (Some(var), _) => std::env::var(var).map_err(|_| {
-            Error::Config(format!("{what}: environment variable {var} is not set"))
-        })?,
+        (Some(var), _) => std::env::var(var)
+            .map_err(|_| Error::Config(format!("{what}: environment variable {var} is not set")))?,
         (None, Some(file)) => std::fs::read_to_string(file)
             .map_err(|e| Error::Config(format!("{what}: cannot read {file}: {e}")))?,
         (None, None) => return Err(Error::Config(format!("{what}: no reference given"))),

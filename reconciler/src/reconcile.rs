@@ -67,7 +67,7 @@ pub fn confirmed_by_commit(message: &str) -> Option<usize> {
 pub enum GlobalPorts {
     /// Built from the revision's `cplane.yaml` (Keycloak, Workers KV; DynamoDB with this AWS
     /// configuration).
-    FromConfig(Option<aws_config::SdkConfig>),
+    FromConfig(Option<Box<aws_config::SdkConfig>>),
     /// Given (tests: in-memory fakes); used when `cplane.yaml` configures the step.
     Given {
         /// Step 9's identity provider.
@@ -85,7 +85,7 @@ pub async fn run(
     request: Request,
     progress: Progress,
 ) -> Result<RunResult, crate::db::Error> {
-    let global = GlobalPorts::FromConfig(cloud.as_ref().map(|a| a.sdk_config().clone()));
+    let global = GlobalPorts::FromConfig(cloud.as_ref().map(|a| Box::new(a.sdk_config().clone())));
     run_ports(snapshot, db, port(cloud), global, request, progress).await
 }
 
@@ -336,7 +336,11 @@ pub struct Ports {
 
 /// The ports `cplane.yaml` configures, from `global`; a configured step whose port cannot be
 /// had is left out of the plan, and the notes say why.
-fn global_ports(model: &cplane_schema::Model, global: GlobalPorts, notes: &mut Vec<String>) -> Ports {
+fn global_ports(
+    model: &cplane_schema::Model,
+    global: GlobalPorts,
+    notes: &mut Vec<String>,
+) -> Ports {
     let mut providers = Providers::from_model(model);
     let spec = &model.platform.doc.spec;
     let (identity, lookup_sink) = match global {
@@ -349,7 +353,7 @@ fn global_ports(model: &cplane_schema::Model, global: GlobalPorts, notes: &mut V
                 Arc::new(crate::adapters::keycloak::Keycloak::new(k)) as Arc<dyn Identity>
             });
             let sink = spec.tenant_lookup.as_ref().and_then(|l| {
-                crate::adapters::lookup::from_spec(l, aws.as_ref())
+                crate::adapters::lookup::from_spec(l, aws.as_deref())
                     .map_err(|e| notes.push(format!("step 8 skipped: {e}")))
                     .ok()
             });
@@ -389,7 +393,10 @@ async fn observe_global(
         let ids = desired.keys().chain(removing.iter().map(|w| &w.id));
         match crate::global::observe_lookup(sink.as_ref(), ids).await {
             Ok(found) => observed.lookup_sink = Some(found),
-            Err(e) => notes.push(format!("drift check of the {} lookup sink skipped: {e}", sink.name())),
+            Err(e) => notes.push(format!(
+                "drift check of the {} lookup sink skipped: {e}",
+                sink.name()
+            )),
         }
     }
     if let Some(idp) = &ports.identity {

@@ -86,11 +86,11 @@ pub struct PlatformSpec {
     /// Step 9 of the provisioning flow: the regional Keycloak in which every workspace gets
     /// its OIDC client `w-{id}`. Absent: step 9 is skipped (and plans say so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keycloak: Option<KeycloakSpec>,
+    pub keycloak: Option<Box<KeycloakSpec>>,
     /// Step 8: the global tenant → region map every workspace is written to. Absent: only the
     /// control plane's own `/lookup` answers (and plans say so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_lookup: Option<TenantLookupSpec>,
+    pub tenant_lookup: Option<Box<TenantLookupSpec>>,
     /// Feature flags handed to every workspace's BFF (`GET /api/workspaces/{id}/config`);
     /// a region's `features` override them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

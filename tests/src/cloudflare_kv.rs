@@ -143,18 +143,22 @@ fn admit(
     method: &Method,
     path: &str,
     body: &[u8],
-) -> Result<(), Response> {
+) -> Result<(), Box<Response>> {
     match faults.next() {
         Some(Fault::Throttle) => {
-            return Err((
+            return Err(Box::new((
                 StatusCode::TOO_MANY_REQUESTS,
                 [("retry-after", "0")],
                 Json(json!({"success": false, "errors": [{"code": 971, "message": "Please wait and consider throttling your request speed"}], "messages": [], "result": null})),
             )
-                .into_response())
+                .into_response()))
         }
         Some(Fault::Unavailable) => {
-            return Err(envelope(StatusCode::SERVICE_UNAVAILABLE, 10043, "service unavailable"))
+            return Err(Box::new(envelope(
+                StatusCode::SERVICE_UNAVAILABLE,
+                10043,
+                "service unavailable",
+            )))
         }
         None => {}
     }
@@ -164,10 +168,18 @@ fn admit(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if bearer != Some(w.token.as_str()) {
-        return Err(envelope(StatusCode::FORBIDDEN, 10000, "Authentication error"));
+        return Err(Box::new(envelope(
+            StatusCode::FORBIDDEN,
+            10000,
+            "Authentication error",
+        )));
     }
     if account != w.account || ns != w.namespace {
-        return Err(envelope(StatusCode::NOT_FOUND, 10013, "namespace not found"));
+        return Err(Box::new(envelope(
+            StatusCode::NOT_FOUND,
+            10013,
+            "namespace not found",
+        )));
     }
     w.log.push((
         method.to_string(),
@@ -184,8 +196,16 @@ async fn value(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = admit(&shared, &account, &ns, &headers, &method, &format!("values/{key}"), &body) {
-        return r;
+    if let Err(r) = admit(
+        &shared,
+        &account,
+        &ns,
+        &headers,
+        &method,
+        &format!("values/{key}"),
+        &body,
+    ) {
+        return *r;
     }
     let mut w = shared.0.lock().expect("kv lock");
     match method {
@@ -211,11 +231,23 @@ async fn bulk_get(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = admit(&shared, &account, &ns, &headers, &Method::POST, "bulk/get", &body) {
-        return r;
+    if let Err(r) = admit(
+        &shared,
+        &account,
+        &ns,
+        &headers,
+        &Method::POST,
+        "bulk/get",
+        &body,
+    ) {
+        return *r;
     }
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return envelope(StatusCode::BAD_REQUEST, 10026, "could not parse request body");
+        return envelope(
+            StatusCode::BAD_REQUEST,
+            10026,
+            "could not parse request body",
+        );
     };
     let Some(keys) = req["keys"].as_array() else {
         return envelope(StatusCode::BAD_REQUEST, 10026, "keys is required");
@@ -231,9 +263,7 @@ async fn bulk_get(
             None => Value::Null,
             Some(bytes) if as_json => match serde_json::from_slice(bytes) {
                 Ok(v) => v,
-                Err(_) => {
-                    return envelope(StatusCode::BAD_REQUEST, 10026, "value is not JSON")
-                }
+                Err(_) => return envelope(StatusCode::BAD_REQUEST, 10026, "value is not JSON"),
             },
             Some(bytes) => Value::String(String::from_utf8_lossy(bytes).into_owned()),
         };
@@ -249,7 +279,7 @@ async fn keys(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = admit(&shared, &account, &ns, &headers, &Method::GET, "keys", b"") {
-        return r;
+        return *r;
     }
     let w = shared.0.lock().expect("kv lock");
     let prefix = q.get("prefix").cloned().unwrap_or_default();

@@ -187,10 +187,7 @@ impl LookupSink for FakeGlobal {
         Box::pin(async move { r })
     }
 
-    fn get_many<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> GlobalFuture<'a, BTreeMap<String, LookupRow>> {
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> GlobalFuture<'a, BTreeMap<String, LookupRow>> {
         let mut out = BTreeMap::new();
         let mut result = Ok(());
         for chunk in keys.chunks(100) {
@@ -288,19 +285,33 @@ impl Identity for FakeGlobal {
                     *c = client.clone();
                     Ok(())
                 }
-                None => Err(Error::call("keycloak:update", "404 Could not find client", false)),
+                None => Err(Error::call(
+                    "keycloak:update",
+                    "404 Could not find client",
+                    false,
+                )),
             }
         });
         Box::pin(async move { r })
     }
 
     fn delete_client<'a>(&'a self, realm: &'a Realm, id: &'a str) -> GlobalFuture<'a, ()> {
-        let r = self.call("keycloak:delete", Some(format!("keycloak:delete {id}")), |w| {
-            if let Some(l) = w.clients.get_mut(&realm.name) {
-                l.retain(|(i, _)| i != id);
-            }
-            Ok(())
-        });
+        // Labelled by client id: Keycloak's ids depend on the order workspaces ran in.
+        let name = self
+            .clients(&realm.name)
+            .into_iter()
+            .find(|(i, _)| i == id)
+            .map_or_else(|| id.to_owned(), |(_, c)| c.client_id);
+        let r = self.call(
+            "keycloak:delete",
+            Some(format!("keycloak:delete {name}")),
+            |w| {
+                if let Some(l) = w.clients.get_mut(&realm.name) {
+                    l.retain(|(i, _)| i != id);
+                }
+                Ok(())
+            },
+        );
         Box::pin(async move { r })
     }
 }

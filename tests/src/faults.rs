@@ -77,7 +77,7 @@ impl Faults {
             return None;
         }
         s.injected += 1;
-        Some(if (r >> 32) % 3 == 0 {
+        Some(if (r >> 32).is_multiple_of(3) {
             Fault::Unavailable
         } else {
             Fault::Throttle

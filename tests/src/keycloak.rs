@@ -155,7 +155,11 @@ impl KeycloakServer {
         let Some(r) = w.realms.get_mut(realm) else {
             return false;
         };
-        match r.clients.iter_mut().find(|(_, c)| c["clientId"] == client_id) {
+        match r
+            .clients
+            .iter_mut()
+            .find(|(_, c)| c["clientId"] == client_id)
+        {
             Some((_, c)) => {
                 c[field] = value;
                 true
@@ -179,8 +183,9 @@ impl KeycloakServer {
         self.log()
             .iter()
             .filter(|l| {
-                l.split_once(' ')
-                    .is_some_and(|(m, p)| m == method && p.split('?').next().unwrap_or(p).ends_with(suffix))
+                l.split_once(' ').is_some_and(|(m, p)| {
+                    m == method && p.split('?').next().unwrap_or(p).ends_with(suffix)
+                })
             })
             .count()
     }
@@ -205,17 +210,17 @@ async fn gate(
                 .into_response()
         }
         Some(Fault::Unavailable) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "unavailable"}))
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "unavailable"}),
+            )
         }
         None => {}
     }
     let line = format!(
         "{} {}",
         request.method(),
-        request
-            .uri()
-            .path_and_query()
-            .map_or("", |p| p.as_str())
+        request.uri().path_and_query().map_or("", |p| p.as_str())
     );
     world.lock().expect("keycloak lock").log.push(line);
     next.run(request).await
@@ -229,7 +234,10 @@ async fn token(
     let form: BTreeMap<String, String> = serde_urlencoded::from_str(&body).unwrap_or_default();
     let mut w = world.lock().expect("keycloak lock");
     let Some(r) = w.realms.get(&realm) else {
-        return error(StatusCode::NOT_FOUND, json!({"error": "Realm does not exist"}));
+        return error(
+            StatusCode::NOT_FOUND,
+            json!({"error": "Realm does not exist"}),
+        );
     };
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return error(
@@ -269,7 +277,10 @@ fn authorized(w: &World, headers: &HeaderMap, realm: &str) -> bool {
 }
 
 fn unauthorized() -> Response {
-    error(StatusCode::UNAUTHORIZED, json!({"error": "HTTP 401 Unauthorized"}))
+    error(
+        StatusCode::UNAUTHORIZED,
+        json!({"error": "HTTP 401 Unauthorized"}),
+    )
 }
 
 async fn list(
@@ -325,9 +336,15 @@ async fn create(
         return error(StatusCode::NOT_FOUND, json!({"error": "Realm not found."}));
     };
     let Some(client_id) = body["clientId"].as_str().map(str::to_owned) else {
-        return error(StatusCode::BAD_REQUEST, json!({"errorMessage": "clientId is required"}));
+        return error(
+            StatusCode::BAD_REQUEST,
+            json!({"errorMessage": "clientId is required"}),
+        );
     };
-    if r.clients.iter().any(|(_, c)| c["clientId"] == client_id.as_str()) {
+    if r.clients
+        .iter()
+        .any(|(_, c)| c["clientId"] == client_id.as_str())
+    {
         return error(
             StatusCode::CONFLICT,
             json!({"errorMessage": format!("Client {client_id} already exists")}),
@@ -365,7 +382,10 @@ async fn read(
         .and_then(|r| r.clients.iter().find(|(i, _)| *i == id))
     {
         Some((_, c)) => Json(c.clone()).into_response(),
-        None => error(StatusCode::NOT_FOUND, json!({"error": "Could not find client"})),
+        None => error(
+            StatusCode::NOT_FOUND,
+            json!({"error": "Could not find client"}),
+        ),
     }
 }
 
@@ -383,8 +403,7 @@ async fn update(
         return error(StatusCode::NOT_FOUND, json!({"error": "Realm not found."}));
     };
     if let Some(new_id) = body["clientId"].as_str() {
-        if r
-            .clients
+        if r.clients
             .iter()
             .any(|(i, c)| *i != id && c["clientId"] == new_id)
         {
@@ -395,7 +414,10 @@ async fn update(
         }
     }
     let Some((_, c)) = r.clients.iter_mut().find(|(i, _)| *i == id) else {
-        return error(StatusCode::NOT_FOUND, json!({"error": "Could not find client"}));
+        return error(
+            StatusCode::NOT_FOUND,
+            json!({"error": "Could not find client"}),
+        );
     };
     if let (Some(target), Some(fields)) = (c.as_object_mut(), body.as_object()) {
         for (k, v) in fields {
@@ -422,7 +444,10 @@ async fn delete(
     let before = r.clients.len();
     r.clients.retain(|(i, _)| *i != id);
     if r.clients.len() == before {
-        error(StatusCode::NOT_FOUND, json!({"error": "Could not find client"}))
+        error(
+            StatusCode::NOT_FOUND,
+            json!({"error": "Could not find client"}),
+        )
     } else {
         StatusCode::NO_CONTENT.into_response()
     }

@@ -177,8 +177,9 @@ async fn steps_8_and_9_run_once_then_nothing_is_planned() {
         .map(|s| s.action.to_string())
         .collect();
     assert!(
-        acme.contains(&"dynamodb lookup entry -> sgp-1 https://bff.w-acme.sgp-1.cogrion.com".into())
-            && acme.contains(&"keycloak client w-acme in realm cogrion".into()),
+        acme.contains(
+            &"dynamodb lookup entry -> sgp-1 https://bff.w-acme.sgp-1.cogrion.com".into()
+        ) && acme.contains(&"keycloak client w-acme in realm cogrion".into()),
         "{acme:#?}"
     );
     rig.assert_steps_8_and_9_once("first run", &IDS);
@@ -186,10 +187,16 @@ async fn steps_8_and_9_run_once_then_nothing_is_planned() {
     let log = rig.global.mutation_log();
     assert_eq!(log.len(), 6, "{log:#?}");
     for (id, _) in IDS {
-        let own: Vec<&String> = log.iter().filter(|l| l.ends_with(&format!(" w-{id}"))).collect();
+        let own: Vec<&String> = log
+            .iter()
+            .filter(|l| l.ends_with(&format!(" w-{id}")))
+            .collect();
         assert_eq!(
             own,
-            [&format!("sink:put w-{id}"), &format!("keycloak:create w-{id}")],
+            [
+                &format!("sink:put w-{id}"),
+                &format!("keycloak:create w-{id}")
+            ],
             "step 8, then step 9"
         );
     }

@@ -182,11 +182,16 @@ async fn apply_runs_steps_8_and_9_once_changes_nothing_then_restores_drift() {
     assert!(!out.contains("not-the-secret"), "{out}");
     assert!(kc.clients("cogrion").is_empty());
 
-    let runs = apply_until_converged(|| apply_cmd(repo_path, &db, &moto.endpoint, "s3cret"), false);
+    let runs = apply_until_converged(
+        || apply_cmd(repo_path, &db, &moto.endpoint, "s3cret"),
+        false,
+    );
     // Step 8 was done before step 9 failed; step 9 now follows.
     let all: String = [&bad].into_iter().chain(&runs).map(text).collect();
     assert!(
-        all.contains("acme: + dynamodb lookup entry -> sgp-1 https://bff.w-acme.sgp-1.cogrion.com ... done"),
+        all.contains(
+            "acme: + dynamodb lookup entry -> sgp-1 https://bff.w-acme.sgp-1.cogrion.com ... done"
+        ),
         "{all}"
     );
     assert!(
@@ -197,7 +202,11 @@ async fn apply_runs_steps_8_and_9_once_changes_nothing_then_restores_drift() {
     assert_eq!(
         items(&dynamo).await,
         IDS.iter()
-            .map(|(id, zone)| (format!("w-{id}"), "sgp-1".to_owned(), format!("https://bff.{zone}")))
+            .map(|(id, zone)| (
+                format!("w-{id}"),
+                "sgp-1".to_owned(),
+                format!("https://bff.{zone}")
+            ))
             .collect::<Vec<_>>()
     );
 
@@ -287,8 +296,7 @@ async fn thirty_percent_throttling_on_keycloak_and_workers_kv_converges_without_
     );
     let values = kv.values();
     assert_eq!(values.len(), 3, "{values:?}");
-    let acme: serde_json::Value =
-        serde_json::from_str(&values["w-acme"]).expect("a JSON value");
+    let acme: serde_json::Value = serde_json::from_str(&values["w-acme"]).expect("a JSON value");
     assert_eq!(
         acme,
         serde_json::json!({"region": "sgp-1", "bff_url": "https://bff.w-acme.sgp-1.cogrion.com"})
@@ -302,5 +310,8 @@ async fn thirty_percent_throttling_on_keycloak_and_workers_kv_converges_without_
     assert!(last.contains("Apply: converged (0 steps"), "{last}");
     assert_eq!(kv.count("PUT", "values/"), 0, "{:?}", kv.log());
     assert_eq!(kc.count("POST", "/clients"), 0);
-    assert!(kv.count("POST", "bulk/get") >= 1, "the drift check read the sink in a batch");
+    assert!(
+        kv.count("POST", "bulk/get") >= 1,
+        "the drift check read the sink in a batch"
+    );
 }

@@ -141,7 +141,10 @@ fn scopes_are_separate(db: &str) {
     );
     assert_eq!(cfg["auth"]["client_id"], "w-acme");
     assert_eq!(cfg["auth"]["client_provisioned"], false);
-    assert_eq!(cfg["temporal"]["address"], "temporal.sgp-1.cogrion.com:7233");
+    assert_eq!(
+        cfg["temporal"]["address"],
+        "temporal.sgp-1.cogrion.com:7233"
+    );
     assert_eq!(cfg["features"], serde_json::json!({}));
     assert_eq!(register(port, "acme", &bff), 200);
     assert_eq!(

@@ -243,9 +243,16 @@ impl Keycloak {
                     .get("location")
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| unexpected(OP, "201 without a Location"))?;
-                let id = location.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+                let id = location
+                    .trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("");
                 if id.is_empty() {
-                    return Err(unexpected(OP, &format!("Location `{location}` names no id")));
+                    return Err(unexpected(
+                        OP,
+                        &format!("Location `{location}` names no id"),
+                    ));
                 }
                 Ok(id.to_owned())
             }
@@ -265,7 +272,9 @@ impl Keycloak {
             "enabled": client.enabled,
         });
         let path = format!("clients/{}", encode(id));
-        let resp = self.admin(OP, realm, Method::PUT, &path, Some(&body)).await?;
+        let resp = self
+            .admin(OP, realm, Method::PUT, &path, Some(&body))
+            .await?;
         if resp.status.is_success() {
             Ok(())
         } else {
@@ -377,8 +386,7 @@ fn ok_json(op: &'static str, url: &str, resp: &Response) -> Result<Value, Error>
     if !resp.status.is_success() {
         return Err(status_error(op, url, resp));
     }
-    serde_json::from_slice(&resp.body)
-        .map_err(|e| unexpected(op, &format!("{url}: not JSON: {e}")))
+    serde_json::from_slice(&resp.body).map_err(|e| unexpected(op, &format!("{url}: not JSON: {e}")))
 }
 
 fn parse_clients(op: &'static str, list: &Value) -> Result<Vec<FoundClient>, Error> {
@@ -388,7 +396,9 @@ fn parse_clients(op: &'static str, list: &Value) -> Result<Vec<FoundClient>, Err
     items
         .iter()
         .map(|c| {
-            let id = c["id"].as_str().ok_or_else(|| unexpected(op, "client without id"))?;
+            let id = c["id"]
+                .as_str()
+                .ok_or_else(|| unexpected(op, "client without id"))?;
             let client_id = c["clientId"]
                 .as_str()
                 .ok_or_else(|| unexpected(op, "client without clientId"))?;

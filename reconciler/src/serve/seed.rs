@@ -67,7 +67,12 @@ pub(super) async fn bff_config(
     use cplane_schema::validate::integrations as cfg;
     // Step 9's realm when Keycloak is configured, else the naming convention's.
     let issuer = cfg::keycloak_realm(&m, &spec.region, &spec.environment).map_or_else(
-        || format!("https://{}/realms/{}", vars.auth_domain, m.platform.doc.metadata.name),
+        || {
+            format!(
+                "https://{}/realms/{}",
+                vars.auth_domain, m.platform.doc.metadata.name
+            )
+        },
         |r| r.issuer(),
     );
     Json(json!({

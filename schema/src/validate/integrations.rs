@@ -73,8 +73,8 @@ pub fn temporal_address(model: &Model, region: &str, environment: &str) -> Strin
 pub(super) fn platform(p: &Entity<Platform>, out: &mut Vec<Diagnostic>) {
     let spec = &p.doc.spec;
     if let Some(k) = &spec.keycloak {
-        if let Err(e) = pattern(&k.url, &["authDomain", "region", "environment"])
-            .and_then(|url| base_url(&url))
+        if let Err(e) =
+            pattern(&k.url, &["authDomain", "region", "environment"]).and_then(|url| base_url(&url))
         {
             out.push(p.diag("spec.keycloak.url", format!("`{}`: {e}", k.url)));
         }
@@ -130,7 +130,12 @@ pub(super) fn platform(p: &Entity<Platform>, out: &mut Vec<Diagnostic>) {
                     format!("`{}`: {e}", kv.api_url),
                 ));
             }
-            secret_ref(p, "spec.tenantLookup.cloudflareKv.apiToken", &kv.api_token, out);
+            secret_ref(
+                p,
+                "spec.tenantLookup.cloudflareKv.apiToken",
+                &kv.api_token,
+                out,
+            );
         }
         if let Some(d) = &l.dynamodb {
             let ok = (3..=255).contains(&d.table.len())
@@ -296,8 +301,7 @@ fn base_url(url: &str) -> Result<(), String> {
 fn is_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 

@@ -243,7 +243,12 @@ pub(super) fn deprovision(
             Policy::Delete if !matches!(found, Some(None)) => Some(Action::DeleteIdentityClient {
                 realm: realm.clone(),
             }),
-            Policy::Retain if !matches!(found, Some(None) | Some(Some(IdentityClient { enabled: false, .. }))) => {
+            Policy::Retain
+                if !matches!(
+                    found,
+                    Some(None) | Some(Some(IdentityClient { enabled: false, .. }))
+                ) =>
+            {
                 Some(Action::DisableIdentityClient {
                     realm: realm.clone(),
                 })
@@ -328,9 +333,20 @@ mod tests {
         );
         assert!(providers.skipped().is_empty());
         let desired = desired_workspaces(&model, &Scope::all());
-        let plan = plan_with(&desired, &Observed::default(), Options::default(), &providers);
+        let plan = plan_with(
+            &desired,
+            &Observed::default(),
+            Options::default(),
+            &providers,
+        );
         let acme = steps(&plan, "acme");
-        let tail: Vec<&str> = acme.iter().rev().take(4).rev().map(String::as_str).collect();
+        let tail: Vec<&str> = acme
+            .iter()
+            .rev()
+            .take(4)
+            .rev()
+            .map(String::as_str)
+            .collect();
         assert_eq!(
             tail,
             [
@@ -364,7 +380,12 @@ mod tests {
         assert_eq!(providers, Providers::default());
         assert_eq!(providers.skipped().len(), 2);
         let desired = desired_workspaces(&model, &Scope::all());
-        let plan = plan_with(&desired, &Observed::default(), Options::default(), &providers);
+        let plan = plan_with(
+            &desired,
+            &Observed::default(),
+            Options::default(),
+            &providers,
+        );
         assert!(plan.steps.iter().all(|s| !s.action.is_global()));
     }
 
@@ -499,8 +520,16 @@ mod tests {
         );
         // initech: Delete; acme: Retain.
         let initech = steps(&plan, "initech");
-        assert!(initech.contains(&"- dynamodb lookup entry [removed from the state repo]".to_owned()), "{initech:#?}");
-        assert!(initech.contains(&"- keycloak client in realm cogrion [removed, deletionPolicy: Delete]".to_owned()), "{initech:#?}");
+        assert!(
+            initech.contains(&"- dynamodb lookup entry [removed from the state repo]".to_owned()),
+            "{initech:#?}"
+        );
+        assert!(
+            initech.contains(
+                &"- keycloak client in realm cogrion [removed, deletionPolicy: Delete]".to_owned()
+            ),
+            "{initech:#?}"
+        );
         let acme = steps(&plan, "acme");
         assert!(acme.contains(&"~ keycloak client in realm cogrion (disable) [removed, deletionPolicy: Retain (kept disabled)]".to_owned()), "{acme:#?}");
     }
@@ -527,7 +556,9 @@ mod tests {
             "https://auth.dev.sgp-1.cogrion.com/realms/sgp-1-dev"
         );
         assert_eq!(
-            keycloak_realm(&model, "sgp-1", "prod").expect("configured").issuer(),
+            keycloak_realm(&model, "sgp-1", "prod")
+                .expect("configured")
+                .issuer(),
             "https://auth.sgp-1.cogrion.com/realms/sgp-1-prod"
         );
         assert_eq!(

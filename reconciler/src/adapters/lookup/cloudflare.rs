@@ -198,10 +198,7 @@ impl LookupSink for CloudflareKv {
         })
     }
 
-    fn get_many<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> GlobalFuture<'a, BTreeMap<String, LookupRow>> {
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> GlobalFuture<'a, BTreeMap<String, LookupRow>> {
         Box::pin(self.bulk_get(keys))
     }
 }

@@ -93,10 +93,7 @@ impl DynamoDb {
                         },
                     );
                 }
-                if let Some(left) = resp
-                    .unprocessed_keys()
-                    .and_then(|u| u.get(&self.table))
-                {
+                if let Some(left) = resp.unprocessed_keys().and_then(|u| u.get(&self.table)) {
                     pending = left.keys().to_vec();
                 }
             }
@@ -138,15 +135,15 @@ impl LookupSink for DynamoDb {
         })
     }
 
-    fn get_many<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> GlobalFuture<'a, BTreeMap<String, LookupRow>> {
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> GlobalFuture<'a, BTreeMap<String, LookupRow>> {
         Box::pin(self.batch_get(keys))
     }
 }
 
-fn sdk_error<E>(op: &'static str, err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> Error
+fn sdk_error<E>(
+    op: &'static str,
+    err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -157,7 +154,9 @@ where
     let server = err
         .raw_response()
         .is_some_and(|r| r.status().is_server_error());
-    let code = err.code().unwrap_or(if transport { "transport" } else { "unknown" });
+    let code = err
+        .code()
+        .unwrap_or(if transport { "transport" } else { "unknown" });
     let retryable = transport
         || server
         || matches!(
