@@ -19,9 +19,12 @@ use std::sync::{Arc, Mutex};
 
 use crate::cloud::{Cloud, RecordSet, Target};
 use crate::db::Db;
+use crate::global::{Identity, LookupSink};
 use crate::plan::{Action, DesiredWorkspace, Observed, Plan, Status, Step, StepKind, StepResult};
 
 pub use cplane_core::status::{Outcome, Report};
+
+mod global;
 
 /// Called after every step, from worker tasks (progress output, metrics).
 pub type Progress = Arc<dyn Fn(&Step, &Outcome) + Send + Sync>;
@@ -41,6 +44,10 @@ pub struct Context {
     pub observed: Arc<Observed>,
     /// How many workspaces are worked on at once.
     pub concurrency: usize,
+    /// Step 9's identity provider (Keycloak), when configured.
+    pub identity: Option<Arc<dyn Identity>>,
+    /// Step 8's global lookup sink, when configured.
+    pub lookup_sink: Option<Arc<dyn LookupSink>>,
     parent_zones: Arc<Mutex<HashMap<String, String>>>,
     journal_cleared: Arc<Mutex<std::collections::HashSet<String>>>,
 }
@@ -61,6 +68,8 @@ impl Context {
             desired: Arc::new(desired),
             observed: Arc::new(observed),
             concurrency: 8,
+            identity: None,
+            lookup_sink: None,
             parent_zones: Arc::default(),
             journal_cleared: Arc::default(),
         }
@@ -149,7 +158,9 @@ pub async fn apply(ctx: &Context, plan: &Plan, progress: Progress) -> Report {
 }
 
 async fn run_step(ctx: &Context, step: &Step) -> Outcome {
-    let result = if step.action.is_cloud() {
+    let result = if step.action.is_global() {
+        global::step(ctx, step).await
+    } else if step.action.is_cloud() {
         match &ctx.cloud {
             None => return Outcome::Skipped("--cloud none: AWS not called".into()),
             Some(cloud) => cloud_step(ctx, cloud.as_ref(), step).await,
@@ -185,6 +196,9 @@ pub enum StepError {
     /// A cloud call failed.
     #[error(transparent)]
     Cloud(#[from] crate::cloud::Error),
+    /// A call to the lookup sink or Keycloak failed (steps 8 and 9).
+    #[error(transparent)]
+    Global(#[from] crate::global::Error),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] crate::db::Error),
@@ -239,6 +253,7 @@ impl StepError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StepError::Cloud(e) => e.is_retryable(),
+            StepError::Global(e) => e.is_retryable(),
             StepError::Db(e) => e.is_retryable(),
             StepError::Tenants(e) => e.is_retryable(),
             StepError::UnknownWorkspace(_)

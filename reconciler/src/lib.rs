@@ -31,6 +31,7 @@ pub mod auth;
 pub mod bundle_store;
 pub mod cloud;
 pub mod connections;
+pub mod global;
 pub mod incremental;
 pub mod init;
 pub mod lease;

@@ -12,7 +12,8 @@ use crate::aws::Aws;
 use crate::check::{check_memo, Keep, RenderMemo};
 use crate::cloud::Cloud;
 use crate::db::Db;
-use crate::plan::{self, Options, Plan};
+use crate::global::{Identity, LookupSink};
+use crate::plan::{self, Options, Plan, Providers};
 use crate::render::Cluster;
 use crate::source::Snapshot;
 
@@ -63,6 +64,20 @@ pub fn confirmed_by_commit(message: &str) -> Option<usize> {
     })
 }
 
+/// The ports of steps 8 and 9 (the global lookup sink, Keycloak) for a run with a cloud.
+pub enum GlobalPorts {
+    /// Built from the revision's `cplane.yaml` (Keycloak, Workers KV; DynamoDB with this AWS
+    /// configuration).
+    FromConfig(Option<Box<aws_config::SdkConfig>>),
+    /// Given (tests: in-memory fakes); used when `cplane.yaml` configures the step.
+    Given {
+        /// Step 9's identity provider.
+        identity: Option<Arc<dyn Identity>>,
+        /// Step 8's lookup sink.
+        lookup_sink: Option<Arc<dyn LookupSink>>,
+    },
+}
+
 /// Runs one reconcile of `snapshot` against AWS (or no cloud).
 pub async fn run(
     snapshot: Snapshot,
@@ -71,18 +86,42 @@ pub async fn run(
     request: Request,
     progress: Progress,
 ) -> Result<RunResult, crate::db::Error> {
-    run_with(snapshot, db, port(cloud), request, progress).await
+    let global = GlobalPorts::FromConfig(cloud.as_ref().map(|a| Box::new(a.sdk_config().clone())));
+    run_ports(snapshot, db, port(cloud), global, request, progress).await
 }
 
 fn port(aws: Option<Aws>) -> Option<Arc<dyn Cloud>> {
     aws.map(|a| Arc::new(a) as Arc<dyn Cloud>)
 }
 
-/// Runs one reconcile of `snapshot` against any [`Cloud`] (or no cloud).
+/// Runs one reconcile of `snapshot` against any [`Cloud`] (or no cloud); steps 8 and 9 use
+/// the adapters `cplane.yaml` configures (DynamoDB is not available this way).
 pub async fn run_with(
     snapshot: Snapshot,
     db: &Db,
     cloud: Option<Arc<dyn Cloud>>,
+    request: Request,
+    progress: Progress,
+) -> Result<RunResult, crate::db::Error> {
+    run_ports(
+        snapshot,
+        db,
+        cloud,
+        GlobalPorts::FromConfig(None),
+        request,
+        progress,
+    )
+    .await
+}
+
+/// Runs one reconcile of `snapshot` against any [`Cloud`] (or no cloud) and the ports of
+/// steps 8 and 9 `global` gives. Without a cloud (`--cloud none`) no outside system is
+/// called: steps 8 and 9 are not planned either.
+pub async fn run_ports(
+    snapshot: Snapshot,
+    db: &Db,
+    cloud: Option<Arc<dyn Cloud>>,
+    global: GlobalPorts,
     request: Request,
     progress: Progress,
 ) -> Result<RunResult, crate::db::Error> {
@@ -171,6 +210,12 @@ pub async fn run_with(
             "cloud: none — AWS is not called; only the database is planned and written".into(),
         ),
     }
+    let ports = if cloud.is_some() {
+        global_ports(model, global, &mut notes)
+    } else {
+        Ports::default()
+    };
+    observe_global(&ports, &desired, &mut observed, &mut notes).await;
     let mut options = request.options;
     if let Some(n) = confirmed_by_commit(&message) {
         let removing = observed
@@ -182,7 +227,7 @@ pub async fn run_with(
             options.confirmed = true;
         }
     }
-    let plan = plan::plan(&desired, &observed, options);
+    let plan = plan::plan_with(&desired, &observed, options, &ports.providers);
     if request.dry_run {
         return Ok(RunResult::Planned {
             plan,
@@ -206,8 +251,10 @@ pub async fn run_with(
         started,
         started_at,
     };
-    let (report, published) =
-        apply_and_record_with(run, cloud, &plan, desired, observed, bundles, progress).await?;
+    let (report, published) = apply_and_record_ports(
+        run, cloud, ports, &plan, desired, observed, bundles, progress,
+    )
+    .await?;
     let model = checked.model.expect("valid implies a model");
     Ok(RunResult::Planned {
         plan,
@@ -286,6 +333,114 @@ pub async fn apply_and_record_with(
     bundles: Vec<Publishable>,
     progress: Progress,
 ) -> Result<(Report, Vec<(String, String, i64)>), crate::db::Error> {
+    let ports = Ports::default();
+    apply_and_record_ports(
+        run, cloud, ports, plan, desired, observed, bundles, progress,
+    )
+    .await
+}
+
+/// The ports of steps 8 and 9 a run uses, and what the planner is told of them.
+#[derive(Default)]
+pub struct Ports {
+    /// What is configured and reachable (what the planner plans steps 8 and 9 for).
+    pub providers: Providers,
+    /// Step 9's identity provider.
+    pub identity: Option<Arc<dyn Identity>>,
+    /// Step 8's lookup sink.
+    pub lookup_sink: Option<Arc<dyn LookupSink>>,
+}
+
+/// The ports `cplane.yaml` configures, from `global`; a configured step whose port cannot be
+/// had is left out of the plan, and the notes say why.
+fn global_ports(
+    model: &cplane_schema::Model,
+    global: GlobalPorts,
+    notes: &mut Vec<String>,
+) -> Ports {
+    let mut providers = Providers::from_model(model);
+    let spec = &model.platform.doc.spec;
+    let (identity, lookup_sink) = match global {
+        GlobalPorts::Given {
+            identity,
+            lookup_sink,
+        } => (identity, lookup_sink),
+        GlobalPorts::FromConfig(aws) => {
+            let identity = spec.keycloak.as_ref().map(|k| {
+                Arc::new(crate::adapters::keycloak::Keycloak::new(k)) as Arc<dyn Identity>
+            });
+            let sink = spec.tenant_lookup.as_ref().and_then(|l| {
+                crate::adapters::lookup::from_spec(l, aws.as_deref())
+                    .map_err(|e| notes.push(format!("step 8 skipped: {e}")))
+                    .ok()
+            });
+            (identity, sink)
+        }
+    };
+    if identity.is_none() {
+        providers.identity = None;
+    }
+    if lookup_sink.is_none() {
+        providers.lookup_sink = None;
+    }
+    notes.extend(providers.skipped());
+    Ports {
+        providers,
+        identity: identity.filter(|_| model.platform.doc.spec.keycloak.is_some()),
+        lookup_sink: lookup_sink.filter(|_| model.platform.doc.spec.tenant_lookup.is_some()),
+    }
+}
+
+/// The drift checks of steps 8 and 9: the sink's entries (batched) and the realms' workspace
+/// clients (paged), for the workspaces desired or being removed. A read that fails leaves
+/// the observation `None` (the planner then trusts the journal) and says so in the notes.
+async fn observe_global(
+    ports: &Ports,
+    desired: &BTreeMap<String, crate::plan::DesiredWorkspace>,
+    observed: &mut crate::plan::Observed,
+    notes: &mut Vec<String>,
+) {
+    let removing: Vec<&crate::plan::DesiredWorkspace> = observed
+        .workspaces
+        .iter()
+        .filter(|(id, w)| !desired.contains_key(*id) && !w.status.is_gone())
+        .map(|(_, w)| &w.applied)
+        .collect();
+    if let Some(sink) = &ports.lookup_sink {
+        let ids = desired.keys().chain(removing.iter().map(|w| &w.id));
+        match crate::global::observe_lookup(sink.as_ref(), ids).await {
+            Ok(found) => observed.lookup_sink = Some(found),
+            Err(e) => notes.push(format!(
+                "drift check of the {} lookup sink skipped: {e}",
+                sink.name()
+            )),
+        }
+    }
+    if let Some(idp) = &ports.identity {
+        let realms: Vec<&crate::plan::Realm> = desired
+            .values()
+            .chain(removing.iter().copied())
+            .filter_map(|w| ports.providers.realm(&w.region, &w.environment))
+            .collect();
+        match crate::global::observe_identity(idp.as_ref(), realms).await {
+            Ok(found) => observed.identity_clients = Some(found),
+            Err(e) => notes.push(format!("drift check of Keycloak clients skipped: {e}")),
+        }
+    }
+}
+
+/// [`apply_and_record_with`] with the ports of steps 8 and 9.
+#[allow(clippy::too_many_arguments)] // the run's parts, each used once; a struct would only rename them
+pub async fn apply_and_record_ports(
+    run: Run<'_>,
+    cloud: Option<Arc<dyn Cloud>>,
+    ports: Ports,
+    plan: &Plan,
+    desired: BTreeMap<String, crate::plan::DesiredWorkspace>,
+    observed: crate::plan::Observed,
+    bundles: Vec<Publishable>,
+    progress: Progress,
+) -> Result<(Report, Vec<(String, String, i64)>), crate::db::Error> {
     let Run {
         db,
         commit,
@@ -302,7 +457,9 @@ pub async fn apply_and_record_with(
         .cloned()
         .chain(plan.steps.iter().map(|s| s.workspace.clone()))
         .collect();
-    let ctx = Context::new(db.clone(), cloud, commit.clone(), desired, observed);
+    let mut ctx = Context::new(db.clone(), cloud, commit.clone(), desired, observed);
+    ctx.identity = ports.identity;
+    ctx.lookup_sink = ports.lookup_sink;
     let report = apply::apply(&ctx, plan, progress).await;
 
     // Publish changed bundles (content-addressed; the cluster's generation bumps on change).

@@ -83,6 +83,98 @@ pub struct PlatformSpec {
     pub production_environment: String,
     /// Environments regions may run, e.g. `[dev, prod]`.
     pub environments: Vec<String>,
+    /// Step 9 of the provisioning flow: the regional Keycloak in which every workspace gets
+    /// its OIDC client `w-{id}`. Absent: step 9 is skipped (and plans say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keycloak: Option<Box<KeycloakSpec>>,
+    /// Step 8: the global tenant → region map every workspace is written to. Absent: only the
+    /// control plane's own `/lookup` answers (and plans say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_lookup: Option<Box<TenantLookupSpec>>,
+    /// Feature flags handed to every workspace's BFF (`GET /api/workspaces/{id}/config`);
+    /// a region's `features` override them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub features: BTreeMap<String, bool>,
+}
+
+/// A secret given by reference, never by value: exactly one of `env` (an environment
+/// variable of the control plane's process) and `file` (an absolute path it reads).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// Name of the environment variable holding the secret, e.g. `CPLANE_KEYCLOAK_SECRET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// Absolute path of a file holding the secret (surrounding whitespace is ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// The regional Keycloak of every region (reference doc 001: `auth.{env?}.{region}.{base}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeycloakSpec {
+    /// Base URL of a region's Keycloak (https; plain http only to a loopback address).
+    /// `{authDomain}`, `{region}` and `{environment}` are replaced per region × environment.
+    /// Default `https://{authDomain}` (`https://auth.sgp-1.cogrion.com`).
+    #[serde(default = "default_keycloak_url")]
+    pub url: String,
+    /// The realm workspace clients live in; `{region}` and `{environment}` are replaced.
+    /// Default: the platform's name (`metadata.name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// The confidential client cplane signs in as (client-credentials grant at the realm's
+    /// token endpoint); its service account needs `realm-management` → `manage-clients`.
+    pub admin_client_id: String,
+    /// That client's secret, by reference.
+    pub admin_client_secret: SecretRef,
+}
+
+fn default_keycloak_url() -> String {
+    "https://{authDomain}".to_owned()
+}
+
+/// Where the global tenant → region map lives: exactly one of `cloudflareKv` and `dynamodb`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TenantLookupSpec {
+    /// Cloudflare Workers KV (reference doc 001's design).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudflare_kv: Option<CloudflareKvSpec>,
+    /// DynamoDB (reference doc 001's AWS-only alternative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamodb: Option<DynamoDbSpec>,
+}
+
+/// A Workers KV namespace, written through Cloudflare's REST API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CloudflareKvSpec {
+    /// Cloudflare account id.
+    pub account_id: String,
+    /// KV namespace id.
+    pub namespace_id: String,
+    /// API token with `Workers KV Storage: Edit`, by reference.
+    pub api_token: SecretRef,
+    /// API base URL. Default `https://api.cloudflare.com/client/v4`.
+    #[serde(default = "default_cloudflare_api")]
+    pub api_url: String,
+}
+
+fn default_cloudflare_api() -> String {
+    "https://api.cloudflare.com/client/v4".to_owned()
+}
+
+/// A DynamoDB table keyed by the string attribute `tenant_id` (`w-{id}`), items
+/// `{tenant_id, region, bff_url}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DynamoDbSpec {
+    /// Table name, e.g. `tenant-region-map`.
+    pub table: String,
+    /// AWS region of the table. Default: the control plane's AWS region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_region: Option<String>,
 }
 
 fn default_production() -> String {
@@ -116,6 +208,13 @@ pub struct RegionSpec {
     pub parent_zone: String,
     /// Environments this region runs (a platform cluster each), a subset of the platform's.
     pub environments: Vec<String>,
+    /// Temporal's frontend address (`host:port`) handed to the region's BFFs; `{environment}`
+    /// is replaced. Default `temporal.{env?}.{region}.{base}:7233`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporal_address: Option<String>,
+    /// Feature flags overriding the platform's for this region's workspaces.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub features: BTreeMap<String, bool>,
 }
 
 /// What happens to a workspace's cloud resources when it is removed.

@@ -12,13 +12,17 @@ use crate::load::{EntityRef, Model};
 use crate::model::{RegionStatus, StackTarget, ValueDecl};
 use crate::suggest;
 
+pub mod integrations;
+
 /// Checks every rule on a parsed model. `broken` names entities whose files failed to parse, so
 /// that dangling references to them are not reported a second time.
 pub fn validate(model: &Model, broken: &BTreeSet<EntityRef>) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     platform(model, broken, &mut out);
+    integrations::platform(&model.platform, &mut out);
     for region in model.regions.values() {
         self::region(model, region, &mut out);
+        integrations::region(region, &mut out);
     }
     for stack in model.stacks.values() {
         self::stack(stack, &mut out);

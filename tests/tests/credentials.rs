@@ -130,6 +130,25 @@ fn scopes_are_separate(db: &str) {
     // The BFF's token: its config and registration, not the agent's endpoints.
     let (status, body) = config(port, "acme", &bff);
     assert_eq!(status, 200, "{body}");
+    // Without spec.keycloak: the naming convention's realm; the client id is still w-{id}.
+    let cfg: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let issuer = "https://auth.sgp-1.cogrion.com/realms/cogrion";
+    assert_eq!(cfg["auth"]["issuer"], issuer, "{body}");
+    assert_eq!(
+        cfg["auth"]["token_endpoint"],
+        format!("{issuer}/protocol/openid-connect/token")
+    );
+    assert_eq!(
+        cfg["auth"]["authorization_endpoint"],
+        format!("{issuer}/protocol/openid-connect/auth")
+    );
+    assert_eq!(cfg["auth"]["client_id"], "w-acme");
+    assert_eq!(cfg["auth"]["client_provisioned"], false);
+    assert_eq!(
+        cfg["temporal"]["address"],
+        "temporal.sgp-1.cogrion.com:7233"
+    );
+    assert_eq!(cfg["features"], serde_json::json!({}));
     assert_eq!(register(port, "acme", &bff), 200);
     assert_eq!(
         bundle(port, "w-acme", &bff),

@@ -24,7 +24,9 @@ use cplane_schema::Model;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+mod global;
 mod step_result;
+pub use global::{IdentityClient, Providers, Realm};
 pub use step_result::{RecordSet, StepResult, StepResultError};
 
 /// What one workspace should be, derived from the model.
@@ -305,6 +307,16 @@ pub enum StepKind {
     DeleteValidationRecords,
     /// Delete the zone.
     DeleteZone,
+    /// Write the global tenant → region entry (step 8).
+    PublishLookup,
+    /// Remove the global tenant → region entry.
+    UnpublishLookup,
+    /// Create or restore the workspace's Keycloak client (step 9).
+    IdentityClient,
+    /// Disable the Keycloak client (removed with `Retain`).
+    DisableIdentityClient,
+    /// Delete the Keycloak client (removed with `Delete`).
+    DeleteIdentityClient,
 }
 
 impl StepKind {
@@ -320,6 +332,11 @@ impl StepKind {
             StepKind::DeleteCertificate => "delete_certificate",
             StepKind::DeleteValidationRecords => "delete_validation_records",
             StepKind::DeleteZone => "delete_zone",
+            StepKind::PublishLookup => "publish_lookup",
+            StepKind::UnpublishLookup => "unpublish_lookup",
+            StepKind::IdentityClient => "identity_client",
+            StepKind::DisableIdentityClient => "disable_identity_client",
+            StepKind::DeleteIdentityClient => "delete_identity_client",
         }
     }
 
@@ -335,6 +352,11 @@ impl StepKind {
             StepKind::DeleteCertificate,
             StepKind::DeleteValidationRecords,
             StepKind::DeleteZone,
+            StepKind::PublishLookup,
+            StepKind::UnpublishLookup,
+            StepKind::IdentityClient,
+            StepKind::DisableIdentityClient,
+            StepKind::DeleteIdentityClient,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -387,6 +409,12 @@ pub struct Observed {
     /// Drift check: what else was wrong in the tenant accounts of the workspaces checked this
     /// time (only workspaces with something wrong are present).
     pub tenant_drift: BTreeMap<String, TenantDrift>,
+    /// Drift check of step 8: the global sink's entries of the workspaces read, by workspace
+    /// id (absent: no entry). `None` when the sink was not read.
+    pub lookup_sink: Option<BTreeMap<String, LookupRow>>,
+    /// Drift check of step 9: the workspaces' Keycloak clients found in their realms, by
+    /// workspace id (absent: no client). `None` when the realms were not read.
+    pub identity_clients: Option<BTreeMap<String, IdentityClient>>,
 }
 
 /// What a drift check found wrong in a workspace's tenant account.
@@ -578,6 +606,39 @@ pub enum Action {
         /// Zone.
         zone: String,
     },
+    /// Write the workspace's entry `w-{id} → {region, bff_url}` in the global map (step 8).
+    PublishLookup {
+        /// The sink: `cloudflare-kv` or `dynamodb`.
+        sink: String,
+        /// The entry.
+        row: LookupRow,
+        /// A drift repair.
+        drift: bool,
+    },
+    /// Remove the workspace's entry from the global map.
+    UnpublishLookup {
+        /// The sink.
+        sink: String,
+    },
+    /// Create the workspace's Keycloak client, or restore its fields (step 9).
+    EnsureIdentityClient {
+        /// The realm.
+        realm: Realm,
+        /// The fields cplane owns.
+        client: IdentityClient,
+        /// A drift repair.
+        drift: bool,
+    },
+    /// Disable the workspace's Keycloak client (removed with `Retain`).
+    DisableIdentityClient {
+        /// The realm.
+        realm: Realm,
+    },
+    /// Delete the workspace's Keycloak client (removed with `Delete`).
+    DeleteIdentityClient {
+        /// The realm.
+        realm: Realm,
+    },
 }
 
 impl Action {
@@ -595,6 +656,11 @@ impl Action {
             Action::DeleteCertificate { .. } => StepKind::DeleteCertificate,
             Action::DeleteValidationRecords { .. } => StepKind::DeleteValidationRecords,
             Action::DeleteZone { .. } => StepKind::DeleteZone,
+            Action::PublishLookup { .. } => StepKind::PublishLookup,
+            Action::UnpublishLookup { .. } => StepKind::UnpublishLookup,
+            Action::EnsureIdentityClient { .. } => StepKind::IdentityClient,
+            Action::DisableIdentityClient { .. } => StepKind::DisableIdentityClient,
+            Action::DeleteIdentityClient { .. } => StepKind::DeleteIdentityClient,
             Action::WriteWorkspace { .. }
             | Action::WriteTenant { .. }
             | Action::WriteLookup { .. }
@@ -602,9 +668,23 @@ impl Action {
         })
     }
 
-    /// Whether the action calls AWS.
+    /// Whether the action calls an outside system (AWS, the global lookup sink, Keycloak):
+    /// a journaled step.
     pub fn is_cloud(&self) -> bool {
         self.step_kind().is_some()
+    }
+
+    /// Whether the action calls the global lookup sink or Keycloak (steps 8 and 9) rather
+    /// than AWS.
+    pub fn is_global(&self) -> bool {
+        matches!(
+            self,
+            Action::PublishLookup { .. }
+                | Action::UnpublishLookup { .. }
+                | Action::EnsureIdentityClient { .. }
+                | Action::DisableIdentityClient { .. }
+                | Action::DeleteIdentityClient { .. }
+        )
     }
 
     /// `+` create, `~` change, `-` destroy.
@@ -618,7 +698,11 @@ impl Action {
             | Action::DeleteCertificate { .. }
             | Action::DeleteValidationRecords { .. }
             | Action::DeleteZone { .. }
-            | Action::DeleteLookup => '-',
+            | Action::DeleteLookup
+            | Action::UnpublishLookup { .. }
+            | Action::DeleteIdentityClient { .. } => '-',
+            Action::PublishLookup { drift: false, .. }
+            | Action::EnsureIdentityClient { drift: false, .. } => '+',
             _ => '~',
         }
     }
@@ -676,6 +760,35 @@ impl fmt::Display for Action {
             }
             Action::RepairValidationRecords { zone } => {
                 write!(f, "route53 validation CNAMEs in {zone} (drift: restore)")
+            }
+            Action::PublishLookup { sink, row, drift } => {
+                write!(f, "{sink} lookup entry -> {} {}", row.region, row.bff_url)?;
+                if *drift {
+                    write!(f, " (drift: restore)")?;
+                }
+                Ok(())
+            }
+            Action::UnpublishLookup { sink } => write!(f, "{sink} lookup entry"),
+            Action::EnsureIdentityClient {
+                realm,
+                client,
+                drift,
+            } => {
+                write!(
+                    f,
+                    "keycloak client {} in realm {}",
+                    client.client_id, realm.name
+                )?;
+                if *drift {
+                    write!(f, " (drift: restore)")?;
+                }
+                Ok(())
+            }
+            Action::DisableIdentityClient { realm } => {
+                write!(f, "keycloak client in realm {} (disable)", realm.name)
+            }
+            Action::DeleteIdentityClient { realm } => {
+                write!(f, "keycloak client in realm {}", realm.name)
             }
         }
     }
@@ -777,6 +890,7 @@ struct Builder<'a> {
     workspace: &'a str,
     observed: &'a Observed,
     options: Options,
+    providers: &'a Providers,
 }
 
 impl Builder<'_> {
@@ -819,11 +933,22 @@ impl Builder<'_> {
     }
 }
 
-/// Computes the plan; see the module docs.
+/// Computes the plan without steps 8 and 9 (no lookup sink, no Keycloak configured); see
+/// [`plan_with`].
 pub fn plan(
     desired: &BTreeMap<String, DesiredWorkspace>,
     observed: &Observed,
     options: Options,
+) -> Plan {
+    plan_with(desired, observed, options, &Providers::default())
+}
+
+/// Computes the plan, with steps 8 and 9 for the `providers` configured; see the module docs.
+pub fn plan_with(
+    desired: &BTreeMap<String, DesiredWorkspace>,
+    observed: &Observed,
+    options: Options,
+    providers: &Providers,
 ) -> Plan {
     let mut plan = Plan::default();
 
@@ -853,6 +978,7 @@ pub fn plan(
             workspace: id,
             observed,
             options,
+            providers,
         };
         match (desired.get(id), observed.workspaces.get(id)) {
             (Some(want), Some(have))
@@ -1158,6 +1284,7 @@ fn provision(
         }
     };
     let _ = (tenant_step, lookup_step);
+    global::provision(b, want, have, lookup_step.or(tenant_step));
     if !have.is_some_and(|h| h.status == Status::Active) {
         // Mark active once everything above is in place.
         let last = b.plan.steps.len().checked_sub(1);
@@ -1193,6 +1320,7 @@ fn deprovision(b: &mut Builder<'_>, have: &ObservedWorkspace) {
         None
     };
     let mut last = lookup.or(mark);
+    last = global::deprovision(b, have, last).or(last);
     let zone = w.zone_name.clone();
     // The delegation lives in the operator's parent zone: it goes whatever the policy, first,
     // since a delegation to a zone nobody watches is a subdomain-takeover risk.

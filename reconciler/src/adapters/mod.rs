@@ -8,8 +8,13 @@
 //! - [`git`]: reading revisions, remote credentials.
 //! - [`primary`]: the primary region's internal API (the `tenants` rows of other regions),
 //!   behind the [`crate::tenants::TenantStore`] port.
+//! - [`keycloak`] (step 9) and [`lookup`] (step 8: Workers KV, DynamoDB), behind the
+//!   [`crate::global`] ports; [`http`]: the HTTP client of the REST adapters.
 
 pub mod aws;
 pub mod db;
 pub mod git;
+pub mod http;
+pub mod keycloak;
+pub mod lookup;
 pub mod primary;

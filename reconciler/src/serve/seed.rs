@@ -64,6 +64,17 @@ pub(super) async fn bff_config(
     let names = cplane_schema::validate::names_for(&m, &spec.region, &spec.environment);
     let vars = names.cluster_vars();
     let registered = sh.db.bff_registration(&name).await.ok().flatten();
+    use cplane_schema::validate::integrations as cfg;
+    // Step 9's realm when Keycloak is configured, else the naming convention's.
+    let issuer = cfg::keycloak_realm(&m, &spec.region, &spec.environment).map_or_else(
+        || {
+            format!(
+                "https://{}/realms/{}",
+                vars.auth_domain, m.platform.doc.metadata.name
+            )
+        },
+        |r| r.issuer(),
+    );
     Json(json!({
         "workspace_id": name,
         "region": spec.region,
@@ -75,9 +86,14 @@ pub(super) async fn bff_config(
             "app": names.workspace_host(&id, "app"),
         },
         "auth": {
-            "issuer": format!("https://{}/realms/{}", vars.auth_domain, m.platform.doc.metadata.name),
+            "authorization_endpoint": format!("{issuer}/protocol/openid-connect/auth"),
+            "token_endpoint": format!("{issuer}/protocol/openid-connect/token"),
+            "issuer": issuer,
             "client_id": name,
+            "client_provisioned": m.platform.doc.spec.keycloak.is_some(),
         },
+        "temporal": { "address": cfg::temporal_address(&m, &spec.region, &spec.environment) },
+        "features": cfg::features(&m, &spec.region),
         "control_plane": format!("https://{}", vars.base_domain),
         "stacks": spec.stacks.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         "registered_url": registered,

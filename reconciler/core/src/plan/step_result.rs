@@ -86,6 +86,39 @@ pub enum StepResult {
         /// The zone id deleted; `None` when there was none to delete.
         zone_id: Option<String>,
     },
+    /// The global tenant → region entry was written.
+    PublishLookup {
+        /// Its key, `w-{id}`.
+        key: String,
+        /// The region written.
+        region: String,
+        /// The BFF URL written.
+        bff_url: String,
+    },
+    /// The global tenant → region entry was removed.
+    UnpublishLookup {
+        /// Its key, `w-{id}`.
+        key: String,
+    },
+    /// The Keycloak client exists with the fields cplane owns.
+    IdentityClient {
+        /// The realm's name.
+        realm: String,
+        /// Keycloak's id of the client (a UUID).
+        id: String,
+        /// `w-{id}`.
+        client_id: String,
+    },
+    /// The Keycloak client was disabled.
+    DisableIdentityClient {
+        /// Keycloak's id of the client; `None` when there was none.
+        id: Option<String>,
+    },
+    /// The Keycloak client was deleted.
+    DeleteIdentityClient {
+        /// Keycloak's id of the client deleted; `None` when there was none.
+        id: Option<String>,
+    },
 }
 
 /// Why a stored result does not load.
@@ -122,6 +155,11 @@ impl StepResult {
             StepResult::DeleteCertificate { .. } => StepKind::DeleteCertificate,
             StepResult::DeleteValidationRecords { .. } => StepKind::DeleteValidationRecords,
             StepResult::DeleteZone { .. } => StepKind::DeleteZone,
+            StepResult::PublishLookup { .. } => StepKind::PublishLookup,
+            StepResult::UnpublishLookup { .. } => StepKind::UnpublishLookup,
+            StepResult::IdentityClient { .. } => StepKind::IdentityClient,
+            StepResult::DisableIdentityClient { .. } => StepKind::DisableIdentityClient,
+            StepResult::DeleteIdentityClient { .. } => StepKind::DeleteIdentityClient,
         }
     }
 
@@ -135,6 +173,13 @@ impl StepResult {
                 arn.as_deref()
             }
             StepResult::DeleteZone { zone_id } => zone_id.as_deref(),
+            StepResult::IdentityClient { id, .. } => Some(id),
+            StepResult::DisableIdentityClient { id } | StepResult::DeleteIdentityClient { id } => {
+                id.as_deref()
+            }
+            StepResult::PublishLookup { key, .. } | StepResult::UnpublishLookup { key } => {
+                Some(key)
+            }
             StepResult::DelegateZone { .. }
             | StepResult::ValidationRecords { .. }
             | StepResult::RemoveDelegation { .. }
@@ -213,6 +258,23 @@ mod tests {
             StepResult::DeleteValidationRecords { removed: 2 },
             StepResult::DeleteZone {
                 zone_id: Some("Z1".into()),
+            },
+            StepResult::PublishLookup {
+                key: "w-acme".into(),
+                region: "sgp-1".into(),
+                bff_url: "https://bff.w-acme.sgp-1.cogrion.com".into(),
+            },
+            StepResult::UnpublishLookup {
+                key: "w-acme".into(),
+            },
+            StepResult::IdentityClient {
+                realm: "cogrion".into(),
+                id: "5f0c".into(),
+                client_id: "w-acme".into(),
+            },
+            StepResult::DisableIdentityClient { id: None },
+            StepResult::DeleteIdentityClient {
+                id: Some("5f0c".into()),
             },
         ]
     }

@@ -48,6 +48,14 @@ pub struct Aws {
     calls: Family<CallLabels, Counter>,
 }
 
+impl Aws {
+    /// The AWS configuration the adapter was made from (for other AWS clients of the same
+    /// run: the DynamoDB lookup sink).
+    pub fn sdk_config(&self) -> &SdkConfig {
+        &self.base
+    }
+}
+
 /// A name as compared everywhere: lowercase, without the trailing dot.
 fn norm(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
