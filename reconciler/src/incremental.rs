@@ -155,7 +155,10 @@ impl Incremental {
         match self.prepare(repo, rev)? {
             Prepared::NeedsFull(new) => self.full(repo, &new, db, options).await,
             Prepared::Refused(r) => Ok(*r),
-            Prepared::Staged(staged) => self.finish(staged, db, options).await,
+            Prepared::Staged(staged) => {
+                self.finish(staged, db, options, &crate::reconcile::Ports::default())
+                    .await
+            }
         }
     }
 
@@ -261,12 +264,15 @@ impl Incremental {
         }))
     }
 
-    /// The database part of [`Incremental::replan`]: observe and plan the staged workspaces.
+    /// The database part of [`Incremental::replan`]: observe and plan the staged workspaces,
+    /// with steps 8 and 9 where `ports` has them (what failed to be read is logged; the
+    /// planner then goes by the journal).
     pub async fn finish(
         &mut self,
         staged: Staged,
         db: &Db,
         options: Options,
+        ports: &crate::reconcile::Ports,
     ) -> Result<Replan, Error> {
         let Staged {
             commit: new,
@@ -279,9 +285,14 @@ impl Incremental {
             .filter_map(|id| plan::desired_workspace(&self.model, id, &self.scope))
             .map(|w| (w.id.clone(), w))
             .collect();
-        let observed = db.observe_only(&ids, &self.scope).await?;
+        let mut observed = db.observe_only(&ids, &self.scope).await?;
         plan::add_moved_out(&self.model, &self.scope, &observed, &mut desired);
-        let plan = plan::plan(&desired, &observed, options);
+        let mut notes = Vec::new();
+        crate::reconcile::observe_global(ports, &desired, &mut observed, &mut notes).await;
+        for note in notes {
+            tracing::warn!("{note}");
+        }
+        let plan = plan::plan_with(&desired, &observed, options, &ports.providers);
         Ok(Replan {
             commit: new,
             mode: "incremental",

@@ -353,7 +353,7 @@ pub struct Ports {
 
 /// The ports `cplane.yaml` configures, from `global`; a configured step whose port cannot be
 /// had is left out of the plan, and the notes say why.
-fn global_ports(
+pub fn global_ports(
     model: &cplane_schema::Model,
     global: GlobalPorts,
     notes: &mut Vec<String>,
@@ -394,7 +394,7 @@ fn global_ports(
 /// The drift checks of steps 8 and 9: the sink's entries (batched) and the realms' workspace
 /// clients (paged), for the workspaces desired or being removed. A read that fails leaves
 /// the observation `None` (the planner then trusts the journal) and says so in the notes.
-async fn observe_global(
+pub async fn observe_global(
     ports: &Ports,
     desired: &BTreeMap<String, crate::plan::DesiredWorkspace>,
     observed: &mut crate::plan::Observed,

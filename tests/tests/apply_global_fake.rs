@@ -338,3 +338,85 @@ async fn removal_unpublishes_and_deletes_or_disables_the_client_even_after_a_cra
     assert!(rig.global.entries().contains_key("w-acme"));
     rig.assert_nothing_to_do("acme back").await;
 }
+
+/// A workspace added by a commit that touches only `workspaces/` is planned incrementally by
+/// `cplane serve`: it gets steps 8 and 9 in that run, not at the next full one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_added_by_an_incremental_commit_gets_steps_8_and_9() {
+    use cplane_reconciler::incremental::{Incremental, Prepared};
+    use cplane_reconciler::plan::Action;
+    let (repo, rev) = configured_repo();
+    let git = git2::Repository::open(repo.path()).expect("repo");
+    let mut state = Incremental::cold(&git, &rev, Scope::all())
+        .expect("read")
+        .expect("valid");
+    let text = std::fs::read_to_string(repo.path().join("workspaces/globex.yaml")).expect("globex");
+    std::fs::write(
+        repo.path().join("workspaces/hooli.yaml"),
+        text.replace("name: globex", "name: hooli")
+            .replace("externalId: globex", "externalId: hooli"),
+    )
+    .expect("write hooli");
+    cplane_e2e::commit_all(repo.path(), "add hooli");
+    let Prepared::Staged(staged) = state.prepare(&git, "HEAD").expect("prepare") else {
+        panic!("a workspaces-only commit is incremental");
+    };
+    let global = Arc::new(FakeGlobal::new());
+    let identity: Arc<dyn Identity> = global.clone();
+    let lookup_sink: Arc<dyn LookupSink> = global.clone();
+    let mut notes = Vec::new();
+    let ports = reconcile::global_ports(
+        state.model(),
+        GlobalPorts::Given {
+            identity: Some(identity),
+            lookup_sink: Some(lookup_sink),
+        },
+        &mut notes,
+    );
+    assert!(notes.is_empty(), "{notes:?}");
+    let db = Db::connect("sqlite::memory:").await.expect("database");
+    let r = state
+        .finish(staged, &db, Options::default(), &ports)
+        .await
+        .expect("finish");
+    assert_eq!((r.mode, r.workspaces), ("incremental", 1));
+    let hooli: Vec<&Action> = r
+        .plan
+        .steps
+        .iter()
+        .filter(|s| s.workspace == "hooli")
+        .map(|s| &s.action)
+        .collect();
+    assert!(
+        hooli
+            .iter()
+            .any(|a| matches!(a, Action::PublishLookup { .. })),
+        "step 8 planned: {hooli:#?}"
+    );
+    assert!(
+        hooli
+            .iter()
+            .any(|a| matches!(a, Action::EnsureIdentityClient { .. })),
+        "step 9 planned: {hooli:#?}"
+    );
+    // Without the ports (no cloud), neither is planned, as in a full run.
+    let mut again = Incremental::cold(&git, &rev, Scope::all())
+        .expect("read")
+        .expect("valid");
+    let Prepared::Staged(staged) = again.prepare(&git, "HEAD").expect("prepare") else {
+        panic!("incremental");
+    };
+    let r = again
+        .finish(
+            staged,
+            &db,
+            Options::default(),
+            &reconcile::Ports::default(),
+        )
+        .await
+        .expect("finish");
+    assert!(r.plan.steps.iter().all(|s| !matches!(
+        s.action,
+        Action::PublishLookup { .. } | Action::EnsureIdentityClient { .. }
+    )));
+}

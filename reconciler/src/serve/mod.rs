@@ -48,7 +48,9 @@ use crate::db::Db;
 use crate::incremental::{Incremental, Prepared};
 use crate::lease::Lease;
 use crate::plan::Options;
-use crate::reconcile::{self, apply_and_record, record_refusal, Request, Run, RunResult};
+use crate::reconcile::{
+    self, apply_and_record_ports, record_refusal, GlobalPorts, Ports, Request, Run, RunResult,
+};
 use crate::source;
 use crate::status::RunOutcome;
 use crate::tls::ClientCluster;

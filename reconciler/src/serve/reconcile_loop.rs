@@ -499,14 +499,32 @@ pub(super) async fn run_once(
         }
         Some(Prepared::Staged(staged)) => {
             let inc = state.as_mut().expect("staged implies a state");
-            let r = match inc.finish(staged, &shared.db, options).await {
+            // Steps 8 and 9 as a full run has them (they need a cloud, like every outside call).
+            let ports = match &shared.aws {
+                Some(aws) => {
+                    let mut notes = Vec::new();
+                    let global = GlobalPorts::FromConfig(Some(Box::new(aws.sdk_config().clone())));
+                    let ports = reconcile::global_ports(inc.model(), global, &mut notes);
+                    for note in notes {
+                        tracing::warn!("{note}");
+                    }
+                    ports
+                }
+                None => Ports::default(),
+            };
+            let r = match inc.finish(staged, &shared.db, options, &ports).await {
                 Ok(r) => r,
                 Err(e) => return Some(error_run(commit, e)),
             };
+            let cloud = shared
+                .aws
+                .clone()
+                .map(|a| std::sync::Arc::new(a) as std::sync::Arc<dyn crate::cloud::Cloud>);
             return Some(
-                match apply_and_record(
+                match apply_and_record_ports(
                     run,
-                    shared.aws.clone(),
+                    cloud,
+                    ports,
                     &r.plan,
                     r.desired,
                     r.observed,
