@@ -315,3 +315,65 @@ async fn thirty_percent_throttling_on_keycloak_and_workers_kv_converges_without_
         "the drift check read the sink in a batch"
     );
 }
+
+/// `GET /lookup/w-{id}` of `cplane serve` answers for every region when the global map can be
+/// read: this region's workspaces from its own table, another region's from the DynamoDB sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_answers_other_regions_workspaces_from_the_global_map() {
+    use cplane_e2e::serve::{http, wait_for, Serve};
+    let moto = Moto::start();
+    let (_aws, dynamo) = setup_aws(&moto.endpoint).await;
+    // fra-1's control plane wrote its workspace into the global map.
+    dynamo
+        .put_item()
+        .table_name(TABLE)
+        .item("tenant_id", AttributeValue::S("w-faraway".into()))
+        .item("region", AttributeValue::S("fra-1".into()))
+        .item(
+            "bff_url",
+            AttributeValue::S("https://bff.w-faraway.fra-1.cogrion.com".into()),
+        )
+        .send()
+        .await
+        .expect("put");
+    let repo = repo_with(&format!(
+        "  tenantLookup:\n    dynamodb:\n      table: {TABLE}\n"
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote = dir.path().join("state.git");
+    let cloned = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(repo.path())
+        .arg(&remote)
+        .status()
+        .expect("git clone");
+    assert!(cloned.success());
+    let mut serve = Serve::new(dir.path())
+        .state_repo(&remote)
+        .args(["--cloud", "aws"]);
+    for (k, v) in Moto::env(&moto.endpoint) {
+        serve = serve.env(k, &v);
+    }
+    let server = serve.spawn();
+    let port = server.port;
+    wait_for("the first run", || {
+        http(port, "GET", "/readyz", &[], b"").0 == 200
+    });
+    let (status, body) = http(port, "GET", "/lookup/w-faraway", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let found: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        found,
+        serde_json::json!({"region": "fra-1", "bff_url": "https://bff.w-faraway.fra-1.cogrion.com"})
+    );
+    let (status, body) = http(port, "GET", "/lookup/w-nobody", &[], b"");
+    assert_eq!(status, 404, "{body}");
+    // The sink gone: another region's workspace cannot be answered, and says why.
+    drop(moto);
+    let (status, body) = http(port, "GET", "/lookup/w-faraway", &[], b"");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("the global lookup (dynamodb) cannot be read"),
+        "{body}"
+    );
+}

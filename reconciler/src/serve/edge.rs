@@ -135,12 +135,12 @@ impl Edge {
     }
 
     /// `Err(how long to wait)` when `peer` is over its rate.
-    fn admit(&self, peer: IpAddr) -> Result<(), std::time::Duration> {
+    pub(super) fn admit(&self, peer: IpAddr) -> Result<(), std::time::Duration> {
         self.limiter.check(Some(peer))
     }
 
     /// The `429` of a source over its rate, with `Retry-After` in whole seconds.
-    fn too_many(&self, wait: std::time::Duration) -> Response {
+    pub(super) fn too_many(&self, wait: std::time::Duration) -> Response {
         let mut response = api_error(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -202,7 +202,7 @@ fn normalized(host: &str) -> Option<String> {
 }
 
 /// The peer's address (set by the connection loop; `127.0.0.1` for in-process tests).
-fn peer_of(connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> IpAddr {
+pub(super) fn peer_of(connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> IpAddr {
     connect.map_or(
         IpAddr::from([127, 0, 0, 1]),
         |axum::Extension(ConnectInfo(peer))| peer.ip(),

@@ -206,6 +206,9 @@ struct Shared {
     auth: Arc<crate::auth::Auth>,
     /// The edge front door's limiter and index.
     edge: edge::Edge,
+    /// The global tenant → region map of the applied revision's `cplane.yaml` (step 8), when
+    /// configured and a cloud is: `/lookup` answers from it for other regions' workspaces.
+    global_lookup: std::sync::RwLock<Option<Arc<dyn crate::global::LookupSink>>>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then stops gracefully: no new connections, HTTP
@@ -276,6 +279,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         render_memo: Arc::default(),
         auth,
         edge,
+        global_lookup: std::sync::RwLock::new(None),
     });
     let _ = shared.api.set(crate::api::Api::start(
         crate::api::Settings {

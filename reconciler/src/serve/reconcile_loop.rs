@@ -508,6 +508,8 @@ pub(super) async fn run_once(
                     for note in notes {
                         tracing::warn!("{note}");
                     }
+                    *shared.global_lookup.write().expect("global lookup lock") =
+                        ports.lookup_sink.clone();
                     ports
                 }
                 None => Ports::default(),
@@ -581,6 +583,13 @@ pub(super) async fn run_once(
             }) => {
                 shared.ready.store(true, Ordering::SeqCst);
                 if let Some(model) = model {
+                    if let Some(aws) = &shared.aws {
+                        let global =
+                            GlobalPorts::FromConfig(Some(Box::new(aws.sdk_config().clone())));
+                        let ports = reconcile::global_ports(&model, global, &mut Vec::new());
+                        *shared.global_lookup.write().expect("global lookup lock") =
+                            ports.lookup_sink;
+                    }
                     *state = Some(Incremental::from_model(
                         commit.clone(),
                         *model,

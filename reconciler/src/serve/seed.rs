@@ -18,21 +18,46 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Tenant → region lookup (reference doc 001, step 8): `{"region", "bff_url"}`.
+///
+/// This region's own workspaces are answered from its table. Others are asked of the global
+/// map (step 8's sink) when `cplane.yaml` configures one: an outside call, so it is admitted
+/// per source address by the edge's rate limit (`429` beyond it), and a sink that cannot be
+/// read is a `503`.
 pub(super) async fn lookup(
     State(sh): State<Arc<Shared>>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
     if !possible_id(&name) {
         return api_error(StatusCode::NOT_FOUND, "no such workspace").into_response();
     }
+    let found = |region: &str, bff_url: &str| {
+        Json(json!({ "region": region, "bff_url": bff_url })).into_response()
+    };
     match sh.db.lookup_entry(&name).await {
-        Ok(Some(row)) => {
-            Json(json!({ "region": row.region, "bff_url": row.bff_url })).into_response()
-        }
-        Ok(None) => {
-            api_error(StatusCode::NOT_FOUND, format!("no workspace {name}")).into_response()
-        }
-        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Ok(Some(row)) => return found(&row.region, &row.bff_url),
+        Ok(None) => {}
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+    let sink = sh.global_lookup.read().expect("global lookup lock").clone();
+    let missing =
+        || api_error(StatusCode::NOT_FOUND, format!("no workspace {name}")).into_response();
+    let Some(sink) = sink else {
+        return missing();
+    };
+    if let Err(wait) = sh.edge.admit(super::edge::peer_of(connect)) {
+        return sh.edge.too_many(wait);
+    }
+    match sink.get_many(std::slice::from_ref(&name)).await {
+        Ok(rows) => match rows.get(&name) {
+            Some(row) => found(&row.region, &row.bff_url),
+            None => missing(),
+        },
+        Err(e) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the global lookup ({}) cannot be read: {e}", sink.name()),
+        )
+        .into_response(),
     }
 }
 
