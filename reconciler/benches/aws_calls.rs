@@ -9,6 +9,9 @@
 #[path = "../../tests/src/fault_proxy.rs"]
 mod fault_proxy;
 #[allow(dead_code)]
+#[path = "../../tests/src/faults.rs"]
+mod faults;
+#[allow(dead_code)]
 #[path = "../../tests/src/moto.rs"]
 mod moto;
 #[path = "../../tests/src/venv.rs"]

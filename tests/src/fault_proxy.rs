@@ -41,6 +41,8 @@ struct State {
     mutations: AtomicU64,
     swallow_at: AtomicU64,
     swallowed: AtomicU64,
+    /// A share of all requests throttled before they reach moto ([`FaultProxy::throttle_percent`]).
+    random: crate::faults::Faults,
 }
 
 /// The proxy; stops when dropped.
@@ -175,6 +177,17 @@ impl FaultProxy {
         });
     }
 
+    /// Answers `percent` % of all requests, chosen by a seeded generator, with the service's
+    /// throttling error (or, for some, a 500) before they reach moto: a throttled account.
+    pub fn throttle_percent(&self, percent: u32) {
+        self.state.random.set_percent(percent);
+    }
+
+    /// Requests answered with a fault by [`FaultProxy::throttle_percent`] so far.
+    pub fn throttled(&self) -> u64 {
+        self.state.random.injected()
+    }
+
     /// Requests seen (including faulted ones), by `service:Operation`.
     pub fn counts(&self) -> BTreeMap<String, u64> {
         self.state.counts.lock().expect("counts").clone()
@@ -252,6 +265,13 @@ async fn handle(
             })
     };
     if let Some(f) = fault {
+        return fault_response(&service, f);
+    }
+    if let Some(f) = st.random.next() {
+        let f = match f {
+            crate::faults::Fault::Throttle => Fault::Throttle,
+            crate::faults::Fault::Unavailable => Fault::ServerError,
+        };
         return fault_response(&service, f);
     }
     let uri = format!(

@@ -43,7 +43,7 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Runs `cplane apply` until it converges (exit 0); exit 3 (waiting for certificate
+/// Runs `cplane apply` until it converges (exit 0); exit 4 (waiting for certificate
 /// validation) is retried after a short pause, anything else fails the test.
 fn apply_until_converged(repo: &str, db: &str, endpoint: &str) -> Vec<Output> {
     let started = Instant::now();
@@ -425,4 +425,47 @@ async fn removing_workspaces_deprovisions_delete_and_keeps_retain_without_its_de
         1,
         "only globex is still routed"
     );
+}
+
+/// 30 % of AWS calls throttled (or a 500) before they reach moto: the SDK's retries and the
+/// journal absorb it, and every workspace is provisioned exactly once. A run whose step ran
+/// out of retries exits 1; the next run picks it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_throttling_converges_without_duplicates() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let aws = Aws::from_sdk_config(Moto::sdk_config(&moto.endpoint).await);
+    let parent = parent_zone(&aws).await;
+    let (_dir, db) = sqlite_url();
+    let repo = cplane_e2e::template_repo();
+    let repo_path = repo.path().to_str().expect("utf-8");
+    proxy.throttle_percent(30);
+    let started = Instant::now();
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        let out = apply_cmd(repo_path, &db, &proxy.url)
+            .output()
+            .expect("run cplane apply");
+        match out.status.code() {
+            Some(0) => break,
+            Some(1 | 4) => std::thread::sleep(Duration::from_millis(500)),
+            _ => panic!("apply failed: {}", text(&out)),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no convergence in {runs} runs: {}",
+            text(&out)
+        );
+    }
+    let (throttled, total) = (proxy.throttled(), proxy.total());
+    assert!(
+        throttled > 0 && throttled * 100 >= total * 15,
+        "about 30 % of the calls were throttled: {throttled} of {total}"
+    );
+    proxy.throttle_percent(0);
+    assert_provisioned_once(&aws, &parent).await;
+    let again = apply_cmd(repo_path, &db, &proxy.url).output().expect("run");
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    eprintln!("converged in {runs} runs, {throttled} of {total} calls throttled");
 }
