@@ -8,7 +8,7 @@
 #[allow(dead_code)]
 #[path = "../../tests/src/fault_proxy.rs"]
 mod fault_proxy;
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)] // the bench uses part of it; its unit tests are not built here
 #[path = "../../tests/src/faults.rs"]
 mod faults;
 #[allow(dead_code)]
