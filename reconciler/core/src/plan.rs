@@ -1008,6 +1008,21 @@ pub fn plan_with(
                     provision(&mut b, want, have.generation, Some(have));
                 }
             }
+            (Some(_), Some(have))
+                if have.status == Status::Deleted
+                    && b.touched(StepKind::CreateZone)
+                    && !b.done(StepKind::DeleteZone) =>
+            {
+                // A row says deleted while the journal says its zone never was: a hand edit.
+                // A new generation would make a second zone and certificate; report it.
+                b.plan.refused.push(Refusal {
+                    workspace: id.clone(),
+                    message: format!(
+                        "drift: the workspaces row of {id} says `deleted`, but its journal never deleted its zone (generation {}): the row was edited by hand; set its status back (e.g. `active`) and cplane converges it",
+                        have.generation
+                    ),
+                });
+            }
             (Some(want), Some(have)) => provision(&mut b, want, have.generation + 1, None),
             (Some(want), None) => provision(&mut b, want, 1, None),
             (None, Some(have)) if !have.status.is_gone() && !hold => deprovision(&mut b, have),

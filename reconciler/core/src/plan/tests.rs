@@ -483,6 +483,14 @@ fn re_adding_a_deleted_workspace_starts_a_new_generation() {
     let mut observed = Observed::default();
     provisioned(&mut observed, &acme);
     observed.workspaces.get_mut("acme").expect("row").status = Status::Deleted;
+    // What a deletion leaves in the journal.
+    observed.journal.insert(
+        ("acme".into(), StepKind::DeleteZone),
+        JournalEntry {
+            state: JournalState::Done,
+            result: None,
+        },
+    );
     let plan = plan(&desired(&[acme]), &observed, Options::default());
     assert_eq!(
         plan.steps[0].action,
@@ -581,6 +589,13 @@ fn generations_follow_the_planner() {
         1,
         "being removed"
     );
+    observed.journal.insert(
+        ("acme".into(), StepKind::DeleteZone),
+        JournalEntry {
+            state: JournalState::Done,
+            result: None,
+        },
+    );
     let p = plan(&desired(&[acme]), &observed, Options::default());
     assert_eq!(
         p.steps[0].action,
@@ -588,5 +603,38 @@ fn generations_follow_the_planner() {
             status: Status::Provisioning,
             generation: 2
         }
+    );
+}
+
+#[test]
+fn a_row_edited_to_deleted_by_hand_is_reported_not_provisioned_again() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    observed.workspaces.get_mut("acme").expect("row").status = Status::Deleted;
+    let plan = plan(&desired(&[acme]), &observed, Options::default());
+    assert!(plan.steps.is_empty(), "no second zone: {:?}", steps(&plan));
+    assert_eq!(
+        plan.refused,
+        [Refusal {
+            workspace: "acme".into(),
+            message: "drift: the workspaces row of acme says `deleted`, but its journal never deleted its zone (generation 1): the row was edited by hand; set its status back (e.g. `active`) and cplane converges it".into()
+        }]
+    );
+}
+
+#[test]
+fn hand_edited_workspace_row_fields_are_written_back() {
+    let acme = ws("acme");
+    let mut observed = Observed::default();
+    provisioned(&mut observed, &acme);
+    let row = &mut observed.workspaces.get_mut("acme").expect("row").applied;
+    row.zone_name = "w-evil.example.com".into();
+    row.role_arn = "arn:aws:iam::999999999999:role/x".into();
+    let plan = plan(&desired(&[acme]), &observed, Options::default());
+    assert_eq!(
+        steps(&plan),
+        ["acme ~ db workspaces row (status active) after [] (workspace changed)"],
+        "the row is rewritten from the state repo, nothing else moves"
     );
 }
