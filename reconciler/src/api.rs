@@ -661,8 +661,8 @@ impl Api {
         let settings = self.settings.clone();
         let loaded =
             tokio::task::spawn_blocking(move || read_revision(&settings, rev, fetch, fetch_ref))
-            .await
-            .map_err(|e| PlanError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+                .await
+                .map_err(|e| PlanError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
         let (snapshot, confirmed) = loaded;
         let commit = snapshot.commit.clone();
         let published = self
@@ -694,7 +694,8 @@ impl Api {
                 errors: checked.diagnostics,
             });
         }
-        let internal = |e: crate::db::Error| PlanError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        let internal =
+            |e: crate::db::Error| PlanError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         let model = checked.model.as_ref().expect("valid implies a model");
         let scope = &self.settings.scope;
         let mut desired = crate::plan::desired_workspaces(model, scope);
@@ -718,7 +719,8 @@ impl Api {
             .await
             .map_err(internal)?;
         let notes = vec![
-            "cloud drift is not read by the API's plan; `cplane plan --cloud aws` reads it".to_owned(),
+            "cloud drift is not read by the API's plan; `cplane plan --cloud aws` reads it"
+                .to_owned(),
         ];
         let preview =
             crate::preview::Preview::new(commit, plan, self.settings.cloud, clusters, notes);
@@ -738,11 +740,15 @@ fn read_revision(
     fetch: bool,
     fetch_ref: Option<String>,
 ) -> Result<(crate::source::Snapshot, Option<usize>), PlanError> {
-    let unavailable = |e: &dyn std::fmt::Display| PlanError(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let unavailable =
+        |e: &dyn std::fmt::Display| PlanError(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     let (repo, head) = head_repo(settings).map_err(|e| unavailable(&e))?;
     let rev = rev.filter(|r| !r.trim().is_empty()).unwrap_or(head);
     if rev.starts_with('-') || rev.contains("..") || rev.chars().any(char::is_whitespace) {
-        return Err(PlanError(StatusCode::BAD_REQUEST, format!("rev `{rev}`: not a commit id or ref")));
+        return Err(PlanError(
+            StatusCode::BAD_REQUEST,
+            format!("rev `{rev}`: not a commit id or ref"),
+        ));
     }
     // A branch or ref fetched for an earlier plan is found under `refs/cplane/plan/`.
     let candidates = [
@@ -895,11 +901,11 @@ async fn plan_response(
             let clusters = clusters
                 .into_iter()
                 .filter(|c| {
-                    c.kind == "tenant"
-                        && c.cluster.strip_prefix("w-").is_some_and(readable)
+                    c.kind == "tenant" && c.cluster.strip_prefix("w-").is_some_and(readable)
                 })
                 .collect();
-            let preview = crate::preview::Preview::new(commit, plan, api.settings.cloud, clusters, notes);
+            let preview =
+                crate::preview::Preview::new(commit, plan, api.settings.cloud, clusters, notes);
             Json(preview).into_response()
         }
     }

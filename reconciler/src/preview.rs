@@ -129,7 +129,11 @@ impl Preview {
             let _ = writeln!(out, "    {} {}", step.action.symbol(), step.action);
         }
         for r in &self.plan.refused {
-            let _ = writeln!(out, "\n  ! workspace {}: refused: {}", r.workspace, r.message);
+            let _ = writeln!(
+                out,
+                "\n  ! workspace {}: refused: {}",
+                r.workspace, r.message
+            );
         }
         if let Some(h) = &self.plan.held {
             let _ = writeln!(out, "\n  ! held: {h}");
@@ -194,7 +198,11 @@ impl Preview {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let commit = &self.commit[..12.min(self.commit.len())];
-        let _ = writeln!(out, "### cplane plan of `{commit}`\n\n**{}**\n", self.summary());
+        let _ = writeln!(
+            out,
+            "### cplane plan of `{commit}`\n\n**{}**\n",
+            self.summary()
+        );
         let mut current = "";
         for (i, step) in self.plan.steps.iter().enumerate() {
             if self.is_skipped(i) {
@@ -207,7 +215,11 @@ impl Preview {
             let _ = writeln!(out, "- `{}` {}", step.action.symbol(), step.action);
         }
         for r in &self.plan.refused {
-            let _ = writeln!(out, "\n:no_entry: workspace `{}` refused: {}", r.workspace, r.message);
+            let _ = writeln!(
+                out,
+                "\n:no_entry: workspace `{}` refused: {}",
+                r.workspace, r.message
+            );
         }
         if let Some(h) = &self.plan.held {
             let _ = writeln!(out, "\n:warning: held: {h}");

@@ -35,7 +35,11 @@ fn enable_trino_and_bump_bff(state: &Path) -> String {
     let bff = state.join("stacks/bff/stack.yaml");
     let doc = fs::read_to_string(&bff).expect("read");
     assert!(doc.contains("version: \"1.8.0\""), "{doc}");
-    fs::write(&bff, doc.replace("version: \"1.8.0\"", "version: \"1.9.0\"")).expect("write");
+    fs::write(
+        &bff,
+        doc.replace("version: \"1.8.0\"", "version: \"1.9.0\""),
+    )
+    .expect("write");
     let globex = state.join("workspaces/globex.yaml");
     let mut doc = fs::read_to_string(&globex).expect("read");
     doc.push_str("    - name: trino\n      values:\n        workers: 2\n");
@@ -44,8 +48,8 @@ fn enable_trino_and_bump_bff(state: &Path) -> String {
 }
 
 #[test]
-fn a_plan_lists_every_clusters_objects_with_diffs_and_its_exit_code_says_whether_anything_changes(
-) {
+fn a_plan_lists_every_clusters_objects_with_diffs_and_its_exit_code_says_whether_anything_changes()
+{
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = cplane_in(tmp.path(), &["init", "state"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -57,7 +61,9 @@ fn a_plan_lists_every_clusters_objects_with_diffs_and_its_exit_code_says_whether
     let out = cplane_in(&state, &["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        text(&out).contains("No changes. The database matches the revision. So does every cluster's bundle."),
+        text(&out).contains(
+            "No changes. The database matches the revision. So does every cluster's bundle."
+        ),
         "{}",
         text(&out)
     );
@@ -150,7 +156,13 @@ async fn ci_plans_a_branch_on_the_server_with_only_a_token() {
         .start();
     server.cplane(&["principal", "grant-admin", "ci@example.com"]);
     let token = dev
-        .token("cplane", "ci@example.com", "ci@example.com", "CI", Duration::from_secs(600))
+        .token(
+            "cplane",
+            "ci@example.com",
+            "ci@example.com",
+            "CI",
+            Duration::from_secs(600),
+        )
         .expect("token");
     let token_file = tmp.path().join("token");
     fs::write(&token_file, format!("{token}\n")).expect("token file");
@@ -175,8 +187,14 @@ async fn ci_plans_a_branch_on_the_server_with_only_a_token() {
     let remote = cplane_in(
         work,
         &[
-            "plan", "--server", &url, "--token-file", token_file.to_str().expect("utf-8"),
-            "--format", "json", "--detailed-exitcode",
+            "plan",
+            "--server",
+            &url,
+            "--token-file",
+            token_file.to_str().expect("utf-8"),
+            "--format",
+            "json",
+            "--detailed-exitcode",
         ],
     );
     assert_eq!(remote.status.code(), Some(4), "{}", text(&remote));
@@ -195,11 +213,19 @@ async fn ci_plans_a_branch_on_the_server_with_only_a_token() {
     // Text, as a local plan prints it.
     let out = cplane_in(
         work,
-        &["plan", "--server", &url, "--token-file", token_file.to_str().expect("utf-8")],
+        &[
+            "plan",
+            "--server",
+            &url,
+            "--token-file",
+            token_file.to_str().expect("utf-8"),
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        text(&out).contains("  cluster w-globex (tenant, sgp-1/prod): 8 to add, 1 to change, 0 to remove"),
+        text(&out).contains(
+            "  cluster w-globex (tenant, sgp-1/prod): 8 to add, 1 to change, 0 to remove"
+        ),
         "{}",
         text(&out)
     );
@@ -241,7 +267,13 @@ async fn ci_plans_a_branch_on_the_server_with_only_a_token() {
     git(&["push", "-q", "origin", "pr-1"]);
     let out = cplane_in(
         work,
-        &["plan", "--server", &url, "--token-file", token_file.to_str().expect("utf-8")],
+        &[
+            "plan",
+            "--server",
+            &url,
+            "--token-file",
+            token_file.to_str().expect("utf-8"),
+        ],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -199,8 +199,8 @@ fn redact_walk(v: &mut Value) {
                 if REFERENCES.contains(&key.as_str()) {
                     continue;
                 }
-                let marked = cplane_schema::validate::is_secret_name(key)
-                    || (env_secret && key == "value");
+                let marked =
+                    cplane_schema::validate::is_secret_name(key) || (env_secret && key == "value");
                 match value {
                     Value::String(s) if marked && !s.is_empty() => {
                         *value = Value::String(REDACTED.into());
@@ -299,7 +299,10 @@ mod tests {
         assert_eq!(env[0]["value"], REDACTED);
         assert_eq!(env[1]["value"], "2");
         assert_eq!(env[2]["valueFrom"]["secretKeyRef"]["key"], "token");
-        assert_eq!(r["spec"]["containers"][0]["args"]["adminPassword"], REDACTED);
+        assert_eq!(
+            r["spec"]["containers"][0]["args"]["adminPassword"],
+            REDACTED
+        );
         assert_eq!(r["spec"]["containers"][0]["args"]["clientSecret"], "");
 
         // A changed secret value shows as a changed object whose diff never holds the value.
@@ -312,7 +315,10 @@ mod tests {
         let c = diff(cluster(), &old, &[changed]);
         assert_eq!(c.changed.len(), 1);
         let d = &c.changed[0].diff;
-        assert!(!d.contains("aHVudGVyMg") && !d.contains("c3dvcmRmaXNo"), "{d}");
+        assert!(
+            !d.contains("aHVudGVyMg") && !d.contains("c3dvcmRmaXNo"),
+            "{d}"
+        );
         assert!(d.contains("+    rotated: now"), "{d}");
     }
 

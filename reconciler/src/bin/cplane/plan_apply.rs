@@ -16,7 +16,10 @@ pub(super) enum Mode {
 /// `plan` or `apply`. With `--format json`, stdout holds exactly one JSON object, also when
 /// the revision cannot be read or is invalid (`{"error": …, "errors": […]}`).
 pub(super) fn reconcile(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> {
-    let json = matches!(mode, Mode::Plan(Format::Json, _) | Mode::Apply(Format::Json));
+    let json = matches!(
+        mode,
+        Mode::Plan(Format::Json, _) | Mode::Apply(Format::Json)
+    );
     match reconcile_inner(args, mode) {
         Err(err) if json => {
             let out = serde_json::json!({ "error": describe(&err), "errors": [] });
@@ -260,7 +263,11 @@ pub(super) async fn status_command(
 
 /// Prints a plan (`--format json`: the [`Preview`] object) and returns the exit code: held
 /// ([`EXIT_HELD`]) first; with `detailed`, [`EXIT_CHANGES`] when anything would change; else 0.
-pub(super) fn print_preview(preview: &Preview, format: Format, detailed: bool) -> anyhow::Result<u8> {
+pub(super) fn print_preview(
+    preview: &Preview,
+    format: Format,
+    detailed: bool,
+) -> anyhow::Result<u8> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(preview)?),
         Format::Text => print!("{}", preview.text()),
@@ -294,7 +301,10 @@ pub(super) fn plan_remote(
             .with_context(|| format!("--token-file {}", path.display()))?
             .trim()
             .to_owned(),
-        None => std::env::var("CPLANE_TOKEN").unwrap_or_default().trim().to_owned(),
+        None => std::env::var("CPLANE_TOKEN")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
     };
     if token.is_empty() {
         anyhow::bail!(InvalidInput(
@@ -339,7 +349,11 @@ pub(super) fn plan_remote(
             })
             .unwrap_or_default();
         let commit = value["commit"].as_str().unwrap_or(&rev);
-        let message = format!("commit {} is invalid ({} errors); nothing was planned", &commit[..12.min(commit.len())], errors.len());
+        let message = format!(
+            "commit {} is invalid ({} errors); nothing was planned",
+            &commit[..12.min(commit.len())],
+            errors.len()
+        );
         match format {
             Format::Json => {
                 let out = serde_json::json!({ "commit": commit, "outcome": RunOutcome::Refused, "error": message, "errors": errors });
@@ -355,7 +369,9 @@ pub(super) fn plan_remote(
         return Ok(EXIT_INVALID);
     }
     if !status.is_success() {
-        let message = value["error"].as_str().map_or_else(|| value.to_string(), str::to_owned);
+        let message = value["error"]
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_owned);
         if status.as_u16() == 400 || status.as_u16() == 404 {
             anyhow::bail!(InvalidInput(format!("{url}: {status}: {message}")));
         }
