@@ -18,9 +18,12 @@
 //!   file changed since that commit), else `{"commit": "<id>", "changed": bool}`; `?mode=pr` answers
 //!   `{"branch", "commit"}` instead. A published commit triggers a reconcile; every outcome is
 //!   counted in `/metrics` (`cplane_api_commits_total{outcome}`).
-//! - `GET /v1/plan`: the plan of the remote head against what is applied (the database), as
-//!   `cplane plan --format json` prints it (`{"commit", "plan", "notes"}`), or `{"commit",
-//!   "valid": false, "errors"}` for an invalid head. Cloud drift is not read here.
+//! - `GET /v1/plan[?rev=REV]` and `POST /v1/plan` (`{"rev", "ref"?}`): the plan of the remote
+//!   head (or of `rev`, fetched when the server lacks it) against what is applied (the
+//!   database and the published bundles), as `cplane plan --format json` prints it
+//!   ([`crate::preview::Preview`]: steps and every cluster's object changes), or `{"commit",
+//!   "valid": false, "errors"}` for an invalid revision (`200` on GET, `422` on POST). Cloud
+//!   drift is not read here. Read-only: nothing is written but fetched refs of the mirror.
 //! - `POST /v1/reconcile` (admins): start a reconcile now (`202`).
 //! - `GET /openapi.json`: every route of the server (a maintained document; a test checks that
 //!   every route registered in the code is described).
@@ -64,6 +67,8 @@ pub struct Settings {
     pub max_deletions: usize,
     /// Whether zone deletions also delete records cplane did not create (for `GET /v1/plan`).
     pub delete_foreign_records: bool,
+    /// Whether the server runs with a cloud (else the plan's cloud steps are skipped).
+    pub cloud: bool,
 }
 
 /// A function that starts a reconcile.
@@ -134,7 +139,7 @@ pub fn router(api: Arc<Api>) -> Router {
             "/v1/workspaces/{id}/stacks/{name}",
             put(put_stack).patch(patch_stack).delete(delete_stack),
         )
-        .route("/v1/plan", get(plan))
+        .route("/v1/plan", get(plan).post(plan_post))
         .route("/v1/reconcile", post(reconcile))
         .with_state(api)
 }
@@ -568,32 +573,277 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// `GET /v1/plan`: the plan of the remote head against the database, as `cplane plan --format
-/// json` prints it.
+/// `?rev=` of `GET /v1/plan`.
+#[derive(serde::Deserialize)]
+struct PlanQuery {
+    rev: Option<String>,
+}
+
+/// Body of `POST /v1/plan`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanBody {
+    /// The revision: a commit id, branch or ref.
+    rev: String,
+    /// A ref to fetch from the remote when the revision is not there yet.
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+}
+
+/// `GET /v1/plan[?rev=REV]`: the plan of the branch head (or of any revision the server has
+/// fetched) against what is applied; an invalid revision answers `200` with `{"commit",
+/// "valid": false, "errors"}`.
 async fn plan(
     State(api): State<Arc<Api>>,
     axum::Extension(grants): axum::Extension<Grants>,
+    Query(query): Query<PlanQuery>,
 ) -> Response {
-    let settings = api.settings.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let (repo, rev) = head_repo(&settings).map_err(|e| e.to_string())?;
-        let snapshot = crate::source::read(&repo, &rev).map_err(|e| e.to_string())?;
-        let confirmed = crate::reconcile::confirmed_by_commit(&snapshot.message);
-        let commit = snapshot.commit.clone();
-        Ok::<_, String>((commit, confirmed, cplane_schema::load(snapshot.files)))
-    })
-    .await;
-    let (commit, confirmed, loaded) = match loaded {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    let planned = api.preview(query.rev, false, None).await;
+    plan_response(&api, &grants, planned, StatusCode::OK).await
+}
+
+/// `POST /v1/plan` with `{"rev", "ref"?}`: the plan of `rev` (fetched from the remote, `ref`
+/// or every branch, when the server does not have it) against what is applied. Read-only; an
+/// invalid revision answers `422` with `{"commit", "valid": false, "errors"}`.
+async fn plan_post(
+    State(api): State<Arc<Api>>,
+    axum::Extension(grants): axum::Extension<Grants>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: PlanBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body: expected {{\"rev\": \"<commit or ref>\", \"ref\": \"<ref to fetch>\"?}}: {e}"),
+            )
+        }
     };
-    let model = match loaded.into_valid() {
-        Ok(m) => m,
-        Err(mut errors) => {
+    let planned = api.preview(Some(body.rev), true, body.git_ref).await;
+    plan_response(&api, &grants, planned, StatusCode::UNPROCESSABLE_ENTITY).await
+}
+
+/// What planning a revision gave.
+pub enum Planned {
+    /// The plan.
+    Plan {
+        /// The plan, for operators (nothing left out).
+        preview: crate::preview::Preview,
+        /// The revision's model (whose accounts decide who may read which part).
+        model: Box<cplane_schema::Model>,
+        /// What the database records (accounts of removed workspaces).
+        observed: Box<crate::plan::Observed>,
+    },
+    /// The revision does not validate.
+    Invalid {
+        /// Its commit.
+        commit: String,
+        /// Every error.
+        errors: Vec<cplane_schema::Diagnostic>,
+    },
+}
+
+/// Why a revision could not be planned: the HTTP status and message.
+#[derive(Debug)]
+pub struct PlanError(pub StatusCode, pub String);
+
+impl Api {
+    /// The plan of `rev` (default: the followed branch's head) against what the database
+    /// records as applied and observed, and the bundles published. With `fetch`, a revision
+    /// the server does not have is fetched from the remote (`fetch_ref`, else every branch)
+    /// into `refs/cplane/plan/` of its mirror; nothing else is written.
+    pub async fn preview(
+        &self,
+        rev: Option<String>,
+        fetch: bool,
+        fetch_ref: Option<String>,
+    ) -> Result<Planned, PlanError> {
+        let settings = self.settings.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || read_revision(&settings, rev, fetch, fetch_ref))
+                .await
+                .map_err(|e| PlanError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        let (snapshot, confirmed) = loaded;
+        let commit = snapshot.commit.clone();
+        let published = self
+            .db
+            .cluster_digests()
+            .await
+            .map_err(|e| PlanError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let scope = self.settings.scope.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::check::check_memo(
+                snapshot.files,
+                |c, digest| {
+                    if scope.includes(&c.region, true, &c.environment)
+                        && published.get(&c.id).map(String::as_str) != Some(digest)
+                    {
+                        crate::check::Keep::Bundle
+                    } else {
+                        crate::check::Keep::Nothing
+                    }
+                },
+                None,
+            )
+        })
+        .await
+        .map_err(|e| PlanError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if !checked.is_valid() {
+            return Ok(Planned::Invalid {
+                commit,
+                errors: checked.diagnostics,
+            });
+        }
+        let internal =
+            |e: crate::db::Error| PlanError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        let model = checked.model.as_ref().expect("valid implies a model");
+        let scope = &self.settings.scope;
+        let mut desired = crate::plan::desired_workspaces(model, scope);
+        let observed = self.db.observe(scope).await.map_err(internal)?;
+        crate::plan::add_moved_out(model, scope, &observed, &mut desired);
+        let mut options = crate::plan::Options {
+            max_deletions: self.settings.max_deletions,
+            confirmed: false,
+            delete_foreign_records: self.settings.delete_foreign_records,
+        };
+        if let Some(n) = confirmed {
+            let removing = observed
+                .workspaces
+                .iter()
+                .filter(|(id, w)| !desired.contains_key(*id) && !w.status.is_gone())
+                .count();
+            options.confirmed = n >= removing;
+        }
+        let plan = crate::plan::plan(&desired, &observed, options);
+        let clusters = crate::reconcile::cluster_changes(&self.db, &checked.clusters)
+            .await
+            .map_err(internal)?;
+        let notes = vec![
+            "cloud drift is not read by the API's plan; `cplane plan --cloud aws` reads it"
+                .to_owned(),
+        ];
+        let preview =
+            crate::preview::Preview::new(commit, plan, self.settings.cloud, clusters, notes);
+        Ok(Planned::Plan {
+            preview,
+            model: Box::new(checked.model.expect("valid implies a model")),
+            observed: Box::new(observed),
+        })
+    }
+}
+
+/// Reads `rev` (default: the branch head) with the `Cplane-Confirm-Deletions` of its message,
+/// fetching it first when the repository does not have it.
+fn read_revision(
+    settings: &Settings,
+    rev: Option<String>,
+    fetch: bool,
+    fetch_ref: Option<String>,
+) -> Result<(crate::source::Snapshot, Option<usize>), PlanError> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| PlanError(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let (repo, head) = head_repo(settings).map_err(|e| unavailable(&e))?;
+    let rev = rev.filter(|r| !r.trim().is_empty()).unwrap_or(head);
+    if rev.starts_with('-') || rev.contains("..") || rev.chars().any(char::is_whitespace) {
+        return Err(PlanError(
+            StatusCode::BAD_REQUEST,
+            format!("rev `{rev}`: not a commit id or ref"),
+        ));
+    }
+    // A branch or ref fetched for an earlier plan is found under `refs/cplane/plan/`.
+    let candidates = [
+        rev.clone(),
+        plan_ref(&rev),
+        plan_ref(&format!("refs/heads/{rev}")),
+    ];
+    let find = |repo: &git2::Repository| {
+        candidates
+            .iter()
+            .find(|c| crate::source::resolve(repo, c).is_ok())
+            .cloned()
+    };
+    if let Some(found) = find(&repo) {
+        return read_at(&repo, &found);
+    }
+    if !fetch || write::store::local_path(&settings.repo_url).is_some() {
+        return Err(PlanError(
+            StatusCode::NOT_FOUND,
+            format!("rev `{rev}`: no such commit or ref in the state repo"),
+        ));
+    }
+    fetch_for_plan(&repo, fetch_ref.as_deref()).map_err(|e| match e {
+        FetchRefError::Bad(m) => PlanError(StatusCode::BAD_REQUEST, m),
+        FetchRefError::Git(e) => unavailable(&e),
+    })?;
+    match find(&repo) {
+        Some(found) => read_at(&repo, &found),
+        None => Err(PlanError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "rev `{rev}`: not in the state repo's remote (fetched {})",
+                fetch_ref.as_deref().unwrap_or("every branch")
+            ),
+        )),
+    }
+}
+
+fn read_at(
+    repo: &git2::Repository,
+    rev: &str,
+) -> Result<(crate::source::Snapshot, Option<usize>), PlanError> {
+    let snapshot = crate::source::read(repo, rev)
+        .map_err(|e| PlanError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let confirmed = crate::reconcile::confirmed_by_commit(&snapshot.message);
+    Ok((snapshot, confirmed))
+}
+
+/// Where a fetched ref is kept in the mirror.
+fn plan_ref(r: &str) -> String {
+    format!("refs/cplane/plan/{}", r.trim_start_matches("refs/"))
+}
+
+enum FetchRefError {
+    Bad(String),
+    Git(git2::Error),
+}
+
+/// Fetches `r` (a full ref name: `refs/pull/7/head`, `refs/heads/x`) or every branch into
+/// `refs/cplane/plan/` of the mirror.
+fn fetch_for_plan(repo: &git2::Repository, r: Option<&str>) -> Result<(), FetchRefError> {
+    let spec = match r {
+        Some(r) => {
+            if !r.starts_with("refs/") || !git2::Reference::is_valid_name(r) || r.contains('*') {
+                return Err(FetchRefError::Bad(format!(
+                    "ref `{r}`: a full ref name like refs/heads/main or refs/pull/7/head"
+                )));
+            }
+            format!("+{r}:{}", plan_ref(r))
+        }
+        None => format!("+refs/heads/*:{}", plan_ref("refs/heads/*")),
+    };
+    let mut remote = repo.find_remote("origin").map_err(FetchRefError::Git)?;
+    let mut options = git2::FetchOptions::new();
+    options.remote_callbacks(crate::remote::callbacks());
+    remote
+        .fetch(&[spec.as_str()], Some(&mut options), None)
+        .map_err(FetchRefError::Git)
+}
+
+/// Answers a plan: for non-operators only the steps, refusals and clusters of workspaces they
+/// may read; `invalid` is the status of a revision that does not validate.
+async fn plan_response(
+    api: &Api,
+    grants: &Grants,
+    planned: Result<Planned, PlanError>,
+    invalid: StatusCode,
+) -> Response {
+    let operator = authz::allows(grants, authz::Action::Operate);
+    match planned {
+        Err(PlanError(status, message)) => error(status, message),
+        Ok(Planned::Invalid { commit, mut errors }) => {
             // Errors quote files: others' workspaces only for operators.
             let total = errors.len();
-            if !authz::allows(&grants, authz::Action::Operate) {
+            if !operator {
                 let accounts = match api.db.workspace_accounts().await {
                     Ok(a) => a,
                     Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -604,60 +854,61 @@ async fn plan(
                         .strip_prefix("workspaces/")
                         .and_then(|f| f.strip_suffix(".yaml"));
                     id.and_then(|id| accounts.get(id))
-                        .is_some_and(|a| authz::allows(&grants, authz::Action::Read(a)))
+                        .is_some_and(|a| authz::allows(grants, authz::Action::Read(a)))
                 });
             }
             let hidden = total - errors.len();
-            return Json(json!({ "commit": commit, "valid": false, "errors": errors, "errors_hidden": hidden }))
-                .into_response();
+            (
+                invalid,
+                Json(json!({ "commit": commit, "valid": false, "errors": errors, "errors_hidden": hidden })),
+            )
+                .into_response()
         }
-    };
-    let scope = &api.settings.scope;
-    let desired = crate::plan::desired_workspaces(&model, scope);
-    let observed = match api.db.observe(scope).await {
-        Ok(o) => o,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    let mut options = crate::plan::Options {
-        max_deletions: api.settings.max_deletions,
-        confirmed: false,
-        delete_foreign_records: api.settings.delete_foreign_records,
-    };
-    if let Some(n) = confirmed {
-        let removing = observed
-            .workspaces
-            .iter()
-            .filter(|(id, w)| !desired.contains_key(*id) && !w.status.is_gone())
-            .count();
-        options.confirmed = n >= removing;
-    }
-    let mut plan = crate::plan::plan(&desired, &observed, options);
-    if !authz::allows(&grants, authz::Action::Operate) {
-        // The steps and refusals of the workspaces they may read (desired ones by the state
-        // repo's account, removed ones by the recorded one).
-        let account_of = |id: &str| {
-            model
-                .workspaces
-                .get(id)
-                .map(|w| w.doc.spec.account.clone())
-                .or_else(|| {
-                    observed
-                        .workspaces
-                        .get(id)
-                        .map(|w| w.applied.account.clone())
+        Ok(Planned::Plan {
+            preview,
+            model,
+            observed,
+        }) => {
+            if operator {
+                return Json(preview).into_response();
+            }
+            // The steps and refusals of the workspaces they may read (desired ones by the
+            // state repo's account, removed ones by the recorded one), and those workspaces'
+            // clusters; platform clusters are for operators.
+            let account_of = |id: &str| {
+                model
+                    .workspaces
+                    .get(id)
+                    .map(|w| w.doc.spec.account.clone())
+                    .or_else(|| {
+                        observed
+                            .workspaces
+                            .get(id)
+                            .map(|w| w.applied.account.clone())
+                    })
+            };
+            let readable = |id: &str| {
+                account_of(id).is_some_and(|a| authz::allows(grants, authz::Action::Read(&a)))
+            };
+            let crate::preview::Preview {
+                commit,
+                plan,
+                clusters,
+                notes,
+                ..
+            } = preview;
+            let plan = filtered(plan, readable);
+            let clusters = clusters
+                .into_iter()
+                .filter(|c| {
+                    c.kind == "tenant" && c.cluster.strip_prefix("w-").is_some_and(readable)
                 })
-        };
-        let readable = |id: &str| {
-            account_of(id).is_some_and(|a| authz::allows(&grants, authz::Action::Read(&a)))
-        };
-        plan = filtered(plan, readable);
+                .collect();
+            let preview =
+                crate::preview::Preview::new(commit, plan, api.settings.cloud, clusters, notes);
+            Json(preview).into_response()
+        }
     }
-    Json(json!({
-        "commit": commit,
-        "plan": plan,
-        "notes": ["cloud drift is not read by the API's plan; `cplane plan --cloud aws` reads it"],
-    }))
-    .into_response()
 }
 
 /// `plan` with only the steps and refusals of the workspaces `keep` accepts; a kept step's

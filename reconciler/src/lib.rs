@@ -13,13 +13,15 @@
 //!   ([`tls`]: HTTPS, mTLS); [`lease`]: one reconciling replica per scope.
 //! - [`auth`]: OIDC bearer JWTs, principals, account memberships, the development issuer;
 //!   [`tenants`]: where the `tenants` rows live (the primary region owns them).
+//! - [`preview`]: one plan of a revision (steps and every cluster's object changes), as
+//!   `cplane plan` prints it and the API answers it.
 //! - [`api`] and [`write`]: the write API, committing to the state repo on a user's behalf.
 //! - [`init`]: `cplane init`; [`synthetic`]: generated state repos for benchmarks.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 // The pure core, re-exported where the rest of this crate (and its users) find it.
-pub use cplane_core::{check, plan, render, status};
+pub use cplane_core::{check, manifests, plan, render, status};
 // The adapters, at the paths their callers have always used.
 pub use adapters::git::{remote, source};
 pub use adapters::{aws, db};
@@ -35,6 +37,7 @@ pub mod global;
 pub mod incremental;
 pub mod init;
 pub mod lease;
+pub mod preview;
 pub mod reconcile;
 pub mod serve;
 pub mod synthetic;

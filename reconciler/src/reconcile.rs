@@ -13,6 +13,7 @@ use crate::check::{check_memo, Keep, RenderMemo};
 use crate::cloud::Cloud;
 use crate::db::Db;
 use crate::global::{Identity, LookupSink};
+use crate::manifests::ClusterChanges;
 use crate::plan::{self, Options, Plan, Providers};
 use crate::render::Cluster;
 use crate::source::Snapshot;
@@ -52,6 +53,9 @@ pub enum RunResult {
         notes: Vec<String>,
         /// The validated model of the revision (for incremental runs that follow).
         model: Option<Box<cplane_schema::Model>>,
+        /// What the revision changes in each cluster in scope against its published bundle
+        /// (dry runs only; empty for applied runs, which publish instead).
+        clusters: Vec<ClusterChanges>,
     },
 }
 
@@ -139,11 +143,17 @@ pub async fn run_ports(
     // the published one (to publish them). Unchanged bundles are dropped as soon as they are
     // digested, so memory stays flat however many clusters there are.
     let published = db.cluster_digests().await?;
+    // A dry run keeps the parsed objects, to say what changes in each cluster.
+    let changed = if request.dry_run {
+        Keep::Bundle
+    } else {
+        Keep::Gzip
+    };
     let keep = |c: &Cluster, digest: &str| {
         if request.scope.includes(&c.region, true, &c.environment)
             && published.get(&c.id).map(String::as_str) != Some(digest)
         {
-            Keep::Gzip
+            changed
         } else {
             Keep::Nothing
         }
@@ -229,12 +239,14 @@ pub async fn run_ports(
     }
     let plan = plan::plan_with(&desired, &observed, options, &ports.providers);
     if request.dry_run {
+        let clusters = cluster_changes(db, &checked.clusters).await?;
         return Ok(RunResult::Planned {
             plan,
             report: None,
             published: Vec::new(),
             notes,
             model: None,
+            clusters,
         });
     }
 
@@ -262,7 +274,67 @@ pub async fn run_ports(
         published,
         notes,
         model: Some(Box::new(model)),
+        clusters: Vec::new(),
     })
+}
+
+/// What a revision changes in each cluster in `scope`: `rendered` is every cluster of the
+/// revision, with its bundle kept ([`Keep::Bundle`]) where its digest differs from the
+/// published one; the published bundles are read from the database. A cluster the revision no
+/// longer has (a removed workspace) is not listed: its published bundle stays as it is (the
+/// plan's steps say what happens to the workspace). Clusters without changes are left out;
+/// the order is the renderer's (platform clusters first, then tenant clusters by id).
+pub async fn cluster_changes(
+    db: &Db,
+    rendered: &[crate::check::Rendered],
+) -> Result<Vec<ClusterChanges>, crate::db::Error> {
+    let heads = db.clusters().await?;
+    let published: BTreeMap<&str, &str> = heads
+        .iter()
+        .map(|(id, _, _, _, digest, _)| (id.as_str(), digest.as_str()))
+        .collect();
+    let wanted: Vec<String> = rendered
+        .iter()
+        .filter(|r| r.bundle.is_some())
+        .filter_map(|r| published.get(r.cluster.id.as_str()).map(|d| d.to_string()))
+        .collect();
+    let bodies = db.bundle_bodies(&wanted).await?;
+    let objects_of = |digest: Option<&str>| -> Result<Vec<serde_json::Value>, crate::db::Error> {
+        let Some(gz) = digest.and_then(|d| bodies.get(d)) else {
+            return Ok(Vec::new());
+        };
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text)
+            .map_err(|e| crate::db::Error::Corrupt(format!("a published bundle: {e}")))?;
+        crate::manifests::parse_canonical(&text)
+            .map_err(|e| crate::db::Error::Corrupt(format!("a published bundle: {e}")))
+    };
+    let mut out = Vec::new();
+    for r in rendered {
+        let Some(bundle) = &r.bundle else { continue };
+        let from = published.get(r.cluster.id.as_str()).copied();
+        let new: Vec<serde_json::Value> = bundle.objects.iter().map(|o| o.value.clone()).collect();
+        let base = ClusterChanges {
+            cluster: r.cluster.id.clone(),
+            kind: match r.cluster.kind {
+                crate::render::ClusterKind::Platform => "platform",
+                crate::render::ClusterKind::Tenant => "tenant",
+            }
+            .into(),
+            region: r.cluster.region.clone(),
+            environment: r.cluster.environment.clone(),
+            from: from.map(str::to_owned),
+            to: Some(r.digest.clone()),
+            added: Vec::new(),
+            changed: Vec::new(),
+            removed: Vec::new(),
+        };
+        let changes = crate::manifests::diff(base, &objects_of(from)?, &new);
+        if !changes.is_empty() {
+            out.push(changes);
+        }
+    }
+    Ok(out)
 }
 
 /// Records a refused revision: the run, and a `Stalled` condition carrying every error while

@@ -9,7 +9,7 @@ use serde::Serialize;
 /// `line` and `column` are 1-based; `0` means the problem concerns the file as a whole (an empty
 /// file, a missing file). `path` is the field path inside the document (`spec.aws.accountId`,
 /// `spec.stacks[1].name`), empty when the problem is not about one field.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 pub struct Diagnostic {
     /// File, relative to the repo root, with `/` separators.
     pub file: String,

@@ -2,6 +2,7 @@
 //!
 //! - [`check`]: load + validate + render one revision's files (what `cplane validate` runs).
 //! - [`render`]: stack templates → per-cluster bundles with `sha256:` digests.
+//! - [`manifests`]: what a revision changes in a cluster's bundle (objects and diffs).
 //! - [`plan`]: the planner, `(desired model, observed state) → ordered steps`.
 //! - [`status`]: the outcome of applying a plan, decided once.
 //!
@@ -12,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod manifests;
 pub mod plan;
 pub mod render;
 pub mod status;

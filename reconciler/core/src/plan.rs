@@ -513,7 +513,7 @@ impl Default for Options {
 }
 
 /// One thing to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// Upsert the `workspaces` row with the desired fields and this status.
@@ -795,7 +795,7 @@ impl fmt::Display for Action {
 }
 
 /// One step of a plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// Workspace id.
     pub workspace: String,
@@ -809,7 +809,7 @@ pub struct Step {
 }
 
 /// A workspace change that cplane will not make.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
     /// Workspace id.
     pub workspace: String,
@@ -818,7 +818,7 @@ pub struct Refusal {
 }
 
 /// The plan.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// Ordered steps (every step comes after the ones it names).
     pub steps: Vec<Step>,

@@ -289,6 +289,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
             scope: shared.settings.scope.clone(),
             max_deletions: shared.settings.max_deletions,
             delete_foreign_records: shared.settings.delete_foreign_records,
+            cloud: shared.aws.is_some(),
         },
         shared.db.clone(),
         {

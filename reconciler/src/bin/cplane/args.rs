@@ -242,6 +242,22 @@ pub(super) struct RepoArgs {
     pub(super) rev: String,
 }
 
+/// `cplane plan --server`: the plan from a running control plane.
+#[derive(clap::Args)]
+pub(super) struct RemotePlanArgs {
+    /// A running control plane's URL (`https://cplane.example.com`): it plans --rev against
+    /// what it has applied and observed (`POST /v1/plan`); no database or cloud access needed.
+    #[arg(long, env = "CPLANE_SERVER")]
+    pub(super) server: Option<String>,
+    /// A file holding the bearer token for --server (else `CPLANE_TOKEN`).
+    #[arg(long, env = "CPLANE_TOKEN_FILE")]
+    pub(super) token_file: Option<PathBuf>,
+    /// A ref the server fetches from the state repo's remote when it does not have --rev yet
+    /// (a pull request's head: `refs/pull/7/head`, `refs/merge-requests/7/head`, a branch).
+    #[arg(long = "ref", env = "CPLANE_REF")]
+    pub(super) git_ref: Option<String>,
+}
+
 /// Arguments shared by `plan` and `apply`.
 #[derive(clap::Args)]
 pub(super) struct RunArgs {
@@ -521,13 +537,20 @@ pub(super) enum Command {
         #[arg(long, value_enum, default_value = "yaml")]
         format: RenderFormat,
     },
-    /// Show what `apply` would do: workspaces against the database and (with --cloud aws) AWS.
+    /// Show what `apply` would do: workspaces against the database and (with --cloud aws) AWS,
+    /// and each cluster's objects added, changed (with a diff) and removed. With --server, ask
+    /// a running control plane instead (only a token needed).
     Plan {
         #[command(flatten)]
         run: RunArgs,
         /// Output format.
         #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
         format: Format,
+        /// Exit 4 when applying the revision would change something (0: nothing changes).
+        #[arg(long, env = "CPLANE_DETAILED_EXITCODE")]
+        detailed_exitcode: bool,
+        #[command(flatten)]
+        remote: RemotePlanArgs,
     },
     /// Reconcile once: provision, repair and deprovision workspaces, publish bundles.
     /// Exit 0 converged, 4 converging (e.g. waiting for certificate validation), 3 held,

@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use cplane_reconciler::apply::Outcome;
 use cplane_reconciler::check::{check, check_keeping, Checked};
 use cplane_reconciler::db::Db;
-use cplane_reconciler::plan::{Options, Plan, Step};
+use cplane_reconciler::plan::{Options, Step};
+use cplane_reconciler::preview::Preview;
 use cplane_reconciler::reconcile::{Request, RunResult};
 use cplane_reconciler::render::object_key;
 use cplane_reconciler::status::RunOutcome;
@@ -45,6 +46,9 @@ const EXIT_HELD: u8 = 3;
 /// Exit code of `apply` when work is still under way outside cplane (e.g. certificate
 /// validation): run it again.
 const EXIT_CONVERGING: u8 = 4;
+/// Exit code of `plan --detailed-exitcode` when applying the revision would change something
+/// (a step, a refusal, or a cluster's objects): like `apply`'s converging, not yet there.
+const EXIT_CHANGES: u8 = 4;
 
 /// The exit codes, as `--help` shows them.
 const EXIT_CODES: &str = "Exit codes:
@@ -52,7 +56,8 @@ const EXIT_CODES: &str = "Exit codes:
   1  error (a step or run failed; database, git or cloud unreachable)
   2  refused or invalid input (invalid revision, bad flags, unknown repo, revision or cluster)
   3  held for confirmation (more workspace deletions than --max-deletions)
-  4  converging (apply: work under way outside cplane, e.g. certificate validation; run again)";
+  4  converging (apply: work under way outside cplane, e.g. certificate validation; run again);
+     changes pending (plan --detailed-exitcode: applying the revision would change something)";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -154,7 +159,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
         } => render(&repo, &cluster, out.as_deref(), format),
         Command::Clusters { repo, format } => clusters(&repo, format),
-        Command::Plan { run, format } => reconcile(&run, Mode::Plan(format)).map(ExitCode::from),
+        Command::Plan {
+            run,
+            format,
+            detailed_exitcode,
+            remote,
+        } => match remote.server.clone() {
+            Some(server) => plan_remote(&run, &remote, &server, format, detailed_exitcode),
+            None => reconcile(&run, Mode::Plan(format, detailed_exitcode)),
+        }
+        .map(ExitCode::from),
         Command::Up { dir, listen } => {
             disable_huge_pages();
             up(&dir, listen)

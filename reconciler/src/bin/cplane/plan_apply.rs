@@ -6,8 +6,9 @@ use super::*;
 /// What [`reconcile`] does.
 #[derive(Clone, Copy)]
 pub(super) enum Mode {
-    /// `cplane plan`: observe and print the plan; writes nothing.
-    Plan(Format),
+    /// `cplane plan`: observe and print the plan; writes nothing. With `true`
+    /// (`--detailed-exitcode`), exit [`EXIT_CHANGES`] when anything would change.
+    Plan(Format, bool),
     /// `cplane apply`.
     Apply(Format),
 }
@@ -15,7 +16,10 @@ pub(super) enum Mode {
 /// `plan` or `apply`. With `--format json`, stdout holds exactly one JSON object, also when
 /// the revision cannot be read or is invalid (`{"error": …, "errors": […]}`).
 pub(super) fn reconcile(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> {
-    let json = matches!(mode, Mode::Plan(Format::Json) | Mode::Apply(Format::Json));
+    let json = matches!(
+        mode,
+        Mode::Plan(Format::Json, _) | Mode::Apply(Format::Json)
+    );
     match reconcile_inner(args, mode) {
         Err(err) if json => {
             let out = serde_json::json!({ "error": describe(&err), "errors": [] });
@@ -63,9 +67,9 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
         every: _,
         primary,
     } = args;
-    let (dry_run, format) = match mode {
-        Mode::Plan(f) => (true, f),
-        Mode::Apply(f) => (false, f),
+    let (dry_run, format, detailed) = match mode {
+        Mode::Plan(f, detailed) => (true, f, detailed),
+        Mode::Apply(f) => (false, f, false),
     };
     let json = matches!(format, Format::Json);
     let git = source::open(&repo.repo)?;
@@ -133,6 +137,7 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
                 report,
                 published,
                 notes,
+                clusters,
                 ..
             } => {
                 if !json {
@@ -141,15 +146,8 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
                     }
                 }
                 if dry_run {
-                    if json {
-                        let skipped = skipped_steps(&plan, *cloud == Cloud::Aws);
-                        let skipped: Vec<usize> = (0..plan.steps.len()).filter(|i| skipped[*i]).collect();
-                        let out = serde_json::json!({ "commit": commit, "plan": plan, "skipped": skipped, "notes": notes });
-                        println!("{}", serde_json::to_string_pretty(&out)?);
-                    } else {
-                        print_plan(&commit, &plan, *cloud == Cloud::Aws);
-                    }
-                    return Ok(if plan.held.is_some() { EXIT_HELD } else { 0 });
+                    let preview = Preview::new(commit.clone(), plan, *cloud == Cloud::Aws, clusters, notes);
+                    return print_preview(&preview, format, detailed);
                 }
                 let report = report.expect("applied");
                 let outcome = cplane_reconciler::status::outcome(&plan, &report);
@@ -263,70 +261,128 @@ pub(super) async fn status_command(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Which steps of `plan` a run without a cloud (`--cloud none`) skips: every cloud step, and
-/// every step after a skipped one. They stay in the journal for a run with a cloud.
-pub(super) fn skipped_steps(plan: &Plan, cloud: bool) -> Vec<bool> {
-    let mut skipped = vec![false; plan.steps.len()];
-    if !cloud {
-        for (i, step) in plan.steps.iter().enumerate() {
-            skipped[i] = step.action.is_cloud() || step.after.iter().any(|a| skipped[*a]);
-        }
+/// Prints a plan (`--format json`: the [`Preview`] object) and returns the exit code: held
+/// ([`EXIT_HELD`]) first; with `detailed`, [`EXIT_CHANGES`] when anything would change; else 0.
+pub(super) fn print_preview(
+    preview: &Preview,
+    format: Format,
+    detailed: bool,
+) -> anyhow::Result<u8> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(preview)?),
+        Format::Text => print!("{}", preview.text()),
     }
-    skipped
+    Ok(if preview.plan.held.is_some() {
+        EXIT_HELD
+    } else if detailed && preview.changes {
+        EXIT_CHANGES
+    } else {
+        0
+    })
 }
 
-/// Terraform-like plan output: `+` create, `~` change, `-` destroy, grouped by workspace.
-/// Without a cloud, the steps it would skip are listed apart and not counted as changes.
-pub(super) fn print_plan(commit: &str, plan: &Plan, cloud: bool) {
-    println!("cplane plan: commit {}", &commit[..12.min(commit.len())]);
-    let skipped = skipped_steps(plan, cloud);
-    let pending = skipped.iter().filter(|s| !**s).count();
-    let mut current = "";
-    for (step, _) in plan.steps.iter().zip(&skipped).filter(|(_, s)| !**s) {
-        if step.workspace != current {
-            current = &step.workspace;
-            println!("\n  workspace {current} ({})", step.reason);
-        }
-        println!("    {} {}", step.action.symbol(), step.action);
-    }
-    for r in &plan.refused {
-        println!("\n  ! workspace {}: refused: {}", r.workspace, r.message);
-    }
-    if let Some(h) = &plan.held {
-        println!("\n  ! held: {h}");
-    }
-    let not_done = plan.steps.len() - pending;
-    if not_done > 0 {
-        let workspaces: std::collections::BTreeSet<&str> = plan
-            .steps
-            .iter()
-            .zip(&skipped)
-            .filter(|(_, s)| **s)
-            .map(|(step, _)| step.workspace.as_str())
-            .collect();
-        println!(
-            "\n  {not_done} cloud step(s) of {} workspace(s) skipped: --cloud none (run with --cloud aws to apply them)",
-            workspaces.len()
-        );
-    }
-    if pending == 0 && plan.refused.is_empty() && plan.held.is_none() {
-        println!(
-            "\nNo changes. The database{} matches the revision.",
-            if cloud { " and cloud" } else { "" }
-        );
-        return;
-    }
-    let count = |c| {
-        plan.steps
-            .iter()
-            .zip(&skipped)
-            .filter(|(step, s)| !**s && step.action.symbol() == c)
-            .count()
+/// `cplane plan --server URL`: asks a running control plane for the plan of `--rev` (resolved
+/// to a commit in `--repo` when that is a git repository, else sent as given) against what it
+/// has applied and observed, and prints it as a local plan would be printed.
+pub(super) fn plan_remote(
+    args: &RunArgs,
+    remote: &RemotePlanArgs,
+    server: &str,
+    format: Format,
+    detailed: bool,
+) -> anyhow::Result<u8> {
+    let RemotePlanArgs {
+        server: _,
+        token_file,
+        git_ref,
+    } = remote;
+    let token = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("--token-file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        None => std::env::var("CPLANE_TOKEN")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
     };
-    println!(
-        "\nPlan: {} to add, {} to change, {} to destroy.",
-        count('+'),
-        count('~'),
-        count('-')
-    );
+    if token.is_empty() {
+        anyhow::bail!(InvalidInput(
+            "--server needs a token: --token-file FILE (CPLANE_TOKEN_FILE) or CPLANE_TOKEN".into()
+        ));
+    }
+    let rev = source::open(&args.repo.repo)
+        .ok()
+        .and_then(|repo| source::resolve(&repo, &args.repo.rev).ok())
+        .map_or_else(|| args.repo.rev.clone(), |oid| oid.to_string());
+    let mut body = serde_json::json!({ "rev": rev });
+    if let Some(r) = git_ref {
+        body["ref"] = serde_json::json!(r);
+    }
+    let url = format!("{}/v1/plan", server.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, bytes) = runtime.block_on(async {
+        cplane_reconciler::auth::jwks::HttpClient::new()
+            .send(
+                axum::http::Method::POST,
+                &url,
+                Some(&token),
+                Some(serde_json::to_vec(&body).expect("JSON serializes")),
+            )
+            .await
+    })?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{url}: answered {status} with a body that is not JSON"))?;
+    if status.as_u16() == 422 {
+        // The revision does not validate: every error, as a local plan prints them.
+        let errors: Vec<String> = value["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| match serde_json::from_value::<Diagnostic>(e.clone()) {
+                        Ok(d) => d.to_string(),
+                        Err(_) => e.as_str().map_or_else(|| e.to_string(), str::to_owned),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let commit = value["commit"].as_str().unwrap_or(&rev);
+        let message = format!(
+            "commit {} is invalid ({} errors); nothing was planned",
+            &commit[..12.min(commit.len())],
+            errors.len()
+        );
+        match format {
+            Format::Json => {
+                let out = serde_json::json!({ "commit": commit, "outcome": RunOutcome::Refused, "error": message, "errors": errors });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            Format::Text => {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                eprintln!("error: {message}");
+            }
+        }
+        return Ok(EXIT_INVALID);
+    }
+    if !status.is_success() {
+        let message = value["error"]
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_owned);
+        if status.as_u16() == 400 || status.as_u16() == 404 {
+            anyhow::bail!(InvalidInput(format!("{url}: {status}: {message}")));
+        }
+        anyhow::bail!("{url}: {status}: {message}");
+    }
+    let preview: Preview = serde_json::from_value(value)
+        .with_context(|| format!("{url}: the answer is not a plan"))?;
+    if matches!(format, Format::Text) {
+        for n in &preview.notes {
+            eprintln!("note: {n}");
+        }
+    }
+    print_preview(&preview, format, detailed)
 }
