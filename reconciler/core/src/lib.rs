@@ -3,6 +3,7 @@
 //! - [`check`]: load + validate + render one revision's files (what `cplane validate` runs).
 //! - [`render`]: stack templates → per-cluster bundles with `sha256:` digests.
 //! - [`plan`]: the planner, `(desired model, observed state) → ordered steps`.
+//! - [`rollout`]: rollout waves, gates and states.
 //! - [`status`]: the outcome of applying a plan, decided once.
 //!
 //! Everything here takes data and returns data. The crate depends on no tokio, sqlx, AWS
@@ -14,6 +15,7 @@
 pub mod check;
 pub mod plan;
 pub mod render;
+pub mod rollout;
 pub mod status;
 
 #[cfg(test)]
