@@ -279,8 +279,9 @@ impl Incremental {
             .filter_map(|id| plan::desired_workspace(&self.model, id, &self.scope))
             .map(|w| (w.id.clone(), w))
             .collect();
-        let observed = db.observe_only(&ids, &self.scope).await?;
+        let mut observed = db.observe_only(&ids, &self.scope).await?;
         plan::add_moved_out(&self.model, &self.scope, &observed, &mut desired);
+        cplane_core::rollout::hold_suspended(&self.model, &mut desired, &mut observed);
         let plan = plan::plan(&desired, &observed, options);
         Ok(Replan {
             commit: new,
@@ -315,8 +316,9 @@ impl Incremental {
             Ok(state) => {
                 *self = state;
                 let mut desired = plan::desired_workspaces(&self.model, &self.scope);
-                let observed = db.observe(&self.scope).await?;
+                let mut observed = db.observe(&self.scope).await?;
                 plan::add_moved_out(&self.model, &self.scope, &observed, &mut desired);
+                cplane_core::rollout::hold_suspended(&self.model, &mut desired, &mut observed);
                 let plan = plan::plan(&desired, &observed, options);
                 Ok(Replan {
                     commit: new.to_owned(),

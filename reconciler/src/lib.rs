@@ -36,6 +36,7 @@ pub mod incremental;
 pub mod init;
 pub mod lease;
 pub mod reconcile;
+pub mod rollout;
 pub mod serve;
 pub mod synthetic;
 pub mod tenants;

@@ -262,6 +262,27 @@ pub fn on_failure(policy: &RolloutPolicy) -> RolloutState {
     }
 }
 
+/// Holds suspended workspaces (`spec.suspend: true`): takes them out of both the desired
+/// and the observed workspaces, so the planner plans no step for them (neither provisioning
+/// nor removal). Returns their ids.
+pub fn hold_suspended(
+    model: &Model,
+    desired: &mut BTreeMap<String, crate::plan::DesiredWorkspace>,
+    observed: &mut crate::plan::Observed,
+) -> Vec<String> {
+    let held: Vec<String> = model
+        .workspaces
+        .iter()
+        .filter(|(_, w)| w.doc.spec.suspend)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &held {
+        desired.remove(id);
+        observed.workspaces.remove(id);
+    }
+    held
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

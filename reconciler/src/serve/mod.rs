@@ -163,6 +163,7 @@ pub mod edge;
 mod internal;
 mod metrics;
 mod reconcile_loop;
+mod rollouts;
 mod seed;
 mod user_api;
 mod webhooks;
@@ -204,6 +205,8 @@ struct Shared {
     auth: Arc<crate::auth::Auth>,
     /// The edge front door's limiter and index.
     edge: edge::Edge,
+    /// Wakes the rollout driver (an agent reported, an operator acted).
+    rollout_wake: Notify,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then stops gracefully: no new connections, HTTP
@@ -274,6 +277,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         render_memo: Arc::default(),
         auth,
         edge,
+        rollout_wake: Notify::new(),
     });
     let _ = shared.api.set(crate::api::Api::start(
         crate::api::Settings {
@@ -313,6 +317,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     };
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
     let expiry = tokio::spawn(seed::expire_registrations(shared.clone()));
+    let rollouts = tokio::spawn(rollouts::driver(shared.clone()));
     let app = router(shared.clone());
     let served = crate::connections::serve(
         listener,
@@ -335,6 +340,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         ),
     }
     expiry.abort();
+    rollouts.abort();
     drop(watcher);
     served.map_err(|source| Error::Listen {
         addr: shared.settings.listen,
@@ -381,7 +387,9 @@ async fn shutdown_signal() {
 fn router(shared: Arc<Shared>) -> Router {
     let auth = shared.auth.clone();
     // Users (OIDC bearer JWTs): the read API, the write API, `/v1/me`.
-    let mut users = user_api::router(shared.clone()).merge(crate::auth::user_routes(auth.clone()));
+    let mut users = user_api::router(shared.clone())
+        .merge(rollouts::router(shared.clone()))
+        .merge(crate::auth::user_routes(auth.clone()));
     if let Some(api) = shared.api.get() {
         users = users.merge(crate::api::router(api.clone()));
     }

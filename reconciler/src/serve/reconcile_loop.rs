@@ -480,6 +480,7 @@ pub(super) async fn run_once(
         run_id: &run_id,
         started,
         started_at,
+        rollout: None,
     };
 
     match prepared {
@@ -502,6 +503,11 @@ pub(super) async fn run_once(
             let r = match inc.finish(staged, &shared.db, options).await {
                 Ok(r) => r,
                 Err(e) => return Some(error_run(commit, e)),
+            };
+            let input = crate::rollout::Input::from_model(inc.model());
+            let run = Run {
+                rollout: Some(&input),
+                ..run
             };
             return Some(
                 match apply_and_record(
