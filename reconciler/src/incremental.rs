@@ -287,6 +287,7 @@ impl Incremental {
             .collect();
         let mut observed = db.observe_only(&ids, &self.scope).await?;
         plan::add_moved_out(&self.model, &self.scope, &observed, &mut desired);
+        cplane_core::rollout::hold_suspended(&self.model, &mut desired, &mut observed);
         let mut notes = Vec::new();
         crate::reconcile::observe_global(ports, &desired, &mut observed, &mut notes).await;
         for note in notes {
@@ -326,8 +327,9 @@ impl Incremental {
             Ok(state) => {
                 *self = state;
                 let mut desired = plan::desired_workspaces(&self.model, &self.scope);
-                let observed = db.observe(&self.scope).await?;
+                let mut observed = db.observe(&self.scope).await?;
                 plan::add_moved_out(&self.model, &self.scope, &observed, &mut desired);
+                cplane_core::rollout::hold_suspended(&self.model, &mut desired, &mut observed);
                 let plan = plan::plan(&desired, &observed, options);
                 Ok(Replan {
                     commit: new.to_owned(),

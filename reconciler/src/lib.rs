@@ -39,6 +39,7 @@ pub mod init;
 pub mod lease;
 pub mod preview;
 pub mod reconcile;
+pub mod rollout;
 pub mod serve;
 pub mod synthetic;
 pub mod tenants;

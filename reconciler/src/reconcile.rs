@@ -142,7 +142,8 @@ pub async fn run_ports(
     // Validate and render; keep the bundles of the clusters in scope whose digest differs from
     // the published one (to publish them). Unchanged bundles are dropped as soon as they are
     // digested, so memory stays flat however many clusters there are.
-    let published = db.cluster_digests().await?;
+    // Compared with what rollouts decided too: a cluster waiting in a rollout is no change.
+    let published = crate::rollout::decided_digests(db).await?;
     // A dry run keeps the parsed objects, to say what changes in each cluster.
     let changed = if request.dry_run {
         Keep::Bundle
@@ -176,6 +177,7 @@ pub async fn run_ports(
                 run_id: &run_id,
                 started,
                 started_at,
+                rollout: None,
             };
             record_refusal(run, &errors).await?;
         }
@@ -185,6 +187,7 @@ pub async fn run_ports(
     let mut desired = plan::desired_workspaces(model, &request.scope);
     let mut observed = db.observe(&request.scope).await?;
     plan::add_moved_out(model, &request.scope, &observed, &mut desired);
+    cplane_core::rollout::hold_suspended(model, &mut desired, &mut observed);
     let mut notes = Vec::new();
     match &cloud {
         Some(cloud) => {
@@ -255,6 +258,7 @@ pub async fn run_ports(
         .into_iter()
         .filter_map(|r| r.gz.map(|gz| (r.cluster, r.digest, gz)))
         .collect();
+    let rollout_input = crate::rollout::Input::from_model(model);
     let run = Run {
         db,
         commit: &commit,
@@ -262,6 +266,7 @@ pub async fn run_ports(
         run_id: &run_id,
         started,
         started_at,
+        rollout: Some(&rollout_input),
     };
     let (report, published) = apply_and_record_ports(
         run, cloud, ports, &plan, desired, observed, bundles, progress,
@@ -347,6 +352,7 @@ pub async fn record_refusal(run: Run<'_>, errors: &[String]) -> Result<(), crate
         run_id,
         started,
         started_at,
+        rollout: _,
     } = run;
     let last = db.applied_revision(scope).await?;
     let (outcome, conditions) = crate::status::refused(errors, commit, last.as_deref());
@@ -379,6 +385,9 @@ pub struct Run<'a> {
     pub started: Instant,
     /// When it started, unix millis.
     pub started_at: i64,
+    /// What publishing needs of the revision (rollout policies, workspaces' labels, suspend
+    /// and sync windows); `None`: publish every change at once.
+    pub rollout: Option<&'a crate::rollout::Input>,
 }
 
 /// Applies `plan`, publishes the bundles whose digest changed, and records the status
@@ -520,6 +529,7 @@ pub async fn apply_and_record_ports(
         run_id,
         started,
         started_at,
+        rollout,
     } = run;
     let commit = commit.to_owned();
     let scope = scope.to_owned();
@@ -534,15 +544,12 @@ pub async fn apply_and_record_ports(
     ctx.lookup_sink = ports.lookup_sink;
     let report = apply::apply(&ctx, plan, progress).await;
 
-    // Publish changed bundles (content-addressed; the cluster's generation bumps on change).
-    let current = db.cluster_digests().await?;
-    let mut published = Vec::new();
-    for (cluster, digest, gz) in &bundles {
-        if current.get(&cluster.id) != Some(digest) {
-            let generation = db.publish_bundle_gz(cluster, digest, gz).await?;
-            published.push((cluster.id.clone(), digest.clone(), generation));
-        }
-    }
+    // Publish changed bundles (content-addressed; the cluster's generation bumps on change):
+    // at once, or wave by wave when a stack change has a rollout policy ([`crate::rollout`]),
+    // whose first wave goes out now.
+    let published =
+        crate::rollout::publish(db, &commit, rollout, &bundles, crate::db::now_ms()).await?;
+    crate::rollout::advance(db, crate::db::now_ms()).await?;
     // Status: the outcome and conditions of the run, decided by the pure core; written with
     // the stalled workspaces this run clears and the regions' readiness after it.
     let (outcome, mut conditions) = crate::status::summarize(plan, &report);

@@ -6,6 +6,7 @@
 //! - [`validate`]: ids, naming and cross-reference rules.
 //! - [`suggest`]: "did you mean" for mistyped names.
 //! - [`domain`]: the naming rules of reference doc 001.
+//! - [`rollout`]: rollout policies and sync windows.
 //! - [`jsonschema`]: JSON Schema per kind, for editors.
 //!
 //! Pure: no async, no I/O beyond the bytes it is given.
@@ -18,6 +19,7 @@ pub mod jsonschema;
 pub mod load;
 pub mod model;
 pub mod position;
+pub mod rollout;
 pub mod shape;
 pub mod suggest;
 pub mod validate;

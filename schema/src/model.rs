@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::rollout::{RolloutPolicy, SyncWindow};
+
 /// `apiVersion` of every document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub enum ApiVersion {
@@ -24,6 +26,9 @@ pub struct Metadata {
     /// The id. Must equal the file name (`regions/<id>.yaml`, `workspaces/<id>.yaml`,
     /// `stacks/<name>/stack.yaml`).
     pub name: String,
+    /// Labels (`key: value`), e.g. `tier: canary`: rollout waves select workspaces by them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 macro_rules! document {
@@ -95,6 +100,13 @@ pub struct PlatformSpec {
     /// a region's `features` override them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub features: BTreeMap<String, bool>,
+    /// The rollout policy of stacks that give none of their own: changed bundles are
+    /// published wave by wave behind health gates. Absent: published at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Box<RolloutPolicy>>,
+    /// When bundles may be published, for every cluster (workspaces add their own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_windows: Vec<SyncWindow>,
 }
 
 /// A secret given by reference, never by value: exactly one of `env` (an environment
@@ -268,6 +280,13 @@ pub struct WorkspaceSpec {
     /// Opt-in stacks and values; required tenant stacks are always deployed.
     #[serde(default)]
     pub stacks: Vec<StackRef>,
+    /// Hold the workspace: no cloud steps are run for it and its cluster gets no new
+    /// bundle until this is removed (or `false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+    /// When this workspace's cluster may get a new bundle, besides the platform's windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_windows: Vec<SyncWindow>,
 }
 
 /// Which clusters a stack is deployed to.
@@ -364,6 +383,9 @@ pub struct StackSpec {
     /// Declared values with their types and defaults.
     #[serde(default)]
     pub values: BTreeMap<String, ValueDecl>,
+    /// How a change of this stack is rolled out (else the platform's `spec.rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
 }
 
 /// Deep-merges `overlay` into `base`: maps merge key by key, anything else is replaced.

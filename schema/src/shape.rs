@@ -1355,7 +1355,7 @@ mod tests {
             text = edit(&text, from, to);
         }
         let fields =
-            "expected one of `region`, `environment`, `account`, `aws`, `deletionPolicy`, `stacks`";
+            "expected one of `region`, `environment`, `account`, `aws`, `deletionPolicy`, `stacks`, `suspend`, `syncWindows`";
         assert_eq!(
             report::<Workspace>(&text),
             [

@@ -262,6 +262,9 @@ fn stack(entry: &crate::load::StackEntry, out: &mut Vec<Diagnostic>) {
             ));
         }
     }
+    if let Some(policy) = &spec.rollout {
+        crate::rollout::check_policy(s, "spec.rollout", policy, out);
+    }
     let renderable = entry.templates.keys().filter(|p| !is_partial(p)).count();
     if renderable == 0 {
         out.push(s.diag(
@@ -315,6 +318,26 @@ pub fn workspace(
     let id = &w.doc.metadata.name;
     let spec = &w.doc.spec;
     let platform = &model.platform.doc.spec;
+    for (key, value) in &w.doc.metadata.labels {
+        if !crate::rollout::is_label_key(key) {
+            out.push(w.diag(
+                &format!("metadata.labels.{key}"),
+                format!("`{key}` is not a label key (a letter or digit, then letters, digits, `-`, `_`, `.`, `/`; at most 63)"),
+            ));
+        } else if value.len() > 63
+            || !value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            out.push(w.diag(
+                &format!("metadata.labels.{key}"),
+                format!(
+                    "`{value}` is not a label value (at most 63 letters, digits, `-`, `_`, `.`)"
+                ),
+            ));
+        }
+    }
+    crate::rollout::check_windows(w, "spec.syncWindows", &spec.sync_windows, out);
     if let Some(rest) = id.strip_prefix("w-") {
         out.push(w.diag(
             "metadata.name",

@@ -120,7 +120,7 @@ fn json_output_follows_the_contract() {
             "errors": [{
                 "file": "workspaces/acme.yaml", "line": 9, "column": 3,
                 "path": "spec",
-                "message": "spec: unknown field `regoin`, expected one of `region`, `environment`, `account`, `aws`, `deletionPolicy`, `stacks`; did you mean `region`?",
+                "message": "spec: unknown field `regoin`, expected one of `region`, `environment`, `account`, `aws`, `deletionPolicy`, `stacks`, `suspend`, `syncWindows`; did you mean `region`?",
             }]
         })
     );

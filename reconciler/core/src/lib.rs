@@ -4,6 +4,7 @@
 //! - [`render`]: stack templates → per-cluster bundles with `sha256:` digests.
 //! - [`manifests`]: what a revision changes in a cluster's bundle (objects and diffs).
 //! - [`plan`]: the planner, `(desired model, observed state) → ordered steps`.
+//! - [`rollout`]: rollout waves, gates and states.
 //! - [`status`]: the outcome of applying a plan, decided once.
 //!
 //! Everything here takes data and returns data. The crate depends on no tokio, sqlx, AWS
@@ -16,6 +17,7 @@ pub mod check;
 pub mod manifests;
 pub mod plan;
 pub mod render;
+pub mod rollout;
 pub mod status;
 
 #[cfg(test)]

@@ -252,7 +252,11 @@ pub(super) async fn report_status(
         .into_response();
     }
     match sh.db.report_cluster_status(&cluster, &report).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => {
+            // A report may pass (or fail) a rollout gate: judge it now, not at the next tick.
+            sh.rollout_wake.notify_one();
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     }
 }

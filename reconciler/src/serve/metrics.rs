@@ -22,6 +22,15 @@ pub(super) struct RunLabel {
     pub(super) outcome: &'static str,
 }
 
+/// The labels of `cplane_rollout_clusters`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct RolloutLabel {
+    /// The rollout's state (`progressing`, `baking`, `paused`).
+    pub(super) rollout_state: String,
+    /// The cluster's state in it (`pending`, `held`, `published`, `done`, `failed`, `skipped`).
+    pub(super) cluster_state: String,
+}
+
 /// The server's Prometheus series, shared by the loop and the HTTP handlers: typed families
 /// of constant size (a histogram, not a list of every run's duration), registered once in
 /// one [`Registry`] with the API's and the AWS adapter's series ([`Metrics::register`]).
@@ -42,6 +51,11 @@ pub struct Metrics {
     pub(super) leader: Gauge,
     /// `cplane_bundle_long_polls`: long-polls waiting for a change right now.
     pub(super) long_polls: Gauge,
+    /// `cplane_rollout_clusters{rollout_state,cluster_state}`: clusters of active rollouts.
+    pub(super) rollout_clusters: Family<RolloutLabel, Gauge>,
+    /// `cplane_rollout_wave_wake_seconds`: from the driver judging a gate passed to the next
+    /// wave's long-polls woken.
+    pub(super) wave_wake: Histogram,
 }
 
 impl Default for Metrics {
@@ -55,6 +69,8 @@ impl Default for Metrics {
             pending: Gauge::default(),
             leader: Gauge::default(),
             long_polls: Gauge::default(),
+            rollout_clusters: Family::default(),
+            wave_wake: Histogram::new(DURATION_BUCKETS),
         }
     }
 }
@@ -73,6 +89,16 @@ impl Metrics {
             "cplane_reconcile_duration_seconds",
             "Duration of reconcile runs",
             self.durations.clone(),
+        );
+        registry.register(
+            "cplane_rollout_clusters",
+            "Clusters of active rollouts by rollout state and cluster state",
+            self.rollout_clusters.clone(),
+        );
+        registry.register(
+            "cplane_rollout_wave_wake_seconds",
+            "From a rollout gate passing to the next wave's agents woken",
+            self.wave_wake.clone(),
         );
         registry.register(
             "cplane_state_fetches",

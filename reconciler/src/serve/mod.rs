@@ -165,6 +165,7 @@ pub mod edge;
 mod internal;
 mod metrics;
 mod reconcile_loop;
+mod rollouts;
 mod seed;
 mod user_api;
 mod webhooks;
@@ -209,6 +210,8 @@ struct Shared {
     /// The global tenant → region map of the applied revision's `cplane.yaml` (step 8), when
     /// configured and a cloud is: `/lookup` answers from it for other regions' workspaces.
     global_lookup: std::sync::RwLock<Option<Arc<dyn crate::global::LookupSink>>>,
+    /// Wakes the rollout driver (an agent reported, an operator acted).
+    rollout_wake: Notify,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then stops gracefully: no new connections, HTTP
@@ -280,6 +283,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         auth,
         edge,
         global_lookup: std::sync::RwLock::new(None),
+        rollout_wake: Notify::new(),
     });
     let _ = shared.api.set(crate::api::Api::start(
         crate::api::Settings {
@@ -320,6 +324,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     };
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
     let expiry = tokio::spawn(seed::expire_registrations(shared.clone()));
+    let rollouts = tokio::spawn(rollouts::driver(shared.clone()));
     let app = router(shared.clone());
     let served = crate::connections::serve(
         listener,
@@ -342,6 +347,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         ),
     }
     expiry.abort();
+    rollouts.abort();
     drop(watcher);
     served.map_err(|source| Error::Listen {
         addr: shared.settings.listen,
@@ -388,7 +394,9 @@ async fn shutdown_signal() {
 fn router(shared: Arc<Shared>) -> Router {
     let auth = shared.auth.clone();
     // Users (OIDC bearer JWTs): the read API, the write API, `/v1/me`.
-    let mut users = user_api::router(shared.clone()).merge(crate::auth::user_routes(auth.clone()));
+    let mut users = user_api::router(shared.clone())
+        .merge(rollouts::router(shared.clone()))
+        .merge(crate::auth::user_routes(auth.clone()));
     if let Some(api) = shared.api.get() {
         users = users.merge(crate::api::router(api.clone()));
     }

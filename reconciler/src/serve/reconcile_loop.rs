@@ -480,6 +480,7 @@ pub(super) async fn run_once(
         run_id: &run_id,
         started,
         started_at,
+        rollout: None,
     };
 
     match prepared {
@@ -522,6 +523,11 @@ pub(super) async fn run_once(
                 .aws
                 .clone()
                 .map(|a| std::sync::Arc::new(a) as std::sync::Arc<dyn crate::cloud::Cloud>);
+            let input = crate::rollout::Input::from_model(inc.model());
+            let run = Run {
+                rollout: Some(&input),
+                ..run
+            };
             return Some(
                 match apply_and_record_ports(
                     run,

@@ -162,6 +162,10 @@ pub(super) fn platform(p: &Entity<Platform>, out: &mut Vec<Diagnostic>) {
         }
     }
     flags(p, &spec.features, out);
+    if let Some(policy) = &spec.rollout {
+        crate::rollout::check_policy(p, "spec.rollout", policy, out);
+    }
+    crate::rollout::check_windows(p, "spec.syncWindows", &spec.sync_windows, out);
 }
 
 /// Checks a region's `temporalAddress` and `features`.

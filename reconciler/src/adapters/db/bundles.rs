@@ -50,36 +50,62 @@ impl Db {
         digest: &str,
         gz: &[u8],
     ) -> Result<i64, Error> {
-        let now = now_ms();
-        sqlx::query("INSERT INTO bundles (digest, body, body_gz, created_at) VALUES ($1, '', $2, $3) ON CONFLICT (digest) DO NOTHING")
-            .bind(digest)
-            .bind(gz)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        self.store_bundle_gz(digest, gz).await?;
         let kind = match cluster.kind {
             crate::render::ClusterKind::Platform => "platform",
             crate::render::ClusterKind::Tenant => "tenant",
         };
+        self.point_cluster(
+            &cluster.id,
+            kind,
+            &cluster.region,
+            &cluster.environment,
+            digest,
+        )
+        .await
+    }
+
+    /// Stores a bundle body by digest, gzip-compressed (idempotent), without pointing any
+    /// cluster at it (a rollout does that wave by wave: [`Db::point_cluster`]).
+    pub async fn store_bundle_gz(&self, digest: &str, gz: &[u8]) -> Result<(), Error> {
+        sqlx::query("INSERT INTO bundles (digest, body, body_gz, created_at) VALUES ($1, '', $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest)
+            .bind(gz)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Points cluster `id` at the stored bundle `digest`, bumping its generation when the
+    /// digest changed, and tells every replica (`NOTIFY`). Returns the cluster's generation.
+    pub async fn point_cluster(
+        &self,
+        id: &str,
+        kind: &str,
+        region: &str,
+        environment: &str,
+        digest: &str,
+    ) -> Result<i64, Error> {
         sqlx::query(
             "INSERT INTO clusters (id, kind, region, environment, digest, generation, updated_at) VALUES ($1, $2, $3, $4, $5, 1, $6)
              ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at,
                generation = CASE WHEN clusters.digest = excluded.digest THEN clusters.generation ELSE clusters.generation + 1 END",
         )
-        .bind(&cluster.id)
+        .bind(id)
         .bind(kind)
-        .bind(&cluster.region)
-        .bind(&cluster.environment)
+        .bind(region)
+        .bind(environment)
         .bind(digest)
-        .bind(now)
+        .bind(now_ms())
         .execute(&self.pool)
         .await?;
         let row = sqlx::query("SELECT generation FROM clusters WHERE id = $1")
-            .bind(&cluster.id)
+            .bind(id)
             .fetch_one(&self.pool)
             .await?;
         let generation = row.try_get("generation")?;
-        self.notify(BUNDLES_CHANNEL, &cluster.id).await?;
+        self.notify(BUNDLES_CHANNEL, id).await?;
         Ok(generation)
     }
 

@@ -18,6 +18,7 @@ use crate::plan::{
 mod bundles;
 mod journal;
 mod observe;
+mod rollouts;
 mod seed;
 mod status;
 mod tenants;
@@ -25,6 +26,7 @@ mod tokens;
 mod webhooks;
 
 pub use bundles::ClusterReport;
+pub use rollouts::{RolloutCluster, RolloutEvent, RolloutRow};
 pub use seed::BFF_HEALTHY;
 pub use status::{Condition, WorkspaceReadiness};
 pub use tenants::LocalTenants;

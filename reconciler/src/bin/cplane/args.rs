@@ -668,6 +668,12 @@ pub(super) enum Command {
         #[command(subcommand)]
         command: PrincipalCommand,
     },
+    /// Rollouts of stack changes across clusters: status, and the operator's controls
+    /// (each recorded with who did it: `--actor`, default `cli:$USER`).
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Account memberships: members write their account's workspaces.
     Membership {
         #[command(subcommand)]
@@ -681,4 +687,57 @@ pub(super) enum Command {
         #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
         format: Format,
     },
+}
+
+#[derive(Subcommand)]
+pub(super) enum RolloutCommand {
+    /// Every recent rollout, or one rollout's waves and clusters (done, pending, failed with
+    /// the failing objects' messages), with `ID`.
+    Status {
+        /// Rollout id (`r-…`); without it, the last 20 rollouts.
+        id: Option<String>,
+        #[command(flatten)]
+        control: RolloutArgs,
+        /// Output format.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Stop publishing; the current wave's published clusters keep their bundle.
+    Pause {
+        /// Rollout id.
+        id: String,
+        #[command(flatten)]
+        control: RolloutArgs,
+    },
+    /// Go on after a pause; the current wave's failed clusters get a fresh health gate.
+    Resume {
+        /// Rollout id.
+        id: String,
+        #[command(flatten)]
+        control: RolloutArgs,
+    },
+    /// Pass the current wave's gate by hand and start the next wave.
+    Promote {
+        /// Rollout id.
+        id: String,
+        #[command(flatten)]
+        control: RolloutArgs,
+    },
+    /// Stop for good: clusters not yet reached keep their bundle.
+    Abort {
+        /// Rollout id.
+        id: String,
+        #[command(flatten)]
+        control: RolloutArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub(super) struct RolloutArgs {
+    /// Database (default: SQLite in ./.cplane/cplane.db).
+    #[arg(long, env = "CPLANE_DATABASE_URL")]
+    pub(super) database: Option<String>,
+    /// Who is acting, as recorded (default `cli:$USER`).
+    #[arg(long, env = "CPLANE_ACTOR")]
+    pub(super) actor: Option<String>,
 }

@@ -193,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )),
         Command::Principal { command } => principal_command(command),
         Command::Membership { command } => membership_command(command),
+        Command::Rollout { command } => block_on(rollout_command(command)),
         Command::Serve {
             repo_url,
             branch,

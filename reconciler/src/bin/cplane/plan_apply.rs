@@ -386,3 +386,104 @@ pub(super) fn plan_remote(
     }
     print_preview(&preview, format, detailed)
 }
+
+/// `cplane rollout …`: reads and controls rollouts in the database directly.
+pub(super) async fn rollout_command(command: RolloutCommand) -> anyhow::Result<ExitCode> {
+    use cplane_reconciler::rollout::{control, Control, ControlError};
+    let (action, id, args, format) = match command {
+        RolloutCommand::Status {
+            id,
+            control,
+            format,
+        } => (None, id, control, format),
+        RolloutCommand::Pause { id, control } => {
+            (Some(Control::Pause), Some(id), control, Format::Text)
+        }
+        RolloutCommand::Resume { id, control } => {
+            (Some(Control::Resume), Some(id), control, Format::Text)
+        }
+        RolloutCommand::Promote { id, control } => {
+            (Some(Control::Promote), Some(id), control, Format::Text)
+        }
+        RolloutCommand::Abort { id, control } => {
+            (Some(Control::Abort), Some(id), control, Format::Text)
+        }
+    };
+    let RolloutArgs { database, actor } = args;
+    let db = Db::connect(&database_or_default(database.as_deref())).await?;
+    let now = cplane_reconciler::db::now_ms();
+    if let (Some(action), Some(id)) = (action, &id) {
+        let actor = actor.unwrap_or_else(|| {
+            format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            )
+        });
+        return match control(&db, id, action, &actor).await {
+            Ok(r) => {
+                println!("{} {}: {} (wave {})", action.label(), r.id, r.state, r.wave);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ (ControlError::NotFound(_) | ControlError::Conflict { .. })) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(2))
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
+    let out = match &id {
+        Some(id) => {
+            let Some(r) = db.rollout(id).await? else {
+                eprintln!("error: no rollout {id}");
+                return Ok(ExitCode::from(2));
+            };
+            cplane_reconciler::rollout::status(&db, &r, now).await?
+        }
+        None => serde_json::json!({"rollouts": db.rollouts(false, 20).await?}),
+    };
+    match format {
+        Format::Json => println!("{out}"),
+        Format::Text => match &id {
+            None => {
+                for r in out["rollouts"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<11} wave {}  {}  {}",
+                        r["id"].as_str().unwrap_or_default(),
+                        r["state"].as_str().unwrap_or_default(),
+                        r["wave"],
+                        r["stacks"],
+                        r["reason"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            Some(_) => {
+                println!(
+                    "{}  {}  wave {} ({}s in wave)  {}",
+                    out["id"].as_str().unwrap_or_default(),
+                    out["state"].as_str().unwrap_or_default(),
+                    out["wave_name"].as_str().unwrap_or_default(),
+                    out["seconds_in_wave"],
+                    out["reason"].as_str().unwrap_or_default()
+                );
+                for w in out["waves"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<12} {} clusters: {} done, {} published, {} pending, {} failed, {} skipped",
+                        w["name"].as_str().unwrap_or_default(),
+                        w["clusters"], w["done"], w["published"], w["pending"], w["failed"], w["skipped"]
+                    );
+                    for c in w["members"].as_array().into_iter().flatten() {
+                        if c["state"] == "failed" || c["state"] == "held" {
+                            println!(
+                                "    {} {}: {}",
+                                c["cluster"].as_str().unwrap_or_default(),
+                                c["state"].as_str().unwrap_or_default(),
+                                c["message"].as_str().unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}

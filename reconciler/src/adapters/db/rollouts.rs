@@ -1,0 +1,454 @@
+//! Rollouts (migration 0011): rollouts, their clusters with wave and target digest, who did
+//! what to them, and each stack's fingerprint as last applied. State changes are conditional
+//! updates (`WHERE state = … AND wave = …`), so two replicas acting on one rollout at once
+//! cannot both move it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::Row;
+
+use super::*;
+
+/// A rollout row.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RolloutRow {
+    /// Id, `r-{millis}-{commit[..12]}`.
+    pub id: String,
+    /// The revision.
+    pub commit: String,
+    /// The stacks the revision changed.
+    pub stacks: Vec<String>,
+    /// The policy followed.
+    pub policy: cplane_schema::model::RolloutPolicy,
+    /// `progressing`, `baking`, `paused`, `completed`, `aborted`, `superseded`.
+    pub state: String,
+    /// Index of the current wave.
+    pub wave: i64,
+    /// When the current wave started, unix millis.
+    pub wave_started_at: i64,
+    /// When the current wave's gate passed (while baking).
+    pub gate_passed_at: Option<i64>,
+    /// Why it is paused, aborted or superseded.
+    pub reason: String,
+    /// When it was created.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// One cluster of a rollout.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RolloutCluster {
+    /// Cluster id.
+    pub cluster: String,
+    /// `platform` or `tenant`.
+    pub kind: String,
+    /// Region.
+    pub region: String,
+    /// Environment.
+    pub environment: String,
+    /// Wave index.
+    pub wave: i64,
+    /// The digest this rollout brings it.
+    pub digest: String,
+    /// `pending`, `held`, `published`, `done`, `failed`, `skipped`.
+    pub state: String,
+    /// Sync windows that apply to it.
+    #[serde(skip)]
+    pub windows: Vec<cplane_schema::model::SyncWindow>,
+    /// Its workspace is suspended.
+    pub suspended: bool,
+    /// When it was published.
+    pub published_at: Option<i64>,
+    /// Why it failed or is held.
+    pub message: String,
+}
+
+/// Something done to a rollout.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RolloutEvent {
+    /// When, unix millis.
+    pub at: i64,
+    /// `cplane` or who (a user's email, `cli:<user>`).
+    pub actor: String,
+    /// What: `created`, `wave`, `gate-failed`, `pause`, `resume`, `promote`, `abort`, ...
+    pub action: String,
+    /// More words.
+    pub detail: String,
+}
+
+fn rollout_row(r: &sqlx::any::AnyRow) -> Result<RolloutRow, Error> {
+    let stacks: String = r.try_get("stacks")?;
+    let policy: String = r.try_get("policy")?;
+    Ok(RolloutRow {
+        id: r.try_get("id")?,
+        commit: r.try_get("commit_id")?,
+        stacks: serde_json::from_str(&stacks).map_err(|e| Error::Corrupt(e.to_string()))?,
+        policy: serde_json::from_str(&policy).map_err(|e| Error::Corrupt(e.to_string()))?,
+        state: r.try_get("state")?,
+        wave: r.try_get("wave")?,
+        wave_started_at: r.try_get("wave_started_at")?,
+        gate_passed_at: r.try_get("gate_passed_at")?,
+        reason: r.try_get("reason")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn cluster_row(r: &sqlx::any::AnyRow) -> Result<RolloutCluster, Error> {
+    let windows: String = r.try_get("windows")?;
+    Ok(RolloutCluster {
+        cluster: r.try_get("cluster_id")?,
+        kind: r.try_get("kind")?,
+        region: r.try_get("region")?,
+        environment: r.try_get("environment")?,
+        wave: r.try_get("wave")?,
+        digest: r.try_get("digest")?,
+        state: r.try_get("state")?,
+        windows: serde_json::from_str(&windows).map_err(|e| Error::Corrupt(e.to_string()))?,
+        suspended: r.try_get::<i64, _>("suspended")? != 0,
+        published_at: r.try_get("published_at")?,
+        message: r.try_get("message")?,
+    })
+}
+
+const ROLLOUT_COLUMNS: &str = "id, commit_id, stacks, policy, state, wave, wave_started_at, gate_passed_at, reason, created_at, updated_at";
+const CLUSTER_COLUMNS: &str = "cluster_id, kind, region, environment, wave, digest, state, windows, suspended, published_at, message";
+
+/// States of rollouts that may still publish.
+const ACTIVE: &str = "('progressing', 'baking', 'paused')";
+
+impl Db {
+    /// Each stack's fingerprint as last applied (empty before the first run).
+    pub async fn stack_fingerprints(&self) -> Result<BTreeMap<String, String>, Error> {
+        let rows = sqlx::query("SELECT stack, fingerprint FROM stack_fingerprints")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("stack")?, r.try_get("fingerprint")?)))
+            .collect()
+    }
+
+    /// Replaces the stacks' fingerprints.
+    pub async fn set_stack_fingerprints(
+        &self,
+        fingerprints: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM stack_fingerprints")
+            .execute(&mut *tx)
+            .await?;
+        let now = now_ms();
+        for (stack, fp) in fingerprints {
+            sqlx::query("INSERT INTO stack_fingerprints (stack, fingerprint, updated_at) VALUES ($1, $2, $3)")
+                .bind(stack)
+                .bind(fp)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The digest each cluster is bound to by a rollout that still decides it (active or
+    /// aborted, not superseded), from the newest such rollout; clusters held only because
+    /// their workspace is suspended are left out (they are decided afresh each run).
+    pub async fn rollout_targets(&self) -> Result<HashMap<String, String>, Error> {
+        let rows = sqlx::query(
+            "SELECT c.cluster_id, c.digest FROM rollout_clusters c JOIN rollouts r ON r.id = c.rollout_id
+             WHERE r.state IN ('progressing', 'baking', 'paused', 'aborted') AND c.suspended = 0
+             ORDER BY r.created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = HashMap::new();
+        for r in rows {
+            out.insert(r.try_get("cluster_id")?, r.try_get("digest")?);
+        }
+        Ok(out)
+    }
+
+    /// Creates a rollout with its clusters (each `pending`), superseding every active rollout
+    /// (their clusters not yet reached are `skipped`: they keep their bundle until the new
+    /// rollout reaches them), in one transaction.
+    pub async fn create_rollout(
+        &self,
+        rollout: &RolloutRow,
+        clusters: &[RolloutCluster],
+    ) -> Result<(), Error> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let superseded = sqlx::query(&format!("SELECT id FROM rollouts WHERE state IN {ACTIVE}"))
+            .fetch_all(&mut *tx)
+            .await?;
+        for r in &superseded {
+            let id: String = r.try_get("id")?;
+            sqlx::query("UPDATE rollouts SET state = 'superseded', reason = $1, updated_at = $2 WHERE id = $3")
+                .bind(format!("superseded by {}", rollout.id))
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE rollout_clusters SET state = 'skipped', message = $1 WHERE rollout_id = $2 AND state IN ('pending', 'held')")
+                .bind(format!("superseded by {}", rollout.id))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            insert_event(&mut tx, &id, "cplane", "superseded", &rollout.id).await?;
+        }
+        sqlx::query(&format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
+            .bind(&rollout.id)
+            .bind(&rollout.commit)
+            .bind(serde_json::to_string(&rollout.stacks).expect("names serialize"))
+            .bind(serde_json::to_string(&rollout.policy).expect("policies serialize"))
+            .bind(&rollout.state)
+            .bind(rollout.wave)
+            .bind(rollout.wave_started_at)
+            .bind(rollout.gate_passed_at)
+            .bind(&rollout.reason)
+            .bind(rollout.created_at)
+            .bind(rollout.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        for c in clusters {
+            sqlx::query(&format!("INSERT INTO rollout_clusters (rollout_id, {CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"))
+                .bind(&rollout.id)
+                .bind(&c.cluster)
+                .bind(&c.kind)
+                .bind(&c.region)
+                .bind(&c.environment)
+                .bind(c.wave)
+                .bind(&c.digest)
+                .bind(&c.state)
+                .bind(serde_json::to_string(&c.windows).expect("windows serialize"))
+                .bind(i64::from(c.suspended))
+                .bind(c.published_at)
+                .bind(&c.message)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_event(
+            &mut tx,
+            &rollout.id,
+            "cplane",
+            "created",
+            &format!(
+                "{} clusters in {} waves for {}",
+                clusters.len(),
+                rollout.policy.waves.len(),
+                rollout.stacks.join(", ")
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks which clusters of active rollouts belong to suspended workspaces now.
+    pub async fn set_rollout_suspended(&self, suspended: &[String]) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!("UPDATE rollout_clusters SET suspended = 0 WHERE suspended = 1 AND rollout_id IN (SELECT id FROM rollouts WHERE state IN {ACTIVE})"))
+            .execute(&mut *tx)
+            .await?;
+        for c in suspended {
+            sqlx::query(&format!("UPDATE rollout_clusters SET suspended = 1 WHERE cluster_id = $1 AND rollout_id IN (SELECT id FROM rollouts WHERE state IN {ACTIVE})"))
+                .bind(c)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rollouts, newest first: the active ones only, or the newest `limit` of all.
+    pub async fn rollouts(&self, active_only: bool, limit: i64) -> Result<Vec<RolloutRow>, Error> {
+        let sql = if active_only {
+            format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state IN {ACTIVE} ORDER BY created_at DESC")
+        } else {
+            format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC LIMIT {limit}")
+        };
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(rollout_row).collect()
+    }
+
+    /// One rollout.
+    pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rollout_row).transpose()
+    }
+
+    /// A rollout's clusters (of one wave, or all), by wave and id.
+    pub async fn rollout_clusters(
+        &self,
+        id: &str,
+        wave: Option<i64>,
+    ) -> Result<Vec<RolloutCluster>, Error> {
+        let rows = match wave {
+            Some(w) => sqlx::query(&format!("SELECT {CLUSTER_COLUMNS} FROM rollout_clusters WHERE rollout_id = $1 AND wave = $2 ORDER BY cluster_id"))
+                .bind(id)
+                .bind(w)
+                .fetch_all(&self.pool)
+                .await?,
+            None => sqlx::query(&format!("SELECT {CLUSTER_COLUMNS} FROM rollout_clusters WHERE rollout_id = $1 ORDER BY wave, cluster_id"))
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?,
+        };
+        rows.iter().map(cluster_row).collect()
+    }
+
+    /// Sets the state of some clusters of a rollout (with `published_at` when given, and a
+    /// message), in one transaction.
+    pub async fn set_rollout_clusters(
+        &self,
+        id: &str,
+        changes: &[(String, &'static str, Option<i64>, String)],
+    ) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (cluster, state, published_at, message) in changes {
+            sqlx::query("UPDATE rollout_clusters SET state = $1, published_at = COALESCE($2, published_at), message = $3 WHERE rollout_id = $4 AND cluster_id = $5")
+                .bind(*state)
+                .bind(*published_at)
+                .bind(message)
+                .bind(id)
+                .bind(cluster)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves a rollout from (`state`, `wave`) to (`to`, `to_wave`), recording `event` by
+    /// `actor`. `false` when it was not in (`state`, `wave`) any more (another replica or
+    /// operator moved it first): nothing is written then.
+    #[allow(clippy::too_many_arguments)] // one conditional update's columns, each used once
+    pub async fn move_rollout(
+        &self,
+        id: &str,
+        (state, wave): (&str, i64),
+        (to, to_wave): (&str, i64),
+        gate_passed_at: Option<i64>,
+        reason: &str,
+        actor: &str,
+        event: (&str, &str),
+    ) -> Result<bool, Error> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE rollouts SET state = $1, wave = $2, gate_passed_at = $3, reason = $4, updated_at = $5,
+               wave_started_at = CASE WHEN wave = $2 THEN wave_started_at ELSE $5 END
+             WHERE id = $6 AND state = $7 AND wave = $8",
+        )
+        .bind(to)
+        .bind(to_wave)
+        .bind(gate_passed_at)
+        .bind(reason)
+        .bind(now)
+        .bind(id)
+        .bind(state)
+        .bind(wave)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if moved {
+            insert_event(&mut tx, id, actor, event.0, event.1).await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    /// What was done to a rollout, oldest first.
+    pub async fn rollout_events(&self, id: &str) -> Result<Vec<RolloutEvent>, Error> {
+        let rows = sqlx::query("SELECT at, actor, action, detail FROM rollout_events WHERE rollout_id = $1 ORDER BY at")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RolloutEvent {
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The last reports of these clusters (unknown ones are absent).
+    pub async fn cluster_reports(
+        &self,
+        clusters: &[String],
+    ) -> Result<HashMap<String, (ClusterReport, i64)>, Error> {
+        let mut out = HashMap::new();
+        for chunk in clusters.chunks(500) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("SELECT cluster_id, digest, generation, healthy, message, objects, reported_at FROM cluster_status WHERE cluster_id IN ({list})");
+            let mut q = sqlx::query(&sql);
+            for c in chunk {
+                q = q.bind(c);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let healthy: String = r.try_get("healthy")?;
+                let objects: String = r.try_get("objects")?;
+                out.insert(
+                    r.try_get("cluster_id")?,
+                    (
+                        ClusterReport {
+                            digest: r.try_get("digest")?,
+                            generation: r.try_get("generation")?,
+                            healthy: healthy == "True",
+                            message: r.try_get("message")?,
+                            objects: serde_json::from_str(&objects)
+                                .map_err(|e| Error::Corrupt(e.to_string()))?,
+                        },
+                        r.try_get("reported_at")?,
+                    ),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts of clusters by rollout state and cluster state, over active rollouts.
+    pub async fn rollout_counts(&self) -> Result<Vec<(String, String, i64)>, Error> {
+        let rows = sqlx::query(&format!("SELECT r.state AS rstate, c.state AS cstate, COUNT(*) AS n FROM rollout_clusters c JOIN rollouts r ON r.id = c.rollout_id WHERE r.state IN {ACTIVE} GROUP BY r.state, c.state"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("rstate")?, r.try_get("cstate")?, r.try_get("n")?)))
+            .collect()
+    }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    actor: &str,
+    action: &str,
+    detail: &str,
+) -> Result<(), Error> {
+    sqlx::query("INSERT INTO rollout_events (rollout_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(now_ms())
+        .bind(actor)
+        .bind(action)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,766 @@
+//! Rollouts (issue 16): a revision whose stack change alters many clusters' bundles publishes
+//! them wave by wave, each wave behind a health gate, instead of all at once.
+//!
+//! - [`publish`] (called by every run after apply): bundles of new clusters, and changes no
+//!   policy covers, are published at once (sync windows and `spec.suspend` permitting); a
+//!   stack change with a policy becomes a rollout in the database, its first wave published
+//!   at once by [`advance`].
+//! - [`advance`] (the lease holder's driver, every [`TICK`] and on every agent report; also
+//!   once at the end of `cplane apply`): publishes the current wave (at most `maxUnavailable`
+//!   clusters not yet healthy at once), judges the gate from agents' reports, bakes, and moves
+//!   on, or pauses (aborts) on a failed gate.
+//! - [`control`]: pause, resume, promote, abort, recorded with who did it.
+//!
+//! # Guarantees
+//! - Crash-safe: every decision is a row; a restarted (or another) control plane resumes from
+//!   the rows. Moves of a rollout are conditional updates, so two replicas cannot both move it.
+//! - A cluster not yet reached keeps its bundle; a newer revision supersedes an active rollout:
+//!   its clusters not yet reached are skipped there and wait for the new rollout, so no cluster
+//!   is ever pointed back at an older bundle than it has.
+//! - An aborted rollout's clusters stay as they are until a later revision changes them again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use cplane_core::rollout::{self as core, ClusterState, Report, RolloutState};
+use cplane_schema::model::{RolloutPolicy, SyncWindow};
+use cplane_schema::Model;
+
+use crate::db::{Db, Error, RolloutCluster, RolloutRow};
+use crate::reconcile::Publishable;
+
+/// How often the driver looks at active rollouts (agents' reports also wake it).
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// What a run needs of the model to publish: taken from it once, so the run can drop the model.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// Each stack's fingerprint.
+    pub fingerprints: BTreeMap<String, String>,
+    /// Rollout policies by stack, and the platform's default (key `""`).
+    pub policies: BTreeMap<String, RolloutPolicy>,
+    /// Workspaces by cluster id: labels, suspended, sync windows.
+    pub workspaces: HashMap<String, WorkspaceInput>,
+    /// The platform's sync windows.
+    pub windows: Vec<SyncWindow>,
+}
+
+/// A workspace as rollouts see it.
+#[derive(Debug, Clone, Default)]
+pub struct WorkspaceInput {
+    /// Its id.
+    pub id: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `spec.suspend`.
+    pub suspended: bool,
+    /// `spec.syncWindows`.
+    pub windows: Vec<SyncWindow>,
+}
+
+impl Input {
+    /// From a validated model.
+    pub fn from_model(model: &Model) -> Self {
+        let mut policies: BTreeMap<String, RolloutPolicy> = model
+            .stacks
+            .iter()
+            .filter_map(|(n, e)| Some((n.clone(), e.entity.doc.spec.rollout.clone()?)))
+            .collect();
+        if let Some(p) = &model.platform.doc.spec.rollout {
+            policies.insert(String::new(), (**p).clone());
+        }
+        Self {
+            fingerprints: core::stack_fingerprints(model),
+            policies,
+            workspaces: model
+                .workspaces
+                .iter()
+                .map(|(id, w)| {
+                    (
+                        format!("w-{id}"),
+                        WorkspaceInput {
+                            id: id.clone(),
+                            labels: w.doc.metadata.labels.clone(),
+                            suspended: w.doc.spec.suspend,
+                            windows: w.doc.spec.sync_windows.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            windows: model.platform.doc.spec.sync_windows.clone(),
+        }
+    }
+
+    fn policy(&self, changed: &[String]) -> Option<&RolloutPolicy> {
+        if changed.is_empty() {
+            return None;
+        }
+        changed
+            .iter()
+            .find_map(|s| self.policies.get(s))
+            .or_else(|| self.policies.get(""))
+    }
+
+    fn windows_of(&self, cluster: &str) -> Vec<SyncWindow> {
+        let mut w = self.windows.clone();
+        if let Some(ws) = self.workspaces.get(cluster) {
+            w.extend(ws.windows.iter().cloned());
+        }
+        w
+    }
+
+    fn suspended(&self, cluster: &str) -> bool {
+        self.workspaces.get(cluster).is_some_and(|w| w.suspended)
+    }
+}
+
+/// The digests a run should compare rendered bundles with: the published ones, overlaid by
+/// those rollouts have bound clusters to (so a cluster waiting in a rollout is not a change).
+pub async fn decided_digests(db: &Db) -> Result<BTreeMap<String, String>, Error> {
+    let mut digests = db.cluster_digests().await?;
+    digests.extend(db.rollout_targets().await?);
+    Ok(digests)
+}
+
+fn kind_label(c: &crate::render::Cluster) -> &'static str {
+    match c.kind {
+        crate::render::ClusterKind::Platform => "platform",
+        crate::render::ClusterKind::Tenant => "tenant",
+    }
+}
+
+/// Publishes a run's changed bundles (see the module docs). Returns what was published at
+/// once: (cluster, digest, generation).
+pub async fn publish(
+    db: &Db,
+    commit: &str,
+    input: Option<&Input>,
+    bundles: &[Publishable],
+    now: i64,
+) -> Result<Vec<(String, String, i64)>, Error> {
+    let current = db.cluster_digests().await?;
+    let decided = db.rollout_targets().await?;
+    let empty = Input::default();
+    let input = input.unwrap_or(&empty);
+    let before = db.stack_fingerprints().await?;
+    let changed = core::changed_stacks(&before, &input.fingerprints);
+    let policy = input.policy(&changed);
+    let mut published = Vec::new();
+    let mut gated = Vec::new();
+    for (cluster, digest, gz) in bundles {
+        if current.get(&cluster.id) == Some(digest) || decided.get(&cluster.id) == Some(digest) {
+            continue;
+        }
+        db.store_bundle_gz(digest, gz).await?;
+        // A new cluster has nothing to protect; a change no policy covers goes at once.
+        let gate = policy.is_some() && current.contains_key(&cluster.id);
+        let allowed = !input.suspended(&cluster.id)
+            && cplane_schema::rollout::windows_allow(&input.windows_of(&cluster.id), now);
+        if !gate && allowed {
+            let generation = db
+                .point_cluster(
+                    &cluster.id,
+                    kind_label(cluster),
+                    &cluster.region,
+                    &cluster.environment,
+                    digest,
+                )
+                .await?;
+            published.push((cluster.id.clone(), digest.clone(), generation));
+        } else if !gate && input.suspended(&cluster.id) {
+            tracing::info!(cluster = %cluster.id, "workspace suspended: bundle held");
+        } else {
+            gated.push((cluster, digest));
+        }
+    }
+    let suspended: Vec<String> = input
+        .workspaces
+        .iter()
+        .filter(|(_, w)| w.suspended)
+        .map(|(c, _)| c.clone())
+        .collect();
+    db.set_rollout_suspended(&suspended).await?;
+    if !gated.is_empty() {
+        // Changes held by a window alone (no policy) are a one-wave rollout without a gate
+        // worth waiting for: the driver publishes them when their window opens.
+        let policy = policy.cloned().unwrap_or_else(|| RolloutPolicy {
+            waves: vec![cplane_schema::rollout::Wave {
+                name: "all".into(),
+                ids: Vec::new(),
+                labels: BTreeMap::new(),
+                count: None,
+                percent: None,
+            }],
+            max_unavailable: None,
+            health_timeout: "1000d".into(),
+            bake_time: "0s".into(),
+            on_failure: Default::default(),
+        });
+        let ids: BTreeSet<String> = gated.iter().map(|(c, _)| c.id.clone()).collect();
+        let members: Vec<core::Member> = ids
+            .iter()
+            .map(|c| core::Member {
+                cluster: c.clone(),
+                workspace: input.workspaces.get(c).map(|w| w.id.clone()),
+                labels: input
+                    .workspaces
+                    .get(c)
+                    .map(|w| w.labels.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let waves = core::assign(&policy, &members);
+        let wave_of: HashMap<&str, usize> = members
+            .iter()
+            .zip(&waves)
+            .map(|(m, w)| (m.cluster.as_str(), *w))
+            .collect();
+        let clusters: Vec<RolloutCluster> = gated
+            .iter()
+            .map(|(c, digest)| RolloutCluster {
+                cluster: c.id.clone(),
+                kind: kind_label(c).to_owned(),
+                region: c.region.clone(),
+                environment: c.environment.clone(),
+                wave: i64::try_from(wave_of[c.id.as_str()]).unwrap_or(0),
+                digest: (*digest).clone(),
+                state: ClusterState::Pending.label().to_owned(),
+                windows: input.windows_of(&c.id),
+                suspended: input.suspended(&c.id),
+                published_at: None,
+                message: String::new(),
+            })
+            .collect();
+        let rollout = RolloutRow {
+            id: format!("r-{now}-{}", &commit[..12.min(commit.len())]),
+            commit: commit.to_owned(),
+            stacks: changed.clone(),
+            policy,
+            state: RolloutState::Progressing.label().to_owned(),
+            wave: 0,
+            wave_started_at: now,
+            gate_passed_at: None,
+            reason: String::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        tracing::info!(rollout = %rollout.id, clusters = clusters.len(), stacks = ?changed, "rollout created");
+        db.create_rollout(&rollout, &clusters).await?;
+    }
+    db.set_stack_fingerprints(&input.fingerprints).await?;
+    Ok(published)
+}
+
+/// What one [`advance`] did.
+#[derive(Debug, Default)]
+pub struct Advanced {
+    /// Clusters pointed at a new bundle.
+    pub published: Vec<String>,
+    /// Gates that passed (rollout id, wave index).
+    pub gates_passed: Vec<(String, i64)>,
+}
+
+fn ms(d: &str) -> i64 {
+    cplane_schema::rollout::duration(d)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The failing objects of a report, in words: `Kind/ns/name: message; …`.
+fn failing_objects(report: &crate::db::ClusterReport) -> String {
+    let mut out: Vec<String> = report
+        .objects
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| {
+            o.get("result").and_then(|r| r.as_str()) == Some("failed")
+                || o.get("health")
+                    .and_then(|h| h.as_str())
+                    .is_some_and(|h| h != "Healthy")
+        })
+        .map(|o| {
+            let s = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+            format!(
+                "{}/{}{}{}: {}",
+                s("kind"),
+                s("namespace"),
+                if s("namespace").is_empty() { "" } else { "/" },
+                s("name"),
+                s("message")
+            )
+        })
+        .collect();
+    if out.is_empty() {
+        out.push(report.message.clone());
+    }
+    out.join("; ")
+}
+
+fn apply_failed(report: &crate::db::ClusterReport) -> bool {
+    report
+        .objects
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|o| o.get("result").and_then(|r| r.as_str()) == Some("failed"))
+        || (!report.healthy
+            && report.objects.as_array().is_some_and(Vec::is_empty)
+            && !report.message.is_empty())
+}
+
+/// Moves every active rollout as far as it can go at `now` (see the module docs).
+pub async fn advance(db: &Db, now: i64) -> Result<Advanced, Error> {
+    let mut done = Advanced::default();
+    for r in db.rollouts(true, 0).await? {
+        advance_one(db, r, now, &mut done).await?;
+    }
+    Ok(done)
+}
+
+async fn advance_one(
+    db: &Db,
+    mut r: RolloutRow,
+    now: i64,
+    done: &mut Advanced,
+) -> Result<(), Error> {
+    let waves = i64::try_from(r.policy.waves.len()).unwrap_or(1);
+    loop {
+        let Some(state) = RolloutState::parse(&r.state) else {
+            return Ok(());
+        };
+        match state {
+            RolloutState::Baking => {
+                if now < r.gate_passed_at.unwrap_or(now) + ms(&r.policy.bake_time) {
+                    return Ok(());
+                }
+                if !next_wave(db, &mut r, "baked", "cplane").await? {
+                    return Ok(());
+                }
+            }
+            RolloutState::Progressing => {
+                let clusters = db.rollout_clusters(&r.id, Some(r.wave)).await?;
+                let published: Vec<String> = clusters
+                    .iter()
+                    .filter(|c| c.state == "published")
+                    .map(|c| c.cluster.clone())
+                    .collect();
+                let reports = db.cluster_reports(&published).await?;
+                let timeout = ms(&r.policy.health_timeout);
+                let mut changes = Vec::new();
+                let mut in_flight = 0usize;
+                let mut failed = Vec::new();
+                let mut open = 0usize; // clusters the gate still waits for
+                for c in &clusters {
+                    match ClusterState::parse(&c.state) {
+                        Some(ClusterState::Published) => {
+                            let report = reports.get(&c.cluster).map(|(rep, at)| Report {
+                                digest: rep.digest.clone(),
+                                healthy: rep.healthy,
+                                apply_failed: apply_failed(rep),
+                                at: *at,
+                            });
+                            match core::gate(
+                                &c.digest,
+                                c.published_at.unwrap_or(now),
+                                timeout,
+                                report.as_ref(),
+                                now,
+                            ) {
+                                ClusterState::Done => {
+                                    changes.push((c.cluster.clone(), "done", None, String::new()))
+                                }
+                                ClusterState::Failed => {
+                                    let why = match reports.get(&c.cluster) {
+                                        Some((rep, _)) if rep.digest == c.digest => {
+                                            failing_objects(rep)
+                                        }
+                                        Some((rep, _)) => format!(
+                                            "not applied within {}: still reports {}",
+                                            r.policy.health_timeout, rep.digest
+                                        ),
+                                        None => {
+                                            format!("no report within {}", r.policy.health_timeout)
+                                        }
+                                    };
+                                    failed.push(format!("{}: {why}", c.cluster));
+                                    changes.push((c.cluster.clone(), "failed", None, why));
+                                }
+                                _ => {
+                                    in_flight += 1;
+                                    open += 1;
+                                }
+                            }
+                        }
+                        Some(ClusterState::Failed) => {
+                            failed.push(format!("{}: {}", c.cluster, c.message));
+                        }
+                        Some(ClusterState::Pending | ClusterState::Held) => open += 1,
+                        _ => {}
+                    }
+                }
+                let max = r
+                    .policy
+                    .max_unavailable
+                    .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+                if failed.is_empty() {
+                    for c in clusters
+                        .iter()
+                        .filter(|c| c.state == "pending" || c.state == "held")
+                    {
+                        if c.suspended {
+                            open -= 1;
+                            if c.state != "held" {
+                                changes.push((
+                                    c.cluster.clone(),
+                                    "held",
+                                    None,
+                                    "workspace suspended".into(),
+                                ));
+                            }
+                            continue;
+                        }
+                        if !cplane_schema::rollout::windows_allow(&c.windows, now) {
+                            if c.state != "held" {
+                                changes.push((
+                                    c.cluster.clone(),
+                                    "held",
+                                    None,
+                                    "sync window closed".into(),
+                                ));
+                            }
+                            continue;
+                        }
+                        if in_flight >= max {
+                            continue;
+                        }
+                        db.point_cluster(&c.cluster, &c.kind, &c.region, &c.environment, &c.digest)
+                            .await?;
+                        done.published.push(c.cluster.clone());
+                        in_flight += 1;
+                        changes.push((c.cluster.clone(), "published", Some(now), String::new()));
+                    }
+                }
+                db.set_rollout_clusters(&r.id, &changes).await?;
+                if !failed.is_empty() {
+                    let to = core::on_failure(&r.policy);
+                    let reason = format!(
+                        "gate of wave {} failed: {}",
+                        r.policy.waves[usize::try_from(r.wave).unwrap_or(0)].name,
+                        failed.join("; ")
+                    );
+                    tracing::warn!(rollout = %r.id, %reason, "rollout stopped");
+                    db.move_rollout(
+                        &r.id,
+                        ("progressing", r.wave),
+                        (to.label(), r.wave),
+                        None,
+                        &reason,
+                        "cplane",
+                        ("gate-failed", &reason),
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                if open > 0 {
+                    return Ok(());
+                }
+                done.gates_passed.push((r.id.clone(), r.wave));
+                if ms(&r.policy.bake_time) > 0 && r.wave + 1 < waves {
+                    if db
+                        .move_rollout(
+                            &r.id,
+                            ("progressing", r.wave),
+                            ("baking", r.wave),
+                            Some(now),
+                            "",
+                            "cplane",
+                            ("gate-passed", &format!("wave {}", r.wave)),
+                        )
+                        .await?
+                    {
+                        r.state = "baking".into();
+                        r.gate_passed_at = Some(now);
+                        continue;
+                    }
+                    return Ok(());
+                }
+                if !next_wave(db, &mut r, "gate-passed", "cplane").await? {
+                    return Ok(());
+                }
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Moves `r` from its wave to the next (or to `completed` after the last); `false` when
+/// someone else moved it first.
+async fn next_wave(db: &Db, r: &mut RolloutRow, why: &str, actor: &str) -> Result<bool, Error> {
+    let waves = i64::try_from(r.policy.waves.len()).unwrap_or(1);
+    let (to, wave) = if r.wave + 1 >= waves {
+        ("completed", r.wave)
+    } else {
+        ("progressing", r.wave + 1)
+    };
+    let moved = db
+        .move_rollout(
+            &r.id,
+            (&r.state, r.wave),
+            (to, wave),
+            None,
+            "",
+            actor,
+            (why, &format!("wave {} → {to} {wave}", r.wave)),
+        )
+        .await?;
+    if moved {
+        r.state = to.to_owned();
+        r.wave = wave;
+        r.gate_passed_at = None;
+    }
+    Ok(moved && to != "completed")
+}
+
+/// An operator's action on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Control {
+    /// Stop publishing (the current wave's published clusters keep their bundle).
+    Pause,
+    /// Go on after a pause; failed clusters of the current wave get a fresh gate.
+    Resume,
+    /// Pass the current wave's gate by hand and start the next wave.
+    Promote,
+    /// Stop for good: clusters not yet reached keep their bundle.
+    Abort,
+}
+
+impl Control {
+    /// From `pause`, `resume`, `promote`, `abort`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pause" => Self::Pause,
+            "resume" => Self::Resume,
+            "promote" => Self::Promote,
+            "abort" => Self::Abort,
+            _ => return None,
+        })
+    }
+
+    /// The word.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Promote => "promote",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+/// Why a control was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No such rollout.
+    #[error("no rollout {0}")]
+    NotFound(String),
+    /// Not possible in the rollout's state.
+    #[error("cannot {action} rollout {id}: it is {state}")]
+    Conflict {
+        /// The rollout.
+        id: String,
+        /// What was asked.
+        action: &'static str,
+        /// Its state.
+        state: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] Error),
+}
+
+/// Applies `action` to rollout `id` on behalf of `actor`; returns the rollout afterwards.
+pub async fn control(
+    db: &Db,
+    id: &str,
+    action: Control,
+    actor: &str,
+) -> Result<RolloutRow, ControlError> {
+    let r = db
+        .rollout(id)
+        .await?
+        .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
+    let conflict = || ControlError::Conflict {
+        id: id.to_owned(),
+        action: action.label(),
+        state: r.state.clone(),
+    };
+    let state = RolloutState::parse(&r.state).ok_or_else(conflict)?;
+    let moved = match (action, state) {
+        (Control::Pause, RolloutState::Progressing | RolloutState::Baking) => {
+            db.move_rollout(
+                id,
+                (&r.state, r.wave),
+                ("paused", r.wave),
+                None,
+                &format!("paused by {actor}"),
+                actor,
+                ("pause", ""),
+            )
+            .await?
+        }
+        (Control::Resume, RolloutState::Paused) => {
+            let retry: Vec<_> = db
+                .rollout_clusters(id, Some(r.wave))
+                .await?
+                .into_iter()
+                .filter(|c| c.state == "failed")
+                .map(|c| {
+                    (
+                        c.cluster,
+                        "published",
+                        Some(crate::db::now_ms()),
+                        String::new(),
+                    )
+                })
+                .collect();
+            db.set_rollout_clusters(id, &retry).await?;
+            db.move_rollout(
+                id,
+                ("paused", r.wave),
+                ("progressing", r.wave),
+                None,
+                "",
+                actor,
+                (
+                    "resume",
+                    &format!("{} failed clusters get a fresh gate", retry.len()),
+                ),
+            )
+            .await?
+        }
+        (
+            Control::Promote,
+            RolloutState::Progressing | RolloutState::Baking | RolloutState::Paused,
+        ) => {
+            let mut r2 = r.clone();
+            next_wave(db, &mut r2, "promote", actor).await? || r2.state == "completed"
+        }
+        (Control::Abort, s) if s.is_active() => {
+            let skip: Vec<_> = db
+                .rollout_clusters(id, None)
+                .await?
+                .into_iter()
+                .filter(|c| c.state == "pending" || c.state == "held")
+                .map(|c| (c.cluster, "skipped", None, format!("aborted by {actor}")))
+                .collect();
+            db.set_rollout_clusters(id, &skip).await?;
+            db.move_rollout(
+                id,
+                (&r.state, r.wave),
+                ("aborted", r.wave),
+                None,
+                &format!("aborted by {actor}"),
+                actor,
+                (
+                    "abort",
+                    &format!("{} clusters keep their bundle", skip.len()),
+                ),
+            )
+            .await?
+        }
+        _ => return Err(conflict()),
+    };
+    if !moved {
+        return Err(conflict());
+    }
+    db.rollout(id)
+        .await?
+        .ok_or_else(|| ControlError::NotFound(id.to_owned()))
+}
+
+/// How long without a report before a cluster's agent counts as offline.
+pub const OFFLINE_AFTER: Duration = Duration::from_secs(600);
+
+/// The status of one rollout: its waves, each with clusters done / pending / failed (with the
+/// failing objects' messages), time in the current wave, and the events.
+pub async fn status(db: &Db, r: &RolloutRow, now: i64) -> Result<serde_json::Value, Error> {
+    let clusters = db.rollout_clusters(&r.id, None).await?;
+    let ids: Vec<String> = clusters.iter().map(|c| c.cluster.clone()).collect();
+    let reports = db.cluster_reports(&ids).await?;
+    let heads: HashMap<String, (String, i64)> = db
+        .cluster_heads(None)
+        .await?
+        .into_iter()
+        .map(|(id, d, g)| (id, (d, g)))
+        .collect();
+    let mut waves = Vec::new();
+    for (i, w) in r.policy.waves.iter().enumerate() {
+        let of_wave: Vec<&RolloutCluster> = clusters
+            .iter()
+            .filter(|c| c.wave == i64::try_from(i).unwrap_or(-1))
+            .collect();
+        let count = |s: &str| of_wave.iter().filter(|c| c.state == s).count();
+        let list: Vec<serde_json::Value> = of_wave
+            .iter()
+            .map(|c| cluster_json(c, reports.get(&c.cluster), heads.get(&c.cluster), now))
+            .collect();
+        waves.push(serde_json::json!({
+            "name": w.name,
+            "current": i64::try_from(i).unwrap_or(-1) == r.wave && RolloutState::parse(&r.state).is_some_and(RolloutState::is_active),
+            "clusters": of_wave.len(),
+            "done": count("done"),
+            "pending": count("pending") + count("held"),
+            "published": count("published"),
+            "failed": count("failed"),
+            "skipped": count("skipped"),
+            "members": list,
+        }));
+    }
+    Ok(serde_json::json!({
+        "id": r.id,
+        "commit": r.commit,
+        "stacks": r.stacks,
+        "state": r.state,
+        "reason": r.reason,
+        "wave": r.wave,
+        "wave_name": r.policy.waves.get(usize::try_from(r.wave).unwrap_or(0)).map(|w| w.name.clone()),
+        "seconds_in_wave": (now - r.wave_started_at).max(0) / 1000,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "policy": r.policy,
+        "waves": waves,
+        "events": db.rollout_events(&r.id).await?,
+    }))
+}
+
+fn cluster_json(
+    c: &RolloutCluster,
+    report: Option<&(crate::db::ClusterReport, i64)>,
+    head: Option<&(String, i64)>,
+    now: i64,
+) -> serde_json::Value {
+    let reported_generation = report.map(|(r, _)| r.generation).unwrap_or(0);
+    let head_generation = head.map(|(_, g)| *g).unwrap_or(0);
+    let waiting = i64::from(head.map(|(d, _)| d.as_str()) != Some(c.digest.as_str()));
+    let last_seen = report.map(|(_, at)| *at);
+    let agent = match (report, last_seen) {
+        _ if c.suspended => "suspended",
+        (None, _) => "never-reported",
+        (_, Some(at)) if now - at > i64::try_from(OFFLINE_AFTER.as_millis()).unwrap_or(0) => {
+            "offline"
+        }
+        (Some((r, _)), _) if !r.healthy => "failed",
+        _ => "ok",
+    };
+    serde_json::json!({
+        "cluster": c.cluster,
+        "state": c.state,
+        "digest": c.digest,
+        "message": c.message,
+        "behind_by": (head_generation - reported_generation).max(0) + waiting,
+        "last_seen": last_seen,
+        "agent": agent,
+    })
+}

@@ -1,0 +1,149 @@
+//! Rollouts over HTTP (`GET /v1/rollouts`, `GET /v1/rollouts/{id}`, `POST
+//! /v1/rollouts/{id}/{pause|resume|promote|abort}`, behind the users' authentication layer)
+//! and the driver that moves them ([`crate::rollout::advance`]) on the lease holder.
+
+use super::*;
+use crate::auth::authz::{self, Action, Grants};
+use crate::rollout::{Control, ControlError};
+use axum::routing::post;
+use axum::Extension;
+
+/// The rollout routes (mounted behind the users' authentication layer).
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/rollouts", get(list))
+        .route("/v1/rollouts/{id}", get(one))
+        .route("/v1/rollouts/{id}/{action}", post(act))
+        .with_state(shared)
+}
+
+/// Every rollout, newest first (the last 100), with its state and wave: operators only (a
+/// rollout names every tenant's cluster).
+async fn list(State(sh): State<Arc<Shared>>, Extension(grants): Extension<Grants>) -> Response {
+    if !authz::allows(&grants, Action::Operate) {
+        return api_error(StatusCode::FORBIDDEN, "rollouts are for operators").into_response();
+    }
+    match sh.db.rollouts(false, 100).await {
+        Ok(rows) => Json(json!({
+            "rollouts": rows.iter().map(|r| json!({
+                "id": r.id, "commit": r.commit, "stacks": r.stacks, "state": r.state,
+                "wave": r.wave, "waves": r.policy.waves.len(), "reason": r.reason,
+                "created_at": r.created_at, "updated_at": r.updated_at,
+            })).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+/// One rollout's truthful status ([`crate::rollout::status`]).
+async fn one(
+    State(sh): State<Arc<Shared>>,
+    Extension(grants): Extension<Grants>,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    if !authz::allows(&grants, Action::Operate) {
+        return api_error(StatusCode::FORBIDDEN, "rollouts are for operators").into_response();
+    }
+    let row = match sh.db.rollout(&id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return api_error(StatusCode::NOT_FOUND, format!("no rollout {id}")).into_response()
+        }
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    match crate::rollout::status(&sh.db, &row, crate::db::now_ms()).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+/// `pause`, `resume`, `promote` or `abort`: admins only, recorded with the caller's email.
+async fn act(
+    State(sh): State<Arc<Shared>>,
+    Extension(grants): Extension<Grants>,
+    principal: Option<Extension<crate::auth::Principal>>,
+    UrlPath((id, action)): UrlPath<(String, String)>,
+) -> Response {
+    let Some(action) = Control::parse(&action) else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            format!("no action {action}: pause, resume, promote or abort"),
+        )
+        .into_response();
+    };
+    let Some(Extension(principal)) = principal.filter(|_| grants.admin) else {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "controlling rollouts needs the admin role",
+        )
+        .into_response();
+    };
+    let actor = if principal.email.is_empty() {
+        principal.subject.clone()
+    } else {
+        principal.email.clone()
+    };
+    match crate::rollout::control(&sh.db, &id, action, &actor).await {
+        Ok(r) => {
+            sh.rollout_wake.notify_one();
+            Json(json!({"id": r.id, "state": r.state, "wave": r.wave, "reason": r.reason}))
+                .into_response()
+        }
+        Err(ControlError::NotFound(_)) => {
+            api_error(StatusCode::NOT_FOUND, format!("no rollout {id}")).into_response()
+        }
+        Err(e @ ControlError::Conflict { .. }) => {
+            api_error(StatusCode::CONFLICT, e).into_response()
+        }
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+/// Moves active rollouts while this replica holds the reconcile lease: every
+/// [`crate::rollout::TICK`], and at once when an agent reports or an operator acts. Wakes the
+/// long-polls of the clusters it published (other replicas hear of it by `NOTIFY`).
+pub(super) async fn driver(shared: Arc<Shared>) {
+    let mut stopped = shared.stopped.clone();
+    loop {
+        tokio::select! {
+            () = stop_requested(&mut stopped) => return,
+            () = shared.rollout_wake.notified() => {}
+            () = tokio::time::sleep(crate::rollout::TICK) => {}
+        }
+        if !shared.leader.load(Ordering::SeqCst) {
+            continue;
+        }
+        let started = Instant::now();
+        match crate::rollout::advance(&shared.db, crate::db::now_ms()).await {
+            Ok(done) => {
+                if !done.published.is_empty() {
+                    if let Err(e) = shared.store.refresh(None).await {
+                        tracing::warn!(error = %e, "reading bundle heads");
+                    }
+                    tracing::info!(clusters = done.published.len(), "rollout published");
+                }
+                if !done.gates_passed.is_empty() {
+                    shared
+                        .metrics
+                        .wave_wake
+                        .observe(started.elapsed().as_secs_f64());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "advancing rollouts"),
+        }
+        if let Ok(counts) = shared.db.rollout_counts().await {
+            shared.metrics.rollout_clusters.clear();
+            for (rollout_state, cluster_state, n) in counts {
+                shared
+                    .metrics
+                    .rollout_clusters
+                    .get_or_create(&RolloutLabel {
+                        rollout_state,
+                        cluster_state,
+                    })
+                    .set(n);
+            }
+        }
+    }
+}
