@@ -699,8 +699,16 @@ impl Api {
         let model = checked.model.as_ref().expect("valid implies a model");
         let scope = &self.settings.scope;
         let mut desired = crate::plan::desired_workspaces(model, scope);
-        let observed = self.db.observe(scope).await.map_err(internal)?;
+        let mut observed = self.db.observe(scope).await.map_err(internal)?;
         crate::plan::add_moved_out(model, scope, &observed, &mut desired);
+        cplane_core::rollout::hold_suspended(model, &mut desired, &mut observed);
+        // Steps 8 and 9 as a run of this server would plan them (by the journal: the API's
+        // plan reads no outside system).
+        let providers = if self.settings.cloud {
+            crate::plan::Providers::from_model(model)
+        } else {
+            crate::plan::Providers::default()
+        };
         let mut options = crate::plan::Options {
             max_deletions: self.settings.max_deletions,
             confirmed: false,
@@ -714,7 +722,7 @@ impl Api {
                 .count();
             options.confirmed = n >= removing;
         }
-        let plan = crate::plan::plan(&desired, &observed, options);
+        let plan = crate::plan::plan_with(&desired, &observed, options, &providers);
         let clusters = crate::reconcile::cluster_changes(&self.db, &checked.clusters)
             .await
             .map_err(internal)?;

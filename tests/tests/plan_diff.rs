@@ -288,3 +288,72 @@ async fn ci_plans_a_branch_on_the_server_with_only_a_token() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--token-file"), "{}", text(&out));
 }
+
+/// A server with a cloud plans steps 8 and 9 where `cplane.yaml` configures them (by the
+/// journal: the API's plan calls no outside system).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_plan_has_steps_8_and_9_when_it_has_a_cloud() {
+    let moto = cplane_e2e::moto::Moto::start();
+    let dev = issuer().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut serve = Serve::new(tmp.path()).args([
+        "--oidc-issuer",
+        dev.issuer(),
+        "--oidc-audience",
+        "cplane",
+        "--cloud",
+        "aws",
+    ]);
+    for (k, v) in cplane_e2e::moto::Moto::env(&moto.endpoint) {
+        serve = serve.env(k, &v);
+    }
+    let server = serve.spawn();
+    let port = server.port;
+    cplane_e2e::serve::wait_for("the first run", || {
+        cplane_e2e::serve::http(port, "GET", "/readyz", &[], b"").0 == 200
+    });
+    server.cplane(&["principal", "grant-admin", "ci@example.com"]);
+    let token = dev
+        .token(
+            "cplane",
+            "ci@example.com",
+            "ci@example.com",
+            "CI",
+            Duration::from_secs(600),
+        )
+        .expect("token");
+    let work = &server.work;
+    let cplane_yaml = work.join("cplane.yaml");
+    let mut text_yaml = fs::read_to_string(&cplane_yaml).expect("cplane.yaml");
+    text_yaml.push_str("  keycloak:\n    url: http://127.0.0.1:9\n    adminClientId: cplane\n    adminClientSecret:\n      env: CPLANE_TEST_KEYCLOAK_SECRET\n");
+    fs::write(&cplane_yaml, text_yaml).expect("write");
+    let commit = cplane_e2e::commit_all(work, "configure keycloak");
+    let out = Command::new("git")
+        .args(["push", "-q", "origin", "HEAD:refs/heads/keycloak"])
+        .current_dir(work)
+        .output()
+        .expect("git push");
+    assert!(out.status.success(), "{}", text(&out));
+    let r = Request::new(port, "POST", "/v1/plan")
+        .bearer(&token)
+        .header("Content-Type", "application/json")
+        .body(serde_json::json!({ "rev": commit, "ref": "keycloak" }).to_string())
+        .send()
+        .expect("POST /v1/plan");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let plan = r.json();
+    assert_eq!(plan["commit"], commit.as_str());
+    let steps = plan["plan"]["steps"].as_array().expect("steps").clone();
+    let actions: Vec<String> = steps
+        .iter()
+        .map(|s| format!("{} {}", s["workspace"], s["action"]))
+        .collect();
+    for id in ["acme", "globex", "initech"] {
+        assert!(
+            steps
+                .iter()
+                .any(|s| s["workspace"] == id && s["action"] == "ensure_identity_client"),
+            "step 9 planned for {id}: {actions:#?}"
+        );
+    }
+}
