@@ -61,7 +61,7 @@ pub enum Error {
     },
 }
 
-type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+use crate::auth::jwks::Connector;
 
 /// The client. Cheap to clone.
 #[derive(Clone)]
@@ -78,26 +78,9 @@ impl Default for Client {
 impl Client {
     /// A client with the system's CA certificates (https fails without them; logged).
     pub fn new() -> Self {
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = match hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider.clone())
-        {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "no system CA certificates: https calls to Keycloak and Cloudflare will fail");
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .expect("aws-lc-rs supports rustls' default protocol versions")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            }
-        };
-        let connector = builder.https_or_http().enable_http1().build();
-        let inner =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(connector);
-        Self { inner }
+        Self {
+            inner: crate::auth::jwks::hyper_client("Keycloak and Cloudflare"),
+        }
     }
 
     /// Sends `method url` with `headers` and `body`; with `retry`, throttling, 502-504 and

@@ -123,7 +123,34 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+pub(crate) type Connector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// The hyper client of cplane's outbound HTTP (issuers' JWKS, Keycloak, Workers KV): rustls
+/// with the system's CA certificates, http/1.1, plain http only where the caller allows it.
+/// Without system CA certificates https calls to `what` fail, and that is logged here once.
+pub(crate) fn hyper_client(
+    what: &str,
+) -> hyper_util::client::legacy::Client<Connector, Full<Bytes>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider.clone())
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "no system CA certificates: https calls to {what} will fail");
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("aws-lc-rs supports rustls' default protocol versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+        }
+    };
+    let connector = builder.https_or_http().enable_http1().build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}
 
 /// An HTTP/1.1 client for issuers and the primary region (principals, tenants rows): https with the system's roots
 /// (rustls on aws-lc-rs), plain http only to loopback addresses (tests, `cplane up`).
@@ -141,26 +168,9 @@ impl Default for HttpClient {
 impl HttpClient {
     /// A client; when the system has no CA certificates, https calls fail (logged once here).
     pub fn new() -> Self {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = match hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider.clone())
-        {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "no system CA certificates: https calls to issuers will fail");
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .expect("aws-lc-rs supports rustls' default protocol versions")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            }
-        };
-        let connector = builder.https_or_http().enable_http1().build();
-        let inner =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(connector);
-        Self { inner }
+        Self {
+            inner: hyper_client("issuers"),
+        }
     }
 
     /// `GET url` (https, or http to loopback) with an optional bearer token: status and body
