@@ -3,6 +3,14 @@
 //!
 //! `cargo bench -p cplane-reconciler --bench aws_calls` (env `CPLANE_BENCH_PROVISION`, default
 //! 20 workspaces; `CPLANE_BENCH_DRIFT`, default 1000 delegations).
+//!
+//! Before/after, 2026-12-06 (issue 12 "Done when"): the tree at 78ab27a ("before") and after the
+//! issue 12 sessions (e37b0da plus the validate work), release builds, each bench run in both
+//! trees back to back; the machine was shared with other builds (load printed), so figures move
+//! by tens of percent between runs of one tree.
+//! - Counts, not times, so the load does not matter: 20 workspaces provisioned with 165 AWS
+//!   calls (8.2 per workspace) before and after, by the same operations; a no-op drift check of
+//!   1,000 workspaces costs 5 reads and 0 writes before and after.
 
 // The tests' harness, shared; the bench uses only part of it.
 #[allow(dead_code)]

@@ -63,6 +63,61 @@
 //!   that differ per workspace ~25 %, the kernel zeroing pages for the allocator ~9 % (mimalloc
 //!   purging and re-faulting; `MIMALLOC_PURGE_DELAY=-1` cuts system time from 0.15-0.2 s to
 //!   0.01-0.05 s), SHA-256 of the canonical bundles ~4.5 %, minijinja ~5 %.
+//! - 2026-12-06, issue 12 item 8 session (commits "Parse a canonical line's document without
+//!   the parse cache" and "Count flow openers before following flow nesting depth"). The
+//!   machine was shared with two or three other builds all along (load 3-9, printed with each
+//!   figure): wall clock moved by 2x between runs of one binary, so variants were compared by
+//!   CPU time (user + system, `/usr/bin/time`) and by instruction counts (callgrind; this VM
+//!   exposes no hardware counters to `perf stat`). Every digest was compared (`cplane clusters
+//!   --format json`, all four shapes): unchanged.
+//!   - What the time goes to (perf, self time, the tree at e37b0da): distinct-values — YAML
+//!     parsing of documents unique to a workspace about 20 % (libyaml's UTF-8 reader alone 5 %),
+//!     the kernel zeroing pages 7 %, SHA-256 4.5 %, minijinja 6 %, the flow-nesting pre-check
+//!     3 %; every-stack — the kernel zeroing pages 13 %, SHA-256 of the (large) bundles 8 %,
+//!     minijinja 12 %, YAML 7 %. Under callgrind (2,000 workspaces) YAML parsing is 32 % of all
+//!     instructions of distinct-values. Which documents are unique is the shape's doing: bff's
+//!     memory limit (`512+n Mi`) and superset's row limit (`10000+n`) differ in every workspace,
+//!     and trino's namespace carries the workspace's AWS account id wherever trino has a
+//!     `serviceAccountRole` (acme-copies, every-stack, distinct-values).
+//!   - Kept: the canonical line of a document is parsed directly, not through the parse cache
+//!     (which only hashed every first-seen document, remembered it for nothing and cloned the
+//!     value): 9.35 G to 8.50 G instructions (callgrind runs SHA-256 without SHA-NI, so this
+//!     overweights it), task-clock 3.96 s to 3.80 s at load 6. In one interleaved series
+//!     (4 runs each) it also cut system time from 0.27-0.40 s to 0.02-0.05 s (one run 0.28 s;
+//!     every-stack 0.08-0.39 s to 0.03-0.21 s): fewer first-seen allocations for mimalloc to
+//!     purge and fault back in. System time depends on when mimalloc purges, so it varies from
+//!     run to run of one binary; in the series below it was low for all three.
+//!   - Kept: counting `[`/`{` before following the nesting depth: task-clock 3.65 s to 3.53 s
+//!     (-3.5 %, median of 6 interleaved, load 6-7).
+//!   - Tried and dropped: transparent huge pages off for every command (`PR_SET_THP_DISABLE`,
+//!     as `cplane serve` does). On e37b0da it cut system time as much as
+//!     `MIMALLOC_PURGE_DELAY=-1` did (every-stack task-clock 2.85 s to 2.5 s, 3 runs each); on
+//!     top of the first change above it no longer paid (task-clock within the noise, 15x the
+//!     page faults). mimalloc's options need `unsafe` FFI (`mi_option_set`): not tried for the
+//!     same reason.
+//!   - The bench, one run of each tree back to back (78ab27a then this tree; each on the repos
+//!     its own generator writes, and the template changed in between), median of 7, load 3.4-6.5:
+//!
+//!     | shape           | before   | after    | `git cat-file` before / after |
+//!     |-----------------|----------|----------|-------------------------------|
+//!     | mixed           |   930 ms |   831 ms |   62 / 58 ms                  |
+//!     | acme-copies     |  1494 ms |   857 ms |   68 / 51 ms                  |
+//!     | every-stack     |  1643 ms |  1979 ms |   58 / 50 ms                  |
+//!     | distinct-values |  1499 ms |  1418 ms |   80 / 64 ms                  |
+//!
+//!   - The same repos (written by 78ab27a's generator) validated by the binaries of 78ab27a,
+//!     e37b0da and this tree, runs interleaved, median of 5 (load 3.8-4.5): CPU time
+//!     mixed 0.93 / 0.93 / 0.94 s, acme-copies 1.62 / 1.61 / 1.64 s, every-stack 2.57 / 2.58 /
+//!     2.58 s, distinct-values 2.92 / 2.88 / 2.76 s; wall mixed 0.66 / 0.67 / 0.67 s,
+//!     acme-copies 1.03 / 1.05 / 0.99 s, every-stack 1.57 / 1.51 / 2.24 s, distinct-values 2.02 /
+//!     1.89 / 1.64 s. Only distinct-values moved (-4 % CPU); every-stack and distinct-values
+//!     still miss the 1 s goal: their CPU time at this load, spread perfectly over the 2
+//!     cores, is already 1.3 s and 1.4 s. The wall-clock table above is noise-dominated
+//!     (every-stack "after" ran while this tree's tests compiled). What is left is mostly
+//!     inherent to the route: parsing every document that no other workspace renders
+//!     (libyaml), SHA-256 of every bundle's bytes, and minijinja. Reaching the goal needs a
+//!     faster YAML parser proven to type every scalar as serde_yaml does, or a route that
+//!     never parses a document that differs from another only in a value.
 //! - libgit2 builds its TLS context when it starts, and OpenSSL then parses the system CA bundle
 //!   (144 certificates here): 30-45 ms, for HTTPS connections these commands never open.
 //!   libgit2 offers no option to defer it, and the environment is the user's: it stays.

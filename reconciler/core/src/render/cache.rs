@@ -61,6 +61,14 @@ impl ParseCache {
         }
     }
 
+    /// Parses `doc` without looking it up or remembering it (counted in `parses`), for a
+    /// caller that keeps the result in a cache of its own.
+    pub(super) fn parse_uncached(&self, doc: &str) -> ParsedDoc {
+        self.parses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        parse_document(doc)
+    }
+
     pub(super) fn get(&self, doc: &str) -> Arc<ParsedDoc> {
         let key: [u8; 32] = Sha256::digest(doc.as_bytes()).into();
         let shard = &self.shards[usize::from(key[0]) % 16];
@@ -69,9 +77,7 @@ impl ParseCache {
             Some(None) => true,
             None => false,
         };
-        let parsed = Arc::new(parse_document(doc));
-        self.parses
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let parsed = Arc::new(self.parse_uncached(doc));
         shard
             .lock()
             .expect("cache lock")
@@ -205,10 +211,12 @@ pub(super) fn canonical_line(
     cluster: &str,
     placeholder: &str,
 ) -> Option<Line> {
-    let ParsedDoc::Object(value) = &*cache.get(text) else {
+    // Not through `cache.get`: the line cache keeps a document from its second sighting on,
+    // by a key (stack, cluster, text) that holds the parse cache's (text), so a lookup here
+    // would only hash the text and remember it for nothing (and the value would be cloned).
+    let ParsedDoc::Object(mut value) = cache.parse_uncached(text) else {
         return None;
     };
-    let mut value = value.clone();
     mark(&mut value, cluster, stack);
     let mut needs_plain_id = false;
     let mut keys_plain = true;
