@@ -29,8 +29,14 @@ use cplane_schema::Model;
 use crate::db::{Db, Error, RolloutCluster, RolloutRow};
 use crate::reconcile::Publishable;
 
-/// How often the driver looks at active rollouts (agents' reports also wake it).
+/// How often the driver looks at rollouts that are progressing or baking (agents' reports,
+/// operators' controls and reconcile runs also wake it).
 pub const TICK: Duration = Duration::from_millis(250);
+
+/// How often it looks when none is (a control from `cplane rollout`, which cannot wake a
+/// server; a replica that became the leader; a sync window that opened): two small queries, so
+/// an idle server does next to nothing.
+pub const IDLE_TICK: Duration = Duration::from_secs(2);
 
 /// What a run needs of the model to publish: taken from it once, so the run can drop the model.
 #[derive(Debug, Clone, Default)]

@@ -301,6 +301,8 @@ pub(super) async fn lead(shared: &Arc<Shared>, lease: &mut Lease) -> bool {
                 Action::AwaitChange => None,
             };
             *shared.last.lock().expect("last") = Some(outcome);
+            // The run may have started or superseded a rollout.
+            shared.rollout_wake.notify_one();
             // Wake the long-polls of clusters whose bundle changed (other replicas hear of it
             // by NOTIFY).
             if let Err(e) = shared.store.refresh(None).await {

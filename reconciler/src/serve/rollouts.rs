@@ -101,17 +101,25 @@ async fn act(
 }
 
 /// Moves active rollouts while this replica holds the reconcile lease: every
-/// [`crate::rollout::TICK`], and at once when an agent reports or an operator acts. Wakes the
+/// [`crate::rollout::TICK`] while one progresses or bakes, every [`crate::rollout::IDLE_TICK`]
+/// otherwise, and at once when an agent reports, an operator acts or a run ends. Wakes the
 /// long-polls of the clusters it published (other replicas hear of it by `NOTIFY`).
 pub(super) async fn driver(shared: Arc<Shared>) {
     let mut stopped = shared.stopped.clone();
+    let mut moving = true;
     loop {
+        let tick = if moving {
+            crate::rollout::TICK
+        } else {
+            crate::rollout::IDLE_TICK
+        };
         tokio::select! {
             () = stop_requested(&mut stopped) => return,
             () = shared.rollout_wake.notified() => {}
-            () = tokio::time::sleep(crate::rollout::TICK) => {}
+            () = tokio::time::sleep(tick) => {}
         }
         if !shared.leader.load(Ordering::SeqCst) {
+            moving = false;
             continue;
         }
         let started = Instant::now();
@@ -133,6 +141,12 @@ pub(super) async fn driver(shared: Arc<Shared>) {
             Err(e) => tracing::warn!(error = %e, "advancing rollouts"),
         }
         if let Ok(counts) = shared.db.rollout_counts().await {
+            // Paused rollouts wait for an operator, who wakes the driver.
+            moving = counts.iter().any(|(state, _, _)| {
+                cplane_core::rollout::RolloutState::parse(state).is_some_and(|s| {
+                    s.is_active() && s != cplane_core::rollout::RolloutState::Paused
+                })
+            });
             shared.metrics.rollout_clusters.clear();
             for (rollout_state, cluster_state, n) in counts {
                 shared
