@@ -45,3 +45,16 @@ pub mod synthetic;
 pub mod tenants;
 pub mod tls;
 pub mod write;
+
+/// The git commit this build was made from (`git describe --always --dirty`), or `unknown`
+/// when it was built outside a git checkout.
+pub const GIT_COMMIT: &str = git_version::git_version!(
+    args = ["--always", "--abbrev=12", "--dirty=-modified"],
+    fallback = "unknown"
+);
+
+/// What `cplane --version` prints after the name: the package version and the git commit.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| format!("{} (commit {GIT_COMMIT})", env!("CARGO_PKG_VERSION")))
+}

@@ -5,7 +5,7 @@ use super::*;
 #[derive(Parser)]
 #[command(
     name = "cplane",
-    version,
+    version = cplane_reconciler::version(),
     about = "Declarative GitOps control plane for BYOC regions, workspaces and stacks",
     after_help = EXIT_CODES
 )]
