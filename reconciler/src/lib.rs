@@ -17,6 +17,8 @@
 //!   `cplane plan` prints it and the API answers it.
 //! - [`api`] and [`write`]: the write API, committing to the state repo on a user's behalf.
 //! - [`init`]: `cplane init`; [`synthetic`]: generated state repos for benchmarks.
+//! - [`deploy`]: manifests that install a cluster's agent with the least privilege its
+//!   bundle needs.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -33,6 +35,7 @@ pub mod auth;
 pub mod bundle_store;
 pub mod cloud;
 pub mod connections;
+pub mod deploy;
 pub mod global;
 pub mod incremental;
 pub mod init;

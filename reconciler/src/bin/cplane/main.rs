@@ -159,6 +159,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
         } => render(&repo, &cluster, out.as_deref(), format),
         Command::Clusters { repo, format } => clusters(&repo, format),
+        Command::Agent {
+            command:
+                AgentCommand::Install {
+                    cluster,
+                    server,
+                    image,
+                    namespace,
+                    repo,
+                },
+        } => agent_install(&repo, cluster, server, image, namespace),
         Command::Plan {
             run,
             format,
