@@ -17,8 +17,8 @@
 //!   `cplane plan` prints it and the API answers it.
 //! - [`api`] and [`write`]: the write API, committing to the state repo on a user's behalf.
 //! - [`init`]: `cplane init`; [`synthetic`]: generated state repos for benchmarks.
-//! - [`deploy`]: manifests that install a cluster's agent with the least privilege its
-//!   bundle needs.
+//! - [`deploy`]: manifests that deploy cplane (per region × environment) and install a
+//!   cluster's agent with the least privilege its bundle needs.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

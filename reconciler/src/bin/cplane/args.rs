@@ -684,6 +684,11 @@ pub(super) enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Deploy cplane itself: the control plane's manifests for one region × environment.
+    Deploy {
+        #[command(subcommand)]
+        command: DeployCommand,
+    },
     /// List every cluster with its bundle digest.
     Clusters {
         #[command(flatten)]
@@ -715,6 +720,17 @@ pub(super) enum AgentCommand {
         namespace: String,
         #[command(flatten)]
         repo: RepoArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum DeployCommand {
+    /// Print the control plane's Kubernetes manifests for the region × environment of a
+    /// values file (see `deploy/values/`).
+    Render {
+        /// The values file.
+        #[arg(long)]
+        values: PathBuf,
     },
 }
 

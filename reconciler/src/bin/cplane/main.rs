@@ -169,6 +169,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     repo,
                 },
         } => agent_install(&repo, cluster, server, image, namespace),
+        Command::Deploy {
+            command: DeployCommand::Render { values },
+        } => deploy_render(&values),
         Command::Plan {
             run,
             format,

@@ -149,6 +149,25 @@ pub(super) fn agent_install(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cplane deploy render`: the control plane's manifests for one values file.
+pub(super) fn deploy_render(values: &Path) -> anyhow::Result<ExitCode> {
+    use cplane_reconciler::deploy::control_plane;
+    let name = values.display().to_string();
+    let text = std::fs::read_to_string(values).with_context(|| format!("reading {name}"))?;
+    match control_plane::parse(&name, &text) {
+        Ok(v) => {
+            let out = control_plane::render(&v).map_err(anyhow::Error::msg)?;
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diags) => {
+            print_errors(&diags);
+            eprintln!("error: {name} is invalid; nothing rendered");
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+    }
+}
+
 pub(super) fn clusters(args: &RepoArgs, format: Format) -> anyhow::Result<ExitCode> {
     let (_, checked) = load(args, None)?;
     if !checked.is_valid() {
