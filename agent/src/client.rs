@@ -254,9 +254,20 @@ impl ServerClient {
 
     async fn send(
         &self,
-        req: Request<Full<Bytes>>,
+        mut req: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<hyper::Response<hyper::body::Incoming>, Error> {
+        // Every request says which agent sends it: the server warns about old agents.
+        static USER_AGENT: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+        req.headers_mut().insert(
+            hyper::header::USER_AGENT,
+            USER_AGENT
+                .get_or_init(|| {
+                    HeaderValue::from_str(&format!("cplane-agent/{}", crate::version()))
+                        .expect("the version is ASCII")
+                })
+                .clone(),
+        );
         match tokio::time::timeout(timeout, self.http.request(req)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(Error::Unreachable {

@@ -31,11 +31,25 @@ use std::time::Duration;
 /// Field manager of every server-side apply the agent makes.
 pub const FIELD_MANAGER: &str = "cplane";
 
+/// The git commit this build was made from (`git describe --always --dirty`), or `unknown`
+/// when it was built outside a git checkout.
+pub const GIT_COMMIT: &str = git_version::git_version!(
+    args = ["--always", "--abbrev=12", "--dirty=-modified"],
+    fallback = "unknown"
+);
+
+/// What `cplane-agent --version` prints after the name, and what the agent reports to the
+/// server with its status: the package version and the git commit.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| format!("{} (commit {GIT_COMMIT})", env!("CARGO_PKG_VERSION")))
+}
+
 /// Command-line arguments of `cplane-agent` (every flag has a `CPLANE_AGENT_*` env equivalent).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "cplane-agent",
-    version,
+    version = version(),
     about = "Pulls this cluster's bundle from cplane and applies it (server-side apply, safe prune, drift correction, status)",
     after_help = AFTER_HELP
 )]

@@ -17,6 +17,8 @@
 //!   `cplane plan` prints it and the API answers it.
 //! - [`api`] and [`write`]: the write API, committing to the state repo on a user's behalf.
 //! - [`init`]: `cplane init`; [`synthetic`]: generated state repos for benchmarks.
+//! - [`deploy`]: manifests that deploy cplane (per region × environment) and install a
+//!   cluster's agent with the least privilege its bundle needs.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -33,6 +35,7 @@ pub mod auth;
 pub mod bundle_store;
 pub mod cloud;
 pub mod connections;
+pub mod deploy;
 pub mod global;
 pub mod incremental;
 pub mod init;
@@ -45,3 +48,16 @@ pub mod synthetic;
 pub mod tenants;
 pub mod tls;
 pub mod write;
+
+/// The git commit this build was made from (`git describe --always --dirty`), or `unknown`
+/// when it was built outside a git checkout.
+pub const GIT_COMMIT: &str = git_version::git_version!(
+    args = ["--always", "--abbrev=12", "--dirty=-modified"],
+    fallback = "unknown"
+);
+
+/// What `cplane --version` prints after the name: the package version and the git commit.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| format!("{} (commit {GIT_COMMIT})", env!("CARGO_PKG_VERSION")))
+}

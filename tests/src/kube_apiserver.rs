@@ -39,8 +39,9 @@
 //! # What it does not emulate
 //! No controllers (Deployments never get Pods or `status`; nothing becomes Available), no
 //! finalizers or graceful deletion, no watch, no `fieldSelector`, no strategic-merge or JSON
-//! patch, no PUT/replace, no subresource writes, no authentication or RBAC (every request is
-//! allowed), no OpenAPI schema validation or defaulting (unknown fields are kept), lists in
+//! patch, no PUT/replace, no subresource writes, no authentication, no RBAC unless
+//! [`ApiServer::with_rbac`] turns it on (then as [`crate::kube_rbac`] says; otherwise every
+//! request is allowed), no OpenAPI schema validation or defaulting (unknown fields are kept), lists in
 //! applied objects are atomic (real SSA merges lists such as `containers` by key), no
 //! `resourceVersion` preconditions, no pagination, one stored version per kind (no
 //! conversion), protobuf and aggregated discovery are not offered.
@@ -209,6 +210,8 @@ struct World {
     /// CRDs applied but not Established yet, with when they will be.
     pending: BTreeMap<String, Instant>,
     requests: Vec<String>,
+    /// `Some`: requests are authorized by these rules, for this user (see [`crate::kube_rbac`]).
+    rbac: Option<(String, Vec<crate::kube_rbac::Rule>)>,
 }
 
 /// The fake API server. Cheap to clone (shared state).
@@ -254,6 +257,7 @@ impl ApiServer {
             crd_delay: Duration::ZERO,
             pending: BTreeMap::new(),
             requests: Vec::new(),
+            rbac: None,
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let rv = world.next_rv();
@@ -276,6 +280,14 @@ impl ApiServer {
     /// CRDs become Established (and their kinds served) only `delay` after they are applied.
     pub fn with_crd_delay(self, delay: Duration) -> Self {
         self.lock().crd_delay = delay;
+        self
+    }
+
+    /// Authorizes every resource request by RBAC `rules` (as [`crate::kube_rbac`] describes),
+    /// as if it came from `user` (named in `403 Forbidden` messages). Without this, every
+    /// request is allowed.
+    pub fn with_rbac(self, user: &str, rules: Vec<crate::kube_rbac::Rule>) -> Self {
+        self.lock().rbac = Some((user.to_owned(), rules));
         self
     }
 
@@ -621,6 +633,62 @@ impl World {
         })
     }
 
+    /// RBAC, when on: the verbs the request needs (a server-side apply that creates the object
+    /// needs `create` as well as `patch`), each allowed by some rule, or `403 Forbidden`.
+    fn authorize(&self, method: &Method, t: &Target, content_type: &str) -> Result<(), Failure> {
+        let Some((user, rules)) = &self.rbac else {
+            return Ok(());
+        };
+        let mut verbs = vec![match (method, &t.name) {
+            (&Method::GET, None) => "list",
+            (&Method::GET, Some(_)) => "get",
+            (&Method::POST, _) => "create",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, _) => "delete",
+            _ => return Ok(()),
+        }];
+        if let (&Method::PATCH, Some(name), "application/apply-patch+yaml") =
+            (method, &t.name, content_type)
+        {
+            if !self.objects.contains_key(&self.key(t, name)) {
+                verbs.push("create");
+            }
+        }
+        for verb in verbs {
+            let request = crate::kube_rbac::Request {
+                verb,
+                group: &t.resource.group,
+                resource: &t.resource.plural,
+                namespace: t.namespace.as_deref(),
+                name: if verb == "create" {
+                    None
+                } else {
+                    t.name.as_deref()
+                },
+            };
+            if !rules.iter().any(|r| r.allows(&request)) {
+                let what = match &t.name {
+                    Some(n) if verb != "create" => format!("{} \"{n}\"", t.resource.qualified()),
+                    _ => t.resource.qualified(),
+                };
+                let group = &t.resource.group;
+                let plural = &t.resource.plural;
+                let scope = match &t.namespace {
+                    Some(ns) => format!(" in the namespace \"{ns}\""),
+                    None if t.resource.namespaced => " at the cluster scope".to_owned(),
+                    None => String::new(),
+                };
+                return Err(Failure {
+                    code: StatusCode::FORBIDDEN,
+                    reason: "Forbidden",
+                    message: format!("{what} is forbidden: User \"{user}\" cannot {verb} resource \"{plural}\" in API group \"{group}\"{scope}"),
+                    details: json!({"name": t.name, "group": group, "kind": plural}),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn namespace_exists(&self, ns: &str) -> bool {
         self.objects.contains_key(&(
             String::new(),
@@ -720,6 +788,9 @@ async fn handle(
         .unwrap_or("")
         .trim()
         .to_owned();
+    if let Err(f) = w.authorize(&method, &target, &content_type) {
+        return f.into_response();
+    }
     let result = match (&method, &target.name) {
         (&Method::GET, None) => w.list(&target, query.get("labelSelector").map(String::as_str)),
         (&Method::GET, Some(name)) => w.get(&target, name),

@@ -9,7 +9,7 @@
 //! - [`pg`]: a fresh PostgreSQL database per test, or a SQLite URL.
 //! - [`pki`]: certificates and CRLs for TLS tests (rcgen).
 //! - Fakes of outside systems: [`kube_apiserver`] (a Kubernetes API server in memory, also served
-//!   by the `kube-fake` example), [`moto`] (AWS, moto's server in a venv of its own),
+//!   by the `kube-fake` example; [`kube_rbac`] its optional RBAC), [`moto`] (AWS, moto's server in a venv of its own),
 //!   [`fault_proxy`] (faults injected in front of moto), [`fake_cloud`] (an in-memory `Cloud`),
 //!   [`keycloak`] (Keycloak's admin API), [`cloudflare_kv`] (Workers KV's REST API, recording),
 //!   [`faults`] (their injected throttling), [`fake_global`] (in-memory ports of steps 8, 9),
@@ -28,6 +28,7 @@ pub mod faults;
 pub mod http;
 pub mod keycloak;
 pub mod kube_apiserver;
+pub mod kube_rbac;
 pub mod moto;
 pub mod oidc;
 pub mod pg;

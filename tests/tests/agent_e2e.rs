@@ -159,6 +159,12 @@ fn serve_and_agent_end_to_end() {
     });
     let status = cluster_status(port, "w-initech");
     assert_eq!(status["reported"]["report"]["generation"], 1, "{status}");
+    // The agent says which version it is (its User-Agent), as `cplane-agent --version` does.
+    assert_eq!(
+        status["reported"]["report"]["agent_version"],
+        cplane_agent::version(),
+        "{status}"
+    );
     assert!(kube.object("v1", "Namespace", None, "superset").is_none());
     assert!(
         state_dir.join("bundle.jsonl").exists(),

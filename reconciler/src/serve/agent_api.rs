@@ -232,7 +232,7 @@ pub(super) async fn report_status(
     if let Err(e) = require_credential(&sh, &headers, &cert, &cluster, TokenScope::Agent).await {
         return e.into_response();
     }
-    let report: crate::db::ClusterReport = match serde_json::from_slice(&body) {
+    let mut report: crate::db::ClusterReport = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return api_error(
@@ -251,6 +251,8 @@ pub(super) async fn report_status(
         )
         .into_response();
     }
+    report.agent_version = agent_version(&headers).unwrap_or_default();
+    warn_if_outdated(&cluster, &report.agent_version);
     match sh.db.report_cluster_status(&cluster, &report).await {
         Ok(()) => {
             // A report may pass (or fail) a rollout gate: judge it now, not at the next tick.
@@ -258,5 +260,42 @@ pub(super) async fn report_status(
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+/// The agent's version from its `User-Agent` (`cplane-agent/0.1.0 (commit …)`).
+fn agent_version(headers: &axum::http::HeaderMap) -> Option<String> {
+    let ua = headers.get(axum::http::header::USER_AGENT)?.to_str().ok()?;
+    let v = ua.strip_prefix("cplane-agent/")?;
+    Some(v.chars().take(128).collect())
+}
+
+/// Logs a warning, once per cluster and version in this process, when a cluster's agent is
+/// older than this server (or does not say which version it is): an old agent may not
+/// understand what this server publishes. Upgrade it with `cplane agent install`.
+fn warn_if_outdated(cluster: &str, agent: &str) {
+    static WARNED: std::sync::Mutex<Option<std::collections::HashSet<(String, String)>>> =
+        std::sync::Mutex::new(None);
+    let server = semver::Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate's version");
+    let theirs = agent
+        .split_whitespace()
+        .next()
+        .and_then(|v| semver::Version::parse(v).ok());
+    if theirs.as_ref().is_some_and(|v| *v >= server) {
+        return;
+    }
+    let mut warned = WARNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if warned
+        .get_or_insert_with(Default::default)
+        .insert((cluster.to_owned(), agent.to_owned()))
+    {
+        tracing::warn!(
+            cluster,
+            agent_version = if agent.is_empty() { "unknown" } else { agent },
+            server_version = crate::version(),
+            "this cluster's agent is older than the control plane: upgrade it (`cplane agent install --cluster {cluster}`, then apply)"
+        );
     }
 }

@@ -23,6 +23,9 @@ pub struct ClusterReport {
     /// Per-object results (kind, namespace, name, result, health), as the agent reports them.
     #[serde(default = "empty_list")]
     pub objects: serde_json::Value,
+    /// The agent's version (`0.1.0 (commit …)`), from its `User-Agent`; empty when unknown.
+    #[serde(default)]
+    pub agent_version: String,
 }
 
 fn empty_list() -> serde_json::Value {
@@ -175,9 +178,9 @@ impl Db {
         r: &ClusterReport,
     ) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO cluster_status (cluster_id, digest, generation, healthy, message, objects, reported_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO cluster_status (cluster_id, digest, generation, healthy, message, objects, reported_at, agent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (cluster_id) DO UPDATE SET digest = excluded.digest, generation = excluded.generation, healthy = excluded.healthy,
-               message = excluded.message, objects = excluded.objects, reported_at = excluded.reported_at",
+               message = excluded.message, objects = excluded.objects, reported_at = excluded.reported_at, agent_version = excluded.agent_version",
         )
         .bind(cluster)
         .bind(&r.digest)
@@ -186,6 +189,7 @@ impl Db {
         .bind(&r.message)
         .bind(r.objects.to_string())
         .bind(now_ms())
+        .bind(&r.agent_version)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -196,7 +200,7 @@ impl Db {
         &self,
         cluster: &str,
     ) -> Result<Option<(ClusterReport, i64)>, Error> {
-        let row = sqlx::query("SELECT digest, generation, healthy, message, objects, reported_at FROM cluster_status WHERE cluster_id = $1")
+        let row = sqlx::query("SELECT digest, generation, healthy, message, objects, reported_at, agent_version FROM cluster_status WHERE cluster_id = $1")
             .bind(cluster)
             .fetch_optional(&self.pool)
             .await?;
@@ -211,6 +215,7 @@ impl Db {
                 message: r.try_get("message")?,
                 objects: serde_json::from_str(&objects)
                     .map_err(|e| Error::Corrupt(e.to_string()))?,
+                agent_version: r.try_get("agent_version")?,
             },
             r.try_get("reported_at")?,
         )))

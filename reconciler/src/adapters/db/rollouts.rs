@@ -415,6 +415,7 @@ impl Db {
                             message: r.try_get("message")?,
                             objects: serde_json::from_str(&objects)
                                 .map_err(|e| Error::Corrupt(e.to_string()))?,
+                            agent_version: String::new(),
                         },
                         r.try_get("reported_at")?,
                     ),

@@ -5,7 +5,7 @@ use super::*;
 #[derive(Parser)]
 #[command(
     name = "cplane",
-    version,
+    version = cplane_reconciler::version(),
     about = "Declarative GitOps control plane for BYOC regions, workspaces and stacks",
     after_help = EXIT_CODES
 )]
@@ -679,6 +679,16 @@ pub(super) enum Command {
         #[command(subcommand)]
         command: MembershipCommand,
     },
+    /// The in-cluster agent: the manifests that install it into a cluster.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Deploy cplane itself: the control plane's manifests for one region × environment.
+    Deploy {
+        #[command(subcommand)]
+        command: DeployCommand,
+    },
     /// List every cluster with its bundle digest.
     Clusters {
         #[command(flatten)]
@@ -686,6 +696,41 @@ pub(super) enum Command {
         /// Output format.
         #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
         format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum AgentCommand {
+    /// Print the manifests that install cluster ID's agent (Namespace, ServiceAccount, RBAC
+    /// for exactly the kinds its bundle holds, its state volume and Deployment). The token is
+    /// never printed: the output's header says how to create its Secret from a file. Re-run
+    /// and re-apply to upgrade (a new --image, or RBAC for a bundle that gained kinds).
+    Install {
+        /// Cluster id: `{env}-{region}` (platform) or `w-{id}` (tenant).
+        #[arg(long)]
+        cluster: String,
+        /// The control plane URL the agent pulls from (`https://cplane.sgp-1.cogrion.com`).
+        #[arg(long, env = "CPLANE_SERVER")]
+        server: String,
+        /// The agent image (default: `cplane-agent:<this cplane's version>`).
+        #[arg(long)]
+        image: Option<String>,
+        /// The agent's namespace (home of its inventory ConfigMap).
+        #[arg(long, default_value = "cplane-system")]
+        namespace: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum DeployCommand {
+    /// Print the control plane's Kubernetes manifests for the region × environment of a
+    /// values file (see `deploy/values/`).
+    Render {
+        /// The values file.
+        #[arg(long)]
+        values: PathBuf,
     },
 }
 

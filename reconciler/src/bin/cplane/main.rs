@@ -159,6 +159,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
         } => render(&repo, &cluster, out.as_deref(), format),
         Command::Clusters { repo, format } => clusters(&repo, format),
+        Command::Agent {
+            command:
+                AgentCommand::Install {
+                    cluster,
+                    server,
+                    image,
+                    namespace,
+                    repo,
+                },
+        } => agent_install(&repo, cluster, server, image, namespace),
+        Command::Deploy {
+            command: DeployCommand::Render { values },
+        } => deploy_render(&values),
         Command::Plan {
             run,
             format,

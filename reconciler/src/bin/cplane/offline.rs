@@ -120,6 +120,54 @@ pub(super) fn render(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cplane agent install`: the agent's manifests for one cluster, RBAC from its bundle.
+pub(super) fn agent_install(
+    args: &RepoArgs,
+    cluster: String,
+    server: String,
+    image: Option<String>,
+    namespace: String,
+) -> anyhow::Result<ExitCode> {
+    use cplane_reconciler::deploy::agent;
+    let (_, checked) = load(args, Some(&cluster))?;
+    if !checked.is_valid() {
+        print_errors(&checked.diagnostics);
+        eprintln!("error: the revision is invalid; nothing printed");
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
+    let Some(bundle) = checked.clusters.iter().find_map(|r| r.bundle.as_ref()) else {
+        return Err(InvalidInput(format!("no cluster `{cluster}` (see `cplane clusters`)")).into());
+    };
+    let install = agent::Install {
+        cluster,
+        server,
+        image: image.unwrap_or_else(|| format!("cplane-agent:{}", env!("CARGO_PKG_VERSION"))),
+        namespace,
+    };
+    let objects = agent::manifests(bundle, &install).map_err(|e| InvalidInput(e.to_string()))?;
+    print!("{}", agent::to_yaml(&install, &objects));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cplane deploy render`: the control plane's manifests for one values file.
+pub(super) fn deploy_render(values: &Path) -> anyhow::Result<ExitCode> {
+    use cplane_reconciler::deploy::control_plane;
+    let name = values.display().to_string();
+    let text = std::fs::read_to_string(values).with_context(|| format!("reading {name}"))?;
+    match control_plane::parse(&name, &text) {
+        Ok(v) => {
+            let out = control_plane::render(&v).map_err(anyhow::Error::msg)?;
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diags) => {
+            print_errors(&diags);
+            eprintln!("error: {name} is invalid; nothing rendered");
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+    }
+}
+
 pub(super) fn clusters(args: &RepoArgs, format: Format) -> anyhow::Result<ExitCode> {
     let (_, checked) = load(args, None)?;
     if !checked.is_valid() {
