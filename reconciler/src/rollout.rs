@@ -456,16 +456,21 @@ async fn advance_one(
                         failed.join("; ")
                     );
                     tracing::warn!(rollout = %r.id, %reason, "rollout stopped");
-                    db.move_rollout(
-                        &r.id,
-                        ("progressing", r.wave),
-                        (to.label(), r.wave),
-                        None,
-                        &reason,
-                        "cplane",
-                        ("gate-failed", &reason),
-                    )
-                    .await?;
+                    let moved = db
+                        .move_rollout(
+                            &r.id,
+                            ("progressing", r.wave),
+                            (to.label(), r.wave),
+                            None,
+                            &reason,
+                            "cplane",
+                            ("gate-failed", &reason),
+                        )
+                        .await?;
+                    if moved && to == RolloutState::Aborted {
+                        // As an operator's abort: the clusters not reached keep their bundle.
+                        skip_unreached(db, &r.id, "aborted: the gate failed").await?;
+                    }
                     return Ok(());
                 }
                 if open > 0 {
@@ -526,6 +531,20 @@ async fn next_wave(db: &Db, r: &mut RolloutRow, why: &str, actor: &str) -> Resul
         r.gate_passed_at = None;
     }
     Ok(moved && to != "completed")
+}
+
+/// Marks the clusters of rollout `id` not reached yet (`pending`, `held`) `skipped` with
+/// `why`; returns how many.
+async fn skip_unreached(db: &Db, id: &str, why: &str) -> Result<usize, Error> {
+    let skip: Vec<_> = db
+        .rollout_clusters(id, None)
+        .await?
+        .into_iter()
+        .filter(|c| c.state == "pending" || c.state == "held")
+        .map(|c| (c.cluster, "skipped", None, why.to_owned()))
+        .collect();
+    db.set_rollout_clusters(id, &skip).await?;
+    Ok(skip.len())
 }
 
 /// An operator's action on a rollout.
@@ -654,14 +673,7 @@ pub async fn control(
             next_wave(db, &mut r2, "promote", actor).await? || r2.state == "completed"
         }
         (Control::Abort, s) if s.is_active() => {
-            let skip: Vec<_> = db
-                .rollout_clusters(id, None)
-                .await?
-                .into_iter()
-                .filter(|c| c.state == "pending" || c.state == "held")
-                .map(|c| (c.cluster, "skipped", None, format!("aborted by {actor}")))
-                .collect();
-            db.set_rollout_clusters(id, &skip).await?;
+            let skipped = skip_unreached(db, id, &format!("aborted by {actor}")).await?;
             db.move_rollout(
                 id,
                 (&r.state, r.wave),
@@ -669,10 +681,7 @@ pub async fn control(
                 None,
                 &format!("aborted by {actor}"),
                 actor,
-                (
-                    "abort",
-                    &format!("{} clusters keep their bundle", skip.len()),
-                ),
+                ("abort", &format!("{skipped} clusters keep their bundle")),
             )
             .await?
         }
