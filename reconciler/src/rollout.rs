@@ -252,6 +252,11 @@ pub async fn publish(
         };
         tracing::info!(rollout = %rollout.id, clusters = clusters.len(), stacks = ?changed, "rollout created");
         db.create_rollout(&rollout, &clusters).await?;
+        // Rows grow with rollouts only: bound them when one is created.
+        let pruned = db.prune_rollouts(db.rollouts_kept()).await?;
+        if pruned > 0 {
+            tracing::info!(rollouts = pruned, "old finished rollouts deleted");
+        }
     }
     db.set_stack_fingerprints(&input.fingerprints).await?;
     Ok(published)

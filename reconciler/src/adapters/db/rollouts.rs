@@ -424,6 +424,76 @@ impl Db {
         Ok(out)
     }
 
+    /// Deletes finished rollouts (completed, aborted, superseded) with their clusters and
+    /// events, keeping the newest `keep` rollouts of each stack (a rollout of several stacks
+    /// stays while it is among the newest `keep` of any of them; one of no stack, a change held
+    /// by a sync window alone, counts under the stack `""`). An aborted rollout stays, whatever
+    /// its age, while some cluster it never reached is in no newer rollout: it still decides
+    /// that cluster's bundle ([`Db::rollout_targets`]). Returns how many were deleted.
+    pub async fn prune_rollouts(&self, keep: u32) -> Result<usize, Error> {
+        let rows = sqlx::query(
+            "SELECT id, stacks, state, created_at FROM rollouts ORDER BY created_at DESC, id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        let mut doomed = Vec::new();
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let state: String = r.try_get("state")?;
+            let created_at: i64 = r.try_get("created_at")?;
+            let stacks: String = r.try_get("stacks")?;
+            let mut stacks: Vec<String> =
+                serde_json::from_str(&stacks).map_err(|e| Error::Corrupt(e.to_string()))?;
+            if stacks.is_empty() {
+                stacks.push(String::new());
+            }
+            let mut kept = false;
+            for stack in stacks {
+                let n = seen.entry(stack).or_default();
+                kept |= *n < keep;
+                *n += 1;
+            }
+            if kept || !matches!(state.as_str(), "completed" | "aborted" | "superseded") {
+                continue;
+            }
+            if state == "aborted" {
+                let pins = sqlx::query(
+                    "SELECT 1 AS pin FROM rollout_clusters c WHERE c.rollout_id = $1 AND c.suspended = 0 AND c.published_at IS NULL
+                     AND NOT EXISTS (SELECT 1 FROM rollout_clusters n JOIN rollouts r ON r.id = n.rollout_id
+                                     WHERE n.cluster_id = c.cluster_id AND r.created_at > $2)
+                     LIMIT 1",
+                )
+                .bind(&id)
+                .bind(created_at)
+                .fetch_optional(&self.pool)
+                .await?;
+                if pins.is_some() {
+                    continue;
+                }
+            }
+            doomed.push(id);
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        for id in &doomed {
+            for table in ["rollout_events", "rollout_clusters"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE rollout_id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("DELETE FROM rollouts WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(doomed.len())
+    }
+
     /// Counts of clusters by rollout state and cluster state, over active rollouts.
     pub async fn rollout_counts(&self) -> Result<Vec<(String, String, i64)>, Error> {
         let rows = sqlx::query(&format!("SELECT r.state AS rstate, c.state AS cstate, COUNT(*) AS n FROM rollout_clusters c JOIN rollouts r ON r.id = c.rollout_id WHERE r.state IN {ACTIVE} GROUP BY r.state, c.state"))

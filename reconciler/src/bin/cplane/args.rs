@@ -215,6 +215,10 @@ pub(super) struct RetentionArgs {
     /// Reconcile runs older than this are deleted (e.g. `30d`, `12h`).
     #[arg(long, env = "CPLANE_KEEP_RUNS_FOR", default_value = "30d", value_parser = parse_interval)]
     pub(super) keep_runs_for: std::time::Duration,
+    /// Finished rollouts kept in the database per stack (the newest; older ones are deleted
+    /// when a new rollout starts, except an aborted one that still holds clusters back).
+    #[arg(long, env = "CPLANE_KEEP_ROLLOUTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(super) keep_rollouts: u32,
 }
 
 impl RetentionArgs {
@@ -222,10 +226,12 @@ impl RetentionArgs {
         let Self {
             keep_runs,
             keep_runs_for,
+            keep_rollouts,
         } = self;
         cplane_reconciler::db::Retention {
             keep: keep_runs,
             max_age: keep_runs_for,
+            rollouts: keep_rollouts,
         }
     }
 }
