@@ -31,6 +31,13 @@ pub(super) struct RolloutLabel {
     pub(super) cluster_state: String,
 }
 
+/// The label of `cplane_clusters`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct StandingLabel {
+    /// [`cplane_core::rollout::Standing::label`].
+    pub(super) state: &'static str,
+}
+
 /// The server's Prometheus series, shared by the loop and the HTTP handlers: typed families
 /// of constant size (a histogram, not a list of every run's duration), registered once in
 /// one [`Registry`] with the API's and the AWS adapter's series ([`Metrics::register`]).
@@ -56,6 +63,9 @@ pub struct Metrics {
     /// `cplane_rollout_wave_wake_seconds`: from the driver judging a gate passed to the next
     /// wave's long-polls woken.
     pub(super) wave_wake: Histogram,
+    /// `cplane_clusters{state}`: clusters by where they stand (counts, never a series per
+    /// cluster), computed from the database when scraped.
+    pub(super) standings: Family<StandingLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -71,6 +81,7 @@ impl Default for Metrics {
             long_polls: Gauge::default(),
             rollout_clusters: Family::default(),
             wave_wake: Histogram::new(DURATION_BUCKETS),
+            standings: Family::default(),
         }
     }
 }
@@ -99,6 +110,11 @@ impl Metrics {
             "cplane_rollout_wave_wake_seconds",
             "From a rollout gate passing to the next wave's agents woken",
             self.wave_wake.clone(),
+        );
+        registry.register(
+            "cplane_clusters",
+            "Clusters by state: in-sync, behind, failed, offline, never-reported, suspended",
+            self.standings.clone(),
         );
         registry.register(
             "cplane_state_fetches",
@@ -179,6 +195,25 @@ pub(super) async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
     sh.metrics
         .leader
         .set(i64::from(sh.leader.load(Ordering::SeqCst)));
+    // Four small queries (heads, reports in brief, rollouts' waiting clusters, suspended
+    // workspaces) per scrape, on whichever replica is scraped.
+    match crate::rollout::standing_counts(
+        &sh.db,
+        crate::db::now_ms(),
+        sh.settings.agent_offline_after,
+    )
+    .await
+    {
+        Ok(counts) => {
+            for (state, n) in counts {
+                sh.metrics
+                    .standings
+                    .get_or_create(&StandingLabel { state })
+                    .set(n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "counting clusters by state"),
+    }
     let mut out = String::new();
     if let Some(registry) = sh.metrics.registry.get() {
         if let Err(e) = prometheus_text::encode(&mut out, registry) {

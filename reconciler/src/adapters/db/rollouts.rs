@@ -3,7 +3,7 @@
 //! updates (`WHERE state = … AND wave = …`), so two replicas acting on one rollout at once
 //! cannot both move it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::Row;
 
@@ -245,9 +245,39 @@ impl Db {
         Ok(())
     }
 
-    /// Marks which clusters of active rollouts belong to suspended workspaces now.
-    pub async fn set_rollout_suspended(&self, suspended: &[String]) -> Result<(), Error> {
+    /// Records which clusters belong to suspended workspaces now: marks them in active
+    /// rollouts, and gives their workspaces the condition `Suspended` (True; the others' turns
+    /// False), which status reads ([`Db::suspended_clusters`]).
+    pub async fn set_rollout_suspended(
+        &self,
+        suspended: &[String],
+        commit: &str,
+    ) -> Result<(), Error> {
+        let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE entity_status SET status = 'False', reason = 'NotSuspended', message = '', commit_id = $1, updated_at = $2 WHERE kind = 'workspace' AND condition = 'Suspended' AND status = 'True'")
+            .bind(commit)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        for c in suspended {
+            let Some(workspace) = c.strip_prefix("w-") else {
+                continue;
+            };
+            sqlx::query(super::status::UPSERT_CONDITION)
+                .bind("workspace")
+                .bind(workspace)
+                .bind("Suspended")
+                .bind("True")
+                .bind("Suspended")
+                .bind(
+                    "spec.suspend: true: no cloud steps and no new bundle until it is unsuspended",
+                )
+                .bind(commit)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(&format!("UPDATE rollout_clusters SET suspended = 0 WHERE suspended = 1 AND rollout_id IN (SELECT id FROM rollouts WHERE state IN {ACTIVE})"))
             .execute(&mut *tx)
             .await?;
@@ -422,6 +452,74 @@ impl Db {
             }
         }
         Ok(out)
+    }
+
+    /// The clusters of suspended workspaces (as the last run recorded them).
+    pub async fn suspended_clusters(&self) -> Result<BTreeSet<String>, Error> {
+        Ok(self
+            .entities_with("workspace", "Suspended")
+            .await?
+            .into_iter()
+            .map(|w| format!("w-{w}"))
+            .collect())
+    }
+
+    /// The clusters an active rollout has not reached yet (`pending` or `held`), or just
+    /// `only`: cluster → (rollout id, rollout state, cluster state, wave index, message), from
+    /// the newest such rollout.
+    pub async fn rollout_waiting(
+        &self,
+        only: Option<&str>,
+    ) -> Result<HashMap<String, (String, String, String, i64, String)>, Error> {
+        let sql = format!(
+            "SELECT c.cluster_id, r.id, r.state AS rstate, c.state AS cstate, c.wave, c.message
+             FROM rollout_clusters c JOIN rollouts r ON r.id = c.rollout_id
+             WHERE r.state IN {ACTIVE} AND c.state IN ('pending', 'held'){} ORDER BY r.created_at",
+            if only.is_some() {
+                " AND c.cluster_id = $1"
+            } else {
+                ""
+            }
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(c) = only {
+            q = q.bind(c);
+        }
+        let mut out = HashMap::new();
+        for r in q.fetch_all(&self.pool).await? {
+            out.insert(
+                r.try_get("cluster_id")?,
+                (
+                    r.try_get("id")?,
+                    r.try_get("rstate")?,
+                    r.try_get("cstate")?,
+                    r.try_get("wave")?,
+                    r.try_get("message")?,
+                ),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every cluster's last report in brief: cluster → (generation, healthy, reported_at).
+    pub async fn report_heads(&self) -> Result<HashMap<String, (i64, bool, i64)>, Error> {
+        let rows =
+            sqlx::query("SELECT cluster_id, generation, healthy, reported_at FROM cluster_status")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let healthy: String = r.try_get("healthy")?;
+                Ok((
+                    r.try_get("cluster_id")?,
+                    (
+                        r.try_get("generation")?,
+                        healthy == "True",
+                        r.try_get("reported_at")?,
+                    ),
+                ))
+            })
+            .collect()
     }
 
     /// Deletes finished rollouts (completed, aborted, superseded) with their clusters and

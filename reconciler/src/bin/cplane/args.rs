@@ -643,6 +643,10 @@ pub(super) enum Command {
         /// a BFF that does not register again within it turns `False` (`RegistrationExpired`).
         #[arg(long, env = "CPLANE_BFF_REGISTER_TTL", default_value = "5m", value_parser = parse_interval)]
         bff_register_ttl: std::time::Duration,
+        /// How long without a report before a cluster's agent counts as `offline` in cluster
+        /// and rollout status and in `cplane_clusters{state}`.
+        #[arg(long, env = "CPLANE_AGENT_OFFLINE_AFTER", default_value = "10m", value_parser = parse_interval)]
+        agent_offline_after: std::time::Duration,
         #[command(flatten)]
         retention: RetentionArgs,
         #[command(flatten)]
