@@ -251,7 +251,7 @@ pub(super) async fn workspace(
 /// `GET /v1/clusters/{cluster}/status`: the agent's last report, whether it applied the
 /// current bundle, and where the cluster stands ([`crate::rollout::cluster_standing`]:
 /// `state`, `behind_by`, `last_seen`, `message`, `rollout`); `404` for a cluster with neither
-/// a published bundle nor a report.
+/// a published bundle nor a report (unless its workspace is suspended).
 pub(super) async fn cluster_status(
     State(sh): State<Arc<Shared>>,
     Extension(grants): Extension<Grants>,
@@ -268,10 +268,15 @@ pub(super) async fn cluster_status(
         .store
         .head(&cluster)
         .map(|h| (h.digest.to_string(), h.generation));
+    let suspended = match sh.db.suspended_clusters().await {
+        Ok(s) => s.contains(&cluster),
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
     match sh.db.cluster_status(&cluster).await {
-        // Neither published nor ever reported: no such cluster, for admins as for everyone
-        // (not an empty status for any string put in the path).
-        Ok(None) if current.is_none() => {
+        // Neither published nor ever reported nor held by its suspended workspace: no such
+        // cluster, for admins as for everyone (not an empty status for any string put in the
+        // path).
+        Ok(None) if current.is_none() && !suspended => {
             api_error(StatusCode::NOT_FOUND, format!("no cluster {cluster}")).into_response()
         }
         Ok(report) => {
