@@ -386,8 +386,8 @@ impl Drop for Server {
 pub struct Agents {
     rt: tokio::runtime::Runtime,
     server: String,
+    database: String,
     dir: PathBuf,
-    tokens: Vec<PathBuf>,
     kubes: Vec<ApiServer>,
     running: Vec<
         Option<(
@@ -398,8 +398,9 @@ pub struct Agents {
 }
 
 impl Agents {
-    /// `n` clusters' agents for `server`, none running yet: each cluster gets an agent token
-    /// (`cplane cluster token create`) and an empty API server.
+    /// `n` clusters' agents for `server`, none running yet: each cluster has an empty API
+    /// server, and gets an agent token (`cplane cluster token create`) when its agent first
+    /// starts.
     pub fn new(server: &Server, dir: &Path, n: usize) -> Self {
         cplane_agent::install_crypto();
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -407,19 +408,11 @@ impl Agents {
             .enable_all()
             .build()
             .expect("runtime");
-        let tokens = (0..n)
-            .map(|i| {
-                let file = dir.join(format!("{}.token", cluster(i)));
-                let out = server.cplane(&["cluster", "token", "create", &cluster(i)]);
-                std::fs::write(&file, out.trim()).expect("token");
-                file
-            })
-            .collect();
         Self {
             rt,
             server: format!("http://127.0.0.1:{}", server.port),
+            database: server.database.clone(),
             dir: dir.to_owned(),
-            tokens,
             kubes: (0..n).map(|_| ApiServer::new()).collect(),
             running: (0..n).map(|_| None).collect(),
         }
@@ -439,6 +432,21 @@ impl Agents {
         if self.running[i].is_some() {
             return;
         }
+        let token = self.dir.join(format!("{}.token", cluster(i)));
+        if !token.exists() {
+            let out = Command::new(crate::cargo_bin("cplane"))
+                .args(["cluster", "token", "create", &cluster(i), "--database"])
+                .arg(&self.database)
+                .output()
+                .expect("run cplane");
+            assert!(
+                out.status.success(),
+                "cluster token create {}: {}",
+                cluster(i),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::write(&token, String::from_utf8_lossy(&out.stdout).trim()).expect("token");
+        }
         let _runtime = self.rt.enter(); // a kube client spawns its buffer on the runtime
         let client = self.kubes[i].client();
         let args = cplane_agent::Args::parse_from([
@@ -448,7 +456,7 @@ impl Agents {
             "--cluster",
             &cluster(i),
             "--token-file",
-            self.tokens[i].to_str().expect("utf-8"),
+            token.to_str().expect("utf-8"),
             "--state-dir",
             self.dir
                 .join(format!("{}-state", cluster(i)))
