@@ -252,6 +252,13 @@ fn promote_passes_a_stuck_gate_and_skips_the_bake() {
     });
     let baking = s.rollout(&id);
     assert_eq!(baking["wave_name"], "early", "{baking:#}");
+    let metrics = s.call("GET", "/metrics", &[], b"").1;
+    assert!(
+        metrics.contains(&format!(
+            "cplane_rollout_wave_seconds{{rollout=\"{id}\",state=\"baking\",wave=\"early\"}} "
+        )),
+        "{metrics}"
+    );
     for i in [2, 3] {
         assert_eq!(
             s.current(&cluster(i)).as_ref(),
@@ -262,6 +269,12 @@ fn promote_passes_a_stuck_gate_and_skips_the_bake() {
     s.cplane(&["rollout", "promote", &id, "--actor", "ops@example.com"]);
     wait_version(&s, &agents, &[2, 3], "2");
     wait_for("completed", || s.rollout(&id)["state"] == "completed");
+    assert!(
+        !s.call("GET", "/metrics", &[], b"")
+            .1
+            .contains("cplane_rollout_wave_seconds{"),
+        "no active rollout, no series"
+    );
     let done = s.rollout(&id);
     assert_eq!(
         member(&done, 0, "w-t00")["state"],

@@ -38,6 +38,17 @@ pub(super) struct StandingLabel {
     pub(super) state: &'static str,
 }
 
+/// The labels of `cplane_rollout_wave_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct WaveLabel {
+    /// The rollout's id.
+    pub(super) rollout: String,
+    /// Its state (`progressing`, `baking`, `paused`).
+    pub(super) state: String,
+    /// The current wave's name.
+    pub(super) wave: String,
+}
+
 /// The server's Prometheus series, shared by the loop and the HTTP handlers: typed families
 /// of constant size (a histogram, not a list of every run's duration), registered once in
 /// one [`Registry`] with the API's and the AWS adapter's series ([`Metrics::register`]).
@@ -66,6 +77,10 @@ pub struct Metrics {
     /// `cplane_clusters{state}`: clusters by where they stand (counts, never a series per
     /// cluster), computed from the database when scraped.
     pub(super) standings: Family<StandingLabel, Gauge>,
+    /// `cplane_rollout_wave_seconds{rollout,state,wave}`: time in the current wave of each
+    /// active rollout (a newer rollout supersedes the active ones, so this is one series, or
+    /// none), computed when scraped.
+    pub(super) in_wave: Family<WaveLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -82,6 +97,7 @@ impl Default for Metrics {
             rollout_clusters: Family::default(),
             wave_wake: Histogram::new(DURATION_BUCKETS),
             standings: Family::default(),
+            in_wave: Family::default(),
         }
     }
 }
@@ -115,6 +131,11 @@ impl Metrics {
             "cplane_clusters",
             "Clusters by state: in-sync, behind, failed, offline, never-reported, suspended",
             self.standings.clone(),
+        );
+        registry.register(
+            "cplane_rollout_wave_seconds",
+            "Seconds each active rollout has been in its current wave",
+            self.in_wave.clone(),
         );
         registry.register(
             "cplane_state_fetches",
@@ -213,6 +234,28 @@ pub(super) async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
             }
         }
         Err(e) => tracing::warn!(error = %e, "counting clusters by state"),
+    }
+    match sh.db.rollouts(true, 0).await {
+        Ok(active) => {
+            let now = crate::db::now_ms();
+            sh.metrics.in_wave.clear();
+            for r in active {
+                let wave = usize::try_from(r.wave)
+                    .ok()
+                    .and_then(|w| r.policy.waves.get(w))
+                    .map(|w| w.name.clone())
+                    .unwrap_or_default();
+                sh.metrics
+                    .in_wave
+                    .get_or_create(&WaveLabel {
+                        rollout: r.id,
+                        state: r.state,
+                        wave,
+                    })
+                    .set((now - r.wave_started_at).max(0) / 1000);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading active rollouts"),
     }
     let mut out = String::new();
     if let Some(registry) = sh.metrics.registry.get() {
