@@ -14,6 +14,8 @@
 //! # Guarantees
 //! - Crash-safe: every decision is a row; a restarted (or another) control plane resumes from
 //!   the rows. Moves of a rollout are conditional updates, so two replicas cannot both move it.
+//! - Sync windows and `spec.suspend` are those of the newest revision applied, also for the
+//!   clusters of a rollout a former revision started.
 //! - A cluster not yet reached keeps its bundle; a newer revision supersedes an active rollout:
 //!   its clusters not yet reached are skipped there and wait for the new rollout, so no cluster
 //!   is ever pointed back at an older bundle than it has.
@@ -147,6 +149,7 @@ pub async fn publish(
     let current = db.cluster_digests().await?;
     let decided = db.rollout_targets().await?;
     let empty = Input::default();
+    let given = input.is_some();
     let input = input.unwrap_or(&empty);
     let before = db.stack_fingerprints().await?;
     let changed = core::changed_stacks(&before, &input.fingerprints);
@@ -186,6 +189,26 @@ pub async fn publish(
         .map(|(c, _)| c.clone())
         .collect();
     db.set_rollout_suspended(&suspended, commit).await?;
+    // Windows as this revision gives them (an operator adding a deny window mid-rollout means
+    // it now), for the clusters of active rollouts whose windows changed.
+    let windows: Vec<_> = if given {
+        db.rollout_windows().await?
+    } else {
+        Vec::new()
+    }
+    .into_iter()
+    .filter_map(|(rollout, cluster, old)| {
+        let new = input.windows_of(&cluster);
+        (new != old).then_some((rollout, cluster, new))
+    })
+    .collect();
+    if !windows.is_empty() {
+        tracing::info!(
+            clusters = windows.len(),
+            "sync windows of active rollouts changed"
+        );
+        db.set_rollout_windows(&windows).await?;
+    }
     if !gated.is_empty() {
         // Changes held by a window alone (no policy) are a one-wave rollout without a gate
         // worth waiting for: the driver publishes them when their window opens.

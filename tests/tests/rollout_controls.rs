@@ -2,7 +2,8 @@
 //! Kubernetes API servers): what holds a rollout back and what moves it on.
 //!
 //! - a deny sync window holds publishing until it closes (a window computed from the clock:
-//!   it opened this minute and closes 20 s after the commit);
+//!   it opened this minute and closes 20 s after the commit); one committed mid-rollout holds
+//!   the rollout's clusters until a commit lifts it;
 //! - `spec.suspend: true` holds a workspace's cloud steps and bundle, unsuspending publishes;
 //! - `promote` passes a gate that cannot pass and skips a bake;
 //! - `maxUnavailable` caps the clusters published and not yet healthy, as the server records
@@ -533,4 +534,48 @@ fn a_silent_agent_counts_as_offline() {
         "{st:#}"
     );
     wait_for("both counted offline", || clusters_in(&s, "offline") == 2);
+}
+
+#[test]
+fn a_deny_window_committed_mid_rollout_holds_it_and_removing_it_lets_it_go() {
+    let policy = "{waves: [{name: canary, labels: {tier: canary}}, {name: rest}], healthTimeout: 1h, bakeTime: 1h}";
+    let (tmp, mut repo, s) = start(3, 1, policy, |p| p);
+    let v1 = published(&s, 3);
+    let agents = Agents::all(&s, tmp.path(), 3);
+    wait_version(&s, &agents, &[0, 1, 2], "1");
+    repo.app("2", policy);
+    repo.commit("app 2");
+    wait_for("the canary's gate passed: baking", || {
+        s.newest_rollout()["state"] == "baking"
+    });
+    let id = s.newest_rollout()["id"].as_str().expect("id").to_owned();
+
+    // A freeze, committed while the rollout bakes: a deny window open all day, every day.
+    repo.platform_spec(
+        "  syncWindows:\n    - {kind: deny, schedule: \"0 0 * * *\", duration: 24h}\n",
+    );
+    let freeze = repo.commit("freeze");
+    wait_for("the freeze applied", || {
+        s.get_json("/v1/status")["last_run"]["commit"] == freeze.as_str()
+    });
+    s.cplane(&["rollout", "promote", &id, "--actor", "ops@example.com"]);
+    wait_for("the rest held by the freeze", || {
+        let r = s.rollout(&id);
+        (1..3).all(|i| member(&r, 1, &cluster(i))["state"] == "held")
+    });
+    let r = s.rollout(&id);
+    assert_eq!(
+        member(&r, 1, "w-t01")["message"],
+        "sync window closed",
+        "{r:#}"
+    );
+    for (i, v) in v1.iter().enumerate().skip(1) {
+        assert_eq!(s.current(&cluster(i)).as_ref(), Some(v), "held");
+    }
+
+    // The freeze lifted: the held clusters go.
+    repo.platform_spec("");
+    repo.commit("thaw");
+    wait_version(&s, &agents, &[1, 2], "2");
+    wait_for("completed", || s.rollout(&id)["state"] == "completed");
 }

@@ -291,6 +291,50 @@ impl Db {
         Ok(())
     }
 
+    /// The sync windows each cluster of an active rollout is held by: (rollout id, cluster,
+    /// windows).
+    pub async fn rollout_windows(
+        &self,
+    ) -> Result<Vec<(String, String, Vec<cplane_schema::model::SyncWindow>)>, Error> {
+        let rows = sqlx::query(&format!("SELECT c.rollout_id, c.cluster_id, c.windows FROM rollout_clusters c JOIN rollouts r ON r.id = c.rollout_id WHERE r.state IN {ACTIVE}"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let windows: String = r.try_get("windows")?;
+                Ok((
+                    r.try_get("rollout_id")?,
+                    r.try_get("cluster_id")?,
+                    serde_json::from_str(&windows).map_err(|e| Error::Corrupt(e.to_string()))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Sets the sync windows of some clusters of rollouts: (rollout id, cluster, windows), in
+    /// one transaction.
+    pub async fn set_rollout_windows(
+        &self,
+        changes: &[(String, String, Vec<cplane_schema::model::SyncWindow>)],
+    ) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (rollout, cluster, windows) in changes {
+            sqlx::query(
+                "UPDATE rollout_clusters SET windows = $1 WHERE rollout_id = $2 AND cluster_id = $3",
+            )
+            .bind(serde_json::to_string(windows).expect("windows serialize"))
+            .bind(rollout)
+            .bind(cluster)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Rollouts, newest first: the active ones only, or the newest `limit` of all.
     pub async fn rollouts(&self, active_only: bool, limit: i64) -> Result<Vec<RolloutRow>, Error> {
         let sql = if active_only {
