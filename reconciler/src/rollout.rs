@@ -14,6 +14,8 @@
 //! # Guarantees
 //! - Crash-safe: every decision is a row; a restarted (or another) control plane resumes from
 //!   the rows. Moves of a rollout are conditional updates, so two replicas cannot both move it.
+//! - Sync windows and `spec.suspend` are those of the newest revision applied, also for the
+//!   clusters of a rollout a former revision started.
 //! - A cluster not yet reached keeps its bundle; a newer revision supersedes an active rollout:
 //!   its clusters not yet reached are skipped there and wait for the new rollout, so no cluster
 //!   is ever pointed back at an older bundle than it has.
@@ -147,6 +149,7 @@ pub async fn publish(
     let current = db.cluster_digests().await?;
     let decided = db.rollout_targets().await?;
     let empty = Input::default();
+    let given = input.is_some();
     let input = input.unwrap_or(&empty);
     let before = db.stack_fingerprints().await?;
     let changed = core::changed_stacks(&before, &input.fingerprints);
@@ -185,7 +188,27 @@ pub async fn publish(
         .filter(|(_, w)| w.suspended)
         .map(|(c, _)| c.clone())
         .collect();
-    db.set_rollout_suspended(&suspended).await?;
+    db.set_rollout_suspended(&suspended, commit).await?;
+    // Windows as this revision gives them (an operator adding a deny window mid-rollout means
+    // it now), for the clusters of active rollouts whose windows changed.
+    let windows: Vec<_> = if given {
+        db.rollout_windows().await?
+    } else {
+        Vec::new()
+    }
+    .into_iter()
+    .filter_map(|(rollout, cluster, old)| {
+        let new = input.windows_of(&cluster);
+        (new != old).then_some((rollout, cluster, new))
+    })
+    .collect();
+    if !windows.is_empty() {
+        tracing::info!(
+            clusters = windows.len(),
+            "sync windows of active rollouts changed"
+        );
+        db.set_rollout_windows(&windows).await?;
+    }
     if !gated.is_empty() {
         // Changes held by a window alone (no policy) are a one-wave rollout without a gate
         // worth waiting for: the driver publishes them when their window opens.
@@ -252,6 +275,11 @@ pub async fn publish(
         };
         tracing::info!(rollout = %rollout.id, clusters = clusters.len(), stacks = ?changed, "rollout created");
         db.create_rollout(&rollout, &clusters).await?;
+        // Rows grow with rollouts only: bound them when one is created.
+        let pruned = db.prune_rollouts(db.rollouts_kept()).await?;
+        if pruned > 0 {
+            tracing::info!(rollouts = pruned, "old finished rollouts deleted");
+        }
     }
     db.set_stack_fingerprints(&input.fingerprints).await?;
     Ok(published)
@@ -456,16 +484,21 @@ async fn advance_one(
                         failed.join("; ")
                     );
                     tracing::warn!(rollout = %r.id, %reason, "rollout stopped");
-                    db.move_rollout(
-                        &r.id,
-                        ("progressing", r.wave),
-                        (to.label(), r.wave),
-                        None,
-                        &reason,
-                        "cplane",
-                        ("gate-failed", &reason),
-                    )
-                    .await?;
+                    let moved = db
+                        .move_rollout(
+                            &r.id,
+                            ("progressing", r.wave),
+                            (to.label(), r.wave),
+                            None,
+                            &reason,
+                            "cplane",
+                            ("gate-failed", &reason),
+                        )
+                        .await?;
+                    if moved && to == RolloutState::Aborted {
+                        // As an operator's abort: the clusters not reached keep their bundle.
+                        skip_unreached(db, &r.id, "aborted: the gate failed").await?;
+                    }
                     return Ok(());
                 }
                 if open > 0 {
@@ -526,6 +559,20 @@ async fn next_wave(db: &Db, r: &mut RolloutRow, why: &str, actor: &str) -> Resul
         r.gate_passed_at = None;
     }
     Ok(moved && to != "completed")
+}
+
+/// Marks the clusters of rollout `id` not reached yet (`pending`, `held`) `skipped` with
+/// `why`; returns how many.
+async fn skip_unreached(db: &Db, id: &str, why: &str) -> Result<usize, Error> {
+    let skip: Vec<_> = db
+        .rollout_clusters(id, None)
+        .await?
+        .into_iter()
+        .filter(|c| c.state == "pending" || c.state == "held")
+        .map(|c| (c.cluster, "skipped", None, why.to_owned()))
+        .collect();
+    db.set_rollout_clusters(id, &skip).await?;
+    Ok(skip.len())
 }
 
 /// An operator's action on a rollout.
@@ -654,14 +701,7 @@ pub async fn control(
             next_wave(db, &mut r2, "promote", actor).await? || r2.state == "completed"
         }
         (Control::Abort, s) if s.is_active() => {
-            let skip: Vec<_> = db
-                .rollout_clusters(id, None)
-                .await?
-                .into_iter()
-                .filter(|c| c.state == "pending" || c.state == "held")
-                .map(|c| (c.cluster, "skipped", None, format!("aborted by {actor}")))
-                .collect();
-            db.set_rollout_clusters(id, &skip).await?;
+            let skipped = skip_unreached(db, id, &format!("aborted by {actor}")).await?;
             db.move_rollout(
                 id,
                 (&r.state, r.wave),
@@ -669,10 +709,7 @@ pub async fn control(
                 None,
                 &format!("aborted by {actor}"),
                 actor,
-                (
-                    "abort",
-                    &format!("{} clusters keep their bundle", skip.len()),
-                ),
+                ("abort", &format!("{skipped} clusters keep their bundle")),
             )
             .await?
         }
@@ -686,12 +723,23 @@ pub async fn control(
         .ok_or_else(|| ControlError::NotFound(id.to_owned()))
 }
 
-/// How long without a report before a cluster's agent counts as offline.
+/// How long without a report before a cluster's agent counts as offline, by default
+/// (`cplane serve --agent-offline-after`).
 pub const OFFLINE_AFTER: Duration = Duration::from_secs(600);
 
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The status of one rollout: its waves, each with clusters done / pending / failed (with the
-/// failing objects' messages), time in the current wave, and the events.
-pub async fn status(db: &Db, r: &RolloutRow, now: i64) -> Result<serde_json::Value, Error> {
+/// failing objects' messages), time in the current wave, and the events; an agent without a
+/// report for `offline_after` counts as offline.
+pub async fn status(
+    db: &Db,
+    r: &RolloutRow,
+    now: i64,
+    offline_after: Duration,
+) -> Result<serde_json::Value, Error> {
     let clusters = db.rollout_clusters(&r.id, None).await?;
     let ids: Vec<String> = clusters.iter().map(|c| c.cluster.clone()).collect();
     let reports = db.cluster_reports(&ids).await?;
@@ -701,6 +749,7 @@ pub async fn status(db: &Db, r: &RolloutRow, now: i64) -> Result<serde_json::Val
         .into_iter()
         .map(|(id, d, g)| (id, (d, g)))
         .collect();
+    let offline_after = millis(offline_after);
     let mut waves = Vec::new();
     for (i, w) in r.policy.waves.iter().enumerate() {
         let of_wave: Vec<&RolloutCluster> = clusters
@@ -710,7 +759,15 @@ pub async fn status(db: &Db, r: &RolloutRow, now: i64) -> Result<serde_json::Val
         let count = |s: &str| of_wave.iter().filter(|c| c.state == s).count();
         let list: Vec<serde_json::Value> = of_wave
             .iter()
-            .map(|c| cluster_json(c, reports.get(&c.cluster), heads.get(&c.cluster), now))
+            .map(|c| {
+                cluster_json(
+                    c,
+                    reports.get(&c.cluster),
+                    heads.get(&c.cluster),
+                    now,
+                    offline_after,
+                )
+            })
             .collect();
         waves.push(serde_json::json!({
             "name": w.name,
@@ -746,27 +803,116 @@ fn cluster_json(
     report: Option<&(crate::db::ClusterReport, i64)>,
     head: Option<&(String, i64)>,
     now: i64,
+    offline_after: i64,
 ) -> serde_json::Value {
-    let reported_generation = report.map(|(r, _)| r.generation).unwrap_or(0);
-    let head_generation = head.map(|(_, g)| *g).unwrap_or(0);
-    let waiting = i64::from(head.map(|(d, _)| d.as_str()) != Some(c.digest.as_str()));
-    let last_seen = report.map(|(_, at)| *at);
-    let agent = match (report, last_seen) {
-        _ if c.suspended => "suspended",
-        (None, _) => "never-reported",
-        (_, Some(at)) if now - at > i64::try_from(OFFLINE_AFTER.as_millis()).unwrap_or(0) => {
-            "offline"
-        }
-        (Some((r, _)), _) if !r.healthy => "failed",
-        _ => "ok",
-    };
+    let seen = report.map(|(r, at)| core::Seen {
+        generation: r.generation,
+        healthy: r.healthy,
+        at: *at,
+    });
+    // Not reached yet while the cluster is not pointed at this rollout's bundle.
+    let waiting = head.map(|(d, _)| d.as_str()) != Some(c.digest.as_str())
+        && (c.state == "pending" || c.state == "held");
+    let (agent, behind_by) = core::standing(
+        head.map(|(_, g)| *g),
+        seen,
+        waiting,
+        c.suspended,
+        now,
+        offline_after,
+    );
     serde_json::json!({
         "cluster": c.cluster,
         "state": c.state,
         "digest": c.digest,
         "message": c.message,
-        "behind_by": (head_generation - reported_generation).max(0) + waiting,
-        "last_seen": last_seen,
-        "agent": agent,
+        "behind_by": behind_by,
+        "last_seen": seen.map(|s| s.at),
+        "agent": agent.label(),
     })
+}
+
+/// One cluster's standing (`GET /v1/clusters/{id}/status`): `state` ([`core::Standing`]),
+/// `behind_by` generations, `last_seen` (unix millis of its agent's last report), the failing
+/// objects when failed, and the active rollout that has not reached it yet, if any.
+pub async fn cluster_standing(
+    db: &Db,
+    cluster: &str,
+    head_generation: Option<i64>,
+    report: Option<&(crate::db::ClusterReport, i64)>,
+    now: i64,
+    offline_after: Duration,
+) -> Result<serde_json::Value, Error> {
+    let waiting = db.rollout_waiting(Some(cluster)).await?;
+    let suspended = db.suspended_clusters().await?.contains(cluster);
+    let seen = report.map(|(r, at)| core::Seen {
+        generation: r.generation,
+        healthy: r.healthy,
+        at: *at,
+    });
+    let rollout = waiting.get(cluster);
+    let (state, behind_by) = core::standing(
+        head_generation,
+        seen,
+        rollout.is_some(),
+        suspended,
+        now,
+        millis(offline_after),
+    );
+    let message = match (state, report) {
+        (core::Standing::Failed, Some((r, _))) => failing_objects(r),
+        (core::Standing::Offline, Some((_, at))) => {
+            format!("no report for {} s", (now - at).max(0) / 1000)
+        }
+        _ => String::new(),
+    };
+    Ok(serde_json::json!({
+        "state": state.label(),
+        "behind_by": behind_by,
+        "last_seen": seen.map(|s| s.at),
+        "message": message,
+        "rollout": rollout.map(|(id, rstate, cstate, wave, why)| serde_json::json!({
+            "id": id, "state": rstate, "cluster_state": cstate, "wave": wave, "message": why,
+        })),
+    }))
+}
+
+/// How many clusters stand in each [`core::Standing`] at `now` (every standing, zeros too):
+/// the clusters published and those of suspended workspaces.
+pub async fn standing_counts(
+    db: &Db,
+    now: i64,
+    offline_after: Duration,
+) -> Result<Vec<(&'static str, i64)>, Error> {
+    let heads = db.cluster_heads(None).await?;
+    let reports = db.report_heads().await?;
+    let waiting = db.rollout_waiting(None).await?;
+    let mut suspended = db.suspended_clusters().await?;
+    let mut counts: BTreeMap<core::Standing, i64> =
+        core::Standing::ALL.iter().map(|s| (*s, 0)).collect();
+    let offline_after = millis(offline_after);
+    let mut count = |cluster: &str, head: Option<i64>, suspended: bool| {
+        let seen = reports.get(cluster).map(|(g, h, at)| core::Seen {
+            generation: *g,
+            healthy: *h,
+            at: *at,
+        });
+        let (s, _) = core::standing(
+            head,
+            seen,
+            waiting.contains_key(cluster),
+            suspended,
+            now,
+            offline_after,
+        );
+        *counts.entry(s).or_default() += 1;
+    };
+    for (id, _, generation) in &heads {
+        let s = suspended.remove(id);
+        count(id, Some(*generation), s);
+    }
+    for id in &suspended {
+        count(id, None, true);
+    }
+    Ok(counts.into_iter().map(|(s, n)| (s.label(), n)).collect())
 }

@@ -7,6 +7,8 @@
 //! - [`http`]: the HTTP client (one request over a fresh connection, blocking).
 //! - [`serve`]: driving `cplane serve` (HTTP, signed push webhooks, git pushes, waiting).
 //! - [`pg`]: a fresh PostgreSQL database per test, or a SQLite URL.
+//! - [`rollout`]: a state repo of many workspaces, `cplane serve` on it, and an agent per
+//!   cluster against its own test Kubernetes API server (the rollout tests).
 //! - [`pki`]: certificates and CRLs for TLS tests (rcgen).
 //! - Fakes of outside systems: [`kube_apiserver`] (a Kubernetes API server in memory, also served
 //!   by the `kube-fake` example; [`kube_rbac`] its optional RBAC), [`moto`] (AWS, moto's server in a venv of its own),
@@ -34,6 +36,7 @@ pub mod oidc;
 pub mod pg;
 pub mod pki;
 mod repo;
+pub mod rollout;
 pub mod serve;
 pub mod venv;
 

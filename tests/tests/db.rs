@@ -259,6 +259,7 @@ async fn runs_are_kept_bounded(url: &str) {
         .with_retention(Retention {
             keep: 3,
             max_age: std::time::Duration::from_secs(3600),
+            ..Retention::default()
         });
     let now = cplane_reconciler::db::now_ms();
     let plan = serde_json::json!(null);
@@ -319,4 +320,124 @@ async fn sqlite_keeps_runs_bounded() {
 async fn postgres_keeps_runs_bounded() {
     let pg = PgDatabase::create().await;
     runs_are_kept_bounded(&pg.url).await;
+}
+
+/// A rollout of `stack` at `at` over `clusters` (each pending), created as the reconciler does
+/// (superseding the active one).
+async fn rollout(db: &Db, id: &str, stack: &str, at: i64, clusters: &[&str]) {
+    use cplane_reconciler::db::{RolloutCluster, RolloutRow};
+    let row = RolloutRow {
+        id: id.into(),
+        commit: format!("c-{id}"),
+        stacks: vec![stack.into()],
+        policy: serde_json::from_value(serde_json::json!({"waves": [{"name": "all"}]}))
+            .expect("policy"),
+        state: "progressing".into(),
+        wave: 0,
+        wave_started_at: at,
+        gate_passed_at: None,
+        reason: String::new(),
+        created_at: at,
+        updated_at: at,
+    };
+    let clusters: Vec<RolloutCluster> = clusters
+        .iter()
+        .map(|c| RolloutCluster {
+            cluster: (*c).into(),
+            kind: "tenant".into(),
+            region: "sgp-1".into(),
+            environment: "prod".into(),
+            wave: 0,
+            digest: format!("sha256:{id}"),
+            state: "pending".into(),
+            windows: Vec::new(),
+            suspended: false,
+            published_at: None,
+            message: String::new(),
+        })
+        .collect();
+    db.create_rollout(&row, &clusters).await.expect("create");
+}
+
+async fn finish(db: &Db, id: &str, to: &str) {
+    assert!(db
+        .move_rollout(
+            id,
+            ("progressing", 0),
+            (to, 0),
+            None,
+            "",
+            "cplane",
+            (to, "")
+        )
+        .await
+        .expect("move"));
+}
+
+async fn rollouts_are_kept_bounded(url: &str) {
+    let db = Db::connect(url).await.expect("connect");
+    // Stack a: superseded, completed, completed, active. Stack b: an aborted rollout whose
+    // cluster a newer one took over, an aborted one still holding w-x back, two completed.
+    rollout(&db, "a1", "a", 1, &["w-y"]).await;
+    rollout(&db, "b0", "b", 2, &["w-y"]).await; // supersedes a1
+    finish(&db, "b0", "aborted").await;
+    rollout(&db, "b1", "b", 3, &["w-x"]).await;
+    finish(&db, "b1", "aborted").await;
+    rollout(&db, "a2", "a", 4, &["w-z"]).await;
+    finish(&db, "a2", "completed").await;
+    rollout(&db, "b2", "b", 5, &["w-y"]).await;
+    finish(&db, "b2", "completed").await;
+    rollout(&db, "a3", "a", 6, &["w-z"]).await;
+    finish(&db, "a3", "completed").await;
+    rollout(&db, "b3", "b", 7, &["w-y"]).await;
+    finish(&db, "b3", "completed").await;
+    rollout(&db, "a4", "a", 8, &["w-z"]).await;
+    let all: Vec<String> = db
+        .rollouts(false, 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(all.len(), 8, "{all:?}");
+
+    assert_eq!(db.prune_rollouts(2).await.expect("prune"), 3);
+    let mut left: Vec<String> = db
+        .rollouts(false, 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a3", "a4", "b1", "b2", "b3"]);
+    for gone in ["a1", "a2", "b0"] {
+        assert!(db
+            .rollout_clusters(gone, None)
+            .await
+            .expect("clusters")
+            .is_empty());
+        assert!(db.rollout_events(gone).await.expect("events").is_empty());
+    }
+    // The aborted rollout still decides w-x's bundle; pruning again deletes nothing.
+    assert_eq!(
+        db.rollout_targets().await.expect("targets").get("w-x"),
+        Some(&"sha256:b1".to_owned())
+    );
+    assert_eq!(db.prune_rollouts(2).await.expect("prune"), 0);
+    // Once a newer rollout covers w-x, the aborted one goes too.
+    rollout(&db, "b4", "b", 9, &["w-x"]).await;
+    assert_eq!(db.prune_rollouts(2).await.expect("prune"), 2, "b1 and b2");
+}
+
+#[tokio::test]
+async fn sqlite_keeps_rollouts_bounded() {
+    let (_dir, url) = sqlite_url();
+    rollouts_are_kept_bounded(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_rollouts_bounded() {
+    let pg = PgDatabase::create().await;
+    rollouts_are_kept_bounded(&pg.url).await;
 }

@@ -262,6 +262,86 @@ pub fn on_failure(policy: &RolloutPolicy) -> RolloutState {
     }
 }
 
+/// Where a cluster stands, as its status and `cplane_clusters{state}` tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Standing {
+    /// Its workspace is suspended (`spec.suspend: true`): it gets no new bundle.
+    Suspended,
+    /// Its agent never reported.
+    NeverReported,
+    /// Its agent has not reported for longer than the offline threshold.
+    Offline,
+    /// Its agent's last report says an object failed to apply or is not healthy.
+    Failed,
+    /// Healthy, but on an older bundle than it is pointed at (or than a rollout holds for it).
+    Behind,
+    /// Healthy on the bundle it is pointed at, and nothing newer waits for it.
+    InSync,
+}
+
+impl Standing {
+    /// Every standing, in order.
+    pub const ALL: [Standing; 6] = [
+        Self::Suspended,
+        Self::NeverReported,
+        Self::Offline,
+        Self::Failed,
+        Self::Behind,
+        Self::InSync,
+    ];
+
+    /// The label shown (`in-sync`, `behind`, `failed`, `offline`, `never-reported`,
+    /// `suspended`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Suspended => "suspended",
+            Self::NeverReported => "never-reported",
+            Self::Offline => "offline",
+            Self::Failed => "failed",
+            Self::Behind => "behind",
+            Self::InSync => "in-sync",
+        }
+    }
+}
+
+/// What a cluster's agent last reported, as [`standing`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// The generation it applied.
+    pub generation: i64,
+    /// Whether every object applied and is healthy.
+    pub healthy: bool,
+    /// When it reported, unix millis.
+    pub at: i64,
+}
+
+/// Where a cluster stands at `now`, and by how many generations it is behind: the
+/// generations published to it but not applied by its agent (its head's generation minus the
+/// reported one; all of them before a first report), plus one while an active rollout holds a
+/// newer bundle for it (`waiting`). The first that holds of: suspended, never reported,
+/// offline (no report for `offline_after_ms`), failed (the last report is not healthy),
+/// behind, in sync.
+pub fn standing(
+    head_generation: Option<i64>,
+    seen: Option<Seen>,
+    waiting: bool,
+    suspended: bool,
+    now: i64,
+    offline_after_ms: i64,
+) -> (Standing, i64) {
+    let reported = seen.map_or(0, |s| s.generation);
+    let behind_by = (head_generation.unwrap_or(0) - reported).max(0) + i64::from(waiting);
+    let state = match seen {
+        _ if suspended => Standing::Suspended,
+        None => Standing::NeverReported,
+        Some(s) if now.saturating_sub(s.at) > offline_after_ms => Standing::Offline,
+        Some(s) if !s.healthy => Standing::Failed,
+        _ if behind_by > 0 => Standing::Behind,
+        _ => Standing::InSync,
+    };
+    (state, behind_by)
+}
+
 /// Holds suspended workspaces (`spec.suspend: true`): takes them out of both the desired
 /// and the observed workspaces, so the planner plans no step for them (neither provisioning
 /// nor removal). Returns their ids.
@@ -368,6 +448,46 @@ mod tests {
             ClusterState::Failed
         );
         assert_eq!(gate("d2", 0, 100, None, 100), ClusterState::Failed);
+    }
+
+    #[test]
+    fn a_cluster_stands_suspended_then_unseen_offline_failed_behind_or_in_sync() {
+        let seen = |generation, healthy, at| {
+            Some(Seen {
+                generation,
+                healthy,
+                at,
+            })
+        };
+        let at = |head, s, waiting, suspended| standing(head, s, waiting, suspended, 1_000, 100);
+        assert_eq!(
+            at(Some(3), seen(3, true, 950), false, true),
+            (Standing::Suspended, 0)
+        );
+        assert_eq!(
+            at(Some(2), None, false, false),
+            (Standing::NeverReported, 2)
+        );
+        assert_eq!(
+            at(Some(3), seen(2, true, 899), false, false),
+            (Standing::Offline, 1)
+        );
+        assert_eq!(
+            at(Some(3), seen(3, false, 950), false, false),
+            (Standing::Failed, 0)
+        );
+        assert_eq!(
+            at(Some(5), seen(3, true, 950), false, false),
+            (Standing::Behind, 2)
+        );
+        assert_eq!(
+            at(Some(3), seen(3, true, 950), true, false),
+            (Standing::Behind, 1)
+        );
+        assert_eq!(
+            at(Some(3), seen(3, true, 900), false, false),
+            (Standing::InSync, 0)
+        );
     }
 
     #[test]

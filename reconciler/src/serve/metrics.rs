@@ -31,6 +31,24 @@ pub(super) struct RolloutLabel {
     pub(super) cluster_state: String,
 }
 
+/// The label of `cplane_clusters`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct StandingLabel {
+    /// [`cplane_core::rollout::Standing::label`].
+    pub(super) state: &'static str,
+}
+
+/// The labels of `cplane_rollout_wave_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct WaveLabel {
+    /// The rollout's id.
+    pub(super) rollout: String,
+    /// Its state (`progressing`, `baking`, `paused`).
+    pub(super) state: String,
+    /// The current wave's name.
+    pub(super) wave: String,
+}
+
 /// The server's Prometheus series, shared by the loop and the HTTP handlers: typed families
 /// of constant size (a histogram, not a list of every run's duration), registered once in
 /// one [`Registry`] with the API's and the AWS adapter's series ([`Metrics::register`]).
@@ -56,6 +74,13 @@ pub struct Metrics {
     /// `cplane_rollout_wave_wake_seconds`: from the driver judging a gate passed to the next
     /// wave's long-polls woken.
     pub(super) wave_wake: Histogram,
+    /// `cplane_clusters{state}`: clusters by where they stand (counts, never a series per
+    /// cluster), computed from the database when scraped.
+    pub(super) standings: Family<StandingLabel, Gauge>,
+    /// `cplane_rollout_wave_seconds{rollout,state,wave}`: time in the current wave of each
+    /// active rollout (a newer rollout supersedes the active ones, so this is one series, or
+    /// none), computed when scraped.
+    pub(super) in_wave: Family<WaveLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -71,6 +96,8 @@ impl Default for Metrics {
             long_polls: Gauge::default(),
             rollout_clusters: Family::default(),
             wave_wake: Histogram::new(DURATION_BUCKETS),
+            standings: Family::default(),
+            in_wave: Family::default(),
         }
     }
 }
@@ -99,6 +126,16 @@ impl Metrics {
             "cplane_rollout_wave_wake_seconds",
             "From a rollout gate passing to the next wave's agents woken",
             self.wave_wake.clone(),
+        );
+        registry.register(
+            "cplane_clusters",
+            "Clusters by state: in-sync, behind, failed, offline, never-reported, suspended",
+            self.standings.clone(),
+        );
+        registry.register(
+            "cplane_rollout_wave_seconds",
+            "Seconds each active rollout has been in its current wave",
+            self.in_wave.clone(),
         );
         registry.register(
             "cplane_state_fetches",
@@ -179,6 +216,47 @@ pub(super) async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
     sh.metrics
         .leader
         .set(i64::from(sh.leader.load(Ordering::SeqCst)));
+    // Four small queries (heads, reports in brief, rollouts' waiting clusters, suspended
+    // workspaces) per scrape, on whichever replica is scraped.
+    match crate::rollout::standing_counts(
+        &sh.db,
+        crate::db::now_ms(),
+        sh.settings.agent_offline_after,
+    )
+    .await
+    {
+        Ok(counts) => {
+            for (state, n) in counts {
+                sh.metrics
+                    .standings
+                    .get_or_create(&StandingLabel { state })
+                    .set(n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "counting clusters by state"),
+    }
+    match sh.db.rollouts(true, 0).await {
+        Ok(active) => {
+            let now = crate::db::now_ms();
+            sh.metrics.in_wave.clear();
+            for r in active {
+                let wave = usize::try_from(r.wave)
+                    .ok()
+                    .and_then(|w| r.policy.waves.get(w))
+                    .map(|w| w.name.clone())
+                    .unwrap_or_default();
+                sh.metrics
+                    .in_wave
+                    .get_or_create(&WaveLabel {
+                        rollout: r.id,
+                        state: r.state,
+                        wave,
+                    })
+                    .set((now - r.wave_started_at).max(0) / 1000);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading active rollouts"),
+    }
     let mut out = String::new();
     if let Some(registry) = sh.metrics.registry.get() {
         if let Err(e) = prometheus_text::encode(&mut out, registry) {

@@ -95,6 +95,9 @@ pub struct Settings {
     /// How long a BFF's registration keeps its workspace's `BffHealthy` condition `True`
     /// ([`DEFAULT_BFF_REGISTER_TTL`] by default).
     pub bff_register_ttl: Duration,
+    /// How long without a report before a cluster's agent counts as offline
+    /// ([`crate::rollout::OFFLINE_AFTER`] by default).
+    pub agent_offline_after: Duration,
 }
 
 /// How long a BFF's registration counts when no other follows: 5 minutes.

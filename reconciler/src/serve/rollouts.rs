@@ -52,7 +52,14 @@ async fn one(
         }
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     };
-    match crate::rollout::status(&sh.db, &row, crate::db::now_ms()).await {
+    match crate::rollout::status(
+        &sh.db,
+        &row,
+        crate::db::now_ms(),
+        sh.settings.agent_offline_after,
+    )
+    .await
+    {
         Ok(v) => Json(v).into_response(),
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     }

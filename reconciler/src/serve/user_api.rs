@@ -248,8 +248,10 @@ pub(super) async fn workspace(
     }
 }
 
-/// `GET /v1/clusters/{cluster}/status`: the agent's last report, and whether it applied the
-/// current bundle; `404` for a cluster with neither a published bundle nor a report.
+/// `GET /v1/clusters/{cluster}/status`: the agent's last report, whether it applied the
+/// current bundle, and where the cluster stands ([`crate::rollout::cluster_standing`]:
+/// `state`, `behind_by`, `last_seen`, `message`, `rollout`); `404` for a cluster with neither
+/// a published bundle nor a report (unless its workspace is suspended).
 pub(super) async fn cluster_status(
     State(sh): State<Arc<Shared>>,
     Extension(grants): Extension<Grants>,
@@ -266,10 +268,15 @@ pub(super) async fn cluster_status(
         .store
         .head(&cluster)
         .map(|h| (h.digest.to_string(), h.generation));
+    let suspended = match sh.db.suspended_clusters().await {
+        Ok(s) => s.contains(&cluster),
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
     match sh.db.cluster_status(&cluster).await {
-        // Neither published nor ever reported: no such cluster, for admins as for everyone
-        // (not an empty status for any string put in the path).
-        Ok(None) if current.is_none() => {
+        // Neither published nor ever reported nor held by its suspended workspace: no such
+        // cluster, for admins as for everyone (not an empty status for any string put in the
+        // path).
+        Ok(None) if current.is_none() && !suspended => {
             api_error(StatusCode::NOT_FOUND, format!("no cluster {cluster}")).into_response()
         }
         Ok(report) => {
@@ -277,11 +284,29 @@ pub(super) async fn cluster_status(
                 (Some((digest, _)), Some((r, _))) => r.digest == *digest,
                 _ => false,
             };
+            let standing = match crate::rollout::cluster_standing(
+                &sh.db,
+                &cluster,
+                current.as_ref().map(|(_, g)| *g),
+                report.as_ref(),
+                crate::db::now_ms(),
+                sh.settings.agent_offline_after,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+            };
             Json(json!({
                 "cluster": cluster,
                 "current": current.map(|(digest, generation)| json!({"digest": digest, "generation": generation})),
                 "reported": report.map(|(r, at)| json!({"report": r, "reported_at": at})),
                 "in_sync": in_sync,
+                "state": standing["state"],
+                "behind_by": standing["behind_by"],
+                "last_seen": standing["last_seen"],
+                "message": standing["message"],
+                "rollout": standing["rollout"],
             }))
             .into_response()
         }

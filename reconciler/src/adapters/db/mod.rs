@@ -135,14 +135,17 @@ pub struct Retention {
     pub keep: u32,
     /// Runs older than this are deleted (whatever `keep` says).
     pub max_age: std::time::Duration,
+    /// Finished rollouts kept per stack (the newest; at least 1): see [`Db::prune_rollouts`].
+    pub rollouts: u32,
 }
 
 impl Default for Retention {
-    /// The newest 1,000 runs per scope, at most 30 days old.
+    /// The newest 1,000 runs per scope, at most 30 days old; the newest 20 rollouts per stack.
     fn default() -> Self {
         Self {
             keep: 1000,
             max_age: std::time::Duration::from_secs(30 * 24 * 3600),
+            rollouts: 20,
         }
     }
 }
@@ -203,6 +206,11 @@ impl Db {
             url: url.into(),
             retention: Retention::default(),
         })
+    }
+
+    /// Finished rollouts kept per stack ([`Retention::rollouts`], at least 1).
+    pub fn rollouts_kept(&self) -> u32 {
+        self.retention.rollouts.max(1)
     }
 
     /// The same pool, keeping runs by `retention` from now on.

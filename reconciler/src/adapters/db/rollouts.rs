@@ -3,7 +3,7 @@
 //! updates (`WHERE state = … AND wave = …`), so two replicas acting on one rollout at once
 //! cannot both move it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::Row;
 
@@ -245,9 +245,39 @@ impl Db {
         Ok(())
     }
 
-    /// Marks which clusters of active rollouts belong to suspended workspaces now.
-    pub async fn set_rollout_suspended(&self, suspended: &[String]) -> Result<(), Error> {
+    /// Records which clusters belong to suspended workspaces now: marks them in active
+    /// rollouts, and gives their workspaces the condition `Suspended` (True; the others' turns
+    /// False), which status reads ([`Db::suspended_clusters`]).
+    pub async fn set_rollout_suspended(
+        &self,
+        suspended: &[String],
+        commit: &str,
+    ) -> Result<(), Error> {
+        let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE entity_status SET status = 'False', reason = 'NotSuspended', message = '', commit_id = $1, updated_at = $2 WHERE kind = 'workspace' AND condition = 'Suspended' AND status = 'True'")
+            .bind(commit)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        for c in suspended {
+            let Some(workspace) = c.strip_prefix("w-") else {
+                continue;
+            };
+            sqlx::query(super::status::UPSERT_CONDITION)
+                .bind("workspace")
+                .bind(workspace)
+                .bind("Suspended")
+                .bind("True")
+                .bind("Suspended")
+                .bind(
+                    "spec.suspend: true: no cloud steps and no new bundle until it is unsuspended",
+                )
+                .bind(commit)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(&format!("UPDATE rollout_clusters SET suspended = 0 WHERE suspended = 1 AND rollout_id IN (SELECT id FROM rollouts WHERE state IN {ACTIVE})"))
             .execute(&mut *tx)
             .await?;
@@ -256,6 +286,50 @@ impl Db {
                 .bind(c)
                 .execute(&mut *tx)
                 .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The sync windows each cluster of an active rollout is held by: (rollout id, cluster,
+    /// windows).
+    pub async fn rollout_windows(
+        &self,
+    ) -> Result<Vec<(String, String, Vec<cplane_schema::model::SyncWindow>)>, Error> {
+        let rows = sqlx::query(&format!("SELECT c.rollout_id, c.cluster_id, c.windows FROM rollout_clusters c JOIN rollouts r ON r.id = c.rollout_id WHERE r.state IN {ACTIVE}"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let windows: String = r.try_get("windows")?;
+                Ok((
+                    r.try_get("rollout_id")?,
+                    r.try_get("cluster_id")?,
+                    serde_json::from_str(&windows).map_err(|e| Error::Corrupt(e.to_string()))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Sets the sync windows of some clusters of rollouts: (rollout id, cluster, windows), in
+    /// one transaction.
+    pub async fn set_rollout_windows(
+        &self,
+        changes: &[(String, String, Vec<cplane_schema::model::SyncWindow>)],
+    ) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (rollout, cluster, windows) in changes {
+            sqlx::query(
+                "UPDATE rollout_clusters SET windows = $1 WHERE rollout_id = $2 AND cluster_id = $3",
+            )
+            .bind(serde_json::to_string(windows).expect("windows serialize"))
+            .bind(rollout)
+            .bind(cluster)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -423,6 +497,144 @@ impl Db {
             }
         }
         Ok(out)
+    }
+
+    /// The clusters of suspended workspaces (as the last run recorded them).
+    pub async fn suspended_clusters(&self) -> Result<BTreeSet<String>, Error> {
+        Ok(self
+            .entities_with("workspace", "Suspended")
+            .await?
+            .into_iter()
+            .map(|w| format!("w-{w}"))
+            .collect())
+    }
+
+    /// The clusters an active rollout has not reached yet (`pending` or `held`), or just
+    /// `only`: cluster → (rollout id, rollout state, cluster state, wave index, message), from
+    /// the newest such rollout.
+    pub async fn rollout_waiting(
+        &self,
+        only: Option<&str>,
+    ) -> Result<HashMap<String, (String, String, String, i64, String)>, Error> {
+        let sql = format!(
+            "SELECT c.cluster_id, r.id, r.state AS rstate, c.state AS cstate, c.wave, c.message
+             FROM rollout_clusters c JOIN rollouts r ON r.id = c.rollout_id
+             WHERE r.state IN {ACTIVE} AND c.state IN ('pending', 'held'){} ORDER BY r.created_at",
+            if only.is_some() {
+                " AND c.cluster_id = $1"
+            } else {
+                ""
+            }
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(c) = only {
+            q = q.bind(c);
+        }
+        let mut out = HashMap::new();
+        for r in q.fetch_all(&self.pool).await? {
+            out.insert(
+                r.try_get("cluster_id")?,
+                (
+                    r.try_get("id")?,
+                    r.try_get("rstate")?,
+                    r.try_get("cstate")?,
+                    r.try_get("wave")?,
+                    r.try_get("message")?,
+                ),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every cluster's last report in brief: cluster → (generation, healthy, reported_at).
+    pub async fn report_heads(&self) -> Result<HashMap<String, (i64, bool, i64)>, Error> {
+        let rows =
+            sqlx::query("SELECT cluster_id, generation, healthy, reported_at FROM cluster_status")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let healthy: String = r.try_get("healthy")?;
+                Ok((
+                    r.try_get("cluster_id")?,
+                    (
+                        r.try_get("generation")?,
+                        healthy == "True",
+                        r.try_get("reported_at")?,
+                    ),
+                ))
+            })
+            .collect()
+    }
+
+    /// Deletes finished rollouts (completed, aborted, superseded) with their clusters and
+    /// events, keeping the newest `keep` rollouts of each stack (a rollout of several stacks
+    /// stays while it is among the newest `keep` of any of them; one of no stack, a change held
+    /// by a sync window alone, counts under the stack `""`). An aborted rollout stays, whatever
+    /// its age, while some cluster it never reached is in no newer rollout: it still decides
+    /// that cluster's bundle ([`Db::rollout_targets`]). Returns how many were deleted.
+    pub async fn prune_rollouts(&self, keep: u32) -> Result<usize, Error> {
+        let rows = sqlx::query(
+            "SELECT id, stacks, state, created_at FROM rollouts ORDER BY created_at DESC, id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        let mut doomed = Vec::new();
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let state: String = r.try_get("state")?;
+            let created_at: i64 = r.try_get("created_at")?;
+            let stacks: String = r.try_get("stacks")?;
+            let mut stacks: Vec<String> =
+                serde_json::from_str(&stacks).map_err(|e| Error::Corrupt(e.to_string()))?;
+            if stacks.is_empty() {
+                stacks.push(String::new());
+            }
+            let mut kept = false;
+            for stack in stacks {
+                let n = seen.entry(stack).or_default();
+                kept |= *n < keep;
+                *n += 1;
+            }
+            if kept || !matches!(state.as_str(), "completed" | "aborted" | "superseded") {
+                continue;
+            }
+            if state == "aborted" {
+                let pins = sqlx::query(
+                    "SELECT 1 AS pin FROM rollout_clusters c WHERE c.rollout_id = $1 AND c.suspended = 0 AND c.published_at IS NULL
+                     AND NOT EXISTS (SELECT 1 FROM rollout_clusters n JOIN rollouts r ON r.id = n.rollout_id
+                                     WHERE n.cluster_id = c.cluster_id AND r.created_at > $2)
+                     LIMIT 1",
+                )
+                .bind(&id)
+                .bind(created_at)
+                .fetch_optional(&self.pool)
+                .await?;
+                if pins.is_some() {
+                    continue;
+                }
+            }
+            doomed.push(id);
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        for id in &doomed {
+            for table in ["rollout_events", "rollout_clusters"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE rollout_id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("DELETE FROM rollouts WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(doomed.len())
     }
 
     /// Counts of clusters by rollout state and cluster state, over active rollouts.

@@ -215,6 +215,10 @@ pub(super) struct RetentionArgs {
     /// Reconcile runs older than this are deleted (e.g. `30d`, `12h`).
     #[arg(long, env = "CPLANE_KEEP_RUNS_FOR", default_value = "30d", value_parser = parse_interval)]
     pub(super) keep_runs_for: std::time::Duration,
+    /// Finished rollouts kept in the database per stack (the newest; older ones are deleted
+    /// when a new rollout starts, except an aborted one that still holds clusters back).
+    #[arg(long, env = "CPLANE_KEEP_ROLLOUTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(super) keep_rollouts: u32,
 }
 
 impl RetentionArgs {
@@ -222,10 +226,12 @@ impl RetentionArgs {
         let Self {
             keep_runs,
             keep_runs_for,
+            keep_rollouts,
         } = self;
         cplane_reconciler::db::Retention {
             keep: keep_runs,
             max_age: keep_runs_for,
+            rollouts: keep_rollouts,
         }
     }
 }
@@ -637,6 +643,10 @@ pub(super) enum Command {
         /// a BFF that does not register again within it turns `False` (`RegistrationExpired`).
         #[arg(long, env = "CPLANE_BFF_REGISTER_TTL", default_value = "5m", value_parser = parse_interval)]
         bff_register_ttl: std::time::Duration,
+        /// How long without a report before a cluster's agent counts as `offline` in cluster
+        /// and rollout status and in `cplane_clusters{state}`.
+        #[arg(long, env = "CPLANE_AGENT_OFFLINE_AFTER", default_value = "10m", value_parser = parse_interval)]
+        agent_offline_after: std::time::Duration,
         #[command(flatten)]
         retention: RetentionArgs,
         #[command(flatten)]

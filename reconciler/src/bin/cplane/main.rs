@@ -223,6 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             delete_foreign_records,
             header_read_timeout,
             bff_register_ttl,
+            agent_offline_after,
             retention,
             tls,
             edge,
@@ -251,6 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 header_read_timeout,
                 edge: edge.settings(),
                 bff_register_ttl,
+                agent_offline_after,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

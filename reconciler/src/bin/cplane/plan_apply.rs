@@ -437,7 +437,13 @@ pub(super) async fn rollout_command(command: RolloutCommand) -> anyhow::Result<E
                 eprintln!("error: no rollout {id}");
                 return Ok(ExitCode::from(2));
             };
-            cplane_reconciler::rollout::status(&db, &r, now).await?
+            cplane_reconciler::rollout::status(
+                &db,
+                &r,
+                now,
+                cplane_reconciler::rollout::OFFLINE_AFTER,
+            )
+            .await?
         }
         None => serde_json::json!({"rollouts": db.rollouts(false, 20).await?}),
     };
