@@ -69,6 +69,8 @@ pub struct Settings {
     pub delete_foreign_records: bool,
     /// Whether the server runs with a cloud (else the plan's cloud steps are skipped).
     pub cloud: bool,
+    /// The forge `?mode=pr` opens pull requests on (`None`: it only pushes the branch).
+    pub forge: Option<crate::adapters::forge::Forge>,
 }
 
 /// A function that starts a reconcile.

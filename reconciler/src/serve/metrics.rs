@@ -56,6 +56,9 @@ pub struct Metrics {
     /// `cplane_rollout_wave_wake_seconds`: from the driver judging a gate passed to the next
     /// wave's long-polls woken.
     pub(super) wave_wake: Histogram,
+    /// `cplane_pull_request_plans_total{outcome}`: plans of pull requests posted on the forge
+    /// (`planned`, `invalid`, `error`) or not (`forge_error`).
+    pub(super) pull_request_plans: Family<RunLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,11 +74,19 @@ impl Default for Metrics {
             long_polls: Gauge::default(),
             rollout_clusters: Family::default(),
             wave_wake: Histogram::new(DURATION_BUCKETS),
+            pull_request_plans: Family::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Counts one pull request's plan by its outcome.
+    pub(super) fn pull_request_plan(&self, outcome: &'static str) {
+        self.pull_request_plans
+            .get_or_create(&RunLabel { outcome })
+            .inc();
+    }
+
     /// Builds the registry of every series: these, the API's and the AWS adapter's (when
     /// configured). Called once at server start; later calls change nothing.
     pub(super) fn register(&self, api: Option<&crate::api::Api>, aws: Option<&Aws>) {
@@ -99,6 +110,11 @@ impl Metrics {
             "cplane_rollout_wave_wake_seconds",
             "From a rollout gate passing to the next wave's agents woken",
             self.wave_wake.clone(),
+        );
+        registry.register(
+            "cplane_pull_request_plans",
+            "Plans of pull requests by outcome (forge_error: not posted)",
+            self.pull_request_plans.clone(),
         );
         registry.register(
             "cplane_state_fetches",

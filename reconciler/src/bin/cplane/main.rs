@@ -213,10 +213,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             retention,
             tls,
             edge,
+            forge,
             auth,
         } => {
             disable_huge_pages();
             let (tls, forwarded_certs) = tls.settings()?;
+            let (forge, public_url) = forge.settings()?;
             let settings = cplane_reconciler::serve::Settings {
                 repo_url,
                 branch,
@@ -238,6 +240,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 header_read_timeout,
                 edge: edge.settings(),
                 bff_register_ttl,
+                forge,
+                public_url,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
