@@ -3,12 +3,13 @@
 //! (`refs/pull/N/head` or `refs/merge-requests/N/head`, into the mirror's `refs/cplane/plan/`)
 //! and planned by the code of `POST /v1/plan` ([`crate::api::Api::preview`]) against what this
 //! server has applied; then
-//! 1. the head commit gets the status `cplane/plan`: `pending` while planning, then `success`
-//!    with the plan's summary, or `failure` (the revision is invalid, or could not be
-//!    planned), linking to `GET /v1/plan?rev=<head>`;
+//! 1. the head commit gets the status `cplane/plan` `pending` while it is planned;
 //! 2. the request gets one comment — [`Preview::markdown`](crate::preview::Preview::markdown),
 //!    or every validation error with its file:line:column — marked with
-//!    [`MARKER`](crate::adapters::forge::MARKER), and edited in place on later pushes.
+//!    [`MARKER`](crate::adapters::forge::MARKER), and edited in place on later pushes;
+//! 3. then the final status: `success` with the plan's summary, or `failure` (the revision is
+//!    invalid, or could not be planned), linking to `GET /v1/plan?rev=<head>`. A final
+//!    status means the comment is up to date.
 //!
 //! # Guarantees
 //! - Plans are posted one at a time ([`Shared::pull_requests`]), so two pushes in quick
@@ -138,11 +139,13 @@ async fn post(
     outcome: &Outcome,
     link: &str,
 ) -> Result<(), crate::adapters::forge::Error> {
-    forge
-        .set_status(&request.head, outcome.state, &outcome.description, link)
-        .await?;
+    // The comment first: a final status says the plan is posted, for people and for bots
+    // waiting on it.
     forge
         .upsert_comment(request.number, &outcome.comment)
+        .await?;
+    forge
+        .set_status(&request.head, outcome.state, &outcome.description, link)
         .await?;
     Ok(())
 }
