@@ -58,17 +58,58 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `git daemon` serving the bare repositories under a directory on 127.0.0.1, fetch and push:
+/// the state repo's remote at a network URL, as a forge serves it. Killed on drop.
+struct GitDaemon {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn start(dir: &Path) -> Self {
+        let port = cplane_e2e::moto::free_port();
+        let child = Command::new("git")
+            .arg("daemon")
+            .args(["--reuseaddr", "--export-all", "--enable=receive-pack"])
+            .args(["--listen=127.0.0.1", &format!("--port={port}")])
+            .arg(format!("--base-path={}", dir.display()))
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        cplane_e2e::serve::wait_for("git daemon's port", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self { child, port }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How the server reaches the state repo and reads the forge's token.
+#[derive(Clone, Copy)]
+struct Access {
+    /// The token from a file (else from an environment variable).
+    token_file: bool,
+    /// The remote over `git://` (else `file://`): fetches of request heads go over the network.
+    network: bool,
+}
+
 /// A server configured for the forge `kind` served by a test forge, with a development
-/// issuer, under `dir`: (server, forge). The token is given by environment variable, or by
-/// file with `token_file`.
+/// issuer, under `dir`: (server, forge, the git daemon when `access.network`).
 fn serve_with_forge(
     dir: &Path,
     kind: ForgeKind,
     dev: &cplane_reconciler::auth::dev::DevIssuer,
-    token_file: bool,
+    access: Access,
     extra: Vec<(String, String)>,
     extra_args: &[&str],
-) -> (Serve, ForgeServer) {
+) -> (Serve, ForgeServer, Option<GitDaemon>) {
     // `Serve` makes the bare remote at `dir/remote.git`: the forge's repository.
     let forge = ForgeServer::start(kind, REPO, TOKEN, &dir.join("remote.git"));
     let mut serve = Serve::new(dir)
@@ -89,7 +130,11 @@ fn serve_with_forge(
             "cplane",
         ])
         .args(extra_args);
-    if token_file {
+    let daemon = access.network.then(|| GitDaemon::start(dir));
+    if let Some(daemon) = &daemon {
+        serve = serve.remote_url(&format!("git://127.0.0.1:{}/remote.git", daemon.port));
+    }
+    if access.token_file {
         let file = dir.join("forge-token");
         fs::write(&file, format!("{TOKEN}\n")).expect("token file");
         serve = serve.args(["--forge-token-file", file.to_str().expect("utf-8")]);
@@ -101,7 +146,7 @@ fn serve_with_forge(
     for (k, v) in extra {
         serve = serve.env(&k, &v);
     }
-    (serve, forge)
+    (serve, forge, daemon)
 }
 
 /// An admin's bearer token.
@@ -176,11 +221,14 @@ async fn a_pull_request_gets_one_plan_comment_updated_on_every_push_and_merging_
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-    let (serve, forge) = serve_with_forge(
+    let (serve, forge, _daemon) = serve_with_forge(
         tmp.path(),
         ForgeKind::GitHub,
         &dev,
-        false,
+        Access {
+            token_file: false,
+            network: false,
+        },
         env,
         &["--cloud", "aws"],
     );
@@ -309,10 +357,10 @@ fn nothing_to_do(port: u16, token: &str, rev: Option<&str>) -> bool {
 /// For one forge: `?mode=pr` opens the request once (the same change again answers the same
 /// request), its events get a status and one comment, and a push that breaks validation turns
 /// the status to failure and the comment to the errors with file:line.
-async fn pull_request_round_trip(kind: ForgeKind, token_file: bool) {
+async fn pull_request_round_trip(kind: ForgeKind, access: Access) {
     let dev = issuer().await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (serve, forge) = serve_with_forge(tmp.path(), kind, &dev, token_file, Vec::new(), &[]);
+    let (serve, forge, _daemon) = serve_with_forge(tmp.path(), kind, &dev, access, Vec::new(), &[]);
     let server = serve.start();
     let port = server.port;
     let token = admin(&server, &dev);
@@ -393,6 +441,20 @@ async fn pull_request_round_trip(kind: ForgeKind, token_file: bool) {
     let (status, body) = deliver(&server, forge.event(number, false, SECRET));
     assert_eq!(status, 202, "{body}");
     let status = final_status(&forge, &broken);
+    if access.network {
+        // The server did not have the pushed head: it fetched it from the remote, by the
+        // request's ref, into the mirror's private namespace.
+        let mirror = git2::Repository::open_bare(tmp.path().join("mirror.git")).expect("mirror");
+        let fetched = match kind {
+            ForgeKind::GitLab => format!("refs/cplane/plan/merge-requests/{number}/head"),
+            _ => format!("refs/cplane/plan/pull/{number}/head"),
+        };
+        assert_eq!(
+            mirror.refname_to_id(&fetched).map(|id| id.to_string()).ok(),
+            Some(broken.clone()),
+            "{fetched} in the mirror"
+        );
+    }
     let failed = if kind == ForgeKind::GitLab {
         "failed"
     } else {
@@ -447,17 +509,38 @@ async fn pull_request_round_trip(kind: ForgeKind, token_file: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_pull_requests_are_opened_planned_and_commented_once() {
-    pull_request_round_trip(ForgeKind::GitHub, false).await;
+    pull_request_round_trip(
+        ForgeKind::GitHub,
+        Access {
+            token_file: false,
+            network: false,
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gitlab_merge_requests_are_opened_planned_and_noted_once() {
-    pull_request_round_trip(ForgeKind::GitLab, false).await;
+    pull_request_round_trip(
+        ForgeKind::GitLab,
+        Access {
+            token_file: false,
+            network: true,
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gitea_pull_requests_are_opened_planned_and_commented_once() {
-    pull_request_round_trip(ForgeKind::Gitea, true).await;
+    pull_request_round_trip(
+        ForgeKind::Gitea,
+        Access {
+            token_file: true,
+            network: true,
+        },
+    )
+    .await;
 }
 
 /// A forge that refuses the token: `?mode=pr` still pushes the branch and says the request
@@ -466,8 +549,17 @@ async fn gitea_pull_requests_are_opened_planned_and_commented_once() {
 async fn a_forge_refusing_the_token_is_reported_not_hidden() {
     let dev = issuer().await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (serve, forge) =
-        serve_with_forge(tmp.path(), ForgeKind::GitHub, &dev, false, Vec::new(), &[]);
+    let (serve, forge, _daemon) = serve_with_forge(
+        tmp.path(),
+        ForgeKind::GitHub,
+        &dev,
+        Access {
+            token_file: false,
+            network: false,
+        },
+        Vec::new(),
+        &[],
+    );
     let server = serve.env(TOKEN_ENV, "not-the-token").start();
     let port = server.port;
     let token = admin(&server, &dev);
