@@ -16,7 +16,10 @@
 //!   message, path}]}` (the shape of `cplane validate --format json`), `404`, `409`, `412`
 //!   (`If-Match: "<commit>"`, the `ETag` of `GET /v1/workspaces/{id}`, quoted or bare: the
 //!   file changed since that commit), else `{"commit": "<id>", "changed": bool}`; `?mode=pr` answers
-//!   `{"branch", "commit"}` instead. A published commit triggers a reconcile; every outcome is
+//!   `{"branch", "commit"}` instead, and with a forge configured opens the pull (merge)
+//!   request of the branch — or finds the one open — and adds `"pull_request": {"number",
+//!   "url", "created"}` (`502` with `{"error", "branch", "commit"}` when the forge fails: the
+//!   branch is pushed, the same change again opens the request). A published commit triggers a reconcile; every outcome is
 //!   counted in `/metrics` (`cplane_api_commits_total{outcome}`).
 //! - `GET /v1/plan[?rev=REV]` and `POST /v1/plan` (`{"rev", "ref"?}`): the plan of the remote
 //!   head (or of `rev`, fetched when the server lacks it) against what is applied (the
@@ -69,6 +72,8 @@ pub struct Settings {
     pub delete_foreign_records: bool,
     /// Whether the server runs with a cloud (else the plan's cloud steps are skipped).
     pub cloud: bool,
+    /// The forge `?mode=pr` opens pull requests on (`None`: it only pushes the branch).
+    pub forge: Option<crate::adapters::forge::Forge>,
 }
 
 /// A function that starts a reconcile.
@@ -241,7 +246,23 @@ async fn run_write(api: &Api, w: Write, headers: &HeaderMap, query: ModeQuery) -
                 StatusCode::OK
             };
             let body = match &w.branch {
-                Some(branch) => json!({ "branch": branch, "commit": w.commit }),
+                Some(branch) => {
+                    let mut body = json!({ "branch": branch, "commit": w.commit });
+                    if let Some(forge) = &api.settings.forge {
+                        match open_pull_request(api, forge, branch, w.message.as_deref()).await {
+                            Ok(opened) => body["pull_request"] = json!(opened),
+                            Err(e) => {
+                                tracing::warn!(error = %e, branch = %branch, "opening the pull request");
+                                body["error"] = json!(format!(
+                                    "the branch is pushed, but the {} could not be opened: {e}; retrying the same change opens it",
+                                    forge.kind().request_noun()
+                                ));
+                                return (StatusCode::BAD_GATEWAY, Json(body)).into_response();
+                            }
+                        }
+                    }
+                    body
+                }
                 None => json!({ "commit": w.commit, "changed": w.changed }),
             };
             (status, Json(body)).into_response()
@@ -258,6 +279,25 @@ async fn run_write(api: &Api, w: Write, headers: &HeaderMap, query: ModeQuery) -
             }
         }
     }
+}
+
+/// Opens (or finds open) the pull request of a `?mode=pr` branch into the followed branch:
+/// the title is the commit's subject, the description its body (which names the user).
+async fn open_pull_request(
+    api: &Api,
+    forge: &crate::adapters::forge::Forge,
+    branch: &str,
+    message: Option<&str>,
+) -> Result<crate::adapters::forge::Opened, crate::adapters::forge::Error> {
+    let message = message.unwrap_or(branch);
+    let (title, body) = message.split_once('\n').unwrap_or((message, ""));
+    let body = format!(
+        "{}\n\nOpened by cplane (`?mode=pr`) from branch `{branch}`; pushing to the branch updates it.\n",
+        body.trim()
+    );
+    forge
+        .open_request(branch, &api.settings.branch, title.trim(), &body)
+        .await
 }
 
 /// The account of a workspace at the head: the writer's index, else read from the repo.

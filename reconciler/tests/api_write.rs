@@ -261,7 +261,8 @@ async fn stack_changes_commit_as_the_user_and_keep_the_file_layout() {
             commit: w2.commit.clone(),
             created: false,
             changed: false,
-            branch: None
+            branch: None,
+            message: None,
         }
     );
     let w3 = writer

@@ -14,7 +14,8 @@
 //!   by the `kube-fake` example; [`kube_rbac`] its optional RBAC), [`moto`] (AWS, moto's server in a venv of its own),
 //!   [`fault_proxy`] (faults injected in front of moto), [`fake_cloud`] (an in-memory `Cloud`),
 //!   [`keycloak`] (Keycloak's admin API), [`cloudflare_kv`] (Workers KV's REST API, recording),
-//!   [`faults`] (their injected throttling), [`fake_global`] (in-memory ports of steps 8, 9),
+//!   [`faults`] (their injected throttling), [`forge`] (GitHub's, GitLab's and Gitea's REST
+//!   API for pull requests, recording), [`fake_global`] (in-memory ports of steps 8, 9),
 //!   [`oidc`] (a local OIDC issuer), [`venv`] (Python tools in venvs under `~/.cache`).
 //!
 //! Library-level tests, which need none of this, live next to their crates
@@ -27,6 +28,7 @@ pub mod fake_cloud;
 pub mod fake_global;
 pub mod fault_proxy;
 pub mod faults;
+pub mod forge;
 pub mod http;
 pub mod keycloak;
 pub mod kube_apiserver;

@@ -135,6 +135,7 @@ fn work_of(dir: &Path, remote: &Path) -> (std::path::PathBuf, String) {
 pub struct Serve {
     dir: std::path::PathBuf,
     remote: Option<std::path::PathBuf>,
+    remote_url: Option<String>,
     port: Option<u16>,
     database: Option<String>,
     args: Vec<std::ffi::OsString>,
@@ -148,6 +149,7 @@ impl Serve {
         Self {
             dir: dir.to_owned(),
             remote: None,
+            remote_url: None,
             port: None,
             database: None,
             args: Vec::new(),
@@ -172,6 +174,14 @@ impl Serve {
     /// control planes of one platform) instead of a new one seeded with the template.
     pub fn state_repo(mut self, remote: &Path) -> Self {
         self.remote = Some(remote.to_owned());
+        self
+    }
+
+    /// Follows the state repo at `url` (e.g. a `git://` URL of a daemon serving
+    /// `dir/remote.git`) instead of `file://` and the bare remote's path: the server then
+    /// fetches and pushes over the network, as in production.
+    pub fn remote_url(mut self, url: &str) -> Self {
+        self.remote_url = Some(url.to_owned());
         self
     }
 
@@ -227,6 +237,7 @@ impl Serve {
         let Self {
             dir,
             remote,
+            remote_url,
             port,
             database,
             args,
@@ -254,7 +265,7 @@ impl Serve {
         let child = std::process::Command::new(crate::cargo_bin("cplane"))
             .arg("serve")
             .arg("--repo-url")
-            .arg(format!("file://{}", remote.display()))
+            .arg(remote_url.unwrap_or_else(|| format!("file://{}", remote.display())))
             .args(["--branch", &branch, "--poll", "1h", "--database", &database])
             .arg("--mirror")
             .arg(dir.join("mirror.git"))

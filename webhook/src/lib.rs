@@ -15,9 +15,11 @@
 //! shows); a source address over its rate is answered `429` before its body is read
 //! ([`RateLimit`]); bodies over the limit are refused before parsing; a delivery id recorded
 //! before — in memory, or in a store the server's replicas share ([`Deliveries`]) — is
-//! acknowledged and ignored; pushes to other branches and non-push events are acknowledged and
+//! acknowledged and ignored; pushes to other branches and other events are acknowledged and
 //! ignored. A valid push calls the trigger, which the server coalesces with a reconcile already
-//! in flight.
+//! in flight. Pull- and merge-request events (GitHub and Gitea `pull_request`, GitLab `Merge
+//! Request Hook`) into the watched branch are verified alike and handed to the server's
+//! planner when it has one ([`router_with_pull_requests`], [`PullRequest`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -36,8 +38,10 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 mod limit;
+mod pull_request;
 
 pub use limit::{Limiter, RateLimit, MAX_SOURCES};
+pub use pull_request::PullRequest;
 
 /// Default largest body accepted: GitHub caps payloads at 25 MB, but a push to a state repo is
 /// small; 1 MiB keeps a flood cheap.
@@ -75,6 +79,9 @@ pub struct Push {
 pub enum Verdict {
     /// A push to the watched branch: reconcile.
     Trigger(Push),
+    /// A pull or merge request into the watched branch opened, reopened or pushed to: plan
+    /// its head.
+    PullRequest(PullRequest),
     /// Authentic, but nothing to do (another branch, a tag, a ping, …).
     Ignored(String),
 }
@@ -151,18 +158,39 @@ fn token_matches(secret: &[u8], given: &[u8]) -> bool {
     Sha256::digest(secret).ct_eq(&Sha256::digest(given)).into()
 }
 
+/// What kind of event a delivery carries, by its sender's event header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Push,
+    PullRequest,
+    Other,
+}
+
 /// Verifies and interprets one delivery. Pure: no I/O, no state.
 pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdict, Error> {
     let secret = &config.secret[..];
+    let github_event = |h| match header(h, "x-github-event") {
+        Some("push") => Event::Push,
+        Some("pull_request") => Event::PullRequest,
+        _ => Event::Other,
+    };
+    let gitea_event = |h| match header(h, "x-gitea-event") {
+        Some("push") => Event::Push,
+        Some("pull_request") => Event::PullRequest,
+        _ => Event::Other,
+    };
     let (sender, event, delivery) = if let Some(token) = header(headers, "x-gitlab-token") {
         if !token_matches(secret, token.as_bytes()) {
             return Err(Error::BadSignature);
         }
-        let event = header(headers, "x-gitlab-event").unwrap_or("");
-        let push = matches!(event, "Push Hook" | "System Hook");
+        let event = match header(headers, "x-gitlab-event").unwrap_or("") {
+            "Push Hook" | "System Hook" => Event::Push,
+            "Merge Request Hook" => Event::PullRequest,
+            _ => Event::Other,
+        };
         (
             Sender::GitLab,
-            push,
+            event,
             // GitLab keeps `Idempotency-Key` across retries of one event (since 17.4);
             // `X-Gitlab-Event-UUID` is the fallback of older versions.
             header(headers, "idempotency-key").or(header(headers, "x-gitlab-event-uuid")),
@@ -173,7 +201,7 @@ pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdi
         }
         (
             Sender::Gitea,
-            header(headers, "x-gitea-event") == Some("push"),
+            gitea_event(headers),
             header(headers, "x-gitea-delivery"),
         )
     } else if let Some(sig) = header(headers, "x-hub-signature-256") {
@@ -186,13 +214,13 @@ pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdi
         if headers.contains_key("x-gitea-event") {
             (
                 Sender::Gitea,
-                header(headers, "x-gitea-event") == Some("push"),
+                gitea_event(headers),
                 header(headers, "x-gitea-delivery"),
             )
         } else {
             (
                 Sender::GitHub,
-                header(headers, "x-github-event") == Some("push"),
+                github_event(headers),
                 header(headers, "x-github-delivery"),
             )
         }
@@ -203,13 +231,29 @@ pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdi
         if !ok {
             return Err(Error::BadSignature);
         }
-        (Sender::Generic, true, header(headers, "x-cplane-delivery"))
+        (
+            Sender::Generic,
+            Event::Push,
+            header(headers, "x-cplane-delivery"),
+        )
     } else {
         return Err(Error::Unsigned);
     };
-    if !event {
-        return Ok(Verdict::Ignored("not a push event".into()));
+    let delivery = delivery.map(str::to_owned);
+    match event {
+        Event::Other => Ok(Verdict::Ignored("not a push or pull request event".into())),
+        Event::PullRequest => pull_request::interpret(sender, delivery, body, &config.branch),
+        Event::Push => push(sender, delivery, body, &config.branch),
     }
+}
+
+/// A push delivery's verdict.
+fn push(
+    sender: Sender,
+    delivery: Option<String>,
+    body: &[u8],
+    watched: &str,
+) -> Result<Verdict, Error> {
     #[derive(serde::Deserialize)]
     struct Payload {
         #[serde(rename = "ref")]
@@ -227,10 +271,9 @@ pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdi
             payload.git_ref
         )));
     };
-    if branch != config.branch {
+    if branch != watched {
         return Ok(Verdict::Ignored(format!(
-            "branch {branch} is not watched ({})",
-            config.branch
+            "branch {branch} is not watched ({watched})"
         )));
     }
     if payload.deleted {
@@ -240,7 +283,7 @@ pub fn verify(headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Verdi
     }
     Ok(Verdict::Trigger(Push {
         sender,
-        delivery: delivery.map(str::to_owned),
+        delivery,
         branch: branch.to_owned(),
         after: payload.after,
     }))
@@ -309,6 +352,11 @@ impl Seen {
 /// Called for every verified push to the watched branch.
 pub type Trigger = Arc<dyn Fn(Push) + Send + Sync>;
 
+/// Called for every verified pull- or merge-request event that asks for a plan
+/// ([`Verdict::PullRequest`]). It should return at once (forges give up on a delivery after
+/// about ten seconds): plan and post from a task of its own.
+pub type PullRequestTrigger = Arc<dyn Fn(PullRequest) + Send + Sync>;
+
 /// What the router accepts: body size, rate per source, and where delivery ids are recorded.
 #[derive(Clone)]
 pub struct Limits {
@@ -344,6 +392,7 @@ impl std::fmt::Debug for Limits {
 struct Hook {
     config: Config,
     trigger: Trigger,
+    pull_requests: Option<PullRequestTrigger>,
     deliveries: Arc<dyn Deliveries>,
 }
 
@@ -367,6 +416,18 @@ pub fn router(config: Config, trigger: Trigger, max_body: usize) -> Router {
 /// body is read. The source is the request's `ConnectInfo<SocketAddr>` extension; requests
 /// without one share a bucket.
 pub fn router_with_limits(config: Config, trigger: Trigger, limits: Limits) -> Router {
+    router_with_pull_requests(config, trigger, None, limits)
+}
+
+/// [`router_with_limits`] that also hands pull- and merge-request events to `pull_requests`
+/// (`202` with `{"planning": true, "pull_request": …}`); without it they are acknowledged
+/// and ignored.
+pub fn router_with_pull_requests(
+    config: Config,
+    trigger: Trigger,
+    pull_requests: Option<PullRequestTrigger>,
+    limits: Limits,
+) -> Router {
     let Limits {
         max_body,
         rate,
@@ -375,6 +436,7 @@ pub fn router_with_limits(config: Config, trigger: Trigger, limits: Limits) -> R
     let hook = Hook {
         config,
         trigger,
+        pull_requests,
         deliveries,
     };
     let mut route = post(deliver).layer(DefaultBodyLimit::max(max_body));
@@ -434,6 +496,26 @@ fn delivery_key(sender: Sender, id: &str) -> String {
     }
 }
 
+/// Records a delivery id: `Some(answer)` when it was seen before.
+async fn seen_before(
+    hook: &Hook,
+    sender: Sender,
+    delivery: Option<&String>,
+) -> Option<(StatusCode, Json<serde_json::Value>)> {
+    let id = delivery?;
+    match hook.deliveries.first_seen(&delivery_key(sender, id)).await {
+        Ok(true) => None,
+        Ok(false) => Some((
+            StatusCode::OK,
+            Json(serde_json::json!({ "ignored": format!("duplicate delivery {id}") })),
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, delivery = %id, "recording the delivery failed; acting on it");
+            None
+        }
+    }
+}
+
 async fn deliver(
     State(hook): State<Hook>,
     headers: HeaderMap,
@@ -451,26 +533,30 @@ async fn deliver(
             StatusCode::OK,
             Json(serde_json::json!({ "ignored": reason })),
         ),
+        Ok(Verdict::PullRequest(request)) => {
+            let Some(on_request) = &hook.pull_requests else {
+                return (
+                    StatusCode::OK,
+                    Json(serde_json::json!({
+                        "ignored": "pull request events are not planned here (no forge configured)"
+                    })),
+                );
+            };
+            if let Some(answer) =
+                seen_before(&hook, request.sender, request.delivery.as_ref()).await
+            {
+                return answer;
+            }
+            tracing::info!(sender = ?request.sender, number = request.number, head = %request.head, "pull request: plan");
+            on_request(request.clone());
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "planning": true, "pull_request": request })),
+            )
+        }
         Ok(Verdict::Trigger(push)) => {
-            if let Some(id) = &push.delivery {
-                match hook
-                    .deliveries
-                    .first_seen(&delivery_key(push.sender, id))
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return (
-                            StatusCode::OK,
-                            Json(
-                                serde_json::json!({ "ignored": format!("duplicate delivery {id}") }),
-                            ),
-                        )
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, delivery = %id, "recording the delivery failed; acting on it")
-                    }
-                }
+            if let Some(answer) = seen_before(&hook, push.sender, push.delivery.as_ref()).await {
+                return answer;
             }
             tracing::info!(sender = ?push.sender, branch = %push.branch, after = ?push.after, "push: reconcile");
             (hook.trigger)(push.clone());

@@ -175,7 +175,7 @@ async fn tags_other_branches_and_pings_are_ignored() {
     .await;
     assert_eq!(
         (status, json["ignored"].as_str()),
-        (StatusCode::OK, Some("not a push event"))
+        (StatusCode::OK, Some("not a push or pull request event"))
     );
     assert!(pushes.lock().expect("lock").is_empty());
 }
@@ -261,4 +261,201 @@ async fn oversized_and_malformed_bodies_are_refused() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(pushes.lock().expect("lock").is_empty());
+}
+
+type Requests = Arc<Mutex<Vec<cplane_webhook::PullRequest>>>;
+
+/// A router planning pull requests into `branch`: (router, pushes, requests).
+fn app_with_requests(branch: &str) -> (axum::Router, Pushes, Requests) {
+    let pushes: Pushes = Arc::default();
+    let requests: Requests = Arc::default();
+    let (sink, seen) = (pushes.clone(), requests.clone());
+    let router = cplane_webhook::router_with_pull_requests(
+        Config::new(SECRET, branch).expect("secret"),
+        Arc::new(move |p: Push| sink.lock().expect("lock").push(p)),
+        Some(Arc::new(move |r| seen.lock().expect("lock").push(r))),
+        cplane_webhook::Limits::default(),
+    );
+    (router, pushes, requests)
+}
+
+#[tokio::test]
+async fn pull_request_events_of_each_forge_ask_for_a_plan_of_the_head() {
+    let (app, pushes, requests) = app_with_requests("main");
+    let secret = std::str::from_utf8(SECRET).expect("utf-8");
+
+    let github = fixture("github-pull-request.json");
+    let sig = format!("sha256={}", sign(&github));
+    let headers = [
+        ("x-github-event", "pull_request"),
+        ("x-github-delivery", "pr-1"),
+        ("x-hub-signature-256", sig.as_str()),
+    ];
+    let (status, json) = send(&app, &headers, github.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    assert_eq!(json["planning"], true);
+    // A redelivery is acknowledged and not planned again.
+    let (status, json) = send(&app, &headers, github.clone()).await;
+    assert_eq!(
+        (status, json["ignored"].as_str()),
+        (StatusCode::OK, Some("duplicate delivery pr-1"))
+    );
+
+    let gitea = fixture("gitea-pull-request.json");
+    let sig = sign(&gitea);
+    let (status, json) = send(
+        &app,
+        &[
+            ("x-gitea-event", "pull_request"),
+            ("x-gitea-delivery", "pr-2"),
+            ("x-gitea-signature", sig.as_str()),
+        ],
+        gitea,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+
+    let gitlab = fixture("gitlab-merge-request.json");
+    let (status, json) = send(
+        &app,
+        &[
+            ("x-gitlab-event", "Merge Request Hook"),
+            ("x-gitlab-token", secret),
+            ("idempotency-key", "pr-3"),
+        ],
+        gitlab,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+
+    let seen = requests.lock().expect("lock").clone();
+    let summary: Vec<(Sender, u64, &str, &str, &str)> = seen
+        .iter()
+        .map(|r| {
+            (
+                r.sender,
+                r.number,
+                r.head.as_str(),
+                r.head_ref.as_str(),
+                r.source_branch.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                Sender::GitHub,
+                7,
+                "6dcb09b5b57875f334f61aebed695e2e4193db5e",
+                "refs/pull/7/head",
+                "globex-trino"
+            ),
+            (
+                Sender::Gitea,
+                3,
+                "6dcb09b5b57875f334f61aebed695e2e4193db5e",
+                "refs/pull/3/head",
+                "globex-trino"
+            ),
+            (
+                Sender::GitLab,
+                4,
+                "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+                "refs/merge-requests/4/head",
+                "globex-trino"
+            ),
+        ]
+    );
+    assert!(pushes.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn pull_request_events_are_verified_and_filtered() {
+    let (hook, _, requests) = app_with_requests("main");
+    let github = fixture("github-pull-request.json");
+    // A wrong signature is refused, as for pushes.
+    let (status, _) = send(
+        &hook,
+        &[
+            ("x-github-event", "pull_request"),
+            ("x-hub-signature-256", "sha256=00"),
+        ],
+        github.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Closed, edited, and into another branch: acknowledged, not planned.
+    let text = String::from_utf8(github).expect("utf-8");
+    for (body, reason) in [
+        (
+            text.replace("\"synchronize\"", "\"closed\""),
+            "pull request #7 closed: no new commits to plan",
+        ),
+        (
+            text.replace("\"ref\": \"main\"", "\"ref\": \"develop\""),
+            "the request merges into develop, which is not watched (main)",
+        ),
+    ] {
+        let sig = format!("sha256={}", sign(body.as_bytes()));
+        let (status, json) = send(
+            &hook,
+            &[
+                ("x-github-event", "pull_request"),
+                ("x-hub-signature-256", sig.as_str()),
+            ],
+            body.into_bytes(),
+        )
+        .await;
+        assert_eq!(
+            (status, json["ignored"].as_str()),
+            (StatusCode::OK, Some(reason))
+        );
+    }
+    // A GitLab update without new commits (a title edit) is not planned.
+    let gitlab = String::from_utf8(fixture("gitlab-merge-request.json"))
+        .expect("utf-8")
+        .replace(
+            "\"oldrev\": \"3333333333333333333333333333333333333333\",",
+            "",
+        );
+    let secret = std::str::from_utf8(SECRET).expect("utf-8");
+    let (status, json) = send(
+        &hook,
+        &[
+            ("x-gitlab-event", "Merge Request Hook"),
+            ("x-gitlab-token", secret),
+        ],
+        gitlab.into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, json["ignored"].as_str()),
+        (
+            StatusCode::OK,
+            Some("merge request !4 update: no new commits to plan")
+        )
+    );
+    assert!(requests.lock().expect("lock").is_empty());
+
+    // Without a planner, request events are acknowledged and ignored.
+    let (plain, _) = app("main");
+    let body = fixture("github-pull-request.json");
+    let sig = format!("sha256={}", sign(&body));
+    let (status, json) = send(
+        &plain,
+        &[
+            ("x-github-event", "pull_request"),
+            ("x-hub-signature-256", sig.as_str()),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(
+        (status, json["ignored"].as_str()),
+        (
+            StatusCode::OK,
+            Some("pull request events are not planned here (no forge configured)")
+        )
+    );
 }

@@ -10,9 +10,12 @@
 //!   behind the [`crate::tenants::TenantStore`] port.
 //! - [`keycloak`] (step 9) and [`lookup`] (step 8: Workers KV, DynamoDB), behind the
 //!   [`crate::global`] ports; [`http`]: the HTTP client of the REST adapters.
+//! - [`forge`]: GitHub, GitLab or Gitea's REST API (commit statuses, the plan comment on pull
+//!   requests, opening pull requests).
 
 pub mod aws;
 pub mod db;
+pub mod forge;
 pub mod git;
 pub mod http;
 pub mod keycloak;

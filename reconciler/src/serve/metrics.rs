@@ -81,6 +81,9 @@ pub struct Metrics {
     /// active rollout (a newer rollout supersedes the active ones, so this is one series, or
     /// none), computed when scraped.
     pub(super) in_wave: Family<WaveLabel, Gauge>,
+    /// `cplane_pull_request_plans_total{outcome}`: plans of pull requests posted on the forge
+    /// (`planned`, `invalid`, `error`) or not (`forge_error`).
+    pub(super) pull_request_plans: Family<RunLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -98,11 +101,19 @@ impl Default for Metrics {
             wave_wake: Histogram::new(DURATION_BUCKETS),
             standings: Family::default(),
             in_wave: Family::default(),
+            pull_request_plans: Family::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Counts one pull request's plan by its outcome.
+    pub(super) fn pull_request_plan(&self, outcome: &'static str) {
+        self.pull_request_plans
+            .get_or_create(&RunLabel { outcome })
+            .inc();
+    }
+
     /// Builds the registry of every series: these, the API's and the AWS adapter's (when
     /// configured). Called once at server start; later calls change nothing.
     pub(super) fn register(&self, api: Option<&crate::api::Api>, aws: Option<&Aws>) {
@@ -136,6 +147,11 @@ impl Metrics {
             "cplane_rollout_wave_seconds",
             "Seconds each active rollout has been in its current wave",
             self.in_wave.clone(),
+        );
+        registry.register(
+            "cplane_pull_request_plans",
+            "Plans of pull requests by outcome (forge_error: not posted)",
+            self.pull_request_plans.clone(),
         );
         registry.register(
             "cplane_state_fetches",

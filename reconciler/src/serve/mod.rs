@@ -98,6 +98,13 @@ pub struct Settings {
     /// How long without a report before a cluster's agent counts as offline
     /// ([`crate::rollout::OFFLINE_AFTER`] by default).
     pub agent_offline_after: Duration,
+    /// The forge hosting the state repo: pull-request events are planned and the plan posted
+    /// there (a commit status and one comment), and `?mode=pr` opens its pull requests.
+    /// `None`: request events are acknowledged and ignored, `?mode=pr` only pushes a branch.
+    pub forge: Option<crate::adapters::forge::Settings>,
+    /// This server's URL as the forge's users reach it: the links of commit statuses
+    /// (`{public_url}/v1/plan?rev=…`). Default: `http(s)://{listen}`.
+    pub public_url: Option<String>,
 }
 
 /// How long a BFF's registration counts when no other follows: 5 minutes.
@@ -131,6 +138,13 @@ pub enum Error {
         /// What is wrong.
         #[source]
         source: crate::tenants::Error,
+    },
+    /// The forge settings are unusable.
+    #[error("{source}")]
+    Forge {
+        /// What is wrong.
+        #[source]
+        source: crate::adapters::forge::Error,
     },
     /// The published bundles could not be read.
     #[error("reading published bundles: {source}")]
@@ -167,6 +181,7 @@ mod agent_api;
 pub mod edge;
 mod internal;
 mod metrics;
+mod pull_requests;
 mod reconcile_loop;
 mod rollouts;
 mod seed;
@@ -215,6 +230,11 @@ struct Shared {
     global_lookup: std::sync::RwLock<Option<Arc<dyn crate::global::LookupSink>>>,
     /// Wakes the rollout driver (an agent reported, an operator acted).
     rollout_wake: Notify,
+    /// The forge plans of pull requests are posted to ([`Settings::forge`]).
+    forge: Option<crate::adapters::forge::Forge>,
+    /// Held while a pull request's plan is posted: one at a time, so two pushes in quick
+    /// succession cannot both create "the" comment.
+    pull_requests: tokio::sync::Mutex<()>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then stops gracefully: no new connections, HTTP
@@ -260,6 +280,12 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         )),
         None => None,
     };
+    let forge = match settings.forge.clone() {
+        Some(f) => {
+            Some(crate::adapters::forge::Forge::new(f).map_err(|source| Error::Forge { source })?)
+        }
+        None => None,
+    };
     let store = BundleStore::load(db.clone())
         .await
         .map_err(|source| Error::Store { source })?;
@@ -287,6 +313,8 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         edge,
         global_lookup: std::sync::RwLock::new(None),
         rollout_wake: Notify::new(),
+        forge: forge.clone(),
+        pull_requests: tokio::sync::Mutex::new(()),
     });
     let _ = shared.api.set(crate::api::Api::start(
         crate::api::Settings {
@@ -297,6 +325,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
             max_deletions: shared.settings.max_deletions,
             delete_foreign_records: shared.settings.delete_foreign_records,
             cloud: shared.aws.is_some(),
+            forge,
         },
         shared.db.clone(),
         {
@@ -423,7 +452,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(internal::router(&shared))
         .merge(crate::auth::routes(auth))
         .merge(users);
-    // Push webhooks (signed).
+    // Push and pull-request webhooks (signed).
     if let Some(webhooks) = webhooks::router(&shared) {
         app = app.merge(webhooks);
     }

@@ -1,5 +1,6 @@
 //! Push webhooks (`POST /v1/webhooks/git`, the `cplane-webhook` router): each verified push
-//! triggers a run.
+//! triggers a run; each verified pull-request event asking for a plan is planned and the plan
+//! posted on the forge ([`super::pull_requests`]) when one is configured.
 //!
 //! # Guarantees
 //! - Each source address gets [`Settings::webhook_rate`] deliveries (`429` above it).
@@ -31,9 +32,18 @@ pub(super) fn router(shared: &Arc<Shared>) -> Option<Router> {
         sh.metrics.pending.set(1);
         sh.trigger.notify_one();
     });
-    Some(cplane_webhook::router_with_limits(
+    let pull_requests: Option<cplane_webhook::PullRequestTrigger> =
+        shared.forge.as_ref().map(|_| {
+            let sh = shared.clone();
+            Arc::new(move |request: cplane_webhook::PullRequest| {
+                sh.metrics.webhook_deliveries.inc();
+                tokio::spawn(super::pull_requests::plan_and_post(sh.clone(), request));
+            }) as cplane_webhook::PullRequestTrigger
+        });
+    Some(cplane_webhook::router_with_pull_requests(
         config,
         trigger,
+        pull_requests,
         cplane_webhook::Limits {
             rate: shared.settings.webhook_rate,
             deliveries: Arc::new(Recorded {

@@ -503,6 +503,10 @@ pub struct Written {
     /// Pull-request mode: the branch pushed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
+    /// The commit's message (subject, blank line, body naming the user), when a commit was
+    /// made: a pull request's title and description.
+    #[serde(skip)]
+    pub message: Option<String>,
 }
 
 /// Why a write was refused.
@@ -1146,6 +1150,7 @@ impl Session<'_> {
                 created: false,
                 changed: false,
                 branch: None,
+                message: None,
             }));
             return Ok(None);
         }
@@ -1179,6 +1184,7 @@ impl Session<'_> {
             created,
             changed: true,
             branch: None,
+            message: Some(message),
         }));
         let blob = new_text
             .as_ref()
@@ -1299,6 +1305,10 @@ impl Session<'_> {
                 .unwrap_or_else(|| Err(Error::Repository("no outcome".into())));
         };
         let created = matches!(job.outcome, Some(Ok(Written { created: true, .. })));
+        let message = match &job.outcome {
+            Some(Ok(w)) => w.message.clone(),
+            _ => None,
+        };
         let name = format!(
             "cplane/{}/{}",
             job.request.user.login(),
@@ -1314,6 +1324,7 @@ impl Session<'_> {
                     created: true,
                     changed: true,
                     branch: Some(name),
+                    message,
                 });
             }
         }

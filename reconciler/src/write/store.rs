@@ -342,8 +342,12 @@ impl Store {
             });
             let mut opts = git2::PushOptions::new();
             opts.remote_callbacks(callbacks);
-            // Not forced: receive-pack checks the advertised old value, so this is a CAS.
-            remote.push(&[format!("{local}:{name}")], Some(&mut opts))
+            // The followed branch only moves forward. A pull-request branch is rebuilt on the
+            // head when the same change is written again, which replaces its old commit: forced,
+            // or libgit2 refuses the non-fast-forward. Either way receive-pack checks the
+            // advertised old value, so this stays a compare-and-swap.
+            let force = if name == self.branch_ref() { "" } else { "+" };
+            remote.push(&[format!("{force}{local}:{name}")], Some(&mut opts))
         };
         let _ = self
             .repo

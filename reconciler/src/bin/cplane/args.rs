@@ -206,6 +206,89 @@ impl WebhookLimitArgs {
     }
 }
 
+/// The forge hosting the state repo (`cplane serve`): pull-request plans are posted there and
+/// `?mode=pr` opens pull requests on it. The token is given by reference, never as a value.
+#[derive(clap::Args, Clone)]
+pub(super) struct ForgeArgs {
+    /// The forge: `github`, `gitlab` or `gitea` (Forgejo too).
+    #[arg(long, env = "CPLANE_FORGE", value_enum)]
+    pub(super) forge: Option<cplane_reconciler::adapters::forge::Kind>,
+    /// Its REST API (default `https://api.github.com` for GitHub, `https://gitlab.com/api/v4`
+    /// for GitLab; required for Gitea, e.g. `https://gitea.example/api/v1`).
+    #[arg(long, env = "CPLANE_FORGE_API_URL", requires = "forge")]
+    pub(super) forge_api_url: Option<String>,
+    /// The state repo's project: `owner/name` (GitHub, Gitea), `group/name` (GitLab).
+    #[arg(long, env = "CPLANE_FORGE_REPO", requires = "forge")]
+    pub(super) forge_repo: Option<String>,
+    /// Environment variable holding the forge's API token.
+    #[arg(
+        long,
+        env = "CPLANE_FORGE_TOKEN_ENV",
+        requires = "forge",
+        conflicts_with = "forge_token_file"
+    )]
+    pub(super) forge_token_env: Option<String>,
+    /// File holding the forge's API token (read at each call: rotation needs no restart).
+    #[arg(long, env = "CPLANE_FORGE_TOKEN_FILE", requires = "forge")]
+    pub(super) forge_token_file: Option<PathBuf>,
+    /// This server's URL as the forge's users reach it, for the links of commit statuses
+    /// (default: `http(s)://` and the listen address).
+    #[arg(long, env = "CPLANE_PUBLIC_URL")]
+    pub(super) public_url: Option<String>,
+}
+
+impl ForgeArgs {
+    /// The forge settings (`None` without `--forge`) and the public URL.
+    pub(super) fn settings(
+        self,
+    ) -> anyhow::Result<(
+        Option<cplane_reconciler::adapters::forge::Settings>,
+        Option<String>,
+    )> {
+        use cplane_reconciler::adapters::forge::{Kind, Settings};
+        let Self {
+            forge,
+            forge_api_url,
+            forge_repo,
+            forge_token_env,
+            forge_token_file,
+            public_url,
+        } = self;
+        let Some(kind) = forge else {
+            return Ok((None, public_url));
+        };
+        let api_url = match (forge_api_url, kind) {
+            (Some(url), _) => url,
+            (None, Kind::GitHub) => "https://api.github.com".to_owned(),
+            (None, Kind::GitLab) => "https://gitlab.com/api/v4".to_owned(),
+            (None, Kind::Gitea) => {
+                anyhow::bail!("--forge-api-url (CPLANE_FORGE_API_URL): required with --forge gitea")
+            }
+        };
+        let Some(repo) = forge_repo else {
+            anyhow::bail!("--forge-repo (CPLANE_FORGE_REPO): required with --forge");
+        };
+        if forge_token_env.is_none() && forge_token_file.is_none() {
+            anyhow::bail!(
+                "--forge-token-env or --forge-token-file: the forge's API token, by reference, is required with --forge"
+            );
+        }
+        let token = cplane_schema::model::SecretRef {
+            env: forge_token_env,
+            file: forge_token_file.map(|f| f.display().to_string()),
+        };
+        Ok((
+            Some(Settings {
+                kind,
+                api_url,
+                repo,
+                token,
+            }),
+            public_url,
+        ))
+    }
+}
+
 /// How many reconcile runs the database keeps.
 #[derive(clap::Args, Clone, Copy)]
 pub(super) struct RetentionArgs {
@@ -653,6 +736,8 @@ pub(super) enum Command {
         tls: TlsArgs,
         #[command(flatten)]
         edge: EdgeArgs,
+        #[command(flatten)]
+        forge: ForgeArgs,
         #[command(flatten)]
         auth: cplane_reconciler::auth::Args,
     },

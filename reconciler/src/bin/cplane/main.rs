@@ -227,10 +227,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             retention,
             tls,
             edge,
+            forge,
             auth,
         } => {
             disable_huge_pages();
             let (tls, forwarded_certs) = tls.settings()?;
+            let (forge, public_url) = forge.settings()?;
             let settings = cplane_reconciler::serve::Settings {
                 repo_url,
                 branch,
@@ -253,6 +255,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 edge: edge.settings(),
                 bff_register_ttl,
                 agent_offline_after,
+                forge,
+                public_url,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

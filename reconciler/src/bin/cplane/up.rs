@@ -89,6 +89,8 @@ pub(super) fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Exi
         edge: cplane_reconciler::serve::edge::Settings::default(),
         bff_register_ttl: cplane_reconciler::serve::DEFAULT_BFF_REGISTER_TTL,
         agent_offline_after: cplane_reconciler::rollout::OFFLINE_AFTER,
+        forge: None,
+        public_url: None,
     };
     let database = format!("sqlite://{}", dir.join("cplane.db").display());
     println!(
