@@ -111,6 +111,9 @@ pub(super) fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Exi
             "none (set AWS credentials to provision for real)"
         }
     );
+    println!(
+        "  dashboard http://{listen}/ui/   (Sign in: the development issuer signs the admin in)"
+    );
     println!("  status    http://{listen}/v1/status");
     let token_file = dir.join("admin.token");
     write_private(&token_file, admin_token.as_bytes())?;
