@@ -9,12 +9,23 @@
 //! - The key id is the key's RFC 7638 thumbprint, so a new key is a new `kid` (rotation).
 //! - Tokens carry `iss`, `aud`, `sub`, `email` (verified), `name`, `iat`, `nbf`, `exp`, like
 //!   Keycloak's access tokens with an audience mapper.
+//! - With [`DevIssuer::with_sign_in`] (what `cplane up` does for its dashboard), it also serves
+//!   the authorization code flow with PKCE (RFC 7636, `S256` only) at Keycloak's paths, and
+//!   signs in that one principal without a password. Codes are single use, expire after 60 s,
+//!   are bound to the client, the redirect URI and the challenge, and are only ever sent to a
+//!   redirect URI on the issuer's own origin (no open redirect).
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -65,6 +76,30 @@ struct Claims<'a> {
     exp: u64,
 }
 
+/// The one principal a development issuer signs in at its authorization endpoint.
+#[derive(Debug, Clone)]
+pub struct SignIn {
+    /// The token's audience.
+    pub audience: String,
+    /// `sub`.
+    pub subject: String,
+    /// `email`.
+    pub email: String,
+    /// `name`.
+    pub name: String,
+    /// How long the token is valid.
+    pub lifetime: Duration,
+}
+
+/// An authorization code waiting for its token request.
+#[derive(Debug)]
+struct Pending {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    expires: Instant,
+}
+
 /// A development issuer (see the module docs).
 #[derive(Clone)]
 pub struct DevIssuer {
@@ -72,6 +107,8 @@ pub struct DevIssuer {
     key: EncodingKey,
     kid: String,
     jwks: serde_json::Value,
+    sign_in: Option<SignIn>,
+    codes: Arc<Mutex<HashMap<String, Pending>>>,
 }
 
 impl std::fmt::Debug for DevIssuer {
@@ -137,7 +174,24 @@ impl DevIssuer {
             key,
             kid,
             jwks,
+            sign_in: None,
+            codes: Arc::default(),
         })
+    }
+
+    /// Serves the authorization code flow (with PKCE), signing in `who` without a password.
+    pub fn with_sign_in(mut self, who: SignIn) -> Self {
+        self.sign_in = Some(who);
+        self
+    }
+
+    /// `scheme://host[:port]` of the issuer URL.
+    fn origin(&self) -> String {
+        let after_scheme = self.issuer.find("://").map_or(0, |i| i + 3);
+        match self.issuer[after_scheme..].find('/') {
+            Some(i) => self.issuer[..after_scheme + i].to_owned(),
+            None => self.issuer.clone(),
+        }
     }
 
     /// The issuer URL (the `iss` of its tokens).
@@ -191,12 +245,49 @@ impl DevIssuer {
             .map(|u| u.path().trim_end_matches('/').to_owned())
             .unwrap_or_default();
         let jwks = self.jwks.clone();
-        let discovery = serde_json::json!({
+        let mut discovery = serde_json::json!({
             "issuer": self.issuer,
             "jwks_uri": super::jwks::jwks_url(&self.issuer),
             "id_token_signing_alg_values_supported": ["ES256"],
         });
+        let mut flow = Router::new();
+        if self.sign_in.is_some() {
+            discovery["authorization_endpoint"] =
+                format!("{}/protocol/openid-connect/auth", self.issuer).into();
+            discovery["token_endpoint"] =
+                format!("{}/protocol/openid-connect/token", self.issuer).into();
+            discovery["response_types_supported"] = serde_json::json!(["code"]);
+            discovery["grant_types_supported"] = serde_json::json!(["authorization_code"]);
+            discovery["code_challenge_methods_supported"] = serde_json::json!(["S256"]);
+            let me = self.clone();
+            let me2 = self.clone();
+            flow = flow
+                .route(
+                    &format!("{base}/protocol/openid-connect/auth"),
+                    get(move |Query(q): Query<AuthRequest>| {
+                        let me = me.clone();
+                        async move { me.authorize(q) }
+                    }),
+                )
+                .route(
+                    &format!("{base}/protocol/openid-connect/token"),
+                    post(move |body: Bytes| {
+                        let me = me2.clone();
+                        async move {
+                            match serde_urlencoded::from_bytes::<TokenRequest>(&body) {
+                                Ok(f) => me.exchange(f),
+                                Err(e) => oauth_error(
+                                    StatusCode::BAD_REQUEST,
+                                    "invalid_request",
+                                    &format!("the form: {e}"),
+                                ),
+                            }
+                        }
+                    }),
+                );
+        }
         Router::new()
+            .merge(flow)
             .route(
                 &format!("{base}/protocol/openid-connect/certs"),
                 get(move || {
@@ -228,6 +319,165 @@ impl DevIssuer {
             }
         });
         Ok((issuer, task))
+    }
+}
+
+/// The query of an authorization request.
+#[derive(Debug, serde::Deserialize)]
+pub struct AuthRequest {
+    response_type: String,
+    client_id: String,
+    redirect_uri: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    code_challenge: String,
+    #[serde(default)]
+    code_challenge_method: String,
+}
+
+/// The form of a token request.
+#[derive(Debug, serde::Deserialize)]
+pub struct TokenRequest {
+    grant_type: String,
+    code: String,
+    redirect_uri: String,
+    client_id: String,
+    code_verifier: String,
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+impl DevIssuer {
+    /// `GET …/auth`: checks the request, issues a code for the sign-in principal and sends the
+    /// browser back to the redirect URI with it.
+    fn authorize(&self, q: AuthRequest) -> Response {
+        let origin = self.origin();
+        // Errors about the redirect URI itself are shown here, never sent to it.
+        let same_origin = q
+            .redirect_uri
+            .strip_prefix(&origin)
+            .is_some_and(|rest| rest.starts_with('/'));
+        if !same_origin {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("redirect_uri must be on {origin}"),
+            )
+                .into_response();
+        }
+        if q.response_type != "code" {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_response_type",
+                "only `code`",
+            );
+        }
+        if q.code_challenge_method != "S256"
+            || !(43..=128).contains(&q.code_challenge.len())
+            || q.client_id.is_empty()
+        {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "a client_id and a PKCE code_challenge with method S256 are required",
+            );
+        }
+        let code = hex::encode(rand::random::<[u8; 32]>());
+        let mut codes = self
+            .codes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        codes.retain(|_, p| p.expires > now);
+        codes.insert(
+            code.clone(),
+            Pending {
+                client_id: q.client_id,
+                redirect_uri: q.redirect_uri.clone(),
+                challenge: q.code_challenge,
+                expires: now + Duration::from_secs(60),
+            },
+        );
+        let sep = if q.redirect_uri.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let query =
+            serde_urlencoded::to_string([("code", code.as_str()), ("state", q.state.as_str())])
+                .expect("strings encode");
+        Redirect::to(&format!("{}{sep}{query}", q.redirect_uri)).into_response()
+    }
+
+    /// `POST …/token`: a code and its PKCE verifier for an access token.
+    fn exchange(&self, f: TokenRequest) -> Response {
+        use sha2::Digest as _;
+        let Some(who) = &self.sign_in else {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "no sign-in here",
+            );
+        };
+        if f.grant_type != "authorization_code" {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only authorization_code",
+            );
+        }
+        // Single use: the code is gone whether or not the rest checks out.
+        let pending = self
+            .codes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&f.code);
+        let Some(p) = pending.filter(|p| p.expires > Instant::now()) else {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "unknown, used or expired code",
+            );
+        };
+        let challenge = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            sha2::Sha256::digest(f.code_verifier.as_bytes()),
+        );
+        if p.client_id != f.client_id
+            || p.redirect_uri != f.redirect_uri
+            || p.challenge != challenge
+        {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "the client, redirect_uri or code_verifier does not match the authorization request",
+            );
+        }
+        match self.token(
+            &who.audience,
+            &who.subject,
+            &who.email,
+            &who.name,
+            who.lifetime,
+        ) {
+            Ok(t) => Json(serde_json::json!({
+                "access_token": t,
+                "token_type": "Bearer",
+                "expires_in": who.lifetime.as_secs(),
+            }))
+            .into_response(),
+            Err(e) => oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                &e.to_string(),
+            ),
+        }
     }
 }
 

@@ -178,6 +178,7 @@ fn listen_reason(e: &std::io::Error) -> String {
 }
 
 mod agent_api;
+pub mod dashboard;
 pub mod edge;
 mod internal;
 mod metrics;
@@ -442,6 +443,7 @@ fn router(shared: Arc<Shared>) -> Router {
         // Open: health, metrics, the API description.
         .merge(metrics::router(shared.clone()))
         .merge(crate::api::open_router())
+        .merge(dashboard::router(shared.clone()))
         // Agents (cluster tokens or client certificates) and the seed's endpoints (lookup,
         // the BFF's cluster token).
         .merge(agent_api::router(shared.clone()))

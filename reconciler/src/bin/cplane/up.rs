@@ -54,10 +54,18 @@ pub(super) fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Exi
         std::net::SocketAddr::new(host, listen.port()),
         cplane_reconciler::auth::dev::PATH
     );
+    // The dashboard signs the admin in through this issuer without a password (local only).
     let dev = cplane_reconciler::auth::dev::DevIssuer::load_or_create(
         &dir.join("dev-issuer.p8"),
         &issuer_url,
-    )?;
+    )?
+    .with_sign_in(cplane_reconciler::auth::dev::SignIn {
+        audience: UP_AUDIENCE.to_owned(),
+        subject: "cplane-up-admin".to_owned(),
+        email: UP_ADMIN_EMAIL.to_owned(),
+        name: "cplane up admin".to_owned(),
+        lifetime: std::time::Duration::from_secs(12 * 3600),
+    });
     let admin_token = dev.token(
         UP_AUDIENCE,
         "cplane-up-admin",
@@ -105,6 +113,9 @@ pub(super) fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Exi
         } else {
             "none (set AWS credentials to provision for real)"
         }
+    );
+    println!(
+        "  dashboard http://{listen}/ui/   (Sign in: the development issuer signs the admin in)"
     );
     println!("  status    http://{listen}/v1/status");
     let token_file = dir.join("admin.token");
