@@ -33,6 +33,7 @@ pub mod auth;
 pub mod bundle_store;
 pub mod cloud;
 pub mod connections;
+pub mod event_stream;
 pub mod events;
 pub mod global;
 pub mod incremental;

@@ -21,12 +21,14 @@ use std::sync::Arc;
 
 mod admin;
 mod args;
+mod events;
 mod offline;
 mod plan_apply;
 mod up;
 
 use admin::*;
 use args::*;
+use events::*;
 use offline::*;
 use plan_apply::*;
 use up::*;
@@ -194,6 +196,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Principal { command } => principal_command(command),
         Command::Membership { command } => membership_command(command),
         Command::Rollout { command } => block_on(rollout_command(command)),
+        Command::Events {
+            server,
+            token_file,
+            types,
+            workspace,
+            after,
+            follow,
+            format,
+        } => events_command(EventsQuery {
+            server,
+            token_file,
+            types,
+            workspace,
+            after,
+            follow,
+            format,
+        }),
         Command::Serve {
             repo_url,
             branch,
@@ -211,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             header_read_timeout,
             bff_register_ttl,
             retention,
+            events,
             tls,
             edge,
             auth,
@@ -238,6 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 header_read_timeout,
                 edge: edge.settings(),
                 bff_register_ttl,
+                events: events.settings(),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

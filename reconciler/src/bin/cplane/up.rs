@@ -88,6 +88,7 @@ pub(super) fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Exi
         header_read_timeout: cplane_reconciler::connections::DEFAULT_HEADER_READ_TIMEOUT,
         edge: cplane_reconciler::serve::edge::Settings::default(),
         bff_register_ttl: cplane_reconciler::serve::DEFAULT_BFF_REGISTER_TTL,
+        events: cplane_reconciler::serve::EventSettings::default(),
     };
     let database = format!("sqlite://{}", dir.join("cplane.db").display());
     println!(
