@@ -39,6 +39,7 @@ pub mod global;
 pub mod incremental;
 pub mod init;
 pub mod lease;
+pub mod notify;
 pub mod preview;
 pub mod reconcile;
 pub mod rollout;

@@ -32,6 +32,7 @@ pub mod moto;
 pub mod oidc;
 pub mod pg;
 pub mod pki;
+pub mod receiver;
 mod repo;
 pub mod serve;
 pub mod venv;

@@ -192,6 +192,7 @@ pub mod edge;
 mod events;
 mod internal;
 mod metrics;
+mod notifications;
 mod reconcile_loop;
 mod rollouts;
 mod seed;
@@ -242,6 +243,8 @@ struct Shared {
     rollout_wake: Notify,
     /// The outbox's newest position, as last read ([`events::tail`]): wakes `/v1/events`.
     events_head: tokio::sync::watch::Sender<i64>,
+    /// The notification sinks being delivered to ([`notifications::notifier`]).
+    notify: Mutex<notifications::NotifyState>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then stops gracefully: no new connections, HTTP
@@ -317,6 +320,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         global_lookup: std::sync::RwLock::new(None),
         rollout_wake: Notify::new(),
         events_head: tokio::sync::watch::channel(0).0,
+        notify: Mutex::default(),
     });
     let _ = shared.api.set(crate::api::Api::start(
         crate::api::Settings {
@@ -360,6 +364,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     let rollouts = tokio::spawn(rollouts::driver(shared.clone()));
     let events_tail = tokio::spawn(events::tail(shared.clone()));
     let housekeeping = tokio::spawn(housekeeping(shared.clone()));
+    let notifier = tokio::spawn(notifications::notifier(shared.clone()));
     let app = router(shared.clone());
     let served = crate::connections::serve(
         listener,
@@ -385,6 +390,7 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     rollouts.abort();
     events_tail.abort();
     housekeeping.abort();
+    notifier.abort();
     drop(watcher);
     served.map_err(|source| Error::Listen {
         addr: shared.settings.listen,

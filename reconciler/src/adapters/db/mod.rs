@@ -16,6 +16,7 @@ use crate::plan::{
 };
 
 mod bundles;
+mod deliveries;
 mod events;
 mod journal;
 mod observe;
@@ -27,6 +28,7 @@ mod tokens;
 mod webhooks;
 
 pub use bundles::ClusterReport;
+pub use deliveries::SinkBacklog;
 pub use events::{EventFilter, EventRetention};
 pub use rollouts::{RolloutCluster, RolloutEvent, RolloutRow};
 pub use seed::BFF_HEALTHY;
