@@ -188,6 +188,7 @@ mod tests {
 
     use super::*;
     use crate::events::EventType;
+    use crate::plan::{DesiredWorkspace, Policy, Status, StepKind};
     use serde_json::json;
 
     fn provisioned(ws: &str, region: &str) -> NewEvent {
@@ -353,6 +354,204 @@ mod tests {
             let seqs: Vec<i64> = rows.iter().map(|r| r.get("sequence")).collect();
             assert_eq!(seqs, (1..=100).collect::<Vec<i64>>(), "{stream}");
         }
+    }
+
+    fn acme() -> DesiredWorkspace {
+        DesiredWorkspace {
+            id: "acme".into(),
+            region: "sgp-1".into(),
+            environment: "prod".into(),
+            account: "acme-corp".into(),
+            aws_account_id: "111111111111".into(),
+            aws_region: "ap-southeast-1".into(),
+            role_arn: "arn:aws:iam::111111111111:role/p".into(),
+            external_id: "ext-1".into(),
+            zone_name: "w-acme.sgp-1.cogrion.com".into(),
+            parent_zone: "sgp-1.cogrion.com".into(),
+            bff_url: "https://bff.w-acme.sgp-1.cogrion.com".into(),
+            deletion_policy: Policy::Delete,
+        }
+    }
+
+    /// The types written since position `after`, and the new position.
+    async fn written(db: &Db, after: &mut i64) -> Vec<String> {
+        let new = db
+            .events_after(*after, &EventFilter::default(), 1000)
+            .await
+            .expect("read");
+        if let Some(last) = new.last() {
+            *after = last.position;
+        }
+        new.into_iter()
+            .map(|e| e.event.kind.trim_start_matches("io.cplane.").to_owned())
+            .collect()
+    }
+
+    /// The writers of lifecycle changes write their events, once per change, not per call.
+    async fn changes_write_their_events(db: &Db) {
+        let db = db.clone().with_event_stream("sgp-1/prod");
+        let mut at = 0;
+        let ws = acme();
+        db.write_workspace(&ws, 1, Status::Provisioning, "c1")
+            .await
+            .expect("write");
+        assert!(written(&db, &mut at).await.is_empty());
+        db.journal_begin("acme", StepKind::CreateZone, "k")
+            .await
+            .expect("begin");
+        for _ in 0..2 {
+            db.journal_failed("acme", StepKind::CreateZone, "throttled")
+                .await
+                .expect("failed");
+        }
+        db.journal_failed("acme", StepKind::CreateZone, "access denied")
+            .await
+            .expect("failed");
+        assert_eq!(
+            written(&db, &mut at).await,
+            [
+                "workspace.provisioning_failed",
+                "workspace.provisioning_failed"
+            ],
+            "a repeated failure is told once"
+        );
+        let failed = db
+            .events_after(0, &EventFilter::default(), 10)
+            .await
+            .expect("read");
+        assert_eq!(failed[0].event.data["step"], "create_zone");
+        assert_eq!(failed[0].event.data["error"], "throttled");
+        assert_eq!(failed[0].event.source, "/cplane/sgp-1/prod");
+        assert_eq!(failed[0].workspace.as_deref(), Some("acme"));
+        for _ in 0..2 {
+            db.write_workspace(&ws, 1, Status::Active, "c2")
+                .await
+                .expect("write");
+        }
+        db.write_workspace(&ws, 1, Status::Deleted, "c3")
+            .await
+            .expect("write");
+        assert_eq!(
+            written(&db, &mut at).await,
+            ["workspace.provisioned", "workspace.deprovisioned"]
+        );
+
+        for _ in 0..2 {
+            db.set_applied_revision("sgp-1/prod", "c1")
+                .await
+                .expect("applied");
+        }
+        db.record_run(
+            "r1",
+            "c2",
+            "sgp-1/prod",
+            &json!(null),
+            "refused",
+            &["e".into()],
+            now_ms(),
+            1,
+        )
+        .await
+        .expect("run");
+        db.record_run(
+            "r2",
+            "c2",
+            "sgp-1/prod",
+            &json!(null),
+            "refused",
+            &["e".into()],
+            now_ms(),
+            1,
+        )
+        .await
+        .expect("run");
+        assert_eq!(
+            written(&db, &mut at).await,
+            ["commit.applied", "commit.refused"]
+        );
+
+        for _ in 0..2 {
+            db.point_cluster("w-acme", "tenant", "sgp-1", "prod", "sha256:a")
+                .await
+                .expect("point");
+        }
+        db.point_cluster("w-acme", "tenant", "sgp-1", "prod", "sha256:b")
+            .await
+            .expect("point");
+        assert_eq!(
+            written(&db, &mut at).await,
+            ["bundle.published", "bundle.published"]
+        );
+
+        let report = |healthy| ClusterReport {
+            digest: "sha256:b".into(),
+            generation: 2,
+            healthy,
+            message: if healthy {
+                ""
+            } else {
+                "Deployment bff: 0/3 ready"
+            }
+            .into(),
+            objects: json!([]),
+        };
+        db.report_cluster_status("w-acme", &report(true))
+            .await
+            .expect("report");
+        db.report_cluster_status("w-acme", &report(false))
+            .await
+            .expect("report");
+        db.report_cluster_status("w-acme", &report(false))
+            .await
+            .expect("report");
+        db.report_cluster_status("w-acme", &report(true))
+            .await
+            .expect("report");
+        assert_eq!(
+            written(&db, &mut at).await,
+            ["agent.failing", "agent.recovered"]
+        );
+        assert!(db
+            .mark_agents_offline(std::time::Duration::from_secs(60))
+            .await
+            .expect("offline")
+            .is_empty());
+        sqlx::query("UPDATE cluster_status SET reported_at = reported_at - 120000")
+            .execute(db.pool())
+            .await
+            .expect("age");
+        for _ in 0..2 {
+            db.mark_agents_offline(std::time::Duration::from_secs(60))
+                .await
+                .expect("offline");
+        }
+        db.report_cluster_status("w-acme", &report(true))
+            .await
+            .expect("report");
+        assert_eq!(written(&db, &mut at).await, ["agent.offline", "agent.back"]);
+        let all = db
+            .events_after(0, &EventFilter::default(), 100)
+            .await
+            .expect("read");
+        assert!(all
+            .iter()
+            .filter(|e| e.event.kind.contains(".agent.") || e.event.kind.contains(".bundle."))
+            .all(|e| e.workspace.as_deref() == Some("acme")
+                && e.event.source == "/cplane/sgp-1/prod"));
+    }
+
+    #[tokio::test]
+    async fn sqlite_changes_write_their_events() {
+        let (_dir, db) = super::super::test_support::sqlite().await;
+        changes_write_their_events(&db).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_changes_write_their_events() {
+        super::super::test_support::with_postgres(|db| async move {
+            changes_write_their_events(&db).await
+        })
+        .await;
     }
 
     #[tokio::test]

@@ -498,3 +498,65 @@ async fn insert_event(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_moves_map_to_lifecycle_events() {
+        let cases = [
+            (
+                "progressing",
+                "completed",
+                "gate-passed",
+                Some(EventType::RolloutFinished),
+            ),
+            (
+                "progressing",
+                "paused",
+                "gate-failed",
+                Some(EventType::RolloutPaused),
+            ),
+            ("baking", "paused", "pause", Some(EventType::RolloutPaused)),
+            (
+                "progressing",
+                "aborted",
+                "abort",
+                Some(EventType::RolloutAborted),
+            ),
+            (
+                "paused",
+                "progressing",
+                "resume",
+                Some(EventType::RolloutResumed),
+            ),
+            (
+                "progressing",
+                "baking",
+                "gate-passed",
+                Some(EventType::RolloutWavePassed),
+            ),
+            (
+                "progressing",
+                "progressing",
+                "gate-passed",
+                Some(EventType::RolloutWavePassed),
+            ),
+            (
+                "paused",
+                "progressing",
+                "promote",
+                Some(EventType::RolloutWavePassed),
+            ),
+            ("baking", "progressing", "baked", None),
+        ];
+        for (from, to, action, want) in cases {
+            assert_eq!(
+                lifecycle(from, to, action),
+                want,
+                "{from} -> {to} by {action}"
+            );
+        }
+    }
+}

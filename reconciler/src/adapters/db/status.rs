@@ -186,7 +186,8 @@ impl Db {
     }
 
     /// Records a reconcile run. A run refusing a commit writes `io.cplane.commit.refused`
-    /// (with every error) in the same transaction, once per commit and scope.
+    /// (with every error) in the same transaction, once per commit and scope (while that
+    /// refusal's run is retained: see [`Retention`]).
     #[allow(clippy::too_many_arguments)] // a row of the runs table
     pub async fn record_run(
         &self,
