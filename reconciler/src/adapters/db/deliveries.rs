@@ -25,7 +25,7 @@ pub struct SinkBacklog {
     pub pending: i64,
     /// Events given up on (dead letters).
     pub dead: i64,
-    /// The last error, if any delivery failed.
+    /// An error of its failing or dead deliveries, if any.
     pub last_error: Option<String>,
 }
 
