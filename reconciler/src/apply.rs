@@ -75,6 +75,14 @@ impl Context {
         }
     }
 
+    /// Where workspace `id` is provisioned: (region, environment), desired or as recorded.
+    pub fn workspace_place(&self, id: &str) -> Option<(&str, &str)> {
+        self.desired
+            .get(id)
+            .or_else(|| self.observed.workspaces.get(id).map(|w| &w.applied))
+            .map(|w| (w.region.as_str(), w.environment.as_str()))
+    }
+
     fn workspace(&self, id: &str) -> Option<DesiredWorkspace> {
         self.desired
             .get(id)

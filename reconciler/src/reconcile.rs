@@ -543,6 +543,12 @@ pub async fn apply_and_record_ports(
     ctx.identity = ports.identity;
     ctx.lookup_sink = ports.lookup_sink;
     let report = apply::apply(&ctx, plan, progress).await;
+    // Drift found and repaired: facts about the cloud, which no database write holds, so
+    // they go to the outbox in a transaction of their own.
+    let drift = crate::events::drift_events(plan, &report, |ws| ctx.workspace_place(ws));
+    if !drift.is_empty() {
+        db.record_events(&drift).await?;
+    }
 
     // Publish changed bundles (content-addressed; the cluster's generation bumps on change):
     // at once, or wave by wave when a stack change has a rollout policy ([`crate::rollout`]),

@@ -18,6 +18,7 @@ pub mod domain;
 pub mod jsonschema;
 pub mod load;
 pub mod model;
+pub mod notifications;
 pub mod position;
 pub mod rollout;
 pub mod shape;

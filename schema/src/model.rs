@@ -107,6 +107,9 @@ pub struct PlatformSpec {
     /// When bundles may be published, for every cluster (workspaces add their own).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sync_windows: Vec<SyncWindow>,
+    /// Where lifecycle events are sent (webhooks, Slack) and which types go where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Box<crate::notifications::NotificationsSpec>>,
 }
 
 /// A secret given by reference, never by value: exactly one of `env` (an environment

@@ -37,6 +37,7 @@ pub mod moto;
 pub mod oidc;
 pub mod pg;
 pub mod pki;
+pub mod receiver;
 mod repo;
 pub mod rollout;
 pub mod serve;

@@ -105,7 +105,35 @@ pub struct Settings {
     /// This server's URL as the forge's users reach it: the links of commit statuses
     /// (`{public_url}/v1/plan?rev=…`). Default: `http(s)://{listen}`.
     pub public_url: Option<String>,
+    /// Lifecycle events: how long they are kept, when a silent agent counts as offline.
+    pub events: EventSettings,
 }
+
+/// Settings of the lifecycle events ([`crate::events`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSettings {
+    /// How long the outbox keeps events.
+    pub retention: crate::db::EventRetention,
+    /// An agent that has not reported for this long is offline (`io.cplane.agent.offline`).
+    pub agent_offline_after: Duration,
+}
+
+impl Default for EventSettings {
+    /// Seven days of events; agents offline after 10 minutes of silence.
+    fn default() -> Self {
+        Self {
+            retention: crate::db::EventRetention::default(),
+            agent_offline_after: DEFAULT_AGENT_OFFLINE_AFTER,
+        }
+    }
+}
+
+/// How long an agent may stay silent before it counts as offline: the same threshold as cluster
+/// and rollout status ([`crate::rollout::OFFLINE_AFTER`], 10 minutes).
+pub const DEFAULT_AGENT_OFFLINE_AFTER: Duration = crate::rollout::OFFLINE_AFTER;
+
+/// How often each replica marks silent agents offline and prunes old events.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How long a BFF's registration counts when no other follows: 5 minutes.
 pub const DEFAULT_BFF_REGISTER_TTL: Duration = Duration::from_secs(300);
@@ -180,8 +208,10 @@ fn listen_reason(e: &std::io::Error) -> String {
 mod agent_api;
 pub mod dashboard;
 pub mod edge;
+mod events;
 mod internal;
 mod metrics;
+mod notifications;
 mod pull_requests;
 mod reconcile_loop;
 mod rollouts;
@@ -236,6 +266,10 @@ struct Shared {
     /// Held while a pull request's plan is posted: one at a time, so two pushes in quick
     /// succession cannot both create "the" comment.
     pull_requests: tokio::sync::Mutex<()>,
+    /// The outbox's newest position, as last read ([`events::tail`]): wakes `/v1/events`.
+    events_head: tokio::sync::watch::Sender<i64>,
+    /// The notification sinks being delivered to ([`notifications::notifier`]).
+    notify: Mutex<notifications::NotifyState>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then stops gracefully: no new connections, HTTP
@@ -253,7 +287,9 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     .map_err(Error::Branch)?;
     drop(mirror);
     settings.branch = Some(branch.clone());
-    let mut db = db.with_retention(settings.retention);
+    let mut db = db
+        .with_retention(settings.retention)
+        .with_event_stream(&settings.scope.label());
     // A region other than the primary reads and writes the primary's `tenants` rows.
     if let (Some(primary), Some(token)) = (&settings.auth.primary, &settings.auth.service_token) {
         let remote = crate::adapters::primary::RemoteTenants::new(
@@ -316,6 +352,8 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
         rollout_wake: Notify::new(),
         forge: forge.clone(),
         pull_requests: tokio::sync::Mutex::new(()),
+        events_head: tokio::sync::watch::channel(0).0,
+        notify: Mutex::default(),
     });
     let _ = shared.api.set(crate::api::Api::start(
         crate::api::Settings {
@@ -358,6 +396,9 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
     let expiry = tokio::spawn(seed::expire_registrations(shared.clone()));
     let rollouts = tokio::spawn(rollouts::driver(shared.clone()));
+    let events_tail = tokio::spawn(events::tail(shared.clone()));
+    let housekeeping = tokio::spawn(housekeeping(shared.clone()));
+    let notifier = tokio::spawn(notifications::notifier(shared.clone()));
     let app = router(shared.clone());
     let served = crate::connections::serve(
         listener,
@@ -381,11 +422,38 @@ pub async fn serve(mut settings: Settings, db: Db, aws: Option<Aws>) -> Result<(
     }
     expiry.abort();
     rollouts.abort();
+    events_tail.abort();
+    housekeeping.abort();
+    notifier.abort();
     drop(watcher);
     served.map_err(|source| Error::Listen {
         addr: shared.settings.listen,
         source,
     })
+}
+
+/// Every [`HOUSEKEEPING_INTERVAL`], on every replica (both are safe to run concurrently):
+/// marks agents silent for too long offline, and prunes events past their retention.
+async fn housekeeping(shared: Arc<Shared>) {
+    let settings = shared.settings.events;
+    let mut ticker = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    loop {
+        ticker.tick().await;
+        match shared
+            .db
+            .mark_agents_offline(settings.agent_offline_after)
+            .await
+        {
+            Ok(marked) if !marked.is_empty() => {
+                tracing::warn!(clusters = ?marked, "agents offline");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "marking silent agents offline"),
+        }
+        if let Err(e) = shared.db.prune_events(settings.retention).await {
+            tracing::warn!(error = %e, "pruning events");
+        }
+    }
 }
 
 /// Whether a path segment could be the id of something stored, so that it may be looked up.
@@ -429,6 +497,7 @@ fn router(shared: Arc<Shared>) -> Router {
     // Users (OIDC bearer JWTs): the read API, the write API, `/v1/me`.
     let mut users = user_api::router(shared.clone())
         .merge(rollouts::router(shared.clone()))
+        .merge(events::router(shared.clone()))
         .merge(crate::auth::user_routes(auth.clone()));
     if let Some(api) = shared.api.get() {
         users = users.merge(crate::api::router(api.clone()));

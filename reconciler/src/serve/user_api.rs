@@ -42,7 +42,37 @@ pub(super) async fn status(
         "leader": sh.leader.load(Ordering::SeqCst),
         "branch": sh.branch,
         "last_run": last,
+        "notifications": notifications_status(&sh, &grants).await,
     }))
+}
+
+/// Notification sinks: each one's pending and dead (given up on) deliveries. The last
+/// errors and problems can name any tenant's events or a sink's address: operators only.
+async fn notifications_status(sh: &Shared, grants: &Grants) -> serde_json::Value {
+    let state = sh.notify.lock().expect("notify").clone();
+    let operator = authz::allows(grants, Action::Operate);
+    let backlogs = match sh.db.sink_backlogs().await {
+        Ok(b) => b,
+        Err(e) => return json!({ "error": e.to_string() }),
+    };
+    let mut sinks: Vec<serde_json::Value> = Vec::new();
+    for name in &state.sinks {
+        let b = backlogs.iter().find(|b| &b.sink == name);
+        let mut v = json!({
+            "name": name,
+            "pending": b.map_or(0, |b| b.pending),
+            "dead": b.map_or(0, |b| b.dead),
+        });
+        if operator {
+            v["last_error"] = json!(b.and_then(|b| b.last_error.clone()));
+        }
+        sinks.push(v);
+    }
+    let mut out = json!({ "sinks": sinks });
+    if operator {
+        out["problems"] = json!(state.problems);
+    }
+    out
 }
 
 /// An API error: status and message, answered as `{"error": message}`.

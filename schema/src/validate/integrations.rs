@@ -166,6 +166,9 @@ pub(super) fn platform(p: &Entity<Platform>, out: &mut Vec<Diagnostic>) {
         crate::rollout::check_policy(p, "spec.rollout", policy, out);
     }
     crate::rollout::check_windows(p, "spec.syncWindows", &spec.sync_windows, out);
+    if let Some(n) = &spec.notifications {
+        crate::notifications::check(p, n, out);
+    }
 }
 
 /// Checks a region's `temporalAddress` and `features`.
@@ -202,7 +205,12 @@ fn flags<T>(e: &Entity<T>, flags: &BTreeMap<String, bool>, out: &mut Vec<Diagnos
     }
 }
 
-fn secret_ref(p: &Entity<Platform>, path: &str, s: &SecretRef, out: &mut Vec<Diagnostic>) {
+pub(crate) fn secret_ref(
+    p: &Entity<Platform>,
+    path: &str,
+    s: &SecretRef,
+    out: &mut Vec<Diagnostic>,
+) {
     match (&s.env, &s.file) {
         (Some(_), Some(_)) | (None, None) => {
             out.push(p.diag(
@@ -267,7 +275,7 @@ fn pattern(s: &str, allowed: &[&str]) -> Result<String, String> {
 }
 
 /// An https URL of a DNS host (optional port and path), or plain http to a loopback host.
-fn base_url(url: &str) -> Result<(), String> {
+pub(crate) fn base_url(url: &str) -> Result<(), String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| "not a URL (expected `https://host`)".to_owned())?;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::Row;
 
 use super::*;
+use crate::events::{EventType, NewEvent};
 
 /// An agent's report (`POST /v1/clusters/{cluster}/status`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -82,6 +83,7 @@ impl Db {
 
     /// Points cluster `id` at the stored bundle `digest`, bumping its generation when the
     /// digest changed, and tells every replica (`NOTIFY`). Returns the cluster's generation.
+    /// A changed digest writes `io.cplane.bundle.published` in the same transaction.
     pub async fn point_cluster(
         &self,
         id: &str,
@@ -90,6 +92,13 @@ impl Db {
         environment: &str,
         digest: &str,
     ) -> Result<i64, Error> {
+        let mut tx = self.pool.begin().await?;
+        let before: Option<String> = sqlx::query("SELECT digest FROM clusters WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get("digest"))
+            .transpose()?;
         sqlx::query(
             "INSERT INTO clusters (id, kind, region, environment, digest, generation, updated_at) VALUES ($1, $2, $3, $4, $5, 1, $6)
              ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at,
@@ -101,13 +110,32 @@ impl Db {
         .bind(environment)
         .bind(digest)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         let row = sqlx::query("SELECT generation FROM clusters WHERE id = $1")
             .bind(id)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
-        let generation = row.try_get("generation")?;
+        let generation: i64 = row.try_get("generation")?;
+        if before.as_deref() != Some(digest) {
+            let mut event = NewEvent::new(
+                EventType::BundlePublished,
+                format!("cluster/{id}"),
+                serde_json::json!({
+                    "cluster": id,
+                    "kind": kind,
+                    "digest": digest,
+                    "previous": before,
+                    "generation": generation,
+                }),
+            )
+            .in_stream(region, environment);
+            if let Some(ws) = id.strip_prefix("w-").filter(|_| kind == "tenant") {
+                event = event.of_workspace(ws);
+            }
+            super::events::append(&mut tx, &self.event_stream, &event).await?;
+        }
+        tx.commit().await?;
         self.notify(BUNDLES_CHANNEL, id).await?;
         Ok(generation)
     }
@@ -171,16 +199,32 @@ impl Db {
             .collect()
     }
 
-    /// Stores an agent's report for `cluster`.
+    /// Stores an agent's report for `cluster`. In the same transaction: an agent that was
+    /// offline writes `io.cplane.agent.back`; a report turning unhealthy (or the first one,
+    /// unhealthy) `io.cplane.agent.failing`; one turning healthy again
+    /// `io.cplane.agent.recovered`.
     pub async fn report_cluster_status(
         &self,
         cluster: &str,
         r: &ClusterReport,
     ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let before =
+            sqlx::query("SELECT healthy, offline_since FROM cluster_status WHERE cluster_id = $1")
+                .bind(cluster)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (was_healthy, offline_since) = match &before {
+            Some(row) => (
+                Some(row.try_get::<String, _>("healthy")? == "True"),
+                row.try_get::<Option<i64>, _>("offline_since")?,
+            ),
+            None => (None, None),
+        };
         sqlx::query(
             "INSERT INTO cluster_status (cluster_id, digest, generation, healthy, message, objects, reported_at, agent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (cluster_id) DO UPDATE SET digest = excluded.digest, generation = excluded.generation, healthy = excluded.healthy,
-               message = excluded.message, objects = excluded.objects, reported_at = excluded.reported_at, agent_version = excluded.agent_version",
+               message = excluded.message, objects = excluded.objects, reported_at = excluded.reported_at, agent_version = excluded.agent_version, offline_since = NULL",
         )
         .bind(cluster)
         .bind(&r.digest)
@@ -190,9 +234,104 @@ impl Db {
         .bind(r.objects.to_string())
         .bind(now_ms())
         .bind(&r.agent_version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let mut kinds = Vec::new();
+        if let Some(since) = offline_since {
+            kinds.push((EventType::AgentBack, Some(since)));
+        }
+        match (was_healthy, r.healthy) {
+            (Some(true) | None, false) => kinds.push((EventType::AgentFailing, None)),
+            (Some(false), true) => kinds.push((EventType::AgentRecovered, None)),
+            _ => {}
+        }
+        for (kind, since) in kinds {
+            let mut data = serde_json::json!({
+                "cluster": cluster,
+                "digest": r.digest,
+                "generation": r.generation,
+                "healthy": r.healthy,
+                "message": r.message,
+            });
+            if let Some(since) = since {
+                data["offline_since"] = since.into();
+            }
+            let event = self.cluster_event(&mut tx, kind, cluster, data).await?;
+            super::events::append(&mut tx, &self.event_stream, &event).await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Marks the agents that have not reported for `silent_for` offline, writing
+    /// `io.cplane.agent.offline` for each in the same transaction. Safe on every replica at
+    /// once: a cluster is marked (and its event written) by one. Returns the clusters marked.
+    pub async fn mark_agents_offline(
+        &self,
+        silent_for: std::time::Duration,
+    ) -> Result<Vec<String>, Error> {
+        let now = now_ms();
+        let cutoff = now.saturating_sub(i64::try_from(silent_for.as_millis()).unwrap_or(i64::MAX));
+        let mut tx = self.pool.begin().await?;
+        let quiet = sqlx::query(
+            "SELECT cluster_id, reported_at FROM cluster_status WHERE offline_since IS NULL AND reported_at < $1 ORDER BY cluster_id",
+        )
+        .bind(cutoff)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut marked = Vec::new();
+        for row in quiet {
+            let cluster: String = row.try_get("cluster_id")?;
+            let reported_at: i64 = row.try_get("reported_at")?;
+            let done = sqlx::query(
+                "UPDATE cluster_status SET offline_since = $1 WHERE cluster_id = $2 AND offline_since IS NULL AND reported_at < $3",
+            )
+            .bind(now)
+            .bind(&cluster)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                let data = serde_json::json!({
+                    "cluster": cluster,
+                    "last_report": reported_at,
+                    "silent_for_seconds": silent_for.as_secs(),
+                });
+                let event = self
+                    .cluster_event(&mut tx, EventType::AgentOffline, &cluster, data)
+                    .await?;
+                super::events::append(&mut tx, &self.event_stream, &event).await?;
+                marked.push(cluster);
+            }
+        }
+        tx.commit().await?;
+        Ok(marked)
+    }
+
+    /// An event about cluster `id`, in its region's stream when it has a bundle, concerning
+    /// its workspace when it is a tenant cluster.
+    async fn cluster_event(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        kind: EventType,
+        id: &str,
+        data: serde_json::Value,
+    ) -> Result<NewEvent, Error> {
+        let row = sqlx::query("SELECT kind, region, environment FROM clusters WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let mut event = NewEvent::new(kind, format!("cluster/{id}"), data);
+        if let Some(row) = row {
+            let ckind: String = row.try_get("kind")?;
+            let region: String = row.try_get("region")?;
+            let environment: String = row.try_get("environment")?;
+            event = event.in_stream(&region, &environment);
+            if let Some(ws) = id.strip_prefix("w-").filter(|_| ckind == "tenant") {
+                event = event.of_workspace(ws);
+            }
+        }
+        Ok(event)
     }
 
     /// The last report of `cluster`, with when it came (unix millis).

@@ -91,20 +91,60 @@ impl Db {
         Ok(())
     }
 
-    /// Journal: records a failed attempt (the step is retried on a later run).
+    /// Journal: records a failed attempt (the step is retried on a later run). A step that
+    /// starts failing, or fails with another error than last time, writes
+    /// `io.cplane.workspace.provisioning_failed` (with the step and the error) in the same
+    /// transaction; retries failing the same way do not repeat it.
     pub async fn journal_failed(
         &self,
         workspace: &str,
         step: StepKind,
         error: &str,
     ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let before = sqlx::query(
+            "SELECT j.state, j.last_error, j.attempts, w.region, w.environment, w.account
+             FROM journal j LEFT JOIN workspaces w ON w.id = j.workspace_id
+             WHERE j.workspace_id = $1 AND j.step = $2",
+        )
+        .bind(workspace)
+        .bind(step.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
         sqlx::query("UPDATE journal SET state = 'failed', last_error = $1, updated_at = $2 WHERE workspace_id = $3 AND step = $4")
             .bind(error)
             .bind(now_ms())
             .bind(workspace)
             .bind(step.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if let Some(row) = before {
+            let state: String = row.try_get("state")?;
+            let last: Option<String> = row.try_get("last_error")?;
+            let region: Option<String> = row.try_get("region")?;
+            let environment: Option<String> = row.try_get("environment")?;
+            let account: Option<String> = row.try_get("account")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            if state != "failed" || last.as_deref() != Some(error) {
+                let mut event = crate::events::NewEvent::new(
+                    crate::events::EventType::WorkspaceProvisioningFailed,
+                    format!("workspace/{workspace}"),
+                    serde_json::json!({
+                        "workspace": workspace,
+                        "account": account,
+                        "step": step.as_str(),
+                        "attempt": attempts,
+                        "error": error,
+                    }),
+                )
+                .of_workspace(workspace);
+                if let (Some(r), Some(e)) = (region, environment) {
+                    event = event.in_stream(&r, &e);
+                }
+                super::events::append(&mut tx, &self.event_stream, &event).await?;
+            }
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -159,6 +199,7 @@ mod tests {
     //! The journal's results on both engines: SQLite in a temporary file, PostgreSQL in a fresh
     //! database on the server of `CPLANE_TEST_PG` (default: the local one at 127.0.0.1:5432).
 
+    use super::super::test_support::{sqlite, with_postgres};
     use super::*;
     use crate::plan::RecordSet;
 
@@ -354,48 +395,6 @@ mod tests {
             .await
             .expect_err("observe reads the same row");
         assert!(matches!(err, Error::JournalResult { .. }), "{err}");
-    }
-
-    async fn sqlite() -> (tempfile::TempDir, Db) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("cplane.db").display());
-        let db = Db::connect(&url).await.expect("sqlite");
-        (dir, db)
-    }
-
-    /// A fresh PostgreSQL database, dropped at the end of `f`.
-    async fn with_postgres<F, Fut>(f: F)
-    where
-        F: FnOnce(Db) -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
-        use sqlx::Connection;
-        let admin = std::env::var("CPLANE_TEST_PG")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!(
-            "cplane_unit_journal_{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("PostgreSQL at {} (set CPLANE_TEST_PG): {e}", redact(&admin))
-            });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        let db = Db::connect(&format!("{base}/{name}"))
-            .await
-            .expect("postgres");
-        f(db.clone()).await;
-        db.pool().close().await;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await
-            .expect("drop database");
     }
 
     #[tokio::test]

@@ -16,6 +16,8 @@ use crate::plan::{
 };
 
 mod bundles;
+mod deliveries;
+mod events;
 mod journal;
 mod observe;
 mod rollouts;
@@ -26,6 +28,8 @@ mod tokens;
 mod webhooks;
 
 pub use bundles::ClusterReport;
+pub use deliveries::SinkBacklog;
+pub use events::{EventFilter, EventRetention};
 pub use rollouts::{RolloutCluster, RolloutEvent, RolloutRow};
 pub use seed::BFF_HEALTHY;
 pub use status::{Condition, WorkspaceReadiness};
@@ -125,6 +129,8 @@ pub struct Db {
     /// Where the `tenants` rows live ([`crate::tenants`]): this pool's table unless
     /// [`Db::with_tenant_store`] says otherwise.
     tenants: std::sync::Arc<dyn crate::tenants::TenantStore>,
+    /// The stream of fleet-wide events ([`Db::with_event_stream`]).
+    event_stream: std::sync::Arc<str>,
 }
 
 /// How many reconcile runs are kept per scope, and for how long: older runs are deleted as
@@ -205,6 +211,7 @@ impl Db {
             pool,
             url: url.into(),
             retention: Retention::default(),
+            event_stream: "*".into(),
         })
     }
 
@@ -244,5 +251,55 @@ impl Db {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Databases for the adapter's tests: SQLite in a temporary file, PostgreSQL in a fresh
+    //! database on the server of `CPLANE_TEST_PG` (default: the local one at 127.0.0.1:5432).
+
+    use super::*;
+
+    pub(crate) async fn sqlite() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("cplane.db").display());
+        let db = Db::connect(&url).await.expect("sqlite");
+        (dir, db)
+    }
+
+    /// A fresh PostgreSQL database, dropped at the end of `f`.
+    pub(crate) async fn with_postgres<F, Fut>(f: F)
+    where
+        F: FnOnce(Db) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        use sqlx::Connection;
+        let admin = std::env::var("CPLANE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!(
+            "cplane_unit_{}_{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL at {} (set CPLANE_TEST_PG): {e}", redact(&admin))
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let db = Db::connect(&format!("{base}/{name}"))
+            .await
+            .expect("postgres");
+        f(db.clone()).await;
+        db.pool().close().await;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .expect("drop database");
     }
 }

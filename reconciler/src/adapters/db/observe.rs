@@ -6,6 +6,7 @@ use sqlx::Row;
 
 use super::journal::journal_row;
 use super::*;
+use crate::events::{EventType, NewEvent};
 use crate::tenants::Filter;
 
 impl Db {
@@ -131,7 +132,9 @@ impl Db {
         }
     }
 
-    /// Upserts the `workspaces` row.
+    /// Upserts the `workspaces` row. A row turning `active` writes
+    /// `io.cplane.workspace.provisioned`, one turning `deleted` or `retained`
+    /// `io.cplane.workspace.deprovisioned`, in the same transaction.
     pub async fn write_workspace(
         &self,
         w: &DesiredWorkspace,
@@ -139,6 +142,13 @@ impl Db {
         status: Status,
         commit: &str,
     ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let before: Option<String> = sqlx::query("SELECT status FROM workspaces WHERE id = $1")
+            .bind(&w.id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get("status"))
+            .transpose()?;
         sqlx::query(
             "INSERT INTO workspaces (id, region, environment, account, aws_account_id, aws_region, role_arn, external_id, zone_name, parent_zone, bff_url, deletion_policy, generation, status, commit_id, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
@@ -163,8 +173,34 @@ impl Db {
         .bind(status.as_str())
         .bind(commit)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let kind = match status {
+            _ if before.as_deref() == Some(status.as_str()) => None,
+            Status::Active => Some(EventType::WorkspaceProvisioned),
+            Status::Deleted | Status::Retained => Some(EventType::WorkspaceDeprovisioned),
+            Status::Provisioning | Status::Deprovisioning => None,
+        };
+        if let Some(kind) = kind {
+            let event = NewEvent::new(
+                kind,
+                format!("workspace/{}", w.id),
+                serde_json::json!({
+                    "workspace": w.id,
+                    "account": w.account,
+                    "region": w.region,
+                    "environment": w.environment,
+                    "status": status.as_str(),
+                    "generation": generation,
+                    "commit": commit,
+                    "zone": w.zone_name,
+                }),
+            )
+            .in_stream(&w.region, &w.environment)
+            .of_workspace(&w.id);
+            super::events::append(&mut tx, &self.event_stream, &event).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sqlx::Row;
 
 use super::*;
+use crate::events::{EventType, NewEvent};
 
 /// A rollout row.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -196,6 +197,12 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             insert_event(&mut tx, &id, "cplane", "superseded", &rollout.id).await?;
+            let event = NewEvent::new(
+                EventType::RolloutSuperseded,
+                format!("rollout/{id}"),
+                serde_json::json!({ "rollout": id, "by": rollout.id }),
+            );
+            super::events::append(&mut tx, &self.event_stream, &event).await?;
         }
         sqlx::query(&format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
             .bind(&rollout.id)
@@ -241,6 +248,18 @@ impl Db {
             ),
         )
         .await?;
+        let event = NewEvent::new(
+            EventType::RolloutStarted,
+            format!("rollout/{}", rollout.id),
+            serde_json::json!({
+                "rollout": rollout.id,
+                "commit": rollout.commit,
+                "stacks": rollout.stacks,
+                "clusters": clusters.len(),
+                "waves": rollout.policy.waves.iter().map(|w| &w.name).collect::<Vec<_>>(),
+            }),
+        );
+        super::events::append(&mut tx, &self.event_stream, &event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -437,6 +456,20 @@ impl Db {
             == 1;
         if moved {
             insert_event(&mut tx, id, actor, event.0, event.1).await?;
+            if let Some(kind) = lifecycle(state, to, event.0) {
+                let data = serde_json::json!({
+                    "rollout": id,
+                    "state": to,
+                    "wave": wave,
+                    "to_wave": to_wave,
+                    "actor": actor,
+                    "action": event.0,
+                    "reason": reason,
+                    "detail": event.1,
+                });
+                let new = NewEvent::new(kind, format!("rollout/{id}"), data);
+                super::events::append(&mut tx, &self.event_stream, &new).await?;
+            }
         }
         tx.commit().await?;
         Ok(moved)
@@ -648,6 +681,19 @@ impl Db {
     }
 }
 
+/// The lifecycle event of a rollout moving from `from` to `to` by `action` (`None`: a move
+/// nobody needs to hear about).
+fn lifecycle(from: &str, to: &str, action: &str) -> Option<EventType> {
+    Some(match (to, action) {
+        ("completed", _) => EventType::RolloutFinished,
+        ("paused", _) => EventType::RolloutPaused,
+        ("aborted", _) => EventType::RolloutAborted,
+        ("progressing", "resume") if from == "paused" => EventType::RolloutResumed,
+        ("progressing" | "baking", "gate-passed" | "promote") => EventType::RolloutWavePassed,
+        _ => return None,
+    })
+}
+
 async fn insert_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     id: &str,
@@ -664,4 +710,66 @@ async fn insert_event(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_moves_map_to_lifecycle_events() {
+        let cases = [
+            (
+                "progressing",
+                "completed",
+                "gate-passed",
+                Some(EventType::RolloutFinished),
+            ),
+            (
+                "progressing",
+                "paused",
+                "gate-failed",
+                Some(EventType::RolloutPaused),
+            ),
+            ("baking", "paused", "pause", Some(EventType::RolloutPaused)),
+            (
+                "progressing",
+                "aborted",
+                "abort",
+                Some(EventType::RolloutAborted),
+            ),
+            (
+                "paused",
+                "progressing",
+                "resume",
+                Some(EventType::RolloutResumed),
+            ),
+            (
+                "progressing",
+                "baking",
+                "gate-passed",
+                Some(EventType::RolloutWavePassed),
+            ),
+            (
+                "progressing",
+                "progressing",
+                "gate-passed",
+                Some(EventType::RolloutWavePassed),
+            ),
+            (
+                "paused",
+                "progressing",
+                "promote",
+                Some(EventType::RolloutWavePassed),
+            ),
+            ("baking", "progressing", "baked", None),
+        ];
+        for (from, to, action, want) in cases {
+            assert_eq!(
+                lifecycle(from, to, action),
+                want,
+                "{from} -> {to} by {action}"
+            );
+        }
+    }
 }

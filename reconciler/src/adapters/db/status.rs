@@ -185,7 +185,9 @@ impl Db {
             .collect()
     }
 
-    /// Records a reconcile run.
+    /// Records a reconcile run. A run refusing a commit writes `io.cplane.commit.refused`
+    /// (with every error) in the same transaction, once per commit and scope (while that
+    /// refusal's run is retained: see [`Retention`]).
     #[allow(clippy::too_many_arguments)] // a row of the runs table
     pub async fn record_run(
         &self,
@@ -198,6 +200,16 @@ impl Db {
         started_at: i64,
         duration_ms: i64,
     ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let refused_before = outcome == "refused"
+            && sqlx::query(
+                "SELECT id FROM reconcile_runs WHERE scope = $1 AND commit_id = $2 AND outcome = 'refused' LIMIT 1",
+            )
+            .bind(scope)
+            .bind(commit)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
         sqlx::query(
             "INSERT INTO reconcile_runs (id, commit_id, scope, plan, outcome, errors, started_at, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -209,8 +221,17 @@ impl Db {
         .bind(serde_json::to_string(errors).expect("strings serialize"))
         .bind(started_at)
         .bind(duration_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if outcome == "refused" && !refused_before {
+            let event = crate::events::NewEvent::new(
+                crate::events::EventType::CommitRefused,
+                format!("commit/{commit}"),
+                serde_json::json!({ "commit": commit, "scope": scope, "run": id, "errors": errors }),
+            );
+            super::events::append(&mut tx, &self.event_stream, &event).await?;
+        }
+        tx.commit().await?;
         let oldest = now_ms()
             .saturating_sub(i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX));
         sqlx::query(
@@ -286,8 +307,17 @@ impl Db {
         })
     }
 
-    /// Records `commit` as applied for `scope`.
+    /// Records `commit` as applied for `scope`; when it replaces another (or is the first),
+    /// writes `io.cplane.commit.applied` in the same transaction.
     pub async fn set_applied_revision(&self, scope: &str, commit: &str) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let previous: Option<String> =
+            sqlx::query("SELECT commit_id FROM applied_revisions WHERE scope = $1")
+                .bind(scope)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("commit_id"))
+                .transpose()?;
         sqlx::query(
             "INSERT INTO applied_revisions (scope, commit_id, updated_at) VALUES ($1, $2, $3)
              ON CONFLICT (scope) DO UPDATE SET commit_id = excluded.commit_id, updated_at = excluded.updated_at",
@@ -295,8 +325,17 @@ impl Db {
         .bind(scope)
         .bind(commit)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if previous.as_deref() != Some(commit) {
+            let event = crate::events::NewEvent::new(
+                crate::events::EventType::CommitApplied,
+                format!("commit/{commit}"),
+                serde_json::json!({ "commit": commit, "scope": scope, "previous": previous }),
+            );
+            super::events::append(&mut tx, &self.event_stream, &event).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -319,6 +319,32 @@ impl RetentionArgs {
     }
 }
 
+/// Lifecycle events (`GET /v1/events`, notifications).
+#[derive(clap::Args, Clone, Copy)]
+pub(super) struct EventArgs {
+    /// Events older than this are deleted from the outbox (e.g. `7d`, `12h`), unless a
+    /// notification sink has yet to receive them.
+    #[arg(long, env = "CPLANE_KEEP_EVENTS_FOR", default_value = "7d", value_parser = parse_interval)]
+    pub(super) keep_events_for: std::time::Duration,
+}
+
+impl EventArgs {
+    /// The event settings; `agent_offline_after` is `serve`'s `--agent-offline-after`, which
+    /// also decides when an agent counts as offline in cluster and rollout status.
+    pub(super) fn settings(
+        self,
+        agent_offline_after: std::time::Duration,
+    ) -> cplane_reconciler::serve::EventSettings {
+        let Self { keep_events_for } = self;
+        cplane_reconciler::serve::EventSettings {
+            retention: cplane_reconciler::db::EventRetention {
+                max_age: keep_events_for,
+            },
+            agent_offline_after,
+        }
+    }
+}
+
 /// Where the desired state comes from.
 #[derive(clap::Args)]
 pub(super) struct RepoArgs {
@@ -733,6 +759,8 @@ pub(super) enum Command {
         #[command(flatten)]
         retention: RetentionArgs,
         #[command(flatten)]
+        events: EventArgs,
+        #[command(flatten)]
         tls: TlsArgs,
         #[command(flatten)]
         edge: EdgeArgs,
@@ -762,6 +790,41 @@ pub(super) enum Command {
     Principal {
         #[command(subcommand)]
         command: PrincipalCommand,
+    },
+    /// Lifecycle events of a running control plane (`GET /v1/events`, CloudEvents): the
+    /// retained ones, then with --follow new ones as they happen, resuming where it stopped
+    /// across reconnects, server restarts and replicas.
+    Events {
+        /// The control plane's URL; several (comma-separated), replicas sharing a database:
+        /// a broken stream resumes on the next.
+        #[arg(
+            long,
+            env = "CPLANE_SERVER",
+            default_value = "http://127.0.0.1:8080",
+            value_delimiter = ','
+        )]
+        server: Vec<String>,
+        /// A file holding the bearer token (else `CPLANE_TOKEN`; none for a server with
+        /// `--insecure-open-read`).
+        #[arg(long, env = "CPLANE_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Only these types (comma-separated or repeated): `commit.refused`,
+        /// `io.cplane.rollout.paused`, `agent.*`.
+        #[arg(long = "type", value_delimiter = ',')]
+        types: Vec<String>,
+        /// Only events concerning this workspace.
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Start after this position (`0`: every retained event). Default: every retained
+        /// event, or with --follow only new ones.
+        #[arg(long)]
+        after: Option<i64>,
+        /// Keep printing new events as they happen (until interrupted).
+        #[arg(long)]
+        follow: bool,
+        /// Output format: `json` prints each CloudEvent on a line of its own.
+        #[arg(long, env = "CPLANE_FORMAT", value_enum, default_value = "text")]
+        format: Format,
     },
     /// Rollouts of stack changes across clusters: status, and the operator's controls
     /// (each recorded with who did it: `--actor`, default `cli:$USER`).

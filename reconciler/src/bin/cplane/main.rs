@@ -21,12 +21,14 @@ use std::sync::Arc;
 
 mod admin;
 mod args;
+mod events;
 mod offline;
 mod plan_apply;
 mod up;
 
 use admin::*;
 use args::*;
+use events::*;
 use offline::*;
 use plan_apply::*;
 use up::*;
@@ -207,6 +209,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Principal { command } => principal_command(command),
         Command::Membership { command } => membership_command(command),
         Command::Rollout { command } => block_on(rollout_command(command)),
+        Command::Events {
+            server,
+            token_file,
+            types,
+            workspace,
+            after,
+            follow,
+            format,
+        } => events_command(EventsQuery {
+            server,
+            token_file,
+            types,
+            workspace,
+            after,
+            follow,
+            format,
+        }),
         Command::Serve {
             repo_url,
             branch,
@@ -225,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bff_register_ttl,
             agent_offline_after,
             retention,
+            events,
             tls,
             edge,
             forge,
@@ -257,6 +277,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 agent_offline_after,
                 forge,
                 public_url,
+                events: events.settings(agent_offline_after),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -82,7 +82,13 @@ pub(super) fn reconcile_inner(args: &RunArgs, mode: Mode) -> anyhow::Result<u8> 
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let db = with_primary(Db::connect(&database).await?, primary)?;
+        // Fleet-wide events (commits, rollouts) go to the scope's stream, as `serve` writes them.
+        let stream = cplane_reconciler::plan::Scope {
+            regions: regions.clone(),
+            environments: environments.clone(),
+        }
+        .label();
+        let db = with_primary(Db::connect(&database).await?, primary)?.with_event_stream(&stream);
         let aws = match cloud {
             Cloud::Aws => Some(cplane_reconciler::aws::Aws::from_env().await),
             Cloud::None => None,

@@ -99,6 +99,7 @@ pub(super) fn up(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<Exi
         agent_offline_after: cplane_reconciler::rollout::OFFLINE_AFTER,
         forge: None,
         public_url: None,
+        events: cplane_reconciler::serve::EventSettings::default(),
     };
     let database = format!("sqlite://{}", dir.join("cplane.db").display());
     println!(
