@@ -219,3 +219,15 @@ impl Drop for TestIssuer {
         self.task.abort();
     }
 }
+
+/// A development issuer for tests that sign their own users' tokens: keys generated here, its
+/// JWKS served on 127.0.0.1 (a free port) for as long as the runtime runs.
+///
+/// # Panics
+/// When no local port can be bound.
+pub async fn dev_issuer() -> cplane_reconciler::auth::dev::DevIssuer {
+    let (dev, _serving) = cplane_reconciler::auth::dev::DevIssuer::start_local()
+        .await
+        .expect("a development issuer on 127.0.0.1");
+    dev
+}

@@ -272,21 +272,9 @@ fn cplane(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A development issuer (keys generated here) serving its JWKS on 127.0.0.1.
+/// A development issuer serving its JWKS on 127.0.0.1 (see [`cplane_e2e::oidc::dev_issuer`]).
 async fn issuer() -> cplane_reconciler::auth::dev::DevIssuer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let dev = cplane_reconciler::auth::dev::DevIssuer::generate(&format!(
-        "http://127.0.0.1:{port}/realms/test"
-    ))
-    .expect("issuer");
-    let router = dev.router();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    dev
+    cplane_e2e::oidc::dev_issuer().await
 }
 
 fn bearer(dev: &cplane_reconciler::auth::dev::DevIssuer, email: &str, name: &str) -> String {

@@ -40,6 +40,27 @@ fn playwright_core() -> PathBuf {
 
 struct Up(Child);
 
+/// Starts `cplane up` in `dir` on a free port of 127.0.0.1, without AWS credentials.
+fn up(dir: &Path, stdout: Stdio) -> (Up, u16) {
+    let port = cplane_e2e::moto::free_port();
+    let child = Command::new(cplane_e2e::cargo_bin("cplane"))
+        .args([
+            "up",
+            "--dir",
+            ".cplane",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .current_dir(dir)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_PROFILE")
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cplane up");
+    (Up(child), port)
+}
+
 impl Drop for Up {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -55,22 +76,7 @@ fn the_dashboard_tour_in_a_real_browser() {
     );
     let playwright = playwright_core();
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = cplane_e2e::moto::free_port();
-    let up = Up(Command::new(cplane_e2e::cargo_bin("cplane"))
-        .args([
-            "up",
-            "--dir",
-            ".cplane",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .current_dir(dir.path())
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_PROFILE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cplane up"));
+    let (up, port) = up(dir.path(), Stdio::piped());
     wait_up_to(
         "cplane up to publish w-acme",
         Duration::from_secs(60),
@@ -187,22 +193,7 @@ fn the_dev_issuer_signs_in_only_with_a_matching_pkce_verifier() {
     // The authorization endpoint never redirects off its own origin, and a code is single
     // use and bound to its verifier.
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = cplane_e2e::moto::free_port();
-    let _up = Up(Command::new(cplane_e2e::cargo_bin("cplane"))
-        .args([
-            "up",
-            "--dir",
-            ".cplane",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .current_dir(dir.path())
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_PROFILE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cplane up"));
+    let (_up, port) = up(dir.path(), Stdio::null());
     wait_up_to("cplane up", Duration::from_secs(60), || {
         http(port, "GET", "/readyz", &[], b"").0 == 200
     });

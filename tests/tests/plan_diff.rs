@@ -130,21 +130,9 @@ fn a_plan_lists_every_clusters_objects_with_diffs_and_its_exit_code_says_whether
     assert_eq!(v["clusters"], serde_json::json!([]));
 }
 
-/// A development issuer (keys generated here) serving its JWKS on 127.0.0.1.
+/// A development issuer serving its JWKS on 127.0.0.1 (see [`cplane_e2e::oidc::dev_issuer`]).
 async fn issuer() -> cplane_reconciler::auth::dev::DevIssuer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let dev = cplane_reconciler::auth::dev::DevIssuer::generate(&format!(
-        "http://127.0.0.1:{port}/realms/test"
-    ))
-    .expect("issuer");
-    let router = dev.router();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    dev
+    cplane_e2e::oidc::dev_issuer().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

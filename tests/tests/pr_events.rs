@@ -25,21 +25,9 @@ const REPO: &str = "platform/state";
 /// cplane's comment marker.
 const MARKER: &str = "<!-- cplane-plan -->";
 
-/// A development issuer (keys generated here) serving its JWKS on 127.0.0.1.
+/// A development issuer serving its JWKS on 127.0.0.1 (see [`cplane_e2e::oidc::dev_issuer`]).
 async fn issuer() -> cplane_reconciler::auth::dev::DevIssuer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let dev = cplane_reconciler::auth::dev::DevIssuer::generate(&format!(
-        "http://127.0.0.1:{port}/realms/test"
-    ))
-    .expect("issuer");
-    let router = dev.router();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    dev
+    cplane_e2e::oidc::dev_issuer().await
 }
 
 /// `git ARGS` in `dir`, which must succeed.

@@ -391,23 +391,10 @@ fn on_failure_abort_stops_the_rollout_for_good() {
     });
 }
 
-/// A development issuer (keys generated here) serving its JWKS on 127.0.0.1, on `rt`.
+/// A development issuer serving its JWKS on 127.0.0.1, on `rt` (see
+/// [`cplane_e2e::oidc::dev_issuer`]).
 fn issuer(rt: &tokio::runtime::Runtime) -> cplane_reconciler::auth::dev::DevIssuer {
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let dev = cplane_reconciler::auth::dev::DevIssuer::generate(&format!(
-            "http://127.0.0.1:{port}/realms/test"
-        ))
-        .expect("issuer");
-        let router = dev.router();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        dev
-    })
+    rt.block_on(cplane_e2e::oidc::dev_issuer())
 }
 
 #[test]
