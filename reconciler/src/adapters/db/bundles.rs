@@ -29,6 +29,11 @@ fn empty_list() -> serde_json::Value {
     serde_json::Value::Array(Vec::new())
 }
 
+/// Points a cluster at a digest, bumping its generation when the digest changed.
+const POINT_CLUSTER: &str = "INSERT INTO clusters (id, kind, region, environment, digest, generation, updated_at) VALUES ($1, $2, $3, $4, $5, 1, $6)
+     ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at,
+       generation = CASE WHEN clusters.digest = excluded.digest THEN clusters.generation ELSE clusters.generation + 1 END";
+
 impl Db {
     /// Stores a bundle body by digest, gzip-compressed (idempotent), and points the cluster at
     /// it, bumping its generation when the digest changed. Returns the cluster's generation.
@@ -87,19 +92,15 @@ impl Db {
         environment: &str,
         digest: &str,
     ) -> Result<i64, Error> {
-        sqlx::query(
-            "INSERT INTO clusters (id, kind, region, environment, digest, generation, updated_at) VALUES ($1, $2, $3, $4, $5, 1, $6)
-             ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at,
-               generation = CASE WHEN clusters.digest = excluded.digest THEN clusters.generation ELSE clusters.generation + 1 END",
-        )
-        .bind(id)
-        .bind(kind)
-        .bind(region)
-        .bind(environment)
-        .bind(digest)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(POINT_CLUSTER)
+            .bind(id)
+            .bind(kind)
+            .bind(region)
+            .bind(environment)
+            .bind(digest)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
         let row = sqlx::query("SELECT generation FROM clusters WHERE id = $1")
             .bind(id)
             .fetch_one(&self.pool)
@@ -107,6 +108,38 @@ impl Db {
         let generation = row.try_get("generation")?;
         self.notify(BUNDLES_CHANNEL, id).await?;
         Ok(generation)
+    }
+
+    /// Points each of `clusters` — (id, kind, region, environment, digest) — at its stored
+    /// bundle as [`Db::point_cluster`] does, all in one transaction, then tells every replica
+    /// of each (`NOTIFY`). A rollout publishes a wave of thousands of clusters at once: one
+    /// statement each on one connection, instead of a transaction and a query each, takes the
+    /// wave's publish from seconds to a fraction of one (`benches/rollouts.rs`).
+    pub async fn point_clusters(
+        &self,
+        clusters: &[(&str, &str, &str, &str, &str)],
+    ) -> Result<(), Error> {
+        if clusters.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        for (id, kind, region, environment, digest) in clusters {
+            sqlx::query(POINT_CLUSTER)
+                .bind(*id)
+                .bind(*kind)
+                .bind(*region)
+                .bind(*environment)
+                .bind(*digest)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        for (id, ..) in clusters {
+            self.notify(BUNDLES_CHANNEL, id).await?;
+        }
+        Ok(())
     }
 
     /// The gzip-compressed bodies of these bundles, by digest (unknown digests are absent).
