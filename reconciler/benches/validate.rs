@@ -158,6 +158,39 @@ struct Summary {
     tenants: synthetic::Tenants,
     cat_file: Duration,
     e2e: Duration,
+    /// CPU time (user + system) of the `cplane validate` process, median.
+    e2e_cpu: Duration,
+    /// Load averages when the shape was done.
+    load: String,
+}
+
+/// CPU time (user + system) of this process's children that have been waited for
+/// (`cutime` + `cstime` of `/proc/self/stat`).
+fn children_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command name's ')': cutime and cstime are fields 16 and 17 of the line.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Clock ticks are 1/100 s on Linux (USER_HZ).
+    Duration::from_millis((ticks(13) + ticks(14)) * 10)
+}
+
+/// The load averages (`/proc/loadavg`).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn main() {
@@ -202,11 +235,13 @@ fn main() {
             )
         };
         println!(
-            "  {:<16} cplane validate {}   git cat-file {}   = {:4.1}x cat-file   {goal}",
+            "  {:<16} cplane validate {} (CPU {})   git cat-file {}   = {:4.1}x cat-file   {goal}   (load {})",
             s.tenants.name(),
             ms(s.e2e),
+            ms(s.e2e_cpu),
             ms(s.cat_file),
-            s.e2e.as_secs_f64() / s.cat_file.as_secs_f64()
+            s.e2e.as_secs_f64() / s.cat_file.as_secs_f64(),
+            s.load
         );
     }
 }
@@ -331,18 +366,24 @@ fn shape(tenants: synthetic::Tenants, workspaces: usize, regions: usize, runs: u
 
     let bin = env!("CARGO_BIN_EXE_cplane");
     let repo_arg = dir.path().to_str().expect("utf-8 path");
+    let mut cpu = Vec::new();
     let e2e = median(
         || {
+            let c = children_cpu();
             let t = Instant::now();
             let out = Command::new(bin)
                 .args(["validate", "--repo", repo_arg])
                 .output()
                 .expect("cplane validate");
+            let wall = t.elapsed();
+            cpu.push(children_cpu() - c);
             assert!(out.status.success());
-            t.elapsed()
+            wall
         },
         runs,
     );
+    cpu.sort();
+    let e2e_cpu = cpu[cpu.len() / 2];
     let peak_rss = Command::new("/usr/bin/time")
         .args(["-f", "%M", bin, "validate", "--repo", repo_arg])
         .output()
@@ -373,12 +414,16 @@ fn shape(tenants: synthetic::Tenants, workspaces: usize, regions: usize, runs: u
     println!("render-all                          {}", ms(render_all));
     println!("full validate, in-process           {}", ms(full));
     println!(
-        "`cplane validate` process, e2e      {}   peak RSS {peak_rss}",
-        ms(e2e)
+        "`cplane validate` process, e2e      {}   CPU {}   peak RSS {peak_rss}   (load {})",
+        ms(e2e),
+        ms(e2e_cpu),
+        load()
     );
     Summary {
         tenants,
         cat_file,
         e2e,
+        e2e_cpu,
+        load: load(),
     }
 }
