@@ -119,7 +119,7 @@
 //!     faster YAML parser proven to type every scalar as serde_yaml does, or a route that
 //!     never parses a document that differs from another only in a value.
 //! - 2026-12-06, issue 12 item 8 again, this tree (741e008), a machine shared with three other
-//!   helpers' release builds and a debug clippy (load 8-10 throughout, as printed), median of 7;
+//!   helpers' release builds and a debug clippy (load 6-10 throughout, as printed), median of 7;
 //!   wall clock was 3-8x the quiet figures above, CPU time (now printed, from `cutime` +
 //!   `cstime` around each run) about what it was at load 4:
 //!
@@ -128,13 +128,13 @@
 //!   | mixed           |  3071 ms |  1000 ms |       272 ms   |  11.3x          | 10.5       |
 //!   | acme-copies     |  6558 ms |  2110 ms |       156 ms   |  42x            | 8.1        |
 //!   | every-stack     |  6507 ms |  2840 ms |       236 ms   |  28x            | 8.1        |
-//!
-//!   distinct-values did not finish within the session's time at that load.
+//!   | distinct-values |  3624 ms |  3290 ms |       336 ms   |  10.8x          | 5.9        |
 //!   The ratio to `git cat-file` does not normalise such a load: cat-file is one short
 //!   sequential read, validate a two-thread CPU job, so they are slowed unequally. CPU time is
 //!   the figure to compare: mixed 1.0 s, acme-copies 2.1 s and every-stack 2.8 s of CPU
 //!   against 0.93, 1.62 and 2.57 s at load 4 — at best (both cores free) 0.5, 1.05 and 1.4 s
-//!   of wall: every-stack (and distinct-values, 2.8-2.9 s of CPU at load 4) still miss 1 s. No saving was
+//!   of wall: every-stack and distinct-values (3.3 s of CPU here, 2.8-2.9 s at load 4) still
+//!   miss 1 s. No saving was
 //!   tried: no quiet machine to measure one against.
 //! - libgit2 builds its TLS context when it starts, and OpenSSL then parses the system CA bundle
 //!   (144 certificates here): 30-45 ms, for HTTPS connections these commands never open.
