@@ -34,101 +34,16 @@
 //!   MiB, huge pages 2 MiB in both); one-workspace commit -> its agent woken 465 / 406 ms; stack
 //!   commit -> all 9,999 other agents woken 11.7 / 11.3 s, peak RSS 443 / 441 MiB.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{free_port, header, http, rss, rss_parts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn http(port: u16, path: &str, headers: &[(&str, String)]) -> (u16, String, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new(), String::new());
-    };
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let _ = s.write_all(req.as_bytes());
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (status, head.to_owned(), body.to_owned())
-}
-
-fn header(head: &str, name: &str) -> Option<String> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
-}
-
-fn commit_all(dir: &Path, message: &str) {
-    let repo = git2::Repository::open(dir).expect("open");
-    let mut index = repo.index().expect("index");
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .expect("add");
-    index.write().expect("write");
-    let tree = repo
-        .find_tree(index.write_tree().expect("tree"))
-        .expect("tree");
-    let sig = git2::Signature::now("bench", "bench@cplane.local").expect("sig");
-    let parent = repo.head().expect("head").peel_to_commit().expect("commit");
-    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
-        .expect("commit");
-}
-
-/// The value of `key` (`VmRSS:`, ...) in `/proc/{pid}/{file}`, in MiB (0 when missing).
-fn proc_mib(pid: u32, file: &str, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-/// `RssAnon`, `RssFile` and `AnonHugePages` of `pid` in MiB, for the record: what the RSS is
-/// made of (heap, mapped binary and libraries, transparent huge pages).
-fn rss_parts(pid: u32) -> String {
-    format!(
-        "anon {:.0} MiB, file {:.0} MiB, of which huge pages {:.0} MiB",
-        proc_mib(pid, "status", "RssAnon:"),
-        proc_mib(pid, "status", "RssFile:"),
-        proc_mib(pid, "smaps_rollup", "AnonHugePages:")
-    )
-}
-
-/// (VmRSS, VmHWM) of `pid` in MiB.
-fn rss(pid: u32) -> (f64, f64) {
-    (
-        proc_mib(pid, "status", "VmRSS:"),
-        proc_mib(pid, "status", "VmHWM:"),
-    )
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// nginx's master; stopped with SIGTERM (a SIGKILL would orphan its worker).
 struct Nginx(Child);
@@ -140,13 +55,6 @@ impl Drop for Nginx {
             .status();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
 }
 
 /// Runs wrk; returns requests/s.
@@ -348,64 +256,12 @@ fn main() {
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let repo = tmp.path().join("state");
-    cplane_reconciler::synthetic::generate(
-        &repo,
-        cplane_reconciler::synthetic::Shape {
-            workspaces,
-            regions: 4,
-        },
-    )
-    .expect("generate");
-    let _ = Command::new("git")
-        .args(["repack", "-adq"])
-        .current_dir(&repo)
-        .status();
-    let branch = git2::Repository::open(&repo)
-        .expect("open")
-        .head()
-        .expect("head")
-        .shorthand()
-        .expect("branch")
-        .to_owned();
-    let port = free_port();
-    let db_url = format!("sqlite://{}", tmp.path().join("cplane.db").display());
-    let server = Killed(
-        Command::new(env!("CARGO_BIN_EXE_cplane"))
-            .args([
-                "serve",
-                "--insecure-open-read",
-                "--repo-url",
-                repo.to_str().expect("utf-8"),
-                "--branch",
-                &branch,
-            ])
-            .args([
-                "--mirror",
-                tmp.path().join("mirror.git").to_str().expect("utf-8"),
-            ])
-            .args([
-                "--database",
-                &db_url,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--poll",
-                "1h",
-            ])
-            .env("CPLANE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cplane serve"),
-    );
-    let pid = server.0.id();
-    let t = Instant::now();
-    while http(port, "/readyz", &[]).0 != 200 {
-        assert!(t.elapsed() < Duration::from_secs(900), "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::state_repo(&repo, workspaces);
+    let server = common::Server::start(&repo, tmp.path());
+    let (port, pid) = (server.port, server.pid);
     println!(
         "{workspaces} workspaces: ready in {:.1} s",
-        t.elapsed().as_secs_f64()
+        server.ready_after.as_secs_f64()
     );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -413,40 +269,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let (_, _, body) = http(port, "/v1/clusters", &[]);
-    let clusters: Vec<serde_json::Value> = serde_json::from_str(&body).expect("clusters");
-    let mut workspace_clusters: Vec<(String, String)> = clusters
-        .iter()
-        .filter(|c| {
-            c["kind"] != "platform" && c["id"].as_str().is_some_and(|id| id.starts_with("w-"))
-        })
-        .filter_map(|c| {
-            Some((
-                c["id"].as_str()?.to_owned(),
-                c["digest"].as_str()?.to_owned(),
-            ))
-        })
-        .collect();
-    workspace_clusters.truncate(pollers);
-    assert_eq!(
-        workspace_clusters.len(),
-        pollers,
-        "{} clusters listed",
-        clusters.len()
-    );
+    let workspace_clusters = server.workspace_clusters(pollers);
 
     // Tokens, directly in the database (one per polled cluster).
     let t = Instant::now();
-    let tokens: Vec<String> = rt.block_on(async {
-        let db = cplane_reconciler::db::Db::connect(&db_url)
-            .await
-            .expect("db");
-        let mut out = Vec::with_capacity(pollers);
-        for (id, _) in &workspace_clusters {
-            out.push(db.create_cluster_token(id).await.expect("token"));
-        }
-        out
-    });
+    let ids: Vec<String> = workspace_clusters
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    let tokens = server.cluster_tokens(&rt, &ids);
     println!(
         "{pollers} cluster tokens created in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -493,14 +324,7 @@ fn main() {
     let connected = started.elapsed();
     // Measure once the server holds them all: its gauge of parked long-polls says so (a sent
     // request may still wait in the listen backlog).
-    let parked = || {
-        http(port, "/metrics", &[])
-            .2
-            .lines()
-            .find_map(|l| l.strip_prefix("cplane_bundle_long_polls "))
-            .and_then(|n| n.trim().parse::<usize>().ok())
-            .unwrap_or(0)
-    };
+    let parked = || server.metric("cplane_bundle_long_polls") as usize;
     while parked() < pollers {
         assert!(
             started.elapsed() < Duration::from_secs(180),
@@ -539,7 +363,7 @@ fn main() {
     assert_ne!(text, changed, "no replicas value in {}", file.display());
     std::fs::write(&file, changed).expect("write");
     let t0 = Instant::now();
-    commit_all(&repo, "one workspace");
+    common::commit_all(&repo, "one workspace");
     let mut tasks: Vec<_> = tasks.into_iter().map(Some).collect();
     let idx = pollers / 2;
     let one = rt.block_on(async {
@@ -556,19 +380,9 @@ fn main() {
     );
 
     // A commit changing a stack every workspace uses: every poller is woken.
-    let tpl_dir = repo.join("stacks/bff/templates");
-    let tpl = std::fs::read_dir(&tpl_dir)
-        .expect("templates")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("configmap.yaml.j2"))
-        .expect("bff configmap template");
-    let text = std::fs::read_to_string(&tpl).expect("read");
-    let changed = text.replacen("data:\n", "data:\n  BENCH_MARK: \"1\"\n", 1);
-    assert_ne!(text, changed, "no data: in {}", tpl.display());
-    std::fs::write(&tpl, changed).expect("write");
+    common::change_bff_template(&repo, "1");
     let t0 = Instant::now();
-    commit_all(&repo, "every workspace");
+    common::commit_all(&repo, "every workspace");
     let results = rt.block_on(async {
         let mut last = t0;
         let mut woken = 0usize;

@@ -437,6 +437,7 @@ async fn advance_one(
                     .policy
                     .max_unavailable
                     .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+                let mut publish = Vec::new();
                 if failed.is_empty() {
                     for c in clusters
                         .iter()
@@ -468,13 +469,20 @@ async fn advance_one(
                         if in_flight >= max {
                             continue;
                         }
-                        db.point_cluster(&c.cluster, &c.kind, &c.region, &c.environment, &c.digest)
-                            .await?;
+                        publish.push((
+                            c.cluster.as_str(),
+                            c.kind.as_str(),
+                            c.region.as_str(),
+                            c.environment.as_str(),
+                            c.digest.as_str(),
+                        ));
                         done.published.push(c.cluster.clone());
                         in_flight += 1;
                         changes.push((c.cluster.clone(), "published", Some(now), String::new()));
                     }
                 }
+                // A wave is thousands of clusters: published in one transaction.
+                db.point_clusters(&publish).await?;
                 db.set_rollout_clusters(&r.id, &changes).await?;
                 if !failed.is_empty() {
                     let to = core::on_failure(&r.policy);
