@@ -44,11 +44,19 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
 
 /// Watches the outbox's newest position and publishes it on `shared.events_head` until the
 /// server stops. Read errors are logged and retried (the streams keep what they have).
+///
+/// It reads the database only while some stream is open: an idle server makes no query. A
+/// head left behind meanwhile is only ever lower than the truth, which a stream treats as
+/// "not yet committed" (it reads from the database itself when it starts), and the first read
+/// after a stream opens moves it on.
 pub(super) async fn tail(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(TAIL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        if shared.events_head.receiver_count() == 0 {
+            continue;
+        }
         match shared.db.last_event_position().await {
             Ok(p) => {
                 shared.events_head.send_if_modified(|head| {
