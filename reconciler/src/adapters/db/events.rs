@@ -188,7 +188,7 @@ mod tests {
 
     use super::*;
     use crate::events::EventType;
-    use crate::plan::{DesiredWorkspace, Policy, Status, StepKind};
+    use crate::plan::{Status, StepKind};
     use serde_json::json;
 
     fn provisioned(ws: &str, region: &str) -> NewEvent {
@@ -356,23 +356,6 @@ mod tests {
         }
     }
 
-    fn acme() -> DesiredWorkspace {
-        DesiredWorkspace {
-            id: "acme".into(),
-            region: "sgp-1".into(),
-            environment: "prod".into(),
-            account: "acme-corp".into(),
-            aws_account_id: "111111111111".into(),
-            aws_region: "ap-southeast-1".into(),
-            role_arn: "arn:aws:iam::111111111111:role/p".into(),
-            external_id: "ext-1".into(),
-            zone_name: "w-acme.sgp-1.cogrion.com".into(),
-            parent_zone: "sgp-1.cogrion.com".into(),
-            bff_url: "https://bff.w-acme.sgp-1.cogrion.com".into(),
-            deletion_policy: Policy::Delete,
-        }
-    }
-
     /// The types written since position `after`, and the new position.
     async fn written(db: &Db, after: &mut i64) -> Vec<String> {
         let new = db
@@ -391,7 +374,7 @@ mod tests {
     async fn changes_write_their_events(db: &Db) {
         let db = db.clone().with_event_stream("sgp-1/prod");
         let mut at = 0;
-        let ws = acme();
+        let ws = super::super::test_support::acme();
         db.write_workspace(&ws, 1, Status::Provisioning, "c1")
             .await
             .expect("write");

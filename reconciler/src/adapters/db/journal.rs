@@ -243,29 +243,17 @@ mod tests {
         ]
     }
 
-    fn acme() -> DesiredWorkspace {
-        DesiredWorkspace {
-            id: "acme".into(),
-            region: "sgp-1".into(),
-            environment: "prod".into(),
-            account: "acme-corp".into(),
-            aws_account_id: "111111111111".into(),
-            aws_region: "ap-southeast-1".into(),
-            role_arn: "arn:aws:iam::111111111111:role/p".into(),
-            external_id: "ext-1".into(),
-            zone_name: "w-acme.sgp-1.cogrion.com".into(),
-            parent_zone: "sgp-1.cogrion.com".into(),
-            bff_url: "https://bff.w-acme.sgp-1.cogrion.com".into(),
-            deletion_policy: Policy::Delete,
-        }
-    }
-
     /// Every variant written by `journal_done` comes back from `journal_result` and `observe`,
     /// with its resource in `external_id`.
     async fn results_round_trip(db: &Db) {
-        db.write_workspace(&acme(), 1, Status::Provisioning, "c1")
-            .await
-            .expect("workspace");
+        db.write_workspace(
+            &super::super::test_support::acme(),
+            1,
+            Status::Provisioning,
+            "c1",
+        )
+        .await
+        .expect("workspace");
         for r in results() {
             db.journal_begin("acme", r.kind(), "key")
                 .await
@@ -301,7 +289,7 @@ mod tests {
     /// Rows as the code before `StepResult` wrote them (untagged `json!` objects) load, through
     /// both readers.
     async fn old_rows_load(db: &Db) {
-        db.write_workspace(&acme(), 1, Status::Active, "c1")
+        db.write_workspace(&super::super::test_support::acme(), 1, Status::Active, "c1")
             .await
             .expect("workspace");
         let old = [
@@ -368,7 +356,7 @@ mod tests {
 
     /// A result cplane does not write is an error naming the row, not "no result".
     async fn unreadable_results_are_errors(db: &Db) {
-        db.write_workspace(&acme(), 1, Status::Active, "c1")
+        db.write_workspace(&super::super::test_support::acme(), 1, Status::Active, "c1")
             .await
             .expect("workspace");
         sqlx::query("INSERT INTO journal (workspace_id, step, idempotency_key, state, result, attempts, created_at, updated_at) VALUES ('acme', 'create_zone', 'key', 'done', $1, 1, 0, 0)")

@@ -261,6 +261,24 @@ pub(crate) mod test_support {
 
     use super::*;
 
+    /// The workspace `acme` of the template, as the planner hands it to the database.
+    pub(crate) fn acme() -> crate::plan::DesiredWorkspace {
+        crate::plan::DesiredWorkspace {
+            id: "acme".into(),
+            region: "sgp-1".into(),
+            environment: "prod".into(),
+            account: "acme-corp".into(),
+            aws_account_id: "111111111111".into(),
+            aws_region: "ap-southeast-1".into(),
+            role_arn: "arn:aws:iam::111111111111:role/p".into(),
+            external_id: "ext-1".into(),
+            zone_name: "w-acme.sgp-1.cogrion.com".into(),
+            parent_zone: "sgp-1.cogrion.com".into(),
+            bff_url: "https://bff.w-acme.sgp-1.cogrion.com".into(),
+            deletion_policy: crate::plan::Policy::Delete,
+        }
+    }
+
     pub(crate) async fn sqlite() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("cplane.db").display());
