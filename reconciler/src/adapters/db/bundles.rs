@@ -114,6 +114,11 @@ impl Db {
         (id, kind, region, environment, digest): (&str, &str, &str, &str, &str),
         now: i64,
     ) -> Result<i64, Error> {
+        // Write first (see `report_cluster_status`): the lock before the read.
+        sqlx::query("UPDATE clusters SET id = id WHERE id = $1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
         let before: Option<String> = sqlx::query("SELECT digest FROM clusters WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut **tx)
@@ -248,6 +253,14 @@ impl Db {
         r: &ClusterReport,
     ) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
+        // Write first, read second: on SQLite a transaction that reads and then writes fails
+        // at once (SQLITE_BUSY) when another writer committed in between, whatever the busy
+        // timeout; one that starts with a write waits for the lock instead. Agents report
+        // concurrently, so this matters here. (On PostgreSQL it locks the row.)
+        sqlx::query("UPDATE cluster_status SET cluster_id = cluster_id WHERE cluster_id = $1")
+            .bind(cluster)
+            .execute(&mut *tx)
+            .await?;
         let before =
             sqlx::query("SELECT healthy, offline_since FROM cluster_status WHERE cluster_id = $1")
                 .bind(cluster)
