@@ -20,6 +20,8 @@
 //! (`notify::TICK`) dominates it: waking the sinks on the outbox head, as `/v1/events` is
 //! woken, is the obvious next step if that matters.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,28 +31,14 @@ use cplane_reconciler::events::{EventType, NewEvent};
 use cplane_reconciler::reconcile::{self, Request, RunResult};
 use cplane_reconciler::{notify, plan, source, synthetic};
 
+use common::commit_all;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-fn commit_all(dir: &std::path::Path, message: &str) {
-    let repo = git2::Repository::open(dir).expect("open");
-    let mut index = repo.index().expect("index");
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .expect("add");
-    index.write().expect("write");
-    let tree = repo
-        .find_tree(index.write_tree().expect("tree"))
-        .expect("tree");
-    let sig = git2::Signature::now("bench", "bench@cplane.local").expect("sig");
-    let parent = repo.head().expect("head").peel_to_commit().expect("commit");
-    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
-        .expect("commit");
 }
 
 fn now_ms() -> i64 {

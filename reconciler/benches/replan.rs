@@ -13,6 +13,8 @@
 //! - load 5.3-8.3: cold plan 1063 ms before, 1016 ms after; re-plan after a one-file commit
 //!   11.9 ms (1.12 % of cold) before, 11.1 ms (1.09 %) after.
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,28 +23,14 @@ use cplane_reconciler::incremental::Incremental;
 use cplane_reconciler::plan::{self, Options, Status};
 use cplane_reconciler::synthetic;
 
+use common::commit_all;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-fn commit_all(dir: &std::path::Path, message: &str) {
-    let repo = git2::Repository::open(dir).expect("open");
-    let mut index = repo.index().expect("index");
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .expect("add");
-    index.write().expect("write");
-    let tree = repo
-        .find_tree(index.write_tree().expect("tree"))
-        .expect("tree");
-    let sig = git2::Signature::now("bench", "bench@cplane.local").expect("sig");
-    let parent = repo.head().expect("head").peel_to_commit().expect("commit");
-    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
-        .expect("commit");
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! What the benches that drive a release `cplane serve` share (`agent_polls`, `rollouts`): a
+//! What the benches share (`agent_polls`, `rollouts`, `events`, `replan`): a
 //! synthetic state repo behind a running server, cluster tokens made in its database, blocking
 //! HTTP for the few requests that set things up, and the server's memory and CPU time read
 //! from /proc.
