@@ -885,27 +885,27 @@ pub async fn cluster_standing(
     }))
 }
 
-/// How many clusters stand in each [`core::Standing`] at `now` (every standing, zeros too):
-/// the clusters published and those of suspended workspaces.
-pub async fn standing_counts(
+/// Where each cluster stands at `now`: the clusters published and those of suspended
+/// workspaces, each with its [`core::Standing`], how many generations it is behind and when
+/// its agent last reported (unix millis). Reads four tables once, whatever the fleet's size.
+pub async fn standings(
     db: &Db,
     now: i64,
     offline_after: Duration,
-) -> Result<Vec<(&'static str, i64)>, Error> {
+) -> Result<BTreeMap<String, ClusterStanding>, Error> {
     let heads = db.cluster_heads(None).await?;
     let reports = db.report_heads().await?;
     let waiting = db.rollout_waiting(None).await?;
     let mut suspended = db.suspended_clusters().await?;
-    let mut counts: BTreeMap<core::Standing, i64> =
-        core::Standing::ALL.iter().map(|s| (*s, 0)).collect();
     let offline_after = millis(offline_after);
-    let mut count = |cluster: &str, head: Option<i64>, suspended: bool| {
+    let mut out = BTreeMap::new();
+    let mut judge = |cluster: &str, head: Option<i64>, suspended: bool| {
         let seen = reports.get(cluster).map(|(g, h, at)| core::Seen {
             generation: *g,
             healthy: *h,
             at: *at,
         });
-        let (s, _) = core::standing(
+        let (state, behind_by) = core::standing(
             head,
             seen,
             waiting.contains_key(cluster),
@@ -913,14 +913,47 @@ pub async fn standing_counts(
             now,
             offline_after,
         );
-        *counts.entry(s).or_default() += 1;
+        out.insert(
+            cluster.to_owned(),
+            ClusterStanding {
+                state,
+                behind_by,
+                last_seen: seen.map(|s| s.at),
+            },
+        );
     };
     for (id, _, generation) in &heads {
         let s = suspended.remove(id);
-        count(id, Some(*generation), s);
+        judge(id, Some(*generation), s);
     }
     for id in &suspended {
-        count(id, None, true);
+        judge(id, None, true);
+    }
+    Ok(out)
+}
+
+/// One cluster's entry in [`standings`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterStanding {
+    /// Where it stands.
+    pub state: core::Standing,
+    /// Generations behind the bundle it is pointed at (or a rollout holds for it).
+    pub behind_by: i64,
+    /// When its agent last reported (unix millis), if ever.
+    pub last_seen: Option<i64>,
+}
+
+/// How many clusters stand in each [`core::Standing`] at `now` (every standing, zeros too),
+/// from [`standings`].
+pub async fn standing_counts(
+    db: &Db,
+    now: i64,
+    offline_after: Duration,
+) -> Result<Vec<(&'static str, i64)>, Error> {
+    let mut counts: BTreeMap<core::Standing, i64> =
+        core::Standing::ALL.iter().map(|s| (*s, 0)).collect();
+    for s in standings(db, now, offline_after).await?.values() {
+        *counts.entry(s.state).or_default() += 1;
     }
     Ok(counts.into_iter().map(|(s, n)| (s.label(), n)).collect())
 }

@@ -170,12 +170,24 @@ pub(super) async fn clusters(
         Ok(a) => a,
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     };
+    let standings = match crate::rollout::standings(
+        &sh.db,
+        crate::db::now_ms(),
+        sh.settings.agent_offline_after,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
     match sh.db.clusters().await {
         Ok(rows) => Json(
             rows.into_iter()
                 .filter(|(id, ..)| may_read_cluster(&grants, &accounts, id))
                 .map(|(id, kind, region, environment, digest, generation)| {
-                    json!({ "id": id, "kind": kind, "region": region, "environment": environment, "digest": digest, "generation": generation })
+                    let s = standings.get(&id);
+                    json!({ "id": id, "kind": kind, "region": region, "environment": environment, "digest": digest, "generation": generation,
+                        "state": s.map(|s| s.state.label()), "behind_by": s.map(|s| s.behind_by), "last_seen": s.and_then(|s| s.last_seen) })
                 })
                 .collect::<Vec<_>>(),
         )
