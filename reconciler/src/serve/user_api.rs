@@ -1,5 +1,5 @@
 //! The read API for users (`/v1/status`, `/v1/regions`, `/v1/stacks`, `/v1/clusters`,
-//! `/v1/workspaces[/{id}]`, `GET /v1/clusters/{id}/status`): what the applied revision says.
+//! `/v1/workspaces[/{id}[/history]]`, `GET /v1/clusters/{id}/status`): what the applied revision says.
 //! Behind the user authentication layer ([`crate::auth::require_user`]), which resolves the
 //! request's [`Grants`]; every handler shows only what [`authz::allows`] lets them see.
 
@@ -16,6 +16,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/clusters", get(clusters))
         .route("/v1/workspaces", get(workspaces))
         .route("/v1/workspaces/{id}", get(workspace))
+        .route("/v1/workspaces/{id}/history", get(history))
         .route("/v1/clusters/{cluster}/status", get(cluster_status))
         .with_state(shared)
 }
@@ -287,6 +288,55 @@ pub(super) async fn workspace(
     match workspace_json(&sh, &grants, &m, &commit, &id).await {
         Ok(v) => (commit_etag(&commit), Json(v)).into_response(),
         Err(r) => r.into_response(),
+    }
+}
+
+/// Commits `GET /v1/workspaces/{id}/history` walks at most, looking for changes of the file.
+const HISTORY_WALK: usize = 5_000;
+
+/// `?limit=` of `GET /v1/workspaces/{id}/history`.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/workspaces/{id}/history?limit=N`: the commits of the applied revision's history
+/// that changed the workspace's file, newest first, with their authors (`git log -- FILE`,
+/// [`source::file_history`]); `limit` 1-100, default 20. `truncated`: the walk stopped after
+/// [`HISTORY_WALK`] commits. Scoped like the workspace itself.
+pub(super) async fn history(
+    State(sh): State<Arc<Shared>>,
+    Extension(grants): Extension<Grants>,
+    UrlPath(id): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return api_error(StatusCode::BAD_REQUEST, "limit must be 1 to 100").into_response();
+    }
+    let (commit, m) = match applied_model(&sh) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let Some(file) = m
+        .workspaces
+        .get(&id)
+        .filter(|ws| authz::allows(&grants, Action::Read(&ws.doc.spec.account)))
+        .map(|ws| ws.file.clone())
+    else {
+        return api_error(StatusCode::NOT_FOUND, format!("no workspace {id}")).into_response();
+    };
+    let mirror = sh.settings.mirror.clone();
+    let walked = tokio::task::spawn_blocking(move || {
+        let repo = git2::Repository::open_bare(&mirror).map_err(source::Error::from)?;
+        source::file_history(&repo, &commit, &file, limit, HISTORY_WALK)
+            .map(|(changes, truncated)| json!({ "id": id, "file": file, "commit": commit, "changes": changes, "truncated": truncated }))
+    })
+    .await;
+    match walked {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     }
 }
 

@@ -196,6 +196,78 @@ pub fn changed_entities(
     Ok(changed)
 }
 
+/// One commit that changed a file ([`file_history`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileChange {
+    /// The commit id.
+    pub commit: String,
+    /// Its author's name.
+    pub author: String,
+    /// Its author's email.
+    pub email: String,
+    /// When it was authored (unix seconds).
+    pub time: i64,
+    /// The first line of its message.
+    pub summary: String,
+}
+
+/// The newest `limit` commits reachable from `rev` that changed `path` (added, modified or
+/// removed it), newest first by commit time, as `git log -- path` shows them: a commit whose
+/// file equals its version in one of the parents is left out, so a merge that only brings in
+/// a branch's change shows the branch's commit (and its author), not the merge. At most
+/// `max_walk` commits are visited; the flag returned says whether the walk stopped there
+/// before finding `limit` changes (the history shown may then be incomplete).
+pub fn file_history(
+    repo: &Repository,
+    rev: &str,
+    path: &str,
+    limit: usize,
+    max_walk: usize,
+) -> Result<(Vec<FileChange>, bool), Error> {
+    let start = resolve(repo, rev)?;
+    let mut walk = repo.revwalk()?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME)?;
+    walk.push(start)?;
+    let blob_at = |c: &git2::Commit| -> Result<Option<Oid>, Error> {
+        match c.tree()?.get_path(Path::new(path)) {
+            Ok(entry) => Ok(Some(entry.id())),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let mut out = Vec::new();
+    for (visited, oid) in walk.enumerate() {
+        if out.len() == limit {
+            return Ok((out, false));
+        }
+        if visited == max_walk {
+            return Ok((out, true));
+        }
+        let commit = repo.find_commit(oid?)?;
+        let mine = blob_at(&commit)?;
+        let mut same_as_a_parent = false;
+        for parent in commit.parents() {
+            if blob_at(&parent)? == mine {
+                same_as_a_parent = true;
+                break;
+            }
+        }
+        if same_as_a_parent || (commit.parent_count() == 0 && mine.is_none()) {
+            continue;
+        }
+        let author = commit.author();
+        out.push(FileChange {
+            commit: commit.id().to_string(),
+            author: String::from_utf8_lossy(author.name_bytes()).into_owned(),
+            email: String::from_utf8_lossy(author.email_bytes()).into_owned(),
+            time: author.when().seconds(),
+            summary: String::from_utf8_lossy(commit.summary_bytes().unwrap_or_default())
+                .into_owned(),
+        });
+    }
+    Ok((out, false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +425,69 @@ mod tests {
                 .starts_with("revision `nope` does not name a commit"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn file_history_shows_the_commits_that_changed_the_file_with_their_authors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path()).expect("init");
+        fs::create_dir_all(dir.path().join("workspaces")).expect("mkdir");
+        let path = "workspaces/acme.yaml";
+        fs::write(dir.path().join(path), "v: 1\n").expect("write");
+        let first = commit_all(&repo, "add acme");
+        fs::write(dir.path().join("README.md"), "unrelated\n").expect("write");
+        commit_all(&repo, "readme");
+        // A branch changes acme, main changes something else, then they merge.
+        let base = repo.head().expect("head").peel_to_commit().expect("commit");
+        fs::write(dir.path().join(path), "v: 2\n").expect("write");
+        let mut index = repo.index().expect("index");
+        index.add_path(Path::new(path)).expect("add");
+        let tree = repo
+            .find_tree(index.write_tree().expect("tree"))
+            .expect("tree");
+        let ann = git2::Signature::now("Ann", "ann@example.com").expect("sig");
+        let branch = repo
+            .commit(None, &ann, &ann, "acme v2\n\nwhy", &tree, &[&base])
+            .expect("branch commit");
+        let merged = repo
+            .find_commit(branch)
+            .expect("branch")
+            .tree()
+            .expect("tree");
+        let sig = git2::Signature::now("Merger", "m@example.com").expect("sig");
+        let branch_commit = repo.find_commit(branch).expect("branch");
+        let merge = repo
+            .commit(
+                Some("HEAD"),
+                &sig,
+                &sig,
+                "merge",
+                &merged,
+                &[&base, &branch_commit],
+            )
+            .expect("merge");
+        repo.checkout_head(Some(git2::build::CheckoutBuilder::new().force()))
+            .expect("checkout");
+
+        let (h, truncated) = file_history(&repo, "HEAD", path, 10, 100).expect("history");
+        assert!(!truncated);
+        let seen: Vec<(&str, &str, &str)> = h
+            .iter()
+            .map(|c| (c.commit.as_str(), c.email.as_str(), c.summary.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (branch.to_string().as_str(), "ann@example.com", "acme v2"),
+                (first.to_string().as_str(), "test@example.com", "add acme"),
+            ],
+            "the merge {merge} and the readme commit are left out"
+        );
+        let (one, _) = file_history(&repo, "HEAD", path, 1, 100).expect("history");
+        assert_eq!(one.len(), 1);
+        let (none, truncated) = file_history(&repo, "HEAD", path, 10, 1).expect("history");
+        assert!(none.is_empty() && truncated, "{none:?}");
+        let (gone, _) = file_history(&repo, "HEAD", "workspaces/none.yaml", 10, 100).expect("h");
+        assert!(gone.is_empty());
     }
 }
