@@ -228,6 +228,7 @@ async fn a_pull_request_gets_one_plan_comment_updated_on_every_push_and_merging_
     wait_up_to("the template converged", Duration::from_secs(120), || {
         nothing_to_do(port, &token, None)
     });
+    provisioning_steps_are_shown(&server, &dev, &token);
 
     let work = &server.work;
     git(work, &["checkout", "-q", "-b", "globex-trino"]);
@@ -327,6 +328,68 @@ async fn a_pull_request_gets_one_plan_comment_updated_on_every_push_and_merging_
         200,
         "hooli is served"
     );
+}
+
+/// A provisioned workspace shows its steps (`GET /v1/workspaces/{id}`, `status.steps`), each
+/// done with the cloud resource it made; a viewer, who may not see the tenant's AWS
+/// identifiers, sees the steps without their resources. (Here because this test has the
+/// template provisioned against moto.)
+fn provisioning_steps_are_shown(
+    server: &Server,
+    dev: &cplane_reconciler::auth::dev::DevIssuer,
+    admin: &str,
+) {
+    let steps = |token: &str| {
+        let r = Request::get(server.port, "/v1/workspaces/acme")
+            .bearer(token)
+            .send()
+            .expect("GET /v1/workspaces/acme");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["status"]["steps"].clone()
+    };
+    let all = steps(admin);
+    let step = |name: &str| -> serde_json::Value {
+        all.as_array()
+            .expect("steps")
+            .iter()
+            .find(|s| s["step"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {all:#}"))
+    };
+    for name in [
+        "create_zone",
+        "delegate_zone",
+        "request_certificate",
+        "await_certificate",
+    ] {
+        assert_eq!(step(name)["state"], "done", "{all:#}");
+    }
+    let arn = step("request_certificate")["resource"].clone();
+    assert!(
+        arn.as_str().is_some_and(|a| a.starts_with("arn:aws:acm:")),
+        "{all:#}"
+    );
+    server.cplane(&[
+        "membership",
+        "add",
+        "vic@example.com",
+        "acme-corp",
+        "--role",
+        "viewer",
+    ]);
+    let vic = dev
+        .token(
+            "cplane",
+            "vic",
+            "vic@example.com",
+            "Vic",
+            Duration::from_secs(600),
+        )
+        .expect("token");
+    let seen = steps(&vic);
+    let seen = seen.as_array().expect("steps");
+    assert_eq!(seen.len(), all.as_array().expect("steps").len());
+    assert!(seen.iter().all(|s| s["resource"].is_null()), "{seen:#?}");
 }
 
 /// Whether the server's plan of `rev` (default: the branch head) has nothing to do: no step,

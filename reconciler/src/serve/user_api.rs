@@ -276,6 +276,9 @@ pub(super) async fn workspaces(
     (commit_etag(&commit), Json(out)).into_response()
 }
 
+/// One workspace ([`workspace_json`]) with its provisioning steps (`status.steps`, the
+/// journal's entries: step, state, resource, attempts, error, updated_at; resources and
+/// errors only for who may see the tenant's AWS identifiers).
 pub(super) async fn workspace(
     State(sh): State<Arc<Shared>>,
     Extension(grants): Extension<Grants>,
@@ -285,10 +288,24 @@ pub(super) async fn workspace(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    match workspace_json(&sh, &grants, &m, &commit, &id).await {
-        Ok(v) => (commit_etag(&commit), Json(v)).into_response(),
-        Err(r) => r.into_response(),
+    let mut v = match workspace_json(&sh, &grants, &m, &commit, &id).await {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let mut steps = match sh.db.journal_steps(&id).await {
+        Ok(s) => s,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    // Resource ids (ARNs) and cloud errors carry the tenant's AWS identifiers.
+    let account = &m.workspaces[&id].doc.spec.account;
+    if !authz::allows(&grants, Action::ReadIdentifiers(account)) {
+        for s in &mut steps {
+            s.resource = None;
+            s.error = s.error.take().map(|_| "hidden".to_owned());
+        }
     }
+    v["status"]["steps"] = json!(steps);
+    (commit_etag(&commit), Json(v)).into_response()
 }
 
 /// Commits `GET /v1/workspaces/{id}/history` walks at most, looking for changes of the file.

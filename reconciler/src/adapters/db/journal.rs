@@ -148,6 +148,29 @@ impl Db {
         Ok(())
     }
 
+    /// Every journal entry of a workspace, in the order the steps were first begun: what
+    /// the workspace page shows of its provisioning.
+    pub async fn journal_steps(&self, workspace: &str) -> Result<Vec<StepRow>, Error> {
+        let rows = sqlx::query(
+            "SELECT step, state, external_id, attempts, last_error, updated_at FROM journal WHERE workspace_id = $1 ORDER BY created_at, step",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StepRow {
+                    step: r.try_get("step")?,
+                    state: r.try_get("state")?,
+                    resource: r.try_get("external_id")?,
+                    attempts: r.try_get("attempts")?,
+                    error: r.try_get("last_error")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
     /// The stored result of a step (`None` unless done).
     pub async fn journal_result(
         &self,
@@ -165,6 +188,23 @@ impl Db {
         let text: Option<String> = row.try_get("result")?;
         text.map(|t| decode(workspace, step, &t)).transpose()
     }
+}
+
+/// One journal entry as the API shows it ([`Db::journal_steps`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepRow {
+    /// The step (`create_zone`, `delegate_zone`, ...).
+    pub step: String,
+    /// `started`, `done` or `failed`.
+    pub state: String,
+    /// The cloud resource its last done result named (a zone id, a certificate ARN, ...).
+    pub resource: Option<String>,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// The last failure's message, if it failed.
+    pub error: Option<String>,
+    /// When the entry last changed (unix millis).
+    pub updated_at: i64,
 }
 
 pub(super) fn journal_row(row: &AnyRow) -> Result<((String, StepKind), JournalEntry), Error> {

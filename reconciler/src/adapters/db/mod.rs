@@ -30,6 +30,7 @@ mod webhooks;
 pub use bundles::ClusterReport;
 pub use deliveries::SinkBacklog;
 pub use events::{EventFilter, EventRetention};
+pub use journal::StepRow;
 pub use rollouts::{RolloutCluster, RolloutEvent, RolloutRow};
 pub use seed::BFF_HEALTHY;
 pub use status::{Condition, WorkspaceReadiness};
