@@ -215,13 +215,13 @@ const IDENTIFIERS: [&str; 3] = ["accountId", "roleArn", "externalId"];
 
 /// One workspace of the model read at `commit`, if `grants` may read it: its desired state
 /// (the tenant's AWS identifiers only for who may see them), the commit (what a write's
-/// `If-Match` names) and its conditions. One they may not read is not found.
-pub(super) async fn workspace_json(
-    sh: &Shared,
+/// `If-Match` names) and its `conditions`. One they may not read is not found.
+pub(super) fn workspace_json(
     grants: &Grants,
     m: &cplane_schema::Model,
     commit: &str,
     id: &str,
+    conditions: std::collections::BTreeMap<String, (bool, String, String)>,
 ) -> Result<serde_json::Value, ApiError> {
     let ws = m
         .workspaces
@@ -236,11 +236,6 @@ pub(super) async fn workspace_json(
             }
         }
     }
-    let conditions = sh
-        .db
-        .conditions("workspace", id)
-        .await
-        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let conditions = conditions_json(conditions);
     Ok(
         json!({ "id": id, "file": ws.file, "commit": commit, "spec": spec, "status": { "conditions": conditions } }),
@@ -253,7 +248,8 @@ pub(super) fn commit_etag(commit: &str) -> [(axum::http::HeaderName, String); 1]
     [(axum::http::header::ETAG, format!("\"{commit}\""))]
 }
 
-/// The workspaces `grants` may read.
+/// The workspaces `grants` may read (the conditions of all read in one query: the overview
+/// asks for this list at every redraw, and a fleet has thousands).
 pub(super) async fn workspaces(
     State(sh): State<Arc<Shared>>,
     Extension(grants): Extension<Grants>,
@@ -262,13 +258,18 @@ pub(super) async fn workspaces(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
+    let mut conditions = match sh.db.conditions_of_kind("workspace").await {
+        Ok(c) => c,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
     let mut out = Vec::new();
     let readable = m
         .workspaces
         .iter()
         .filter(|(_, ws)| authz::allows(&grants, Action::Read(&ws.doc.spec.account)));
     for (id, _) in readable {
-        match workspace_json(&sh, &grants, &m, &commit, id).await {
+        let of = conditions.remove(id).unwrap_or_default();
+        match workspace_json(&grants, &m, &commit, id, of) {
             Ok(v) => out.push(v),
             Err(r) => return r.into_response(),
         }
@@ -288,7 +289,11 @@ pub(super) async fn workspace(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    let mut v = match workspace_json(&sh, &grants, &m, &commit, &id).await {
+    let conditions = match sh.db.conditions("workspace", &id).await {
+        Ok(c) => c,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    let mut v = match workspace_json(&grants, &m, &commit, &id, conditions) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
