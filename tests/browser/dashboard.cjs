@@ -1,67 +1,192 @@
-// The dashboard tour in a real browser (Debian's headless Chromium, driven by playwright-core),
-// run by tests/tests/dashboard.rs against `cplane up`. Env: CPLANE_URL, SHOTS (screenshot
-// directory), PLAYWRIGHT_CORE (path of the playwright-core package), CHROMIUM (executable).
+// The dashboard in a real browser (Debian's headless Chromium, driven by playwright-core), run
+// by tests/tests/dashboard.rs. Env: CPLANE_URL, SHOTS (screenshot directory), PLAYWRIGHT_CORE
+// (path of the playwright-core package), CHROMIUM (executable), SCENARIO (below), TOKEN (for
+// the scenarios that start signed in), FEATURE (a branch to plan).
+//
+// Scenarios:
+// - tour: sign in with the issuer (code + PKCE), overview, a workspace with its agent's
+//   status, steps and history, a validation error, an edit committed and reconciled, the
+//   clusters page's search and state filter;
+// - operate: sign in, a rollout paused, resumed and aborted with the buttons, the plan of a
+//   branch with a diff, the activity page (drift, and the events the live stream brought);
+// - member: signed in (TOKEN) as a member of one account: only its workspace and cluster, no
+//   rollouts, another account's workspace not found;
+// - pr: signed in (TOKEN) on a server with a forge: a stack value changed in pull-request mode.
+//
 // Prints one JSON line with what it saw; exits non-zero on the first failed step.
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
 
-(async () => {
-  const base = process.env.CPLANE_URL;
-  const shots = process.env.SHOTS;
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox"],
-  });
-  let step = "start";
-  try {
-    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    page.setDefaultTimeout(30000);
-    const consoleErrors = [];
-    // The browser logs every non-2xx answer; the 422 of the validation step is expected.
-    page.on("console", (m) => m.type() === "error" && !m.text().includes("status of 422") && consoleErrors.push(m.text()));
+const base = process.env.CPLANE_URL;
+const shots = process.env.SHOTS;
 
-    step = "sign in";
-    await page.goto(`${base}/ui/`);
-    await page.click("#signin");
-    await page.waitForSelector('#who:has-text("admin@cplane.localhost")');
+async function signIn(page) {
+  await page.goto(`${base}/ui/`);
+  await page.click("#signin");
+  await page.waitForSelector('#who:has-text("admin@cplane.localhost")');
+}
 
-    step = "overview";
+// Opens the dashboard already signed in with `token` (as a page that signed in before would).
+async function withToken(page, token, email) {
+  await page.addInitScript((t) => sessionStorage.setItem("token", t), token);
+  await page.goto(`${base}/ui/`);
+  await page.waitForSelector(`#who:has-text("${email}")`);
+}
+
+const rows = (page, table) => page.$$eval(`${table} tr`, (trs) => trs.slice(1).map((tr) => tr.innerText));
+
+const scenarios = {
+  async tour(page, seen) {
+    await signIn(page);
+
+    seen.step = "overview";
     await page.waitForSelector('#workspaces a:has-text("acme")');
+    await page.waitForSelector("#regions td");
     await page.screenshot({ path: `${shots}/overview.png`, fullPage: true });
 
-    step = "workspace";
+    seen.step = "workspace";
     await page.click('#workspaces a:has-text("acme")');
     await page.waitForSelector('#conditions td:has-text("Ready")');
+    await page.waitForSelector("#steps");
 
-    step = "agent status";
+    seen.step = "agent status";
     await page.waitForSelector('#agent:has-text("0.1.0 (commit browser-test)")');
     await page.waitForSelector('#objects td:has-text("trino-coordinator")');
 
-    step = "validation error";
+    seen.step = "history";
+    await page.waitForSelector("#history td");
+    seen.historyBefore = await rows(page, "#history");
+
+    seen.step = "validation error";
     const form = 'form[data-stack="trino"]';
     await page.fill(`${form} input[name="workers"]`, '"many"');
-    await page.click(`${form} button`);
+    await page.click(`${form} button[type="submit"]`);
     await page.waitForSelector(`${form} .errors`);
-    const error = (await page.textContent(`${form} .errors`)).trim();
+    seen.error = (await page.textContent(`${form} .errors`)).trim();
 
-    step = "edit";
+    seen.step = "edit";
     await page.fill(`${form} input[name="workers"]`, "5");
-    await page.click(`${form} button`);
+    await page.click(`${form} button[type="submit"]`);
     await page.waitForSelector(`${form} .result code`);
-    const commit = (await page.textContent(`${form} .result code`)).trim();
+    seen.commit = (await page.textContent(`${form} .result code`)).trim();
 
-    step = "reconcile";
-    await page.waitForFunction((c) => document.querySelector("#commit")?.textContent === c, commit, { timeout: 60000 });
+    seen.step = "reconcile";
+    await page.waitForFunction((c) => document.querySelector("#commit")?.textContent === c, seen.commit, { timeout: 60000 });
+    await page.waitForSelector('#history td:has-text("admin@cplane.localhost")');
+    seen.history = await rows(page, "#history");
     await page.screenshot({ path: `${shots}/workspace.png`, fullPage: true });
 
-    step = "clusters";
+    seen.step = "clusters";
     await page.click('nav a:has-text("Clusters")');
     await page.waitForSelector("#clusters");
     await page.fill("#q", "initech");
     await page.waitForFunction(() => document.querySelectorAll("#clusters tr").length === 2);
+    await page.fill("#q", "w-");
+    await page.selectOption("#state", "behind");
+    await page.waitForFunction(() => document.querySelector("#matches")?.textContent === "1 match");
+    seen.behind = await rows(page, "#clusters");
+  },
 
-    console.log(JSON.stringify({ ok: true, commit, error, consoleErrors }));
+  async operate(page, seen) {
+    await signIn(page);
+
+    seen.step = "rollouts";
+    await page.click('nav a:has-text("Rollouts")');
+    await page.waitForSelector('#rollouts td:has-text("progressing")');
+    await page.click("#rollouts a");
+    await page.waitForSelector("#waves td");
+
+    seen.step = "pause";
+    await page.click('#controls button:has-text("Pause")');
+    await page.waitForSelector('#rollout-events td:has-text("pause")');
+    await page.waitForSelector('#controls button:has-text("Resume")');
+    await page.screenshot({ path: `${shots}/rollout.png`, fullPage: true });
+
+    seen.step = "resume";
+    await page.click('#controls button:has-text("Resume")');
+    await page.waitForSelector('#rollout-events td:has-text("resume")');
+    await page.waitForSelector('#controls button:has-text("Pause")');
+
+    seen.step = "abort";
+    await page.click('#controls button:has-text("Abort")');
+    await page.waitForSelector('.card:has-text("aborted")');
+    seen.rolloutEvents = await rows(page, "#rollout-events");
+
+    seen.step = "plan";
+    await page.click('nav a:has-text("Plan")');
+    await page.waitForSelector("#plan-commit");
+    const head = await page.textContent("#plan-commit");
+    await page.fill("#rev", process.env.FEATURE);
+    await page.click('#plan-form button');
+    await page.waitForFunction((h) => document.querySelector("#plan-commit")?.textContent !== h, head);
+    await page.waitForSelector(".plan-cluster details");
+    await page.click(".plan-cluster details summary");
+    await page.waitForSelector(".plan-cluster details[open] pre.diff");
+    seen.diff = await page.$$eval(".plan-cluster pre.diff", (pres) => pres.map((p) => p.textContent).join("\n"));
+    await page.screenshot({ path: `${shots}/plan.png`, fullPage: true });
+
+    seen.step = "activity";
+    await page.click('nav a:has-text("Activity")');
+    await page.waitForSelector("#drift");
+    seen.drift = (await page.textContent("#drift")).trim();
+    // The live stream followed since sign-in brought the rollout's events.
+    await page.waitForSelector('#live td:has-text("rollout.paused")');
+    seen.live = await rows(page, "#live");
+  },
+
+  async member(page, seen) {
+    await withToken(page, process.env.TOKEN, "mia@example.com");
+    seen.step = "overview";
+    await page.waitForSelector('#workspaces a:has-text("acme")');
+    seen.workspaces = await rows(page, "#workspaces");
+
+    seen.step = "clusters";
+    await page.click('nav a:has-text("Clusters")');
+    await page.waitForSelector("#clusters");
+    seen.clusters = await rows(page, "#clusters");
+
+    seen.step = "rollouts";
+    await page.click('nav a:has-text("Rollouts")');
+    await page.waitForSelector("main .bad");
+    seen.rollouts = (await page.textContent("main .bad")).trim();
+
+    seen.step = "another account";
+    await page.goto(`${base}/ui/#/workspaces/globex`);
+    await page.waitForSelector('main h1:has-text("Workspace globex") + p.bad');
+    seen.globex = (await page.textContent("main .bad")).trim();
+  },
+
+  async pr(page, seen) {
+    await withToken(page, process.env.TOKEN, "maria@example.com");
+    seen.step = "workspace";
+    await page.goto(`${base}/ui/#/workspaces/acme`);
+    const form = 'form[data-stack="trino"]';
+    await page.waitForSelector(`${form} select[name="mode"]`);
+    await page.selectOption(`${form} select[name="mode"]`, "pr");
+    await page.fill(`${form} input[name="workers"]`, "7");
+    await page.click(`${form} button[type="submit"]`);
+    await page.waitForSelector(`${form} .result a`);
+    seen.pullRequest = await page.getAttribute(`${form} .result a`, "href");
+    seen.result = (await page.textContent(`${form} .result`)).trim();
+  },
+};
+
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox"],
+  });
+  const seen = { step: "start", consoleErrors: [] };
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    page.setDefaultTimeout(30000);
+    page.on("dialog", (d) => d.accept());
+    // The browser logs every non-2xx answer; the 422 of the validation step and the 403s and
+    // 404s the member is shown are expected.
+    page.on("console", (m) => m.type() === "error" && !/status of (422|403|404)/.test(m.text()) && seen.consoleErrors.push(m.text()));
+    await scenarios[process.env.SCENARIO || "tour"](page, seen);
+    console.log(JSON.stringify({ ok: true, ...seen }));
   } catch (e) {
-    console.log(JSON.stringify({ ok: false, step, message: String(e && e.message) }));
+    console.log(JSON.stringify({ ok: false, ...seen, message: String(e && e.message) }));
     process.exitCode = 1;
   } finally {
     await browser.close();

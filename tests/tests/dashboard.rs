@@ -1,10 +1,17 @@
-//! The dashboard in a real browser (issue 18): `cplane up`, then headless Chromium (Debian's
-//! `chromium`, which `.ci/run` installs) driven by `playwright-core` from npm (installed under
-//! `~/.cache/cplane-playwright` on first use) through `tests/browser/dashboard.cjs`: sign in
-//! with the development issuer (authorization code + PKCE), see the overview, open a
-//! workspace and its agent's status, get a validation error with file:line, commit a stack
-//! value as the signed-in user and see it reconciled, filter the clusters. Screenshots are
-//! saved; `CPLANE_BLESS=1` copies them to `docs/screenshots/` for the README.
+//! The dashboard in a real browser (issue 18): `cplane up` (and `cplane serve` with a forge),
+//! then headless Chromium (Debian's `chromium`, which `.ci/run` installs) driven by
+//! `playwright-core` from npm (installed under `~/.cache/cplane-playwright` on first use)
+//! through `tests/browser/dashboard.cjs`:
+//! - the tour: sign in with the development issuer (authorization code + PKCE), the overview,
+//!   a workspace with its agent's status, steps and git history, a validation error with
+//!   file:line, a stack value committed as the signed-in user and reconciled, the clusters'
+//!   search and state filter;
+//! - operating: a rollout paused, resumed and aborted with the buttons (each recorded with the
+//!   user), the plan of a branch with its diff, the events that arrived live;
+//! - a member of one account sees only that account's workspace and cluster, and no rollouts;
+//! - pull-request mode, where a forge is configured (the test forge of `cplane_e2e::forge`).
+//!
+//! Screenshots are saved; `CPLANE_BLESS=1` copies them to `docs/screenshots/` for the README.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -68,13 +75,76 @@ impl Drop for Up {
     }
 }
 
+/// Runs the browser script's `scenario` against the server on `port`, with `env`; returns
+/// what it saw (its last line), after checking it succeeded with no console error.
+fn browser(scenario: &str, port: u16, shots: &Path, env: &[(&str, &str)]) -> serde_json::Value {
+    let mut node = Command::new("node");
+    node.arg(cplane_e2e::root().join("tests/browser/dashboard.cjs"))
+        .env("CPLANE_URL", format!("http://127.0.0.1:{port}"))
+        .env("SHOTS", shots)
+        .env("PLAYWRIGHT_CORE", playwright_core())
+        .env("CHROMIUM", CHROMIUM)
+        .env("SCENARIO", scenario);
+    for (k, v) in env {
+        node.env(k, v);
+    }
+    let out = node.output().expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let seen: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "the browser script ({scenario}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && seen["ok"] == true,
+        "{scenario}: {seen:#}"
+    );
+    assert_eq!(seen["consoleErrors"], serde_json::json!([]), "{seen}");
+    seen
+}
+
+/// Copies the screenshots `names` from `shots` to `docs/screenshots/` when `CPLANE_BLESS` is
+/// set, after checking each is a real picture.
+fn keep_screenshots(shots: &Path, names: &[&str]) {
+    for shot in names {
+        let size = std::fs::metadata(shots.join(shot)).expect(shot).len();
+        assert!(size > 10_000, "{shot}: {size} bytes");
+        if std::env::var_os("CPLANE_BLESS").is_some() {
+            let to = cplane_e2e::root().join("docs/screenshots");
+            std::fs::create_dir_all(&to).expect("docs/screenshots");
+            std::fs::copy(shots.join(shot), to.join(shot)).expect("copy");
+        }
+    }
+}
+
+/// An `authorization` header with `token`.
+fn auth(token: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {}", token.trim()))
+}
+
+/// `git ARGS` in `dir`, which must succeed.
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_dashboard_tour_in_a_real_browser() {
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: install Debian's chromium (`.ci/run` does)"
     );
-    let playwright = playwright_core();
+    playwright_core();
     let dir = tempfile::tempdir().expect("tempdir");
     let (up, port) = up(dir.path(), Stdio::piped());
     wait_up_to(
@@ -133,24 +203,7 @@ fn the_dashboard_tour_in_a_real_browser() {
     // The tour.
     let shots = dir.path().join("screenshots");
     std::fs::create_dir_all(&shots).expect("screenshots");
-    let out = Command::new("node")
-        .arg(cplane_e2e::root().join("tests/browser/dashboard.cjs"))
-        .env("CPLANE_URL", format!("http://127.0.0.1:{port}"))
-        .env("SHOTS", &shots)
-        .env("PLAYWRIGHT_CORE", &playwright)
-        .env("CHROMIUM", CHROMIUM)
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    let seen: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| {
-        panic!(
-            "the browser script: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(out.status.success() && seen["ok"] == true, "{seen}");
-    assert_eq!(seen["consoleErrors"], serde_json::json!([]), "{seen}");
+    let seen = browser("tour", port, &shots, &[]);
     let error = seen["error"].as_str().expect("error text");
     assert!(
         error.contains("workspaces/acme.yaml:") && error.contains("workers"),
@@ -159,7 +212,8 @@ fn the_dashboard_tour_in_a_real_browser() {
 
     // The commit was made as the signed-in user, in the state repo.
     let commit = seen["commit"].as_str().expect("commit");
-    let repo = git2::Repository::open(dir.path().join(".cplane/state")).expect("state repo");
+    let state = dir.path().join(".cplane/state");
+    let repo = git2::Repository::open(&state).expect("state repo");
     let head = repo.head().expect("HEAD").peel_to_commit().expect("commit");
     assert!(
         head.id().to_string().starts_with(commit),
@@ -176,15 +230,134 @@ fn the_dashboard_tour_in_a_real_browser() {
         (stats.files_changed(), stats.insertions(), stats.deletions()),
         (1, 1, 1)
     );
-    for shot in ["overview.png", "workspace.png"] {
-        let size = std::fs::metadata(shots.join(shot)).expect(shot).len();
-        assert!(size > 10_000, "{shot}: {size} bytes");
-        if std::env::var_os("CPLANE_BLESS").is_some() {
-            let to = cplane_e2e::root().join("docs/screenshots");
-            std::fs::create_dir_all(&to).expect("docs/screenshots");
-            std::fs::copy(shots.join(shot), to.join(shot)).expect("copy");
-        }
+    // The history grew by exactly that commit, shown first with its author.
+    let before = seen["historyBefore"].as_array().expect("history").len();
+    let history = seen["history"].as_array().expect("history");
+    assert_eq!(history.len(), before + 1, "{seen:#}");
+    let newest = history[0].as_str().expect("row");
+    assert!(
+        newest.starts_with(commit) && newest.contains("admin@cplane.localhost"),
+        "{newest}"
+    );
+    // w-acme's agent reported the bundle before the edit: behind by one, the only such cluster.
+    let behind = seen["behind"].as_array().expect("rows");
+    assert_eq!(behind.len(), 1, "{seen:#}");
+    assert!(
+        behind[0].as_str().expect("row").starts_with("w-acme"),
+        "{seen:#}"
+    );
+
+    // Operating: an engineer's commit rolls a new Trino image out in two waves; the canary's
+    // agent never reports, so the rollout waits in its first wave. And a branch to plan.
+    let stack = state.join("stacks/trino/stack.yaml");
+    let text = std::fs::read_to_string(&stack).expect("stack");
+    let text = text.replace("trinodb/trino:435", "trinodb/trino:436").replace(
+        "  values:\n",
+        "  rollout:\n    waves:\n      - name: canary\n        count: 1\n      - name: rest\n    healthTimeout: 1h\n  values:\n",
+    );
+    std::fs::write(&stack, text).expect("write stack");
+    git(&state, &["commit", "-qam", "Trino 436, canary first"]);
+    wait_up_to("the rollout to start", Duration::from_secs(60), || {
+        let (_, body) = http(port, "GET", "/v1/rollouts", &[auth(&admin)], b"");
+        body.contains("progressing")
+    });
+    git(&state, &["checkout", "-qb", "feature"]);
+    let acme = state.join("workspaces/acme.yaml");
+    let text = std::fs::read_to_string(&acme).expect("acme");
+    std::fs::write(&acme, text.replace("workers: 5", "workers: 6")).expect("write acme");
+    git(&state, &["commit", "-qam", "More Trino workers for acme"]);
+    git(&state, &["checkout", "-q", "-"]);
+    let seen = browser("operate", port, &shots, &[("FEATURE", "feature")]);
+    let events = seen["rolloutEvents"].to_string();
+    for action in ["pause", "resume", "abort"] {
+        assert!(
+            events.contains(action) && events.contains("admin@cplane.localhost"),
+            "{action} recorded with the user: {events}"
+        );
     }
+    let diff = seen["diff"].as_str().expect("diff");
+    assert!(
+        diff.contains("replicas: 5") && diff.contains("replicas: 6"),
+        "the plan of the branch shows the workers' diff: {diff}"
+    );
+    // `cplane up` has no cloud: no drift to find (drift events are tested in events.rs).
+    assert!(
+        seen["drift"]
+            .as_str()
+            .expect("drift")
+            .starts_with("No drift found"),
+        "{seen:#}"
+    );
+    let live = seen["live"].to_string();
+    for event in ["rollout.paused", "rollout.resumed", "rollout.aborted"] {
+        assert!(live.contains(event), "{event} arrived live: {live}");
+    }
+    keep_screenshots(
+        &shots,
+        &["overview.png", "workspace.png", "rollout.png", "plan.png"],
+    );
+
+    // A member of acme's account, signed in with a token of the same issuer.
+    let db = format!(
+        "sqlite://{}",
+        dir.path().join(".cplane/cplane.db").display()
+    );
+    let out = Command::new(cplane_e2e::cargo_bin("cplane"))
+        .args([
+            "membership",
+            "add",
+            "mia@example.com",
+            "acme-corp",
+            "--role",
+            "member",
+            "--database",
+            &db,
+        ])
+        .output()
+        .expect("membership");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let issuer = cplane_reconciler::auth::dev::DevIssuer::load_or_create(
+        &dir.path().join(".cplane/dev-issuer.p8"),
+        &format!(
+            "http://127.0.0.1:{port}{}",
+            cplane_reconciler::auth::dev::PATH
+        ),
+    )
+    .expect("the dev issuer's key");
+    let mia = issuer
+        .token(
+            "cplane",
+            "mia",
+            "mia@example.com",
+            "Mia",
+            Duration::from_secs(600),
+        )
+        .expect("token");
+    let seen = browser("member", port, &shots, &[("TOKEN", &mia)]);
+    let workspaces = seen["workspaces"].as_array().expect("rows");
+    assert_eq!(workspaces.len(), 1, "{seen:#}");
+    assert!(workspaces[0].as_str().expect("row").starts_with("acme"));
+    let clusters = seen["clusters"].as_array().expect("rows");
+    assert_eq!(clusters.len(), 1, "{seen:#}");
+    assert!(clusters[0].as_str().expect("row").starts_with("w-acme"));
+    assert!(
+        seen["rollouts"]
+            .as_str()
+            .expect("text")
+            .contains("operators"),
+        "{seen:#}"
+    );
+    assert!(
+        seen["globex"]
+            .as_str()
+            .expect("text")
+            .contains("no workspace globex"),
+        "{seen:#}"
+    );
     drop(up);
 }
 
@@ -299,4 +472,72 @@ fn the_dev_issuer_signs_in_only_with_a_matching_pkce_verifier() {
     );
     assert_eq!(status, 200, "{me}");
     assert!(me.contains("admin@cplane.localhost"), "{me}");
+}
+
+/// Where a forge is configured, the stack forms offer a pull request instead of a commit: the
+/// change is pushed on a branch and the request opened on the forge, as the signed-in user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_form_opens_a_pull_request_where_a_forge_is_configured() {
+    use cplane_e2e::forge::{ForgeKind, ForgeServer};
+    let dev = cplane_e2e::oidc::dev_issuer().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // `Serve` makes the bare remote at `dir/remote.git`: the forge's repository.
+    let forge = ForgeServer::start(
+        ForgeKind::GitHub,
+        "platform/state",
+        "forge-token",
+        &tmp.path().join("remote.git"),
+    );
+    let server = cplane_e2e::serve::Serve::new(tmp.path())
+        .args([
+            "--forge",
+            "github",
+            "--forge-api-url",
+            &forge.api_url,
+            "--forge-repo",
+            "platform/state",
+            "--forge-token-env",
+            "CPLANE_TEST_FORGE_TOKEN",
+            "--oidc-issuer",
+            dev.issuer(),
+            "--oidc-audience",
+            "cplane",
+        ])
+        .env("CPLANE_TEST_FORGE_TOKEN", "forge-token")
+        .start();
+    server.cplane(&["principal", "grant-admin", "maria@example.com"]);
+    let token = dev
+        .token(
+            "cplane",
+            "maria",
+            "maria@example.com",
+            "Maria Lopez",
+            Duration::from_secs(600),
+        )
+        .expect("token");
+    let (code, config) = http(server.port, "GET", "/ui/config.json", &[], b"");
+    assert_eq!(code, 200);
+    assert!(config.contains("\"pull_requests\":true"), "{config}");
+
+    let shots = tmp.path().join("screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshots");
+    let seen = tokio::task::spawn_blocking(move || {
+        browser("pr", server.port, &shots, &[("TOKEN", &token)])
+    })
+    .await
+    .expect("browser");
+    let requests = forge.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    let pr = &requests[0];
+    assert!(pr.head.starts_with("cplane/maria/"), "{pr:?}");
+    assert!(
+        pr.body.contains("Maria Lopez <maria@example.com>"),
+        "{pr:?}"
+    );
+    let href = seen["pullRequest"].as_str().expect("link");
+    assert!(href.ends_with(&format!("/{}", pr.number)), "{href} {pr:?}");
+    assert!(
+        seen["result"].as_str().expect("result").contains(&pr.head),
+        "{seen:#}"
+    );
 }

@@ -90,9 +90,15 @@ fn asset(sh: &Shared, content_type: &'static str, body: &'static str) -> Respons
     r
 }
 
-/// `GET /ui/config.json`: the issuer and client id to sign in with.
+/// `GET /ui/config.json`: the issuer and client id to sign in with, and whether edits may be
+/// proposed as pull requests (a forge is configured: `?mode=pr` opens one).
 async fn config(State(sh): State<Arc<Shared>>) -> Response {
-    Json(serde_json::json!({ "issuer": issuer(&sh), "client_id": CLIENT_ID })).into_response()
+    Json(serde_json::json!({
+        "issuer": issuer(&sh),
+        "client_id": CLIENT_ID,
+        "pull_requests": sh.forge.is_some(),
+    }))
+    .into_response()
 }
 
 #[cfg(test)]
