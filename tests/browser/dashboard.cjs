@@ -5,8 +5,8 @@
 //
 // Scenarios:
 // - tour: sign in with the issuer (code + PKCE), overview, a workspace with its agent's
-//   status, steps and history, a validation error, an edit committed and reconciled, the
-//   clusters page's search and state filter;
+//   status, steps and history, a validation error, an edit committed and reconciled, a stack
+//   enabled and disabled, the clusters page's search and state filter;
 // - operate: sign in, a rollout paused, resumed and aborted with the buttons, the plan of a
 //   branch with a diff, the activity page (drift, and the events the live stream brought);
 // - member: signed in (TOKEN) as a member of one account: only its workspace and cluster, no
@@ -74,6 +74,18 @@ const scenarios = {
     await page.waitForSelector('#history td:has-text("admin@cplane.localhost")');
     seen.history = await rows(page, "#history");
     await page.screenshot({ path: `${shots}/workspace.png`, fullPage: true });
+
+    seen.step = "enable a stack";
+    await page.selectOption('#enable select[name="stack"]', "jupyterhub");
+    await page.click('#enable button[type="submit"]');
+    await page.waitForSelector("#enable .result code");
+    seen.enabled = (await page.textContent("#enable .result code")).trim();
+
+    seen.step = "disable it";
+    await page.waitForSelector('form[data-stack="jupyterhub"] button.disable', { timeout: 60000 });
+    await page.click('form[data-stack="jupyterhub"] button.disable');
+    await page.waitForSelector('form[data-stack="jupyterhub"] .result code');
+    seen.disabled = (await page.textContent('form[data-stack="jupyterhub"] .result code')).trim();
 
     seen.step = "clusters";
     await page.click('nav a:has-text("Clusters")');

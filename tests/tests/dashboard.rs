@@ -214,16 +214,16 @@ fn the_dashboard_tour_in_a_real_browser() {
     let commit = seen["commit"].as_str().expect("commit");
     let state = dir.path().join(".cplane/state");
     let repo = git2::Repository::open(&state).expect("state repo");
-    let head = repo.head().expect("HEAD").peel_to_commit().expect("commit");
-    assert!(
-        head.id().to_string().starts_with(commit),
-        "{commit} is not HEAD"
-    );
-    assert_eq!(head.author().email().ok(), Some("admin@cplane.localhost"));
+    let edit = repo
+        .revparse_single(commit)
+        .expect("the edit's commit")
+        .peel_to_commit()
+        .expect("commit");
+    assert_eq!(edit.author().email().ok(), Some("admin@cplane.localhost"));
     // Only the field the user changed: `workers: 4` became `workers: 5`, nothing else.
-    let parent = head.parent(0).expect("parent").tree().expect("tree");
+    let parent = edit.parent(0).expect("parent").tree().expect("tree");
     let diff = repo
-        .diff_tree_to_tree(Some(&parent), Some(&head.tree().expect("tree")), None)
+        .diff_tree_to_tree(Some(&parent), Some(&edit.tree().expect("tree")), None)
         .expect("diff");
     let stats = diff.stats().expect("stats");
     assert_eq!(
@@ -238,6 +238,26 @@ fn the_dashboard_tour_in_a_real_browser() {
     assert!(
         newest.starts_with(commit) && newest.contains("admin@cplane.localhost"),
         "{newest}"
+    );
+    // A stack enabled, then disabled, from the page: two commits by the user.
+    let head = repo.head().expect("HEAD").peel_to_commit().expect("commit");
+    let enabled = head.parent(0).expect("parent");
+    for (c, id, what) in [
+        (&enabled, &seen["enabled"], "enable stack jupyterhub"),
+        (&head, &seen["disabled"], "disable stack jupyterhub"),
+    ] {
+        assert!(
+            c.id().to_string().starts_with(id.as_str().expect("commit")),
+            "{seen:#}"
+        );
+        let message = String::from_utf8_lossy(c.message_bytes()).into_owned();
+        assert!(message.contains(what), "{message}");
+        assert_eq!(c.author().email().ok(), Some("admin@cplane.localhost"));
+    }
+    assert_eq!(
+        enabled.parent_id(0).expect("parent"),
+        edit.id(),
+        "right after the edit"
     );
     // w-acme's agent reported the bundle before the edit: behind by one, the only such cluster.
     let behind = seen["behind"].as_array().expect("rows");
