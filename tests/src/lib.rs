@@ -44,4 +44,4 @@ pub mod serve;
 pub mod venv;
 
 pub use cargo_bin::cargo_bin;
-pub use repo::{commit_all, copy_dir, root, template_repo};
+pub use repo::{commit_all, copy_dir, git, root, template_repo};

@@ -26,6 +26,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Runs the `git` command line with `args` in `dir` (as a user would: branches, merges,
+/// pushes), which must succeed; returns its trimmed standard output.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Stages every change (additions and removals) and commits it; returns the commit id.
 pub fn commit_all(dir: &Path, message: &str) -> String {
     let repo = git2::Repository::open(dir)

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use cplane_e2e::git;
 use cplane_e2e::serve::{http, wait_up_to};
 
 /// The playwright-core version installed for the test (its API is what the script uses).
@@ -122,20 +123,6 @@ fn keep_screenshots(shots: &Path, names: &[&str]) {
 /// An `authorization` header with `token`.
 fn auth(token: &str) -> (&'static str, String) {
     ("authorization", format!("Bearer {}", token.trim()))
-}
-
-/// `git ARGS` in `dir`, which must succeed.
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

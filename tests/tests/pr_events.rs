@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cplane_e2e::forge::{ForgeKind, ForgeServer};
+use cplane_e2e::git;
 use cplane_e2e::http::Request;
 use cplane_e2e::serve::{http, wait_up_to, Serve, Server, SECRET};
 use cplane_reconciler::aws::{Aws, Target};
@@ -28,22 +29,6 @@ const MARKER: &str = "<!-- cplane-plan -->";
 /// A development issuer serving its JWKS on 127.0.0.1 (see [`cplane_e2e::oidc::dev_issuer`]).
 async fn issuer() -> cplane_reconciler::auth::dev::DevIssuer {
     cplane_e2e::oidc::dev_issuer().await
-}
-
-/// `git ARGS` in `dir`, which must succeed.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// `git daemon` serving the bare repositories under a directory on 127.0.0.1, fetch and push:
