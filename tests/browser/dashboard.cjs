@@ -11,7 +11,8 @@
 //   branch with a diff, the activity page (drift, and the events the live stream brought);
 // - member: signed in (TOKEN) as a member of one account: only its workspace and cluster, no
 //   rollouts, another account's workspace not found;
-// - pr: signed in (TOKEN) on a server with a forge: a stack value changed in pull-request mode.
+// - pr: signed in (TOKEN) on a server with a forge: a stack value changed in pull-request mode;
+// - fleet: timings at fleet size for reconciler/benches/dashboard.rs.
 //
 // Prints one JSON line with what it saw; exits non-zero on the first failed step.
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
@@ -165,6 +166,42 @@ const scenarios = {
     await page.goto(`${base}/ui/#/workspaces/globex`);
     await page.waitForSelector('main h1:has-text("Workspace globex") + p.bad');
     seen.globex = (await page.textContent("main .bad")).trim();
+  },
+
+  // Timings at fleet size, for reconciler/benches/dashboard.rs (SEARCH: a cluster id).
+  async fleet(page, seen) {
+    let t = Date.now();
+    await signIn(page);
+    await page.waitForSelector("#workspaces tr:nth-child(2)", { timeout: 120000 });
+    seen.overviewMs = Date.now() - t;
+
+    seen.step = "clusters";
+    t = Date.now();
+    await page.click('nav a:has-text("Clusters")');
+    await page.waitForSelector("#clusters tr:nth-child(2)", { timeout: 120000 });
+    seen.clustersMs = Date.now() - t;
+    seen.counted = (await page.textContent("h1")).trim();
+
+    seen.step = "search";
+    const times = [];
+    for (let i = 0; i < 5; i++) {
+      await page.fill("#q", "");
+      await page.waitForFunction(() => !document.querySelector("#matches").textContent.startsWith("1 "));
+      t = Date.now();
+      await page.fill("#q", process.env.SEARCH);
+      await page.waitForFunction(() => document.querySelector("#matches").textContent.startsWith("1 "));
+      times.push(Date.now() - t);
+    }
+    times.sort((a, b) => a - b);
+    seen.searchMs = times[2];
+    seen.matches = (await page.textContent("#matches")).trim();
+
+    seen.step = "state filter";
+    await page.fill("#q", "");
+    t = Date.now();
+    await page.selectOption("#state", "never-reported");
+    await page.waitForFunction(() => document.querySelector("#clusters tr:nth-child(2)") !== null);
+    seen.stateMs = Date.now() - t;
   },
 
   async pr(page, seen) {
