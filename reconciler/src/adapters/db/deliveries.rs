@@ -64,8 +64,14 @@ impl Db {
             None => head,
         };
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
         let mut added = 0;
+        if events.is_empty() {
+            if to > cursor {
+                self.move_cursor(sink, to).await?;
+            }
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
         for e in &events {
             let done = sqlx::query(
                 "INSERT INTO event_deliveries (sink, position, state, attempts, next_at, leased_by, lease_until, last_error)
@@ -145,13 +151,46 @@ impl Db {
         Ok(found.pop().filter(|e| e.position == position))
     }
 
-    /// `sink` accepted the event at `position`: its delivery is done.
-    pub async fn delivered(&self, sink: &str, position: i64) -> Result<(), Error> {
-        sqlx::query("DELETE FROM event_deliveries WHERE sink = $1 AND position = $2")
-            .bind(sink)
-            .bind(position)
-            .execute(&self.pool)
-            .await?;
+    /// The events at `positions` that are still retained, by position: one query for a
+    /// claimed batch.
+    pub async fn events_at(
+        &self,
+        positions: &[i64],
+    ) -> Result<std::collections::HashMap<i64, StoredEvent>, Error> {
+        if positions.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let list: Vec<String> = (1..=positions.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT position, workspace, body FROM events WHERE position IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for p in positions {
+            q = q.bind(*p);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| super::events::stored(r).map(|e| (e.position, e)))
+            .collect()
+    }
+
+    /// `sink` accepted the events at `positions` (or they were pruned): their deliveries are
+    /// done. One statement for a batch.
+    pub async fn delivered(&self, sink: &str, positions: &[i64]) -> Result<(), Error> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = (2..positions.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "DELETE FROM event_deliveries WHERE sink = $1 AND position IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(sink);
+        for p in positions {
+            q = q.bind(*p);
+        }
+        q.execute(&self.pool).await?;
         Ok(())
     }
 
