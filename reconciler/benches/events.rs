@@ -198,10 +198,12 @@ async fn main() {
         without.push(took);
         rates.push(written as f64 / took.as_secs_f64());
 
-        // With a webhook sink delivering as the run writes.
+        // With a webhook sink delivering as the run writes, started afresh at the newest
+        // event (not behind the run without it).
+        db.forget_sinks_except(&[]).await.expect("forget");
+        let head = db.last_event_position().await.expect("position");
+        db.start_sink("bench", head).await.expect("start");
         let task = tokio::spawn(notify::run_sink(db.clone(), "bench".into(), sink.clone()));
-        // The sink's cursor starts at the newest event when it is first seen.
-        tokio::time::sleep(Duration::from_millis(500)).await;
         bump_bff(dir.path(), &format!("1.9.{}", 2 * r + 1));
         let before = db.last_event_position().await.expect("position");
         let (took, _) = apply(dir.path(), &db).await;

@@ -13,6 +13,9 @@
 //!   outbox; reconciling never waits for a sink, and a slow sink never delays another.
 //! - **Prompt**: a sink's task wakes when this process commits events (not on a poll), and
 //!   works through a backlog without pausing between pages.
+//! - **From where it was added**: a sink's cursor is started by whoever configures it
+//!   ([`Db::start_sink`]; `serve` starts a sink that a commit adds at that commit's run, see
+//!   the README's "Events and notifications") and kept across restarts and changes.
 //!
 //! # Sinks
 //! [`Sink`] is the port: a name and `deliver(event)`. A Kafka or Redpanda sink (a producer
@@ -381,7 +384,8 @@ fn backoff(attempts: i64) -> Duration {
 /// as this process commits events ([`Db::watch_events`]: no poll delay between a commit and
 /// its delivery), at once while a backlog remains, and every [`TICK`] for retries that come
 /// due and for events other replicas commit. Database errors are logged and retried on the
-/// next tick.
+/// next tick. The sink's cursor must have been started ([`Db::start_sink`]); until then it
+/// delivers nothing.
 pub async fn run_sink(db: Db, replica: String, sink: SinkConfig) {
     let mut committed = db.watch_events();
     let mut ticker = tokio::time::interval(TICK);
