@@ -11,6 +11,11 @@
 //!   replica dying mid-delivery makes another send the event again.
 //! - **Never in the way**: delivery runs in tasks of its own, one per sink, reading the
 //!   outbox; reconciling never waits for a sink, and a slow sink never delays another.
+//! - **Prompt**: a sink's task wakes when this process commits events (not on a poll), and
+//!   works through a backlog without pausing between pages.
+//! - **From where it was added**: a sink's cursor is started by whoever configures it
+//!   ([`Db::start_sink`]; `serve` starts a sink that a commit adds at that commit's run, see
+//!   the README's "Events and notifications") and kept across restarts and changes.
 //!
 //! # Sinks
 //! [`Sink`] is the port: a name and `deliver(event)`. A Kafka or Redpanda sink (a producer
@@ -43,8 +48,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a claimed delivery is this replica's (longer than one HTTP call may take).
 const LEASE: Duration = Duration::from_secs(30);
-/// How often each sink's task looks for new events and due retries.
+/// How often each sink's task looks for due retries, and for events other replicas commit.
 const TICK: Duration = Duration::from_millis(250);
+/// How long a sink's task waits, once woken by a commit, for more commits to deliver with it.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// Why a delivery failed.
 #[derive(Debug, thiserror::Error)]
@@ -372,42 +379,111 @@ fn backoff(attempts: i64) -> Duration {
         .min(MAX_BACKOFF)
 }
 
-/// Delivers `sink`'s events until aborted: every [`TICK`], adds deliveries for new events
-/// its routes select, then claims the due ones (as `replica`) and delivers them in order.
-/// Database errors are logged and retried on the next tick.
+/// Delivers `sink`'s events until aborted: adds deliveries for new events its routes select,
+/// then claims the due ones (as `replica`) and delivers them in order. It runs again as soon
+/// as this process commits events ([`Db::watch_events`]: no poll delay between a commit and
+/// its delivery), at once while a backlog remains, and every [`TICK`] for retries that come
+/// due and for events other replicas commit. Database errors are logged and retried on the
+/// next tick. The sink's cursor must have been started ([`Db::start_sink`]); until then it
+/// delivers nothing.
 pub async fn run_sink(db: Db, replica: String, sink: SinkConfig) {
+    let mut committed = db.watch_events();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Woken by a commit of this process: only its new events can be due (retries, leases
+    // run out and other replicas' deliveries wait for the tick), so a round that adds no
+    // delivery claims nothing — no write to the database for commits the routes skip.
+    let mut by_commit = false;
     loop {
-        ticker.tick().await;
-        if let Err(e) = deliver_due(&db, &replica, &sink).await {
-            tracing::warn!(sink = %sink.name, error = %e, "notifications");
+        committed.borrow_and_update();
+        match round(&db, &replica, &sink, !by_commit).await {
+            Ok(Round::More) => continue,
+            Ok(Round::Done) => {}
+            Err(e) => tracing::warn!(sink = %sink.name, error = %e, "notifications"),
+        }
+        by_commit = tokio::select! {
+            _ = ticker.tick() => false,
+            changed = committed.changed() => {
+                if changed.is_err() {
+                    // The database handle is gone: only the ticker is left.
+                    ticker.tick().await;
+                }
+                changed.is_ok()
+            }
+        };
+        if by_commit {
+            // Let a burst of commits (a run writes many) gather into one round: a handful
+            // of writes to the outbox's tables per round, not per event, so the sink stays
+            // off the reconcile's way (SQLite has one writer).
+            tokio::time::sleep(LINGER).await;
         }
     }
 }
 
-/// One round of [`run_sink`].
+/// What a round of [`deliver_due`] left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Nothing due now (the rest waits for new events, a retry's time, or a lease).
+    Done,
+    /// More events to expand: run another round at once.
+    More,
+}
+
+/// Events expanded into deliveries per round.
+const PAGE: u32 = 1000;
+/// Deliveries claimed at once.
+const CLAIM: u32 = 50;
+
+/// One round of [`run_sink`]: new events expanded into deliveries, then every due delivery
+/// claimed and delivered.
 pub async fn deliver_due(
     db: &Db,
     replica: &str,
     sink: &SinkConfig,
-) -> Result<(), crate::db::Error> {
-    db.expand_deliveries(&sink.name, &sink.types, 1000).await?;
+) -> Result<Round, crate::db::Error> {
+    round(db, replica, sink, true).await
+}
+
+/// [`deliver_due`], claiming only when it added deliveries unless `claim_anyway`.
+async fn round(
+    db: &Db,
+    replica: &str,
+    sink: &SinkConfig,
+    claim_anyway: bool,
+) -> Result<Round, crate::db::Error> {
+    let added = db.expand_deliveries(&sink.name, &sink.types, PAGE).await?;
+    if added == 0 && !claim_anyway {
+        return Ok(Round::Done);
+    }
+    let more = if added >= PAGE as usize {
+        Round::More
+    } else {
+        Round::Done
+    };
     let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
     loop {
-        let claimed = db.claim_deliveries(&sink.name, replica, lease, 50).await?;
+        let claimed = db
+            .claim_deliveries(&sink.name, replica, lease, CLAIM)
+            .await?;
         if claimed.is_empty() {
-            return Ok(());
+            return Ok(more);
         }
+        let positions: Vec<i64> = claimed.iter().map(|(p, _)| *p).collect();
+        let mut events = db.events_at(&positions).await?;
+        // Done deliveries are deleted together, at the end of the batch or before a failure
+        // is recorded: one write per batch. A replica dying in between sends them again
+        // (at least once; receivers de-duplicate by id).
+        let mut done = Vec::with_capacity(positions.len());
         for (position, attempts) in claimed {
-            let Some(event) = db.event_at(position).await? else {
+            let Some(event) = events.remove(&position) else {
                 // Pruned before it could be delivered: nothing to send.
-                db.delivered(&sink.name, position).await?;
+                done.push(position);
                 continue;
             };
             match sink.sink.deliver(&event.event).await {
-                Ok(()) => db.delivered(&sink.name, position).await?,
+                Ok(()) => done.push(position),
                 Err(e) => {
+                    db.delivered(&sink.name, &std::mem::take(&mut done)).await?;
                     let attempts = attempts + 1;
                     let dead = !e.retryable || attempts >= i64::from(sink.max_attempts);
                     let next = crate::db::now_ms()
@@ -418,11 +494,13 @@ pub async fn deliver_due(
                     if dead {
                         continue;
                     }
-                    // Keep order: the rest waits for this one's retry.
-                    return Ok(());
+                    // Keep order: the rest waits for this one's retry (and their leases,
+                    // taken for this round, run out first).
+                    return Ok(Round::Done);
                 }
             }
         }
+        db.delivered(&sink.name, &done).await?;
     }
 }
 

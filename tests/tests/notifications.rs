@@ -49,8 +49,8 @@ fn declare_sinks(work: &Path, hook: u16, slack: u16, dead: u16) {
     cplane_e2e::commit_all(work, "notify ops and the team");
 }
 
-/// Adds `n` workspaces copied from acme: a burst of events (a bundle for each).
-fn add_workspaces(work: &Path, prefix: &str, n: usize) -> String {
+/// Writes `n` workspaces copied from acme (not committed).
+fn write_workspaces(work: &Path, prefix: &str, n: usize) {
     let acme = std::fs::read_to_string(work.join("workspaces/acme.yaml")).expect("read");
     for i in 0..n {
         let id = format!("{prefix}{i}");
@@ -59,7 +59,53 @@ fn add_workspaces(work: &Path, prefix: &str, n: usize) -> String {
             .replace("account: acme-corp", &format!("account: {id}"));
         std::fs::write(work.join(format!("workspaces/{id}.yaml")), text).expect("write");
     }
+}
+
+/// Adds `n` workspaces copied from acme: a burst of events (a bundle for each).
+fn add_workspaces(work: &Path, prefix: &str, n: usize) -> String {
+    write_workspaces(work, prefix, n);
     cplane_e2e::commit_all(work, &format!("add {n} workspaces"))
+}
+
+/// `cplane.yaml` with one webhook sink `ops` to 127.0.0.1:`hook` (routes: every type) and
+/// `extra` lines of its own, or without notifications (`hook` `None`).
+fn set_ops_sink(work: &Path, hook: Option<u16>, extra: &str) {
+    let file = work.join("cplane.yaml");
+    let text = std::fs::read_to_string(&file).expect("read cplane.yaml");
+    let mut text = match text.find("  notifications:\n") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    };
+    if let Some(hook) = hook {
+        text.push_str(&format!(
+            "  notifications:
+    sinks:
+      - name: ops
+{extra}        webhook:
+          url: http://127.0.0.1:{hook}/cplane
+          signingSecret: {{env: CPLANE_TEST_HOOK_KEY}}
+    routes:
+      - sink: ops
+        types: [\"*\"]
+"
+        ));
+    }
+    std::fs::write(&file, text).expect("write cplane.yaml");
+}
+
+/// The position in `stored` of `commit`'s `commit.applied` event.
+fn applied_at(stored: &[Value], commit: &str) -> usize {
+    stored
+        .iter()
+        .position(|e| e["type"] == "io.cplane.commit.applied" && e["data"]["commit"] == commit)
+        .unwrap_or_else(|| panic!("no commit.applied of {commit} among {stored:#?}"))
+}
+
+/// Whether `r` got `commit`'s `commit.applied` event.
+fn got_applied(r: &Receiver, commit: &str) -> bool {
+    webhook_events(r)
+        .values()
+        .any(|(e, _)| e["type"] == "io.cplane.commit.applied" && e["data"]["commit"] == commit)
 }
 
 /// Every retained event on the server at `port`, oldest first.
@@ -253,6 +299,153 @@ fn every_event_reaches_each_sink_once_after_dedup_when_a_receiver_dies_mid_burst
     drop(server);
 }
 
+/// A sink added by a commit hears of that commit — its `commit.applied` and the other events
+/// of the run that applied it — and of nothing before. Across a restart and a change of its
+/// configuration it keeps its place (nothing lost, nothing twice); removed and added again, it
+/// starts afresh at the commit that adds it back.
+#[test]
+fn a_sink_added_by_a_commit_hears_that_commit_and_nothing_before() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let hook = Receiver::start();
+    let seed = tmp.path().join("seed");
+    std::fs::create_dir_all(&seed).expect("dir");
+    let (remote, work, branch) = cplane_e2e::serve::remote_and_work(&seed);
+    let start = |name: &str, database: Option<&str>| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut serve = Serve::new(&dir)
+            .state_repo(&remote)
+            .env("CPLANE_TEST_HOOK_KEY", HOOK_KEY)
+            .args(["--insecure-open-read", "--webhook-secret", SECRET]);
+        if let Some(db) = database {
+            serve = serve.database(db);
+        }
+        serve.start()
+    };
+    let server = start("a", None);
+    let port = server.port;
+    let apply = |commit: &str, delivery: &str, port: u16| {
+        push(&work, &branch);
+        assert_eq!(webhook(port, &branch, delivery).0, 202);
+        wait_for(&format!("{commit} applied"), || {
+            all_events(port)
+                .iter()
+                .any(|e| e["type"] == "io.cplane.commit.applied" && e["data"]["commit"] == commit)
+        });
+    };
+
+    // Events before any sink: a commit adding a workspace.
+    let before = add_workspaces(&work, "early", 1);
+    apply(&before, "d-1", port);
+
+    // One commit adds the sink and a workspace.
+    write_workspaces(&work, "added", 1);
+    set_ops_sink(&work, Some(hook.port), "");
+    let added = cplane_e2e::commit_all(&work, "notify ops, and add a workspace");
+    apply(&added, "d-2", port);
+    wait_for("the adding commit at the webhook", || {
+        got_applied(&hook, &added)
+    });
+    let stored = all_events(port);
+    let (from, to) = (
+        applied_at(&stored, &before) + 1,
+        applied_at(&stored, &added),
+    );
+    let run: BTreeSet<&str> = stored[from..=to]
+        .iter()
+        .map(|e| e["id"].as_str().expect("id"))
+        .collect();
+    assert!(
+        stored[from..=to].iter().any(
+            |e| e["type"] == "io.cplane.bundle.published" && e["data"]["cluster"] == "w-added0"
+        ),
+        "the adding commit's run published the new workspace's bundle: {stored:#?}"
+    );
+    let got = webhook_events(&hook);
+    let have: BTreeSet<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(
+        have, run,
+        "exactly the events of the run that applied the adding commit"
+    );
+    assert!(got.values().all(|(_, n)| *n == 1), "{got:#?}");
+
+    // Stopped once every delivery is done; a change of the sink's configuration (and a
+    // workspace) while it is down; started again on the same database.
+    wait_for("no delivery pending", || {
+        get_json(port, "/v1/status")["notifications"]["sinks"][0]["pending"] == 0
+    });
+    let database = server.database.clone();
+    drop(server);
+    write_workspaces(&work, "later", 1);
+    set_ops_sink(&work, Some(hook.port), "        maxAttempts: 5\n");
+    let changed = cplane_e2e::commit_all(&work, "retry ops less, and add a workspace");
+    push(&work, &branch);
+    let server = start("b", Some(&database));
+    let port = server.port;
+    wait_for("the changed commit at the webhook", || {
+        got_applied(&hook, &changed)
+    });
+    let stored = all_events(port);
+    let to = applied_at(&stored, &changed);
+    let want: BTreeSet<&str> = stored[from..=to]
+        .iter()
+        .map(|e| e["id"].as_str().expect("id"))
+        .collect();
+    wait_for("every event since the adding commit's run", || {
+        webhook_events(&hook).len() == want.len()
+    });
+    let got = webhook_events(&hook);
+    let have: BTreeSet<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(have, want, "nothing lost across the restart and the change");
+    assert!(
+        got.values().all(|(_, n)| *n == 1),
+        "nothing twice: {got:#?}"
+    );
+
+    // Removed; a commit while it is gone; added back: only the re-adding commit's run.
+    set_ops_sink(&work, None, "");
+    let removed = cplane_e2e::commit_all(&work, "no more notifications");
+    apply(&removed, "d-3", port);
+    wait_for("the sink removed", || {
+        get_json(port, "/v1/status")["notifications"]["sinks"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    let gone = add_workspaces(&work, "unheard", 1);
+    apply(&gone, "d-4", port);
+    let heard_before = hook.received().len();
+    write_workspaces(&work, "back", 1);
+    set_ops_sink(&work, Some(hook.port), "");
+    let back = cplane_e2e::commit_all(&work, "notify ops again");
+    apply(&back, "d-5", port);
+    wait_for("the re-adding commit at the webhook", || {
+        got_applied(&hook, &back)
+    });
+    let stored = all_events(port);
+    let (from, to) = (applied_at(&stored, &gone) + 1, applied_at(&stored, &back));
+    let run: BTreeSet<&str> = stored[from..=to]
+        .iter()
+        .map(|e| e["id"].as_str().expect("id"))
+        .collect();
+    let got = webhook_events(&hook);
+    let unheard: Vec<&Value> = stored[applied_at(&stored, &removed) + 1..from]
+        .iter()
+        .filter(|e| got.contains_key(e["id"].as_str().expect("id")))
+        .collect();
+    assert!(
+        unheard.is_empty(),
+        "events while the sink was gone reached it: {unheard:#?}"
+    );
+    let since: Vec<String> = hook.received()[heard_before..]
+        .iter()
+        .map(|r| r.json()["id"].as_str().expect("id").to_owned())
+        .collect();
+    let new: BTreeSet<&str> = since.iter().map(String::as_str).collect();
+    assert_eq!(new.len(), since.len(), "nothing twice: {since:#?}");
+    assert_eq!(new, run, "exactly the re-adding commit's run");
+    drop(server);
+}
+
 fn replica(
     dir: &Path,
     name: &str,
@@ -296,10 +489,15 @@ fn two_replicas_deliver_each_event_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let hook = Receiver::start();
     let (remote, work, branch) = cplane_e2e::serve::remote_and_work(tmp.path());
-    declare_sinks(&work, hook.port, hook.port, cplane_e2e::moto::free_port());
-    push(&work, &branch);
+    let initial = head(&work);
     let (mut a, a_port) = replica(tmp.path(), "a", &remote, &branch, &pg.url, hook.port);
     let (mut b, b_port) = replica(tmp.path(), "b", &remote, &branch, &pg.url, hook.port);
+    // The sinks come with a later push (two commits: the sinks, then a workspace): both
+    // replicas start them where the run applying that push began.
+    declare_sinks(&work, hook.port, hook.port, cplane_e2e::moto::free_port());
+    let first = add_workspaces(&work, "warm", 1);
+    push(&work, &branch);
+    assert_eq!(webhook(a_port, &branch, "d-1").0, 202);
     for port in [a_port, b_port] {
         wait_for("the sinks configured on both replicas", || {
             get_json(port, "/v1/status")["notifications"]["sinks"]
@@ -307,9 +505,6 @@ fn two_replicas_deliver_each_event_once() {
                 .is_some_and(|s| s.len() == 3)
         });
     }
-    let first = add_workspaces(&work, "warm", 1);
-    push(&work, &branch);
-    assert_eq!(webhook(a_port, &branch, "d-1").0, 202);
     let cloud_events = |hook: &Receiver| {
         hook.received()
             .into_iter()
@@ -341,10 +536,13 @@ fn two_replicas_deliver_each_event_once() {
             .entry(r.json()["id"].as_str().expect("id").to_owned())
             .or_default() += 1;
     }
-    let first_got = stored
+    // Nothing from before the push that added the sinks; from its run on, everything.
+    let first_got = applied_at(&stored, &initial) + 1;
+    let early: Vec<&Value> = stored[..first_got]
         .iter()
-        .position(|e| counts.contains_key(e["id"].as_str().expect("id")))
-        .expect("delivered");
+        .filter(|e| counts.contains_key(e["id"].as_str().expect("id")))
+        .collect();
+    assert!(early.is_empty(), "events from before the sinks: {early:#?}");
     wait_for("every event at the webhook", || {
         let ids: BTreeSet<String> = cloud_events(&hook)
             .iter()

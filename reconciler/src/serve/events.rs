@@ -16,7 +16,8 @@
 //! may read that workspace, every other (commits, rollouts, platform clusters) to operators.
 //!
 //! One task per replica ([`tail`]) watches the newest position (one small query per
-//! [`TAIL_INTERVAL`]) and wakes the streams, so idle clients cost no queries.
+//! [`TAIL_INTERVAL`], or as soon as this replica commits events) and wakes the streams, so
+//! idle clients cost no queries.
 
 use std::convert::Infallible;
 
@@ -49,11 +50,18 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
 /// head left behind meanwhile is only ever lower than the truth, which a stream treats as
 /// "not yet committed" (it reads from the database itself when it starts), and the first read
 /// after a stream opens moves it on.
+///
+/// Events this replica commits wake it at once ([`crate::db::Db::watch_events`]); the ticker
+/// catches those of other replicas.
 pub(super) async fn tail(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(TAIL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut committed = shared.db.watch_events();
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            Ok(()) = committed.changed() => {}
+        }
         if shared.events_head.receiver_count() == 0 {
             continue;
         }

@@ -2,6 +2,11 @@
 //! of its own ([`crate::notify::run_sink`]), on every replica (deliveries are claimed, so
 //! each event goes out once). When the applied revision changes the sinks are read again
 //! and their tasks restarted; reconciling never waits on them.
+//!
+//! Before a sink's task runs, its cursor is started: a sink the applied revision introduces
+//! starts at the first event of the run that applied it (so it hears of the commit that added
+//! it, and of nothing before); a sink already known keeps its cursor, whatever changed in its
+//! configuration; a sink no longer routed to is forgotten ([`start_cursors`]).
 
 use super::*;
 
@@ -34,6 +39,38 @@ fn notifications_at(
     Ok(platform.spec.notifications.map(|n| *n))
 }
 
+/// The sinks `spec` routes events to (those kept across a commit, whether or not their secret
+/// can be read now).
+fn routed_sinks(spec: &cplane_schema::notifications::NotificationsSpec) -> Vec<String> {
+    spec.sinks
+        .iter()
+        .filter(|s| spec.routes.iter().any(|r| r.sink == s.name))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// Starts the cursors of `commit`'s sinks that have none (a sink `commit` introduces starts
+/// at the first event of the run that applied it: [`crate::db::Db::sink_start_for_commit`])
+/// and forgets the sinks no longer routed to.
+async fn start_cursors(
+    db: &crate::db::Db,
+    commit: &str,
+    routed: &[String],
+) -> Result<(), crate::db::Error> {
+    for name in db.forget_sinks_except(routed).await? {
+        tracing::info!(sink = %name, "notification sink removed: its cursor and deliveries are dropped");
+    }
+    if routed.is_empty() {
+        return Ok(());
+    }
+    let start = db.sink_start_for_commit(commit).await?;
+    for name in routed {
+        let at = db.start_sink(name, start).await?;
+        tracing::debug!(sink = %name, after = at, "notification sink cursor");
+    }
+    Ok(())
+}
+
 /// Follows the applied revision and keeps one delivery task per configured sink.
 pub(super) async fn notifier(shared: Arc<Shared>) {
     let replica = format!("{:016x}", rand::random::<u64>());
@@ -46,28 +83,35 @@ pub(super) async fn notifier(shared: Arc<Shared>) {
         if commit.is_empty() || commit == seen {
             continue;
         }
-        seen = commit.clone();
         let mirror = shared.settings.mirror.clone();
-        let spec = tokio::task::spawn_blocking(move || notifications_at(&mirror, &commit))
+        let at = commit.clone();
+        let spec = tokio::task::spawn_blocking(move || notifications_at(&mirror, &at))
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
         let mut state = NotifyState::default();
         tasks.abort_all();
         match spec {
-            Ok(None) => {}
-            Ok(Some(spec)) => {
-                let (sinks, problems) = crate::notify::sinks_from_spec(&spec);
-                for p in &problems {
-                    tracing::warn!(problem = %p, "notification sink left out");
+            Ok(spec) => {
+                let routed = spec.as_ref().map(routed_sinks).unwrap_or_default();
+                if let Err(e) = start_cursors(&shared.db, &commit, &routed).await {
+                    // Tried again on the next tick; no sink runs without its cursor.
+                    tracing::warn!(error = %e, "starting the notification sinks");
+                    continue;
                 }
-                state.problems = problems;
-                for sink in sinks {
-                    state.sinks.push(sink.name.clone());
-                    tasks.spawn(crate::notify::run_sink(
-                        shared.db.clone(),
-                        replica.clone(),
-                        sink,
-                    ));
+                if let Some(spec) = spec {
+                    let (sinks, problems) = crate::notify::sinks_from_spec(&spec);
+                    for p in &problems {
+                        tracing::warn!(problem = %p, "notification sink left out");
+                    }
+                    state.problems = problems;
+                    for sink in sinks {
+                        state.sinks.push(sink.name.clone());
+                        tasks.spawn(crate::notify::run_sink(
+                            shared.db.clone(),
+                            replica.clone(),
+                            sink,
+                        ));
+                    }
                 }
             }
             Err(e) => {
@@ -75,6 +119,7 @@ pub(super) async fn notifier(shared: Arc<Shared>) {
                 state.problems.push(e);
             }
         }
+        seen = commit;
         *shared.notify.lock().expect("notify") = state;
     }
 }

@@ -102,6 +102,7 @@ impl Db {
             .point_in(&mut tx, (id, kind, region, environment, digest), now_ms())
             .await?;
         tx.commit().await?;
+        self.events_committed();
         self.notify(BUNDLES_CHANNEL, id).await?;
         Ok(generation)
     }
@@ -178,6 +179,7 @@ impl Db {
             self.point_in(&mut tx, *cluster, now).await?;
         }
         tx.commit().await?;
+        self.events_committed();
         for (id, ..) in clusters {
             self.notify(BUNDLES_CHANNEL, id).await?;
         }
@@ -312,6 +314,7 @@ impl Db {
             super::events::append(&mut tx, &self.event_stream, &event).await?;
         }
         tx.commit().await?;
+        self.events_committed();
         Ok(())
     }
 
@@ -357,6 +360,7 @@ impl Db {
             }
         }
         tx.commit().await?;
+        self.events_committed();
         Ok(marked)
     }
 

@@ -30,10 +30,118 @@ pub struct SinkBacklog {
 }
 
 impl Db {
+    /// Where a sink that `commit` introduces starts: the position just before the first
+    /// event of the run that applied `commit` (so the run's events — its workspaces', its
+    /// bundles', its `commit.applied` — reach the sink, and nothing from before the run).
+    /// That run is the last one recorded for `commit` that started before its
+    /// `commit.applied` event; when the run record is gone (retention), the sink starts at
+    /// that `commit.applied` event; when that event is gone too (or `commit` was never
+    /// applied), at the newest event. Never the beginning of history.
+    pub async fn sink_start_for_commit(&self, commit: &str) -> Result<i64, Error> {
+        let head = self.last_event_position().await?;
+        let applied = EventType::CommitApplied.as_str();
+        // The newest `commit.applied` events, newest first: the commit's is among the last few
+        // (commits are applied one after another; one per scope at most).
+        let rows = sqlx::query(
+            "SELECT position, created_at, body FROM events WHERE kind = $1
+             ORDER BY position DESC LIMIT 200",
+        )
+        .bind(applied)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found = None;
+        for r in &rows {
+            let body: String = r.try_get("body")?;
+            let event: crate::events::CloudEvent = serde_json::from_str(&body)
+                .map_err(|e| Error::Corrupt(format!("event body: {e}")))?;
+            if event.data["commit"].as_str() == Some(commit) {
+                let scope = event.data["scope"].as_str().unwrap_or_default().to_owned();
+                found = Some((
+                    r.try_get::<i64, _>("position")?,
+                    r.try_get::<i64, _>("created_at")?,
+                    scope,
+                ));
+                break;
+            }
+        }
+        let Some((position, created_at, scope)) = found else {
+            return Ok(head);
+        };
+        let run = sqlx::query(
+            "SELECT started_at FROM reconcile_runs WHERE commit_id = $1 AND scope = $2 AND started_at <= $3
+             ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(commit)
+        .bind(&scope)
+        .bind(created_at)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.try_get::<i64, _>("started_at"))
+        .transpose()?;
+        let Some(started_at) = run else {
+            return Ok(position - 1);
+        };
+        let first: Option<i64> = sqlx::query(
+            "SELECT MIN(position) AS first FROM events WHERE created_at >= $1 AND position <= $2",
+        )
+        .bind(started_at)
+        .bind(position)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("first")?;
+        Ok(first.unwrap_or(position).min(position) - 1)
+    }
+
+    /// Starts `sink`'s cursor after `position` unless it has one already (a sink keeps its
+    /// cursor across restarts and changes of its configuration). Safe on every replica at
+    /// once: the first to start it wins. Returns the cursor in force.
+    pub async fn start_sink(&self, sink: &str, position: i64) -> Result<i64, Error> {
+        sqlx::query(
+            "INSERT INTO event_cursors (sink, position) VALUES ($1, $2) ON CONFLICT (sink) DO NOTHING",
+        )
+        .bind(sink)
+        .bind(position)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT position FROM event_cursors WHERE sink = $1")
+            .bind(sink)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("position")?)
+    }
+
+    /// Forgets every sink but `keep`: their cursors, pending deliveries and dead letters (a
+    /// sink removed from `cplane.yaml`; added again later, it starts afresh). Returns the
+    /// sinks forgotten.
+    pub async fn forget_sinks_except(&self, keep: &[String]) -> Result<Vec<String>, Error> {
+        let mut known: Vec<String> =
+            sqlx::query("SELECT sink FROM event_cursors UNION SELECT sink FROM event_deliveries")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get("sink"))
+                .collect::<Result<_, _>>()?;
+        known.retain(|s| !keep.contains(s));
+        known.sort();
+        for sink in &known {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM event_deliveries WHERE sink = $1")
+                .bind(sink)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM event_cursors WHERE sink = $1")
+                .bind(sink)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(known)
+    }
+
     /// Adds a delivery to `sink` for every event of `types` after its cursor (at most `page`
-    /// events read), and moves the cursor. A sink seen for the first time starts at the
-    /// newest event. Idempotent and safe on every replica at once. Returns how many
-    /// deliveries were added.
+    /// events read), and moves the cursor. A sink without a cursor ([`Db::start_sink`]: not
+    /// started, or forgotten since) gets nothing. Idempotent and safe on every replica at
+    /// once. Returns how many deliveries were added.
     pub async fn expand_deliveries(
         &self,
         sink: &str,
@@ -50,7 +158,6 @@ impl Db {
         // a page shorter than `page` read all of them.
         let head = self.last_event_position().await?;
         let Some(cursor) = cursor else {
-            self.move_cursor(sink, head).await?;
             return Ok(0);
         };
         let filter = super::EventFilter {
@@ -64,8 +171,14 @@ impl Db {
             None => head,
         };
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
         let mut added = 0;
+        if events.is_empty() {
+            if to > cursor {
+                self.move_cursor(sink, to).await?;
+            }
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
         for e in &events {
             let done = sqlx::query(
                 "INSERT INTO event_deliveries (sink, position, state, attempts, next_at, leased_by, lease_until, last_error)
@@ -86,15 +199,13 @@ impl Db {
     }
 
     async fn move_cursor(&self, sink: &str, to: i64) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO event_cursors (sink, position) VALUES ($1, $2)
-             ON CONFLICT (sink) DO UPDATE SET position = CASE WHEN excluded.position > event_cursors.position
-               THEN excluded.position ELSE event_cursors.position END",
-        )
-        .bind(sink)
-        .bind(to)
-        .execute(&self.pool)
-        .await?;
+        // Only forwards, and never bringing back a cursor forgotten meanwhile (the sink was
+        // removed while this replica was still delivering to it).
+        sqlx::query("UPDATE event_cursors SET position = $1 WHERE sink = $2 AND position < $1")
+            .bind(to)
+            .bind(sink)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -145,13 +256,46 @@ impl Db {
         Ok(found.pop().filter(|e| e.position == position))
     }
 
-    /// `sink` accepted the event at `position`: its delivery is done.
-    pub async fn delivered(&self, sink: &str, position: i64) -> Result<(), Error> {
-        sqlx::query("DELETE FROM event_deliveries WHERE sink = $1 AND position = $2")
-            .bind(sink)
-            .bind(position)
-            .execute(&self.pool)
-            .await?;
+    /// The events at `positions` that are still retained, by position: one query for a
+    /// claimed batch.
+    pub async fn events_at(
+        &self,
+        positions: &[i64],
+    ) -> Result<std::collections::HashMap<i64, StoredEvent>, Error> {
+        if positions.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let list: Vec<String> = (1..=positions.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT position, workspace, body FROM events WHERE position IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for p in positions {
+            q = q.bind(*p);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| super::events::stored(r).map(|e| (e.position, e)))
+            .collect()
+    }
+
+    /// `sink` accepted the events at `positions` (or they were pruned): their deliveries are
+    /// done. One statement for a batch.
+    pub async fn delivered(&self, sink: &str, positions: &[i64]) -> Result<(), Error> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = (2..positions.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "DELETE FROM event_deliveries WHERE sink = $1 AND position IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(sink);
+        for p in positions {
+            q = q.bind(*p);
+        }
+        q.execute(&self.pool).await?;
         Ok(())
     }
 
@@ -204,5 +348,125 @@ impl Db {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Sink cursors on both engines: where a sink starts, that it keeps its place, and that a
+    //! forgotten sink gets nothing.
+
+    use super::*;
+    use crate::events::NewEvent;
+    use serde_json::json;
+
+    async fn pause() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    async fn sink_cursors(db: &Db) {
+        let scope = "sgp-1/prod";
+        let mut committed = db.watch_events();
+        // Before the sink: a commit applied, a drift finding.
+        db.set_applied_revision(scope, "c0").await.expect("applied");
+        db.record_events(&[NewEvent::new(
+            EventType::DriftFound,
+            "workspace/acme",
+            json!({"workspace": "acme", "repairs": []}),
+        )])
+        .await
+        .expect("record");
+        assert!(
+            committed.has_changed().expect("watch"),
+            "commits wake watchers"
+        );
+        committed.borrow_and_update();
+        pause().await;
+        // The run applying c1 (which adds the sink): a bundle, the run, commit.applied.
+        let started = now_ms();
+        pause().await;
+        db.point_cluster("w-acme", "tenant", "sgp-1", "prod", "sha256:a")
+            .await
+            .expect("point");
+        let bundle = db.last_event_position().await.expect("head");
+        db.record_run(
+            "r1",
+            "c1",
+            scope,
+            &json!(null),
+            "converged",
+            &[],
+            started,
+            1,
+        )
+        .await
+        .expect("run");
+        db.set_applied_revision(scope, "c1").await.expect("applied");
+        assert!(committed.has_changed().expect("watch"));
+        let head = db.last_event_position().await.expect("head");
+        assert_eq!(head, bundle + 1);
+
+        let start = db.sink_start_for_commit("c1").await.expect("start");
+        assert_eq!(start, bundle - 1, "just before the run's first event");
+        assert_eq!(db.start_sink("ops", start).await.expect("start"), start);
+        assert_eq!(
+            db.start_sink("ops", head).await.expect("start"),
+            start,
+            "a known sink keeps its cursor"
+        );
+        assert_eq!(
+            db.expand_deliveries("ops", &EventType::ALL, 100)
+                .await
+                .expect("expand"),
+            2,
+            "the run's bundle and commit.applied, not the earlier events"
+        );
+        let claimed = db
+            .claim_deliveries("ops", "r", 30_000, 10)
+            .await
+            .expect("claim");
+        assert_eq!(claimed, vec![(bundle, 0), (head, 0)]);
+        let events = db.events_at(&[bundle, head]).await.expect("events");
+        assert_eq!(events[&head].event.kind, "io.cplane.commit.applied");
+        assert_eq!(events[&bundle].event.kind, "io.cplane.bundle.published");
+
+        // Unknown commits start at the newest event; a commit whose run is no longer recorded
+        // at its commit.applied.
+        assert_eq!(db.sink_start_for_commit("nope").await.expect("start"), head);
+        db.set_applied_revision(scope, "c2").await.expect("applied");
+        let c2 = db.last_event_position().await.expect("head");
+        assert_eq!(db.sink_start_for_commit("c2").await.expect("start"), c2 - 1);
+
+        // Forgotten: no cursor, no deliveries, and nothing more for it.
+        assert_eq!(
+            db.forget_sinks_except(&["other".into()])
+                .await
+                .expect("forget"),
+            vec!["ops".to_owned()]
+        );
+        assert!(db.sink_backlogs().await.expect("backlogs").is_empty());
+        assert_eq!(
+            db.expand_deliveries("ops", &EventType::ALL, 100)
+                .await
+                .expect("expand"),
+            0
+        );
+        assert!(db
+            .claim_deliveries("ops", "r", 30_000, 10)
+            .await
+            .expect("claim")
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn sqlite_sink_cursors() {
+        let (_dir, db) = super::super::test_support::sqlite().await;
+        sink_cursors(&db).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_sink_cursors() {
+        super::super::test_support::with_postgres(|db| async move { sink_cursors(&db).await })
+            .await;
     }
 }

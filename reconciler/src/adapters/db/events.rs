@@ -89,7 +89,7 @@ pub(super) async fn append(
     Ok(position)
 }
 
-fn stored(row: &AnyRow) -> Result<StoredEvent, Error> {
+pub(super) fn stored(row: &AnyRow) -> Result<StoredEvent, Error> {
     let body: String = row.try_get("body")?;
     let workspace: String = row.try_get("workspace")?;
     Ok(StoredEvent {
@@ -113,6 +113,20 @@ impl Db {
         &self.event_stream
     }
 
+    /// Says that this process committed events (after the transaction that appended them):
+    /// wakes [`Db::watch_events`]' watchers.
+    pub(super) fn events_committed(&self) {
+        self.events_committed
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A watch that changes whenever this process (this `Db` or a clone) commits events: what
+    /// the notification sinks wait on instead of polling. Events committed by other processes
+    /// (replicas on PostgreSQL) do not move it.
+    pub fn watch_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events_committed.subscribe()
+    }
+
     /// Writes `events` in one transaction of their own (facts that change nothing else:
     /// a drift check's findings). Returns their positions.
     pub async fn record_events(&self, events: &[NewEvent]) -> Result<Vec<i64>, Error> {
@@ -122,6 +136,7 @@ impl Db {
             positions.push(append(&mut tx, &self.event_stream, e).await?);
         }
         tx.commit().await?;
+        self.events_committed();
         Ok(positions)
     }
 

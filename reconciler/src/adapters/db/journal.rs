@@ -145,6 +145,7 @@ impl Db {
             }
         }
         tx.commit().await?;
+        self.events_committed();
         Ok(())
     }
 

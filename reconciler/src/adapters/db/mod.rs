@@ -132,6 +132,8 @@ pub struct Db {
     tenants: std::sync::Arc<dyn crate::tenants::TenantStore>,
     /// The stream of fleet-wide events ([`Db::with_event_stream`]).
     event_stream: std::sync::Arc<str>,
+    /// Counts commits of events by this process ([`Db::watch_events`]).
+    events_committed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// How many reconcile runs are kept per scope, and for how long: older runs are deleted as
@@ -213,6 +215,7 @@ impl Db {
             url: url.into(),
             retention: Retention::default(),
             event_stream: "*".into(),
+            events_committed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 

@@ -201,6 +201,7 @@ impl Db {
             super::events::append(&mut tx, &self.event_stream, &event).await?;
         }
         tx.commit().await?;
+        self.events_committed();
         Ok(())
     }
 }

@@ -261,6 +261,7 @@ impl Db {
         );
         super::events::append(&mut tx, &self.event_stream, &event).await?;
         tx.commit().await?;
+        self.events_committed();
         Ok(())
     }
 
@@ -472,6 +473,7 @@ impl Db {
             }
         }
         tx.commit().await?;
+        self.events_committed();
         Ok(moved)
     }
 

@@ -232,6 +232,7 @@ impl Db {
             super::events::append(&mut tx, &self.event_stream, &event).await?;
         }
         tx.commit().await?;
+        self.events_committed();
         let oldest = now_ms()
             .saturating_sub(i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX));
         sqlx::query(
@@ -336,6 +337,7 @@ impl Db {
             super::events::append(&mut tx, &self.event_stream, &event).await?;
         }
         tx.commit().await?;
+        self.events_committed();
         Ok(())
     }
 }
