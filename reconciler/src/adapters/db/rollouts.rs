@@ -397,7 +397,7 @@ impl Db {
     }
 
     /// Sets the state of some clusters of a rollout (with `published_at` when given, and a
-    /// message), in one transaction.
+    /// message; each cluster at most once), in one transaction.
     pub async fn set_rollout_clusters(
         &self,
         id: &str,
@@ -406,16 +406,33 @@ impl Db {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        // A wave's publish (or gate) changes thousands of clusters the same way: one statement
+        // per 500 of them, not one each (on SQLite every statement holds the one connection
+        // that agents' reports and long-polls also wait for).
+        let mut same: BTreeMap<(&str, Option<i64>, &str), Vec<&str>> = BTreeMap::new();
         for (cluster, state, published_at, message) in changes {
-            sqlx::query("UPDATE rollout_clusters SET state = $1, published_at = COALESCE($2, published_at), message = $3 WHERE rollout_id = $4 AND cluster_id = $5")
-                .bind(*state)
-                .bind(*published_at)
-                .bind(message)
-                .bind(id)
-                .bind(cluster)
-                .execute(&mut *tx)
-                .await?;
+            same.entry((*state, *published_at, message.as_str()))
+                .or_default()
+                .push(cluster.as_str());
+        }
+        let mut tx = self.pool.begin().await?;
+        for ((state, published_at, message), clusters) in &same {
+            for chunk in clusters.chunks(500) {
+                let list = (5..5 + chunk.len())
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!("UPDATE rollout_clusters SET state = $1, published_at = COALESCE($2, published_at), message = $3 WHERE rollout_id = $4 AND cluster_id IN ({list})");
+                let mut q = sqlx::query(&sql)
+                    .bind(*state)
+                    .bind(*published_at)
+                    .bind(*message)
+                    .bind(id);
+                for c in chunk {
+                    q = q.bind(*c);
+                }
+                q.execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
