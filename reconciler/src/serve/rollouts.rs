@@ -114,6 +114,7 @@ async fn act(
 pub(super) async fn driver(shared: Arc<Shared>) {
     let mut stopped = shared.stopped.clone();
     let mut moving = true;
+    let mut judged = crate::rollout::Judged::default();
     loop {
         let tick = if moving {
             crate::rollout::TICK
@@ -130,7 +131,9 @@ pub(super) async fn driver(shared: Arc<Shared>) {
             continue;
         }
         let started = Instant::now();
-        match crate::rollout::advance(&shared.db, crate::db::now_ms()).await {
+        match crate::rollout::advance_remembering(&shared.db, crate::db::now_ms(), &mut judged)
+            .await
+        {
             Ok(done) => {
                 if !done.published.is_empty() {
                     if let Err(e) = shared.store.refresh(None).await {
