@@ -37,27 +37,50 @@
 //! | before (8533003), load 9.4  | 0.30 / 0.50 s       | 1.36 / 2.28 s            | 2.14 / 2.93 s            | 12.5 s     | 459 MiB  | 21.9 s |
 //! | after (41e69b1), load 7.6   | 0.35 / 0.62 s       | 0.96 / 1.47 s            | 2.53 / 3.95 s            | 13.8 s     | 470 MiB  | 20.8 s |
 //!
+//! Then (issue 16 item 6, the last wave), before = 201d0b4 and after = 14c145f, this bench
+//! (same source) against each server, run back to back in a quieter window (2026-12-06
+//! 22:27-22:32 UTC, load from `uptime` at the start of each run):
+//!
+//! | run                         | wave 1 p50 / p99 | wave 2 p50 / p99 | wave 3 p50 / p99 | server CPU | peak RSS | total |
+//! |-----------------------------|------------------|------------------|------------------|------------|----------|-------|
+//! | before (201d0b4), load 2.1  | 0.24 / 0.35 s    | 0.95 / 1.48 s    | 1.42 / 1.97 s    | 11.7 s     | 483 MiB  | 9.1 s |
+//! | after (14c145f), load 1.2   | 0.19 / 0.28 s    | 0.83 / 1.25 s    | 0.85 / 1.40 s    | 10.1 s     | 487 MiB  | 7.9 s |
+//! | before (201d0b4), load 2.3  | 0.18 / 0.27 s    | 1.00 / 1.49 s    | 1.28 / 1.79 s    | 10.9 s     | 470 MiB  | 8.6 s |
+//! | after (14c145f), load 2.1   | 0.18 / 0.21 s    | 0.81 / 1.12 s    | 0.99 / 1.48 s    | 10.0 s     | 474 MiB  | 7.7 s |
+//! | after (14c145f), load 4.8   | 0.19 / 0.29 s    | 0.58 / 1.02 s    | 1.39 / 1.88 s    | 8.8 s      | 467 MiB  | 13.7 s |
+//!
+//! The server's own gate -> published histogram (mean of 4 gates) went from 0.34-0.35 s to
+//! 0.22-0.23 s. The goal holds for every wave on a quiet machine (worst p50 0.85 and 0.99 s)
+//! and is still missed by the last wave at load 5 (1.39 s); an intermediate build (c7ca1ce,
+//! before the two last commits) measured at load 11-12 did worse than before at that load, and
+//! the final build was not measured that loaded.
+//!
 //! (Wave 0, the canaries, is woken by the commit itself: the run renders all 10,000
 //! bundles first, 13-15 s after the commit at this load; the rollout is created then. The
 //! total runs from the commit to `completed`.) Idle, with the 10,000 long-polls held, the
 //! server's RSS is 240-255 MiB; the peak (470 MiB) is the run that renders every bundle.
 //!
-//! The goal (p50 <= 1 s) is met for waves of up to 4,000 clusters and missed for the last
-//! one of 4,900. Where the time goes (perf, sampled only while the waves ran, before):
+//! Where the time went (perf, sampled only while the waves ran), and what was done:
 //! - the driver pointed the wave's clusters at their new bundle one statement (and one
 //!   autocommit, and two round trips to SQLite's worker thread) at a time — fixed: one
-//!   transaction (`Db::point_clusters`); the server's own gate -> woken histogram
-//!   (`cplane_rollout_wave_wake_seconds`, mean of the 4 gates) went from 0.38 to 0.30 s;
-//! - what is left is not the publish: it is (a) the driver re-judging the whole wave on
-//!   every agent report — it reads every published cluster's last report and parses its
-//!   per-object results (serde_json; a third of the driver's samples), so when a wave's last
-//!   report comes in, the driver is usually half-way through judging the previous report
-//!   and must finish that before it judges again; and (b) waking thousands of long-polls at
-//!   once while the same agents' reports (one SQLite write each) and those re-judgings
-//!   compete for the same two cores and the one SQLite writer: the 4,900 agents of the last
-//!   wave are woken over 1.5 s. Both grow with the wave; the next steps would be to judge a
-//!   gate from the reports' digest and health alone (the per-object results are needed only
-//!   for a failed gate's message) and to judge only the clusters whose report changed.
+//!   transaction (`Db::point_clusters`), now also locking, reading and pointing 100 clusters a
+//!   statement (not 500: sqlx binds SQLite's `$N` parameters by name, a linear search each, so
+//!   3,000 parameters a statement showed as 12 % of the SQLite thread), and the wave's rollout
+//!   rows set 500 a statement (`Db::set_rollout_clusters`);
+//! - the driver re-judged the whole wave on every agent report, reading every published
+//!   cluster's last report and parsing its per-object results — fixed: it reads, in one
+//!   snapshot, the count of the wave's published clusters and only those whose agent reported
+//!   the target digest or which timed out, digest and health alone (`Db::wave_gate`); per-object
+//!   results only for a report of the target digest that is not healthy, once per report
+//!   (`rollout::Judged`);
+//! - after every advance the driver counted all active rollouts' clusters (a 10,000-row join on
+//!   the one SQLite connection) — now at most once a tick.
+//!
+//! What is left is the wake itself: the 4,900 long-polls answered while the same agents'
+//! reports (one SQLite transaction each, with its outbox events) compete for the two cores and
+//! the one SQLite connection; and each published cluster's `bundle.published` event still takes
+//! three statements in the publish transaction. On this shared machine the figures follow the
+//! load more than anything.
 
 mod common;
 

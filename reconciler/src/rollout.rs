@@ -8,7 +8,10 @@
 //! - [`advance`] (the lease holder's driver, every [`TICK`] and on every agent report; also
 //!   once at the end of `cplane apply`): publishes the current wave (at most `maxUnavailable`
 //!   clusters not yet healthy at once), judges the gate from agents' reports, bakes, and moves
-//!   on, or pauses (aborts) on a failed gate.
+//!   on, or pauses (aborts) on a failed gate. It judges a gate from each report's digest and
+//!   health, reading only the reports that can change the verdict ([`Db::wave_gate`]); the
+//!   per-object results only for a report of the target digest that is not healthy, and then
+//!   once per report ([`Judged`]).
 //! - [`control`]: pause, resume, promote, abort, recorded with who did it.
 //!
 //! # Guarantees
@@ -343,11 +346,53 @@ fn apply_failed(report: &crate::db::ClusterReport) -> bool {
             && !report.message.is_empty())
 }
 
+/// What the driver remembers between [`advance_remembering`]s: for the wave each active
+/// rollout is in, the clusters whose report of the target digest it judged and found neither
+/// healthy nor failed, with that report's time. Such a report is not read again until it
+/// changes (or its cluster times out).
+///
+/// # Guarantees
+/// Only a cache: every verdict comes from the database's rows at the time. Empty (a restart, a
+/// replica that just took the lease) or stale (a lease held before), it costs a re-read of
+/// those reports' per-object results, never a wrong verdict, as it is keyed by the report's
+/// time: a new report is always read.
+#[derive(Debug, Default)]
+pub struct Judged {
+    waves: HashMap<String, (i64, HashMap<String, i64>)>,
+}
+
+impl Judged {
+    /// The reports judged open in wave `wave` of `rollout` (forgetting an earlier wave's).
+    fn wave(&mut self, rollout: &str, wave: i64) -> &mut HashMap<String, i64> {
+        let entry = self
+            .waves
+            .entry(rollout.to_owned())
+            .or_insert_with(|| (wave, HashMap::new()));
+        if entry.0 != wave {
+            *entry = (wave, HashMap::new());
+        }
+        &mut entry.1
+    }
+}
+
 /// Moves every active rollout as far as it can go at `now` (see the module docs).
 pub async fn advance(db: &Db, now: i64) -> Result<Advanced, Error> {
+    advance_remembering(db, now, &mut Judged::default()).await
+}
+
+/// [`advance`], remembering between calls what it judged ([`Judged`]): the driver's.
+pub async fn advance_remembering(
+    db: &Db,
+    now: i64,
+    judged: &mut Judged,
+) -> Result<Advanced, Error> {
     let mut done = Advanced::default();
-    for r in db.rollouts(true, 0).await? {
-        advance_one(db, r, now, &mut done).await?;
+    let active = db.rollouts(true, 0).await?;
+    judged
+        .waves
+        .retain(|id, _| active.iter().any(|r| r.id == *id));
+    for r in active {
+        advance_one(db, r, now, judged, &mut done).await?;
     }
     Ok(done)
 }
@@ -356,6 +401,7 @@ async fn advance_one(
     db: &Db,
     mut r: RolloutRow,
     now: i64,
+    judged: &mut Judged,
     done: &mut Advanced,
 ) -> Result<(), Error> {
     let waves = i64::try_from(r.policy.waves.len()).unwrap_or(1);
@@ -373,76 +419,109 @@ async fn advance_one(
                 }
             }
             RolloutState::Progressing => {
-                let clusters = db.rollout_clusters(&r.id, Some(r.wave)).await?;
-                let published: Vec<String> = clusters
+                let timeout = ms(&r.policy.health_timeout);
+                let timed_out = |published_at: Option<i64>| {
+                    published_at.is_some_and(|p| now.saturating_sub(p) >= timeout)
+                };
+                // Only the published clusters whose agent reported the target digest, or
+                // which timed out, can change the gate's verdict: the others are counted, not
+                // read.
+                let gate = db
+                    .wave_gate(&r.id, r.wave, now.saturating_sub(timeout))
+                    .await?;
+                let seen = judged.wave(&r.id, r.wave);
+                // Per-object results decide only a report of the target digest that is not
+                // healthy (did an object fail to apply?) and word a failure: read them for
+                // those alone, and only when the report is new since it was last judged open
+                // or the cluster timed out.
+                let full: Vec<String> = gate
+                    .candidates
                     .iter()
-                    .filter(|c| c.state == "published")
+                    .filter(|c| match &c.report {
+                        Some((digest, false, at)) if *digest == c.digest => {
+                            seen.get(&c.cluster) != Some(at) || timed_out(c.published_at)
+                        }
+                        _ => false,
+                    })
                     .map(|c| c.cluster.clone())
                     .collect();
-                let reports = db.cluster_reports(&published).await?;
-                let timeout = ms(&r.policy.health_timeout);
+                let full = db.cluster_reports(&full).await?;
                 let mut changes = Vec::new();
-                let mut in_flight = 0usize;
-                let mut failed = Vec::new();
-                let mut open = 0usize; // clusters the gate still waits for
-                for c in &clusters {
-                    match ClusterState::parse(&c.state) {
-                        Some(ClusterState::Published) => {
-                            let report = reports.get(&c.cluster).map(|(rep, at)| Report {
-                                digest: rep.digest.clone(),
-                                healthy: rep.healthy,
-                                apply_failed: apply_failed(rep),
-                                at: *at,
-                            });
-                            match core::gate(
-                                &c.digest,
-                                c.published_at.unwrap_or(now),
-                                timeout,
-                                report.as_ref(),
-                                now,
-                            ) {
-                                ClusterState::Done => {
-                                    changes.push((c.cluster.clone(), "done", None, String::new()))
+                let mut failed: Vec<(String, String)> = gate
+                    .failed
+                    .iter()
+                    .map(|(c, why)| (c.clone(), why.clone()))
+                    .collect();
+                let mut resolved = 0usize;
+                for c in &gate.candidates {
+                    let report = match full.get(&c.cluster) {
+                        Some((rep, at)) => Some(Report {
+                            digest: rep.digest.clone(),
+                            healthy: rep.healthy,
+                            apply_failed: apply_failed(rep),
+                            at: *at,
+                        }),
+                        // Judged open at this very report before: no object had failed.
+                        None => c.report.as_ref().map(|(digest, healthy, at)| Report {
+                            digest: digest.clone(),
+                            healthy: *healthy,
+                            apply_failed: false,
+                            at: *at,
+                        }),
+                    };
+                    match core::gate(
+                        &c.digest,
+                        c.published_at.unwrap_or(now),
+                        timeout,
+                        report.as_ref(),
+                        now,
+                    ) {
+                        ClusterState::Done => {
+                            resolved += 1;
+                            seen.remove(&c.cluster);
+                            changes.push((c.cluster.clone(), "done", None, String::new()));
+                        }
+                        ClusterState::Failed => {
+                            resolved += 1;
+                            seen.remove(&c.cluster);
+                            let why = match (full.get(&c.cluster), &report) {
+                                (Some((rep, _)), _) if rep.digest == c.digest => {
+                                    failing_objects(rep)
                                 }
-                                ClusterState::Failed => {
-                                    let why = match reports.get(&c.cluster) {
-                                        Some((rep, _)) if rep.digest == c.digest => {
-                                            failing_objects(rep)
-                                        }
-                                        Some((rep, _)) => format!(
-                                            "not applied within {}: still reports {}",
-                                            r.policy.health_timeout, rep.digest
-                                        ),
-                                        None => {
-                                            format!("no report within {}", r.policy.health_timeout)
-                                        }
-                                    };
-                                    failed.push(format!("{}: {why}", c.cluster));
-                                    changes.push((c.cluster.clone(), "failed", None, why));
+                                (_, Some(rep)) => format!(
+                                    "not applied within {}: still reports {}",
+                                    r.policy.health_timeout, rep.digest
+                                ),
+                                (_, None) => {
+                                    format!("no report within {}", r.policy.health_timeout)
                                 }
-                                _ => {
-                                    in_flight += 1;
-                                    open += 1;
-                                }
+                            };
+                            failed.push((c.cluster.clone(), why.clone()));
+                            changes.push((c.cluster.clone(), "failed", None, why));
+                        }
+                        _ => {
+                            if let Some(rep) = &report {
+                                seen.insert(c.cluster.clone(), rep.at);
                             }
                         }
-                        Some(ClusterState::Failed) => {
-                            failed.push(format!("{}: {}", c.cluster, c.message));
-                        }
-                        Some(ClusterState::Pending | ClusterState::Held) => open += 1,
-                        _ => {}
                     }
                 }
+                failed.sort();
+                let failed: Vec<String> = failed
+                    .into_iter()
+                    .map(|(c, why)| format!("{c}: {why}"))
+                    .collect();
+                // Clusters the gate still waits for: published and not judged, and those not
+                // reached yet (but for suspended workspaces', below).
+                let mut in_flight = gate.published.saturating_sub(resolved);
+                let mut open = in_flight + gate.waiting.len();
                 let max = r
                     .policy
                     .max_unavailable
                     .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
                 let mut publish = Vec::new();
                 if failed.is_empty() {
-                    for c in clusters
-                        .iter()
-                        .filter(|c| c.state == "pending" || c.state == "held")
-                    {
+                    for c in &gate.waiting {
                         if c.suspended {
                             open -= 1;
                             if c.state != "held" {
@@ -957,3 +1036,6 @@ pub async fn standing_counts(
     }
     Ok(counts.into_iter().map(|(s, n)| (s.label(), n)).collect())
 }
+
+#[cfg(test)]
+mod tests;

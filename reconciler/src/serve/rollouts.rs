@@ -114,6 +114,8 @@ async fn act(
 pub(super) async fn driver(shared: Arc<Shared>) {
     let mut stopped = shared.stopped.clone();
     let mut moving = true;
+    let mut judged = crate::rollout::Judged::default();
+    let mut counted: Option<Instant> = None;
     loop {
         let tick = if moving {
             crate::rollout::TICK
@@ -130,7 +132,9 @@ pub(super) async fn driver(shared: Arc<Shared>) {
             continue;
         }
         let started = Instant::now();
-        match crate::rollout::advance(&shared.db, crate::db::now_ms()).await {
+        match crate::rollout::advance_remembering(&shared.db, crate::db::now_ms(), &mut judged)
+            .await
+        {
             Ok(done) => {
                 if !done.published.is_empty() {
                     if let Err(e) = shared.store.refresh(None).await {
@@ -147,6 +151,15 @@ pub(super) async fn driver(shared: Arc<Shared>) {
             }
             Err(e) => tracing::warn!(error = %e, "advancing rollouts"),
         }
+        // Counting reads every cluster of every active rollout: at most once a tick, not after
+        // each of the thousands of advances a wave's reports wake (on SQLite that read holds
+        // the one connection the next wave's publish and long-polls wait for).
+        if counted.is_some_and(|t| t.elapsed() < crate::rollout::TICK) {
+            // Look again within a tick, counting then.
+            moving = true;
+            continue;
+        }
+        counted = Some(Instant::now());
         if let Ok(counts) = shared.db.rollout_counts().await {
             // Paused rollouts wait for an operator, who wakes the driver.
             moving = counts.iter().any(|(state, _, _)| {

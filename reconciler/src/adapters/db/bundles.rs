@@ -38,6 +38,42 @@ const POINT_CLUSTER: &str = "INSERT INTO clusters (id, kind, region, environment
      ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at,
        generation = CASE WHEN clusters.digest = excluded.digest THEN clusters.generation ELSE clusters.generation + 1 END";
 
+/// [`POINT_CLUSTER`] for many rows: `{POINT_CLUSTERS} (…), (…) {POINT_CLUSTERS_ON_CONFLICT}`.
+const POINT_CLUSTERS: &str =
+    "INSERT INTO clusters (id, kind, region, environment, digest, generation, updated_at) VALUES";
+const POINT_CLUSTERS_ON_CONFLICT: &str = "ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at,
+       generation = CASE WHEN clusters.digest = excluded.digest THEN clusters.generation ELSE clusters.generation + 1 END";
+
+/// Clusters per statement of [`Db::point_clusters`] (6 parameters each). Not more: sqlx binds
+/// SQLite's `$N` parameters by name, and SQLite finds each name by a linear search, so a
+/// statement's binding costs the square of its parameters (3,000 took a visible share of the
+/// SQLite thread in `perf`).
+const POINT_CHUNK: usize = 100;
+
+/// The `bundle.published` event of cluster `id` pointed from `previous` to `digest`.
+fn published_event(
+    (id, kind, region, environment, digest): (&str, &str, &str, &str, &str),
+    previous: Option<&str>,
+    generation: i64,
+) -> NewEvent {
+    let event = NewEvent::new(
+        EventType::BundlePublished,
+        format!("cluster/{id}"),
+        serde_json::json!({
+            "cluster": id,
+            "kind": kind,
+            "digest": digest,
+            "previous": previous,
+            "generation": generation,
+        }),
+    )
+    .in_stream(region, environment);
+    match id.strip_prefix("w-").filter(|_| kind == "tenant") {
+        Some(ws) => event.of_workspace(ws),
+        None => event,
+    }
+}
+
 impl Db {
     /// Stores a bundle body by digest, gzip-compressed (idempotent), and points the cluster at
     /// it, bumping its generation when the digest changed. Returns the cluster's generation.
@@ -141,31 +177,23 @@ impl Db {
             .await?;
         let generation: i64 = row.try_get("generation")?;
         if before.as_deref() != Some(digest) {
-            let mut event = NewEvent::new(
-                EventType::BundlePublished,
-                format!("cluster/{id}"),
-                serde_json::json!({
-                    "cluster": id,
-                    "kind": kind,
-                    "digest": digest,
-                    "previous": before,
-                    "generation": generation,
-                }),
-            )
-            .in_stream(region, environment);
-            if let Some(ws) = id.strip_prefix("w-").filter(|_| kind == "tenant") {
-                event = event.of_workspace(ws);
-            }
+            let event = published_event(
+                (id, kind, region, environment, digest),
+                before.as_deref(),
+                generation,
+            );
             super::events::append(tx, &self.event_stream, &event).await?;
         }
         Ok(generation)
     }
 
-    /// Points each of `clusters` — (id, kind, region, environment, digest) — at its stored
-    /// bundle as [`Db::point_cluster`] does (with its `bundle.published` event), all in one
-    /// transaction, then tells every replica of each (`NOTIFY`). A rollout publishes a wave of thousands of clusters at once: one
-    /// statement each on one connection, instead of a transaction and a query each, takes the
-    /// wave's publish from seconds to a fraction of one (`benches/rollouts.rs`).
+    /// Points each of `clusters` — (id, kind, region, environment, digest), each id once — at
+    /// its stored bundle as [`Db::point_cluster`] does (with its `bundle.published` event), all
+    /// in one transaction, then tells every replica of each (`NOTIFY`). A rollout publishes a
+    /// wave of thousands of clusters at once, and on SQLite every statement holds the one
+    /// connection agents' reports and long-polls wait for: the clusters are locked, read and
+    /// pointed a few hundred per statement (only the events take statements of their own),
+    /// which takes a wave's publish from seconds to a fraction of one (`benches/rollouts.rs`).
     pub async fn point_clusters(
         &self,
         clusters: &[(&str, &str, &str, &str, &str)],
@@ -175,8 +203,74 @@ impl Db {
         }
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        for cluster in clusters {
-            self.point_in(&mut tx, *cluster, now).await?;
+        for chunk in clusters.chunks(POINT_CHUNK) {
+            let ids = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Write first (see `report_cluster_status`): the lock before the read.
+            let lock = format!("UPDATE clusters SET id = id WHERE id IN ({ids})");
+            let mut q = sqlx::query(&lock);
+            for (id, ..) in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+            let read = format!("SELECT id, digest FROM clusters WHERE id IN ({ids})");
+            let mut q = sqlx::query(&read);
+            for (id, ..) in chunk {
+                q = q.bind(*id);
+            }
+            let mut before: HashMap<String, String> = HashMap::new();
+            for r in q.fetch_all(&mut *tx).await? {
+                before.insert(r.try_get("id")?, r.try_get("digest")?);
+            }
+            let rows = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 6;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, 1, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let upsert = format!(
+                "{POINT_CLUSTERS} {rows} {POINT_CLUSTERS_ON_CONFLICT} RETURNING id, generation"
+            );
+            let mut q = sqlx::query(&upsert);
+            for (id, kind, region, environment, digest) in chunk {
+                q = q
+                    .bind(*id)
+                    .bind(*kind)
+                    .bind(*region)
+                    .bind(*environment)
+                    .bind(*digest)
+                    .bind(now);
+            }
+            let mut generations: HashMap<String, i64> = HashMap::new();
+            for r in q.fetch_all(&mut *tx).await? {
+                generations.insert(r.try_get("id")?, r.try_get("generation")?);
+            }
+            for (id, kind, region, environment, digest) in chunk {
+                let before = before.get(*id);
+                if before.map(String::as_str) == Some(*digest) {
+                    continue;
+                }
+                let generation = *generations.get(*id).ok_or_else(|| {
+                    Error::Corrupt(format!("cluster {id}: no generation after pointing it"))
+                })?;
+                let event = published_event(
+                    (id, kind, region, environment, digest),
+                    before.map(String::as_str),
+                    generation,
+                );
+                super::events::append(&mut tx, &self.event_stream, &event).await?;
+            }
         }
         tx.commit().await?;
         self.events_committed();

@@ -31,7 +31,7 @@ pub use bundles::ClusterReport;
 pub use deliveries::SinkBacklog;
 pub use events::{EventFilter, EventRetention};
 pub use journal::StepRow;
-pub use rollouts::{RolloutCluster, RolloutEvent, RolloutRow};
+pub use rollouts::{GateCandidate, RolloutCluster, RolloutEvent, RolloutRow, WaveGate};
 pub use seed::BFF_HEALTHY;
 pub use status::{Condition, WorkspaceReadiness};
 pub use tenants::LocalTenants;

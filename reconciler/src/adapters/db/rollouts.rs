@@ -65,6 +65,35 @@ pub struct RolloutCluster {
     pub message: String,
 }
 
+/// A published cluster of a wave whose gate may decide now: its agent reported the target
+/// digest, or the health timeout passed since it was published ([`Db::wave_gate`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateCandidate {
+    /// Cluster id.
+    pub cluster: String,
+    /// The digest the rollout brings it.
+    pub digest: String,
+    /// When it was published.
+    pub published_at: Option<i64>,
+    /// Its agent's last report in brief: (digest, healthy, reported_at), without the
+    /// per-object results (read those with [`Db::cluster_reports`] only when they matter).
+    pub report: Option<(String, bool, i64)>,
+}
+
+/// What the gate of a rollout's wave is judged from, read in one snapshot
+/// ([`Db::wave_gate`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WaveGate {
+    /// How many of the wave's clusters are `published` (not yet judged done or failed).
+    pub published: usize,
+    /// Those of them whose gate may decide now.
+    pub candidates: Vec<GateCandidate>,
+    /// The wave's clusters not reached yet (`pending`, `held`), whole.
+    pub waiting: Vec<RolloutCluster>,
+    /// The wave's clusters judged failed: (cluster, message).
+    pub failed: Vec<(String, String)>,
+}
+
 /// Something done to a rollout.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RolloutEvent {
@@ -397,8 +426,100 @@ impl Db {
         rows.iter().map(cluster_row).collect()
     }
 
+    /// What the gate of wave `wave` of rollout `id` is judged from at a moment whose health
+    /// timeout ended at `timed_out_at` (clusters published then or before count as timed
+    /// out). Reads only what can change a verdict: the count of the wave's published clusters,
+    /// and of those only the ones whose agent reported the target digest or which timed out,
+    /// each with its report's digest and health (no per-object results); the clusters not
+    /// reached yet and the failed ones only when there are any. One snapshot (one transaction,
+    /// repeatable read on PostgreSQL), so the count and the candidates agree.
+    pub async fn wave_gate(
+        &self,
+        id: &str,
+        wave: i64,
+        timed_out_at: i64,
+    ) -> Result<WaveGate, Error> {
+        let mut tx = self.pool.begin().await?;
+        if self.is_postgres() {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let counts = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM rollout_clusters WHERE rollout_id = $1 AND wave = $2 GROUP BY state",
+        )
+        .bind(id)
+        .bind(wave)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut gate = WaveGate::default();
+        let (mut waiting, mut failed) = (0i64, 0i64);
+        for r in &counts {
+            let state: String = r.try_get("state")?;
+            let n: i64 = r.try_get("n")?;
+            match state.as_str() {
+                "published" => gate.published = usize::try_from(n).unwrap_or(0),
+                "pending" | "held" => waiting += n,
+                "failed" => failed += n,
+                _ => {}
+            }
+        }
+        if gate.published > 0 {
+            let rows = sqlx::query(
+                "SELECT c.cluster_id, c.digest, c.published_at, s.digest AS reported, s.healthy, s.reported_at
+                 FROM rollout_clusters c LEFT JOIN cluster_status s ON s.cluster_id = c.cluster_id
+                 WHERE c.rollout_id = $1 AND c.wave = $2 AND c.state = 'published'
+                   AND (s.digest = c.digest OR c.published_at <= $3)
+                 ORDER BY c.cluster_id",
+            )
+            .bind(id)
+            .bind(wave)
+            .bind(timed_out_at)
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in &rows {
+                let reported: Option<String> = r.try_get("reported")?;
+                let healthy: Option<String> = r.try_get("healthy")?;
+                let at: Option<i64> = r.try_get("reported_at")?;
+                gate.candidates.push(GateCandidate {
+                    cluster: r.try_get("cluster_id")?,
+                    digest: r.try_get("digest")?,
+                    published_at: r.try_get("published_at")?,
+                    report: reported.map(|d| {
+                        (
+                            d,
+                            healthy.as_deref() == Some("True"),
+                            at.unwrap_or_default(),
+                        )
+                    }),
+                });
+            }
+        }
+        if waiting > 0 {
+            let rows = sqlx::query(&format!("SELECT {CLUSTER_COLUMNS} FROM rollout_clusters WHERE rollout_id = $1 AND wave = $2 AND state IN ('pending', 'held') ORDER BY cluster_id"))
+                .bind(id)
+                .bind(wave)
+                .fetch_all(&mut *tx)
+                .await?;
+            gate.waiting = rows.iter().map(cluster_row).collect::<Result<_, _>>()?;
+        }
+        if failed > 0 {
+            let rows = sqlx::query("SELECT cluster_id, message FROM rollout_clusters WHERE rollout_id = $1 AND wave = $2 AND state = 'failed' ORDER BY cluster_id")
+                .bind(id)
+                .bind(wave)
+                .fetch_all(&mut *tx)
+                .await?;
+            for r in &rows {
+                gate.failed
+                    .push((r.try_get("cluster_id")?, r.try_get("message")?));
+            }
+        }
+        tx.commit().await?;
+        Ok(gate)
+    }
+
     /// Sets the state of some clusters of a rollout (with `published_at` when given, and a
-    /// message), in one transaction.
+    /// message; each cluster at most once), in one transaction.
     pub async fn set_rollout_clusters(
         &self,
         id: &str,
@@ -407,16 +528,33 @@ impl Db {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        // A wave's publish (or gate) changes thousands of clusters the same way: one statement
+        // per 500 of them, not one each (on SQLite every statement holds the one connection
+        // that agents' reports and long-polls also wait for).
+        let mut same: BTreeMap<(&str, Option<i64>, &str), Vec<&str>> = BTreeMap::new();
         for (cluster, state, published_at, message) in changes {
-            sqlx::query("UPDATE rollout_clusters SET state = $1, published_at = COALESCE($2, published_at), message = $3 WHERE rollout_id = $4 AND cluster_id = $5")
-                .bind(*state)
-                .bind(*published_at)
-                .bind(message)
-                .bind(id)
-                .bind(cluster)
-                .execute(&mut *tx)
-                .await?;
+            same.entry((*state, *published_at, message.as_str()))
+                .or_default()
+                .push(cluster.as_str());
+        }
+        let mut tx = self.pool.begin().await?;
+        for ((state, published_at, message), clusters) in &same {
+            for chunk in clusters.chunks(500) {
+                let list = (5..5 + chunk.len())
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!("UPDATE rollout_clusters SET state = $1, published_at = COALESCE($2, published_at), message = $3 WHERE rollout_id = $4 AND cluster_id IN ({list})");
+                let mut q = sqlx::query(&sql)
+                    .bind(*state)
+                    .bind(*published_at)
+                    .bind(*message)
+                    .bind(id);
+                for c in chunk {
+                    q = q.bind(*c);
+                }
+                q.execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
