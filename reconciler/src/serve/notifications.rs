@@ -51,12 +51,21 @@ fn routed_sinks(spec: &cplane_schema::notifications::NotificationsSpec) -> Vec<S
 
 /// Starts the cursors of `commit`'s sinks that have none (a sink `commit` introduces starts
 /// at the first event of the run that applied it: [`crate::db::Db::sink_start_for_commit`])
-/// and forgets the sinks no longer routed to.
+/// and forgets the sinks no longer routed to; only on the newest applied revision
+/// ([`crate::db::Db::newest_applied_commit`]): a replica behind another leaves the cursors to
+/// it (its sink tasks deliver by them all the same).
 async fn start_cursors(
     db: &crate::db::Db,
     commit: &str,
     routed: &[String],
 ) -> Result<(), crate::db::Error> {
+    if db
+        .newest_applied_commit()
+        .await?
+        .is_some_and(|newest| newest != commit)
+    {
+        return Ok(());
+    }
     for name in db.forget_sinks_except(routed).await? {
         tracing::info!(sink = %name, "notification sink removed: its cursor and deliveries are dropped");
     }

@@ -92,6 +92,23 @@ impl Db {
         Ok(first.unwrap_or(position).min(position) - 1)
     }
 
+    /// The commit of the newest `commit.applied` event (`None`: none retained): the revision
+    /// the replicas sharing this database applied last. A replica still on an older one must
+    /// not start or forget sinks by its older `cplane.yaml`, or it would undo what a newer one
+    /// did (drop a sink's cursor that is then started again, delivering its events twice).
+    pub async fn newest_applied_commit(&self) -> Result<Option<String>, Error> {
+        let row =
+            sqlx::query("SELECT body FROM events WHERE kind = $1 ORDER BY position DESC LIMIT 1")
+                .bind(EventType::CommitApplied.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        let body: String = row.try_get("body")?;
+        let event: crate::events::CloudEvent =
+            serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("event body: {e}")))?;
+        Ok(event.data["commit"].as_str().map(str::to_owned))
+    }
+
     /// Starts `sink`'s cursor after `position` unless it has one already (a sink keeps its
     /// cursor across restarts and changes of its configuration). Safe on every replica at
     /// once: the first to start it wins. Returns the cursor in force.
