@@ -474,7 +474,7 @@ async fn round(
         // is recorded: one write per batch. A replica dying in between sends them again
         // (at least once; receivers de-duplicate by id).
         let mut done = Vec::with_capacity(positions.len());
-        for (position, attempts) in claimed {
+        for (i, &(position, attempts)) in claimed.iter().enumerate() {
             let Some(event) = events.remove(&position) else {
                 // Pruned before it could be delivered: nothing to send.
                 done.push(position);
@@ -494,8 +494,10 @@ async fn round(
                     if dead {
                         continue;
                     }
-                    // Keep order: the rest waits for this one's retry (and their leases,
-                    // taken for this round, run out first).
+                    // Keep order: the rest of the batch waits for this one's retry, and is
+                    // due with it (not when the leases taken for this round run out).
+                    let rest: Vec<i64> = claimed[i + 1..].iter().map(|(p, _)| *p).collect();
+                    db.hold_deliveries(&sink.name, replica, &rest, next).await?;
                     return Ok(Round::Done);
                 }
             }

@@ -265,6 +265,33 @@ impl Db {
         Ok(out)
     }
 
+    /// Hands back `replica`'s claim of `positions` of `sink`, to be claimed again from
+    /// `until` (unix millis): the rest of a batch after a delivery failed, due when the failed
+    /// one's retry is, so they go out after it, in order, instead of waiting for their lease.
+    pub async fn hold_deliveries(
+        &self,
+        sink: &str,
+        replica: &str,
+        positions: &[i64],
+        until: i64,
+    ) -> Result<(), Error> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = (4..positions.len() + 4).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "UPDATE event_deliveries SET leased_by = '', lease_until = $1
+             WHERE sink = $2 AND leased_by = $3 AND position IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(until).bind(sink).bind(replica);
+        for p in positions {
+            q = q.bind(*p);
+        }
+        q.execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// The event at `position` (`None`: pruned).
     pub async fn event_at(&self, position: i64) -> Result<Option<StoredEvent>, Error> {
         let mut found = self
