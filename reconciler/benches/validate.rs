@@ -136,6 +136,46 @@
 //!   of wall: every-stack and distinct-values (3.3 s of CPU here, 2.8-2.9 s at load 4) still
 //!   miss 1 s. No saving was
 //!   tried: no quiet machine to measure one against.
+//! - 2026-12-06, issue 12 item 8, documents generalized over the workspace's values (commit
+//!   "Generalize tenant documents over their workspace's values too"). Besides the id, each
+//!   tenant document is generalized over the workspace's AWS account id, account name and the
+//!   values it gives the document's stack, each with a placeholder letter of its own, so a
+//!   document that differs from another only in those values is parsed once; a document that
+//!   cannot be generalized is parsed as it is, no longer sending its whole cluster down the full
+//!   route. Every digest compared (`cplane clusters --format json`, before and after binaries,
+//!   all four shapes at 2,000 workspaces, every-stack and distinct-values also at 10,000):
+//!   identical. The machine was shared with three other helpers' builds (load 5-15).
+//!   - Instructions (callgrind, 2,000 workspaces, `cplane validate`): distinct-values 7.84 G
+//!     to 5.23 G (-33 %); every-stack 8.50 G to 8.55 G (+0.6 %: the extra searches cost a bit
+//!     more than parsing trino's ServiceAccount once per workspace saved).
+//!   - CPU time (user + system, `/usr/bin/time`), the two binaries on the same 10,000-workspace
+//!     repos, runs interleaved, 3 each, load 10.6-11.5: distinct-values 2.86 / 3.00 / 3.00 s
+//!     before, 1.62 / 1.60 / 1.61 s after (-46 %; wall 4.5-6.1 s to 2.5-3.2 s at that load);
+//!     every-stack 2.60 / 2.69 / 2.65 s before, 2.58 / 2.55 / 2.59 s after (-3 %, within noise).
+//!   - What every-stack spends (perf, self time, after): SHA-256 of the bundles 8.5 %, minijinja
+//!     (VM and built-in calls) about 15 %, the line cache's hashing and key compare 8 %, memmove
+//!     4 %, YAML 8 % (which documents are still parsed was not broken down), mimalloc 5 %, page
+//!     zeroing 0.9 % (it was 13 % in an earlier profile; it depends on when mimalloc purges).
+//!     Most of what is left is rendering, hashing and looking up the text of every cluster,
+//!     which this route cannot skip.
+//!   - The bench, the tree before (201d0b4) then this tree, run back to back as the machine
+//!     quietened, median of 7 (wall, and CPU of the `cplane validate` process):
+//!
+//!     | shape           | before            | after             | goal < 1 s | load       |
+//!     |-----------------|-------------------|-------------------|------------|------------|
+//!     | mixed           |  957 ms / 0.90 s  |  486 ms / 0.92 s  | met        | 5.0 / 1.5  |
+//!     | acme-copies     |  833 ms / 1.59 s  |  760 ms / 1.46 s  | met        | 3.7 / 1.8  |
+//!     | every-stack     | 1265 ms / 2.45 s  | 1601 ms / 2.49 s  | **missed** | 2.5 / 2.5  |
+//!     | distinct-values | 1398 ms / 2.72 s  |  828 ms / 1.58 s  | met        | 2.1 / 2.3  |
+//!
+//!     mixed's "before" wall ran at load 5 (its CPU is unchanged). Right after, the two
+//!     binaries interleaved on the same repos, 3 runs each, load 2.2-2.3: distinct-values
+//!     1.44-1.47 s before, 0.82-0.85 s after (CPU 2.81-2.82 s to 1.56-1.65 s); every-stack
+//!     1.32-1.35 s before, 1.28-1.70 s after (CPU 2.58-2.64 s to 2.47-2.58 s). CPU is about
+//!     twice wall: validate does use both cores. every-stack still misses 1 s by about 30 %:
+//!     its 2.5 s of CPU cannot fit 1 s of wall on two cores; it would need about 40 % less
+//!     work in rendering and hashing, not in parsing.
+//!
 //! - libgit2 builds its TLS context when it starts, and OpenSSL then parses the system CA bundle
 //!   (144 certificates here): 30-45 ms, for HTTPS connections these commands never open.
 //!   libgit2 offers no option to defer it, and the environment is the user's: it stays.

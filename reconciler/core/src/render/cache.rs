@@ -86,32 +86,51 @@ impl ParseCache {
     }
 }
 
-/// A tenant document reduced to what a bundle's digest needs, in generalized form: the id
-/// replaced by the placeholder everywhere, the cluster label included.
+/// A tenant document reduced to what a bundle's digest needs, in generalized form: each token
+/// (see [`Tokens`]) replaced by its placeholder everywhere, the cluster label included.
 pub(super) struct Line {
     /// The object's canonical JSON (labels and annotation added, keys sorted, compact).
     pub(super) json: String,
-    /// Where the placeholder is in `json` (byte offsets): the id goes there.
-    pub(super) marks: Vec<usize>,
+    /// The placeholders in `json`: byte offset, length of the run of one letter, and the token
+    /// (index into [`Tokens::texts`]) that goes there, once or several times over.
+    pub(super) marks: Vec<(usize, usize, usize)>,
     /// The object's [`object_key`].
     pub(super) key: ObjectKey,
-    /// Whether a string of `key` holds the placeholder.
+    /// Whether a string of `key` holds a placeholder.
     pub(super) key_has_placeholder: bool,
-    /// Whether some string holding the placeholder has nothing but characters that YAML
-    /// numbers, booleans and nulls are made of: it is a string with the id back only when the
-    /// id has another character ([`could_be_non_string`]).
-    pub(super) needs_plain_id: bool,
+    /// For each string holding placeholders whose other characters are all ones that YAML
+    /// numbers, booleans and nulls are made of: the tokens it holds (a bit per token). Such a
+    /// string is a string with the tokens back only when one of them has another character
+    /// ([`could_be_non_string`]); otherwise the line does not hold for the cluster.
+    pub(super) plain: Vec<u16>,
 }
 
-/// Canonical lines of generalized tenant documents, by stack, generalized cluster id and
-/// generalized text. Like [`ParseCache`], an entry is kept from its second sighting on. `None`:
-/// the document has no line (it does not parse, or a map key holds the placeholder, whose sort
-/// order would differ from the id's): the cluster takes the full route.
+impl Line {
+    /// Whether the line holds for a cluster whose tokens are `tokens`: every run is a whole
+    /// number of its token, and no string turns into a number, boolean or null.
+    pub(super) fn holds_for(&self, tokens: &Tokens<'_>) -> bool {
+        let numberish = |token: usize| could_be_non_string(tokens.texts[token]);
+        self.marks
+            .iter()
+            .all(|&(_, run, token)| tokens.texts.get(token).is_some_and(|t| run % t.len() == 0))
+            && !self.plain.iter().any(|&set| {
+                (0..tokens.texts.len())
+                    .filter(|t| set & (1 << t) != 0)
+                    .all(numberish)
+            })
+    }
+}
+
+/// Canonical lines of generalized tenant documents, by stack, generalized cluster id,
+/// generalized text and the letters standing for the tokens. Like [`ParseCache`], an entry is
+/// kept from its second sighting on. `None`: the document has no line (it does not parse, or a
+/// map key holds a placeholder, whose sort order would differ from the token's): it is parsed
+/// as it is.
 ///
 /// Looked up for every tenant document, so keyed by a fast hash (FxHash) of the document as
-/// generalized, computed piecewise from the document and the id's offsets without building the
-/// generalized text. A first sighting is remembered by its hash only; a kept entry holds its key
-/// in full, compared on every hit (a hash collision costs a render, never a wrong line).
+/// generalized, computed piecewise from the document and the tokens' offsets without building
+/// the generalized text. A first sighting is remembered by its hash only; a kept entry holds its
+/// key in full, compared on every hit (a hash collision costs a parse, never a wrong line).
 #[derive(Default)]
 pub(super) struct LineCache {
     pub(super) shards: [Mutex<HashMap<u64, LineSlot>>; 16],
@@ -125,17 +144,17 @@ pub(super) enum LineSlot {
     Kept(Vec<(LineKey, Option<Arc<Line>>)>),
 }
 
-/// The full key of a kept line: stack, generalized cluster id, generalized text.
-pub(super) type LineKey = (Box<str>, Box<str>, Box<str>);
+/// The full key of a kept line: stack, generalized cluster id, generalized text, and the
+/// letter of each token ([`Generalized::slots`]).
+pub(super) type LineKey = (Box<str>, Box<str>, Box<str>, [u8; LETTERS.len()]);
 
 impl LineCache {
-    /// The line of `doc`, where the id is at `at` and becomes `placeholder`; `make` builds it
-    /// from the generalized text on a miss.
+    /// The line of `doc`, whose tokens are where `g` says; `make` builds it from the generalized
+    /// text on a miss.
     pub(super) fn get(
         &self,
         doc: &str,
-        at: &[usize],
-        placeholder: &str,
+        g: &Generalized,
         stack: &str,
         cluster: &str,
         make: impl FnOnce(&str) -> Option<Line>,
@@ -143,14 +162,15 @@ impl LineCache {
         use std::hash::Hasher as _;
         let pieces = || {
             let mut copied = 0;
-            at.iter()
-                .flat_map(move |&found| {
-                    let piece = [&doc[copied..found], placeholder];
-                    copied = found + placeholder.len();
+            g.occurrences
+                .iter()
+                .flat_map(move |o| {
+                    let piece = [&doc[copied..o.at], placeholder(o.slot, o.len)];
+                    copied = o.at + o.len;
                     piece
                 })
                 .chain(std::iter::once(
-                    &doc[at.last().map_or(0, |&l| l + placeholder.len())..],
+                    &doc[g.occurrences.last().map_or(0, |o| o.at + o.len)..],
                 ))
         };
         let mut h = rustc_hash::FxHasher::default();
@@ -158,13 +178,14 @@ impl LineCache {
             h.write_usize(part.len());
             h.write(part.as_bytes());
         }
+        h.write(&g.slots);
         h.write_usize(doc.len());
         for piece in pieces() {
             h.write(piece.as_bytes());
         }
         let hash = h.finish();
-        let is_key = |(s, c, t): &LineKey| {
-            **s == *stack && **c == *cluster && t.len() == doc.len() && {
+        let is_key = |(s, c, t, slots): &LineKey| {
+            **s == *stack && **c == *cluster && *slots == g.slots && t.len() == doc.len() && {
                 let mut offset = 0;
                 pieces().all(|piece| {
                     let same = t.as_bytes()[offset..offset + piece.len()] == *piece.as_bytes();
@@ -189,7 +210,7 @@ impl LineCache {
             shard.entry(hash).or_insert(LineSlot::Seen);
             return line;
         }
-        let key = (stack.into(), cluster.into(), text.into());
+        let key = (stack.into(), cluster.into(), text.into(), g.slots);
         match shard.entry(hash).or_insert(LineSlot::Seen) {
             LineSlot::Kept(kept) => {
                 if !kept.iter().any(|(k, _)| is_key(k)) {
@@ -203,13 +224,14 @@ impl LineCache {
 }
 
 /// The canonical line of a generalized document rendered by `stack` for the (generalized)
-/// cluster id `cluster`, or `None` when it has none (see [`LineCache`]).
+/// cluster id `cluster`, the tokens written with the letters `slots` gives ([`Generalized`]),
+/// or `None` when it has none (see [`LineCache`]).
 pub(super) fn canonical_line(
     cache: &ParseCache,
     text: &str,
     stack: &str,
     cluster: &str,
-    placeholder: &str,
+    slots: &[u8; LETTERS.len()],
 ) -> Option<Line> {
     // Not through `cache.get`: the line cache keeps a document from its second sighting on,
     // by a key (stack, cluster, text) that holds the parse cache's (text), so a lookup here
@@ -218,28 +240,83 @@ pub(super) fn canonical_line(
         return None;
     };
     mark(&mut value, cluster, stack);
-    let mut needs_plain_id = false;
+    // The token of each letter, for this document.
+    let mut token_of = [None; 256];
+    for (token, &slot) in slots.iter().enumerate() {
+        if slot > 0 {
+            token_of[usize::from(LETTERS[usize::from(slot) - 1])] = Some(token);
+        }
+    }
+    let tokens_in = |s: &str| -> u16 {
+        s.bytes()
+            .filter_map(|b| token_of[usize::from(b)])
+            .fold(0, |set, token| set | 1 << token)
+    };
+    let mut plain = Vec::new();
     let mut keys_plain = true;
     visit_strings(&value, &mut |s, is_key| {
-        if s.contains(PLACEHOLDER) {
+        let set = tokens_in(s);
+        if set != 0 {
             keys_plain &= !is_key;
-            needs_plain_id |= could_be_non_string(&s.replace(PLACEHOLDER, ""));
+            let rest: String = s
+                .chars()
+                .filter(|&c| !c.is_ascii() || token_of[c as usize].is_none())
+                .collect();
+            if could_be_non_string(&rest) && !plain.contains(&set) {
+                plain.push(set);
+            }
         }
     });
     if !keys_plain {
         return None;
     }
     let json = serde_json::to_string(&value).expect("JSON values serialize");
+    let mut marks = Vec::new();
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match token_of[usize::from(bytes[i])] {
+            Some(token) => {
+                let run = bytes[i..].iter().take_while(|&&b| b == bytes[i]).count();
+                marks.push((i, run, token));
+                i += run;
+            }
+            None => i += 1,
+        }
+    }
     let key = object_key(&value);
     let (_, kind, namespace, name, group) = &key;
     Some(Line {
-        marks: memchr::memmem::find_iter(json.as_bytes(), placeholder).collect(),
+        marks,
         key_has_placeholder: [kind, namespace, name, group]
             .iter()
-            .any(|s| s.contains(PLACEHOLDER)),
+            .any(|s| tokens_in(s) != 0),
         json,
         key,
-        needs_plain_id,
+        plain,
+    })
+}
+
+/// The canonical line of a tenant document as it is (no placeholder), when it cannot be
+/// generalized: parsed through the parse cache, which shares it with other clusters that render
+/// the same text. `None` when the document is not a valid object (the full route reports it).
+pub(super) fn exact_line(
+    cache: &ParseCache,
+    doc: &str,
+    stack: &str,
+    cluster: &str,
+) -> Option<Line> {
+    let ParsedDoc::Object(value) = &*cache.get(doc) else {
+        return None;
+    };
+    let mut value = value.clone();
+    mark(&mut value, cluster, stack);
+    Some(Line {
+        json: serde_json::to_string(&value).expect("JSON values serialize"),
+        marks: Vec::new(),
+        key: object_key(&value),
+        key_has_placeholder: false,
+        plain: Vec::new(),
     })
 }
 

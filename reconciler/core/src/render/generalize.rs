@@ -152,3 +152,235 @@ pub(super) fn could_be_non_string(s: &str) -> bool {
             || "abcdefilnorstuxy".contains(c.to_ascii_lowercase())
     })
 }
+
+/// Placeholder letters of [`Tokens`]: `Z` ([`PLACEHOLDER`]) for the workspace id, the others
+/// for further values, each given to the next token found in a document that lacks it. None is
+/// a hex digit, an escape letter (`\N`, `\L`, `\P`, ...) or a letter of any YAML null, boolean
+/// or number, so the arguments on [`Generalizer`] hold for each of them.
+pub(super) const LETTERS: [u8; 9] = *b"ZJQVWKHGM";
+
+/// The longest token [`Tokens`] generalizes (a DNS label's limit).
+const LONGEST: usize = 63;
+
+/// Runs of each of [`LETTERS`], [`LONGEST`] long: the placeholders are their prefixes.
+static RUNS: std::sync::LazyLock<[String; LETTERS.len()]> = std::sync::LazyLock::new(|| {
+    LETTERS.map(|letter| char::from(letter).to_string().repeat(LONGEST))
+});
+
+/// The placeholder of a token `len` long written with `LETTERS[slot]`.
+pub(super) fn placeholder(slot: usize, len: usize) -> &'static str {
+    &RUNS[slot][..len]
+}
+
+/// Generalizes documents over several values of one cluster at once, for the canonical-line
+/// route ([`super::LineCache`]): the workspace id (token 0, always written with `Z`) and values
+/// that differ between workspaces (the AWS account id, a stack's values), so that a document
+/// differing from another only in those values is parsed once.
+///
+/// Guarantee: the [`Generalizer`]'s, for every token at once. Why it carries over:
+/// - A token is letters, digits and inner `-` ([`is_token`]), as an id is, and each is
+///   replaced by a run of one letter of its own length: the scanner sees the same tokens.
+/// - A token's letter is one the document does not contain, as a character or spelled by an
+///   escape (checked per document), and each letter stands for one token in a document: every
+///   run of a letter in the parsed value is that token, once or several times over (the same
+///   token found twice in a row), and nothing else. Occurrences of different tokens never
+///   overlap (a later token's occurrences that would are left as they are).
+/// - Which letter stands for which token is part of [`Generalized`], and so of every cache key
+///   made from it: two documents share a generalized text only when they also share the letters.
+/// - Occurrences in a tag or directive: the id's refuse the document; another token's are left
+///   as they are (that token is not generalized in the document).
+/// - Typing: a string holding a placeholder is a string; with the tokens back it might not be.
+///   [`super::canonical_line`] records, for each string whose other characters are all ones a
+///   number or a YAML word could be made of, which tokens it holds; the line is refused for a
+///   cluster whose tokens there are all [`could_be_non_string`].
+pub(super) struct Tokens<'a> {
+    /// Token 0 is the workspace id, then the others in priority order.
+    pub(super) texts: Vec<&'a str>,
+    finders: Vec<memchr::memmem::Finder<'a>>,
+}
+
+/// One occurrence of a token in a document.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Occurrence {
+    /// Byte offset.
+    pub(super) at: usize,
+    /// The token's length.
+    pub(super) len: usize,
+    /// Index into [`LETTERS`] of the letter that stands for it.
+    pub(super) slot: usize,
+}
+
+/// Where a document's tokens are and which letter stands for each.
+#[derive(Debug, Clone)]
+pub(super) struct Generalized {
+    /// Occurrences, by offset.
+    pub(super) occurrences: Vec<Occurrence>,
+    /// Per token (by index into [`Tokens::texts`]): the index into [`LETTERS`] of its letter
+    /// plus one, or 0 when the token is not generalized in this document. The id's is always 1
+    /// (`Z`): the cluster label holds it.
+    pub(super) slots: [u8; LETTERS.len()],
+}
+
+impl Generalized {
+    /// Per letter (index into [`LETTERS`]): the token it stands for, if any.
+    pub(super) fn tokens_by_slot(&self) -> [Option<usize>; LETTERS.len()] {
+        let mut by_slot = [None; LETTERS.len()];
+        for (token, &slot) in self.slots.iter().enumerate() {
+            if slot > 0 {
+                by_slot[usize::from(slot) - 1] = Some(token);
+            }
+        }
+        by_slot
+    }
+}
+
+/// Whether `s` can be generalized as a token other than the id: 4 to [`LONGEST`] letters, digits
+/// and inner `-`, and not a YAML word (`true`, `null`, `dead`...) that would rather be refused
+/// wherever it stands alone. All digits is fine: those are the values that differ most.
+pub(super) fn is_token(s: &str) -> bool {
+    let b = s.as_bytes();
+    (4..=LONGEST).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && (b.iter().all(u8::is_ascii_digit) || !could_be_non_string(s))
+}
+
+impl<'a> Tokens<'a> {
+    /// The tokens of one cluster: `id` (which must be a DNS label, or `None`), then those of
+    /// `others` that are [`is_token`], without repeats, as many as there are letters.
+    pub(super) fn new(id: &'a str, others: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        if !cplane_schema::domain::is_dns_label(id) {
+            return None;
+        }
+        let mut texts = vec![id];
+        for t in others {
+            if texts.len() == LETTERS.len() {
+                break;
+            }
+            if is_token(t) && !texts.contains(&t) {
+                texts.push(t);
+            }
+        }
+        let finders = texts
+            .iter()
+            .map(|t| memchr::memmem::Finder::new(t.as_bytes()))
+            .collect();
+        Some(Self { texts, finders })
+    }
+
+    /// Where the tokens are in `doc`, or `None` when not even the id can be generalized there
+    /// (see [`Generalizer::occurrences`]).
+    pub(super) fn generalize(&self, doc: &str) -> Option<Generalized> {
+        let bytes = doc.as_bytes();
+        let escaped = escaped_letters(doc);
+        let absent = |letter: u8| {
+            memchr::memchr(letter, bytes).is_none() && escaped & (1 << (letter - b'A')) == 0
+        };
+        if !absent(LETTERS[0]) {
+            return None;
+        }
+        let mut occurrences = Vec::new();
+        let id_len = self.texts[0].len();
+        for at in self.finders[0].find_iter(bytes) {
+            if in_tag_or_directive(doc, at) {
+                return None;
+            }
+            occurrences.push(Occurrence {
+                at,
+                len: id_len,
+                slot: 0,
+            });
+        }
+        let mut slots = [0; LETTERS.len()];
+        slots[0] = 1;
+        // A letter is looked for only once a token is found: most documents hold none.
+        let mut free = (1..LETTERS.len()).filter(|&slot| absent(LETTERS[slot]));
+        for (token, finder) in self.finders.iter().enumerate().skip(1) {
+            let len = self.texts[token].len();
+            let before = occurrences.len();
+            for at in finder.find_iter(bytes) {
+                let overlaps = occurrences[..before]
+                    .iter()
+                    .any(|o: &Occurrence| at < o.at + o.len && o.at < at + len);
+                if !overlaps {
+                    occurrences.push(Occurrence { at, len, slot: 0 });
+                }
+            }
+            let found = &occurrences[before..];
+            if found.is_empty() {
+                continue;
+            }
+            let slot = match found.iter().any(|o| in_tag_or_directive(doc, o.at)) {
+                false => free.next(),
+                true => None,
+            };
+            let Some(slot) = slot else {
+                occurrences.truncate(before);
+                continue;
+            };
+            occurrences[before..].iter_mut().for_each(|o| o.slot = slot);
+            slots[token] = u8::try_from(slot + 1).expect("fewer than 256 letters");
+        }
+        occurrences.sort_unstable_by_key(|o| o.at);
+        Some(Generalized { occurrences, slots })
+    }
+
+    /// `s` (a string of a value parsed from generalized text) with the tokens back, or `None`
+    /// when a run of a letter is not a whole number of its token.
+    pub(super) fn put_back(&self, s: &str, g: &Generalized) -> Option<String> {
+        let by_slot = g.tokens_by_slot();
+        let mut out = String::with_capacity(s.len() + 16);
+        let bytes = s.as_bytes();
+        let mut copied = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            let Some(token) = slot_of(bytes[i]).and_then(|slot| by_slot[slot]) else {
+                i += 1;
+                continue;
+            };
+            let run = bytes[i..].iter().take_while(|&&b| b == bytes[i]).count();
+            let text = self.texts[token];
+            if run % text.len() != 0 {
+                return None;
+            }
+            out.push_str(&s[copied..i]);
+            for _ in 0..run / text.len() {
+                out.push_str(text);
+            }
+            i += run;
+            copied = i;
+        }
+        out.push_str(&s[copied..]);
+        Some(out)
+    }
+}
+
+/// The index into [`LETTERS`] of `b`, if it is one.
+pub(super) fn slot_of(b: u8) -> Option<usize> {
+    LETTERS.iter().position(|&l| l == b)
+}
+
+/// The letters `A`-`Z` that a `\x`, `\u` or `\U` escape of `doc` spells, as a bit set (bit 0
+/// for `A`). Looked for everywhere, not only in double-quoted scalars: a false alarm only costs
+/// a letter.
+pub(super) fn escaped_letters(doc: &str) -> u32 {
+    let bytes = doc.as_bytes();
+    let mut set = 0;
+    for i in memchr::memchr_iter(b'\\', bytes) {
+        let digits = match bytes.get(i + 1) {
+            Some(b'x') => 2,
+            Some(b'u') => 4,
+            Some(b'U') => 8,
+            _ => continue,
+        };
+        if let Some(c) = doc
+            .get(i + 2..i + 2 + digits)
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .filter(|c| (u32::from(b'A')..=u32::from(b'Z')).contains(c))
+        {
+            set |= 1 << (c - u32::from(b'A'));
+        }
+    }
+    set
+}

@@ -236,10 +236,11 @@ impl<'m> Renderer<'m> {
 
     /// The digest and object count of a cluster's bundle: the same as [`Renderer::render`]'s,
     /// faster. Tenant documents are looked up as canonical lines in their generalized form
-    /// ([`Generalizer`], [`LineCache`]), so a document seen before is neither parsed nor
-    /// serialized again; the bundle itself is not built. Whatever the fast route cannot vouch
-    /// for (platform clusters, errors, documents that do not generalize) goes through
-    /// [`Renderer::render`].
+    /// ([`Tokens`], [`LineCache`]: the workspace id and the values that differ between
+    /// workspaces replaced by placeholders), so a document seen before, up to those values, is
+    /// neither parsed nor serialized again; the bundle itself is not built. A document that does
+    /// not generalize is parsed as it is; whatever the fast route cannot vouch for (platform
+    /// clusters, errors, duplicate objects) goes through [`Renderer::render`].
     pub fn digest(&self, cluster: &Cluster) -> Result<(String, usize), Vec<Diagnostic>> {
         match self.fast_digest(cluster) {
             Some(digest) => Ok(digest),
@@ -249,60 +250,107 @@ impl<'m> Renderer<'m> {
 
     /// [`Renderer::digest`] by canonical lines, or `None` where that route cannot vouch for
     /// the result.
+    ///
+    /// Each document is generalized over the cluster's [`Tokens`]: the workspace id, the AWS
+    /// account id and the values the workspace gives the document's stack. A document that
+    /// cannot be (or whose line does not hold for these tokens) is parsed as it is: its line is
+    /// then the full route's for that document.
     fn fast_digest(&self, cluster: &Cluster) -> Option<(String, usize)> {
         if self.cache.no_generalizing {
             return None;
         }
         let id = cluster.workspace.as_deref()?;
-        let generalizer = Generalizer::new(id)?;
-        let general_cluster = cluster.id.replace(id, &generalizer.placeholder);
-        let placeholder = generalizer.placeholder.as_str();
-        // Each document's line (shared with the cache) and, where its key holds the
-        // placeholder, the key with the id back.
-        let mut lines: Vec<(Arc<Line>, Option<ObjectKey>)> = Vec::new();
+        let ws = self.model.workspaces.get(id)?;
+        let spec = &ws.doc.spec;
+        let common = [spec.aws.account_id.as_str(), spec.account.as_str()];
+        let tokens = Tokens::new(id, common)?;
+        // Each stack's values as further tokens (a stack's templates see only its own).
+        let values: Vec<(&str, Vec<String>)> = spec
+            .stacks
+            .iter()
+            .map(|sref| {
+                let mut values = Vec::new();
+                for v in sref.values.values() {
+                    scalars(v, &mut values);
+                }
+                values.retain(|v| is_token(v));
+                (sref.name.as_str(), values)
+            })
+            .collect();
+        let by_stack: Vec<(&str, Tokens<'_>)> = values
+            .iter()
+            .filter(|(_, values)| !values.is_empty())
+            .filter_map(|(stack, values)| {
+                let extra = values.iter().map(String::as_str);
+                Some((*stack, Tokens::new(id, common.into_iter().chain(extra))?))
+            })
+            .collect();
+        let placeholder = generalize::placeholder(0, id.len());
+        let general_cluster = cluster.id.replace(id, placeholder);
+        let foreign = |s: &str| s.bytes().any(|b| generalize::slot_of(b).is_some());
+        if foreign(&cluster.id) {
+            return None; // its letters would read as placeholders
+        }
+        // Each document's line and, where its key holds a placeholder, the key with the tokens
+        // back, and the tokens to put back into the line.
+        let mut lines: Vec<(Arc<Line>, Option<ObjectKey>, &Tokens<'_>)> = Vec::new();
         let mut sound = true;
         self.outputs(cluster, None, |output| {
-            sound = output.is_ok_and(|out| {
-                split_documents(&out.text).into_iter().all(|(_, doc)| {
-                    let Some(at) = generalizer.occurrences(doc) else {
-                        return false;
-                    };
-                    let line = self.lines.get(
-                        doc,
-                        &at,
-                        placeholder,
-                        out.stack,
-                        &general_cluster,
-                        |text| {
-                            canonical_line(
-                                &self.cache,
-                                text,
-                                out.stack,
-                                &general_cluster,
-                                placeholder,
-                            )
-                        },
-                    );
-                    match line {
-                        Some(line) if !(line.needs_plain_id && could_be_non_string(id)) => {
-                            let key = line.key_has_placeholder.then(|| {
-                                let back = |s: &str| s.replace(placeholder, id);
-                                let (rank, kind, namespace, name, group) = &line.key;
-                                (*rank, back(kind), back(namespace), back(name), back(group))
-                            });
-                            lines.push((line, key));
-                            true
-                        }
-                        _ => false,
+            let Ok(out) = output else {
+                sound = false;
+                return false;
+            };
+            if foreign(out.stack) {
+                sound = false;
+                return false;
+            }
+            let tokens = by_stack
+                .iter()
+                .find(|(stack, _)| *stack == out.stack)
+                .map_or(&tokens, |(_, t)| t);
+            sound = split_documents(&out.text).into_iter().all(|(_, doc)| {
+                let general = tokens.generalize(doc).and_then(|g| {
+                    let line = self
+                        .lines
+                        .get(doc, &g, out.stack, &general_cluster, |text| {
+                            canonical_line(&self.cache, text, out.stack, &general_cluster, &g.slots)
+                        })?;
+                    if !line.holds_for(tokens) {
+                        return None;
                     }
-                })
+                    let key = match line.key_has_placeholder {
+                        false => None,
+                        true => {
+                            let (rank, kind, namespace, name, group) = &line.key;
+                            let back = |s: &str| tokens.put_back(s, &g);
+                            Some((
+                                *rank,
+                                back(kind)?,
+                                back(namespace)?,
+                                back(name)?,
+                                back(group)?,
+                            ))
+                        }
+                    };
+                    Some((line, key))
+                });
+                let (line, key) = match general {
+                    Some(found) => found,
+                    None => match exact_line(&self.cache, doc, out.stack, &cluster.id) {
+                        Some(line) => (Arc::new(line), None),
+                        None => return false, // not an object: the full route reports it
+                    },
+                };
+                lines.push((line, key, tokens));
+                true
             });
             sound
         });
         if !sound {
             return None;
         }
-        fn key_of((line, key): &(Arc<Line>, Option<ObjectKey>)) -> &ObjectKey {
+        type Found<'t> = (Arc<Line>, Option<ObjectKey>, &'t Tokens<'t>);
+        fn key_of<'l>((line, key, _): &'l Found<'_>) -> &'l ObjectKey {
             key.as_ref().unwrap_or(&line.key)
         }
         lines.sort_unstable_by(|a, b| key_of(a).cmp(key_of(b)));
@@ -312,15 +360,18 @@ impl<'m> Renderer<'m> {
         {
             return None; // a duplicate object: the full route reports it
         }
-        // The canonical bytes are each line with the id put back at its marks, hashed as they
-        // are streamed (SHA-256 does not care how its input is cut).
+        // The canonical bytes are each line with the tokens put back at its marks, hashed as
+        // they are streamed (SHA-256 does not care how its input is cut).
         let mut hasher = Sha256::new();
-        for (line, _) in &lines {
+        for (line, _, tokens) in &lines {
             let mut copied = 0;
-            for &mark in &line.marks {
+            for &(mark, run, token) in &line.marks {
                 hasher.update(&line.json.as_bytes()[copied..mark]);
-                hasher.update(id.as_bytes());
-                copied = mark + placeholder.len();
+                let text = tokens.texts[token];
+                for _ in 0..run / text.len() {
+                    hasher.update(text.as_bytes());
+                }
+                copied = mark + run;
             }
             hasher.update(&line.json.as_bytes()[copied..]);
             hasher.update(b"\n");
@@ -449,6 +500,17 @@ impl<'m> Renderer<'m> {
             .with_max_len(32)
             .map(|c| self.render(c))
             .collect()
+    }
+}
+
+/// The strings and integers of a stack value, at any depth, as text (candidate [`Tokens`]).
+fn scalars(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Number(n) => out.push(n.to_string()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| scalars(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| scalars(v, out)),
+        _ => {}
     }
 }
 
