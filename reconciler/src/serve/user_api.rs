@@ -289,6 +289,15 @@ pub(super) async fn workspace(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
+    // Only an id the model has (and the caller may read) reaches the database: a hostile
+    // one (a NUL byte, say) is not found, never a database error.
+    let readable = m
+        .workspaces
+        .get(&id)
+        .is_some_and(|ws| authz::allows(&grants, Action::Read(&ws.doc.spec.account)));
+    if !readable {
+        return api_error(StatusCode::NOT_FOUND, format!("no workspace {id}")).into_response();
+    }
     let conditions = match sh.db.conditions("workspace", &id).await {
         Ok(c) => c,
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
