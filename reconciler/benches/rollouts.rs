@@ -48,6 +48,9 @@
 //! | before (201d0b4), load 2.3  | 0.18 / 0.27 s    | 1.00 / 1.49 s    | 1.28 / 1.79 s    | 10.9 s     | 470 MiB  | 8.6 s |
 //! | after (14c145f), load 2.1   | 0.18 / 0.21 s    | 0.81 / 1.12 s    | 0.99 / 1.48 s    | 10.0 s     | 474 MiB  | 7.7 s |
 //! | after (14c145f), load 4.8   | 0.19 / 0.29 s    | 0.58 / 1.02 s    | 1.39 / 1.88 s    | 8.8 s      | 467 MiB  | 13.7 s |
+//! | main (cc4bf97), load 1.3-1.9 | 0.19 / 0.23 s   | 0.86 / 1.27 s    | 0.96 / 1.40 s    | 9.9 s      | 487 MiB  | 8.0 s |
+//!
+//! (The last row: the merged main, re-run alone on the machine at 23:08 UTC.)
 //!
 //! The server's own gate -> published histogram (mean of 4 gates) went from 0.34-0.35 s to
 //! 0.22-0.23 s. The goal holds for every wave on a quiet machine (worst p50 0.85 and 0.99 s)
