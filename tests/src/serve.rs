@@ -358,3 +358,32 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// `cplane serve` as one replica of several sharing the database `db`: following `branch`
+/// of the bare repository `remote`, its own mirror `dir/{name}.git`, open reads, the tests'
+/// webhook secret, on a free port of 127.0.0.1, output discarded. Returns the command (to
+/// add environment and spawn) and its port.
+pub fn replica_command(
+    dir: &Path,
+    name: &str,
+    remote: &Path,
+    branch: &str,
+    db: &str,
+) -> (std::process::Command, u16) {
+    let port = crate::moto::free_port();
+    let mut cmd = std::process::Command::new(crate::cargo_bin("cplane"));
+    cmd.args([
+        "serve",
+        "--insecure-open-read",
+        "--repo-url",
+        &format!("file://{}", remote.display()),
+    ])
+    .args(["--branch", branch, "--database", db, "--poll", "1h"])
+    .args(["--webhook-secret", SECRET])
+    .arg("--mirror")
+    .arg(dir.join(format!("{name}.git")))
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    (cmd, port)
+}

@@ -247,23 +247,8 @@ fn events_resume_across_a_server_restart() {
 }
 
 fn replica(dir: &Path, name: &str, remote: &Path, branch: &str, db: &str) -> (Child, u16) {
-    let port = cplane_e2e::moto::free_port();
-    let child = Command::new(cplane_e2e::cargo_bin("cplane"))
-        .args([
-            "serve",
-            "--insecure-open-read",
-            "--repo-url",
-            &format!("file://{}", remote.display()),
-        ])
-        .args(["--branch", branch, "--database", db, "--poll", "1h"])
-        .args(["--webhook-secret", SECRET])
-        .arg("--mirror")
-        .arg(dir.join(format!("{name}.git")))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start cplane serve");
+    let (mut cmd, port) = cplane_e2e::serve::replica_command(dir, name, remote, branch, db);
+    let child = cmd.spawn().expect("start cplane serve");
     wait_for(&format!("replica {name} ready"), || {
         http(port, "GET", "/readyz", &[], b"").0 == 200
     });

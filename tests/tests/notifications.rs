@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use cplane_e2e::receiver::Receiver;
 use cplane_e2e::serve::{get_json, hmac_hex, http, push, wait_for, webhook, Serve, SECRET};
@@ -454,26 +454,13 @@ fn replica(
     db: &str,
     hook: u16,
 ) -> (Child, u16) {
-    let port = cplane_e2e::moto::free_port();
-    let child = Command::new(cplane_e2e::cargo_bin("cplane"))
-        .args([
-            "serve",
-            "--insecure-open-read",
-            "--repo-url",
-            &format!("file://{}", remote.display()),
-        ])
-        .args(["--branch", branch, "--database", db, "--poll", "1h"])
-        .args(["--webhook-secret", SECRET])
-        .arg("--mirror")
-        .arg(dir.join(format!("{name}.git")))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+    let (mut cmd, port) = cplane_e2e::serve::replica_command(dir, name, remote, branch, db);
+    let child = cmd
         .env("CPLANE_TEST_HOOK_KEY", HOOK_KEY)
         .env(
             "CPLANE_TEST_SLACK_URL",
             format!("http://127.0.0.1:{hook}/slack"),
         )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("start cplane serve");
     wait_for(&format!("replica {name} ready"), || {

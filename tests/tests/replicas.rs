@@ -3,10 +3,10 @@
 //! (SIGKILL: no goodbye) the standby takes over and reconciles what was pushed meanwhile.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use cplane_e2e::http::Request;
-use cplane_e2e::serve::{get_json, http, push, remote_and_work, wait_for, webhook, SECRET};
+use cplane_e2e::serve::{get_json, http, push, remote_and_work, wait_for, webhook};
 
 struct Replica {
     child: Child,
@@ -21,23 +21,8 @@ impl Drop for Replica {
 }
 
 fn replica(dir: &Path, name: &str, remote: &Path, branch: &str, db: &str) -> Replica {
-    let port = cplane_e2e::moto::free_port();
-    let child = Command::new(cplane_e2e::cargo_bin("cplane"))
-        .args([
-            "serve",
-            "--insecure-open-read",
-            "--repo-url",
-            &format!("file://{}", remote.display()),
-        ])
-        .args(["--branch", branch, "--database", db, "--poll", "1h"])
-        .args(["--webhook-secret", SECRET])
-        .arg("--mirror")
-        .arg(dir.join(format!("{name}.git")))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start cplane serve");
+    let (mut cmd, port) = cplane_e2e::serve::replica_command(dir, name, remote, branch, db);
+    let child = cmd.spawn().expect("start cplane serve");
     Replica { child, port }
 }
 
