@@ -386,7 +386,16 @@ fn backoff(attempts: i64) -> Duration {
 /// due and for events other replicas commit. Database errors are logged and retried on the
 /// next tick. The sink's cursor must have been started ([`Db::start_sink`]); until then it
 /// delivers nothing.
+///
+/// It first takes back the claims `replica` holds on the sink ([`Db::release_claims`]): the
+/// caller stops this replica's previous task for the sink (and waits for it to end) before
+/// starting another, and what that task had claimed is delivered now, not once its lease
+/// has run out.
 pub async fn run_sink(db: Db, replica: String, sink: SinkConfig) {
+    if let Err(e) = db.release_claims(&sink.name, &replica).await {
+        // Its claims then wait for their lease, as a dead replica's do.
+        tracing::warn!(sink = %sink.name, error = %e, "taking back this replica's claims");
+    }
     let mut committed = db.watch_events();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

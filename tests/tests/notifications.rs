@@ -621,3 +621,108 @@ fn bad_sinks_and_routes_are_refused_with_file_and_line() {
     );
     assert_eq!(errors.len(), 8, "{errors:#?}");
 }
+
+/// A sink that records what it is given and, when `hang_at` is reached, never answers (a
+/// receiver that stalls mid-batch), reporting that it hung.
+struct Recording {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    hang_at: Option<usize>,
+    hung: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl cplane_reconciler::notify::Sink for Recording {
+    fn deliver<'a>(
+        &'a self,
+        event: &'a cplane_reconciler::events::CloudEvent,
+    ) -> cplane_reconciler::notify::Delivery<'a> {
+        Box::pin(async move {
+            let n = {
+                let mut seen = self.seen.lock().expect("seen");
+                seen.push(event.id.clone());
+                seen.len()
+            };
+            if Some(n) == self.hang_at {
+                let _ = self.hung.send(());
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A sink's task stopped in the middle of a claimed batch (as `cplane serve` stops them when a
+/// new revision is applied) and started again on the same replica: the new task delivers the
+/// rest of the batch at once, not after the 30 s lease the old one took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sink_task_delivers_what_the_stopped_one_had_claimed() {
+    use cplane_reconciler::events::EventType;
+    use cplane_reconciler::notify::{run_sink, SinkConfig};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", tmp.path().join("db.sqlite").display());
+    let db = cplane_reconciler::db::Db::connect(&url)
+        .await
+        .expect("connect");
+    db.start_sink("ops", 0).await.expect("start the cursor");
+    for i in 1..=6 {
+        db.set_applied_revision("main", &format!("c{i}"))
+            .await
+            .expect("an event");
+    }
+    let (hung, mut hangs) = tokio::sync::mpsc::unbounded_channel();
+    let config = |hang_at, seen| SinkConfig {
+        name: "ops".into(),
+        sink: std::sync::Arc::new(Recording {
+            seen,
+            hang_at,
+            hung: hung.clone(),
+        }),
+        types: EventType::ALL.to_vec(),
+        max_attempts: 3,
+    };
+    let replica = "r1".to_owned();
+
+    let first_seen = Default::default();
+    let first = tokio::spawn(run_sink(
+        db.clone(),
+        replica.clone(),
+        config(Some(2), std::sync::Arc::clone(&first_seen)),
+    ));
+    tokio::time::timeout(std::time::Duration::from_secs(10), hangs.recv())
+        .await
+        .expect("the first task reaches the second event");
+    first.abort();
+    assert!(first.await.expect_err("aborted").is_cancelled());
+
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let second = tokio::spawn(run_sink(
+        db.clone(),
+        replica,
+        config(None, std::sync::Arc::clone(&seen)),
+    ));
+    let all = cplane_reconciler::db::EventFilter::default();
+    let stored: Vec<String> = db
+        .events_after(0, &all, 100)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.event.id)
+        .collect();
+    assert_eq!(stored.len(), 6);
+    // Well inside the lease: the claims were taken back, not waited out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let got = seen.lock().expect("seen").clone();
+        // Every event: the one in flight when the first task stopped, and the one it had
+        // delivered but not yet recorded (a batch is recorded at its end), go out again.
+        if got == stored {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 5 s the new task delivered {got:?} of {stored:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(*first_seen.lock().expect("seen"), stored[..2]);
+    second.abort();
+}

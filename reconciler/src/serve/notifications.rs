@@ -98,7 +98,10 @@ pub(super) async fn notifier(shared: Arc<Shared>) {
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
         let mut state = NotifyState::default();
+        // The old tasks end before new ones start, which take over their claims
+        // (`run_sink`): no two tasks of this replica deliver to one sink.
         tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
         match spec {
             Ok(spec) => {
                 let routed = spec.as_ref().map(routed_sinks).unwrap_or_default();

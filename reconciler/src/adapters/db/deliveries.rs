@@ -265,6 +265,23 @@ impl Db {
         Ok(out)
     }
 
+    /// Hands back every claim `replica` holds on `sink`'s deliveries, due at once: a sink task
+    /// starting after another of the same replica was stopped (its configuration changed, or
+    /// a new revision was applied) takes over what that one had claimed and not delivered,
+    /// rather than waiting out its lease. A delivery the stopped task had in flight goes out
+    /// again (at least once; receivers de-duplicate by id).
+    pub async fn release_claims(&self, sink: &str, replica: &str) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE event_deliveries SET leased_by = '', lease_until = 0
+             WHERE sink = $1 AND leased_by = $2 AND state = 'pending'",
+        )
+        .bind(sink)
+        .bind(replica)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Hands back `replica`'s claim of `positions` of `sink`, to be claimed again from
     /// `until` (unix millis): the rest of a batch after a delivery failed, due when the failed
     /// one's retry is, so they go out after it, in order, instead of waiting for their lease.
