@@ -64,6 +64,13 @@ pub fn check(files: Vec<SourceFile>) -> Checked {
     check_memo(files, |_, _| Keep::Nothing, None)
 }
 
+/// Like [`check`], for a verdict only (`cplane validate`): every cluster is rendered and
+/// checked as [`check`] does, but no digest is computed, so [`Checked::clusters`] stays empty
+/// and [`Checked::rendered`] counts the clusters rendered.
+pub fn validate(files: Vec<SourceFile>) -> Checked {
+    check_inner(files, |_, _| Keep::Nothing, None, false)
+}
+
 /// Like [`check`], keeping the bundles that `keep` selects, given the cluster and the digest
 /// of its new bundle (the reconciler keeps only bundles that differ from the published ones).
 pub fn check_keeping(
@@ -110,7 +117,18 @@ impl RenderMemo {
 pub fn check_memo(
     files: Vec<SourceFile>,
     keep: impl Fn(&Cluster, &str) -> Keep + Sync,
+    memo: Option<&mut RenderMemo>,
+) -> Checked {
+    check_inner(files, keep, memo, true)
+}
+
+/// [`check_memo`], with digests or (`digests` false, [`validate`]) without: each cluster is then
+/// only verified ([`Renderer::verify`]) and none is kept in [`Checked::clusters`].
+fn check_inner(
+    files: Vec<SourceFile>,
+    keep: impl Fn(&Cluster, &str) -> Keep + Sync,
     mut memo: Option<&mut RenderMemo>,
+    digests: bool,
 ) -> Checked {
     let started = std::time::Instant::now();
     let loaded = cplane_schema::load(files);
@@ -147,6 +165,12 @@ pub fn check_memo(
                         }
                     }
                 }
+                if !digests {
+                    let result = renderer
+                        .verify(c)
+                        .map(|objects| (String::new(), objects, None, None));
+                    return (print.unwrap_or_default(), true, result);
+                }
                 // The digest first (the fast route); the bundle only when it is to be kept.
                 let result = renderer.digest(c).and_then(|(digest, objects)| {
                     Ok(match keep(c, &digest) {
@@ -167,7 +191,7 @@ pub fn check_memo(
             renders += usize::from(fresh);
             match result {
                 Ok((digest, objects, bundle, gz)) => {
-                    if let Some(m) = memo.as_deref_mut() {
+                    if let Some(m) = memo.as_deref_mut().filter(|_| digests) {
                         m.entries
                             .insert(cluster.id.clone(), (print, digest.clone(), objects));
                     }
@@ -186,7 +210,7 @@ pub fn check_memo(
         }
         tracing::debug!(elapsed = ?started.elapsed(), rendered = renders, "rendered");
         diagnostics.extend(render::group(failures));
-        if !diagnostics.is_empty() {
+        if !diagnostics.is_empty() || !digests {
             rendered.clear();
         }
         if let Some(m) = memo {
@@ -266,6 +290,26 @@ mod tests {
 
     fn template_files() -> Vec<SourceFile> {
         crate::testdata::template_files()
+    }
+
+    #[test]
+    fn validate_gives_checks_verdict_without_digests() {
+        let checked = check(template_files());
+        let validated = validate(template_files());
+        assert!(validated.is_valid(), "{:?}", validated.diagnostics);
+        assert!(validated.clusters.is_empty(), "no digest is kept");
+        assert_eq!(validated.rendered, checked.clusters.len());
+        // A template that renders something other than an object: the same errors.
+        let mut files = template_files();
+        let service = files
+            .iter_mut()
+            .find(|f| f.path == "stacks/bff/templates/service.yaml.j2")
+            .expect("bff's service template");
+        service.bytes.extend_from_slice(b"---\nkind: Service\n");
+        let (checked, validated) = (check(files.clone()), validate(files));
+        assert!(!validated.is_valid());
+        assert!(!checked.diagnostics.is_empty());
+        assert_eq!(validated.diagnostics, checked.diagnostics);
     }
 
     #[test]

@@ -250,12 +250,53 @@ impl<'m> Renderer<'m> {
 
     /// [`Renderer::digest`] by canonical lines, or `None` where that route cannot vouch for
     /// the result.
+    fn fast_digest(&self, cluster: &Cluster) -> Option<(String, usize)> {
+        self.fast_lines(cluster, |lines| {
+            // The canonical bytes are each line with the tokens put back at its marks, hashed
+            // as they are streamed (SHA-256 does not care how its input is cut).
+            let mut hasher = Sha256::new();
+            for (line, _, tokens) in lines {
+                let mut copied = 0;
+                for &(mark, run, token) in &line.marks {
+                    hasher.update(&line.json.as_bytes()[copied..mark]);
+                    let text = tokens.texts[token];
+                    for _ in 0..run / text.len() {
+                        hasher.update(text.as_bytes());
+                    }
+                    copied = mark + run;
+                }
+                hasher.update(&line.json.as_bytes()[copied..]);
+                hasher.update(b"\n");
+            }
+            (
+                format!("sha256:{}", hex::encode(hasher.finalize())),
+                lines.len(),
+            )
+        })
+    }
+
+    /// Whether `cluster` renders, with every check [`Renderer::render`] makes, and its object
+    /// count; by the route of [`Renderer::digest`], without hashing the bundle (`cplane
+    /// validate` needs no digest).
+    pub fn verify(&self, cluster: &Cluster) -> Result<usize, Vec<Diagnostic>> {
+        match self.fast_lines(cluster, |lines| lines.len()) {
+            Some(objects) => Ok(objects),
+            None => self.render(cluster).map(|b| b.objects.len()),
+        }
+    }
+
+    /// `finish` given the canonical lines of `cluster`'s bundle in apply order, each with the
+    /// tokens to put back into it, or `None` where this route cannot vouch for the result.
     ///
     /// Each document is generalized over the cluster's [`Tokens`]: the workspace id, the AWS
     /// account id and the values the workspace gives the document's stack. A document that
     /// cannot be (or whose line does not hold for these tokens) is parsed as it is: its line is
     /// then the full route's for that document.
-    fn fast_digest(&self, cluster: &Cluster) -> Option<(String, usize)> {
+    fn fast_lines<R>(
+        &self,
+        cluster: &Cluster,
+        finish: impl FnOnce(&[Found<'_>]) -> R,
+    ) -> Option<R> {
         if self.cache.no_generalizing {
             return None;
         }
@@ -293,7 +334,7 @@ impl<'m> Renderer<'m> {
         }
         // Each document's line and, where its key holds a placeholder, the key with the tokens
         // back, and the tokens to put back into the line.
-        let mut lines: Vec<(Arc<Line>, Option<ObjectKey>, &Tokens<'_>)> = Vec::new();
+        let mut lines: Vec<Found<'_>> = Vec::new();
         let mut sound = true;
         self.outputs(cluster, None, |output| {
             let Ok(out) = output else {
@@ -349,10 +390,6 @@ impl<'m> Renderer<'m> {
         if !sound {
             return None;
         }
-        type Found<'t> = (Arc<Line>, Option<ObjectKey>, &'t Tokens<'t>);
-        fn key_of<'l>((line, key, _): &'l Found<'_>) -> &'l ObjectKey {
-            key.as_ref().unwrap_or(&line.key)
-        }
         lines.sort_unstable_by(|a, b| key_of(a).cmp(key_of(b)));
         if lines
             .windows(2)
@@ -360,26 +397,7 @@ impl<'m> Renderer<'m> {
         {
             return None; // a duplicate object: the full route reports it
         }
-        // The canonical bytes are each line with the tokens put back at its marks, hashed as
-        // they are streamed (SHA-256 does not care how its input is cut).
-        let mut hasher = Sha256::new();
-        for (line, _, tokens) in &lines {
-            let mut copied = 0;
-            for &(mark, run, token) in &line.marks {
-                hasher.update(&line.json.as_bytes()[copied..mark]);
-                let text = tokens.texts[token];
-                for _ in 0..run / text.len() {
-                    hasher.update(text.as_bytes());
-                }
-                copied = mark + run;
-            }
-            hasher.update(&line.json.as_bytes()[copied..]);
-            hasher.update(b"\n");
-        }
-        Some((
-            format!("sha256:{}", hex::encode(hasher.finalize())),
-            lines.len(),
-        ))
+        Some(finish(&lines))
     }
 
     /// Renders every template of every stack enabled on `cluster` and hands each output (or
@@ -501,6 +519,15 @@ impl<'m> Renderer<'m> {
             .map(|c| self.render(c))
             .collect()
     }
+}
+
+/// A document's canonical line as the fast route found it: the line, its key with the tokens
+/// back when the line's key holds a placeholder, and the tokens to put back into it.
+type Found<'t> = (Arc<Line>, Option<ObjectKey>, &'t Tokens<'t>);
+
+/// The object key of a found line, as the cluster's bundle has it.
+fn key_of<'l>((line, key, _): &'l Found<'_>) -> &'l ObjectKey {
+    key.as_ref().unwrap_or(&line.key)
 }
 
 /// The strings and integers of a stack value, at any depth, as text (candidate [`Tokens`]).

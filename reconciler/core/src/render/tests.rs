@@ -631,6 +631,7 @@ fn the_fast_digest_is_the_bundles_digest() {
                 "pass {pass}, cluster {}",
                 cluster.id
             );
+            assert_eq!(renderer.verify(cluster), Ok(bundle.objects.len()));
         }
     }
     // A fresh renderer agrees with one whose caches are warm.
@@ -667,6 +668,7 @@ fn the_fast_digest_reports_errors_like_render() {
     let (renderer, _) = Renderer::new(&model);
     for cluster in clusters(&model).iter().filter(|c| c.workspace.is_some()) {
         let errors = renderer.digest(cluster).expect_err("not an object");
+        assert_eq!(renderer.verify(cluster), Err(errors.clone()));
         assert_eq!(Err(errors), renderer.render(cluster).map(|b| b.digest));
     }
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use cplane_reconciler::apply::Outcome;
-use cplane_reconciler::check::{check, check_keeping, Checked};
+use cplane_reconciler::check::{check, check_keeping, validate as validate_files, Checked};
 use cplane_reconciler::db::Db;
 use cplane_reconciler::plan::{Options, Step};
 use cplane_reconciler::preview::Preview;

@@ -22,7 +22,9 @@ pub(super) fn print_errors(diags: &[Diagnostic]) {
 }
 
 pub(super) fn validate(args: &RepoArgs, format: Format) -> anyhow::Result<ExitCode> {
-    let (commit, checked) = load(args, None)?;
+    let repo = source::open(&args.repo)?;
+    let snapshot = source::read(&repo, &args.rev)?;
+    let (commit, checked) = (snapshot.commit, validate_files(snapshot.files));
     let valid = checked.is_valid();
     match format {
         Format::Json => {
@@ -49,7 +51,7 @@ pub(super) fn validate(args: &RepoArgs, format: Format) -> anyhow::Result<ExitCo
                     model.regions.len(),
                     model.workspaces.len(),
                     model.stacks.len(),
-                    checked.clusters.len()
+                    checked.rendered
                 );
             } else {
                 let n = checked.diagnostics.len();
