@@ -22,8 +22,9 @@
 //! - `source::read` (git2, object database),
 //! - load + validate (read, parse, cross-check; no rendering),
 //! - render-all (every cluster's bundle, canonical YAML and digest),
-//! - the full `cplane validate` pipeline in-process, and the `cplane validate` binary end to end
-//!   with its peak RSS (via `/usr/bin/time`, when present);
+//! - the full `cplane validate` pipeline in-process (`check::validate`, which computes no
+//!   digest), and the `cplane validate` binary end to end with its peak RSS (via
+//!   `/usr/bin/time`, when present);
 //!
 //! then one summary line per shape: `cplane validate` against `git cat-file` and the goal.
 //!
@@ -176,6 +177,30 @@
 //!     its 2.5 s of CPU cannot fit 1 s of wall on two cores; it would need about 40 % less
 //!     work in rendering and hashing, not in parsing.
 //!
+//! - 2026-12-07, `cplane validate` without digests (commit "Validate without hashing the
+//!   bundles": `check::validate` renders and checks every cluster but hashes no bundle). This
+//!   machine is slower than the one of the figures above: `git cat-file` takes 99-114 ms where
+//!   it took 57-72 ms, and the CPU time of the same binary on the same repo is 1.4x what it was.
+//!   - The binaries before and after, on the same 10,000-workspace every-stack repo, runs
+//!     interleaved, 5 each (load 1.6-2.1): wall 1.77-2.34 s (median 1.98 s) before, 1.56-2.17
+//!     s (median 1.72 s) after; CPU 3.26-4.54 s before, 2.94-3.88 s after.
+//!   - Where every-stack's CPU goes now (perf, self time, 2 cores): rendering with minijinja
+//!     about a third; parsing the 10,000 workspace files (serde_yaml) and faulting in the model
+//!     a fifth to a quarter; the generalized lines (token search, line cache hash and compare,
+//!     document splitting, sorting) a fifth. No one part is large enough to give the 45 % this
+//!     shape would need on this machine.
+//!   - The bench, this tree, median of 7, nothing else running (load 1.8-1.9):
+//!
+//!     | shape           | `cplane validate` | CPU      | `git cat-file` | ratio  | goal < 1 s |
+//!     |-----------------|-------------------|----------|----------------|--------|------------|
+//!     | mixed           |            603 ms |  1.13 s  |       106 ms   |  5.7x  | met        |
+//!     | acme-copies     |           1140 ms |  2.09 s  |       101 ms   | 11.3x  | missed     |
+//!     | every-stack     |           1928 ms |  3.56 s  |        99 ms   | 19.5x  | missed     |
+//!     | distinct-values |           1410 ms |  2.57 s  |       114 ms   | 12.4x  | missed     |
+//!
+//!     Against `git cat-file` the shapes stand where they stood (acme-copies about 13x,
+//!     distinct-values 12x, every-stack 20-25x in the last session's figures); in seconds, on
+//!     this slower machine, three of them miss 1 s.
 //! - libgit2 builds its TLS context when it starts, and OpenSSL then parses the system CA bundle
 //!   (144 certificates here): 30-45 ms, for HTTPS connections these commands never open.
 //!   libgit2 offers no option to defer it, and the environment is the user's: it stays.
@@ -186,7 +211,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cplane_reconciler::check::check;
+use cplane_reconciler::check::validate;
 use cplane_reconciler::render::{clusters, Renderer};
 use cplane_reconciler::{source, synthetic};
 use cplane_schema::FileRole;
@@ -415,8 +440,9 @@ fn shape(tenants: synthetic::Tenants, workspaces: usize, regions: usize, runs: u
     let full = median(
         || {
             let t = Instant::now();
-            let checked = check(source::read(&repo, "HEAD").expect("read").files);
+            let checked = validate(source::read(&repo, "HEAD").expect("read").files);
             assert!(checked.is_valid());
+            assert_eq!(checked.rendered, all.len());
             t.elapsed()
         },
         runs,
