@@ -51,9 +51,7 @@ impl Db {
         .await?;
         let mut found = None;
         for r in &rows {
-            let body: String = r.try_get("body")?;
-            let event: crate::events::CloudEvent = serde_json::from_str(&body)
-                .map_err(|e| Error::Corrupt(format!("event body: {e}")))?;
+            let event = super::events::cloud_event(r)?;
             if event.data["commit"].as_str() == Some(commit) {
                 let scope = event.data["scope"].as_str().unwrap_or_default().to_owned();
                 found = Some((
@@ -103,10 +101,9 @@ impl Db {
                 .fetch_optional(&self.pool)
                 .await?;
         let Some(row) = row else { return Ok(None) };
-        let body: String = row.try_get("body")?;
-        let event: crate::events::CloudEvent =
-            serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("event body: {e}")))?;
-        Ok(event.data["commit"].as_str().map(str::to_owned))
+        Ok(super::events::cloud_event(&row)?.data["commit"]
+            .as_str()
+            .map(str::to_owned))
     }
 
     /// Starts `sink`'s cursor after `position` unless it has one already (a sink keeps its

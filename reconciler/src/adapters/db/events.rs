@@ -90,14 +90,18 @@ pub(super) async fn append(
 }
 
 pub(super) fn stored(row: &AnyRow) -> Result<StoredEvent, Error> {
-    let body: String = row.try_get("body")?;
     let workspace: String = row.try_get("workspace")?;
     Ok(StoredEvent {
         position: row.try_get("position")?,
         workspace: (!workspace.is_empty()).then_some(workspace),
-        event: serde_json::from_str(&body)
-            .map_err(|e| Error::Corrupt(format!("event body: {e}")))?,
+        event: cloud_event(row)?,
     })
+}
+
+/// The CloudEvent in the `body` column of an `events` row.
+pub(super) fn cloud_event(row: &AnyRow) -> Result<CloudEvent, Error> {
+    let body: String = row.try_get("body")?;
+    serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("event body: {e}")))
 }
 
 impl Db {
