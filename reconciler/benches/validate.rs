@@ -201,6 +201,15 @@
 //!     Against `git cat-file` the shapes stand where they stood (acme-copies about 13x,
 //!     distinct-values 12x, every-stack 20-25x in the last session's figures); in seconds, on
 //!     this slower machine, three of them miss 1 s.
+//!   - What rendering once would give (an experiment, not kept): a binary that renders each
+//!     template once per region × environment and hands every later cluster that text (wrong
+//!     output, but every other step of the route done as usual) validated the every-stack repo
+//!     in 0.96-1.32 s (median 1.09 s, CPU 1.85 s) against 1.52-2.32 s (median 2.12 s, CPU
+//!     3.96 s) for this tree, 6 runs each, interleaved. Rendering, with the allocations and
+//!     page faults that come with it, is half of this shape's time: rendering each tenant
+//!     template once per generalized context is the route to the goal. It needs proof that a
+//!     template only emits the tokens (as `{{ e }}`, through `tojson`, or joined into emitted
+//!     text) and never computes on them, e.g. by a taint analysis over minijinja's AST.
 //! - libgit2 builds its TLS context when it starts, and OpenSSL then parses the system CA bundle
 //!   (144 certificates here): 30-45 ms, for HTTPS connections these commands never open.
 //!   libgit2 offers no option to defer it, and the environment is the user's: it stays.
