@@ -130,6 +130,7 @@ fn check_inner(
     mut memo: Option<&mut RenderMemo>,
     digests: bool,
 ) -> Checked {
+    debug_assert!(digests || memo.is_none(), "a memo remembers digests");
     let started = std::time::Instant::now();
     let loaded = cplane_schema::load(files);
     tracing::debug!(elapsed = ?started.elapsed(), "loaded and cross-checked");
@@ -186,12 +187,16 @@ fn check_inner(
             })
             .collect();
         let mut failures = Vec::new();
-        rendered.reserve_exact(clusters.len());
+        if digests {
+            rendered.reserve_exact(clusters.len());
+        }
         for (cluster, (print, fresh, result)) in clusters.into_iter().zip(results) {
             renders += usize::from(fresh);
             match result {
+                // Verified only ([`validate`]): nothing to keep.
+                Ok(_) if !digests => {}
                 Ok((digest, objects, bundle, gz)) => {
-                    if let Some(m) = memo.as_deref_mut().filter(|_| digests) {
+                    if let Some(m) = memo.as_deref_mut() {
                         m.entries
                             .insert(cluster.id.clone(), (print, digest.clone(), objects));
                     }
@@ -210,7 +215,7 @@ fn check_inner(
         }
         tracing::debug!(elapsed = ?started.elapsed(), rendered = renders, "rendered");
         diagnostics.extend(render::group(failures));
-        if !diagnostics.is_empty() || !digests {
+        if !diagnostics.is_empty() {
             rendered.clear();
         }
         if let Some(m) = memo {
