@@ -3,10 +3,14 @@
 
 use super::*;
 
+/// The files of `--rev` in `--repo`, read from git's object database.
+fn snapshot(args: &RepoArgs) -> anyhow::Result<source::Snapshot> {
+    let repo = source::open(&args.repo)?;
+    Ok(source::read(&repo, &args.rev)?)
+}
+
 pub(super) fn load(args: &RepoArgs, keep: Option<&str>) -> anyhow::Result<(String, Checked)> {
-    let RepoArgs { repo, rev } = args;
-    let repo = source::open(repo)?;
-    let snapshot = source::read(&repo, rev)?;
+    let snapshot = snapshot(args)?;
     let checked = match keep {
         None => check(snapshot.files),
         Some(id) => check_keeping(snapshot.files, |c, _| c.id == id),
@@ -22,8 +26,7 @@ pub(super) fn print_errors(diags: &[Diagnostic]) {
 }
 
 pub(super) fn validate(args: &RepoArgs, format: Format) -> anyhow::Result<ExitCode> {
-    let repo = source::open(&args.repo)?;
-    let snapshot = source::read(&repo, &args.rev)?;
+    let snapshot = snapshot(args)?;
     let (commit, checked) = (snapshot.commit, validate_files(snapshot.files));
     let valid = checked.is_valid();
     match format {
