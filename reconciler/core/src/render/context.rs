@@ -95,6 +95,25 @@ impl<'m> PreparedStack<'m> {
         }
     }
 
+    /// The `values` variable of a cluster whose workspace gives the stack `overrides` (none
+    /// or empty: the defaults, made once).
+    pub(super) fn values(&self, overrides: Option<&BTreeMap<String, serde_json::Value>>) -> Value {
+        match overrides {
+            None => self.defaults.clone(),
+            Some(overrides) => {
+                let overrides = serde_json::to_value(overrides).expect("JSON values serialize");
+                self.merged(&overrides)
+            }
+        }
+    }
+
+    /// The defaults with `overrides` (a JSON map) deep-merged over them.
+    pub(super) fn merged(&self, overrides: &serde_json::Value) -> Value {
+        let mut values = self.defaults_json.clone();
+        deep_merge(&mut values, overrides);
+        Value::from_serialize(&values)
+    }
+
     pub(super) fn all(model: &'m Model) -> HashMap<&'m str, Self> {
         model
             .stacks
@@ -115,6 +134,97 @@ pub(super) struct ClusterContext {
     pub(super) domains: Value,
     /// Undefined on platform clusters.
     pub(super) workspace: Value,
+}
+
+/// The strings of a tenant cluster's variables that name its workspace: those that differ
+/// between the tenant clusters of one region × environment, apart from the stacks' values.
+#[derive(Debug, Clone)]
+pub(super) struct TenantStrings {
+    /// `workspace.id`, `.name`, `.account`, `.awsAccountId`.
+    pub(super) workspace: [String; 4],
+    /// `cluster.id`.
+    pub(super) cluster: String,
+    /// `domains.zone`, `.wildcard`, `.bff`, `.app`.
+    pub(super) domains: [String; 4],
+}
+
+impl TenantStrings {
+    /// The strings of tenant cluster `cluster` of workspace `id`.
+    pub(super) fn new(
+        scope: &Scope,
+        cluster: &Cluster,
+        id: &str,
+        spec: &cplane_schema::model::WorkspaceSpec,
+    ) -> Self {
+        let names = &scope.names;
+        Self {
+            workspace: [
+                id.to_owned(),
+                workspace_name(id),
+                spec.account.clone(),
+                spec.aws.account_id.clone(),
+            ],
+            cluster: cluster.id.clone(),
+            domains: [
+                names.workspace_zone(id),
+                names.workspace_wildcard(id),
+                names.workspace_host(id, "bff"),
+                names.workspace_host(id, "app"),
+            ],
+        }
+    }
+
+    /// Every string, in a fixed order.
+    pub(super) fn all(&self) -> impl Iterator<Item = &str> {
+        let workspace = self.workspace.iter().map(String::as_str);
+        let domains = self.domains.iter().map(String::as_str);
+        workspace.chain([self.cluster.as_str()]).chain(domains)
+    }
+
+    /// The same with `f` applied to every string.
+    pub(super) fn map(&self, f: impl Fn(&str) -> String) -> Self {
+        Self {
+            workspace: self.workspace.each_ref().map(|s| f(s)),
+            cluster: f(&self.cluster),
+            domains: self.domains.each_ref().map(|s| f(s)),
+        }
+    }
+}
+
+/// The variables of `cluster` in `scope`; `tenant` holds a tenant cluster's own.
+pub(super) fn cluster_context(
+    scope: &Scope,
+    cluster: &Cluster,
+    tenant: Option<&TenantStrings>,
+) -> Arc<ClusterContext> {
+    let mut domains = scope.domains.clone();
+    let mut workspace = Value::UNDEFINED;
+    let mut id = cluster.id.as_str();
+    if let Some(t) = tenant {
+        let [ws_id, name, account, aws] = &t.workspace;
+        workspace = context! {
+            id => ws_id,
+            name => name,
+            account => account,
+            awsAccountId => aws,
+        };
+        id = &t.cluster;
+        for (key, value) in ["zone", "wildcard", "bff", "app"]
+            .into_iter()
+            .zip(&t.domains)
+        {
+            domains.insert(key, value.clone());
+        }
+    }
+    Arc::new(ClusterContext {
+        platform: scope.platform.clone(),
+        region: scope.region.clone(),
+        environment: scope.environment.clone(),
+        cluster: context! { id => id, kind => Value::from_serialize(cluster.kind) },
+        vars: scope.vars.clone(),
+        domains: Value::from_serialize(&domains),
+        workspace,
+    })
 }
 
 /// What a stack's templates see: the cluster's variables, the stack and its values (documented

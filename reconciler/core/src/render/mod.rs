@@ -39,6 +39,8 @@ mod clusters;
 mod context;
 mod documents;
 mod generalize;
+mod once;
+mod passthrough;
 
 use cache::*;
 pub use clusters::{clusters, Cluster, ClusterKind};
@@ -98,6 +100,8 @@ impl Bundle {
 #[derive(Clone)]
 pub struct Compiled {
     envs: Arc<BTreeMap<String, Environment<'static>>>,
+    /// What each stack's generalized contexts are made with (see `once`).
+    passthrough: Arc<HashMap<String, once::Through>>,
     /// The platform name the environments' `labels()` were made with.
     platform: String,
 }
@@ -106,6 +110,10 @@ pub struct Compiled {
 pub struct Renderer<'m> {
     model: &'m Model,
     envs: Arc<BTreeMap<String, Environment<'static>>>,
+    /// What each stack's generalized contexts are made with (see `once`).
+    passthrough: Arc<HashMap<String, once::Through>>,
+    /// Tenant stacks' outputs by generalized context (see `once`).
+    once: once::OnceCache,
     /// Template variables of each region × environment, made once.
     scopes: HashMap<(String, String), Scope>,
     /// Template variables of each stack, made once.
@@ -157,6 +165,8 @@ impl<'m> Renderer<'m> {
             Self {
                 model,
                 envs: Arc::new(envs),
+                passthrough: Arc::new(once::through_of(model)),
+                once: Default::default(),
                 scopes: Scope::all(model),
                 stacks: PreparedStack::all(model),
                 cache: ParseCache::default(),
@@ -171,6 +181,7 @@ impl<'m> Renderer<'m> {
     pub fn compiled(&self) -> Compiled {
         Compiled {
             envs: self.envs.clone(),
+            passthrough: self.passthrough.clone(),
             platform: self.model.platform.doc.metadata.name.clone(),
         }
     }
@@ -186,6 +197,8 @@ impl<'m> Renderer<'m> {
         Self {
             model,
             envs: compiled.envs.clone(),
+            passthrough: compiled.passthrough.clone(),
+            once: Default::default(),
             scopes: Scope::all(model),
             stacks: PreparedStack::all(model),
             cache: ParseCache::default(),
@@ -194,9 +207,10 @@ impl<'m> Renderer<'m> {
     }
 
     /// The same renderer with the generalized parsing of tenant documents on (the default) or
-    /// off. Off, every document is parsed as it is rendered and [`Renderer::digest`] always
-    /// builds the bundle: the results are the same (the guarantee and its argument are on
-    /// `generalize::Generalizer`), only slower. The switch is there to compare the two routes
+    /// off. Off, every template is rendered and every document parsed for every cluster, and
+    /// [`Renderer::digest`] always builds the bundle: the results are the same (the
+    /// guarantees and their arguments are on `generalize::Generalizer` and in `once`), only
+    /// slower. The switch is there to compare the two routes
     /// and to rule the fast one out when a rendering looks wrong.
     pub fn generalizing(mut self, on: bool) -> Self {
         self.cache.no_generalizing = !on;
@@ -217,7 +231,7 @@ impl<'m> Renderer<'m> {
     ) -> Result<Bundle, Vec<Diagnostic>> {
         let mut objects = Vec::new();
         let mut diags = Vec::new();
-        self.outputs(cluster, given, |output| {
+        self.outputs(cluster, given, false, |output| {
             match output {
                 Ok(out) => {
                     if let Err(d) = parse_objects(&out, cluster, &self.cache, &mut objects) {
@@ -238,9 +252,10 @@ impl<'m> Renderer<'m> {
     /// faster. Tenant documents are looked up as canonical lines in their generalized form
     /// ([`Tokens`], [`LineCache`]: the workspace id and the values that differ between
     /// workspaces replaced by placeholders), so a document seen before, up to those values, is
-    /// neither parsed nor serialized again; the bundle itself is not built. A document that does
-    /// not generalize is parsed as it is; whatever the fast route cannot vouch for (platform
-    /// clusters, errors, duplicate objects) goes through [`Renderer::render`].
+    /// neither parsed nor serialized again; the bundle itself is not built. A tenant template
+    /// is rendered once per generalized context (`once`), not once per cluster. A document that
+    /// does not generalize is parsed as it is; whatever the fast route cannot vouch for
+    /// (platform clusters, errors, duplicate objects) goes through [`Renderer::render`].
     pub fn digest(&self, cluster: &Cluster) -> Result<(String, usize), Vec<Diagnostic>> {
         match self.fast_digest(cluster) {
             Some(digest) => Ok(digest),
@@ -336,7 +351,7 @@ impl<'m> Renderer<'m> {
         // back, and the tokens to put back into the line.
         let mut lines: Vec<Found<'_>> = Vec::new();
         let mut sound = true;
-        self.outputs(cluster, None, |output| {
+        self.outputs(cluster, None, true, |output| {
             let Ok(out) = output else {
                 sound = false;
                 return false;
@@ -401,11 +416,14 @@ impl<'m> Renderer<'m> {
     }
 
     /// Renders every template of every stack enabled on `cluster` and hands each output (or
-    /// the template's error) to `each`, which returns whether to go on.
+    /// the template's error) to `each`, which returns whether to go on. With `once`, a tenant
+    /// stack's templates are rendered once for every cluster that shares their generalized
+    /// context ([`Renderer::stack_once`]); the outputs are the same.
     fn outputs(
         &self,
         cluster: &Cluster,
         given: Option<&cplane_schema::load::Entity<cplane_schema::model::Workspace>>,
+        once: bool,
         mut each: impl FnMut(Result<Output<'_>, Diagnostic>) -> bool,
     ) {
         let model = self.model;
@@ -418,9 +436,7 @@ impl<'m> Renderer<'m> {
                 std::borrow::Cow::Owned(Scope::new(model, &cluster.region, &cluster.environment))
             }
         };
-        let names = &scope.names;
-        let mut domains = scope.domains.clone();
-        let mut workspace = Value::UNDEFINED;
+        let mut tenant = None;
         let mut enabled: BTreeMap<&str, Option<&BTreeMap<String, serde_json::Value>>> =
             BTreeMap::new();
         match (&cluster.kind, &cluster.workspace) {
@@ -429,16 +445,7 @@ impl<'m> Renderer<'m> {
                     Some(w) => w,
                     None => &model.workspaces[id],
                 };
-                domains.insert("zone", names.workspace_zone(id));
-                domains.insert("wildcard", names.workspace_wildcard(id));
-                domains.insert("bff", names.workspace_host(id, "bff"));
-                domains.insert("app", names.workspace_host(id, "app"));
-                workspace = context! {
-                    id => id,
-                    name => workspace_name(id),
-                    account => ws.doc.spec.account,
-                    awsAccountId => ws.doc.spec.aws.account_id,
-                };
+                tenant = Some(TenantStrings::new(&scope, cluster, id, &ws.doc.spec));
                 for (name, stack) in &model.stacks {
                     let spec = &stack.entity.doc.spec;
                     if spec.target == StackTarget::Tenant && spec.required {
@@ -457,15 +464,7 @@ impl<'m> Renderer<'m> {
                 }
             }
         }
-        let base = Arc::new(ClusterContext {
-            platform: scope.platform.clone(),
-            region: scope.region.clone(),
-            environment: scope.environment.clone(),
-            cluster: context! { id => cluster.id, kind => Value::from_serialize(cluster.kind) },
-            vars: scope.vars.clone(),
-            domains: Value::from_serialize(&domains),
-            workspace,
-        });
+        let base = cluster_context(&scope, cluster, tenant.as_ref());
 
         for (name, overrides) in enabled {
             let Some(stack) = model.stacks.get(name) else {
@@ -476,35 +475,47 @@ impl<'m> Renderer<'m> {
             };
             // Made from the same model's stacks, so it is there.
             let prepared = &self.stacks[name];
-            let values = match overrides.filter(|o| !o.is_empty()) {
-                // Nothing to merge: the stack's defaults, made once.
-                None => prepared.defaults.clone(),
-                Some(overrides) => {
-                    let mut values = prepared.defaults_json.clone();
-                    let overrides = serde_json::to_value(overrides).expect("JSON values serialize");
-                    deep_merge(&mut values, &overrides);
-                    Value::from_serialize(&values)
-                }
+            let overrides = overrides.filter(|o| !o.is_empty());
+            let context = |base: &Arc<ClusterContext>, values: Value| {
+                Value::from_object(TemplateContext {
+                    cluster: base.clone(),
+                    stack: prepared.stack.clone(),
+                    values,
+                })
             };
-            let ctx = Value::from_object(TemplateContext {
-                cluster: base.clone(),
-                stack: prepared.stack.clone(),
-                values,
-            });
-            for path in prepared.templates.iter().copied() {
-                let tmpl = env
-                    .get_template(path)
-                    .expect("every template was added to its stack's environment");
-                let output = match tmpl.render(&ctx) {
-                    Ok(text) => Ok(Output {
+            let render = |path: &str, ctx: &Value| {
+                env.get_template(path)
+                    .expect("every template was added to its stack's environment")
+                    .render(ctx)
+            };
+            let output = |path: &'m str, rendered: Result<String, minijinja::Error>| {
+                rendered
+                    .map(|text| Output {
                         stack: name,
                         path,
                         source: &stack.templates[path],
                         text,
-                    }),
-                    Err(err) => Err(template_diag(&err, path, &stack.templates)),
+                    })
+                    .map_err(|err| template_diag(&err, path, &stack.templates))
+            };
+            let tenant = tenant.as_ref().filter(|_| once);
+            if let Some(rendered) = tenant.and_then(|tenant| {
+                let real = || context(&base, prepared.values(overrides));
+                let general = |strings: &TenantStrings, values: Value| {
+                    context(&cluster_context(&scope, cluster, Some(strings)), values)
                 };
-                if !each(output) {
+                self.stack_once(name, cluster, tenant, overrides, real, general, render)
+            }) {
+                for (path, text) in prepared.templates.iter().zip(rendered) {
+                    if !each(output(path, text)) {
+                        return;
+                    }
+                }
+                continue;
+            }
+            let ctx = context(&base, prepared.values(overrides));
+            for path in prepared.templates.iter().copied() {
+                if !each(output(path, render(path, &ctx))) {
                     return;
                 }
             }

@@ -634,6 +634,14 @@ fn the_fast_digest_is_the_bundles_digest() {
             assert_eq!(renderer.verify(cluster), Ok(bundle.objects.len()));
         }
     }
+    // The third pass took the templates' outputs from their generalized contexts.
+    assert!(
+        renderer
+            .once
+            .saved
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
     // A fresh renderer agrees with one whose caches are warm.
     let (fresh, _) = Renderer::new(&model);
     for cluster in &all {
@@ -942,4 +950,224 @@ fn secret_key_ref_needs_a_name_and_a_key() {
     assert!(err.contains("no string `key`"), "{err}");
     let err = render(serde_json::json!("hunter2")).expect_err("a string");
     assert!(err.contains("no string `name`"), "{err}");
+}
+
+#[test]
+fn the_templates_tenant_stacks_pass_their_tenant_roots_through() {
+    let model = template_model();
+    let (renderer, _) = Renderer::new(&model);
+    for (name, stack) in &model.stacks {
+        if stack.entity.doc.spec.target == StackTarget::Tenant {
+            let through = renderer.passthrough[name].roots;
+            assert_eq!(through, passthrough::ALL, "stack {name}");
+        }
+    }
+}
+
+/// A tenant stack `probe` whose one template is made of `fragments` (indexes into
+/// [`PROBE_FRAGMENTS`], any other index the partial `_part.j2`), then a second document
+/// when `second` says so, and workspaces `(id, s, t, key, n)` that enable it with those values.
+fn probe_files(
+    fragments: &[usize],
+    second: bool,
+    workspaces: &[(String, [&str; 3], u8)],
+) -> Vec<cplane_schema::SourceFile> {
+    let mut files: Vec<_> = crate::testdata::template_files()
+        .into_iter()
+        .filter(|f| !f.path.starts_with("workspaces/") && !f.path.starts_with("stacks/"))
+        .collect();
+    let file = |path: &str, text: String| cplane_schema::SourceFile {
+        path: path.to_owned(),
+        bytes: text.into_bytes(),
+    };
+    files.push(file(
+        "stacks/probe/stack.yaml",
+        "apiVersion: cplane/v1\nkind: Stack\nmetadata:\n  name: probe\nspec:\n  version: \"1.0.0\"\n  target: tenant\n  required: false\n  description: Probe.\n  values:\n    s: {type: string, default: plain}\n    t: {type: string, default: other}\n    n: {type: integer, default: 1}\n    m: {type: object, default: {}}\n".to_owned(),
+    ));
+    let mut template =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\n  namespace: probe\ndata:\n"
+            .to_owned();
+    for (i, &f) in fragments.iter().enumerate() {
+        match PROBE_FRAGMENTS.get(f) {
+            Some(fragment) => template.push_str(&fragment.replace("KEY", &format!("k{i}"))),
+            None => template.push_str("{% include '_part.j2' %}"),
+        }
+        template.push('\n');
+    }
+    if second {
+        template.push_str("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ workspace.name }}-{{ values.t | lower }}\n  namespace: probe\ndata: {{ values.m | tojson }}\n");
+    }
+    files.push(file("stacks/probe/templates/probe.yaml.j2", template));
+    files.push(file(
+        "stacks/probe/templates/_part.j2",
+        "  part: \"{{ workspace.name ~ '.' ~ values.s }}\"".to_owned(),
+    ));
+    for (n, (id, [s, t, key], number)) in workspaces.iter().enumerate() {
+        let aws = format!("10000000000{}", n % 3);
+        files.push(file(
+            &format!("workspaces/{id}.yaml"),
+            format!("apiVersion: cplane/v1\nkind: Workspace\nmetadata:\n  name: \"{id}\"\nspec:\n  region: sgp-1\n  environment: prod\n  account: org-{}\n  aws:\n    accountId: \"{aws}\"\n    roleArn: arn:aws:iam::{aws}:role/p\n    externalId: x-{n}\n  deletionPolicy: Retain\n  stacks:\n    - name: probe\n      values:\n        s: \"{s}\"\n        t: \"{t}\"\n        n: {number}\n        m: {{\"{key}\": \"{s}{t}\", \"b\": \"{t}\"}}\n", n),
+        ));
+    }
+    files
+}
+
+/// Lines of the probe template (`KEY` is replaced by a distinct key): ones that pass the tenant
+/// roots through, ones that compute on them, and ones that write the placeholders' letters.
+const PROBE_FRAGMENTS: &[&str] = &[
+    "  KEY: {{ workspace.name | tojson }}",
+    "  KEY: {{ ('x-' ~ workspace.id ~ '-' ~ values.s) | tojson }}",
+    "  KEY: \"{{ cluster.id }}/{{ domains.zone }}/{{ host('svc') }}/{{ workspace.awsAccountId }}\"",
+    "  KEY: {{ values.m | tojson }}",
+    "{% for k, v in values.m | dictsort %}  KEY-{{ k }}: {{ v | tojson }}\n{% endfor %}",
+    "  KEY: \"ZZ{{ workspace.id }}JJ{{ values.t }}Q{{ workspace.account }}\"",
+    "  KEY: {{ workspace.account }}-{{ workspace.awsAccountId }}",
+    "  KEY: {{ values.s }}",
+    "  KEY: {{ workspace.id | upper }}",
+    "{% if values.s == 'acme' %}  KEY: hit\n{% endif %}",
+    "  KEY: {{ values.s | length }}",
+    "{% if workspace.id is string and values.t %}  KEY: \"{{ values.t ~ workspace.id }}\"\n{% endif %}",
+    "  KEY: \"{{ values.s[:2] }}\"",
+    "{% set c %}{{ workspace.id }}-{{ values.t }}{% endset %}  KEY: {{ c | tojson }}",
+    "  KEY: {{ values.n + 1 }}",
+    "  KEY: \"{{ workspace.id | replace('a', 'J') }}\"",
+    "  KEY: {{ values.t }}{{ values.t }}",
+    "  KEY: \"{{ workspace.id }}{{ workspace.id }}{{ values.n }}\"",
+    "  KEY: \"{{ 'z' | upper }}{{ workspace.id }}\"",
+    "{% if workspace.id == 'acme' %}  KEY: first\n{% endif %}",
+    "  KEY: {{ values.t is startingwith 'a' }}",
+    "  KEY: {{ workspace.id < 'b' }}",
+];
+
+/// Ids and values drawn so that they collide with each other, with the template's text and
+/// with the placeholders' letters. Most are four characters long and the pools are small, so
+/// that workspaces often share a generalized context while their tokens differ.
+const PROBE_IDS: &[&str] = &[
+    "acme", "test", "beta", "1234", "e5e5", "zz-1", "prob", "gamm", "zz", "9", "probe",
+];
+const PROBE_VALUES: &[&str] = &[
+    "acme",
+    "prob",
+    "1234",
+    "gamm",
+    "test",
+    "ZZZZ",
+    "JJJJ",
+    "true",
+    "plain",
+    "J",
+    "w-acme",
+    "100000000001",
+    "org-1",
+];
+const PROBE_KEYS: &[&str] = &["k", "acme", "zz-1"];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever the template does with its inputs and whatever the workspaces hold, the fast
+    /// route (generalized contexts, generalized lines) gives `render`'s digest, on the first
+    /// sighting of each context, the second (where it is verified) and after (where it is
+    /// reused).
+    #[test]
+    fn rendering_once_per_generalized_context_is_exact(
+        fragments in proptest::collection::vec(0..PROBE_FRAGMENTS.len(), 1..9),
+        include in proptest::bool::ANY,
+        second in proptest::bool::ANY,
+        workspaces in proptest::collection::vec(
+            (
+                proptest::prop_oneof![
+                    3 => proptest::sample::select(&PROBE_IDS[..8]),
+                    1 => proptest::sample::select(PROBE_IDS),
+                ],
+                proptest::sample::select(&PROBE_VALUES[..4]),
+                proptest::prop_oneof![
+                    3 => proptest::sample::select(&PROBE_VALUES[..2]),
+                    1 => proptest::sample::select(PROBE_VALUES),
+                ],
+                proptest::sample::select(PROBE_KEYS),
+                0u8..2,
+            ),
+            2..16,
+        ),
+    ) {
+        let mut fragments = fragments;
+        if include {
+            fragments.push(usize::MAX);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let workspaces: Vec<_> = workspaces
+            .into_iter()
+            .filter(|w| seen.insert(w.0))
+            .map(|(id, s, t, key, n)| (id.to_owned(), [s, t, key], n))
+            .collect();
+        let files = probe_files(&fragments, second, &workspaces);
+        let model = cplane_schema::load(files).into_valid().expect("valid");
+        let (renderer, diags) = Renderer::new(&model);
+        proptest::prop_assert!(diags.is_empty(), "{diags:?}");
+        let tenants: Vec<_> = clusters(&model).into_iter().filter(|c| c.workspace.is_some()).collect();
+        for pass in 0..3 {
+            for cluster in &tenants {
+                let exact = renderer.render(cluster).map(|b| (b.digest, b.objects.len()));
+                proptest::prop_assert_eq!(renderer.digest(cluster), exact.clone(), "pass {}, {}", pass, cluster.id);
+                proptest::prop_assert_eq!(renderer.verify(cluster), exact.map(|(_, n)| n));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_template_that_writes_a_placeholder_letter_is_never_reused() {
+    let same_length = [("acme", "plain"), ("beta", "plain"), ("gamm", "plain")]
+        .map(|(id, s)| (id.to_owned(), [s, "other", "k"], 1));
+    let count = |fragments: &[usize]| {
+        let model = cplane_schema::load(probe_files(fragments, true, &same_length))
+            .into_valid()
+            .expect("valid");
+        let (renderer, _) = Renderer::new(&model);
+        for cluster in clusters(&model).iter().filter(|c| c.workspace.is_some()) {
+            let exact = renderer
+                .render(cluster)
+                .map(|b| (b.digest, b.objects.len()));
+            assert_eq!(renderer.digest(cluster), exact, "{}", cluster.id);
+        }
+        renderer
+            .once
+            .saved
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Three workspaces, one generalized context: the third reuses the template's output.
+    assert_eq!(count(&[0, 1, 2, 3, 4]), 1);
+    // Capitals the template writes are not given out as placeholders.
+    assert_eq!(count(&[0, 5]), 1);
+    // A capital it makes, next to the id's placeholder, fails the check at the second
+    // sighting: that context is never reused.
+    assert_eq!(count(&[0, 18]), 0);
+    // Computing on the workspace keeps it real: no two contexts are the same.
+    assert_eq!(count(&[0, 8]), 0);
+}
+
+#[test]
+fn a_template_that_compares_a_value_renders_each_workspace_as_its_own() {
+    // The second and third workspaces would share a generalized context if `values.s` were
+    // replaced: only the third's is `acme`, which the template compares with.
+    let workspaces = [("acme", "prob"), ("beta", "prob"), ("gamm", "acme")]
+        .map(|(id, s)| (id.to_owned(), [s, "plain", "k"], 1));
+    let model = cplane_schema::load(probe_files(&[0, 9], false, &workspaces))
+        .into_valid()
+        .expect("valid");
+    let (renderer, _) = Renderer::new(&model);
+    for pass in 0..2 {
+        for cluster in clusters(&model).iter().filter(|c| c.workspace.is_some()) {
+            let exact = renderer
+                .render(cluster)
+                .map(|b| (b.digest, b.objects.len()));
+            assert_eq!(
+                renderer.digest(cluster),
+                exact,
+                "pass {pass}, {}",
+                cluster.id
+            );
+        }
+    }
 }
