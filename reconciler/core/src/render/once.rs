@@ -58,8 +58,7 @@ pub(super) struct General {
     marks: Vec<(usize, usize, u8)>,
 }
 
-/// Stacks' generalized outputs by generalized context, and the stacks whose templates pass
-/// their tenant roots through.
+/// Stacks' generalized outputs by generalized context, for one renderer (one model).
 #[derive(Default)]
 pub(super) struct OnceCache {
     shards: [Mutex<HashMap<u64, Slot>>; 16],
@@ -109,6 +108,8 @@ pub(super) fn placeholder_chars_json(value: &serde_json::Value) -> u64 {
 /// A cluster's tokens for one stack and the [`ALPHABET`] character that stands for each.
 pub(super) struct Subst<'a> {
     pub(super) texts: Vec<&'a str>,
+    /// Each token's placeholder character.
+    chars: Vec<u8>,
     /// Per byte: the token it stands for.
     token_of: [Option<u8>; 256],
     /// The characters [`Subst::general`] wrote (bit = index in [`ALPHABET`]).
@@ -132,29 +133,24 @@ impl<'a> Subst<'a> {
             .filter(|&i| taken & 1 << i == 0)
             .map(|i| ALPHABET[i]);
         let mut texts = vec![id];
-        let mut letters = vec![free.next()?];
+        let mut chars = vec![free.next()?];
         for t in others {
             if is_token(t) && !texts.contains(&t) && placeholder_chars(t) & !taken == 0 {
-                let Some(letter) = free.next() else { break };
+                let Some(c) = free.next() else { break };
                 texts.push(t);
-                letters.push(letter);
+                chars.push(c);
             }
         }
         let mut token_of = [None; 256];
-        for (i, &letter) in letters.iter().enumerate() {
-            token_of[usize::from(letter)] = Some(u8::try_from(i).expect("a short alphabet"));
+        for (i, &c) in chars.iter().enumerate() {
+            token_of[usize::from(c)] = Some(u8::try_from(i).expect("a short alphabet"));
         }
         Some(Self {
             texts,
+            chars,
             token_of,
             used: Default::default(),
         })
-    }
-
-    /// The placeholder character of token `token`.
-    fn letter(&self, token: usize) -> u8 {
-        let position = self.token_of.iter().position(|&t| t == Some(token as u8));
-        u8::try_from(position.expect("every token has a character")).expect("a byte")
     }
 
     /// `s` with every occurrence of each token replaced by a run of its character of its
@@ -164,10 +160,9 @@ impl<'a> Subst<'a> {
         let mut out = s.to_owned();
         for (i, text) in self.texts.iter().enumerate() {
             if out.contains(text) {
-                let letter = self.letter(i);
-                out = out.replace(text, &char::from(letter).to_string().repeat(text.len()));
-                self.used
-                    .set(self.used.get() | 1 << INDEX[usize::from(letter)]);
+                let c = self.chars[i];
+                out = out.replace(text, &char::from(c).to_string().repeat(text.len()));
+                self.used.set(self.used.get() | 1 << INDEX[usize::from(c)]);
             }
         }
         out
@@ -201,9 +196,9 @@ impl<'a> Subst<'a> {
     pub(super) fn put_back(&self, general: &General) -> Option<String> {
         let mut out = String::with_capacity(general.text.len());
         let mut copied = 0;
-        for &(at, run, letter) in &general.marks {
+        for &(at, run, c) in &general.marks {
             out.push_str(&general.text[copied..at]);
-            let text = self.placeholder_token(letter)?;
+            let text = self.placeholder_token(c)?;
             if run % text.len() != 0 {
                 return None;
             }
