@@ -14,14 +14,15 @@
 //! (map keys, numbers and booleans untouched). Then the template's output for C is its output
 //! for P with the text at the placeholders' positions put back, byte for byte, and one errs iff
 //! the other does. Why: every value the template computes from such a root is either a string
-//! made by concatenating, quoting and escaping its strings (`tojson` escapes none of a token's
-//! or placeholder's characters: letters, digits, `-`) with text that does not come from it, or
+//! made by concatenating, quoting and escaping its strings with text that does not come from
+//! it (no escaping touches a token's characters, letters, digits and `-`, nor a placeholder's:
+//! see `once::ALPHABET`), or
 //! a value that is the same in both contexts (a length, a truth value, a type, a mapping's
 //! keys and their order); control flow and errors follow only the latter. Anything else
 //! (comparisons, arithmetic, slicing, indexing by position, filters that read characters such
-//! as `upper`, `replace` or `trim("x")`, iterating or joining a value that might be a string,
-//! character by character) counts as
-//! *computing* on the root, and that root is then kept real: P differs from C only in roots
+//! as `upper`, `replace` or `trim("x")`, iterating, joining or unpacking a value that might be
+//! a string, character by character) counts as *computing* on the root, and that root is then
+//! kept real: P differs from C only in roots
 //! that every template of the stack passes through. Constructs whose flow this analysis does
 //! not follow (macros, blocks, imports, a non-constant include, `recursive` loops, unknown
 //! functions) rule the whole stack out.
@@ -125,8 +126,10 @@ struct Taint<'t> {
     changed: bool,
 }
 
-/// Filters that pass their input through (see the module doc). `trim` only without
-/// arguments: `trim("a")` reads characters.
+/// Filters that pass their input through (see the module doc). Their arguments pass through
+/// too: `tojson` and `indent` take a width, which a string is refused as in both contexts, and
+/// `default` only tests its second argument's truth. `trim` only without arguments:
+/// `trim("a")` reads characters.
 fn passes_through(filter: &str, args: &[CallArg<'_>]) -> bool {
     match filter {
         "tojson" | "string" | "safe" | "default" | "d" | "indent" | "secret_key_ref" => true,
@@ -180,10 +183,11 @@ impl Taint<'_> {
     fn assign(&mut self, target: &Expr<'_>, mask: u8) -> Option<()> {
         match target {
             Expr::Var(v) => self.assign_name(v.id, mask),
+            // Unpacking (`{% set a, b = x %}`): a string would be unpacked by character, were
+            // minijinja to allow it.
             Expr::List(l) => {
-                for item in &l.items {
-                    self.assign(item, mask)?;
-                }
+                self.compute(mask);
+                self.unpack(l, mask)?;
             }
             // `{% set ns.attr = … %}` on a namespace.
             Expr::GetAttr(g) => match &g.expr {
@@ -193,6 +197,14 @@ impl Taint<'_> {
             _ => return None,
         }
         Some(())
+    }
+
+    /// Assigns each target of a list to unpack.
+    fn unpack(&mut self, targets: &ast::List<'_>, mask: u8) -> Option<()> {
+        targets
+            .items
+            .iter()
+            .try_for_each(|item| self.assign(item, mask))
     }
 
     fn stmts(&mut self, body: &[Stmt<'_>]) -> Option<()> {
@@ -223,10 +235,16 @@ impl Taint<'_> {
                     }
                     _ => false,
                 };
-                if !pairs {
-                    self.compute(mask); // it might be a string, iterated by character
+                match (&f.target, pairs) {
+                    // `for k, v in m | dictsort`: each item is a (key, value) pair.
+                    (Expr::List(l), true) if l.items.len() == 2 => self.unpack(l, mask)?,
+                    (target, pairs) => {
+                        if !pairs {
+                            self.compute(mask); // it might be a string, iterated by character
+                        }
+                        self.assign(target, mask)?;
+                    }
                 }
-                self.assign(&f.target, mask)?;
                 self.assign_name("loop", mask);
                 if let Some(condition) = &f.filter_expr {
                     self.expr(condition)?; // its truth only
@@ -519,6 +537,9 @@ a: {{ workspace.name | tojson }} {{ (values.image ~ ":" ~ stack.version) | tojso
             // Through a captured block and a filter block.
             "{% set x %}{{ workspace.id }}{% endset %}{{ x | lower }}",
             "{% filter upper %}{{ workspace.name }}{% endfilter %}",
+            // Unpacking, which would split a string, were minijinja to allow it.
+            "{% set a, b, c, d = workspace.id %}{{ d ~ c ~ b ~ a }}",
+            "{% for k, (a, b) in workspace | dictsort %}{{ b ~ a }}{% endfor %}",
         ];
         for case in w_cases {
             let also = if case.contains("values") { V } else { 0 };
