@@ -12,23 +12,30 @@
 //! 1. Every template of the stack passes those roots through ([`super::passthrough`]): its
 //!    output for the real context is its output for the generalized one with the text at the
 //!    placeholders' positions put back.
-//! 2. A placeholder character occurs in none of the real strings the generalized context is
-//!    made from, and in no token, so in the generalized context it occurs only where it
-//!    stands for its token; which characters stand for tokens is part of the key.
-//! 3. Where the placeholders are in the *output* is established once per generalized context,
-//!    at its second sighting, by rendering both ways and comparing ([`marks`]): every run of a
-//!    placeholder character in the generalized output must be that cluster's token (once or
-//!    several times over) in the real output, and every other byte the same. A placeholder
-//!    character the template writes itself (`{{ "z" | upper }}`) fails this, as no token holds
-//!    one: that context's output is then never reused.
-//! 4. The generalized output is a function of the generalized context, which is the memo's key
-//!    in full: stack, region, environment, the generalized strings and values, the placeholder
-//!    characters used. A later cluster with the same key gets the same generalized output,
-//!    with the placeholders at the same positions, and its own tokens (of the same lengths)
-//!    put back there.
+//! 2. The placeholder characters occur in no token, in none of the stack's templates and
+//!    value defaults, and in none of the real strings they are written into (the workspace,
+//!    the cluster id, the workspace's domains, the workspace's values): in the generalized
+//!    context a placeholder character occurs only where it stands for its token. Which
+//!    characters stand for tokens is part of the key.
+//! 3. The *output* may still hold a placeholder character that stands for no token: one the
+//!    template makes (`{{ "z" | upper }}`), or one in text the region, environment, platform
+//!    or stack contribute (`region.displayName`). So where the placeholders land is established
+//!    once per key, at its second sighting, by rendering both ways and comparing ([`marks`]):
+//!    every run of a placeholder character in the generalized output must be that cluster's
+//!    token (once or several times over) in the real output, and every other byte the same. A
+//!    stray placeholder character fails this, as no token holds one, and that key's output is
+//!    never reused.
+//! 4. The generalized output is a function of the key: the renderer holds one model, so the
+//!    stack's name, region and environment stand for its templates, value defaults and scope
+//!    variables, and the key holds the generalized strings and values and the placeholder
+//!    characters used. For a later cluster with the same key, 1 says its real output is the
+//!    generalized output with its own tokens put back where the placeholders landed, which 3
+//!    established; each run there is a whole number of its token, as every placeholder run in
+//!    the (same) generalized strings was made from whole tokens.
 //!
 //! A first sighting only renders as usual and remembers the key's hash, so clusters whose
-//! contexts are all distinct cost one hash each. The property test in `render/tests.rs`
+//! contexts are all distinct cost one hash each (a different key with the same hash is taken
+//! for a second sighting, and checked as one). The property test in `render/tests.rs`
 //! (`rendering_once_per_generalized_context_is_exact`) compares this route with the full one
 //! over generated templates and workspaces.
 
@@ -120,7 +127,9 @@ impl<'a> Subst<'a> {
     /// The workspace id (which must be a DNS label, or `None`), then the other candidates that
     /// are [`is_token`], without repeats, each given the next [`ALPHABET`] character not in
     /// `taken` (those of every real string the generalized context is made from, and of the
-    /// templates); tokens beyond the free characters, or holding a given one, are left out.
+    /// templates); tokens beyond the free characters are left out. So is a token holding a
+    /// character not in `taken`: callers put every token's characters there, and point 3 of
+    /// the module doc needs that no token holds a placeholder.
     pub(super) fn new(
         id: &'a str,
         others: impl IntoIterator<Item = &'a str>,
@@ -343,18 +352,22 @@ impl Renderer<'_> {
         let seen = match self.once.lookup(hash, &key) {
             Ok(kept) => {
                 let mut ctx = None;
+                let mut reused = 0;
                 let outputs = kept
                     .iter()
                     .zip(&prepared.templates)
-                    .map(|(kept, path)| match kept {
-                        Some(g) => match subst.put_back(g) {
-                            Some(text) => Ok(text),
+                    .map(|(kept, path)| {
+                        // `put_back` cannot fail for an equal key (point 4 of the module doc);
+                        // should it, the template is rendered.
+                        match kept.as_ref().and_then(|g| subst.put_back(g)) {
+                            Some(text) => {
+                                reused += 1;
+                                Ok(text)
+                            }
                             None => render(path, ctx.get_or_insert_with(&real)),
-                        },
-                        None => render(path, ctx.get_or_insert_with(&real)),
+                        }
                     })
                     .collect();
-                let reused = kept.iter().filter(|g| g.is_some()).count();
                 self.once
                     .saved
                     .fetch_add(reused, std::sync::atomic::Ordering::Relaxed);
