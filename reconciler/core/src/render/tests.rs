@@ -1037,6 +1037,12 @@ const PROBE_FRAGMENTS: &[&str] = &[
     "{% if workspace.id == 'acme' %}  KEY: first\n{% endif %}",
     "  KEY: {{ values.t is startingwith 'a' }}",
     "  KEY: {{ workspace.id < 'b' }}",
+    "{% autoescape true %}  KEY: \"{{ workspace.name }}/{{ values.m }}\"\n{% endautoescape %}",
+    "{% set ns = namespace(v=workspace.id) %}{% set ns.v = ns.v ~ values.t %}  KEY: {{ ns.v | tojson }}",
+    "  KEY: {{ dict(z=workspace.id, m=values.m) | tojson }}",
+    "  KEY: {{ (workspace | string) | tojson }}",
+    "  KEY: {{ ((vars | tojson) ~ region.displayName ~ workspace.id) | tojson }}",
+    "{% set a, b = [workspace.id, values.s] %}  KEY: {{ (b ~ a) | tojson }}",
 ];
 
 /// Ids and values drawn so that they collide with each other, with the template's text and
@@ -1059,11 +1065,16 @@ const PROBE_VALUES: &[&str] = &[
     "w-acme",
     "100000000001",
     "org-1",
+    "x acme-acme y",
+    "a~!b",
 ];
 const PROBE_KEYS: &[&str] = &["k", "acme", "zz-1"];
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    // 64 cases unless PROPTEST_CASES says otherwise.
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64)
+    ))]
 
     /// Whatever the template does with its inputs and whatever the workspaces hold, the fast
     /// route (generalized contexts, generalized lines) gives `render`'s digest, on the first
