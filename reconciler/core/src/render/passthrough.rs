@@ -13,19 +13,20 @@
 //! inside string values of passed-through roots replaced by placeholders of the same length
 //! (map keys, numbers and booleans untouched). Then the template's output for C is its output
 //! for P with the text at the placeholders' positions put back, byte for byte, and one errs iff
-//! the other does. Why: every value the template computes from such a root is either a string
-//! made by concatenating, quoting and escaping its strings with text that does not come from
-//! it (no escaping touches a token's characters, letters, digits and `-`, nor a placeholder's:
-//! see `once::ALPHABET`), or
-//! a value that is the same in both contexts (a length, a truth value, a type, a mapping's
-//! keys and their order); control flow and errors follow only the latter. Anything else
-//! (comparisons, arithmetic, slicing, indexing by position, filters that read characters such
-//! as `upper`, `replace` or `trim("x")`, iterating, joining or unpacking a value that might be
-//! a string, character by character) counts as *computing* on the root, and that root is then
-//! kept real: P differs from C only in roots
-//! that every template of the stack passes through. Constructs whose flow this analysis does
-//! not follow (macros, blocks, imports, a non-constant include, `recursive` loops, unknown
-//! functions) rule the whole stack out.
+//! the other does. Why: every value the template computes from such a root is either
+//! - a string made by concatenating, quoting and escaping its strings with text that does not
+//!   come from it (no escaping touches a token's characters, letters, digits and `-`, nor a
+//!   placeholder's: see `once::ALPHABET`), or
+//! - a value that is the same in both contexts (a length, a truth value, a type, a mapping's
+//!   keys and their order), which is all that control flow and errors follow.
+//!
+//! Anything else (comparisons, arithmetic, slicing, indexing by position, filters that read
+//! characters such as `upper`, `replace` or `trim("x")`, iterating, joining or unpacking a
+//! value that might be a string, character by character) counts as *computing* on the root,
+//! and that root is then kept real: P differs from C only in roots that every template of the
+//! stack passes through. Constructs whose flow this analysis does not follow (macros, blocks,
+//! imports, a non-constant include, `recursive` loops, unknown functions) rule the whole stack
+//! out.
 //!
 //! The analysis is flow-insensitive and conservative: a variable's taint is the union of all
 //! that is ever assigned to it, anywhere in the template and the partials it includes, iterated
