@@ -500,11 +500,11 @@ impl<'m> Renderer<'m> {
             };
             let tenant = tenant.as_ref().filter(|_| once);
             if let Some(rendered) = tenant.and_then(|tenant| {
-                let real = || context(&base, prepared.values(overrides));
-                let general = |strings: &TenantStrings, values: Value| {
-                    context(&cluster_context(&scope, cluster, Some(strings)), values)
+                let of_strings = |strings: Option<&TenantStrings>, values| match strings {
+                    None => context(&base, values),
+                    Some(s) => context(&cluster_context(&scope, cluster, Some(s)), values),
                 };
-                self.stack_once(name, cluster, tenant, overrides, real, general, render)
+                self.stack_once(name, cluster, tenant, overrides, of_strings, render)
             }) {
                 for (path, text) in prepared.templates.iter().zip(rendered) {
                     if !each(output(path, text)) {

@@ -291,17 +291,15 @@ impl Renderer<'_> {
     /// Each template's output (in [`PreparedStack::templates`] order) of stack `name` on the
     /// tenant cluster `cluster` whose strings are `tenant` and whose workspace gives the stack
     /// `overrides`, through the generalized-context memo; `None` when the stack's templates do
-    /// not pass the tenant roots through. `real` makes the real template context, `general`
-    /// the one of given strings and values, `render` renders a template.
-    #[allow(clippy::too_many_arguments)]
+    /// not pass the tenant roots through. `context` makes the template context of given
+    /// strings (`None`: the cluster's own) and values, `render` renders a template.
     pub(super) fn stack_once(
         &self,
         name: &str,
         cluster: &Cluster,
         tenant: &TenantStrings,
         overrides: Option<&BTreeMap<String, serde_json::Value>>,
-        real: impl Fn() -> Value,
-        general: impl Fn(&TenantStrings, Value) -> Value,
+        context: impl Fn(Option<&TenantStrings>, Value) -> Value,
         render: impl Fn(&str, &Value) -> Result<String, minijinja::Error>,
     ) -> Option<Vec<Result<String, minijinja::Error>>> {
         let through = self.passthrough.get(name)?;
@@ -329,17 +327,18 @@ impl Renderer<'_> {
         // The key: everything the generalized context is made of, and which characters in it
         // are placeholders.
         let general_strings = tenant.map(|s| subst.general(s));
-        let general_overrides = overrides.map(|json| match values_through {
-            true => subst.general_json(&json),
-            false => json,
-        });
+        let general_overrides = match values_through {
+            true => overrides.as_ref().map(|json| subst.general_json(json)),
+            false => None,
+        };
+        let general_values = general_overrides.as_ref().or(overrides.as_ref());
         let mut key = String::with_capacity(256);
         let scope = [name, &cluster.region, &cluster.environment];
         for part in scope.into_iter().chain(general_strings.all()) {
             key.push_str(part);
             key.push('\0');
         }
-        match &general_overrides {
+        match general_values {
             None => key.push('\u{1}'),
             Some(json) => key.push_str(&json.to_string()),
         }
@@ -349,6 +348,11 @@ impl Renderer<'_> {
         let hash = h.finish();
 
         let prepared = &self.stacks[name];
+        let values = |json: Option<&serde_json::Value>| match json {
+            None => prepared.values(None),
+            Some(json) => prepared.merged(json),
+        };
+        let real = || context(None, values(overrides.as_ref()));
         let seen = match self.once.lookup(hash, &key) {
             Ok(kept) => {
                 let mut ctx = None;
@@ -382,11 +386,7 @@ impl Renderer<'_> {
             .map(|path| render(path, &ctx))
             .collect();
         if seen {
-            let values = match &general_overrides {
-                None => prepared.values(None),
-                Some(json) => prepared.merged(json),
-            };
-            let general_ctx = general(&general_strings, values);
+            let general_ctx = context(Some(&general_strings), values(general_values));
             let kept: Generals = prepared
                 .templates
                 .iter()
