@@ -101,7 +101,7 @@ impl Bundle {
 pub struct Compiled {
     envs: Arc<BTreeMap<String, Environment<'static>>>,
     /// What each stack's generalized contexts are made with (see `once`).
-    passthrough: Arc<HashMap<String, once::Through>>,
+    through: Arc<HashMap<String, once::Through>>,
     /// The platform name the environments' `labels()` were made with.
     platform: String,
 }
@@ -111,7 +111,7 @@ pub struct Renderer<'m> {
     model: &'m Model,
     envs: Arc<BTreeMap<String, Environment<'static>>>,
     /// What each stack's generalized contexts are made with (see `once`).
-    passthrough: Arc<HashMap<String, once::Through>>,
+    through: Arc<HashMap<String, once::Through>>,
     /// Tenant stacks' outputs by generalized context (see `once`).
     once: once::OnceCache,
     /// Template variables of each region × environment, made once.
@@ -165,7 +165,7 @@ impl<'m> Renderer<'m> {
             Self {
                 model,
                 envs: Arc::new(envs),
-                passthrough: Arc::new(once::through_of(model)),
+                through: Arc::new(once::through_of(model)),
                 once: Default::default(),
                 scopes: Scope::all(model),
                 stacks: PreparedStack::all(model),
@@ -181,7 +181,7 @@ impl<'m> Renderer<'m> {
     pub fn compiled(&self) -> Compiled {
         Compiled {
             envs: self.envs.clone(),
-            passthrough: self.passthrough.clone(),
+            through: self.through.clone(),
             platform: self.model.platform.doc.metadata.name.clone(),
         }
     }
@@ -197,7 +197,7 @@ impl<'m> Renderer<'m> {
         Self {
             model,
             envs: compiled.envs.clone(),
-            passthrough: compiled.passthrough.clone(),
+            through: compiled.through.clone(),
             once: Default::default(),
             scopes: Scope::all(model),
             stacks: PreparedStack::all(model),

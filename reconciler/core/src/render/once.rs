@@ -302,7 +302,7 @@ impl Renderer<'_> {
         context: impl Fn(Option<&TenantStrings>, Value) -> Value,
         render: impl Fn(&str, &Value) -> Result<String, minijinja::Error>,
     ) -> Option<Vec<Result<String, minijinja::Error>>> {
-        let through = self.passthrough.get(name)?;
+        let through = self.through.get(name)?;
         if through.roots & NEEDED != NEEDED {
             return None;
         }

@@ -958,7 +958,7 @@ fn the_templates_tenant_stacks_pass_their_tenant_roots_through() {
     let (renderer, _) = Renderer::new(&model);
     for (name, stack) in &model.stacks {
         if stack.entity.doc.spec.target == StackTarget::Tenant {
-            let through = renderer.passthrough[name].roots;
+            let through = renderer.through[name].roots;
             assert_eq!(through, passthrough::ALL, "stack {name}");
         }
     }
