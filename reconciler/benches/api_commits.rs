@@ -40,6 +40,16 @@
 //! - load 2.9-3.8: 606/s against 18.9/s (32.1x) before, 415/s against 22.4/s (18.6x, under the
 //!   20x goal) after; first write 199 / 215 ms; fsck clean. The API rate fell by a third in
 //!   both runs: to look into (the write path moved to gix between the two trees).
+//! - 2026-12-07, the goal still missed on a quiet machine (load 1.9-3.7): the final tree of that
+//!   session, 6 runs: 19.4x, 16.5x, 18.3x, 18.1x, 19.8x, 17.7x (345-378 commits/s against
+//!   19.1-20.9/s). Its starting tree (7866e67) interleaved with it, 3 runs each: 18.7x, 14.8x,
+//!   17.4x (297-359/s) before; 16.9x, 19.5x, 18.4x (338-376/s) after. Where the API phase
+//!   spends (perf): YAML parsing of the changed cluster's rendered documents is about a fifth
+//!   of the writers' CPU. Each write checks with a fresh `Renderer::with_compiled`, whose parse
+//!   cache is empty, so documents its neighbours rendered with another id are parsed again.
+//!   Then tree writing (`write::tree`, about a fifth) and installing the pack (an eighth). A
+//!   parse cache shared by the renderers of one base would need a bound first: it remembers
+//!   every document seen once.
 
 use std::path::Path;
 use std::process::Command;
