@@ -895,6 +895,110 @@ async fn sixty_four_concurrent_writers_all_land_in_a_linear_history_despite_exte
     );
 }
 
+/// Changes queued together are built as one chain, each commit on the previous one: a change to
+/// a file that an earlier commit of the chain changed starts from that commit's version (read
+/// back from the in-memory object database the chain is built in), so no change is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_to_one_file_queued_together_build_on_each_other() {
+    let work = support::template_repo();
+    let (bare, branch) = bare_of(work.path());
+    let remote = remote(&bare);
+    let start_head = head(&remote, &branch);
+    let original = file_at(&remote, &start_head, "workspaces/acme.yaml").expect("acme");
+    // The first publish waits until the test lets it go: the other changes queue up behind it
+    // and are built together.
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
+    let publishes = Arc::new(AtomicUsize::new(0));
+    let hook: Arc<dyn Fn() + Send + Sync> = {
+        let publishes = publishes.clone();
+        Arc::new(move || {
+            if publishes.fetch_add(1, Ordering::SeqCst) == 0 {
+                let _ = gate.lock().expect("gate").recv();
+            }
+        })
+    };
+    let writer = start(&remote, &branch, Some(hook));
+    let patch = |stack: &str, values: serde_json::Value| {
+        let (writer, stack) = (writer.clone(), stack.to_owned());
+        tokio::spawn(async move {
+            writer
+                .write(request(patch_stack(
+                    "acme",
+                    &stack,
+                    json!({ "values": values }),
+                )))
+                .await
+        })
+    };
+    let first = patch("bff", json!({"replicas": 5}));
+    for _ in 0..200 {
+        if publishes.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        publishes.load(Ordering::SeqCst),
+        1,
+        "the first publish is held"
+    );
+    let queued = vec![
+        patch("trino", json!({"workers": 7})),
+        patch("superset", json!({"replicas": 4})),
+        patch(
+            "superset",
+            json!({"featureFlags": {"ALERT_REPORTS": false}}),
+        ),
+        patch("trino", json!({"serviceAccountRole": "acme-trino-glue-2"})),
+    ];
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    release.send(()).expect("release");
+    let mut commits = vec![first.await.expect("task").expect("lands").commit];
+    for task in queued {
+        commits.push(task.await.expect("task").expect("lands").commit);
+    }
+    assert_eq!(
+        publishes.load(Ordering::SeqCst),
+        2,
+        "the four queued changes were published as one chain"
+    );
+
+    let end = head(&remote, &branch);
+    let expected = original
+        .replace(
+            "        replicas: 3\n        resources:",
+            "        replicas: 5\n        resources:",
+        )
+        .replace("        workers: 4\n", "        workers: 7\n")
+        .replace(
+            "serviceAccountRole: acme-trino-glue\n",
+            "serviceAccountRole: acme-trino-glue-2\n",
+        )
+        .replace(
+            "        replicas: 2\n        featureFlags:\n          ALERT_REPORTS: true",
+            "        replicas: 4\n        featureFlags:\n          ALERT_REPORTS: false",
+        );
+    assert_ne!(expected, original);
+    assert_eq!(
+        file_at(&remote, &end, "workspaces/acme.yaml").expect("acme"),
+        expected,
+        "every change of the chain is in the file"
+    );
+    let history = git(&remote, &["rev-list", &format!("{start_head}..{end}")]);
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert_eq!(
+        history.lines().count(),
+        5,
+        "one commit per change: {history}"
+    );
+    for c in &commits {
+        assert!(history.contains(c.as_str()), "{c} is on the branch");
+    }
+    let fsck = git(&remote, &["fsck", "--strict", "--no-dangling"]);
+    assert!(fsck.status.success(), "{fsck:?}");
+}
+
 /// `git daemon` serving `base` on a free port (fetch and push), stopped on drop.
 struct Daemon(std::process::Child);
 

@@ -738,14 +738,30 @@ fn run(
             return;
         }
     };
-    let odb = match store.repo().odb() {
+    // New objects live in memory until they are published (then packed into the remote). For
+    // a local remote they are written to a database of their own, holding nothing else: libgit2
+    // looks an object up before writing it, and on a miss rescans the pack folder of every
+    // database stacked with it, which grows by one pack per publish. A network remote's push
+    // reads them from the mirror, so there the in-memory database is stacked on the mirror's.
+    let scratch = if store.is_local() {
+        match git2::Odb::new().and_then(Repository::from_odb) {
+            Ok(repo) => Some(repo),
+            Err(e) => {
+                tracing::error!(error = %e, "the API writer cannot make an in-memory repository");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let objects = scratch.as_ref().unwrap_or(store.repo());
+    let odb = match objects.odb() {
         Ok(o) => o,
         Err(e) => {
             tracing::error!(error = %e, "the API writer cannot open the object database");
             return;
         }
     };
-    // New objects live in memory until they are published (then packed into the remote).
     let mempack = match odb.add_new_mempack_backend(1000) {
         Ok(m) => m,
         Err(e) => {
@@ -755,6 +771,7 @@ fn run(
     };
     let mut writer = Session {
         config: &config,
+        objects,
         state: None,
         accounts,
         folder: None,
@@ -807,6 +824,9 @@ fn run(
 /// The writer's state between batches.
 struct Session<'c> {
     config: &'c Config,
+    /// Where the objects of the chain being built are written and read back: an in-memory
+    /// database, alone (a local remote: see [`run`]) or stacked on the store's.
+    objects: &'c Repository,
     /// What is known of the head's validity.
     state: Option<HeadState>,
     /// Workspace → account of the head, shared with the handlers.
@@ -900,7 +920,10 @@ impl Session<'_> {
                 }
                 Err(e) => return fail_all_refs(jobs, e.into()),
             };
-            if let Err(e) = self.advance(store.repo(), head) {
+            if let Err(e) = self
+                .advance(store.repo(), head)
+                .and_then(|()| self.stage(store.repo(), head))
+            {
                 return fail_all_refs(jobs, e);
             }
             // One renderer (templates compiled once) for every change of the chain.
@@ -981,15 +1004,44 @@ impl Session<'_> {
         );
     }
 
-    /// The blob at `path` in `tip`, from the cached `workspaces/` entries when they are that
-    /// tree's (no 10,000-entry tree parsed per change).
-    fn blob_at_tip(&self, tip: &git2::Tree<'_>, path: &str) -> Option<Oid> {
-        if let (Some((dir, file)), Some(edited)) = (path.split_once('/'), &self.folder) {
-            if tip.get_name(dir).map(|e| e.id()) == Some(edited.id()) {
-                return edited.blob(file);
-            }
+    /// Makes the published `commit` and its root tree readable from [`Session::objects`],
+    /// where the chain on it is built (a no-op when that is `repo`'s own database).
+    fn stage(&self, repo: &Repository, commit: Oid) -> Result<(), Error> {
+        if std::ptr::eq(self.objects, repo) {
+            return Ok(());
         }
-        blob_at(tip, path)
+        let (from, to) = (repo.odb()?, self.objects.odb()?);
+        let tree = repo.find_commit(commit)?.tree_id();
+        for id in [commit, tree] {
+            let object = from.read(id)?;
+            to.write(object.kind(), object.data())?;
+        }
+        Ok(())
+    }
+
+    /// The blob at the workspace file `path` in the root tree `tip` (read from
+    /// [`Session::objects`]), from the cached `workspaces/` entries when they are that tree's
+    /// (no 10,000-entry tree parsed per change), else from `repo`.
+    fn blob_at_tip(
+        &self,
+        repo: &Repository,
+        tip: &git2::Tree<'_>,
+        path: &str,
+    ) -> Result<Option<Oid>, Error> {
+        let Some((dir, file)) = path.split_once('/') else {
+            return Ok(blob_at(tip, path));
+        };
+        let Some(folder) = tip
+            .get_name(dir)
+            .filter(|e| e.kind() == Some(git2::ObjectType::Tree))
+            .map(|e| e.id())
+        else {
+            return Ok(None);
+        };
+        match &self.folder {
+            Some(edited) if edited.id() == folder => Ok(edited.blob(file)),
+            _ => Ok(tree::Entries::read(repo, folder)?.blob(file)),
+        }
     }
 
     /// Sets each job's [`Job::at_head`] for a chain starting at `head`: through the cached
@@ -1062,9 +1114,9 @@ impl Session<'_> {
         let id = request.change.workspace();
         check_id(id)?;
         let path = workspace_path(id);
-        let tip_commit = repo.find_commit(tip)?;
+        let tip_commit = self.objects.find_commit(tip)?;
         let tip_tree = tip_commit.tree()?;
-        let current = self.blob_at_tip(&tip_tree, &path);
+        let current = self.blob_at_tip(repo, &tip_tree, &path)?;
 
         if let Some(rev) = &request.if_match {
             // An entity tag is a commit id (the `ETag` of the read API, quoted or not); a
@@ -1123,7 +1175,12 @@ impl Session<'_> {
             None => {
                 let old_text = match current {
                     Some(oid) => {
-                        Some(String::from_utf8_lossy(repo.find_blob(oid)?.content()).into_owned())
+                        // Written earlier in this chain, or published.
+                        let blob = match self.objects.find_blob(oid) {
+                            Ok(blob) => blob,
+                            Err(_) => repo.find_blob(oid)?,
+                        };
+                        Some(String::from_utf8_lossy(blob.content()).into_owned())
                     }
                     None => None,
                 };
@@ -1200,7 +1257,8 @@ impl Session<'_> {
         }))
     }
 
-    /// Writes the blob, trees and commit (into the in-memory object database).
+    /// Writes the blob, trees and commit into [`Session::objects`], on `parent` (read from
+    /// there); `repo` is the store's, for a `workspaces/` tree not cached.
     fn commit(
         &mut self,
         repo: &Repository,
@@ -1225,7 +1283,7 @@ impl Session<'_> {
         let base = current.map(|id| (id, folder.content()));
         let blob = match text {
             Some(text) => {
-                let blob = repo.blob(text.as_bytes())?;
+                let blob = self.objects.blob(text.as_bytes())?;
                 objects.push(Outgoing::whole(
                     blob,
                     git2::ObjectType::Blob,
@@ -1239,7 +1297,7 @@ impl Session<'_> {
         let (dir_tree, bytes) = folder.write()?;
         // The root is small: edited here too, so the new `workspaces/` tree need not be in the
         // object database (on a local remote it is only ever sent, as a delta).
-        let mut root_tree = tree::Edited::read(repo, root.id())?;
+        let mut root_tree = tree::Edited::read(self.objects, root.id())?;
         if bytes.is_empty() {
             root_tree.set_tree(dir, None)?;
         } else {
@@ -1247,7 +1305,7 @@ impl Session<'_> {
             // few dozen bytes (checked when the pack is indexed, before anything is published).
             let delta = base.map(|(id, old)| (id, Arc::new(git::delta(&old, &bytes))));
             if !self.fast_trees {
-                repo.odb()?.write(git2::ObjectType::Tree, &bytes)?;
+                self.objects.odb()?.write(git2::ObjectType::Tree, &bytes)?;
             }
             objects.push(Outgoing {
                 id: dir_tree,
@@ -1259,14 +1317,17 @@ impl Session<'_> {
             self.folder = Some(folder);
         }
         let (_, root_bytes) = root_tree.write()?;
-        let root_tree = repo.odb()?.write(git2::ObjectType::Tree, &root_bytes)?;
+        let root_tree = self
+            .objects
+            .odb()?
+            .write(git2::ObjectType::Tree, &root_bytes)?;
         objects.push(Outgoing {
             id: root_tree,
             kind: git2::ObjectType::Tree,
             data: root_bytes,
             delta: None,
         });
-        let tree = repo.find_tree(root_tree)?;
+        let tree = self.objects.find_tree(root_tree)?;
         let clean = |s: &str| -> String {
             let s: String = s
                 .chars()
@@ -1280,8 +1341,13 @@ impl Session<'_> {
         };
         let author = Signature::now(&clean(&user.name), &clean(&user.email))?;
         let committer = Signature::now(&self.config.committer.0, &self.config.committer.1)?;
-        let content = repo.commit_create_buffer(&author, &committer, message, &tree, &[parent])?;
-        let commit = repo.odb()?.write(git2::ObjectType::Commit, &content)?;
+        let content =
+            self.objects
+                .commit_create_buffer(&author, &committer, message, &tree, &[parent])?;
+        let commit = self
+            .objects
+            .odb()?
+            .write(git2::ObjectType::Commit, &content)?;
         objects.push(Outgoing::whole(
             commit,
             git2::ObjectType::Commit,
@@ -1296,6 +1362,7 @@ impl Session<'_> {
             .head(true)?
             .ok_or_else(|| Error::Conflict("the branch does not exist".into()))?;
         self.advance(store.repo(), head)?;
+        self.stage(store.repo(), head)?;
         let checker = self.state.as_ref().map(HeadState::checker);
         let renderer = checker.as_deref().and_then(verify::Checker::renderer);
         let Some(built) = self.build(store.repo(), head, head, job, renderer.as_ref())? else {

@@ -20,8 +20,9 @@
 //!   checked against the expected parent first, so the push is a compare-and-swap on exactly
 //!   that parent.
 //!
-//! Objects are created in an in-memory object database (libgit2's mempack) stacked on the
-//! repository's, so a change that is refused or rebuilt leaves nothing behind. They reach the
+//! Objects are created in an in-memory object database (libgit2's mempack; alone for a local
+//! remote, stacked on the mirror's for a network one), so a change that is refused or rebuilt
+//! leaves nothing behind. They reach the
 //! repository as one pack per publish, made and indexed by gix-pack, and installed only when
 //! its objects are exactly the ones the commits were built with ([`pack`]).
 
