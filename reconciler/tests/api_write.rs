@@ -999,6 +999,56 @@ async fn changes_to_one_file_queued_together_build_on_each_other() {
     assert!(fsck.status.success(), "{fsck:?}");
 }
 
+/// Another process holding the branch's lock file (a `git push` under way) is waited for, not
+/// answered with an error; a lock that is never released is reported by name after the
+/// retries, and left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_locked_by_another_process_is_waited_for() {
+    let work = support::template_repo();
+    let (bare, branch) = bare_of(work.path());
+    let remote = remote(&bare);
+    let writer = start(&remote, &branch, None);
+    let lock = remote.join(format!("refs/heads/{branch}.lock"));
+    let before = head(&remote, &branch);
+
+    // Held for a moment, as by a push.
+    std::fs::write(&lock, format!("{before}\n")).expect("lock");
+    let releaser = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            std::fs::remove_file(&lock).expect("unlock");
+        })
+    };
+    let written = writer
+        .write(request(put_stack("acme", "bff", json!({"replicas": 5}))))
+        .await
+        .expect("lands once the lock is released");
+    releaser.join().expect("releaser");
+    assert_eq!(head(&remote, &branch), written.commit);
+
+    // Left behind by a process that died: refused by name, nothing changed, the file kept.
+    let now = head(&remote, &branch);
+    std::fs::write(&lock, format!("{now}\n")).expect("lock");
+    let e = writer
+        .write(request(put_stack("acme", "bff", json!({"replicas": 6}))))
+        .await
+        .expect_err("refused while locked");
+    assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+    assert!(
+        e.to_string().contains(&format!("refs/heads/{branch}.lock")),
+        "{e}"
+    );
+    assert_eq!(head(&remote, &branch), now);
+    assert!(lock.exists(), "another process's lock is not removed");
+    std::fs::remove_file(&lock).expect("unlock");
+    writer
+        .write(request(put_stack("acme", "bff", json!({"replicas": 6}))))
+        .await
+        .expect("lands");
+    assert_ne!(head(&remote, &branch), now);
+}
+
 /// `git daemon` serving `base` on a free port (fetch and push), stopped on drop.
 struct Daemon(std::process::Child);
 

@@ -64,6 +64,11 @@ pub const MAX_BATCH: usize = 64;
 /// Rebuilds on a moved head before a change is answered `409`.
 pub const MAX_ATTEMPTS: usize = 12;
 
+/// How long the writer waits before its `n`th retry when another process held the branch's
+/// lock file, times `n` (about 0.8 s in all over [`MAX_ATTEMPTS`]; a `git push` holds it for
+/// milliseconds).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// A change to the state repo.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -911,6 +916,7 @@ impl Session<'_> {
     /// moved head. Every job is answered.
     fn commit_chain(&mut self, store: &Store, jobs: &mut [&mut Job]) {
         let branch = store.branch_ref();
+        let mut locked = false;
         for attempt in 0..MAX_ATTEMPTS {
             let head = match store.head(attempt > 0) {
                 Ok(Some(h)) => h,
@@ -974,11 +980,17 @@ impl Session<'_> {
                     (self.config.on_commit)(&tip.to_string());
                     return;
                 }
-                Ok(Published::Moved) => {
-                    tracing::info!(
-                        attempt,
-                        "the branch moved; rebuilding the API changes on it"
-                    );
+                Ok(retry @ (Published::Moved | Published::Locked)) => {
+                    locked = retry == Published::Locked;
+                    if locked {
+                        tracing::info!(attempt, "another process holds the branch's lock; waiting");
+                        std::thread::sleep(LOCK_WAIT * (attempt as u32 + 1));
+                    } else {
+                        tracing::info!(
+                            attempt,
+                            "the branch moved; rebuilding the API changes on it"
+                        );
+                    }
                     // The state describes the unpublished tip: move the head's to the new head.
                     let fresh = store.head(true).ok().flatten();
                     self.state = at_head;
@@ -996,12 +1008,15 @@ impl Session<'_> {
                 Err(e) => return fail_all_refs(jobs, e.into()),
             }
         }
-        fail_all_refs(
-            jobs,
-            Error::Conflict(format!(
-                "{branch} kept moving ({MAX_ATTEMPTS} attempts); try again"
-            )),
-        );
+        let message = if locked {
+            format!(
+                "{branch} is locked by another process ({MAX_ATTEMPTS} attempts); try again. A \
+                 {branch}.lock file left by a process that is no longer running must be removed"
+            )
+        } else {
+            format!("{branch} kept moving ({MAX_ATTEMPTS} attempts); try again")
+        };
+        fail_all_refs(jobs, Error::Conflict(message));
     }
 
     /// Makes the published `commit` and its root tree readable from [`Session::objects`],
@@ -1382,10 +1397,13 @@ impl Session<'_> {
             job.request.change.slug(created)
         );
         let full = format!("refs/heads/{name}");
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let current = store.remote_ref(&full)?;
-            if store.publish(&full, current, built.commit, &built.objects, &[])? == Published::Done
-            {
+            let published = store.publish(&full, current, built.commit, &built.objects, &[])?;
+            if published == Published::Locked {
+                std::thread::sleep(LOCK_WAIT * (attempt as u32 + 1));
+            }
+            if published == Published::Done {
                 return Ok(Written {
                     commit: built.commit.to_string(),
                     created: true,

@@ -10,7 +10,7 @@
 //!   `git_reference_create_matching` (git2's [`Repository::reference_matching`]), which compares
 //!   the current value with the expected parent *while holding the ref's lock file* — the same
 //!   `.lock` protocol `git receive-pack` uses, so an external `git push` and the writer exclude
-//!   each other. When the remote is a working copy with the written branch checked out (`cplane
+//!   each other (finding the lock taken, the writer waits a moment and tries again). When the remote is a working copy with the written branch checked out (`cplane
 //!   up`'s state repo), the files a write changes are updated in its working tree and index too
 //!   — like git's `receive.denyCurrentBranch=updateInstead`, but per file: a write is refused
 //!   (`409`) when such a file has uncommitted changes, and other files are never touched.
@@ -67,6 +67,8 @@ pub enum Published {
     Done,
     /// The ref was not at the expected commit (someone else moved it): nothing changed.
     Moved,
+    /// Another process (a `git push`, `git gc`) held the ref's lock file: nothing changed.
+    Locked,
 }
 
 /// The remote's kind, decided once from its URL.
@@ -254,6 +256,7 @@ impl Store {
                     Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists) => {
                         Ok(Published::Moved)
                     }
+                    Err(e) if e.code() == ErrorCode::Locked => Ok(Published::Locked),
                     Err(e) => Err(e.into()),
                 }
             }
