@@ -1222,6 +1222,66 @@ async fn a_checked_out_working_copy_gets_the_changed_files_and_keeps_local_edits
     assert_eq!(status(work.path()), " M workspaces/globex.yaml\n");
 }
 
+/// In a checked-out working copy, the writer updates the index as git does: what the user
+/// staged meanwhile stays staged, and an index locked by a git command is waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_copy_keeps_what_its_user_staged_and_waits_for_its_index_lock() {
+    let work = support::template_repo();
+    let branch = git2::Repository::open(work.path())
+        .expect("repo")
+        .head()
+        .expect("head")
+        .shorthand()
+        .expect("branch")
+        .to_owned();
+    let writer = start(work.path(), &branch, None);
+    let status =
+        |dir: &Path| String::from_utf8(git(dir, &["status", "--porcelain"]).stdout).expect("utf-8");
+    // A first write, so that the writer has read the index before the user stages anything.
+    writer
+        .write(request(put_stack("acme", "bff", json!({"replicas": 5}))))
+        .await
+        .expect("written");
+    assert_eq!(status(work.path()), "");
+    let globex = work.path().join("workspaces/globex.yaml");
+    let edited = format!(
+        "{}# staged edit\n",
+        std::fs::read_to_string(&globex).expect("read")
+    );
+    std::fs::write(&globex, &edited).expect("write");
+    assert!(git(work.path(), &["add", "workspaces/globex.yaml"])
+        .status
+        .success());
+    writer
+        .write(request(put_stack("acme", "bff", json!({"replicas": 6}))))
+        .await
+        .expect("written");
+    assert_eq!(
+        status(work.path()),
+        "M  workspaces/globex.yaml\n",
+        "the user's staged edit is still staged"
+    );
+
+    // A git command holds the index for a moment.
+    let lock = work.path().join(".git/index.lock");
+    std::fs::write(&lock, b"").expect("lock");
+    let releaser = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            std::fs::remove_file(&lock).expect("unlock");
+        })
+    };
+    let w = writer
+        .write(request(put_stack("acme", "bff", json!({"replicas": 7}))))
+        .await
+        .expect("lands once the index is released");
+    releaser.join().expect("releaser");
+    let head_out = git(work.path(), &["rev-parse", "HEAD"]);
+    assert_eq!(String::from_utf8_lossy(&head_out.stdout).trim(), w.commit);
+    assert_eq!(status(work.path()), "M  workspaces/globex.yaml\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_enforces_account_access_on_the_file_it_edits() {
     let work = support::template_repo();

@@ -64,11 +64,6 @@ pub const MAX_BATCH: usize = 64;
 /// Rebuilds on a moved head before a change is answered `409`.
 pub const MAX_ATTEMPTS: usize = 12;
 
-/// How long the writer waits before its `n`th retry when another process held the branch's
-/// lock file, times `n` (about 0.8 s in all over [`MAX_ATTEMPTS`]; a `git push` holds it for
-/// milliseconds).
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
-
 /// A change to the state repo.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -984,7 +979,7 @@ impl Session<'_> {
                     locked = retry == Published::Locked;
                     if locked {
                         tracing::info!(attempt, "another process holds the branch's lock; waiting");
-                        std::thread::sleep(LOCK_WAIT * (attempt as u32 + 1));
+                        std::thread::sleep(store::LOCK_WAIT * (attempt as u32 + 1));
                     } else {
                         tracing::info!(
                             attempt,
@@ -1401,7 +1396,7 @@ impl Session<'_> {
             let current = store.remote_ref(&full)?;
             let published = store.publish(&full, current, built.commit, &built.objects, &[])?;
             if published == Published::Locked {
-                std::thread::sleep(LOCK_WAIT * (attempt as u32 + 1));
+                std::thread::sleep(store::LOCK_WAIT * (attempt as u32 + 1));
             }
             if published == Published::Done {
                 return Ok(Written {

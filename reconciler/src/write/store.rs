@@ -71,6 +71,12 @@ pub enum Published {
     Locked,
 }
 
+/// Tries at taking a lock file that another process holds, and the wait before the `n`th retry
+/// (times `n`: about 0.8 s in all; git commands hold a lock for milliseconds).
+pub const LOCK_ATTEMPTS: u32 = 12;
+/// See [`LOCK_ATTEMPTS`].
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The remote's kind, decided once from its URL.
 enum Kind {
     Local,
@@ -291,32 +297,43 @@ impl Store {
         Ok(())
     }
 
-    /// Brings the changed files of the working tree and index to the new commit.
+    /// Brings the changed files of the working tree and index to the new commit. The index is
+    /// read again first, so what a git command changed in it since (a `git add`) is kept; when
+    /// a git command holds its lock, the writer waits and reads it again.
     fn update_worktree(&self, dir: &Path, files: &[Change<'_>]) -> Result<(), git2::Error> {
-        let mut index = self.repo.index()?;
+        let io = |e: std::io::Error| git2::Error::from_str(&e.to_string());
         for (path, blob) in files {
             let file = dir.join(path);
             match blob {
                 Some(id) => {
                     let blob = self.repo.find_blob(*id)?;
                     if let Some(parent) = file.parent() {
-                        std::fs::create_dir_all(parent)
-                            .map_err(|e| git2::Error::from_str(&e.to_string()))?;
+                        std::fs::create_dir_all(parent).map_err(io)?;
                     }
-                    std::fs::write(&file, blob.content())
-                        .map_err(|e| git2::Error::from_str(&e.to_string()))?;
-                    index.add_path(Path::new(path))?;
+                    std::fs::write(&file, blob.content()).map_err(io)?;
                 }
-                None => {
-                    if file.exists() {
-                        std::fs::remove_file(&file)
-                            .map_err(|e| git2::Error::from_str(&e.to_string()))?;
-                    }
-                    index.remove_path(Path::new(path))?;
-                }
+                None if file.exists() => std::fs::remove_file(&file).map_err(io)?,
+                None => {}
             }
         }
-        index.write()
+        let mut index = self.repo.index()?;
+        let mut attempt = 0;
+        loop {
+            index.read(false)?;
+            for (path, blob) in files {
+                match blob {
+                    Some(_) => index.add_path(Path::new(path))?,
+                    None => index.remove_path(Path::new(path))?,
+                }
+            }
+            match index.write() {
+                Err(e) if e.code() == ErrorCode::Locked && attempt < LOCK_ATTEMPTS => {
+                    attempt += 1;
+                    std::thread::sleep(LOCK_WAIT * attempt);
+                }
+                written => return written,
+            }
+        }
     }
 
     fn push(
