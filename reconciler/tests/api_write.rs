@@ -1001,34 +1001,45 @@ async fn changes_to_one_file_queued_together_build_on_each_other() {
 
 /// Another process holding the branch's lock file (a `git push` under way) is waited for, not
 /// answered with an error; a lock that is never released is reported by name after the
-/// retries, and left alone.
+/// retries, and left alone, and no pack is written for the refused change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_branch_locked_by_another_process_is_waited_for() {
     let work = support::template_repo();
     let (bare, branch) = bare_of(work.path());
     let remote = remote(&bare);
-    let writer = start(&remote, &branch, None);
     let lock = remote.join(format!("refs/heads/{branch}.lock"));
-    let before = head(&remote, &branch);
-
-    // Held for a moment, as by a push.
-    std::fs::write(&lock, format!("{before}\n")).expect("lock");
-    let releaser = {
-        let lock = lock.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(150));
-            std::fs::remove_file(&lock).expect("unlock");
+    // Once armed, right before the writer publishes, a "push" takes the lock for 150 ms.
+    let armed = Arc::new(AtomicUsize::new(0));
+    let hook: Arc<dyn Fn() + Send + Sync> = {
+        let (armed, lock) = (armed.clone(), lock.clone());
+        Arc::new(move || {
+            if armed.swap(0, Ordering::SeqCst) == 1 {
+                std::fs::write(&lock, b"held\n").expect("lock");
+                let lock = lock.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(150));
+                    std::fs::remove_file(&lock).expect("unlock");
+                });
+            }
         })
     };
+    let writer = start(&remote, &branch, Some(hook));
+    armed.store(1, Ordering::SeqCst);
     let written = writer
         .write(request(put_stack("acme", "bff", json!({"replicas": 5}))))
         .await
         .expect("lands once the lock is released");
-    releaser.join().expect("releaser");
+    assert_eq!(armed.load(Ordering::SeqCst), 0, "the lock was taken");
     assert_eq!(head(&remote, &branch), written.commit);
 
     // Left behind by a process that died: refused by name, nothing changed, the file kept.
     let now = head(&remote, &branch);
+    let packs = || {
+        std::fs::read_dir(remote.join("objects/pack"))
+            .expect("packs")
+            .count()
+    };
+    let before = packs();
     std::fs::write(&lock, format!("{now}\n")).expect("lock");
     let e = writer
         .write(request(put_stack("acme", "bff", json!({"replicas": 6}))))
@@ -1040,6 +1051,7 @@ async fn a_branch_locked_by_another_process_is_waited_for() {
         "{e}"
     );
     assert_eq!(head(&remote, &branch), now);
+    assert_eq!(packs(), before, "no pack written for a refused change");
     assert!(lock.exists(), "another process's lock is not removed");
     std::fs::remove_file(&lock).expect("unlock");
     writer
@@ -1234,7 +1246,23 @@ async fn a_working_copy_keeps_what_its_user_staged_and_waits_for_its_index_lock(
         .shorthand()
         .expect("branch")
         .to_owned();
-    let writer = start(work.path(), &branch, None);
+    // Once armed, right before the writer publishes, a git command takes the index for 150 ms.
+    let lock = work.path().join(".git/index.lock");
+    let armed = Arc::new(AtomicUsize::new(0));
+    let hook: Arc<dyn Fn() + Send + Sync> = {
+        let (armed, lock) = (armed.clone(), lock.clone());
+        Arc::new(move || {
+            if armed.swap(0, Ordering::SeqCst) == 1 {
+                std::fs::write(&lock, b"").expect("lock");
+                let lock = lock.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(150));
+                    std::fs::remove_file(&lock).expect("unlock");
+                });
+            }
+        })
+    };
+    let writer = start(work.path(), &branch, Some(hook));
     let status =
         |dir: &Path| String::from_utf8(git(dir, &["status", "--porcelain"]).stdout).expect("utf-8");
     // A first write, so that the writer has read the index before the user stages anything.
@@ -1262,24 +1290,19 @@ async fn a_working_copy_keeps_what_its_user_staged_and_waits_for_its_index_lock(
         "the user's staged edit is still staged"
     );
 
-    // A git command holds the index for a moment.
-    let lock = work.path().join(".git/index.lock");
-    std::fs::write(&lock, b"").expect("lock");
-    let releaser = {
-        let lock = lock.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(150));
-            std::fs::remove_file(&lock).expect("unlock");
-        })
-    };
+    armed.store(1, Ordering::SeqCst);
     let w = writer
         .write(request(put_stack("acme", "bff", json!({"replicas": 7}))))
         .await
         .expect("lands once the index is released");
-    releaser.join().expect("releaser");
+    assert_eq!(armed.load(Ordering::SeqCst), 0, "the index was locked");
     let head_out = git(work.path(), &["rev-parse", "HEAD"]);
     assert_eq!(String::from_utf8_lossy(&head_out.stdout).trim(), w.commit);
-    assert_eq!(status(work.path()), "M  workspaces/globex.yaml\n");
+    assert_eq!(
+        status(work.path()),
+        "M  workspaces/globex.yaml\n",
+        "the index followed the commit once released"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -911,7 +911,6 @@ impl Session<'_> {
     /// moved head. Every job is answered.
     fn commit_chain(&mut self, store: &Store, jobs: &mut [&mut Job]) {
         let branch = store.branch_ref();
-        let mut locked = false;
         for attempt in 0..MAX_ATTEMPTS {
             let head = match store.head(attempt > 0) {
                 Ok(Some(h)) => h,
@@ -975,17 +974,12 @@ impl Session<'_> {
                     (self.config.on_commit)(&tip.to_string());
                     return;
                 }
-                Ok(retry @ (Published::Moved | Published::Locked)) => {
-                    locked = retry == Published::Locked;
-                    if locked {
-                        tracing::info!(attempt, "another process holds the branch's lock; waiting");
-                        std::thread::sleep(store::LOCK_WAIT * (attempt as u32 + 1));
-                    } else {
-                        tracing::info!(
-                            attempt,
-                            "the branch moved; rebuilding the API changes on it"
-                        );
-                    }
+                Ok(Published::Locked(lock)) => return fail_all_refs(jobs, locked(&lock)),
+                Ok(Published::Moved) => {
+                    tracing::info!(
+                        attempt,
+                        "the branch moved; rebuilding the API changes on it"
+                    );
                     // The state describes the unpublished tip: move the head's to the new head.
                     let fresh = store.head(true).ok().flatten();
                     self.state = at_head;
@@ -1003,15 +997,12 @@ impl Session<'_> {
                 Err(e) => return fail_all_refs(jobs, e.into()),
             }
         }
-        let message = if locked {
-            format!(
-                "{branch} is locked by another process ({MAX_ATTEMPTS} attempts); try again. A \
-                 {branch}.lock file left by a process that is no longer running must be removed"
-            )
-        } else {
-            format!("{branch} kept moving ({MAX_ATTEMPTS} attempts); try again")
-        };
-        fail_all_refs(jobs, Error::Conflict(message));
+        fail_all_refs(
+            jobs,
+            Error::Conflict(format!(
+                "{branch} kept moving ({MAX_ATTEMPTS} attempts); try again"
+            )),
+        );
     }
 
     /// Makes the published `commit` and its root tree readable from [`Session::objects`],
@@ -1392,11 +1383,11 @@ impl Session<'_> {
             job.request.change.slug(created)
         );
         let full = format!("refs/heads/{name}");
-        for attempt in 0..MAX_ATTEMPTS {
+        for _ in 0..MAX_ATTEMPTS {
             let current = store.remote_ref(&full)?;
             let published = store.publish(&full, current, built.commit, &built.objects, &[])?;
-            if published == Published::Locked {
-                std::thread::sleep(store::LOCK_WAIT * (attempt as u32 + 1));
+            if let Published::Locked(lock) = published {
+                return Err(locked(&lock));
             }
             if published == Published::Done {
                 return Ok(Written {
@@ -1439,6 +1430,14 @@ fn check_id(id: &str) -> Result<(), Error> {
             format!("workspace id `{id}` is not a DNS label (lowercase letters, digits, `-`)"),
         )]))
     }
+}
+
+/// The answer when another process kept `lock` (a ref's lock file) through every try.
+fn locked(lock: &str) -> Error {
+    Error::Conflict(format!(
+        "{lock} is held by another process; try again (if no git command is running there, it \
+         was left behind and must be removed)"
+    ))
 }
 
 fn fail_all_refs(jobs: &mut [&mut Job], e: Error) {

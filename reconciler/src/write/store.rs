@@ -10,10 +10,12 @@
 //!   `git_reference_create_matching` (git2's [`Repository::reference_matching`]), which compares
 //!   the current value with the expected parent *while holding the ref's lock file* — the same
 //!   `.lock` protocol `git receive-pack` uses, so an external `git push` and the writer exclude
-//!   each other (finding the lock taken, the writer waits a moment and tries again). When the remote is a working copy with the written branch checked out (`cplane
-//!   up`'s state repo), the files a write changes are updated in its working tree and index too
-//!   — like git's `receive.denyCurrentBranch=updateInstead`, but per file: a write is refused
-//!   (`409`) when such a file has uncommitted changes, and other files are never touched.
+//!   each other (finding the lock taken, the writer waits a moment and tries again; a lock
+//!   that stays is reported, and left alone). When the remote is a working copy with the
+//!   written branch checked out (`cplane up`'s state repo), the files a write changes are
+//!   updated in its working tree and index too — like git's
+//!   `receive.denyCurrentBranch=updateInstead`, but per file: a write is refused (`409`) when
+//!   such a file has uncommitted changes, and other files are never touched.
 //! - **Other URLs** (git://, and https/ssh when git2 is built with them): commits are built in
 //!   the bare mirror and pushed with libgit2. The git protocol sends the old value of the ref
 //!   with each update and `receive-pack` refuses it when the ref moved; the advertised value is
@@ -67,15 +69,31 @@ pub enum Published {
     Done,
     /// The ref was not at the expected commit (someone else moved it): nothing changed.
     Moved,
-    /// Another process (a `git push`, `git gc`) held the ref's lock file: nothing changed.
-    Locked,
+    /// Another process (a `git push`, `git gc`) held the ref's lock file, this one, for all of
+    /// [`LOCK_ATTEMPTS`]: nothing changed.
+    Locked(String),
 }
 
-/// Tries at taking a lock file that another process holds, and the wait before the `n`th retry
-/// (times `n`: about 0.8 s in all; git commands hold a lock for milliseconds).
+/// Tries at taking a lock file that another process holds; before the `n`th retry the writer
+/// waits `n` times [`LOCK_WAIT`] (about 0.7 s in all: git commands hold a lock for
+/// milliseconds).
 pub const LOCK_ATTEMPTS: u32 = 12;
 /// See [`LOCK_ATTEMPTS`].
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Calls `done` until it answers `true`, [`LOCK_ATTEMPTS`] times at most, waiting longer
+/// before each retry; whether it did.
+fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    for attempt in 0..LOCK_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(LOCK_WAIT * attempt);
+        }
+        if done() {
+            return true;
+        }
+    }
+    false
+}
 
 /// The remote's kind, decided once from its URL.
 enum Kind {
@@ -173,7 +191,7 @@ impl Store {
         matches!(self.kind, Kind::Local)
     }
 
-    /// The repository objects are read from and written to.
+    /// The repository published objects are read from, and packs are written to.
     pub fn repo(&self) -> &Repository {
         &self.repo
     }
@@ -230,7 +248,11 @@ impl Store {
     ) -> Result<Published, PublishError> {
         match &self.kind {
             Kind::Local => {
-                // A cheap first check spares writing a pack that could not be used.
+                // Cheap first checks spare writing a pack that could not be used.
+                let lock = self.repo.path().join(format!("{name}.lock"));
+                if !wait_for(|| !lock.exists()) {
+                    return Ok(Published::Locked(lock.display().to_string()));
+                }
                 if ref_value(&self.repo, name)? != expected {
                     return Ok(Published::Moved);
                 }
@@ -245,13 +267,22 @@ impl Store {
                 // are garbage like any unreachable object).
                 let _pack = write_pack(&self.repo, objects)?;
                 let message = "cplane: API write";
-                let updated = match expected {
-                    Some(old) => self
-                        .repo
-                        .reference_matching(name, new, true, old, message)
-                        .map(drop),
-                    None => self.repo.reference(name, new, false, message).map(drop),
-                };
+                // Another process may take the lock meanwhile: only the update is tried again
+                // (the pack is in place).
+                let mut updated = Ok(());
+                let unlocked = wait_for(|| {
+                    updated = match expected {
+                        Some(old) => self
+                            .repo
+                            .reference_matching(name, new, true, old, message)
+                            .map(drop),
+                        None => self.repo.reference(name, new, false, message).map(drop),
+                    };
+                    !matches!(&updated, Err(e) if e.code() == ErrorCode::Locked)
+                });
+                if !unlocked {
+                    return Ok(Published::Locked(lock.display().to_string()));
+                }
                 match updated {
                     Ok(()) => {
                         if let Some(dir) = worktree {
@@ -262,7 +293,6 @@ impl Store {
                     Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists) => {
                         Ok(Published::Moved)
                     }
-                    Err(e) if e.code() == ErrorCode::Locked => Ok(Published::Locked),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -299,7 +329,8 @@ impl Store {
 
     /// Brings the changed files of the working tree and index to the new commit. The index is
     /// read again first, so what a git command changed in it since (a `git add`) is kept; when
-    /// a git command holds its lock, the writer waits and reads it again.
+    /// a git command holds its lock, the writer waits and reads it again. (libgit2 takes the
+    /// lock only to write: a `git add` landing between that read and the write is still lost.)
     fn update_worktree(&self, dir: &Path, files: &[Change<'_>]) -> Result<(), git2::Error> {
         let io = |e: std::io::Error| git2::Error::from_str(&e.to_string());
         for (path, blob) in files {
@@ -317,23 +348,21 @@ impl Store {
             }
         }
         let mut index = self.repo.index()?;
-        let mut attempt = 0;
-        loop {
-            index.read(false)?;
-            for (path, blob) in files {
-                match blob {
-                    Some(_) => index.add_path(Path::new(path))?,
-                    None => index.remove_path(Path::new(path))?,
+        let mut written = Ok(());
+        wait_for(|| {
+            written = (|| {
+                index.read(false)?;
+                for (path, blob) in files {
+                    match blob {
+                        Some(_) => index.add_path(Path::new(path))?,
+                        None => index.remove_path(Path::new(path))?,
+                    }
                 }
-            }
-            match index.write() {
-                Err(e) if e.code() == ErrorCode::Locked && attempt < LOCK_ATTEMPTS => {
-                    attempt += 1;
-                    std::thread::sleep(LOCK_WAIT * attempt);
-                }
-                written => return written,
-            }
-        }
+                index.write()
+            })();
+            !matches!(&written, Err(e) if e.code() == ErrorCode::Locked)
+        });
+        written
     }
 
     fn push(
