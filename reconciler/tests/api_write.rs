@@ -1303,6 +1303,25 @@ async fn a_working_copy_keeps_what_its_user_staged_and_waits_for_its_index_lock(
         "M  workspaces/globex.yaml\n",
         "the index followed the commit once released"
     );
+
+    // A removal staged with `git rm --cached`: the file on disk is the committed one, the
+    // index is not. A write to it is refused (409), and the staging is kept.
+    assert!(git(
+        work.path(),
+        &["rm", "-q", "--cached", "workspaces/acme.yaml"]
+    )
+    .status
+    .success());
+    let e = writer
+        .write(request(put_stack("acme", "bff", json!({"replicas": 8}))))
+        .await
+        .expect_err("a staged change to the file");
+    assert_eq!(e.status(), 409, "{e}");
+    assert!(
+        status(work.path()).starts_with("D  workspaces/acme.yaml\n"),
+        "{}",
+        status(work.path())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@
 //!   written branch checked out (`cplane up`'s state repo), the files a write changes are
 //!   updated in its working tree and index too — like git's
 //!   `receive.denyCurrentBranch=updateInstead`, but per file: a write is refused (`409`) when
-//!   such a file has uncommitted changes, and other files are never touched.
+//!   such a file has uncommitted changes (staged or not), and other files are never touched.
 //! - **Other URLs** (git://, and https/ssh when git2 is built with them): commits are built in
 //!   the bare mirror and pushed with libgit2. The git protocol sends the old value of the ref
 //!   with each update and `receive-pack` refuses it when the ref moved; the advertised value is
@@ -285,8 +285,17 @@ impl Store {
                 }
                 match updated {
                     Ok(()) => {
+                        // The commit has landed: a working tree that cannot follow is reported,
+                        // not the write (its files then read as changed, and writes to them are
+                        // refused until the user commits or discards them).
                         if let Some(dir) = worktree {
-                            self.update_worktree(dir, files)?;
+                            if let Err(e) = self.update_worktree(dir, files) {
+                                tracing::error!(
+                                    error = %e,
+                                    dir = %dir.display(),
+                                    "the branch moved; its working tree and index did not follow"
+                                );
+                            }
                         }
                         Ok(Published::Done)
                     }
@@ -307,7 +316,9 @@ impl Store {
     /// (in the index or the working tree) against `head`.
     fn check_clean(&self, dir: &Path, head: Oid, files: &[Change<'_>]) -> Result<(), PublishError> {
         let tree = self.repo.find_commit(head)?.tree()?;
-        let index = self.repo.index()?;
+        let mut index = self.repo.index()?;
+        index.read(false)?; // libgit2 keeps the index it read last: what git did since counts
+
         for (path, _) in files {
             let committed = tree.get_path(Path::new(path)).ok().map(|e| e.id());
             let staged = index.get_path(Path::new(path), 0).map(|e| e.id);
