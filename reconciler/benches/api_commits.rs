@@ -67,6 +67,9 @@
 //!     (25.7x). The after runs alone: 493/s (25.2x), 514/s (25.9x), 495/s (23.6x), the first
 //!     and last fifth of the commits at 473/496, 505/493, 500/508 commits/s; the remote ends
 //!     with 333-359 packs (one per publish); `git fsck --strict` clean in every run.
+//!   - The session's final tree (ff01d18, the writer also waiting for lock files held by other
+//!     processes), load 1.7-2.8: 472/s (25.2x), 480/s (26.1x), 463/s (25.6x); first and last
+//!     fifth 478/453, 482/471, 419/462 commits/s; 350-364 packs; fsck clean.
 
 use std::path::Path;
 use std::process::Command;
