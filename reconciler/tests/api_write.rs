@@ -14,15 +14,26 @@ use cplane_reconciler::write::{
 };
 use serde_json::json;
 
-/// A bare remote holding `work`'s history; returns (bare dir, branch).
-fn bare_of(work: &Path) -> (tempfile::TempDir, String) {
-    let branch = git2::Repository::open(work)
+/// The branch checked out in the working copy `work`.
+fn checked_out(work: &Path) -> String {
+    git2::Repository::open(work)
         .expect("work")
         .head()
         .expect("head")
         .shorthand()
         .expect("branch")
-        .to_owned();
+        .to_owned()
+}
+
+/// Asserts that git finds every object of `repo` sound and reachable.
+fn assert_fsck_clean(repo: &Path) {
+    let fsck = git(repo, &["fsck", "--strict", "--no-dangling"]);
+    assert!(fsck.status.success(), "git fsck: {fsck:?}");
+}
+
+/// A bare remote holding `work`'s history; returns (bare dir, branch).
+fn bare_of(work: &Path) -> (tempfile::TempDir, String) {
+    let branch = checked_out(work);
     let bare = tempfile::tempdir().expect("tempdir");
     let status = Command::new("git")
         .args(["clone", "-q", "--bare"])
@@ -881,12 +892,7 @@ async fn sixty_four_concurrent_writers_all_land_in_a_linear_history_despite_exte
     }
     assert_eq!(valid_at(&remote, &end), Vec::<String>::new());
     // The packs the writer sent are sound (every object reachable, every id checked).
-    let fsck = Command::new("git")
-        .args(["fsck", "--strict", "--no-dangling"])
-        .current_dir(&remote)
-        .output()
-        .expect("git fsck");
-    assert!(fsck.status.success(), "{fsck:?}");
+    assert_fsck_clean(&remote);
     let authors = count(&["log", "--format=%an|%cn", &range]);
     assert_eq!(
         authors.iter().filter(|a| a.ends_with("|cplane")).count(),
@@ -997,8 +1003,7 @@ async fn changes_to_one_file_queued_together_build_on_each_other() {
     for c in &commits {
         assert!(history.contains(c.as_str()), "{c} is on the branch");
     }
-    let fsck = git(&remote, &["fsck", "--strict", "--no-dangling"]);
-    assert!(fsck.status.success(), "{fsck:?}");
+    assert_fsck_clean(&remote);
 }
 
 /// Another process holding the branch's lock file (a `git push` under way) is waited for, not
@@ -1171,25 +1176,14 @@ async fn a_git_protocol_remote_is_pushed_to_with_compare_and_swap() {
         head(&remote, pr.branch.as_deref().expect("branch")),
         pr.commit
     );
-    let fsck = Command::new("git")
-        .args(["fsck", "--strict", "--no-dangling"])
-        .current_dir(&remote)
-        .output()
-        .expect("git fsck");
-    assert!(fsck.status.success(), "{fsck:?}");
+    assert_fsck_clean(&remote);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checked_out_working_copy_gets_the_changed_files_and_keeps_local_edits() {
     // `cplane up`'s state repo: a working copy whose checked-out branch is the one written.
     let work = support::template_repo();
-    let branch = git2::Repository::open(work.path())
-        .expect("repo")
-        .head()
-        .expect("head")
-        .shorthand()
-        .expect("branch")
-        .to_owned();
+    let branch = checked_out(work.path());
     let writer = start(work.path(), &branch, None);
     let w = writer
         .write(request(put_stack(
@@ -1241,13 +1235,7 @@ async fn a_checked_out_working_copy_gets_the_changed_files_and_keeps_local_edits
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_working_copy_keeps_what_its_user_staged_and_waits_for_its_index_lock() {
     let work = support::template_repo();
-    let branch = git2::Repository::open(work.path())
-        .expect("repo")
-        .head()
-        .expect("head")
-        .shorthand()
-        .expect("branch")
-        .to_owned();
+    let branch = checked_out(work.path());
     // Once armed, right before the writer publishes, a git command takes the index for 150 ms.
     let lock = work.path().join(".git/index.lock");
     let armed = Arc::new(AtomicUsize::new(0));
