@@ -1006,6 +1006,26 @@ async fn changes_to_one_file_queued_together_build_on_each_other() {
     assert_fsck_clean(&remote);
 }
 
+/// A publish hook that, once armed (set to 1), takes the lock file `lock` as another git process
+/// would, releases it 150 ms later, and disarms itself.
+fn lock_on_publish(lock: PathBuf) -> (Arc<AtomicUsize>, Arc<dyn Fn() + Send + Sync>) {
+    let armed = Arc::new(AtomicUsize::new(0));
+    let hook: Arc<dyn Fn() + Send + Sync> = {
+        let armed = armed.clone();
+        Arc::new(move || {
+            if armed.swap(0, Ordering::SeqCst) == 1 {
+                std::fs::write(&lock, b"").expect("lock");
+                let lock = lock.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(150));
+                    std::fs::remove_file(&lock).expect("unlock");
+                });
+            }
+        })
+    };
+    (armed, hook)
+}
+
 /// Another process holding the branch's lock file (a `git push` under way) is waited for, not
 /// answered with an error; a lock that is never released is reported by name after the
 /// retries, and left alone, and no pack is written for the refused change.
@@ -1016,20 +1036,7 @@ async fn a_branch_locked_by_another_process_is_waited_for() {
     let remote = remote(&bare);
     let lock = remote.join(format!("refs/heads/{branch}.lock"));
     // Once armed, right before the writer publishes, a "push" takes the lock for 150 ms.
-    let armed = Arc::new(AtomicUsize::new(0));
-    let hook: Arc<dyn Fn() + Send + Sync> = {
-        let (armed, lock) = (armed.clone(), lock.clone());
-        Arc::new(move || {
-            if armed.swap(0, Ordering::SeqCst) == 1 {
-                std::fs::write(&lock, b"held\n").expect("lock");
-                let lock = lock.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(std::time::Duration::from_millis(150));
-                    std::fs::remove_file(&lock).expect("unlock");
-                });
-            }
-        })
-    };
+    let (armed, hook) = lock_on_publish(lock.clone());
     let writer = start(&remote, &branch, Some(hook));
     armed.store(1, Ordering::SeqCst);
     let written = writer
@@ -1238,20 +1245,7 @@ async fn a_working_copy_keeps_what_its_user_staged_and_waits_for_its_index_lock(
     let branch = checked_out(work.path());
     // Once armed, right before the writer publishes, a git command takes the index for 150 ms.
     let lock = work.path().join(".git/index.lock");
-    let armed = Arc::new(AtomicUsize::new(0));
-    let hook: Arc<dyn Fn() + Send + Sync> = {
-        let (armed, lock) = (armed.clone(), lock.clone());
-        Arc::new(move || {
-            if armed.swap(0, Ordering::SeqCst) == 1 {
-                std::fs::write(&lock, b"").expect("lock");
-                let lock = lock.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(std::time::Duration::from_millis(150));
-                    std::fs::remove_file(&lock).expect("unlock");
-                });
-            }
-        })
-    };
+    let (armed, hook) = lock_on_publish(lock.clone());
     let writer = start(work.path(), &branch, Some(hook));
     let status =
         |dir: &Path| String::from_utf8(git(dir, &["status", "--porcelain"]).stdout).expect("utf-8");
